@@ -1,0 +1,125 @@
+#include "py_executor.h"
+
+#include <cstring>
+#include <stdexcept>
+
+namespace loopserve {
+
+py::dtype numpy_dtype(DType t) {
+  switch (t) {
+    case DType::kBool: return py::dtype::of<bool>();
+    case DType::kUInt8: return py::dtype::of<uint8_t>();
+    case DType::kUInt16: return py::dtype::of<uint16_t>();
+    case DType::kUInt32: return py::dtype::of<uint32_t>();
+    case DType::kUInt64: return py::dtype::of<uint64_t>();
+    case DType::kInt8: return py::dtype::of<int8_t>();
+    case DType::kInt16: return py::dtype::of<int16_t>();
+    case DType::kInt32: return py::dtype::of<int32_t>();
+    case DType::kInt64: return py::dtype::of<int64_t>();
+    case DType::kFP16: return py::dtype("float16");
+    case DType::kFP32: return py::dtype::of<float>();
+    case DType::kFP64: return py::dtype::of<double>();
+  }
+  throw std::invalid_argument("unknown dtype");
+}
+
+DType dtype_of(const py::dtype& d) {
+  const char kind = d.kind();
+  const auto size = d.itemsize();
+  const char order = d.byteorder();
+  if (order == '>') throw std::invalid_argument("big-endian arrays are not supported; use native byte order");
+  switch (kind) {
+    case 'b': return DType::kBool;
+    case 'u':
+      if (size == 1) return DType::kUInt8;
+      if (size == 2) return DType::kUInt16;
+      if (size == 4) return DType::kUInt32;
+      if (size == 8) return DType::kUInt64;
+      break;
+    case 'i':
+      if (size == 1) return DType::kInt8;
+      if (size == 2) return DType::kInt16;
+      if (size == 4) return DType::kInt32;
+      if (size == 8) return DType::kInt64;
+      break;
+    case 'f':
+      if (size == 2) return DType::kFP16;
+      if (size == 4) return DType::kFP32;
+      if (size == 8) return DType::kFP64;
+      break;
+    default: break;
+  }
+  throw std::invalid_argument("numpy dtype " + py::str(d).cast<std::string>() +
+                              " has no Open Inference Protocol datatype");
+}
+
+PyExecutor::PyExecutor(py::object fn, const std::vector<TensorSpec>& inputs, const std::vector<TensorSpec>& outputs,
+                       std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging)
+    : fn_(std::move(fn)), outputs_(outputs), staging_(std::move(staging)) {
+  for (const TensorSpec& t : inputs) input_names_.emplace_back(t.name);
+  for (const TensorSpec& t : outputs) output_names_.emplace_back(t.name);
+}
+
+std::byte* PyExecutor::staging(int instance, size_t input, size_t nbytes) {
+  if (static_cast<size_t>(instance) >= staging_.size()) return nullptr;
+  const auto& per_input = staging_[static_cast<size_t>(instance)];
+  if (input >= per_input.size() || nbytes > per_input[input].second) return nullptr;
+  return reinterpret_cast<std::byte*>(per_input[input].first);
+}
+
+void PyExecutor::run(const Batch& batch, BatchResult& out) {
+  py::gil_scoped_acquire gil;
+  try {
+    py::dict args;
+    for (size_t i = 0; i < batch.inputs.size(); ++i) {
+      const BatchInput& in = batch.inputs[i];
+      // A base object makes numpy view the memory instead of copying it.
+      args[input_names_[i]] = py::array(numpy_dtype(in.dtype), in.shape, in.data, py::none());
+    }
+    py::object result = fn_(args);
+
+    const size_t n = outputs_.size();
+    std::vector<py::object> values(n);
+    if (py::isinstance<py::dict>(result)) {
+      py::dict d = result.cast<py::dict>();
+      for (size_t i = 0; i < n; ++i) {
+        if (!d.contains(output_names_[i]))
+          throw ModelError("the model returned no output '" + outputs_[i].name + "' (it returned " +
+                           py::str(py::list(d.attr("keys")())).cast<std::string>() + ")");
+        values[i] = d[output_names_[i]];
+      }
+    } else if (n == 1 && !py::isinstance<py::tuple>(result) && !py::isinstance<py::list>(result)) {
+      values[0] = result;
+    } else if (py::isinstance<py::tuple>(result) || py::isinstance<py::list>(result)) {
+      py::sequence seq = result.cast<py::sequence>();
+      if (seq.size() != n)
+        throw ModelError("the model returned " + std::to_string(seq.size()) + " outputs; its config declares " +
+                         std::to_string(n));
+      for (size_t i = 0; i < n; ++i) values[i] = seq[i];
+    } else {
+      throw ModelError("the model returned " + py::str(py::type::of(result)).cast<std::string>() +
+                       "; expected a dict of output name to array, or a sequence in declared order");
+    }
+
+    out.outputs.resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      auto arr = py::array::ensure(values[i], py::array::c_style);
+      if (!arr)
+        throw ModelError("output '" + outputs_[i].name + "' is a " +
+                         py::str(py::type::of(values[i])).cast<std::string>() + ", not an array");
+      OutputTensor& o = out.outputs[i];
+      try {
+        o.dtype = dtype_of(arr.dtype());
+      } catch (const std::invalid_argument& e) {
+        throw ModelError("output '" + outputs_[i].name + "' returned by the model: " + e.what());
+      }
+      o.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+      o.data.reserve(static_cast<size_t>(arr.nbytes()));
+      if (arr.nbytes() > 0) std::memcpy(o.data.data(), arr.data(), static_cast<size_t>(arr.nbytes()));
+    }
+  } catch (py::error_already_set& e) {
+    throw ModelError(e.what());
+  }
+}
+
+}  // namespace loopserve

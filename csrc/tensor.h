@@ -1,0 +1,61 @@
+// Tensor descriptions shared by the batcher and its executors.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "buffer.h"
+#include "dtype.h"
+
+namespace loopserve {
+
+// A declared model input or output. With batching, `dims` are the dimensions of one row
+// (the batch dimension is implicit); without, they are the whole shape. -1 matches any size.
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kFP32;
+  std::vector<int64_t> dims;
+};
+
+// One input of one request, borrowed: the submitter keeps the memory alive until the
+// request's completion has been delivered. `shape` is the full shape, batch dimension first.
+struct InputView {
+  DType dtype = DType::kFP32;
+  const std::byte* data = nullptr;
+  std::vector<int64_t> shape;
+};
+
+// One input of a formed batch, as handed to an executor: contiguous, batch dimension first.
+struct BatchInput {
+  DType dtype = DType::kFP32;
+  const std::byte* data = nullptr;
+  std::vector<int64_t> shape;
+  size_t nbytes = 0;
+};
+
+struct Batch {
+  int instance = 0;   // which of the model's instances runs it, 0..instances-1
+  int64_t rows = 0;   // sum of the rows of its requests (1 when the model does not batch)
+  std::vector<BatchInput> inputs;  // in the order of the model's declared inputs
+};
+
+// An output the executor produced for a whole batch: batch dimension first.
+struct OutputTensor {
+  DType dtype = DType::kFP32;
+  std::vector<int64_t> shape;
+  Buffer data;
+};
+
+// Everything one batch produced; shared (read-only) by the completions of its requests.
+struct BatchResult {
+  std::vector<OutputTensor> outputs;  // in the order of the model's declared outputs
+};
+
+inline int64_t element_count(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+}  // namespace loopserve

@@ -1,0 +1,1 @@
+"""Triton GPU kernels (drift histograms, moments) arrive with the drift issue."""

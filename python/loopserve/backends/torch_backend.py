@@ -1,0 +1,90 @@
+"""torch models: a torch.export program (.pt2), a TorchScript file (.pt), or an nn.Module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loopserve.backends.base import NUMPY_DTYPES, Backend
+from loopserve.config import ModelConfig
+from loopserve.errors import ConfigError
+
+
+class TorchBackend(Backend):
+    """Calls ``module(*inputs)`` in declared input order under inference_mode.
+
+    The module may return a tensor (one output), a tuple/list in declared output order, or
+    a dict by output name. On a GPU the batcher gathers each batch straight into pinned host
+    buffers owned here, so each input crosses to the device in one asynchronous copy.
+    """
+
+    def __init__(self, config: ModelConfig, module, source: str):
+        super().__init__(config)
+        self.require_declared(source)
+        self.device = torch.device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)  # process-wide: torch has no per-module setting
+        if isinstance(module, torch.nn.Module):
+            module = module.to(self.device)
+            if not isinstance(module, torch.fx.GraphModule):  # torch.export programs refuse eval()
+                module.eval()
+        self.module = module
+        self._input_names = [t.name for t in self.inputs]
+        self._output_names = [t.name for t in self.outputs]
+        self._pinned: dict[int, torch.Tensor] = {}
+        self._staging: list[list[tuple[int, int]]] = []
+        if self.device.type == "cuda":
+            self._allocate_pinned()
+
+    @classmethod
+    def from_file(cls, config: ModelConfig, model_file: Path) -> "TorchBackend":
+        try:
+            if model_file.suffix == ".pt2":
+                module = torch.export.load(str(model_file)).module()
+            else:
+                module = torch.jit.load(str(model_file), map_location=config.device)
+        except Exception as e:
+            raise ConfigError(f"{model_file}: torch cannot load it: {e}") from None
+        return cls(config, module, str(model_file))
+
+    def _allocate_pinned(self) -> None:
+        rows = max(self.config.max_batch_size, 1)
+        for _ in range(self.config.instances):
+            per_input = []
+            for t in self.inputs:
+                if any(d < 0 for d in t.dims):
+                    per_input.append((0, 0))  # variable shape: the batcher's own buffer
+                    continue
+                nbytes = rows * int(np.prod(t.dims, dtype=np.int64)) * NUMPY_DTYPES[t.datatype].itemsize
+                buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+                self._pinned[buf.data_ptr()] = buf
+                per_input.append((buf.data_ptr(), nbytes))
+            self._staging.append(per_input)
+
+    def staging(self) -> list[list[tuple[int, int]]]:
+        return self._staging
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        pinned = self._pinned.get(array.__array_interface__["data"][0]) if self._pinned else None
+        if pinned is not None:
+            t = pinned[: array.nbytes].view(torch.from_numpy(array[:0]).dtype).view(array.shape)
+            return t.to(self.device, non_blocking=True)
+        t = torch.from_numpy(array)
+        return t if self.device.type == "cpu" else t.to(self.device)
+
+    def __call__(self, inputs):
+        with torch.inference_mode():
+            result = self.module(*(self._to_device(inputs[n]) for n in self._input_names))
+        if isinstance(result, torch.Tensor):
+            result = (result,)
+        if isinstance(result, dict):
+            return {k: _numpy(v) for k, v in result.items()}
+        return {n: _numpy(v) for n, v in zip(self._output_names, result)}
+
+
+def _numpy(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)

@@ -1,0 +1,92 @@
+"""Model configuration: the schema (msgspec Structs) and the loader for YAML, TOML and JSON.
+
+Names follow Triton's model configuration where Triton has one (max_batch_size,
+preferred_batch_sizes, datatype names such as FP32, dims with -1 for any size), so a
+Triton user can read a loopserve config without a manual.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+from loopserve.errors import ConfigError
+
+Datatype = Literal[
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"
+]
+Backend = Literal["onnxruntime", "torch", "python"]
+Dim = Annotated[int, Meta(ge=-1)]
+Device = Annotated[str, Meta(pattern=r"^(cpu|cuda(:\d+)?)$")]
+NonNegative = Annotated[int, Meta(ge=0)]
+Positive = Annotated[int, Meta(ge=1)]
+
+
+class TensorConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """A declared input or output. With batching, `dims` excludes the batch dimension."""
+
+    name: Annotated[str, Meta(min_length=1)]
+    datatype: Datatype
+    dims: list[Dim]
+
+
+class DynamicBatching(Struct, forbid_unknown_fields=True, frozen=True):
+    """How the native batcher forms batches (Triton's dynamic_batching, plus two knobs)."""
+
+    preferred_batch_sizes: list[Positive] = []
+    # How long the oldest queued request may wait for its batch to fill.
+    max_queue_delay_us: NonNegative = 0
+    # Skip that wait while waits keep gaining nothing (a lone client), so batching costs a
+    # lone client nothing; wait again as soon as requests overlap.
+    adaptive_queue_delay: bool = True
+    # Requests that may wait at once; more are refused at once (QueueFull, HTTP 429).
+    queue_capacity: Positive = 1024
+    # A request that waits longer than this is answered TimedOut and never run; 0: no limit.
+    default_timeout_us: NonNegative = 0
+    # Priority 1 is served first; requests that name none get default_priority_level.
+    priority_levels: Positive = 2
+    default_priority_level: Positive = 2
+
+
+class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """One model's config file (`<model dir>/config.yaml`)."""
+
+    # Defaults to the model directory's name.
+    name: str = ""
+    # Inferred from the version's model file when absent (.onnx, .pt2/.pt, .py).
+    backend: Backend | None = None
+    # 0: the model takes no batch dimension, and every request runs alone.
+    max_batch_size: NonNegative = 0
+    # May be left out for ONNX models: they are read from the model file.
+    inputs: list[TensorConfig] = []
+    outputs: list[TensorConfig] = []
+    dynamic_batching: DynamicBatching = DynamicBatching()
+    # Batches run at once, each on its own native worker thread.
+    instances: Positive = 1
+    device: Device = "cpu"
+    # Intra-op threads of the runtime (onnxruntime per session; torch process-wide); 0: default.
+    threads: NonNegative = 0
+
+
+def decode_config(data: bytes, fmt: str, source: str, type_: type = ModelConfig):
+    """Decodes a config of the given format ('yaml', 'toml', 'json'); errors name `source`."""
+    decoders = {"yaml": msgspec.yaml.decode, "toml": msgspec.toml.decode, "json": msgspec.json.decode}
+    if fmt not in decoders:
+        raise ConfigError(f"{source}: unknown config format {fmt!r}; expected .yaml, .yml, .toml or .json")
+    try:
+        return decoders[fmt](data, type=type_)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def load_config(path: str | Path, type_: type = ModelConfig):
+    path = Path(path)
+    fmt = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}.get(path.suffix, path.suffix)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    return decode_config(data, fmt, str(path), type_)
