@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -39,10 +40,16 @@ def export_onnx(module: torch.nn.Module, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    onnx_log = logging.getLogger("torch.onnx")
+    level = onnx_log.level
+    onnx_log.setLevel(logging.ERROR)  # the exporter logs each op set it skips
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (_example(module),), str(path), input_names=[INPUT], output_names=[OUTPUT],
-                          dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        try:
+            torch.onnx.export(module, (_example(module),), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_shapes=({0: batch},), external_data=False, verbose=False)
+        finally:
+            onnx_log.setLevel(level)
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,9 @@ class TorchBackend(Backend):
             if model_file.suffix == ".pt2":
                 module = torch.export.load(str(model_file)).module()
             else:
-                module = torch.jit.load(str(model_file), map_location=config.device)
+                with warnings.catch_warnings():  # TorchScript is legacy; serving it is the user's call
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = torch.jit.load(str(model_file), map_location=config.device)
         except Exception as e:
             raise ConfigError(f"{model_file}: torch cannot load it: {e}") from None
         return cls(config, module, str(model_file))

@@ -1,0 +1,33 @@
+# loopserve: `make demo` runs the main job, `make test` passes the tests; both set up
+# everything they need (a virtual environment in .venv, the native build, the packages).
+PYTHON ?= python3
+# torch's CPU build (a local wheel on our machines); on a GPU host: make TORCH=torch ...
+TORCH ?= torch==2.13.0
+EXTRAS ?= onnx,dev
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml CMakeLists.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
+	$(BIN)/pip install -q --no-build-isolation -e ".[$(EXTRAS)]" -Ceditable.rebuild=true -Cbuild-dir=build/editable
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/loopserve demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/batching.py
+
+clean:
+	rm -rf $(VENV) build demo-run

@@ -1,0 +1,88 @@
+"""Many callers at once: every answer is correct and belongs to its own request."""
+
+import asyncio
+import random
+import threading
+
+import numpy as np
+
+from loopserve import Model
+
+from conftest import vector_config
+
+TOTAL = 20_000
+TASKS = 64
+THREADS = 4
+
+
+def affine(inputs):
+    x = inputs["x"]
+    return {"y": x * 3 + 1}  # exact in float32 for the small integers used here
+
+
+def test_20000_requests_from_64_tasks_and_4_threads_each_get_their_own_answer():
+    config = vector_config(max_batch_size=32, max_queue_delay_us=500, queue_capacity=256, instances=2)
+    per_thread = TOTAL // 2 // THREADS
+    per_task = (TOTAL - per_thread * THREADS) // TASKS
+    wrong = []
+
+    def check(x, out):
+        if not np.array_equal(out["y"], x * 3 + 1):
+            wrong.append((x, out["y"]))
+
+    with Model.from_callable(affine, config) as m:
+
+        def thread_client(seed):
+            rng = random.Random(seed)
+            for i in range(per_thread):
+                rows = rng.randint(1, 8)
+                x = np.full((rows, 4), seed * 100_000 + i, np.float32)
+                x[:, 1] = np.arange(rows)  # rows differ too, so a shuffled row shows
+                check(x, m.infer_sync({"x": x}))
+
+        async def task_client(seed):
+            rng = random.Random(seed)
+            for i in range(per_task):
+                rows = rng.randint(1, 8)
+                x = np.full((rows, 4), -(seed * 100_000 + i), np.float32)
+                x[:, 1] = np.arange(rows)
+                check(x, await m.infer({"x": x}))
+
+        async def tasks():
+            await asyncio.gather(*(task_client(s + 1) for s in range(TASKS)))
+
+        threads = [threading.Thread(target=thread_client, args=(s + 1,)) for s in range(THREADS)]
+        for t in threads:
+            t.start()
+        asyncio.run(tasks())
+        for t in threads:
+            t.join()
+        stats = m.stats()
+
+    assert not wrong, f"{len(wrong)} wrong answers, first: {wrong[:1]}"
+    assert stats.success == per_thread * THREADS + per_task * TASKS >= TOTAL - TASKS
+    assert stats.failed == stats.timed_out == stats.rejected == 0
+    assert stats.execution_count < stats.success / 2, "concurrent requests should share batches"
+
+
+def test_several_event_loops_in_several_threads():
+    with Model.from_callable(affine, vector_config(max_batch_size=16, max_queue_delay_us=200)) as m:
+        errors = []
+
+        def loop_thread(seed):
+            async def main():
+                xs = [np.full((1, 4), seed * 1000 + i, np.float32) for i in range(200)]
+                outs = await asyncio.gather(*(m.infer({"x": x}) for x in xs))
+                for x, out in zip(xs, outs):
+                    if not np.array_equal(out["y"], x * 3 + 1):
+                        errors.append(seed)
+
+            asyncio.run(main())
+
+        threads = [threading.Thread(target=loop_thread, args=(s,)) for s in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert m.stats().success == 800
