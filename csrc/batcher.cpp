@@ -454,6 +454,9 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
       s.success_ns += queue_ns + compute_ns;
       s.inference_count += static_cast<uint64_t>(b.rows);
       s.execution_count += 1;
+      s.last_inference_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                      std::chrono::system_clock::now().time_since_epoch())
+                                                      .count());
       BatchSizeStats& bs = s.by_batch_size[static_cast<size_t>(batching ? b.rows : 1)];
       bs.count += 1;
       bs.compute_input_ns += input_ns;

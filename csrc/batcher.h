@@ -83,6 +83,7 @@ struct BatcherStats {
   uint64_t success_ns = 0;  // queue + compute of the successful requests
   uint64_t failed_ns = 0;
   int64_t queued = 0;       // requests waiting now
+  uint64_t last_inference_ms = 0;  // wall clock (ms since the Unix epoch) of the last batch run
   std::vector<BatchSizeStats> by_batch_size;  // index: rows in the batch
 };
 

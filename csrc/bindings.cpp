@@ -125,6 +125,7 @@ py::dict stats_dict(const BatcherStats& s) {
   d["success_ns"] = s.success_ns;
   d["failed_ns"] = s.failed_ns;
   d["queued"] = s.queued;
+  d["last_inference_ms"] = s.last_inference_ms;
   py::dict by_size;
   for (size_t n = 0; n < s.by_batch_size.size(); ++n) {
     const BatchSizeStats& b = s.by_batch_size[n];

@@ -45,3 +45,60 @@ def tiny_reference():
             return module(torch.from_numpy(x)).numpy()
 
     return f
+
+
+class RunningServer:
+    """A real loopserve HTTP server on a free loopback port, in a thread of this process."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.app = app
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self.url = f"127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on",
+                                                    log_config=None, access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        import time
+
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+
+    def request(self, method, path, body=b"", headers=None):
+        """(status, headers, body) of one plain HTTP request."""
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture
+def serve():
+    """serve(app) starts a server; all are stopped after the test."""
+    servers = []
+
+    def start(app):
+        servers.append(RunningServer(app))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()

@@ -15,12 +15,43 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to drive traffic")
     demo.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
 
+    serve = sub.add_parser("serve", help="serve models over HTTP (the Open Inference Protocol)")
+    serve.add_argument("--config", help="server config file (YAML, TOML or JSON)")
+    serve.add_argument("--model-repository", help="model repository directory (overrides the config)")
+    serve.add_argument("--host", help="address to listen on (overrides the config)")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides the config)")
+
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "demo":
         from loopserve.demo import run_demo
 
         return run_demo(args.workdir, args.seconds, args.concurrency)
     return 2
+
+
+def _serve(args) -> int:
+    import msgspec
+
+    from loopserve.errors import LoopserveError
+    from loopserve.server.config import ServerConfig, load_server_config
+    from loopserve.server.main import serve
+
+    try:
+        config = load_server_config(args.config) if args.config else ServerConfig()
+        http = config.http
+        http = msgspec.structs.replace(http, host=args.host or http.host,
+                                       port=args.port if args.port is not None else http.port)
+        config = msgspec.structs.replace(config, http=http,
+                                         model_repository=args.model_repository or config.model_repository)
+        if not config.model_repository:
+            raise LoopserveError("no model repository: pass --model-repository DIR or set model_repository "
+                                 "in the --config file")
+        return serve(config)
+    except LoopserveError as e:
+        print(f"loopserve serve: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class ModelStats(msgspec.Struct, frozen=True):
     inference_count: int  # rows run
     execution_count: int  # batches run
     queued: int
+    last_inference_ms: int  # wall clock of the last batch, ms since the Unix epoch; 0 if none
     queue_ns: int
     compute_input_ns: int
     compute_infer_ns: int
@@ -124,6 +125,7 @@ class Model:
         self.inputs = backend.inputs
         self.outputs = backend.outputs
         self._output_names = tuple(t.name for t in backend.outputs)
+        self.input_datatypes = {t.name: t.datatype for t in backend.inputs}
         batching = config.dynamic_batching
         bc = _core.BatcherConfig()
         bc.model_name = config.name

@@ -31,6 +31,8 @@ class Backend(ABC):
     """A loaded model. Subclasses set `inputs`/`outputs` (declared or read from the model)
     and implement __call__."""
 
+    kind: str  # the runtime: onnxruntime, pytorch, python
+    platform: str  # Triton's platform name, for model metadata
     inputs: list[TensorConfig]
     outputs: list[TensorConfig]
 

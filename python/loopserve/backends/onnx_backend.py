@@ -26,6 +26,8 @@ ORT_DATATYPES = {
 
 
 class OnnxBackend(Backend):
+    kind = "onnxruntime"
+    platform = "onnxruntime_onnx"  # as Triton names it in model metadata
     def __init__(self, config: ModelConfig, model_file: Path):
         super().__init__(config)
         import onnxruntime as ort

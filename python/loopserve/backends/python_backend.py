@@ -17,6 +17,8 @@ from loopserve.errors import ConfigError
 
 
 class PythonBackend(Backend):
+    kind = "python"
+    platform = ""  # as Triton names it in model metadata
     def __init__(self, config: ModelConfig, fn: Callable, source: str):
         super().__init__(config)
         self.require_declared(source)

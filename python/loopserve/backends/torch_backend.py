@@ -21,6 +21,9 @@ class TorchBackend(Backend):
     buffers owned here, so each input crosses to the device in one asynchronous copy.
     """
 
+    kind = "pytorch"
+    platform = "pytorch_libtorch"  # as Triton names it in model metadata
+
     def __init__(self, config: ModelConfig, module, source: str):
         super().__init__(config)
         self.require_declared(source)

@@ -1,0 +1,1 @@
+"""The HTTP server: the Open Inference Protocol over Starlette and uvicorn."""

@@ -1,0 +1,158 @@
+"""The HTTP application: the Open Inference Protocol (KServe v2, as Triton speaks it).
+
+The infer route is dispatched before Starlette sees the request (see infer.py); every other
+route is an ordinary Starlette route here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import loopserve
+from loopserve.errors import ModelNotFound
+from loopserve.model import Model
+from loopserve.server.http_errors import error_body, status_of
+from loopserve.server.infer import InferEndpoint
+from loopserve.server.metrics import ServerMetrics
+from loopserve.server.repository import ModelRepository
+from loopserve.server import triton_json
+
+log = logging.getLogger("loopserve.server")
+
+INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
+
+
+def json_response(content, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(content), status_code=status, media_type="application/json")
+
+
+def error_response(exc: BaseException) -> Response:
+    status, extra = status_of(exc)
+    return Response(error_body(str(exc)), status_code=status, media_type="application/json",
+                    headers={k.decode(): v.decode() for k, v in extra})
+
+
+class LoopserveApp:
+    """The ASGI application. Thread-safe as far as uvicorn needs: one event loop drives it."""
+
+    def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20):
+        self.repository = repository
+        self.metrics = ServerMetrics(repository)
+        self.ready = False
+        self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)
+        self.max_body_bytes = max_body_bytes
+        per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
+                     ("/stats", self.model_stats)]
+        routes = [
+            Route("/v2/health/live", self.live),
+            Route("/v2/health/ready", self.server_ready),
+            Route("/v2", self.server_metadata),
+            Route("/v2/models/stats", self.model_stats),
+            *[Route("/v2/models/{model}" + path, endpoint) for path, endpoint in per_model],
+            *[Route("/v2/models/{model}/versions/{version}" + path, endpoint) for path, endpoint in per_model],
+            Route("/v2/repository/index", self.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{model}/load", self.repository_load, methods=["POST"]),
+            Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
+            Route("/metrics", self.prometheus),
+        ]
+        self.starlette = Starlette(routes=routes, lifespan=self._lifespan,
+                                   exception_handlers={Exception: self._on_error, 404: self._not_found})
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.match(scope["path"])
+            if match:
+                await self.infer(scope, receive, send, match[1], match[2])
+                return
+        await self.starlette(scope, receive, send)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        self.ready = True
+        yield
+        self.ready = False
+        await asyncio.to_thread(self.repository.close)
+
+    async def _on_error(self, request: Request, exc: Exception) -> Response:
+        status, _ = status_of(exc)
+        if status == 500:
+            log.error("request failed", exc_info=exc, extra={"path": request.url.path})
+        return error_response(exc)
+
+    async def _not_found(self, request: Request, exc: Exception) -> Response:
+        return json_response({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+    # -- health and metadata --------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def server_ready(self, request: Request) -> Response:
+        return json_response({"ready": self.ready}, 200 if self.ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response({"name": "loopserve", "version": loopserve.__version__, "extensions": EXTENSIONS})
+
+    def _model(self, request: Request) -> Model:
+        return self.repository.get(request.path_params["model"], request.path_params.get("version"))
+
+    async def model_metadata(self, request: Request) -> Response:
+        return json_response(triton_json.model_metadata(self._model(request)))
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            model = self._model(request)
+        except ModelNotFound as e:
+            return error_response(e)
+        return json_response({"name": model.name, "ready": True})
+
+    async def model_config(self, request: Request) -> Response:
+        return json_response(triton_json.model_config(self._model(request)))
+
+    async def model_stats(self, request: Request) -> Response:
+        if "model" in request.path_params:
+            models = [self._model(request)]
+        else:
+            models = sorted(self.repository.models(), key=lambda m: m.name)
+        return json_response({"model_stats": [triton_json.model_stats(m) for m in models]})
+
+    # -- repository -----------------------------------------------------------------------
+
+    async def repository_index(self, request: Request) -> Response:
+        body = await request.body()
+        ready_only = False
+        if body.strip():
+            try:
+                ready_only = bool(msgspec.json.decode(body).get("ready", False))
+            except (msgspec.DecodeError, AttributeError):
+                return json_response({"error": "repository index body must be a JSON object like "
+                                               '{"ready": true}, or empty'}, 400)
+        states = self.repository.index()
+        if ready_only:
+            states = [s for s in states if s.state == "READY"]
+        return json_response(states)
+
+    async def repository_load(self, request: Request) -> Response:
+        await asyncio.to_thread(self.repository.load, request.path_params["model"])
+        return json_response({})
+
+    async def repository_unload(self, request: Request) -> Response:
+        await asyncio.to_thread(self.repository.unload, request.path_params["model"])
+        return json_response({})
+
+    async def prometheus(self, request: Request) -> Response:
+        data = await asyncio.to_thread(generate_latest, self.metrics.registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,39 @@
+"""The server's own config file (`loopserve serve --config FILE`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from loopserve.config import load_config
+
+
+class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8000
+    # Larger request bodies are refused with 413 before they are read.
+    max_body_bytes: Annotated[int, Meta(ge=1)] = 64 << 20
+    # How long SIGTERM waits for in-flight requests before closing connections.
+    graceful_shutdown_s: Annotated[float, Meta(ge=0)] = 30.0
+
+
+class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    # A Triton-style model repository: <dir>/<model>/config.yaml and <dir>/<model>/<version>/model.*
+    # A relative path is taken from the config file's directory.
+    model_repository: str | None = None
+    # Models to load at start; empty: every model in the repository.
+    models: list[str] = []
+    http: HttpConfig = HttpConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+def load_server_config(path: str | Path) -> ServerConfig:
+    path = Path(path)
+    config = load_config(path, ServerConfig)
+    if config.model_repository and not Path(config.model_repository).is_absolute():
+        import msgspec
+
+        config = msgspec.structs.replace(config, model_repository=str(path.parent / config.model_repository))
+    return config

@@ -1,0 +1,147 @@
+"""The hot path: POST /v2/models/{m}[/versions/{v}]/infer as a lean ASGI endpoint.
+
+Read the body, decode it (JSON, or JSON plus Triton's binary tensor data), submit to the
+model's native batcher, await the batch, encode the answer. No routing framework, no
+middleware, no per-request allocation we can avoid.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from loopserve.errors import InvalidInput, ModelError
+from loopserve.model import Model
+from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
+from loopserve.server.metrics import ServerMetrics
+from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
+from loopserve.server.repository import ModelRepository
+
+log = logging.getLogger("loopserve.server")
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+async def read_body(receive, limit: int) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"request body is over the limit of {limit} bytes (http.max_body_bytes)")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _headers(scope) -> tuple[int | None, int | None]:
+    """(Content-Length, Inference-Header-Content-Length), either None when absent."""
+    content_length = header_length = None
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            content_length = int(value)
+        elif key == b"inference-header-content-length":
+            try:
+                header_length = int(value)
+            except ValueError:
+                raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {value[:40]!r}") from None
+            if header_length < 0:
+                raise ProtocolError("Inference-Header-Content-Length must not be negative")
+    return content_length, header_length
+
+
+def _raw_input(model: Model, body: bytes) -> dict[str, np.ndarray]:
+    """Triton's raw binary form: the body is the one input tensor, rows by its size."""
+    if len(model.inputs) != 1:
+        raise ProtocolError(f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
+                            f"model '{model.name}' has {len(model.inputs)}")
+    spec = model.inputs[0]
+    if any(d < 0 for d in spec.dims):
+        raise ProtocolError(f"a raw binary request needs fixed dims; input '{spec.name}' has {spec.dims}")
+    shape = list(spec.dims)
+    if model.config.max_batch_size > 0:
+        row_bytes = int(np.prod(spec.dims, dtype=np.int64)) * NUMPY_DTYPES[spec.datatype].itemsize
+        if row_bytes == 0 or len(body) % row_bytes:
+            raise ProtocolError(f"raw binary body of {len(body)} bytes is not a whole number of rows of "
+                                f"input '{spec.name}' ({row_bytes} bytes each)")
+        shape = [len(body) // row_bytes] + shape
+    return {spec.name: decode_raw(body, spec.name, spec.datatype, shape)}
+
+
+def _check_datatypes(model: Model, request) -> None:
+    """A clearer refusal than the batcher's for a request whose datatype differs."""
+    declared = model.input_datatypes
+    for inp in request.inputs:
+        expected = declared.get(inp.name)
+        if expected is not None and inp.datatype != expected:
+            raise InvalidInput(f"input '{inp.name}' has datatype {inp.datatype}, but model '{model.name}' "
+                               f"expects {expected}")
+
+
+class InferEndpoint:
+    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, max_body_bytes: int):
+        self.repository = repository
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
+        start = time.perf_counter()
+        model = None
+        try:
+            content_length, header_length = _headers(scope)
+            if content_length is not None and content_length > self.max_body_bytes:
+                raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
+                                   f"{self.max_body_bytes} bytes (http.max_body_bytes)")
+            model = self.repository.get(name, version)
+            body = await read_body(receive, self.max_body_bytes)
+            if header_length == 0:
+                request, arrays = None, _raw_input(model, body)
+            else:
+                request, arrays = decode_request(body, header_length)
+                _check_datatypes(model, request)
+            params = request.parameters if request is not None else None
+            priority, timeout_us = _scheduling(params)
+            outputs = await model.infer(arrays, priority=priority, timeout_us=timeout_us)
+            binary_default = bool(params.get("binary_data_output", False)) if params else False
+            payload, json_length = encode_response(
+                model.name, str(model.version), request.id if request is not None else None, outputs,
+                request.outputs if request is not None else None, binary_default)
+        except Exception as exc:  # every refusal is answered; the server serves on
+            status, extra = status_of(exc)
+            if status == 500:
+                log.error("infer failed", extra={"model": name, "error": str(exc)},
+                          exc_info=not isinstance(exc, ModelError))
+            await _send(send, status, _JSON + extra, error_body(str(exc)))
+            return
+        if json_length is None:
+            headers = _JSON
+        else:
+            headers = [(b"content-type", b"application/octet-stream"),
+                       (b"inference-header-content-length", str(json_length).encode())]
+        await _send(send, 200, headers, payload)
+        self.metrics.latency(model.name, str(model.version)).observe(time.perf_counter() - start)
+
+
+def _scheduling(params) -> tuple[int, int]:
+    """Triton's request parameters `priority` and `timeout` (microseconds)."""
+    if not params:
+        return 0, -1
+    priority = params.get("priority", 0)
+    timeout = params.get("timeout", -1)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise ProtocolError(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
+    if not isinstance(timeout, int) or isinstance(timeout, bool):
+        raise ProtocolError(f"parameter 'timeout' must be an integer number of microseconds, got {timeout!r}")
+    return priority, timeout
+
+
+async def _send(send, status: int, headers: list, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

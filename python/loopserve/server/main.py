@@ -1,0 +1,48 @@
+"""`loopserve serve`: load the models, then serve them over HTTP until SIGTERM or SIGINT.
+
+On SIGTERM uvicorn stops accepting connections and lets in-flight requests finish; then
+every model's batcher runs what it has queued and stops; the process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import uvicorn
+
+from loopserve.logs import configure_logging
+from loopserve.server.app import LoopserveApp
+from loopserve.server.config import ServerConfig
+from loopserve.server.repository import ModelRepository
+
+log = logging.getLogger("loopserve.server")
+
+
+def build_app(config: ServerConfig) -> LoopserveApp:
+    """Loads the configured models (all in the repository when none are named); a model that
+    fails to load stops start-up with its reason, as Triton does by default."""
+    repository = ModelRepository(config.model_repository)
+    try:
+        for name in config.models or repository.names_on_disk():
+            repository.load(name)
+    except Exception:
+        repository.close()
+        raise
+    return LoopserveApp(repository, max_body_bytes=config.http.max_body_bytes)
+
+
+def serve(config: ServerConfig) -> int:
+    configure_logging(config.log_level)
+    app = build_app(config)
+    log.info("serving", extra={"host": config.http.host, "port": config.http.port,
+                               "models": [f"{m.name}:{m.version}" for m in app.repository.models()]})
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.http.host, port=config.http.port, loop="uvloop", http="httptools", lifespan="on",
+        log_config=None, access_log=False, timeout_graceful_shutdown=config.http.graceful_shutdown_s,
+    ))
+    # uvicorn re-raises SIGTERM after its graceful shutdown, to the handler that was there
+    # before it; a graceful stop is a success, so that handler lets the process exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    server.run()
+    return 0

@@ -1,0 +1,92 @@
+"""Prometheus metrics at GET /metrics, under Triton's names where Triton has one.
+
+The counters are read from the native batchers' statistics when Prometheus scrapes, so the
+serving path pays nothing for them; only the end-to-end latency histogram is observed per
+request.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from loopserve.server.repository import ModelRepository
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# name -> (help, stats field, scale)
+_COUNTERS = {
+    "nv_inference_request_success": ("Successful inference requests", "success", 1),
+    "nv_inference_count": ("Inferences performed (rows; a batch of N counts N)", "inference_count", 1),
+    "nv_inference_exec_count": ("Model executions (batches)", "execution_count", 1),
+    "nv_inference_request_duration_us": ("Cumulative request duration in the batcher, queue and compute (us)",
+                                         "success_ns", 1e-3),
+    "nv_inference_queue_duration_us": ("Cumulative time requests waited in the queue (us)", "queue_ns", 1e-3),
+    "nv_inference_compute_input_duration_us": ("Cumulative time gathering inputs, per request (us)",
+                                               "compute_input_ns", 1e-3),
+    "nv_inference_compute_infer_duration_us": ("Cumulative model execution time, per request (us)",
+                                               "compute_infer_ns", 1e-3),
+    "nv_inference_compute_output_duration_us": ("Cumulative time scattering outputs, per request (us)",
+                                                "compute_output_ns", 1e-3),
+}
+
+
+class BatcherCollector(Collector):
+    """Reads every loaded model's native statistics at scrape time."""
+
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+
+    def collect(self) -> Iterable:
+        labels = ["model", "version"]
+        counters = {name: CounterMetricFamily(name, help_, labels=labels) for name, (help_, _, _) in _COUNTERS.items()}
+        failure = CounterMetricFamily("nv_inference_request_failure", "Failed inference requests",
+                                      labels=["model", "version", "reason"])
+        queued = GaugeMetricFamily("loopserve_queue_depth", "Requests waiting in the batcher now", labels=labels)
+        batch = HistogramMetricFamily("loopserve_batch_size", "Rows per executed batch", labels=labels)
+        for model in self.repository.models():
+            s = model.stats()
+            values = [model.name, str(model.version)]
+            for name, (_, field, scale) in _COUNTERS.items():
+                counters[name].add_metric(values, getattr(s, field) * scale)
+            failure.add_metric(values + ["BACKEND"], s.failed)
+            failure.add_metric(values + ["REJECTED"], s.rejected)
+            failure.add_metric(values + ["TIMEOUT"], s.timed_out)
+            queued.add_metric(values, s.queued)
+            sizes = s.batch_sizes
+            buckets, total, weighted = [], 0, 0
+            for bound in BATCH_BUCKETS:
+                total = sum(b.count for size, b in sizes.items() if size <= bound)
+                buckets.append((str(bound), total))
+            count = sum(b.count for b in sizes.values())
+            weighted = sum(size * b.count for size, b in sizes.items())
+            buckets.append(("+Inf", count))
+            batch.add_metric(values, buckets, weighted)
+        yield from counters.values()
+        yield failure
+        yield queued
+        yield batch
+
+
+class ServerMetrics:
+    """The registry /metrics exposes: native statistics plus the server's own latency."""
+
+    def __init__(self, repository: ModelRepository):
+        self.registry = CollectorRegistry()
+        self.registry.register(BatcherCollector(repository))
+        self.request_duration = Histogram(
+            "loopserve_request_duration_seconds", "End-to-end infer latency in the server: read, decode, "
+            "queue, compute, encode", ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self._children: dict[tuple[str, str], Histogram] = {}
+
+    def latency(self, model: str, version: str) -> Histogram:
+        """The histogram child for one model version, cached: labels() costs a lookup."""
+        key = (model, version)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.request_duration.labels(model, version)
+        return child

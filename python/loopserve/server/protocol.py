@@ -1,0 +1,389 @@
+"""The Open Inference Protocol (KServe v2) as Triton speaks it: message schema and tensor codec.
+
+A request body is JSON, ``{"id", "parameters", "inputs": [...], "outputs": [...]}``, where each
+input is ``{"name", "shape", "datatype", "parameters", "data"}`` and ``data`` holds the tensor's
+elements in row-major order, flat or nested (BOOL as true/false, BYTES as strings).
+
+Triton's binary tensor data extension: the HTTP header ``Inference-Header-Content-Length: N``
+says the first N bytes of the body are the JSON and the rest is raw tensor data. An input
+whose ``parameters.binary_data_size`` is set has no ``data``; its bytes follow the JSON, in the
+order the JSON lists such inputs. Numbers are little-endian; a BYTES tensor is each element
+as a 4-byte little-endian length followed by its bytes. Responses work the same way: an
+output goes binary when its requested ``parameters.binary_data`` is true or, when it does not
+say, when the request's ``parameters.binary_data_output`` is. With
+``Inference-Header-Content-Length: 0`` the body is one raw tensor and nothing else
+(``decode_raw``).
+
+Everything here is a pure function of bytes and arrays; HTTP lives in ``infer.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import msgspec
+import numpy as np
+
+try:
+    import ml_dtypes
+except ImportError:  # BF16 is optional; without it a BF16 tensor is refused by name
+    ml_dtypes = None
+
+__all__ = [
+    "RequestInput", "RequestOutput", "InferRequest", "ResponseOutput", "InferResponse",
+    "ProtocolError", "NUMPY_DTYPES", "datatype_of", "decode_request", "decode_raw",
+    "encode_response",
+]
+
+
+# --- messages ---------------------------------------------------------------------------
+# Requests tolerate unknown fields (msgspec's default): clients send extras.
+
+class RequestInput(msgspec.Struct):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class RequestOutput(msgspec.Struct):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(msgspec.Struct):
+    inputs: list[RequestInput]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(msgspec.Struct, omit_defaults=True):
+    name: str
+    datatype: str
+    shape: list[int]
+    parameters: dict[str, Any] | None = None
+    data: list | None = None
+
+
+class InferResponse(msgspec.Struct, omit_defaults=True):
+    model_name: str
+    outputs: list[ResponseOutput]
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ProtocolError(Exception):
+    """A malformed request: the message says what was wrong and what was expected (a 400)."""
+
+
+_request_decoder = msgspec.json.Decoder(InferRequest)
+_encoder = msgspec.json.Encoder()
+_u32 = struct.Struct("<I")
+
+
+# --- datatypes --------------------------------------------------------------------------
+
+NUMPY_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+if ml_dtypes is not None:
+    NUMPY_DTYPES["BF16"] = np.dtype(ml_dtypes.bfloat16)
+
+_NAMES = {dtype: name for name, dtype in NUMPY_DTYPES.items()}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The protocol's name for an array's dtype; object, bytes_ and str_ arrays are BYTES.
+
+    A dtype the protocol has no name for (complex, datetime) raises TypeError: that is the
+    model's fault, not the client's.
+    """
+    dtype = array.dtype
+    if dtype.kind in "OSU":
+        return "BYTES"
+    if dtype.byteorder == ">":
+        dtype = dtype.newbyteorder("<")
+    name = _NAMES.get(dtype)
+    if name is None:
+        raise TypeError(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+    return name
+
+
+def _dtype(datatype: str, name: str) -> np.dtype:
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is None:
+        if datatype == "BF16":
+            raise ProtocolError(f"input '{name}' is BF16: BF16 needs the ml_dtypes package")
+        raise ProtocolError(f"datatype '{datatype}' of input '{name}' is not one of {', '.join(NUMPY_DTYPES)}")
+    return dtype
+
+
+def _count(shape: list[int], name: str) -> int:
+    if shape and min(shape) < 0:
+        raise ProtocolError(f"input '{name}': shape {shape} has a negative dimension")
+    return math.prod(shape)
+
+
+# --- requests ---------------------------------------------------------------------------
+
+def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """The request and its input tensors, by name.
+
+    ``header_length`` is the Inference-Header-Content-Length (None when absent). Tensors taken
+    from binary data are read-only zero-copy views of ``body``.
+    """
+    view = memoryview(body)
+    if header_length is None:
+        header_length = len(view)
+    elif not 0 <= header_length <= len(view):
+        raise ProtocolError(f"Inference-Header-Content-Length {header_length} is outside the body of {len(view)} bytes")
+    try:
+        request = _request_decoder.decode(view[:header_length] if header_length < len(view) else body)
+    except msgspec.ValidationError as e:
+        raise ProtocolError(f"invalid inference request: {e}") from None
+    except msgspec.DecodeError as e:
+        raise ProtocolError(f"invalid request body: {e}") from None
+
+    binary = view[header_length:]
+    offset = 0
+    arrays: dict[str, np.ndarray] = {}
+    for inp in request.inputs:
+        name = inp.name
+        if name in arrays:
+            raise ProtocolError(f"input '{name}' appears more than once")
+        dtype = _dtype(inp.datatype, name)
+        count = _count(inp.shape, name)
+        size = _binary_size(inp)
+        if size is None:
+            arrays[name] = _from_json(inp, dtype, count)
+            continue
+        if offset + size > len(binary):
+            raise ProtocolError(f"binary data is truncated: input '{name}' claims {size} bytes at offset {offset}, "
+                                f"but the binary part has {len(binary)} bytes")
+        arrays[name] = _from_binary(binary[offset:offset + size], name, inp.datatype, dtype, inp.shape, count)
+        offset += size
+    if offset != len(binary):
+        raise ProtocolError(f"the binary part has {len(binary)} bytes but the inputs' binary_data_size "
+                            f"add up to {offset}; {len(binary) - offset} bytes are left over")
+    return request, arrays
+
+
+def decode_raw(body: bytes | memoryview, name: str, datatype: str, shape: list[int]) -> np.ndarray:
+    """One tensor sent as the whole body (Inference-Header-Content-Length: 0)."""
+    view = memoryview(body)
+    return _from_binary(view, name, datatype, _dtype(datatype, name), list(shape), _count(shape, name))
+
+
+def _binary_size(inp: RequestInput) -> int | None:
+    """The input's binary_data_size, or None when its tensor is in `data`."""
+    params = inp.parameters
+    size = params.get("binary_data_size") if params else None
+    if size is None:
+        if inp.data is None:
+            if params and "shared_memory_region" in params:
+                raise ProtocolError(f"input '{inp.name}': shared memory inputs are not supported")
+            raise ProtocolError(f"input '{inp.name}' has neither data nor parameters.binary_data_size")
+        return None
+    if inp.data is not None:
+        raise ProtocolError(f"input '{inp.name}' has both data and parameters.binary_data_size; send one of them")
+    if type(size) is not int or size < 0:
+        raise ProtocolError(f"input '{inp.name}': parameters.binary_data_size must be a non-negative integer, got {size!r}")
+    return size
+
+
+def _from_binary(raw: memoryview, name: str, datatype: str, dtype: np.dtype, shape: list[int], count: int) -> np.ndarray:
+    if datatype == "BYTES":
+        return _unpack_bytes(raw, name, count).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise ProtocolError(f"input '{name}': {datatype} shape {shape} needs {expected} bytes, "
+                            f"binary data has {len(raw)}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+
+def _unpack_bytes(raw: memoryview, name: str, count: int) -> np.ndarray:
+    """BYTES elements, each a 4-byte little-endian length then the bytes."""
+    data = bytes(raw)
+    items = []
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 4 > end:
+            raise ProtocolError(f"input '{name}': BYTES data is truncated inside the length of element {len(items)}")
+        (length,) = _u32.unpack_from(data, offset)
+        offset += 4
+        if offset + length > end:
+            raise ProtocolError(f"input '{name}': BYTES element {len(items)} claims {length} bytes, "
+                                f"only {end - offset} are left (truncated)")
+        items.append(data[offset:offset + length])
+        offset += length
+    if len(items) != count:
+        raise ProtocolError(f"input '{name}': shape needs {count} elements, BYTES data has {len(items)}")
+    return _object_array(items)
+
+
+def _object_array(items: list) -> np.ndarray:
+    # np.array(items, dtype=object) would build nested arrays from equal-length sequences
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+_INT_RANGES = {name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+               for name, dtype in NUMPY_DTYPES.items() if dtype.kind in "iu"}
+_EXPECTED = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers"}
+_FOUND = {"b": "booleans", "i": "integers", "u": "integers", "f": "non-integer numbers", "U": "strings", "O": "null, objects or huge integers"}
+
+
+def _from_json(inp: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
+    name, datatype, shape, data = inp.name, inp.datatype, inp.shape, inp.data
+    if not isinstance(data, list):
+        raise ProtocolError(f"input '{name}': data must be a JSON array, got {type(data).__name__}")
+    if datatype == "BYTES":
+        items = _json_strings(data, name)
+        _check_count(name, shape, count, len(items))
+        return _object_array(items).reshape(shape)
+    try:
+        # numpy infers bool, int64, uint64, float64, str or object: that tells us what the JSON held
+        values = np.asarray(data)
+    except ValueError as e:
+        raise ProtocolError(f"input '{name}': data is not a regular array of {datatype} values ({e})") from None
+    _check_count(name, shape, count, values.size)
+    if count == 0:
+        return np.empty(shape, dtype=dtype)
+    kind = dtype.kind if datatype != "BF16" else "f"
+    found = values.dtype.kind
+    if not (found == kind or (kind == "f" and found in "iu") or (kind in "iu" and found in "iu")):
+        raise ProtocolError(f"input '{name}': {datatype} data must be {_EXPECTED[kind]}, "
+                            f"found {_FOUND.get(found, values.dtype)}")
+    if kind in "iu" and values.dtype != dtype:
+        least, most = _INT_RANGES[datatype]
+        low, high = values.min(), values.max()
+        if low < least or high > most:
+            bad = low if low < least else high
+            raise ProtocolError(f"input '{name}': value {bad} does not fit {datatype} ({least} to {most})")
+    array = values.astype(dtype, copy=False)
+    if kind == "f" and datatype != "FP64" and _overflowed(array.ravel()):
+        raise ProtocolError(f"input '{name}': a value is too large for {datatype}")
+    return array.reshape(shape)
+
+
+def _overflowed(flat: np.ndarray) -> bool:
+    """Whether casting to a narrow float made an inf (JSON has no inf, so any inf is an overflow)."""
+    if flat.dtype.kind != "f":  # BF16: no fast dot product
+        return not np.isfinite(flat).all()
+    # a dot product is the cheapest finiteness test; only when it overflows itself, look closely
+    return not math.isfinite(np.dot(flat, flat)) and not np.isfinite(flat).all()
+
+
+def _check_count(name: str, shape: list[int], count: int, found: int) -> None:
+    if found != count:
+        raise ProtocolError(f"input '{name}': shape {shape} needs {count} elements, data has {found}")
+
+
+def _json_strings(data: list, name: str) -> list[bytes]:
+    """Flatten (possibly nested) lists of strings into utf-8 bytes."""
+    items: list[bytes] = []
+    stack = [iter(data)]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, str):
+                items.append(value.encode())
+            elif isinstance(value, list):
+                stack.append(iter(value))
+                break
+            else:
+                raise ProtocolError(f"input '{name}': BYTES data must be strings, found {type(value).__name__}")
+        else:
+            stack.pop()
+    return items
+
+
+# --- responses --------------------------------------------------------------------------
+
+def encode_response(model_name: str, model_version: str | None, request_id: str | None,
+                    outputs: dict[str, np.ndarray], requested: list[RequestOutput] | None,
+                    binary_default: bool, parameters: dict | None = None) -> tuple[bytes, int | None]:
+    """The response body and the length of its JSON part (None when nothing is binary).
+
+    ``requested`` picks and orders the outputs (None: all, in dict order). Outputs sent as JSON
+    carry a flat ``data`` list; BYTES elements that are not valid UTF-8 are decoded with
+    errors='replace' there (ask for binary_data to get them exactly), and non-finite floats
+    are written as null (JSON has no inf or NaN).
+    """
+    chosen = _choose(outputs, requested, binary_default)
+    entries: list[ResponseOutput] = []
+    chunks: list = []
+    for name, array, binary in chosen:
+        array = np.asarray(array)
+        datatype = datatype_of(array)
+        shape = list(array.shape)
+        if binary:
+            raw = _pack(array, datatype)
+            chunks.append(raw)
+            entries.append(ResponseOutput(name, datatype, shape, parameters={"binary_data_size": len(raw)}))
+        else:
+            entries.append(ResponseOutput(name, datatype, shape, data=_json_data(array, datatype)))
+    header = _encoder.encode(InferResponse(model_name, entries, model_version, request_id, parameters))
+    if not chunks:
+        return header, None
+    return b"".join([header, *chunks]), len(header)
+
+
+def _choose(outputs: dict[str, np.ndarray], requested: list[RequestOutput] | None,
+            binary_default: bool) -> list[tuple[str, np.ndarray, bool]]:
+    if requested is None:
+        return [(name, array, binary_default) for name, array in outputs.items()]
+    chosen = []
+    for req in requested:
+        array = outputs.get(req.name)
+        if array is None:
+            raise ProtocolError(f"model has no output '{req.name}' (its outputs: {', '.join(outputs)})")
+        binary = req.parameters.get("binary_data", binary_default) if req.parameters else binary_default
+        if type(binary) is not bool:
+            raise ProtocolError(f"output '{req.name}': parameters.binary_data must be true or false, got {binary!r}")
+        chosen.append((req.name, array, binary))
+    return chosen
+
+
+def _pack(array: np.ndarray, datatype: str):
+    """The output's bytes on the wire: a bytes object, or a uint8 array joined without copying."""
+    if datatype == "BYTES":
+        return b"".join(part for item in array.ravel().tolist() for part in _length_prefixed(item))
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    # a view as uint8, since some dtypes (BF16) cannot be exported through the buffer protocol
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+
+
+def _length_prefixed(item) -> tuple[bytes, bytes]:
+    data = _as_bytes(item)
+    return _u32.pack(len(data)), data
+
+
+def _as_bytes(item) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode()
+    return str(item).encode()
+
+
+def _json_data(array: np.ndarray, datatype: str) -> list:
+    flat = array.ravel()
+    if datatype == "BYTES":
+        return [item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
+                for item in flat.tolist()]
+    if datatype == "BF16":
+        flat = flat.astype(np.float32)  # bfloat16 scalars are not JSON numbers
+    return flat.tolist()

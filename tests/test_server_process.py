@@ -1,0 +1,101 @@
+"""`loopserve serve` as a process: start-up errors, and SIGTERM that loses nothing."""
+
+import http.client
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import msgspec
+import pytest
+
+
+def loopserve(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "loopserve.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    "server_yaml, model_yaml, fragments",
+    [
+        ("http: {prot: 1}\n", None, ["server.yaml", "unknown field `prot`", "$.http"]),
+        ("http: {port: big}\n", None, ["server.yaml", "Expected `int`, got `str`", "$.http.port"]),
+        ("log_level: loud\n", None, ["server.yaml", "$.log_level"]),
+        ("models: [mlp]\n", "max_batch_size: many\n", ["mlp/config.yaml", "Expected `int`", "$.max_batch_size"]),
+        ("models: [mlp]\n", "batching: {}\n", ["mlp/config.yaml", "unknown field `batching`"]),
+        ("models: [nothere]\n", None, ["model 'nothere' is not in the repository"]),
+    ],
+)
+def test_bad_config_stops_start_up_with_a_clear_message(tmp_path, model_repo, server_yaml, model_yaml, fragments):
+    shutil.copytree(model_repo / "mlp_onnx", tmp_path / "models" / "mlp")
+    if model_yaml:
+        (tmp_path / "models" / "mlp" / "config.yaml").write_text(model_yaml)
+    (tmp_path / "server.yaml").write_text("model_repository: models\n" + server_yaml)
+    proc = loopserve("serve", "--config", str(tmp_path / "server.yaml"), "--port", str(free_port()))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    for f in fragments:
+        assert f in err, err
+
+
+def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
+    model = tmp_path / "models" / "slow"
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(textwrap.dedent("""
+        import time
+        def infer(inputs):
+            time.sleep(1.0)
+            return {"y": inputs["x"] + 1}
+    """))
+    (model / "config.yaml").write_text("max_batch_size: 8\ninputs: [{name: x, datatype: INT32, dims: [1]}]\n"
+                                       "outputs: [{name: y, datatype: INT32, dims: [1]}]\n")
+    port = free_port()
+    proc = loopserve("serve", "--model-repository", str(tmp_path / "models"), "--port", str(port))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.1)
+
+    results = []
+
+    def call(i):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [i]}]})
+        c.request("POST", "/v2/models/slow/infer", body=body)
+        r = c.getresponse()
+        results.append((r.status, msgspec.json.decode(r.read())))
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in callers:
+        t.start()
+    time.sleep(0.3)  # all four are in flight, inside the model
+    proc.send_signal(signal.SIGTERM)
+    for t in callers:
+        t.join()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert sorted(r[1]["outputs"][0]["data"][0] for r in results) == [1, 2, 3, 4]
+    assert all(status == 200 for status, _ in results)
+    # Structured logs: one JSON object per line.
+    lines = [msgspec.json.decode(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(entry["msg"] == "serving" and entry["port"] == port for entry in lines)
+    # And after exit, nothing listens any more.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
