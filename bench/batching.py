@@ -12,12 +12,16 @@ and differences taken side by side mean anything):
    against its own runtime called directly. For torch, several max_queue_delay_us values
    are tried and the best is reported (all are printed). Baseline and served windows
    alternate, and each ratio is the median over rounds.
-   Diagnostics: the batch-size histogram, the worker's busy fraction (time inside
-   gather + model + scatter over the window) and the mean model time of a 64-row batch
-   served vs direct: a ratio below target with a low busy fraction means bubbles between
-   batches (the clients or the event loop cannot refill the queue fast enough); a high busy
-   fraction with a slower served batch means the model itself runs slower while served
-   (CPU or GIL contention with the event loop).
+   Diagnostics, to tell where a shortfall comes from:
+   - the batch-size histogram (model.stats()): small batches waste the model's throughput;
+   - the worker's share of the window inside batches (gather + model + scatter): the rest
+     is bubbles between batches, while the clients and the event loop refill the queue;
+   - the model time of a 64-row batch, served vs direct: slower when served means the model
+     competes with the event loop (for the GIL, or for a CPU, or for caches);
+   - per thread (/proc/self/task/*/schedstat): the worker's time on a CPU and runnable but
+     waiting for one. In-batch time that is neither is time blocked, i.e. waiting for the GIL;
+   - other processes' CPU use during each window (/proc/stat minus this process): the
+     machines are shared, and a busy neighbour slows whichever window it lands in.
 2. Tiny MLP (32 -> 64 -> 2) on onnxruntime, where the model costs a few µs and the
    batcher's own per-request cost shows: (a) one client, sequential: median latency of
    `await model.infer` minus median `session.run` at batch 1; (b) 64 clients: wall time
@@ -25,14 +29,17 @@ and differences taken side by side mean anything):
 3. The native core alone (`_core.measure_native`): native threads submit to an echo
    executor, with no Python and no model; µs per request and requests/s.
 
-    .venv/bin/python bench/batching.py [--quick] [--json results.json]
+    .venv/bin/python bench/batching.py [--quick] [--json results.json] [--only heavy|tiny|native]
+                                       [--clients N]  (heavy MLP clients; default 64)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
+import logging
 import os
 import platform
 import statistics
@@ -69,11 +76,12 @@ class Settings:
     native_requests: int  # per native thread
     native_threads: int = 4
     native_delay_us: int = 100
+    heavy_clients: int = CLIENTS
 
 
 FULL = Settings(window_s=2.5, warmup_s=0.5, rounds=3, torch_delays_us=[500, 2000, 5000], onnx_delay_us=2000,
                 latency_iters=20000, native_requests=100_000)
-QUICK = Settings(window_s=1.0, warmup_s=0.3, rounds=2, torch_delays_us=[2000], onnx_delay_us=2000,
+QUICK = Settings(window_s=0.8, warmup_s=0.3, rounds=3, torch_delays_us=[2000], onnx_delay_us=2000,
                  latency_iters=5000, native_requests=25_000)
 
 
@@ -100,6 +108,61 @@ def machine() -> dict:
         "loopserve": loopserve.__version__,
         "event_loop": "uvloop " + uvloop.__version__ if uvloop else "asyncio",
     }
+
+
+# -- CPU usage ----------------------------------------------------------------------------
+# The machines are shared and small: another process on the other core, or the event loop
+# competing with the model, shows up here rather than as an unexplained ratio.
+
+
+@dataclass
+class Usage:
+    """CPU use during one window (Linux /proc; zeros elsewhere)."""
+
+    others_cores: float = 0.0  # other processes on this machine, in cores
+    loop_cpu: float = 0.0  # the main (event loop) thread: share of the window on a CPU
+    worker_cpu: float = 0.0  # the busiest other thread (the batcher's worker when served)
+    worker_waiting_for_cpu: float = 0.0  # its share of the window runnable but not running
+
+
+def _cpu_counters() -> tuple[float, float, dict[int, tuple[int, int]]]:
+    """(machine busy seconds, this process's CPU seconds, {tid: (run ns, runqueue ns)})."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    busy = (sum(fields) - fields[3] - fields[4] - fields[7]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait, steal
+    t = os.times()
+    threads = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            run, wait, _ = (int(v) for v in Path(f"/proc/self/task/{tid}/schedstat").read_text().split())
+        except (OSError, ValueError):
+            continue
+        threads[int(tid)] = (run, wait)
+    return busy, t.user + t.system, threads
+
+
+class UsageMeter:
+    """with UsageMeter() as m: ...; then m.usage."""
+
+    def __enter__(self) -> "UsageMeter":
+        self.usage = Usage()
+        try:
+            self._start = _cpu_counters()
+        except OSError:
+            self._start = None
+        self._t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._start is None:
+            return
+        wall = time.perf_counter() - self._t0
+        busy1, own1, threads1 = _cpu_counters()
+        busy0, own0, threads0 = self._start
+        shares = {tid: ((run - threads0[tid][0]) / 1e9 / wall, (wait - threads0[tid][1]) / 1e9 / wall)
+                  for tid, (run, wait) in threads1.items() if tid in threads0}
+        main = shares.pop(os.getpid(), (0.0, 0.0))
+        worker = max(shares.values(), default=(0.0, 0.0))
+        self.usage = Usage(max(0.0, (busy1 - busy0 - (own1 - own0)) / wall), main[0], *worker)
 
 
 # -- drivers ------------------------------------------------------------------------------
@@ -140,6 +203,7 @@ class Window:
     histogram: dict[int, int]  # batch size -> batches run in the window
     busy_ns: int  # worker time in gather + model + scatter during the window
     infer_ns_by_size: dict[int, int]  # batch size -> model time summed over its batches
+    usage: Usage
 
     @property
     def rows_per_s(self) -> float:  # batch-1 requests: one row each
@@ -175,13 +239,14 @@ async def closed_loop(model: Model, inputs: list[np.ndarray], warmup_s: float, s
 
     tasks = [asyncio.create_task(client(x)) for x in inputs]
     await asyncio.sleep(warmup_s)
-    start_done, start_stats, start = done, model.stats(), time.perf_counter()
-    await asyncio.sleep(seconds)
-    end_done, end_stats, end = done, model.stats(), time.perf_counter()
+    with UsageMeter() as meter:
+        start_done, start_stats, start = done, model.stats(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        end_done, end_stats, end = done, model.stats(), time.perf_counter()
     stop = True
     await asyncio.gather(*tasks)
     hist, busy, infer = _stats_delta(start_stats, end_stats)
-    return Window(end_done - start_done, end - start, hist, busy, infer)
+    return Window(end_done - start_done, end - start, hist, busy, infer, meter.usage)
 
 
 async def sequential_latency_s(model: Model, x: np.ndarray, iters: int) -> float:
@@ -221,52 +286,60 @@ def ort_session(model_dir: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(model_dir / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
 
-def client_inputs(n_in: int, rng: np.random.Generator) -> list[np.ndarray]:
-    return [rng.standard_normal((1, n_in), dtype=np.float32) for _ in range(CLIENTS)]
+def client_inputs(n_in: int, rng: np.random.Generator, clients: int = CLIENTS) -> list[np.ndarray]:
+    """One batch-1 input per client."""
+    return [rng.standard_normal((1, n_in), dtype=np.float32) for _ in range(clients)]
 
 
 # -- 1. heavy MLP throughput ----------------------------------------------------------------
 
 
 def throughput_rounds(runner: asyncio.Runner, s: Settings, model: Model, run_direct, inputs) -> dict:
-    """Alternates direct and served windows; returns medians, per-round ratios and the
-    diagnostics of the served window closest to the median ratio."""
-    direct, served, windows = [], [], []
+    """Alternates direct and served windows. The ratio is the median of the per-round
+    ratios; the diagnostics are those of the round whose ratio is that median."""
+    rounds = []
     for _ in range(s.rounds):
-        direct.append(direct_rows_per_s(run_direct, MAX_BATCH, s.window_s))
+        with UsageMeter() as meter:
+            direct = direct_rows_per_s(run_direct, MAX_BATCH, s.window_s)
         w = runner.run(closed_loop(model, inputs, s.warmup_s, s.window_s))
-        windows.append(w)
-        served.append(w.rows_per_s)
-    ratios = [b / a for a, b in zip(direct, served)]
-    median_ratio = statistics.median(ratios)
-    w = windows[min(range(len(ratios)), key=lambda i: abs(ratios[i] - median_ratio))]
-    hist = {}
-    for win in windows:
-        for size, count in win.histogram.items():
+        full = w.histogram.get(MAX_BATCH, 0)
+        rounds.append({
+            "direct_rows_per_s": direct,
+            "served_rows_per_s": w.rows_per_s,
+            "ratio": w.rows_per_s / direct,
+            "histogram": w.histogram,
+            "busy": w.busy_ns / (w.seconds * 1e9),
+            "served_ms_per_full_batch": w.infer_ns_by_size[MAX_BATCH] / full / 1e6 if full else None,
+            "direct_ms_per_full_batch": MAX_BATCH / direct * 1e3,
+            "others_cores_direct": meter.usage.others_cores,
+            "served_usage": asdict(w.usage),
+        })
+    ratios = [r["ratio"] for r in rounds]
+    median = sorted(rounds, key=lambda r: r["ratio"])[(len(rounds) - 1) // 2]  # the lower median: a real round
+    hist: dict[int, int] = {}
+    for r in rounds:
+        for size, count in r["histogram"].items():
             hist[size] = hist.get(size, 0) + count
-    full = sum(win.infer_ns_by_size.get(MAX_BATCH, 0) for win in windows)
-    full_count = hist.get(MAX_BATCH, 0)
     return {
-        "direct_rows_per_s": statistics.median(direct),
-        "served_rows_per_s": statistics.median(served),
-        "ratio": median_ratio,
+        "direct_rows_per_s": statistics.median(r["direct_rows_per_s"] for r in rounds),
+        "served_rows_per_s": statistics.median(r["served_rows_per_s"] for r in rounds),
+        "ratio": median["ratio"],
         "ratios": ratios,
         "histogram": dict(sorted(hist.items())),
         "mean_batch": sum(k * v for k, v in hist.items()) / max(sum(hist.values()), 1),
-        "busy_fraction": w.busy_ns / (w.seconds * 1e9),
-        "served_ms_per_full_batch": full / full_count / 1e6 if full_count else None,
-        "direct_ms_per_full_batch": MAX_BATCH / statistics.median(direct) * 1e3,
+        "median_round": median,
+        "rounds": rounds,
     }
 
 
 def bench_heavy_torch(runner: asyncio.Runner, s: Settings, module: torch.nn.Module) -> dict:
-    x64 = torch.from_numpy(np.random.default_rng(1).standard_normal((MAX_BATCH, 512), dtype=np.float32))
+    x64 = np.random.default_rng(1).standard_normal((MAX_BATCH, 512), dtype=np.float32)
 
     def run_direct():
         with torch.inference_mode():
-            return module(x64)
+            return module(torch.from_numpy(x64))
 
-    inputs = client_inputs(512, np.random.default_rng(2))
+    inputs = client_inputs(512, np.random.default_rng(2), s.heavy_clients)
     by_delay = {}
     for delay in s.torch_delays_us:
         with Model.from_module(module, torch_config("heavy_torch", 512, 2, delay)) as model:
@@ -280,7 +353,7 @@ def bench_heavy_onnx(runner: asyncio.Runner, s: Settings, module: torch.nn.Modul
     session = ort_session(model_dir)
     x64 = np.random.default_rng(1).standard_normal((MAX_BATCH, 512), dtype=np.float32)
     feed = {zoo.INPUT: x64}
-    inputs = client_inputs(512, np.random.default_rng(2))
+    inputs = client_inputs(512, np.random.default_rng(2), s.heavy_clients)
     with Model.load(model_dir) as model:
         result = throughput_rounds(runner, s, model, lambda: session.run(None, feed), inputs)
     return {"delay_us": s.onnx_delay_us, **result}
@@ -347,19 +420,24 @@ def fmt_hist(hist: dict[int, int]) -> str:
 
 def print_throughput(title: str, r: dict, note: str = "") -> None:
     target = "ok" if r["ratio"] >= 0.85 else "BELOW 0.85"
+    m, u = r["median_round"], r["median_round"]["served_usage"]
     print(f"  {title:<34} {r['direct_rows_per_s']:>10.0f} {r['served_rows_per_s']:>10.0f} "
           f"{r['ratio']:>7.3f}  {target}{note}")
-    print(f"  {'':<34} rounds {' '.join(f'{x:.3f}' for x in r['ratios'])}; mean batch {r['mean_batch']:.1f}; "
-          f"worker busy {r['busy_fraction']:.0%}")
-    full = r["served_ms_per_full_batch"]
-    if full is not None:
-        print(f"  {'':<34} 64-row batch: {full:.2f} ms served vs {r['direct_ms_per_full_batch']:.2f} ms direct")
-    print(f"  {'':<34} batch sizes (share of batches): {fmt_hist(r['histogram'])}")
+    pad = " " * 36
+    print(f"{pad}rounds {' '.join(f'{x:.3f}' for x in r['ratios'])}; mean batch {r['mean_batch']:.1f}; "
+          f"batch sizes (share of batches): {fmt_hist(r['histogram'])}")
+    if m["served_ms_per_full_batch"] is not None:
+        print(f"{pad}median round: 64-row batch {m['served_ms_per_full_batch']:.2f} ms served vs "
+              f"{m['direct_ms_per_full_batch']:.2f} ms direct; worker in batches {m['busy']:.0%} of the window")
+    print(f"{pad}  threads: worker on CPU {u['worker_cpu']:.0%}, runnable but waiting for a CPU "
+          f"{u['worker_waiting_for_cpu']:.0%}; event loop on CPU {u['loop_cpu']:.0%}; other processes "
+          f"{m['others_cores_direct']:.2f} cores (direct) / {u['others_cores']:.2f} (served)")
 
 
 def report(results: dict) -> None:
     if "heavy_torch" in results or "heavy_onnx" in results:
-        print(f"\n1. Heavy MLP 512-2048-2048-2, 1 thread, {CLIENTS} clients x batch-1 requests, max_batch_size "
+        clients = results["settings"]["heavy_clients"]
+        print(f"\n1. Heavy MLP 512-2048-2048-2, 1 thread, {clients} clients x batch-1 requests, max_batch_size "
               f"{MAX_BATCH}, instances 1\n")
         print(f"  {'':<34} {'direct':>10} {'served':>10} {'ratio':>7}")
         print(f"  {'':<34} {'rows/s':>10} {'rows/s':>10}")
@@ -397,13 +475,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="about 30 s instead of about 3 min")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
+    p.add_argument("--clients", type=int, default=CLIENTS, help="heavy MLP: concurrent clients (default 64)")
     p.add_argument("--only", choices=["heavy", "tiny", "native"], action="append",
                    help="run only these sections (repeatable)")
     args = p.parse_args(argv)
-    s = QUICK if args.quick else FULL
+    s = dataclasses.replace(QUICK if args.quick else FULL, heavy_clients=args.clients)
     sections = set(args.only or ["heavy", "tiny", "native"])
 
     torch.set_num_threads(1)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes about torchvision
     info = machine()
     print("loopserve batching benchmark" + (" (--quick)" if args.quick else ""))
     print(f"  {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable); python {info['python']}, "
@@ -413,19 +493,22 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {"machine": info, "settings": asdict(s)}
     started = time.perf_counter()
     loop_factory = uvloop.new_event_loop if uvloop else None
-    with asyncio.Runner(loop_factory=loop_factory) as runner, tempfile.TemporaryDirectory() as tmp:
+    with UsageMeter() as meter, asyncio.Runner(loop_factory=loop_factory) as runner, \
+            tempfile.TemporaryDirectory() as tmp:
         if "heavy" in sections:
             module = zoo.heavy_mlp()
             results["heavy_torch"] = bench_heavy_torch(runner, s, module)
             results["heavy_onnx"] = bench_heavy_onnx(runner, s, module, Path(tmp))
         if "tiny" in sections:
             results["tiny_overhead"] = bench_tiny_overhead(runner, s, Path(tmp))
-    if "native" in sections:
-        results["native"] = bench_native(s)
+        if "native" in sections:
+            results["native"] = bench_native(s)
     results["elapsed_s"] = time.perf_counter() - started
+    results["others_cores"] = meter.usage.others_cores
 
     report(results)
-    print(f"\n  ({results['elapsed_s']:.0f} s)")
+    print(f"\n  ({results['elapsed_s']:.0f} s; other processes used {results['others_cores']:.2f} cores on average "
+          f"meanwhile: figures taken while they ran are less reliable)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"  results written to {args.json}")

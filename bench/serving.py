@@ -326,7 +326,10 @@ def warm_up(server: Server, script: Path) -> None:
 
 
 def fmt(x: float | None, spec: str) -> str:
-    return "-" if x is None else format(x, spec)
+    if x is None:
+        width = spec.split(".")[0]
+        return "-".rjust(int(width) if width.isdigit() else 0)
+    return format(x, spec)
 
 
 def print_table(results: list[Result]) -> None:
@@ -393,7 +396,7 @@ def main() -> int:
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
-          f"load avg {info['load_avg_1m_at_start']}, Python {info['python']}")
+          f"1-min load avg {info['load_avg_1m_at_start']:.2f} at start, Python {info['python']}")
     print(f"client and server share these {info['cores_usable']} cores (wrk / perf_analyzer run beside the server)")
     print(f"duration {duration:g} s per measurement, concurrency {concurrency}, servers {servers}, clients {clients}")
 

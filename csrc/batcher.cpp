@@ -56,6 +56,7 @@ void BatcherConfig::validate() const {
   if (default_priority_level < 1 || default_priority_level > priority_levels)
     bad("default_priority_level must be in [1, priority_levels=" + std::to_string(priority_levels) + "]");
   if (instances < 1) bad("instances must be >= 1");
+  if (inline_budget_us < 0) bad("inline_budget_us must be >= 0");
   for (const auto* specs : {&inputs, &outputs})
     for (const TensorSpec& t : *specs)
       for (int64_t d : t.dims)
@@ -117,8 +118,9 @@ void Batcher::validate(const std::vector<InputView>& inputs, int64_t* rows) cons
                        std::to_string(config_.max_batch_size) + " of " + model);
 }
 
-void Batcher::submit(std::vector<InputView> inputs, uint64_t token, std::shared_ptr<CompletionSink> sink,
-                     int priority, int64_t timeout_us) {
+Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token,
+                                   std::shared_ptr<CompletionSink> sink, int priority, int64_t timeout_us,
+                                   Inline mode) {
   int64_t rows;
   validate(inputs, &rows);
   if (priority == 0) priority = config_.default_priority_level;
@@ -134,6 +136,7 @@ void Batcher::submit(std::vector<InputView> inputs, uint64_t token, std::shared_
   r.rows = rows;
   r.enqueued = Clock::now();
   r.deadline = timeout_us > 0 ? r.enqueued + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
+  Submitted result = Submitted::kQueued;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) throw Unavailable("model '" + config_.model_name + "' is unloading");
@@ -145,11 +148,55 @@ void Batcher::submit(std::vector<InputView> inputs, uint64_t token, std::shared_
     }
     // Requests overlap: whatever the adaptive delay learned about lone requests is stale.
     if (queued_ > 0 || busy_ > 0) useless_waits_ = 0;
-    earliest_deadline_ = std::min(earliest_deadline_, r.deadline);
-    levels_[static_cast<size_t>(priority - 1)].push_back(std::move(r));
-    ++queued_;
+    if (mode != Inline::kNever && inline_allowed()) {
+      result = mode == Inline::kNow ? Submitted::kRan : Submitted::kDeferred;
+    }
+    if (result == Submitted::kRan) {
+      ++busy_;
+    } else {
+      earliest_deadline_ = std::min(earliest_deadline_, r.deadline);
+      levels_[static_cast<size_t>(priority - 1)].push_back(std::move(r));
+      ++queued_;
+    }
   }
-  cv_.notify_one();
+  if (result == Submitted::kQueued) {
+    cv_.notify_one();
+  } else if (result == Submitted::kRan) {
+    std::vector<Request> batch;
+    batch.push_back(std::move(r));
+    std::vector<Buffer> staging(config_.inputs.size());  // unused: one request is gathered in place
+    run_batch(-1, batch, staging);
+  }
+  return result;
+}
+
+void Batcher::run_deferred() {
+  std::vector<Request> batch;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (queued_ == 0) return;
+    Plan plan = plan_batch(Clock::now());
+    plan.count = std::max<size_t>(plan.count, 1);  // run what is there, waiting for nothing
+    take(plan, batch);
+    ++busy_;
+    if (queued_ > 0) cv_.notify_one();
+  }
+  std::vector<Buffer> staging(config_.inputs.size());
+  run_batch(-1, batch, staging);
+}
+
+bool Batcher::eager() const {
+  return config_.max_queue_delay_us == 0 ||
+         (config_.adaptive_queue_delay && useless_waits_ >= kUselessWaitsBeforeEager);
+}
+
+// Whether a request may run on the submitting thread: nothing else is queued or running,
+// nothing would be gained by waiting, and the model has been quick for a lone request.
+bool Batcher::inline_allowed() const {
+  if (config_.inline_budget_us == 0 || queued_ > 0 || busy_ > 0 || stopping_ || !eager()) return false;
+  const int64_t lone_ns = std::min(lone_compute_avg_ns_.load(std::memory_order_relaxed),
+                                   lone_compute_last_ns_.load(std::memory_order_relaxed));
+  return lone_ns >= 0 && lone_ns <= config_.inline_budget_us * 1000;
 }
 
 void Batcher::stop() {
@@ -279,7 +326,7 @@ Batcher::Plan Batcher::plan_batch(Clock::time_point now) const {
   } else if (now >= due) {
     plan.ready = true;
     plan.by_delay = true;
-  } else if (config_.adaptive_queue_delay && useless_waits_ >= kUselessWaitsBeforeEager) {
+  } else if (eager()) {
     plan.ready = true;
   } else {
     plan.wake_at = due;
@@ -411,6 +458,12 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
     error = std::make_shared<const std::string>("model '" + config_.model_name + "' failed with an unknown error");
   }
   const Clock::time_point ran = Clock::now();
+  if (batch.size() == 1 && !error) {
+    const auto took = static_cast<int64_t>(ns_between(gathered, ran));
+    const int64_t avg = lone_compute_avg_ns_.load(std::memory_order_relaxed);
+    lone_compute_avg_ns_.store(avg < 0 ? took : (avg * 7 + took) / 8, std::memory_order_relaxed);
+    lone_compute_last_ns_.store(took, std::memory_order_relaxed);
+  }
 
   std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;
   uint64_t queue_ns = 0;
@@ -445,6 +498,7 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
     s.compute_input_ns += n * input_ns;
     s.compute_infer_ns += n * infer_ns;
     s.compute_output_ns += n * output_ns;
+    if (instance < 0) s.inline_runs += n;
     const uint64_t compute_ns = n * ns_between(start, scattered);
     if (error) {
       s.failed += n;

@@ -3,6 +3,7 @@
 // the rows into one contiguous buffer, run the executor, and hand each request its rows.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -56,6 +57,10 @@ struct BatcherConfig {
   int default_priority_level = 2;
   // Batches run at once, each by its own worker thread.
   int instances = 1;
+  // A lone request (nothing queued, nothing running, no reason to wait) runs on the
+  // submitting thread instead of waking a worker, when the model's recent time for a lone
+  // request is under this budget: two thread hand-offs cost more than a tiny model. 0: never.
+  int64_t inline_budget_us = 100;
 
   void validate() const;  // throws std::invalid_argument naming the bad field
 };
@@ -82,6 +87,7 @@ struct BatcherStats {
   uint64_t compute_output_ns = 0;
   uint64_t success_ns = 0;  // queue + compute of the successful requests
   uint64_t failed_ns = 0;
+  uint64_t inline_runs = 0;  // requests run on the submitting thread
   int64_t queued = 0;       // requests waiting now
   uint64_t last_inference_ms = 0;  // wall clock (ms since the Unix epoch) of the last batch run
   std::vector<BatchSizeStats> by_batch_size;  // index: rows in the batch
@@ -99,8 +105,19 @@ class Batcher {
   // (exactly one, whatever happens) goes to `sink` tagged with `token`. priority: 0 for the
   // default level; timeout_us: -1 for the default, 0 for none. Throws InvalidInput,
   // QueueFull or Unavailable; then nothing was queued and no completion will come.
-  void submit(std::vector<InputView> inputs, uint64_t token, std::shared_ptr<CompletionSink> sink,
-              int priority = 0, int64_t timeout_us = -1);
+  //
+  // A lone request to a quick model (see inline_budget_us) may run on the submitting
+  // thread: with Inline::kNow at once; with Inline::kDeferred it is queued for the caller to
+  // run with run_deferred() a moment later, together with whatever else came meanwhile (an
+  // event loop submits its requests one by one: this lets a burst from one loop batch).
+  enum class Inline { kNever, kNow, kDeferred };
+  enum class Submitted { kQueued, kRan, kDeferred };
+  Submitted submit(std::vector<InputView> inputs, uint64_t token, std::shared_ptr<CompletionSink> sink,
+                   int priority = 0, int64_t timeout_us = -1, Inline mode = Inline::kNow);
+
+  // Runs what is queued as one batch on this thread; for callers that were told kDeferred.
+  // Does nothing when a worker has taken it already.
+  void run_deferred();
 
   // Refuses new requests, runs everything already queued, and joins the workers.
   void stop();
@@ -132,6 +149,8 @@ class Batcher {
   bool next_batch(std::unique_lock<std::mutex>& lock, std::vector<Request>& batch,
                   std::vector<Request>& expired);
   Plan plan_batch(Clock::time_point now) const;
+  bool eager() const;
+  bool inline_allowed() const;
   void take(const Plan& plan, std::vector<Request>& batch);
   void expire(Clock::time_point now, std::vector<Request>& expired);
   bool compatible(const Request& a, const Request& b) const;
@@ -151,6 +170,11 @@ class Batcher {
   int useless_waits_ = 0;
   bool stopping_ = false;
   Clock::time_point earliest_deadline_ = Clock::time_point::max();
+
+  // Compute time of one-request batches, in ns: a moving average and the latest; -1 until
+  // measured. The smaller of the two decides, so one cold first call does not linger.
+  std::atomic<int64_t> lone_compute_avg_ns_{-1};
+  std::atomic<int64_t> lone_compute_last_ns_{-1};
 
   mutable std::mutex stats_mu_;
   BatcherStats stats_;

@@ -124,6 +124,7 @@ py::dict stats_dict(const BatcherStats& s) {
   d["compute_output_ns"] = s.compute_output_ns;
   d["success_ns"] = s.success_ns;
   d["failed_ns"] = s.failed_ns;
+  d["inline_runs"] = s.inline_runs;
   d["queued"] = s.queued;
   d["last_inference_ms"] = s.last_inference_ms;
   py::dict by_size;
@@ -196,6 +197,9 @@ PYBIND11_MODULE(_core, m) {
   m.attr("STATUS_TIMED_OUT") = static_cast<int>(Status::kTimedOut);
   m.attr("STATUS_MODEL_ERROR") = static_cast<int>(Status::kModelError);
   m.attr("STATUS_UNAVAILABLE") = static_cast<int>(Status::kUnavailable);
+  m.attr("SUBMIT_QUEUED") = static_cast<int>(Batcher::Submitted::kQueued);
+  m.attr("SUBMIT_RAN") = static_cast<int>(Batcher::Submitted::kRan);
+  m.attr("SUBMIT_DEFERRED") = static_cast<int>(Batcher::Submitted::kDeferred);
   py::list names;
   for (DType t : kAllDTypes) names.append(std::string(dtype_name(t)));
   m.attr("DATATYPES") = names;
@@ -222,7 +226,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("default_timeout_us", &BatcherConfig::default_timeout_us)
       .def_readwrite("priority_levels", &BatcherConfig::priority_levels)
       .def_readwrite("default_priority_level", &BatcherConfig::default_priority_level)
-      .def_readwrite("instances", &BatcherConfig::instances);
+      .def_readwrite("instances", &BatcherConfig::instances)
+      .def_readwrite("inline_budget_us", &BatcherConfig::inline_budget_us);
 
   py::class_<Executor, std::shared_ptr<Executor>>(m, "Executor");
   py::class_<EchoExecutor, Executor, std::shared_ptr<EchoExecutor>>(m, "EchoExecutor").def(py::init<>());
@@ -247,12 +252,25 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "submit",
           [](PyBatcher& self, const py::dict& inputs, uint64_t token, std::shared_ptr<CompletionQueue> queue,
-             int priority, int64_t timeout_us) {
+             int priority, int64_t timeout_us, bool defer_inline) {
             Batcher& b = self.get();
-            b.submit(input_views(b.config(), inputs), token, std::move(queue), priority, timeout_us);
+            auto mode = defer_inline ? Batcher::Inline::kDeferred : Batcher::Inline::kNow;
+            return static_cast<int>(
+                b.submit(input_views(b.config(), inputs), token, std::move(queue), priority, timeout_us, mode));
           },
           py::arg("inputs"), py::arg("token"), py::arg("queue"), py::arg("priority") = 0,
-          py::arg("timeout_us") = -1)
+          py::arg("timeout_us") = -1, py::arg("defer_inline") = false,
+          "Queues a request; returns SUBMIT_QUEUED, SUBMIT_RAN (already complete) or SUBMIT_DEFERRED "
+          "(call run_deferred() soon)")
+      .def(
+          "run_deferred",
+          [](PyBatcher& self, CompletionQueue& queue) {
+            queue.set_quiet(true);  // the caller drains `queue` right after
+            self.get().run_deferred();
+            queue.set_quiet(false);
+          },
+          py::arg("queue"),
+          "Runs what is queued as one batch on this thread (after a SUBMIT_DEFERRED); then drain `queue`")
       .def(
           "infer_sync",
           [](PyBatcher& self, const py::dict& inputs, int priority, int64_t timeout_us) {

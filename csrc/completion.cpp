@@ -15,31 +15,35 @@ CompletionQueue::CompletionQueue() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC
 CompletionQueue::~CompletionQueue() { ::close(fd_); }
 
 void CompletionQueue::deliver(std::vector<Completion>&& items) {
-  bool wake;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    wake = items_.empty();
-    if (wake) {
-      items_ = std::move(items);
-    } else {
-      items_.insert(items_.end(), std::make_move_iterator(items.begin()),
-                    std::make_move_iterator(items.end()));
-    }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (items_.empty()) {
+    items_ = std::move(items);
+  } else {
+    items_.insert(items_.end(), std::make_move_iterator(items.begin()), std::make_move_iterator(items.end()));
   }
-  if (wake) {
+  // Written under the lock, so that signalled_ always says whether the eventfd is readable.
+  if (!signalled_ && !quiet_) {
     uint64_t one = 1;
-    // A full counter (2^64-2 pending wake-ups) cannot happen: the reader resets it.
     [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
+    signalled_ = true;
   }
 }
 
 std::vector<Completion> CompletionQueue::drain() {
-  uint64_t count;
-  [[maybe_unused]] ssize_t n = ::read(fd_, &count, sizeof count);  // EAGAIN when not signalled
   std::vector<Completion> out;
   std::lock_guard<std::mutex> lock(mu_);
+  if (signalled_) {
+    uint64_t count;
+    [[maybe_unused]] ssize_t n = ::read(fd_, &count, sizeof count);
+    signalled_ = false;
+  }
   out.swap(items_);
   return out;
+}
+
+void CompletionQueue::set_quiet(bool quiet) {
+  std::lock_guard<std::mutex> lock(mu_);
+  quiet_ = quiet;
 }
 
 void WaitSink::deliver(std::vector<Completion>&& items) {

@@ -49,11 +49,16 @@ class CompletionQueue final : public CompletionSink {
   void deliver(std::vector<Completion>&& items) override;
   // Takes everything delivered so far and re-arms the wake-up. Never blocks.
   std::vector<Completion> drain();
+  // While quiet, deliveries do not signal the eventfd: the consumer runs a batch on its own
+  // thread and drains right after, so the wake-up would only cost two system calls.
+  void set_quiet(bool quiet);
 
  private:
   int fd_ = -1;
   std::mutex mu_;
   std::vector<Completion> items_;
+  bool signalled_ = false;  // the eventfd is readable; changed only together with it
+  bool quiet_ = false;
 };
 
 // One blocking waiter for one request (the synchronous API). Thread-safe.

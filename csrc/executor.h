@@ -26,6 +26,7 @@ class Executor {
   // Where the batcher should gather input `input` of a batch run by `instance`, when the
   // executor wants it somewhere special (pinned host memory for a GPU copy); nullptr for
   // the batcher's own buffers. The memory must hold `nbytes` and stay valid while in use.
+  // Instance -1 is a batch run on the submitting thread, concurrently with the instances.
   virtual std::byte* staging(int /*instance*/, size_t /*input*/, size_t /*nbytes*/) {
     return nullptr;
   }

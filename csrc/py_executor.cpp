@@ -61,7 +61,7 @@ PyExecutor::PyExecutor(py::object fn, const std::vector<TensorSpec>& inputs, con
 }
 
 std::byte* PyExecutor::staging(int instance, size_t input, size_t nbytes) {
-  if (static_cast<size_t>(instance) >= staging_.size()) return nullptr;
+  if (instance < 0 || static_cast<size_t>(instance) >= staging_.size()) return nullptr;
   const auto& per_input = staging_[static_cast<size_t>(instance)];
   if (input >= per_input.size() || nbytes > per_input[input].second) return nullptr;
   return reinterpret_cast<std::byte*>(per_input[input].first);

@@ -35,7 +35,7 @@ struct BatchInput {
 };
 
 struct Batch {
-  int instance = 0;   // which of the model's instances runs it, 0..instances-1
+  int instance = 0;   // which of the model's instances runs it, 0..instances-1; -1: the submitter
   int64_t rows = 0;   // sum of the rows of its requests (1 when the model does not batch)
   std::vector<BatchInput> inputs;  // in the order of the model's declared inputs
 };

@@ -201,3 +201,37 @@ def test_model_without_batch_dimension_runs_each_request_alone():
         with pytest.raises(Exception, match=r"expects \[3\]"):
             m.infer_sync({"x": np.ones((1, 3), np.float32)})
     assert seen == [(3,)]
+
+
+def test_a_lone_request_to_a_quick_model_runs_on_the_callers_thread():
+    threads = []
+
+    def fn(inputs):
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"] * 2}
+
+    with Model.from_callable(fn, vector_config(max_batch_size=32, max_queue_delay_us=5_000)) as m:
+
+        async def lone_client():
+            for i in range(10):
+                out = await m.infer({"x": np.full((1, 4), i, np.float32)})
+                np.testing.assert_array_equal(out["y"], 2 * i)
+
+        asyncio.run(lone_client())
+        stats = m.stats()
+    # Two waits teach the batcher that nothing comes; then no hand-off to a worker at all.
+    assert stats.inline_runs >= 7
+    assert threads[-1] == threading.get_ident()
+    assert threads[0] != threading.get_ident()
+
+
+def test_a_slow_model_is_never_run_on_the_callers_thread():
+    with Model.from_callable(doubling(delay=0.002), vector_config(max_batch_size=32, max_queue_delay_us=1_000,
+                                                                  inline_budget_us=500)) as m:
+
+        async def lone_client():
+            for _ in range(8):
+                await m.infer({"x": np.ones((1, 4), np.float32)})
+
+        asyncio.run(lone_client())
+        assert m.stats().inline_runs == 0

@@ -104,6 +104,7 @@ int run(int instances, bool adaptive) {
   }
   auto sink = std::make_shared<CheckingSink>(requests);
   std::atomic<uint64_t> rejected{0};
+  uint64_t inline_runs = 0;
   {
     Batcher batcher(config, std::make_shared<FlakyEcho>());
     std::atomic<bool> sampling{true};
@@ -119,10 +120,13 @@ int run(int instances, bool adaptive) {
           const Submitted& s = requests.at(token);
           const int priority = static_cast<int>(rng() % 4);  // 0 = default
           const int64_t timeout_us = (rng() % 10 == 0) ? 50 : -1;
+          const auto mode = static_cast<Batcher::Inline>(rng() % 3);  // never, now, deferred
           for (;;) {
             try {
-              batcher.submit({InputView{DType::kFP32, reinterpret_cast<const std::byte*>(s.data.data()), {s.rows, 4}}},
-                             token, sink, priority, timeout_us);
+              auto done = batcher.submit(
+                  {InputView{DType::kFP32, reinterpret_cast<const std::byte*>(s.data.data()), {s.rows, 4}}}, token,
+                  sink, priority, timeout_us, mode);
+              if (done == Batcher::Submitted::kDeferred) batcher.run_deferred();
               break;
             } catch (const QueueFull&) {
               rejected.fetch_add(1);
@@ -133,6 +137,7 @@ int run(int instances, bool adaptive) {
       });
     for (auto& t : threads) t.join();
     batcher.stop();  // runs everything still queued
+    inline_runs = batcher.stats().inline_runs;
     sampling = false;
     sampler.join();
     bool refused = false;
@@ -147,8 +152,9 @@ int run(int instances, bool adaptive) {
   }
   for (auto& [token, s] : requests)
     if (!s.done) fail("never completed", token);
-  std::printf("instances=%d adaptive=%d ok=%llu timed_out=%llu model_errors=%llu queue_full_retries=%llu\n",
-              instances, adaptive, static_cast<unsigned long long>(sink->ok.load()),
+  std::printf("instances=%d adaptive=%d inline_runs=%llu ok=%llu timed_out=%llu model_errors=%llu queue_full_retries=%llu\n",
+              instances, adaptive, static_cast<unsigned long long>(inline_runs),
+              static_cast<unsigned long long>(sink->ok.load()),
               static_cast<unsigned long long>(sink->timed_out.load()),
               static_cast<unsigned long long>(sink->model_errors.load()),
               static_cast<unsigned long long>(rejected.load()));

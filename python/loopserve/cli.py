@@ -10,10 +10,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loopserve", description="A closed-loop model server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="build the demo model, serve it, and drive traffic through it")
+    demo = sub.add_parser("demo", help="build the demo model, serve it over HTTP, and drive traffic at it")
     demo.add_argument("--workdir", default="demo-run", help="where the demo writes its model repository")
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to drive traffic")
-    demo.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
+    demo.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
+    demo.add_argument("--port", type=int, default=8000, help="port to serve on")
 
     serve = sub.add_parser("serve", help="serve models over HTTP (the Open Inference Protocol)")
     serve.add_argument("--config", help="server config file (YAML, TOML or JSON)")
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from loopserve.demo import run_demo
 
-        return run_demo(args.workdir, args.seconds, args.concurrency)
+        return run_demo(args.workdir, args.seconds, args.concurrency, args.port)
     return 2
 
 

@@ -49,6 +49,9 @@ class DynamicBatching(Struct, forbid_unknown_fields=True, frozen=True):
     # Priority 1 is served first; requests that name none get default_priority_level.
     priority_levels: Positive = 2
     default_priority_level: Positive = 2
+    # A lone request with nothing to wait for runs on the caller's thread (no hand-off to a
+    # worker) when the model's recent time for one request is under this; 0: never.
+    inline_budget_us: NonNegative = 100
 
 
 class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):

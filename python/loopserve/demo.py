@@ -1,55 +1,114 @@
-"""The demo: build the tiny MLP as an ONNX model directory, serve it through the native
-batcher, drive concurrent traffic at it, and print what the batcher did."""
+"""The demo: build the tiny MLP as an ONNX model repository, serve it over HTTP with
+`loopserve serve --config configs/demo.yaml`, drive concurrent clients at it, and print what
+the server did, then stop it with SIGTERM."""
 
 from __future__ import annotations
 
-import asyncio
+import http.client
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 
-from loopserve import Model, zoo
+from loopserve import zoo
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 
 
-async def _drive(model: Model, seconds: float, concurrency: int) -> list[float]:
-    latencies: list[float] = []
-    stop = time.perf_counter() + seconds
-    rng = np.random.default_rng(0)
-    x = rng.random((1, 32), dtype=np.float32)
-
-    async def client():
-        while time.perf_counter() < stop:
-            start = time.perf_counter()
-            await model.infer({zoo.INPUT: x})
-            latencies.append(time.perf_counter() - start)
-
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    return latencies
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_demo(workdir: str, seconds: float, concurrency: int) -> int:
-    repo = Path(workdir) / "models"
-    print(f"building the tiny MLP (32 -> 64 -> 2) as ONNX in {repo}/mlp ...")
+def build_repository(workdir: Path) -> Path:
+    repo = workdir / "models"
     zoo.write_model_dir(repo, "mlp", zoo.tiny_mlp(), fmt="onnx", max_batch_size=64, max_queue_delay_us=500,
                         extra_config="threads: 1\n")
-    with Model.load(repo / "mlp") as model:
-        print(f"serving '{model.name}' version {model.version}; {concurrency} clients for {seconds:.0f} s ...")
-        try:
-            import uvloop
+    return repo
 
-            runner = uvloop.run
-        except ImportError:
-            runner = asyncio.run
-        latencies = runner(_drive(model, seconds, concurrency))
-        stats = model.stats()
-    lat_us = np.array(latencies) * 1e6
-    print(f"requests: {stats.success} ok, {stats.failed} failed, {stats.timed_out} timed out, "
-          f"{stats.rejected} refused")
-    print(f"throughput: {len(latencies) / seconds:,.0f} req/s; latency p50 {np.percentile(lat_us, 50):.0f} us, "
-          f"p99 {np.percentile(lat_us, 99):.0f} us")
-    print(f"batches: {stats.execution_count}, mean size {stats.inference_count / max(stats.execution_count, 1):.1f}")
-    hist = stats.batch_size_histogram
-    top = sorted(hist.items(), key=lambda kv: -kv[1])[:8]
-    print("most common batch sizes: " + ", ".join(f"{size}x{count}" for size, count in top))
-    return 0 if stats.failed == 0 else 1
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/v2/health/ready")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("the server did not become ready")
+
+
+def _get_json(port: int, path: str):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    return msgspec.json.decode(conn.getresponse().read())
+
+
+def _drive(port: int, seconds: float, clients: int) -> tuple[list[float], int]:
+    latencies: list[float] = []
+    failures = [0]
+    stop = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        mine = []
+        while time.monotonic() < stop:
+            body = msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [1, 32], "datatype": "FP32",
+                                                    "data": rng.random(32, dtype=np.float32).tolist()}]})
+            start = time.perf_counter()
+            conn.request("POST", "/v2/models/mlp/infer", body=body, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - start)
+            if response.status != 200:
+                with lock:
+                    failures[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, failures[0]
+
+
+def run_demo(workdir: str, seconds: float, concurrency: int, port: int = 8000) -> int:
+    workdir_path = Path(workdir)
+    _say(f"building the tiny MLP (32 -> 64 -> 2) as an ONNX model in {workdir_path / 'models' / 'mlp'}")
+    build_repository(workdir_path)
+    _say(f"starting: loopserve serve --config {CONFIG} --port {port}")
+    proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--config", str(CONFIG),
+                             "--model-repository", str(workdir_path / "models"), "--port", str(port)],
+                            stderr=open(workdir_path / "server.log", "w"))
+    try:
+        _wait_ready(port, proc)
+        _say(f"serving on http://127.0.0.1:{port} (logs: {workdir_path / 'server.log'}); "
+             f"{concurrency} HTTP clients for {seconds:.0f} s")
+        latencies, failures = _drive(port, seconds, concurrency)
+        stats = _get_json(port, "/v2/models/mlp/stats")["model_stats"][0]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    lat_ms = np.array(latencies) * 1e3
+    batches = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
+    _say(f"{len(latencies):,} requests, {failures} failed: {len(latencies) / seconds:,.0f} req/s, "
+         f"latency p50 {np.percentile(lat_ms, 50):.2f} ms, p99 {np.percentile(lat_ms, 99):.2f} ms")
+    _say(f"the model ran {stats['execution_count']:,} batches for {stats['inference_count']:,} rows "
+         f"(mean batch {stats['inference_count'] / max(stats['execution_count'], 1):.1f}); most common sizes: "
+         + ", ".join(f"{size}x{n}" for size, n in sorted(batches.items(), key=lambda kv: -kv[1])[:6]))
+    _say(f"server stopped by SIGTERM, exit code {code}")
+    _say(f"serve it yourself: loopserve serve --config {CONFIG.relative_to(Path.cwd()) if CONFIG.is_relative_to(Path.cwd()) else CONFIG}")
+    return 0 if failures == 0 and code == 0 else 1

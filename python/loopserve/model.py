@@ -56,6 +56,7 @@ class ModelStats(msgspec.Struct, frozen=True):
     compute_output_ns: int
     success_ns: int
     failed_ns: int
+    inline_runs: int  # requests run on the caller's thread (lone, quick, nothing to wait for)
     batch_sizes: dict[int, BatchSizeStats]
 
     @property
@@ -72,10 +73,27 @@ class _LoopChannel:
         self.pending: dict[int, tuple[asyncio.Future, Any, tuple[str, ...]]] = {}
         self.tokens = itertools.count(1)
         self.wakeups = 0  # times the loop woke for completions (at most one per batch)
-        loop.add_reader(self.queue.fd, self._drain)
+        self.loop = loop
+        self._deferred: set = set()  # batchers with requests this loop will run itself
+        loop.add_reader(self.queue.fd, self._on_readable)
 
-    def _drain(self) -> None:
+    def run_soon(self, batcher) -> None:
+        """Runs the batcher's deferred requests on this loop once the current callbacks are
+        done, so that the requests this loop submits in the meantime join the same batch."""
+        if batcher not in self._deferred:
+            self._deferred.add(batcher)
+            self.loop.call_soon(self._run_deferred, batcher)
+
+    def _run_deferred(self, batcher) -> None:
+        self._deferred.discard(batcher)
+        batcher.run_deferred(self.queue)
+        self.drain()
+
+    def _on_readable(self) -> None:
         self.wakeups += 1
+        self.drain()
+
+    def drain(self) -> None:
         pending = self.pending
         for token, status, payload in self.queue.drain():
             future, _inputs, names = pending.pop(token)
@@ -108,8 +126,12 @@ def _error(status: int, message: str) -> Exception:
 def _as_arrays(inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
     out = {}
     for name, value in inputs.items():
-        if type(value) is not np.ndarray or not value.flags.c_contiguous:
+        if type(value) is not np.ndarray:
             value = np.ascontiguousarray(value)
+        else:
+            flags = value.flags
+            if not (flags.c_contiguous and flags.aligned):  # binary bodies may leave a tensor unaligned
+                value = np.ascontiguousarray(value) if flags.aligned else value.copy()
         out[name] = value
     return out
 
@@ -140,6 +162,7 @@ class Model:
         bc.priority_levels = batching.priority_levels
         bc.default_priority_level = batching.default_priority_level
         bc.instances = config.instances
+        bc.inline_budget_us = batching.inline_budget_us
         executor = _core.PyExecutor(backend, bc.inputs, bc.outputs, backend.staging())
         try:
             self._batcher = _core.Batcher(bc, executor)
@@ -197,10 +220,12 @@ class Model:
         channel = _channel(loop)
         arrays = _as_arrays(inputs)
         token = next(channel.tokens)
-        self._batcher.submit(arrays, token, channel.queue, priority, timeout_us)
+        submitted = self._batcher.submit(arrays, token, channel.queue, priority, timeout_us, True)
         future = loop.create_future()
         # The arrays stay referenced until the completion: the batcher reads them in place.
         channel.pending[token] = (future, arrays, self._output_names)
+        if submitted == _core.SUBMIT_DEFERRED:
+            channel.run_soon(self._batcher)
         return future
 
     def infer_sync(self, inputs: Mapping[str, Any], *, priority: int = 0, timeout_us: int = -1) -> dict[str, np.ndarray]:

@@ -154,5 +154,5 @@ class LoopserveApp:
         return json_response({})
 
     async def prometheus(self, request: Request) -> Response:
-        data = await asyncio.to_thread(generate_latest, self.metrics.registry)
-        return Response(data, media_type=CONTENT_TYPE_LATEST)
+        # On the loop thread, which alone writes the latency histograms: a consistent read.
+        return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,9 +7,10 @@ request.
 
 from __future__ import annotations
 
+import bisect
 from typing import Iterable
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -32,6 +33,8 @@ _COUNTERS = {
                                                "compute_infer_ns", 1e-3),
     "nv_inference_compute_output_duration_us": ("Cumulative time scattering outputs, per request (us)",
                                                 "compute_output_ns", 1e-3),
+    "loopserve_inline_runs": ("Requests run on the event loop's thread: lone, quick, nothing to wait for",
+                              "inline_runs", 1),
 }
 
 
@@ -58,18 +61,52 @@ class BatcherCollector(Collector):
             failure.add_metric(values + ["TIMEOUT"], s.timed_out)
             queued.add_metric(values, s.queued)
             sizes = s.batch_sizes
-            buckets, total, weighted = [], 0, 0
-            for bound in BATCH_BUCKETS:
-                total = sum(b.count for size, b in sizes.items() if size <= bound)
-                buckets.append((str(bound), total))
-            count = sum(b.count for b in sizes.values())
-            weighted = sum(size * b.count for size, b in sizes.items())
-            buckets.append(("+Inf", count))
-            batch.add_metric(values, buckets, weighted)
+            buckets = [(str(bound), sum(b.count for size, b in sizes.items() if size <= bound))
+                       for bound in BATCH_BUCKETS]
+            buckets.append(("+Inf", sum(b.count for b in sizes.values())))
+            batch.add_metric(values, buckets, sum(size * b.count for size, b in sizes.items()))
         yield from counters.values()
         yield failure
         yield queued
         yield batch
+
+
+class LatencyHistogram:
+    """A histogram cheap enough for every request: one bisect and two additions, no lock.
+
+    prometheus_client's Histogram takes a lock per bucket it touches; this one is written
+    only from the event loop thread, and read when /metrics is served on that same thread.
+    """
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def buckets(self) -> list[tuple[str, int]]:
+        out, total = [], 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            total += count
+            out.append((bound, total))
+        return out
+
+
+class LatencyCollector(Collector):
+    def __init__(self, histograms: dict[tuple[str, str], LatencyHistogram]):
+        self.histograms = histograms
+
+    def collect(self) -> Iterable:
+        family = HistogramMetricFamily(
+            "loopserve_request_duration_seconds",
+            "End-to-end infer latency in the server: read, decode, queue, compute, encode",
+            labels=["model", "version"])
+        for (model, version), h in sorted(self.histograms.items()):
+            family.add_metric([model, version], h.buckets(), h.sum)
+        yield family
 
 
 class ServerMetrics:
@@ -78,15 +115,12 @@ class ServerMetrics:
     def __init__(self, repository: ModelRepository):
         self.registry = CollectorRegistry()
         self.registry.register(BatcherCollector(repository))
-        self.request_duration = Histogram(
-            "loopserve_request_duration_seconds", "End-to-end infer latency in the server: read, decode, "
-            "queue, compute, encode", ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self._children: dict[tuple[str, str], Histogram] = {}
+        self._latency: dict[tuple[str, str], LatencyHistogram] = {}
+        self.registry.register(LatencyCollector(self._latency))
 
-    def latency(self, model: str, version: str) -> Histogram:
-        """The histogram child for one model version, cached: labels() costs a lookup."""
+    def latency(self, model: str, version: str) -> LatencyHistogram:
         key = (model, version)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.request_duration.labels(model, version)
-        return child
+        h = self._latency.get(key)
+        if h is None:
+            h = self._latency[key] = LatencyHistogram()
+        return h

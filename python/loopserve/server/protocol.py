@@ -12,7 +12,8 @@ as a 4-byte little-endian length followed by its bytes. Responses work the same 
 output goes binary when its requested ``parameters.binary_data`` is true or, when it does not
 say, when the request's ``parameters.binary_data_output`` is. With
 ``Inference-Header-Content-Length: 0`` the body is one raw tensor and nothing else
-(``decode_raw``).
+(``decode_raw``). BF16 (with ml_dtypes) is accepted as JSON numbers too, though Triton's
+client sends it only as binary.
 
 Everything here is a pure function of bytes and arrays; HTTP lives in ``infer.py``.
 """
@@ -31,11 +32,8 @@ try:
 except ImportError:  # BF16 is optional; without it a BF16 tensor is refused by name
     ml_dtypes = None
 
-__all__ = [
-    "RequestInput", "RequestOutput", "InferRequest", "ResponseOutput", "InferResponse",
-    "ProtocolError", "NUMPY_DTYPES", "datatype_of", "decode_request", "decode_raw",
-    "encode_response",
-]
+__all__ = ["RequestInput", "RequestOutput", "InferRequest", "ResponseOutput", "InferResponse", "ProtocolError",
+           "NUMPY_DTYPES", "datatype_of", "decode_request", "decode_raw", "encode_response"]
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -90,12 +88,9 @@ _u32 = struct.Struct("<I")
 
 NUMPY_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"),
-    "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"),
-    "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
-    "BYTES": np.dtype(object),
+    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BYTES": np.dtype(object),
 }
 if ml_dtypes is not None:
     NUMPY_DTYPES["BF16"] = np.dtype(ml_dtypes.bfloat16)
@@ -141,7 +136,8 @@ def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple
     """The request and its input tensors, by name.
 
     ``header_length`` is the Inference-Header-Content-Length (None when absent). Tensors taken
-    from binary data are read-only zero-copy views of ``body``.
+    from binary data are zero-copy views of ``body``: read-only when it is bytes, and not
+    necessarily aligned (they start wherever the JSON ends).
     """
     view = memoryview(body)
     if header_length is None:
@@ -181,8 +177,7 @@ def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple
 
 def decode_raw(body: bytes | memoryview, name: str, datatype: str, shape: list[int]) -> np.ndarray:
     """One tensor sent as the whole body (Inference-Header-Content-Length: 0)."""
-    view = memoryview(body)
-    return _from_binary(view, name, datatype, _dtype(datatype, name), list(shape), _count(shape, name))
+    return _from_binary(memoryview(body), name, datatype, _dtype(datatype, name), list(shape), _count(shape, name))
 
 
 def _binary_size(inp: RequestInput) -> int | None:
@@ -196,13 +191,14 @@ def _binary_size(inp: RequestInput) -> int | None:
             raise ProtocolError(f"input '{inp.name}' has neither data nor parameters.binary_data_size")
         return None
     if inp.data is not None:
-        raise ProtocolError(f"input '{inp.name}' has both data and parameters.binary_data_size; send one of them")
+        raise ProtocolError(f"input '{inp.name}' has both data and parameters.binary_data_size; send one")
     if type(size) is not int or size < 0:
-        raise ProtocolError(f"input '{inp.name}': parameters.binary_data_size must be a non-negative integer, got {size!r}")
+        raise ProtocolError(f"input '{inp.name}': parameters.binary_data_size must be an integer >= 0, got {size!r}")
     return size
 
 
-def _from_binary(raw: memoryview, name: str, datatype: str, dtype: np.dtype, shape: list[int], count: int) -> np.ndarray:
+def _from_binary(raw: memoryview, name: str, datatype: str, dtype: np.dtype, shape: list[int],
+                 count: int) -> np.ndarray:
     if datatype == "BYTES":
         return _unpack_bytes(raw, name, count).reshape(shape)
     expected = count * dtype.itemsize
@@ -241,8 +237,12 @@ def _object_array(items: list) -> np.ndarray:
 
 _INT_RANGES = {name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
                for name, dtype in NUMPY_DTYPES.items() if dtype.kind in "iu"}
+_FLOAT_LIMITS = {name: float(ml_dtypes.finfo(dtype).max if name == "BF16" else np.finfo(dtype).max)
+                 for name, dtype in NUMPY_DTYPES.items() if name in ("FP16", "FP32", "BF16")}
 _EXPECTED = {"b": "true or false", "i": "integers", "u": "integers", "f": "numbers"}
-_FOUND = {"b": "booleans", "i": "integers", "u": "integers", "f": "non-integer numbers", "U": "strings", "O": "null, objects or huge integers"}
+_FOUND = {"b": "booleans", "i": "integers", "u": "integers", "f": "non-integer numbers", "U": "strings",
+          "O": "null, objects or huge integers"}
+_FOUND_TYPE = {bool: "booleans", float: "non-integer numbers", str: "strings", type(None): "null"}
 
 
 def _from_json(inp: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
@@ -250,9 +250,7 @@ def _from_json(inp: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
     if not isinstance(data, list):
         raise ProtocolError(f"input '{name}': data must be a JSON array, got {type(data).__name__}")
     if datatype == "BYTES":
-        items = _json_strings(data, name)
-        _check_count(name, shape, count, len(items))
-        return _object_array(items).reshape(shape)
+        return _json_bytes(data, name, shape, count)
     try:
         # numpy infers bool, int64, uint64, float64, str or object: that tells us what the JSON held
         values = np.asarray(data)
@@ -261,29 +259,43 @@ def _from_json(inp: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
     _check_count(name, shape, count, values.size)
     if count == 0:
         return np.empty(shape, dtype=dtype)
-    kind = dtype.kind if datatype != "BF16" else "f"
+    kind = "f" if datatype == "BF16" else dtype.kind
     found = values.dtype.kind
-    if not (found == kind or (kind == "f" and found in "iu") or (kind in "iu" and found in "iu")):
+    if kind in "iu":
+        return _json_ints(values, data, name, datatype, dtype).reshape(shape)
+    if found != kind and not (kind == "f" and found in "iu"):
         raise ProtocolError(f"input '{name}': {datatype} data must be {_EXPECTED[kind]}, "
                             f"found {_FOUND.get(found, values.dtype)}")
-    if kind in "iu" and values.dtype != dtype:
-        least, most = _INT_RANGES[datatype]
-        low, high = values.min(), values.max()
-        if low < least or high > most:
-            bad = low if low < least else high
-            raise ProtocolError(f"input '{name}': value {bad} does not fit {datatype} ({least} to {most})")
-    array = values.astype(dtype, copy=False)
-    if kind == "f" and datatype != "FP64" and _overflowed(array.ravel()):
-        raise ProtocolError(f"input '{name}': a value is too large for {datatype}")
-    return array.reshape(shape)
+    limit = _FLOAT_LIMITS.get(datatype)
+    # float64 first: the abs of int64's least value is itself
+    if limit is not None and np.abs(values.astype(np.float64, copy=False)).max() > limit:
+        raise ProtocolError(f"input '{name}': a value is too large for {datatype} (largest {limit:g})")
+    return values.astype(dtype, copy=False).reshape(shape)
 
 
-def _overflowed(flat: np.ndarray) -> bool:
-    """Whether casting to a narrow float made an inf (JSON has no inf, so any inf is an overflow)."""
-    if flat.dtype.kind != "f":  # BF16: no fast dot product
-        return not np.isfinite(flat).all()
-    # a dot product is the cheapest finiteness test; only when it overflows itself, look closely
-    return not math.isfinite(np.dot(flat, flat)) and not np.isfinite(flat).all()
+def _json_ints(values: np.ndarray, data: list, name: str, datatype: str, dtype: np.dtype) -> np.ndarray:
+    if values.dtype.kind not in "iu":
+        # numpy infers float64 (or object) for ints past int64 mixed with others, so look at each
+        return _exact_ints(_leaves(data), name, datatype, dtype)
+    if values.dtype != dtype:
+        _check_range(values.min(), values.max(), name, datatype)
+    return values.astype(dtype, copy=False)
+
+
+def _exact_ints(items: list, name: str, datatype: str, dtype: np.dtype) -> np.ndarray:
+    for item in items:
+        if type(item) is not int:
+            found = _FOUND_TYPE.get(type(item), type(item).__name__)
+            raise ProtocolError(f"input '{name}': {datatype} data must be integers, found {found}")
+    _check_range(min(items), max(items), name, datatype)
+    return np.array(items, dtype=dtype)
+
+
+def _check_range(low, high, name: str, datatype: str) -> None:
+    least, most = _INT_RANGES[datatype]
+    if low < least or high > most:
+        bad = low if low < least else high
+        raise ProtocolError(f"input '{name}': value {bad} does not fit {datatype} ({least} to {most})")
 
 
 def _check_count(name: str, shape: list[int], count: int, found: int) -> None:
@@ -291,19 +303,26 @@ def _check_count(name: str, shape: list[int], count: int, found: int) -> None:
         raise ProtocolError(f"input '{name}': shape {shape} needs {count} elements, data has {found}")
 
 
-def _json_strings(data: list, name: str) -> list[bytes]:
-    """Flatten (possibly nested) lists of strings into utf-8 bytes."""
-    items: list[bytes] = []
+def _json_bytes(data: list, name: str, shape: list[int], count: int) -> np.ndarray:
+    items = _leaves(data)
+    _check_count(name, shape, count, len(items))
+    for i, item in enumerate(items):
+        if type(item) is not str:
+            raise ProtocolError(f"input '{name}': BYTES data must be strings, found {type(item).__name__}")
+        items[i] = item.encode()
+    return _object_array(items).reshape(shape)
+
+
+def _leaves(data: list) -> list:
+    """The elements of (possibly nested) lists, in row-major order."""
+    items = []
     stack = [iter(data)]
     while stack:
         for value in stack[-1]:
-            if isinstance(value, str):
-                items.append(value.encode())
-            elif isinstance(value, list):
+            if isinstance(value, list):
                 stack.append(iter(value))
                 break
-            else:
-                raise ProtocolError(f"input '{name}': BYTES data must be strings, found {type(value).__name__}")
+            items.append(value)
         else:
             stack.pop()
     return items
@@ -335,9 +354,7 @@ def encode_response(model_name: str, model_version: str | None, request_id: str 
         else:
             entries.append(ResponseOutput(name, datatype, shape, data=_json_data(array, datatype)))
     header = _encoder.encode(InferResponse(model_name, entries, model_version, request_id, parameters))
-    if not chunks:
-        return header, None
-    return b"".join([header, *chunks]), len(header)
+    return (b"".join([header, *chunks]), len(header)) if chunks else (header, None)
 
 
 def _choose(outputs: dict[str, np.ndarray], requested: list[RequestOutput] | None,
@@ -367,16 +384,8 @@ def _pack(array: np.ndarray, datatype: str):
 
 
 def _length_prefixed(item) -> tuple[bytes, bytes]:
-    data = _as_bytes(item)
+    data = item if isinstance(item, bytes) else str(item).encode()
     return _u32.pack(len(data)), data
-
-
-def _as_bytes(item) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode()
-    return str(item).encode()
 
 
 def _json_data(array: np.ndarray, datatype: str) -> list:
