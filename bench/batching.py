@@ -18,8 +18,8 @@ and differences taken side by side mean anything):
      is bubbles between batches, while the clients and the event loop refill the queue;
    - the model time of a 64-row batch, served vs direct: slower when served means the model
      competes with the event loop (for the GIL, or for a CPU, or for caches);
-   - per thread (/proc/self/task/*/schedstat): the worker's time on a CPU and runnable but
-     waiting for one. In-batch time that is neither is time blocked, i.e. waiting for the GIL;
+   - per thread (/proc/self/task/*/schedstat): the worker's (the busiest thread besides the
+     event loop's) time on a CPU and runnable but waiting for one. In-batch time that is neither is time blocked, i.e. waiting for the GIL;
    - other processes' CPU use during each window (/proc/stat minus this process): the
      machines are shared, and a busy neighbour slows whichever window it lands in.
 2. Tiny MLP (32 -> 64 -> 2) on onnxruntime, where the model costs a few µs and the
@@ -40,8 +40,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -55,6 +53,8 @@ import torch
 
 import loopserve
 from loopserve import DynamicBatching, Model, ModelConfig, TensorConfig, _core, zoo
+
+from runinfo import Usage, UsageMeter, machine
 
 try:
     import uvloop
@@ -79,90 +79,10 @@ class Settings:
     heavy_clients: int = CLIENTS
 
 
-FULL = Settings(window_s=2.5, warmup_s=0.5, rounds=3, torch_delays_us=[500, 2000, 5000], onnx_delay_us=2000,
+FULL = Settings(window_s=1.5, warmup_s=0.3, rounds=5, torch_delays_us=[500, 2000, 5000], onnx_delay_us=2000,
                 latency_iters=20000, native_requests=100_000)
 QUICK = Settings(window_s=0.8, warmup_s=0.3, rounds=3, torch_delays_us=[2000], onnx_delay_us=2000,
                  latency_iters=5000, native_requests=25_000)
-
-
-# -- machine ------------------------------------------------------------------------------
-
-
-def machine() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": ort.__version__,
-        "numpy": np.__version__,
-        "loopserve": loopserve.__version__,
-        "event_loop": "uvloop " + uvloop.__version__ if uvloop else "asyncio",
-    }
-
-
-# -- CPU usage ----------------------------------------------------------------------------
-# The machines are shared and small: another process on the other core, or the event loop
-# competing with the model, shows up here rather than as an unexplained ratio.
-
-
-@dataclass
-class Usage:
-    """CPU use during one window (Linux /proc; zeros elsewhere)."""
-
-    others_cores: float = 0.0  # other processes on this machine, in cores
-    loop_cpu: float = 0.0  # the main (event loop) thread: share of the window on a CPU
-    worker_cpu: float = 0.0  # the busiest other thread (the batcher's worker when served)
-    worker_waiting_for_cpu: float = 0.0  # its share of the window runnable but not running
-
-
-def _cpu_counters() -> tuple[float, float, dict[int, tuple[int, int]]]:
-    """(machine busy seconds, this process's CPU seconds, {tid: (run ns, runqueue ns)})."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    busy = (sum(fields) - fields[3] - fields[4] - fields[7]) / os.sysconf("SC_CLK_TCK")  # not idle, iowait, steal
-    t = os.times()
-    threads = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            run, wait, _ = (int(v) for v in Path(f"/proc/self/task/{tid}/schedstat").read_text().split())
-        except (OSError, ValueError):
-            continue
-        threads[int(tid)] = (run, wait)
-    return busy, t.user + t.system, threads
-
-
-class UsageMeter:
-    """with UsageMeter() as m: ...; then m.usage."""
-
-    def __enter__(self) -> "UsageMeter":
-        self.usage = Usage()
-        try:
-            self._start = _cpu_counters()
-        except OSError:
-            self._start = None
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._start is None:
-            return
-        wall = time.perf_counter() - self._t0
-        busy1, own1, threads1 = _cpu_counters()
-        busy0, own0, threads0 = self._start
-        shares = {tid: ((run - threads0[tid][0]) / 1e9 / wall, (wait - threads0[tid][1]) / 1e9 / wall)
-                  for tid, (run, wait) in threads1.items() if tid in threads0}
-        main = shares.pop(os.getpid(), (0.0, 0.0))
-        worker = max(shares.values(), default=(0.0, 0.0))
-        self.usage = Usage(max(0.0, (busy1 - busy0 - (own1 - own0)) / wall), main[0], *worker)
 
 
 # -- drivers ------------------------------------------------------------------------------
@@ -371,9 +291,11 @@ def bench_tiny_overhead(runner: asyncio.Runner, s: Settings, root: Path) -> dict
     with Model.load(model_dir) as model:
         # (a) one client: alternate direct and served, median of per-round medians.
         direct1, served1 = [], []
+        before = model.stats()
         for _ in range(s.rounds):
             direct1.append(direct_call_s(lambda: session.run(None, {zoo.INPUT: x1}), s.latency_iters))
             served1.append(runner.run(sequential_latency_s(model, x1, s.latency_iters)))
+        after = model.stats()
         # (b) 64 clients: served wall time per request vs direct batch-64 time per row.
         direct64, served64, hist = [], [], {}
         for _ in range(s.rounds):
@@ -385,8 +307,12 @@ def bench_tiny_overhead(runner: asyncio.Runner, s: Settings, root: Path) -> dict
     us = 1e6
     d1, s1 = statistics.median(direct1) * us, statistics.median(served1) * us
     d64, s64 = statistics.median(direct64) * us, statistics.median(served64) * us
+    n1 = after.success - before.success
     return {
-        "c1": {"direct_us": d1, "served_us": s1, "overhead_us": s1 - d1},
+        "c1": {"direct_us": d1, "served_us": s1, "overhead_us": s1 - d1,
+               # where a lone request's time goes inside the batcher (means, from model.stats())
+               "served_queue_us": (after.queue_ns - before.queue_ns) / n1 / 1e3,
+               "served_executor_us": (after.compute_infer_ns - before.compute_infer_ns) / n1 / 1e3},
         "c64": {"direct_us_per_row": d64, "served_us_per_request": s64, "overhead_us": s64 - d64,
                 "served_requests_per_s": 1e6 / s64, "histogram": dict(sorted(hist.items()))},
     }
@@ -418,13 +344,22 @@ def fmt_hist(hist: dict[int, int]) -> str:
     return ", ".join(f"{size}:{count / total:.0%}" for size, count in sorted(top))
 
 
+DISTURBED_CORES = 0.5
+
+
+def disturbed(rnd: dict) -> bool:
+    """Another process used more than DISTURBED_CORES during either window of the round."""
+    return max(rnd["others_cores_direct"], rnd["served_usage"]["others_cores"]) > DISTURBED_CORES
+
+
 def print_throughput(title: str, r: dict, note: str = "") -> None:
     target = "ok" if r["ratio"] >= 0.85 else "BELOW 0.85"
     m, u = r["median_round"], r["median_round"]["served_usage"]
     print(f"  {title:<34} {r['direct_rows_per_s']:>10.0f} {r['served_rows_per_s']:>10.0f} "
           f"{r['ratio']:>7.3f}  {target}{note}")
     pad = " " * 36
-    print(f"{pad}rounds {' '.join(f'{x:.3f}' for x in r['ratios'])}; mean batch {r['mean_batch']:.1f}; "
+    rounds = " ".join(f"{x['ratio']:.3f}" + ("*" if disturbed(x) else "") for x in r["rounds"])
+    print(f"{pad}rounds {rounds}; mean batch {r['mean_batch']:.1f}; "
           f"batch sizes (share of batches): {fmt_hist(r['histogram'])}")
     if m["served_ms_per_full_batch"] is not None:
         print(f"{pad}median round: 64-row batch {m['served_ms_per_full_batch']:.2f} ms served vs "
@@ -439,6 +374,8 @@ def report(results: dict) -> None:
         clients = results["settings"]["heavy_clients"]
         print(f"\n1. Heavy MLP 512-2048-2048-2, 1 thread, {clients} clients x batch-1 requests, max_batch_size "
               f"{MAX_BATCH}, instances 1\n")
+        print(f"  ratio: median over rounds of served/direct; * marks a round during which other processes "
+              f"used > {DISTURBED_CORES} core\n")
         print(f"  {'':<34} {'direct':>10} {'served':>10} {'ratio':>7}")
         print(f"  {'':<34} {'rows/s':>10} {'rows/s':>10}")
     if "heavy_torch" in results:
@@ -456,6 +393,8 @@ def report(results: dict) -> None:
         print(f"  {'':<40} {'direct':>9} {'served':>9} {'overhead':>9}")
         print(f"  {'c=1, median latency (us)':<40} {c1['direct_us']:>9.1f} {c1['served_us']:>9.1f} "
               f"{c1['overhead_us']:>9.1f}")
+        print(f"  {'':<40} served, mean per request: {c1['served_queue_us']:.1f} us queued, "
+              f"{c1['served_executor_us']:.1f} us in the executor (GIL + Python call + session.run)")
         print(f"  {'c=64, wall time per request/row (us)':<40} {c64['direct_us_per_row']:>9.2f} "
               f"{c64['served_us_per_request']:>9.2f} {c64['overhead_us']:>9.2f}")
         print(f"  {'':<40} served {c64['served_requests_per_s']:.0f} req/s; batch sizes: "
@@ -484,10 +423,13 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # the exporter's notes about torchvision
-    info = machine()
+    info = machine(torch=torch.__version__, onnxruntime=ort.__version__, numpy=np.__version__,
+                   loopserve=loopserve.__version__,
+                   event_loop="uvloop " + uvloop.__version__ if uvloop else "asyncio")
     print("loopserve batching benchmark" + (" (--quick)" if args.quick else ""))
     print(f"  {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable); python {info['python']}, "
           f"torch {info['torch']}, onnxruntime {info['onnxruntime']}, numpy {info['numpy']}, {info['event_loop']}")
+    print(f"  loopserve {info['loopserve']}, sources {info['source_digest']} (sha256 of csrc/ and python/loopserve/)")
     print(f"  windows {s.window_s} s (+{s.warmup_s} s warm-up), {s.rounds} rounds, direct and served alternating")
 
     results: dict = {"machine": info, "settings": asdict(s)}

@@ -148,8 +148,11 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
     }
     // Requests overlap: whatever the adaptive delay learned about lone requests is stale.
     if (queued_ > 0 || busy_ > 0) useless_waits_ = 0;
-    if (mode != Inline::kNever && inline_allowed()) {
-      result = mode == Inline::kNow ? Submitted::kRan : Submitted::kDeferred;
+    if (mode == Inline::kDeferred && inline_allowed()) {
+      result = Submitted::kDeferred;
+    } else if (mode == Inline::kNow && inline_allowed() && queued_ == 0 && eager()) {
+      // Run at once only when truly alone: a thread cannot gather a batch of its own.
+      result = Submitted::kRan;
     }
     if (result == Submitted::kRan) {
       ++busy_;
@@ -171,18 +174,23 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
 }
 
 void Batcher::run_deferred() {
-  std::vector<Request> batch;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (queued_ == 0) return;
-    Plan plan = plan_batch(Clock::now());
-    plan.count = std::max<size_t>(plan.count, 1);  // run what is there, waiting for nothing
-    take(plan, batch);
-    ++busy_;
-    if (queued_ > 0) cv_.notify_one();
-  }
   std::vector<Buffer> staging(config_.inputs.size());
-  run_batch(-1, batch, staging);
+  std::vector<Request> batch;
+  // What is queued now, in as many batches as it takes; later arrivals are someone else's.
+  for (int64_t left = -1; left != 0;) {
+    batch.clear();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (left < 0) left = queued_;
+      if (queued_ == 0) return;
+      Plan plan = plan_batch(Clock::now());
+      plan.count = std::max<size_t>(plan.count, 1);  // run what is there, waiting for nothing
+      take(plan, batch);
+      ++busy_;
+    }
+    left = std::max<int64_t>(left - static_cast<int64_t>(batch.size()), 0);
+    run_batch(-1, batch, staging);
+  }
 }
 
 bool Batcher::eager() const {
@@ -190,13 +198,13 @@ bool Batcher::eager() const {
          (config_.adaptive_queue_delay && useless_waits_ >= kUselessWaitsBeforeEager);
 }
 
-// Whether a request may run on the submitting thread: nothing else is queued or running,
-// nothing would be gained by waiting, and the model has been quick for a lone request.
+// Whether a request may run on the submitting thread: the model has been quick, and no
+// worker is running a batch (their batches go first; and a busy model is not quick now).
 bool Batcher::inline_allowed() const {
-  if (config_.inline_budget_us == 0 || queued_ > 0 || busy_ > 0 || stopping_ || !eager()) return false;
-  const int64_t lone_ns = std::min(lone_compute_avg_ns_.load(std::memory_order_relaxed),
-                                   lone_compute_last_ns_.load(std::memory_order_relaxed));
-  return lone_ns >= 0 && lone_ns <= config_.inline_budget_us * 1000;
+  if (!config_.adaptive_queue_delay || config_.inline_budget_us == 0 || busy_ > 0 || stopping_) return false;
+  const int64_t ns = std::min(batch_compute_avg_ns_.load(std::memory_order_relaxed),
+                              batch_compute_last_ns_.load(std::memory_order_relaxed));
+  return ns >= 0 && ns <= config_.inline_budget_us * 1000;
 }
 
 void Batcher::stop() {
@@ -458,11 +466,11 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
     error = std::make_shared<const std::string>("model '" + config_.model_name + "' failed with an unknown error");
   }
   const Clock::time_point ran = Clock::now();
-  if (batch.size() == 1 && !error) {
+  if (!error) {
     const auto took = static_cast<int64_t>(ns_between(gathered, ran));
-    const int64_t avg = lone_compute_avg_ns_.load(std::memory_order_relaxed);
-    lone_compute_avg_ns_.store(avg < 0 ? took : (avg * 7 + took) / 8, std::memory_order_relaxed);
-    lone_compute_last_ns_.store(took, std::memory_order_relaxed);
+    const int64_t avg = batch_compute_avg_ns_.load(std::memory_order_relaxed);
+    batch_compute_avg_ns_.store(avg < 0 ? took : (avg * 7 + took) / 8, std::memory_order_relaxed);
+    batch_compute_last_ns_.store(took, std::memory_order_relaxed);
   }
 
   std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;

@@ -57,9 +57,9 @@ struct BatcherConfig {
   int default_priority_level = 2;
   // Batches run at once, each by its own worker thread.
   int instances = 1;
-  // A lone request (nothing queued, nothing running, no reason to wait) runs on the
-  // submitting thread instead of waking a worker, when the model's recent time for a lone
-  // request is under this budget: two thread hand-offs cost more than a tiny model. 0: never.
+  // With adaptive_queue_delay, a model whose recent batches took less than this runs its
+  // batches on the submitting thread when no worker is busy, instead of handing them to a
+  // worker: two thread hand-offs and a GIL switch cost more than such a model. 0: never.
   int64_t inline_budget_us = 100;
 
   void validate() const;  // throws std::invalid_argument naming the bad field
@@ -106,16 +106,16 @@ class Batcher {
   // default level; timeout_us: -1 for the default, 0 for none. Throws InvalidInput,
   // QueueFull or Unavailable; then nothing was queued and no completion will come.
   //
-  // A lone request to a quick model (see inline_budget_us) may run on the submitting
-  // thread: with Inline::kNow at once; with Inline::kDeferred it is queued for the caller to
-  // run with run_deferred() a moment later, together with whatever else came meanwhile (an
-  // event loop submits its requests one by one: this lets a burst from one loop batch).
+  // A request to a quick model (see inline_budget_us) may run on the submitting thread:
+  // with Inline::kNow at once; with Inline::kDeferred it is queued for the caller to run
+  // with run_deferred() a moment later, together with whatever else came meanwhile (an
+  // event loop submits its requests one by one: this lets a loop's burst form one batch).
   enum class Inline { kNever, kNow, kDeferred };
   enum class Submitted { kQueued, kRan, kDeferred };
   Submitted submit(std::vector<InputView> inputs, uint64_t token, std::shared_ptr<CompletionSink> sink,
                    int priority = 0, int64_t timeout_us = -1, Inline mode = Inline::kNow);
 
-  // Runs what is queued as one batch on this thread; for callers that were told kDeferred.
+  // Runs what is queued, in batches, on this thread; for callers that were told kDeferred.
   // Does nothing when a worker has taken it already.
   void run_deferred();
 
@@ -171,10 +171,10 @@ class Batcher {
   bool stopping_ = false;
   Clock::time_point earliest_deadline_ = Clock::time_point::max();
 
-  // Compute time of one-request batches, in ns: a moving average and the latest; -1 until
-  // measured. The smaller of the two decides, so one cold first call does not linger.
-  std::atomic<int64_t> lone_compute_avg_ns_{-1};
-  std::atomic<int64_t> lone_compute_last_ns_{-1};
+  // Compute time of a batch, in ns: a moving average and the latest; -1 until measured.
+  // The smaller of the two decides, so one cold first call does not linger.
+  std::atomic<int64_t> batch_compute_avg_ns_{-1};
+  std::atomic<int64_t> batch_compute_last_ns_{-1};
 
   mutable std::mutex stats_mu_;
   BatcherStats stats_;
