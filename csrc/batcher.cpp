@@ -1,5 +1,7 @@
 #include "batcher.h"
 
+#include "bytes_tensor.h"
+
 #include <algorithm>
 #include <cstring>
 #include <sstream>
@@ -77,30 +79,37 @@ Batcher::Batcher(BatcherConfig config, std::shared_ptr<Executor> executor)
 
 Batcher::~Batcher() { stop(); }
 
-void Batcher::validate(const std::vector<InputView>& inputs, int64_t* rows) const {
-  const std::string model = "model '" + config_.model_name + "'";
+void Batcher::validate(std::vector<InputView>& inputs, int64_t* rows) const {
+  const auto model = [this] { return "model '" + config_.model_name + "'"; };  // built only to refuse
   if (inputs.size() != config_.inputs.size())
-    throw InvalidInput(model + " takes " + std::to_string(config_.inputs.size()) + " inputs, got " +
+    throw InvalidInput(model() + " takes " + std::to_string(config_.inputs.size()) + " inputs, got " +
                        std::to_string(inputs.size()));
   const bool batching = config_.max_batch_size > 0;
   *rows = 1;
   for (size_t i = 0; i < inputs.size(); ++i) {
-    const InputView& in = inputs[i];
+    InputView& in = inputs[i];
     const TensorSpec& spec = config_.inputs[i];
     if (in.dtype != spec.dtype)
       throw InvalidInput("input '" + spec.name + "' has datatype " + std::string(dtype_name(in.dtype)) +
-                         ", but " + model + " expects " + std::string(dtype_name(spec.dtype)));
+                         ", but " + model() + " expects " + std::string(dtype_name(spec.dtype)));
     if (!dims_match(in.shape, batching ? 1 : 0, spec.dims)) {
       std::vector<int64_t> expected = spec.dims;
       if (batching) expected.insert(expected.begin(), -1);
-      throw InvalidInput("input '" + spec.name + "' has shape " + shape_str(in.shape) + ", but " + model +
+      throw InvalidInput("input '" + spec.name + "' has shape " + shape_str(in.shape) + ", but " + model() +
                          " expects " + shape_str(expected) +
                          (batching ? " (batch dimension first; -1 is any size)" : " (-1 is any size)"));
     }
     for (int64_t d : in.shape)
       if (d < 0) throw InvalidInput("input '" + spec.name + "' has a negative dimension");
-    if (in.data == nullptr && nbytes_of(in.dtype, in.shape) > 0)
-      throw InvalidInput("input '" + spec.name + "' has no data");
+    if (in.dtype == DType::kBytes) {
+      if ((in.data == nullptr && in.nbytes > 0) ||
+          count_bytes_elements(in.data, in.nbytes) != element_count(in.shape))
+        throw InvalidInput("input '" + spec.name + "' has BYTES data that does not hold the " +
+                           std::to_string(element_count(in.shape)) + " elements of shape " + shape_str(in.shape));
+    } else {
+      in.nbytes = nbytes_of(in.dtype, in.shape);
+      if (in.data == nullptr && in.nbytes > 0) throw InvalidInput("input '" + spec.name + "' has no data");
+    }
     if (!batching) continue;
     const int64_t r = in.shape[0];
     if (i == 0) {
@@ -115,7 +124,7 @@ void Batcher::validate(const std::vector<InputView>& inputs, int64_t* rows) cons
     throw InvalidInput("request has 0 rows; the batch dimension must be at least 1");
   if (batching && *rows > config_.max_batch_size)
     throw InvalidInput("request has " + std::to_string(*rows) + " rows, more than the max_batch_size " +
-                       std::to_string(config_.max_batch_size) + " of " + model);
+                       std::to_string(config_.max_batch_size) + " of " + model());
 }
 
 Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token,
@@ -234,25 +243,29 @@ void Batcher::worker(int instance) {
   std::vector<Buffer> staging(config_.inputs.size());
   std::vector<Request> batch;
   std::vector<Request> expired;
+  Clock::time_point free_since = Clock::time_point::min();
   for (;;) {
     batch.clear();
     expired.clear();
     bool more;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      more = next_batch(lock, batch, expired);
+      more = next_batch(lock, free_since, batch, expired);
       if (!batch.empty()) ++busy_;
     }
     if (!expired.empty()) fail_expired(expired);
-    if (!batch.empty()) run_batch(instance, batch, staging);
+    if (!batch.empty()) {
+      run_batch(instance, batch, staging);
+      free_since = Clock::now();
+    }
     if (!more) return;
   }
 }
 
 // Waits until there is a batch to run or timed-out requests to answer. Returns false when
 // the batcher is stopping and the queue is empty: the worker should exit.
-bool Batcher::next_batch(std::unique_lock<std::mutex>& lock, std::vector<Request>& batch,
-                         std::vector<Request>& expired) {
+bool Batcher::next_batch(std::unique_lock<std::mutex>& lock, Clock::time_point free_since,
+                         std::vector<Request>& batch, std::vector<Request>& expired) {
   for (;;) {
     const Clock::time_point now = Clock::now();
     if (now >= earliest_deadline_) expire(now, expired);
@@ -262,7 +275,7 @@ bool Batcher::next_batch(std::unique_lock<std::mutex>& lock, std::vector<Request
       cv_.wait(lock);
       continue;
     }
-    const Plan plan = plan_batch(now);
+    const Plan plan = plan_batch(now, free_since);
     if (plan.ready) {
       if (plan.by_delay && plan.count == 1 && queued_ == 1) {
         ++useless_waits_;  // a lone request waited out the delay and nothing came
@@ -291,7 +304,12 @@ bool Batcher::compatible(const Request& a, const Request& b) const {
 // batch is full (max_batch_size, or the next request would not fit) or reaches a preferred
 // size; otherwise wait for more until the oldest request has waited max_queue_delay_us.
 // With adaptive_queue_delay, that wait is skipped while it keeps gaining nothing.
-Batcher::Plan Batcher::plan_batch(Clock::time_point now) const {
+//
+// The delay runs from when this worker became free, if that is later than the oldest
+// request: time spent queued behind a busy model is not time spent gathering a batch.
+// Otherwise clients that resubmit as their batch completes split into two groups that
+// never rejoin (one group's partial batch always runs while the other's is in flight).
+Batcher::Plan Batcher::plan_batch(Clock::time_point now, Clock::time_point free_since) const {
   Plan plan;
   const Request* head = nullptr;
   for (const auto& level : levels_)
@@ -324,7 +342,7 @@ Batcher::Plan Batcher::plan_batch(Clock::time_point now) const {
     if (full) break;
   }
   full = full || rows == config_.max_batch_size;
-  const Clock::time_point due = oldest + std::chrono::microseconds(config_.max_queue_delay_us);
+  const Clock::time_point due = std::max(oldest, free_since) + std::chrono::microseconds(config_.max_queue_delay_us);
   plan.count = count;
   if (full || stopping_ || config_.max_queue_delay_us == 0) {
     plan.ready = true;
@@ -416,7 +434,11 @@ void Batcher::check_outputs(const Batch& batch, const BatchResult& result) const
       throw ModelError(model + " returned output '" + spec.name + "' with shape " + shape_str(out.shape) +
                        " for a batch of " + std::to_string(batch.rows) + " rows; its config declares " +
                        shape_str(expected) + (batching ? " (batch dimension first)" : ""));
-    if (out.data.size() != nbytes_of(out.dtype, out.shape))
+    if (out.dtype == DType::kBytes) {
+      if (count_bytes_elements(out.data.data(), out.data.size()) != element_count(out.shape))
+        throw ModelError(model + " returned BYTES output '" + spec.name + "' whose data does not hold the " +
+                         std::to_string(element_count(out.shape)) + " elements of its shape " + shape_str(out.shape));
+    } else if (out.data.size() != nbytes_of(out.dtype, out.shape))
       throw ModelError(model + " returned output '" + spec.name + "' with " + std::to_string(out.data.size()) +
                        " bytes for shape " + shape_str(out.shape));
   }
@@ -436,7 +458,8 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
     in.dtype = first.dtype;
     in.shape = first.shape;
     if (batching) in.shape[0] = b.rows;
-    in.nbytes = nbytes_of(in.dtype, in.shape);
+    in.nbytes = 0;
+    for (const Request& r : batch) in.nbytes += r.inputs[i].nbytes;
     std::byte* dst = executor_->staging(instance, i, in.nbytes);
     if (dst == nullptr && batch.size() == 1) {
       in.data = first.data;  // one request: it is already contiguous
@@ -448,7 +471,7 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
     }
     in.data = dst;
     for (const Request& r : batch) {
-      const size_t n = nbytes_of(r.inputs[i].dtype, r.inputs[i].shape);
+      const size_t n = r.inputs[i].nbytes;
       if (n > 0) std::memcpy(dst, r.inputs[i].data, n);
       dst += n;
     }

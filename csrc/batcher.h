@@ -144,11 +144,11 @@ class Batcher {
     Clock::time_point wake_at;  // when not ready: when to look again
   };
 
-  void validate(const std::vector<InputView>& inputs, int64_t* rows) const;
+  void validate(std::vector<InputView>& inputs, int64_t* rows) const;
   void worker(int instance);
-  bool next_batch(std::unique_lock<std::mutex>& lock, std::vector<Request>& batch,
+  bool next_batch(std::unique_lock<std::mutex>& lock, Clock::time_point free_since, std::vector<Request>& batch,
                   std::vector<Request>& expired);
-  Plan plan_batch(Clock::time_point now) const;
+  Plan plan_batch(Clock::time_point now, Clock::time_point free_since = Clock::time_point::min()) const;
   bool eager() const;
   bool inline_allowed() const;
   void take(const Plan& plan, std::vector<Request>& batch);

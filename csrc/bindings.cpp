@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "batcher.h"
+#include "bytes_tensor.h"
 #include "completion.h"
 #include "executor.h"
 #include "py_executor.h"
@@ -43,15 +44,24 @@ std::vector<InputView> input_views(const BatcherConfig& config, const py::dict& 
     if (!py::isinstance<py::array>(item.second))
       throw InvalidInput("input '" + name + "' must be a numpy array");
     auto arr = py::reinterpret_borrow<py::array>(item.second);
-    if (!(arr.flags() & py::array::c_style))
-      throw InvalidInput("input '" + name + "' must be C-contiguous");
+    InputView& view = views[i];
     try {
-      views[i].dtype = dtype_of(arr.dtype());
+      view.dtype = dtype_of(arr.dtype());
+      view.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+      if (view.dtype == DType::kBytes) {  // serialized here, so the request owns it
+        auto storage = std::make_shared<const Buffer>(array_to_bytes(arr));
+        view.data = storage->data();
+        view.nbytes = storage->size();
+        view.storage = std::move(storage);
+        seen[i] = true;
+        continue;
+      }
     } catch (const std::invalid_argument& e) {
       throw InvalidInput("input '" + name + "': " + e.what());
     }
-    views[i].data = static_cast<const std::byte*>(arr.data());
-    views[i].shape.assign(arr.shape(), arr.shape() + arr.ndim());
+    if (!(arr.flags() & py::array::c_style))
+      throw InvalidInput("input '" + name + "' must be C-contiguous");
+    view.data = static_cast<const std::byte*>(arr.data());
     seen[i] = true;
   }
   for (size_t i = 0; i < specs.size(); ++i)
@@ -73,6 +83,17 @@ py::tuple output_arrays(const Completion& c) {
     const OutputTensor& o = outputs[i];
     std::vector<int64_t> shape = o.shape;
     const std::byte* data = o.data.data();
+    if (o.dtype == DType::kBytes) {  // variable-size elements: find this request's rows
+      size_t begin = 0, end = o.data.size();
+      if (!c.whole) {
+        const int64_t per_row = element_count(o.shape) / o.shape[0];
+        begin = bytes_element_offset(data, o.data.size(), c.row_begin * per_row);
+        end = begin + bytes_element_offset(data + begin, o.data.size() - begin, c.rows * per_row);
+        shape[0] = c.rows;
+      }
+      arrays[i] = bytes_to_array(data + begin, end - begin, shape);
+      continue;
+    }
     if (!c.whole) {
       const size_t row_bytes = o.data.size() / static_cast<size_t>(o.shape[0]);
       data += static_cast<size_t>(c.row_begin) * row_bytes;
@@ -167,7 +188,7 @@ double measure_native(BatcherConfig config, int threads, int requests_per_thread
       for (int i = 0; i < requests_per_thread; ++i) {
         for (;;) {
           try {
-            batcher.submit({InputView{DType::kFP32, reinterpret_cast<const std::byte*>(data.data()), {rows, 4}}},
+            batcher.submit({InputView(DType::kFP32, data.data(), {rows, 4})},
                            static_cast<uint64_t>(i), sink);
             break;
           } catch (const QueueFull&) {

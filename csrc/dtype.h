@@ -12,15 +12,19 @@ enum class DType : uint8_t {
   kBool, kUInt8, kUInt16, kUInt32, kUInt64,
   kInt8, kInt16, kInt32, kInt64,
   kFP16, kFP32, kFP64,
+  kBytes,  // variable-length elements, each a 4-byte little-endian length and its bytes
 };
 
 inline constexpr DType kAllDTypes[] = {
     DType::kBool,  DType::kUInt8, DType::kUInt16, DType::kUInt32, DType::kUInt64, DType::kInt8,
     DType::kInt16, DType::kInt32, DType::kInt64,  DType::kFP16,   DType::kFP32,   DType::kFP64,
+    DType::kBytes,
 };
 
+// Bytes per element; 0 for BYTES, whose elements vary in size.
 constexpr size_t dtype_size(DType t) {
   switch (t) {
+    case DType::kBytes: return 0;
     case DType::kBool: case DType::kUInt8: case DType::kInt8: return 1;
     case DType::kUInt16: case DType::kInt16: case DType::kFP16: return 2;
     case DType::kUInt32: case DType::kInt32: case DType::kFP32: return 4;
@@ -43,6 +47,7 @@ constexpr std::string_view dtype_name(DType t) {
     case DType::kFP16: return "FP16";
     case DType::kFP32: return "FP32";
     case DType::kFP64: return "FP64";
+    case DType::kBytes: return "BYTES";
   }
   return "?";
 }

@@ -1,5 +1,9 @@
 #include "py_executor.h"
 
+#include <pybind11/stl.h>
+
+#include "bytes_tensor.h"
+
 #include <cstring>
 #include <stdexcept>
 
@@ -19,6 +23,7 @@ py::dtype numpy_dtype(DType t) {
     case DType::kFP16: return py::dtype("float16");
     case DType::kFP32: return py::dtype::of<float>();
     case DType::kFP64: return py::dtype::of<double>();
+    case DType::kBytes: return py::dtype("O");
   }
   throw std::invalid_argument("unknown dtype");
 }
@@ -29,6 +34,7 @@ DType dtype_of(const py::dtype& d) {
   const char order = d.byteorder();
   if (order == '>') throw std::invalid_argument("big-endian arrays are not supported; use native byte order");
   switch (kind) {
+    case 'O': case 'S': case 'U': return DType::kBytes;
     case 'b': return DType::kBool;
     case 'u':
       if (size == 1) return DType::kUInt8;
@@ -53,6 +59,46 @@ DType dtype_of(const py::dtype& d) {
                               " has no Open Inference Protocol datatype");
 }
 
+py::array bytes_to_array(const std::byte* data, size_t nbytes, const std::vector<int64_t>& shape) {
+  py::list items;
+  for (size_t at = 0; at < nbytes;) {
+    const size_t length = bytes_element_length(data + at);
+    items.append(py::bytes(reinterpret_cast<const char*>(data + at + 4), length));
+    at += 4 + length;
+  }
+  // Built flat, then shaped: numpy does not look inside bytes objects.
+  py::array flat = py::module_::import("numpy").attr("array")(items, py::dtype("O"));
+  return flat.attr("reshape")(shape);
+}
+
+Buffer array_to_bytes(const py::array& array) {
+  std::vector<py::bytes> elements;
+  size_t total = 0;
+  for (py::handle item : py::iter(array.attr("ravel")())) {
+    py::bytes b;
+    if (py::isinstance<py::bytes>(item)) {
+      b = py::reinterpret_borrow<py::bytes>(item);
+    } else if (py::isinstance<py::str>(item)) {
+      b = py::reinterpret_steal<py::bytes>(PyUnicode_AsUTF8String(item.ptr()));
+      if (!b) throw py::error_already_set();
+    } else {
+      throw std::invalid_argument("BYTES elements must be bytes or str, found " +
+                                  py::str(py::type::of(item)).cast<std::string>());
+    }
+    total += 4 + static_cast<size_t>(PyBytes_GET_SIZE(b.ptr()));
+    elements.push_back(std::move(b));
+  }
+  Buffer out(total);
+  std::byte* p = out.data();
+  for (const py::bytes& b : elements) {
+    const auto n = static_cast<size_t>(PyBytes_GET_SIZE(b.ptr()));
+    put_bytes_element_length(p, static_cast<uint32_t>(n));
+    std::memcpy(p + 4, PyBytes_AS_STRING(b.ptr()), n);
+    p += 4 + n;
+  }
+  return out;
+}
+
 PyExecutor::PyExecutor(py::object fn, const std::vector<TensorSpec>& inputs, const std::vector<TensorSpec>& outputs,
                        std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging)
     : fn_(std::move(fn)), outputs_(outputs), staging_(std::move(staging)) {
@@ -73,6 +119,10 @@ void PyExecutor::run(const Batch& batch, BatchResult& out) {
     py::dict args;
     for (size_t i = 0; i < batch.inputs.size(); ++i) {
       const BatchInput& in = batch.inputs[i];
+      if (in.dtype == DType::kBytes) {
+        args[input_names_[i]] = bytes_to_array(in.data, in.nbytes, in.shape);
+        continue;
+      }
       // A base object makes numpy view the memory instead of copying it.
       args[input_names_[i]] = py::array(numpy_dtype(in.dtype), in.shape, in.data, py::none());
     }
@@ -114,6 +164,14 @@ void PyExecutor::run(const Batch& batch, BatchResult& out) {
         throw ModelError("output '" + outputs_[i].name + "' returned by the model: " + e.what());
       }
       o.shape.assign(arr.shape(), arr.shape() + arr.ndim());
+      if (o.dtype == DType::kBytes) {
+        try {
+          o.data = array_to_bytes(arr);
+        } catch (const std::invalid_argument& e) {
+          throw ModelError("output '" + outputs_[i].name + "' returned by the model: " + e.what());
+        }
+        continue;
+      }
       o.data.reserve(static_cast<size_t>(arr.nbytes()));
       if (arr.nbytes() > 0) std::memcpy(o.data.data(), arr.data(), static_cast<size_t>(arr.nbytes()));
     }

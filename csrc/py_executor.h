@@ -15,8 +15,14 @@ namespace loopserve {
 namespace py = pybind11;
 
 py::dtype numpy_dtype(DType t);
-// The DType of a numpy dtype; throws std::invalid_argument for dtypes the protocol lacks.
+// The DType of a numpy dtype (object, bytes_ and str_ arrays are BYTES); throws
+// std::invalid_argument for dtypes the protocol lacks.
 DType dtype_of(const py::dtype& d);
+
+// BYTES tensors between their wire form and numpy object arrays of bytes. str elements are
+// encoded as UTF-8; anything else throws std::invalid_argument.
+py::array bytes_to_array(const std::byte* data, size_t nbytes, const std::vector<int64_t>& shape);
+Buffer array_to_bytes(const py::array& array);
 
 // Calls `fn(inputs: dict[str, np.ndarray]) -> outputs` where outputs is a dict by output
 // name, a sequence in declared order, or (one output) a single array. The input arrays view

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,11 +20,18 @@ struct TensorSpec {
 };
 
 // One input of one request, borrowed: the submitter keeps the memory alive until the
-// request's completion has been delivered. `shape` is the full shape, batch dimension first.
+// request's completion has been delivered (or hands it over in `storage`). `shape` is the
+// full shape, batch dimension first.
 struct InputView {
   DType dtype = DType::kFP32;
   const std::byte* data = nullptr;
   std::vector<int64_t> shape;
+  size_t nbytes = 0;  // required for BYTES; computed from the shape for the others
+  std::shared_ptr<const Buffer> storage;  // owns `data` when the submitter could not lend it
+
+  InputView() = default;
+  InputView(DType dtype_, const void* data_, std::vector<int64_t> shape_)
+      : dtype(dtype_), data(static_cast<const std::byte*>(data_)), shape(std::move(shape_)) {}
 };
 
 // One input of a formed batch, as handed to an executor: contiguous, batch dimension first.

@@ -235,3 +235,29 @@ def test_a_slow_model_is_never_run_on_the_callers_thread():
 
         asyncio.run(lone_client())
         assert m.stats().inline_runs == 0
+
+
+def test_bytes_tensors_batch_and_scatter_to_their_owners():
+    from loopserve import DynamicBatching, ModelConfig, TensorConfig
+
+    seen = []
+
+    def shout(inputs):
+        s = inputs["s"]
+        seen.append(s.shape[0])
+        return {"u": np.vectorize(lambda b: b.upper() + b"!", otypes=[object])(s)}
+
+    config = ModelConfig(name="shout", max_batch_size=16, inputs=[TensorConfig("s", "BYTES", [2])],
+                         outputs=[TensorConfig("u", "BYTES", [2])],
+                         dynamic_batching=DynamicBatching(max_queue_delay_us=50_000))
+    with Model.from_callable(shout, config) as m:
+
+        async def main():
+            reqs = [np.array([[f"r{i}-{j}".encode() * (j + 1), "é".encode()] for j in range(i % 3 + 1)], dtype=object)
+                    for i in range(6)]
+            outs = await asyncio.gather(*(m.infer({"s": r}) for r in reqs))
+            for r, out in zip(reqs, outs):
+                assert out["u"].tolist() == [[b.upper() + b"!" for b in row] for row in r.tolist()]
+
+        asyncio.run(main())
+    assert seen == [12], "six requests of 1-3 rows: one batch"

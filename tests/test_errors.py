@@ -36,7 +36,8 @@ def ok(m):
         ({"x": np.ones(4, np.float32)}, r"has shape \[4\], but model 'm' expects \[-1, 4\] \(batch dimension first"),
         ({"x": np.ones((9, 4), np.float32)}, r"request has 9 rows, more than the max_batch_size 8"),
         ({"x": np.ones((0, 4), np.float32)}, r"request has 0 rows"),
-        ({"x": np.array([["a"] * 4])}, r"input 'x': numpy dtype <U1 has no Open Inference Protocol datatype"),
+        ({"x": np.array([["a"] * 4])}, r"input 'x' has datatype BYTES, but model 'm' expects FP32"),
+        ({"x": np.ones((1, 4), np.complex64)}, r"input 'x': numpy dtype complex64 has no Open Inference Protocol"),
     ],
 )
 def test_invalid_input_is_refused_before_queueing(model, inputs, message):
@@ -88,7 +89,8 @@ def test_a_model_that_raises_fails_only_its_own_batch():
         (lambda x: {"y": np.ones((x.shape[0], 3), np.float32)}, r"returned output 'y' with shape \[\d+, 3\]"),
         (lambda x: {"y": x.astype(np.float64)}, r"returned output 'y' as FP64; its config declares FP32"),
         (lambda x: {"z": x}, r"returned no output 'y' \(it returned \['z'\]\)"),
-        (lambda x: "nonsense", r"output 'y' returned by the model: numpy dtype <U8 has no Open Inference Protocol"),
+        (lambda x: "nonsense", r"returned output 'y' as BYTES; its config declares FP32"),
+        (lambda x: {"y": x.astype(np.complex64)}, r"output 'y' returned by the model: numpy dtype complex64 has no"),
         (lambda x: (x, x), r"returned 2 outputs; its config declares 1"),
     ],
 )

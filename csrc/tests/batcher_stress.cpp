@@ -124,7 +124,7 @@ int run(int instances, bool adaptive) {
           for (;;) {
             try {
               auto done = batcher.submit(
-                  {InputView{DType::kFP32, reinterpret_cast<const std::byte*>(s.data.data()), {s.rows, 4}}}, token,
+                  {InputView(DType::kFP32, s.data.data(), {s.rows, 4})}, token,
                   sink, priority, timeout_us, mode);
               if (done == Batcher::Submitted::kDeferred) batcher.run_deferred();
               break;
@@ -143,7 +143,7 @@ int run(int instances, bool adaptive) {
     bool refused = false;
     try {
       const Submitted& s = requests.at(1);
-      batcher.submit({InputView{DType::kFP32, reinterpret_cast<const std::byte*>(s.data.data()), {s.rows, 4}}}, 1,
+      batcher.submit({InputView(DType::kFP32, s.data.data(), {s.rows, 4})}, 1,
                      sink);
     } catch (const Unavailable&) {
       refused = true;

@@ -16,7 +16,7 @@ from msgspec import Meta, Struct
 from loopserve.errors import ConfigError
 
 Datatype = Literal[
-    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"
+    "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"
 ]
 Backend = Literal["onnxruntime", "torch", "python"]
 Dim = Annotated[int, Meta(ge=-1)]

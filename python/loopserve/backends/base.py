@@ -23,6 +23,7 @@ NUMPY_DTYPES = {
     "FP16": np.dtype(np.float16),
     "FP32": np.dtype(np.float32),
     "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),  # numpy object arrays of bytes
 }
 DATATYPES = {v: k for k, v in NUMPY_DTYPES.items()}
 

@@ -60,8 +60,8 @@ class TorchBackend(Backend):
         for _ in range(self.config.instances):
             per_input = []
             for t in self.inputs:
-                if any(d < 0 for d in t.dims):
-                    per_input.append((0, 0))  # variable shape: the batcher's own buffer
+                if t.datatype == "BYTES" or any(d < 0 for d in t.dims):
+                    per_input.append((0, 0))  # variable size: the batcher's own buffer
                     continue
                 nbytes = rows * int(np.prod(t.dims, dtype=np.int64)) * NUMPY_DTYPES[t.datatype].itemsize
                 buf = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)

@@ -63,8 +63,9 @@ def _raw_input(model: Model, body: bytes) -> dict[str, np.ndarray]:
         raise ProtocolError(f"a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; "
                             f"model '{model.name}' has {len(model.inputs)}")
     spec = model.inputs[0]
-    if any(d < 0 for d in spec.dims):
-        raise ProtocolError(f"a raw binary request needs fixed dims; input '{spec.name}' has {spec.dims}")
+    if spec.datatype == "BYTES" or any(d < 0 for d in spec.dims):
+        raise ProtocolError(f"a raw binary request needs a fixed-size input; input '{spec.name}' is "
+                            f"{spec.datatype} with dims {spec.dims}")
     shape = list(spec.dims)
     if model.config.max_batch_size > 0:
         row_bytes = int(np.prod(spec.dims, dtype=np.int64)) * NUMPY_DTYPES[spec.datatype].itemsize
