@@ -44,6 +44,7 @@ import shlex
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,12 @@ MODEL = "mlp"
 N_IN = 32
 READY_TIMEOUT_S = 60.0
 DEFAULT_LOOPSERVE_CMD = "{python} -m loopserve.cli serve --model-repository {repo} --host 127.0.0.1 --port {port}"
+HEAVY_MODEL = "heavy"
+HEAVY_N_IN = 512
+HEAVY_BATCH = 64
+HEAVY_DELAY_US = 2000
+HEAVY_CONCURRENCY = (64, 128)
+HEAVY_TARGET = 0.85
 
 
 # -- machine ------------------------------------------------------------------------------
@@ -208,9 +215,12 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def infer_body() -> str:
-    data = [round(0.01 * i, 2) for i in range(N_IN)]
-    return json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, N_IN], "datatype": "FP32", "data": data}]})
+def infer_row(n_in: int = N_IN) -> list[float]:
+    return [round(0.01 * (i % 100), 2) for i in range(n_in)]
+
+
+def infer_body(n_in: int = N_IN) -> str:
+    return json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, n_in], "datatype": "FP32", "data": infer_row(n_in)}]})
 
 
 WRK_LUA = """\
@@ -230,17 +240,17 @@ end
 """
 
 
-def wrk_script(work: Path) -> Path:
-    path = work / "infer.lua"
-    path.write_text(WRK_LUA.replace("%BODY%", infer_body()))
+def wrk_script(work: Path, n_in: int = N_IN, name: str = "infer.lua") -> Path:
+    path = work / name
+    path.write_text(WRK_LUA.replace("%BODY%", infer_body(n_in)))
     return path
 
 
-def run_wrk(server: Server, concurrency: int, duration_s: float, script: Path) -> Result:
+def run_wrk(server: Server, concurrency: int, duration_s: float, script: Path, model: str = MODEL) -> Result:
     res = Result(server.name, "wrk", concurrency)
     threads = min(2, concurrency)
     argv = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s", "--latency",
-            "--timeout", "5s", "-s", str(script), f"{server.url}/v2/models/{MODEL}/infer"]
+            "--timeout", "5s", "-s", str(script), f"{server.url}/v2/models/{model}/infer"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if proc.returncode != 0 or line is None:
@@ -292,19 +302,20 @@ def run_perf_analyzer(server: Server, concurrency: int, duration_s: float, work:
     return res
 
 
-def reference_output() -> list[float]:
+def reference_output(module=None, n_in: int = N_IN) -> list[float]:
     import torch
 
     from loopserve import zoo
 
-    x = torch.tensor([json.loads(infer_body())["inputs"][0]["data"]], dtype=torch.float32)
+    module = module if module is not None else zoo.tiny_mlp()
+    x = torch.tensor([infer_row(n_in)], dtype=torch.float32)
     with torch.inference_mode():
-        return zoo.tiny_mlp()(x).ravel().tolist()
+        return module(x).ravel().tolist()
 
 
-def check_answer(server: Server, expected: list[float]) -> str | None:
+def check_answer(server: Server, expected: list[float], model: str = MODEL, n_in: int = N_IN) -> str | None:
     """None if one JSON infer answers the reference MLP's output; otherwise what went wrong."""
-    req = urllib.request.Request(f"{server.url}/v2/models/{MODEL}/infer", data=infer_body().encode(),
+    req = urllib.request.Request(f"{server.url}/v2/models/{model}/infer", data=infer_body(n_in).encode(),
                                  headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(req, timeout=10) as r:
@@ -316,10 +327,173 @@ def check_answer(server: Server, expected: list[float]) -> str | None:
     return None
 
 
-def warm_up(server: Server, script: Path) -> None:
+def warm_up(server: Server, script: Path, model: str = MODEL) -> None:
     """A short burst so that first-request costs (Python backend stub, lazy init) are not measured."""
-    subprocess.run(["wrk", "-t", "2", "-c", "16", "-d", "1s", "-s", str(script), f"{server.url}/v2/models/{MODEL}/infer"],
+    subprocess.run(["wrk", "-t", "2", "-c", "16", "-d", "1s", "-s", str(script), f"{server.url}/v2/models/{model}/infer"],
                    capture_output=True, timeout=60)
+
+
+# -- heavy MLP: served rows/s against the model called directly at batch 64 -----------------
+
+
+def heavy_repo(work: Path) -> Path:
+    from loopserve import zoo
+
+    repo = work / "heavy-models"
+    if not (repo / HEAVY_MODEL).exists():
+        zoo.write_model_dir(repo, HEAVY_MODEL, zoo.heavy_mlp(), fmt="onnx", max_batch_size=HEAVY_BATCH,
+                            max_queue_delay_us=HEAVY_DELAY_US, extra_config="threads: 1\n")
+    return repo
+
+
+def heavy_server(log_dir: Path, repo: Path, cmd: str) -> Server:
+    port = free_port()
+    line = cmd.format(python=shlex.quote(sys.executable), repo=shlex.quote(str(repo)), port=port)
+    return Server("loopserve-heavy", shlex.split(line), port, log_dir=log_dir)
+
+
+def heavy_session(repo: Path):
+    """The in-process limit: onnxruntime on the exported file, with the threads the server gets."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(repo / HEAVY_MODEL / "1" / "model.onnx"), options,
+                                providers=["CPUExecutionProvider"])
+
+
+def direct_rows_per_s(session, seconds: float) -> float:
+    """`session.run` at batch 64 (the request row, 64 times) in a loop for `seconds`; no server running."""
+    import numpy as np
+
+    feed = {session.get_inputs()[0].name: np.tile(np.asarray(infer_row(HEAVY_N_IN), np.float32), (HEAVY_BATCH, 1))}
+    for _ in range(3):
+        session.run(None, feed)
+    n, start = 0, time.perf_counter()
+    deadline = start + seconds
+    while True:
+        session.run(None, feed)
+        n += 1
+        now = time.perf_counter()
+        if now >= deadline:
+            return n * HEAVY_BATCH / (now - start)
+
+
+def model_counts(server: Server, model: str) -> tuple[int, int, int, int]:
+    """From `GET /v2/models/{model}/stats`: inference_count, execution_count, and the count and
+    compute_infer ns of full (max_batch_size) batches."""
+    with urllib.request.urlopen(f"{server.url}/v2/models/{model}/stats", timeout=10) as r:
+        stats = json.loads(r.read())["model_stats"][0]
+    full = next((b["compute_infer"] for b in stats.get("batch_stats", []) if b["batch_size"] == HEAVY_BATCH),
+                {"count": 0, "ns": 0})
+    return int(stats["inference_count"]), int(stats["execution_count"]), int(full["count"]), int(full["ns"])
+
+
+def served_window(server: Server, concurrency: int, duration_s: float, script: Path) -> Result:
+    """wrk at `concurrency` (batch-1 requests: req/s = rows/s); in extra, the mean batch over the
+    window and the model's ms per full batch (against direct, it shows the model short of CPU)."""
+    before = model_counts(server, HEAVY_MODEL)
+    res = run_wrk(server, concurrency, duration_s, script, model=HEAVY_MODEL)
+    rows, batches, full, full_ns = (a - b for a, b in zip(model_counts(server, HEAVY_MODEL), before))
+    res.extra.update(rows=rows, batches=batches, mean_batch=rows / max(batches, 1),
+                     full_batch_ms=full_ns / full / 1e6 if full else None)
+    return res
+
+
+def served_round(server: Server, concurrency: list[int], duration_s: float, script: Path,
+                 expected: list[float]) -> list[Result]:
+    """One fresh server: ready, checked, warmed up, then one wrk window per concurrency."""
+    server.start()
+    try:
+        why = server.ready()
+        if why is not None:
+            raise RuntimeError(why)
+        wrong = check_answer(server, expected, model=HEAVY_MODEL, n_in=HEAVY_N_IN)
+        if wrong is not None:
+            print(f"  [heavy] WARNING: {wrong}")
+        warm_up(server, script, model=HEAVY_MODEL)
+        return [served_window(server, c, duration_s, script) for c in concurrency]
+    finally:
+        server.stop()
+
+
+def run_heavy(work: Path, log_dir: Path, cmd: str, duration_s: float, rounds: int) -> dict:
+    """Alternates a direct window (no server running) and a served round (a fresh server, one wrk
+    window per concurrency); per concurrency, the ratio is the median of the per-round ratios."""
+    from loopserve import zoo
+
+    repo = heavy_repo(work)
+    script = wrk_script(work, HEAVY_N_IN, "heavy.lua")
+    expected = reference_output(zoo.heavy_mlp(), HEAVY_N_IN)
+    session = heavy_session(repo)
+    out = {"model": "heavy_mlp 512-2048-2048-2, onnx, threads 1", "max_batch_size": HEAVY_BATCH,
+           "max_queue_delay_us": HEAVY_DELAY_US, "concurrency": list(HEAVY_CONCURRENCY), "rounds": []}
+    for i in range(rounds):
+        direct = direct_rows_per_s(session, duration_s)
+        print(f"  round {i + 1}: direct batch {HEAVY_BATCH} {direct:8.0f} rows/s", flush=True)
+        server = heavy_server(log_dir, repo, cmd)
+        if i == 0:
+            print(f"  [heavy] {shlex.join(server.argv)}", flush=True)
+        try:
+            served = served_round(server, list(HEAVY_CONCURRENCY), duration_s, script, expected)
+        except Exception as exc:
+            out["skipped"] = f"served round {i + 1} failed: {exc}"
+            print(f"  [heavy] skipped: {out['skipped']}")
+            break
+        for r in served:
+            print(f"  round {i + 1}: served c={r.concurrency:<3}   {fmt(r.req_s, '8.0f')} rows/s  "
+                  f"mean batch {r.extra.get('mean_batch', 0):.1f}  {r.note}", flush=True)
+        out["rounds"].append({"direct_rows_per_s": direct, "served": [asdict(r) for r in served]})
+    out["summary"] = heavy_summary(out["rounds"])
+    return out
+
+
+def heavy_summary(rounds: list[dict]) -> list[dict]:
+    """Per concurrency: medians of direct and served rows/s, of the per-round ratios, and of the mean batch."""
+    rows = []
+    for c in HEAVY_CONCURRENCY:
+        per = [(rd["direct_rows_per_s"], s) for rd in rounds for s in rd["served"]
+               if s["concurrency"] == c and s["req_s"]]
+        if not per:
+            continue
+        ratios = [s["req_s"] / d for d, s in per]
+        rows.append({"concurrency": c,
+                     "direct_rows_per_s": statistics.median(d for d, _ in per),
+                     "served_rows_per_s": statistics.median(s["req_s"] for _, s in per),
+                     "ratio": statistics.median(ratios), "round_ratios": ratios,
+                     "mean_batch": statistics.median(s["extra"]["mean_batch"] for _, s in per),
+                     "direct_batch_ms": HEAVY_BATCH / statistics.median(d for d, _ in per) * 1e3,
+                     "served_batch_ms": median_or_none(s["extra"]["full_batch_ms"] for _, s in per),
+                     "p50_ms": statistics.median(s["p50_ms"] for _, s in per),
+                     "p99_ms": statistics.median(s["p99_ms"] for _, s in per),
+                     "errors": sum(s["errors"] or 0 for _, s in per)})
+    return rows
+
+
+def median_or_none(xs) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def print_heavy(heavy: dict) -> None:
+    print(f"\nheavy MLP (512 -> 2048 -> 2048 -> 2, onnxruntime 1 thread, max_batch_size {HEAVY_BATCH}, "
+          f"delay {HEAVY_DELAY_US} µs): served rows/s ÷ direct batch-{HEAVY_BATCH} rows/s, "
+          f"median of {len(heavy['rounds'])} alternating rounds (target >= {HEAVY_TARGET:.2f})")
+    print(f"{'conc':>4} {'direct rows/s':>14} {'served rows/s':>14} {'ratio':>6} {'mean batch':>11} "
+          f"{'64-batch ms':>15} {'p50 ms':>8} {'p99 ms':>8}  rounds")
+    for row in heavy["summary"]:
+        mark = "ok" if row["ratio"] >= HEAVY_TARGET else "BELOW TARGET"
+        errors = f"; {row['errors']} errors" if row["errors"] else ""
+        print(f"{row['concurrency']:>4} {row['direct_rows_per_s']:>14.0f} {row['served_rows_per_s']:>14.0f} "
+              f"{row['ratio']:>6.2f} {row['mean_batch']:>11.1f} "
+              f"{fmt(row['served_batch_ms'], '6.2f'):>6} / {row['direct_batch_ms']:<6.2f} "
+              f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}  "
+              + " ".join(f"{x:.2f}" for x in row["round_ratios"]) + f"  {mark}{errors}")
+    print("64-batch ms: the model's time per 64-row batch, served / direct (served higher: the model "
+          "thread short of CPU, e.g. beside the event loop and wrk)")
+    if "skipped" in heavy:
+        print(f"heavy: {heavy['skipped'].splitlines()[0]}")
 
 
 # -- report -------------------------------------------------------------------------------
@@ -383,22 +557,33 @@ def main() -> int:
     parser.add_argument("--clients", default="wrk,perf_analyzer", help="comma-separated subset")
     parser.add_argument("--loopserve-cmd", default=os.environ.get("LOOPSERVE_CMD", DEFAULT_LOOPSERVE_CMD),
                         help="format string with {python}, {repo}, {port} (env LOOPSERVE_CMD)")
+    parser.add_argument("--heavy", action=argparse.BooleanOptionalAction, default=True,
+                        help="the heavy-MLP section: loopserve rows/s (wrk, c=64 and 128) ÷ onnxruntime called "
+                             "directly at batch 64 (default on; --servers none runs it alone)")
+    parser.add_argument("--heavy-rounds", type=int, default=None, help="alternating direct/served rounds (default 3, quick 2)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
 
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
     concurrency = [int(c) for c in (args.concurrency or ("1,64" if args.quick else "1,16,64")).split(",")]
-    servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    servers = [s.strip() for s in args.servers.split(",") if s.strip() and s.strip() != "none"]
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     if "wrk" in clients and shutil.which("wrk") is None:
         print("wrk not found (apt-get install wrk); wrk runs skipped")
         clients.remove("wrk")
+    heavy_rounds = args.heavy_rounds or (2 if args.quick else 3)
+    if args.heavy and shutil.which("wrk") is None:
+        print("wrk not found; heavy-MLP section skipped")
+        args.heavy = False
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
           f"1-min load avg {info['load_avg_1m_at_start']:.2f} at start, Python {info['python']}")
     print(f"client and server share these {info['cores_usable']} cores (wrk / perf_analyzer run beside the server)")
     print(f"duration {duration:g} s per measurement, concurrency {concurrency}, servers {servers}, clients {clients}")
+    if args.heavy:
+        print(f"heavy MLP: wrk c={','.join(map(str, HEAVY_CONCURRENCY))}, {heavy_rounds} rounds of "
+              f"{duration:g} s windows, direct and served alternating")
 
     results: list[Result] = []
     skipped: dict[str, str] = {}
@@ -459,21 +644,33 @@ def main() -> int:
                               f"p99 {fmt(r.p99_ms, '.3f')} ms  {r.note}", flush=True)
             finally:
                 server.stop()
+        heavy = None
+        if args.heavy:
+            print("\n[heavy] heavy MLP: direct batch-64 onnxruntime vs loopserve over HTTP", flush=True)
+            try:
+                heavy = run_heavy(work, log_dir, args.loopserve_cmd, duration, heavy_rounds)
+            except Exception as exc:  # a model that will not export, onnxruntime missing
+                heavy = {"skipped": f"could not be set up: {exc}", "rounds": [], "summary": []}
+                print(f"[heavy] skipped: {heavy['skipped']}")
 
-    print_table(results)
     ratio_rows = ratios(results)
-    print_ratios(ratio_rows, skipped)
+    if servers:
+        print_table(results)
+        print_ratios(ratio_rows, skipped)
     for name, why in skipped.items():
         print(f"skipped {name}: {why.splitlines()[0]}")
+    if heavy is not None:
+        print_heavy(heavy)
 
     if args.json:
         Path(args.json).write_text(json.dumps({
             "machine": info,
             "settings": {"duration_s": duration, "concurrency": concurrency, "servers": servers, "clients": clients,
-                         "loopserve_cmd": args.loopserve_cmd},
+                         "loopserve_cmd": args.loopserve_cmd, "heavy": args.heavy, "heavy_rounds": heavy_rounds},
             "skipped": skipped,
             "results": [asdict(r) for r in results],
             "ratios": ratio_rows,
+            "heavy": heavy,
         }, indent=2))
         print(f"\nwrote {args.json}")
     return 0

@@ -13,6 +13,9 @@ namespace {
 
 // Waits that gained no request, in a row, before the adaptive delay stops waiting.
 constexpr int kUselessWaitsBeforeEager = 2;
+// Deferred batches of one, in a row, before deferring stops; and how often it looks again.
+constexpr int kLoneDeferredRunsBeforeNow = 8;
+constexpr uint64_t kProbeEvery = 64;
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream s;
@@ -156,9 +159,10 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
                       std::to_string(config_.queue_capacity) + " requests); retry later");
     }
     // Requests overlap: whatever the adaptive delay learned about lone requests is stale.
-    if (queued_ > 0 || busy_ > 0) useless_waits_ = 0;
+    if (queued_ > 0 || busy_ > 0) useless_waits_ = lone_deferred_runs_ = 0;
     if (mode == Inline::kDeferred && inline_allowed()) {
-      result = Submitted::kDeferred;
+      const bool lone = lone_deferred_runs_ >= kLoneDeferredRunsBeforeNow && queued_ == 0;
+      result = lone && ++deferred_submits_ % kProbeEvery != 0 ? Submitted::kRan : Submitted::kDeferred;
     } else if (mode == Inline::kNow && inline_allowed() && queued_ == 0 && eager()) {
       // Run at once only when truly alone: a thread cannot gather a batch of its own.
       result = Submitted::kRan;
@@ -190,12 +194,14 @@ void Batcher::run_deferred() {
     batch.clear();
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (left < 0) left = queued_;
+      const bool first = left < 0;
+      if (first) left = queued_;
       if (queued_ == 0) return;
       Plan plan = plan_batch(Clock::now());
       plan.count = std::max<size_t>(plan.count, 1);  // run what is there, waiting for nothing
       take(plan, batch);
       ++busy_;
+      if (first) lone_deferred_runs_ = left == 1 ? lone_deferred_runs_ + 1 : 0;
     }
     left = std::max<int64_t>(left - static_cast<int64_t>(batch.size()), 0);
     run_batch(-1, batch, staging);

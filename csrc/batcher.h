@@ -110,6 +110,8 @@ class Batcher {
   // with Inline::kNow at once; with Inline::kDeferred it is queued for the caller to run
   // with run_deferred() a moment later, together with whatever else came meanwhile (an
   // event loop submits its requests one by one: this lets a loop's burst form one batch).
+  // When those deferred batches keep holding a single request, kDeferred runs at once too
+  // (kRan), deferring one request in kProbeEvery to see whether others come again.
   enum class Inline { kNever, kNow, kDeferred };
   enum class Submitted { kQueued, kRan, kDeferred };
   Submitted submit(std::vector<InputView> inputs, uint64_t token, std::shared_ptr<CompletionSink> sink,
@@ -168,6 +170,8 @@ class Batcher {
   int64_t queued_ = 0;
   int busy_ = 0;  // workers running a batch
   int useless_waits_ = 0;
+  int lone_deferred_runs_ = 0;   // deferred batches in a row that held a single request
+  uint64_t deferred_submits_ = 0;
   bool stopping_ = false;
   Clock::time_point earliest_deadline_ = Clock::time_point::max();
 

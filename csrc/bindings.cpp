@@ -276,13 +276,23 @@ PYBIND11_MODULE(_core, m) {
              int priority, int64_t timeout_us, bool defer_inline) {
             Batcher& b = self.get();
             auto mode = defer_inline ? Batcher::Inline::kDeferred : Batcher::Inline::kNow;
-            return static_cast<int>(
-                b.submit(input_views(b.config(), inputs), token, std::move(queue), priority, timeout_us, mode));
+            CompletionQueue& q = *queue;
+            // A request that runs right here is drained by the caller at once: no wake-up.
+            q.set_quiet(true);
+            Batcher::Submitted done;
+            try {
+              done = b.submit(input_views(b.config(), inputs), token, std::move(queue), priority, timeout_us, mode);
+            } catch (...) {
+              q.set_quiet(false, true);
+              throw;
+            }
+            q.set_quiet(false, done != Batcher::Submitted::kRan);
+            return static_cast<int>(done);
           },
           py::arg("inputs"), py::arg("token"), py::arg("queue"), py::arg("priority") = 0,
           py::arg("timeout_us") = -1, py::arg("defer_inline") = false,
-          "Queues a request; returns SUBMIT_QUEUED, SUBMIT_RAN (already complete) or SUBMIT_DEFERRED "
-          "(call run_deferred() soon)")
+          "Queues a request; returns SUBMIT_QUEUED, SUBMIT_RAN (already complete: drain `queue` now) or "
+          "SUBMIT_DEFERRED (call run_deferred() soon)")
       .def(
           "run_deferred",
           [](PyBatcher& self, CompletionQueue& queue) {

@@ -41,9 +41,14 @@ std::vector<Completion> CompletionQueue::drain() {
   return out;
 }
 
-void CompletionQueue::set_quiet(bool quiet) {
+void CompletionQueue::set_quiet(bool quiet, bool signal_pending) {
   std::lock_guard<std::mutex> lock(mu_);
   quiet_ = quiet;
+  if (!quiet && signal_pending && !items_.empty() && !signalled_) {
+    uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
+    signalled_ = true;
+  }
 }
 
 void WaitSink::deliver(std::vector<Completion>&& items) {

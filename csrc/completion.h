@@ -50,8 +50,10 @@ class CompletionQueue final : public CompletionSink {
   // Takes everything delivered so far and re-arms the wake-up. Never blocks.
   std::vector<Completion> drain();
   // While quiet, deliveries do not signal the eventfd: the consumer runs a batch on its own
-  // thread and drains right after, so the wake-up would only cost two system calls.
-  void set_quiet(bool quiet);
+  // thread and drains right after, so the wake-up would only cost two system calls. Leaving
+  // quiet with `signal_pending` signals what came meanwhile, for a consumer that will not
+  // drain at once.
+  void set_quiet(bool quiet, bool signal_pending = false);
 
  private:
   int fd_ = -1;

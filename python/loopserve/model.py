@@ -226,6 +226,8 @@ class Model:
         channel.pending[token] = (future, arrays, self._output_names)
         if submitted == _core.SUBMIT_DEFERRED:
             channel.run_soon(self._batcher)
+        elif submitted == _core.SUBMIT_RAN:  # it already ran, on this thread: answer now
+            channel.drain()
         return future
 
     def infer_sync(self, inputs: Mapping[str, Any], *, priority: int = 0, timeout_us: int = -1) -> dict[str, np.ndarray]:

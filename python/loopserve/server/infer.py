@@ -110,10 +110,11 @@ class InferEndpoint:
             params = request.parameters if request is not None else None
             priority, timeout_us = _scheduling(params)
             pending = model.infer(arrays, priority=priority, timeout_us=timeout_us)
-            # A batch the loop runs itself is scheduled for the loop's next turn, ahead of this
-            # task's wake-up from sleep(0): so the answer is ready when the task resumes, one
-            # turn sooner than waiting on the future's own wake-up.
-            await asyncio.sleep(0)
+            if not pending.done():
+                # A batch the loop runs itself is scheduled for the loop's next turn, ahead of
+                # this task's wake-up from sleep(0): so the answer is ready when the task
+                # resumes, one turn sooner than waiting on the future's own wake-up.
+                await asyncio.sleep(0)
             outputs = await pending
             binary_default = bool(params.get("binary_data_output", False)) if params else False
             payload, json_length = encode_response(
