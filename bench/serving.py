@@ -27,10 +27,21 @@ Each server is driven by the same clients, one after the other:
                  2-core machine, and then it writes no report; we pass `-s 1000 --max-trials 3`
                  so it measures exactly 3 windows of duration/3 each, the same time as wrk.
 
+Heavy MLP (--heavy, on by default; --no-heavy skips it, --servers none runs it alone): the issue's
+"rows/s served ÷ in-process batch-64 limit >= 0.85" for zoo.heavy_mlp() (512 -> 2048 -> 2048 -> 2),
+exported by zoo.write_model_dir (onnx, max_batch_size 64, max_queue_delay_us 2000, threads 1) as
+model "heavy". The limit: onnxruntime (1 intra-op, 1 inter-op thread) on that file, session.run at
+batch 64 in a loop for one window, in this process with no server running. Served: a fresh loopserve
+(LOOPSERVE_CMD) on that repository, driven by wrk at c=64 and c=128 with [1, 512] JSON bodies;
+rows/s = req/s, and the mean batch (inference_count / execution_count) comes from the delta of
+`GET /v2/models/heavy/stats` over the window. Direct and served windows alternate (3 rounds, quick 2,
+--heavy-rounds N); per concurrency the ratio is the median of the per-round ratios.
+
 Client and server share the machine's cores, so absolute figures are what this box gives with
 a load generator beside the server; compare servers through the ratios, measured in the same run.
 
-    .venv/bin/python bench/serving.py [--quick] [--duration S] [--servers triton,baseline,loopserve]
+    .venv/bin/python bench/serving.py [--quick] [--duration S] [--servers triton,baseline,loopserve|none]
+                                      [--clients wrk,perf_analyzer] [--no-heavy] [--heavy-rounds N]
                                       [--json results.json]
 """
 

@@ -86,3 +86,26 @@ def test_several_event_loops_in_several_threads():
             t.join()
         assert not errors
         assert m.stats().success == 800
+
+
+def test_event_loops_that_come_and_go_leave_nothing_behind():
+    import gc
+    import os
+
+    from loopserve.model import _channels
+
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    with Model.from_callable(affine, vector_config(max_batch_size=4)) as m:
+        before = open_fds()
+        for i in range(50):
+
+            async def one():
+                x = np.full((1, 4), i, np.float32)
+                np.testing.assert_array_equal((await m.infer({"x": x}))["y"], x * 3 + 1)
+
+            asyncio.run(one())
+        gc.collect()
+        assert len(_channels) == 0, "a closed loop's completion channel must go with it"
+        assert open_fds() <= before, "each loop's eventfd must be closed with it"

@@ -73,16 +73,16 @@ class _LoopChannel:
         self.pending: dict[int, tuple[asyncio.Future, Any, tuple[str, ...]]] = {}
         self.tokens = itertools.count(1)
         self.wakeups = 0  # times the loop woke for completions (at most one per batch)
-        self.loop = loop
         self._deferred: set = set()  # batchers with requests this loop will run itself
+        # No reference to the loop is kept: _channels holds channels weakly by loop.
         loop.add_reader(self.queue.fd, self._on_readable)
 
-    def run_soon(self, batcher) -> None:
+    def run_soon(self, loop: asyncio.AbstractEventLoop, batcher) -> None:
         """Runs the batcher's deferred requests on this loop once the current callbacks are
         done, so that the requests this loop submits in the meantime join the same batch."""
         if batcher not in self._deferred:
             self._deferred.add(batcher)
-            self.loop.call_soon(self._run_deferred, batcher)
+            loop.call_soon(self._run_deferred, batcher)
 
     def _run_deferred(self, batcher) -> None:
         self._deferred.discard(batcher)
@@ -225,7 +225,7 @@ class Model:
         # The arrays stay referenced until the completion: the batcher reads them in place.
         channel.pending[token] = (future, arrays, self._output_names)
         if submitted == _core.SUBMIT_DEFERRED:
-            channel.run_soon(self._batcher)
+            channel.run_soon(loop, self._batcher)
         elif submitted == _core.SUBMIT_RAN:  # it already ran, on this thread: answer now
             channel.drain()
         return future
