@@ -571,7 +571,8 @@ def main() -> int:
     parser.add_argument("--heavy", action=argparse.BooleanOptionalAction, default=True,
                         help="the heavy-MLP section: loopserve rows/s (wrk, c=64 and 128) ÷ onnxruntime called "
                              "directly at batch 64 (default on; --servers none runs it alone)")
-    parser.add_argument("--heavy-rounds", type=int, default=None, help="alternating direct/served rounds (default 3, quick 2)")
+    parser.add_argument("--heavy-rounds", type=int, default=None,
+                        help="alternating direct/served rounds (default 3, quick 2)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
 

@@ -13,7 +13,6 @@ from loopserve import DynamicBatching, Model, ModelConfig, TensorConfig
 from loopserve.server.app import LoopserveApp
 from loopserve.server.repository import ModelRepository
 
-from conftest import vector_config
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]
 NUMPY = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,

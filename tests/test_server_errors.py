@@ -1,8 +1,6 @@
 """Every refusal: the right status, a JSON body that says what was wrong and what was
 expected, and a server that serves on."""
 
-import json
-import struct
 import threading
 import time
 
@@ -10,7 +8,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from loopserve import Model, TensorConfig
+from loopserve import Model
 from loopserve.server.app import LoopserveApp
 from loopserve.server.repository import ModelRepository
 

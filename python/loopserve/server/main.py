@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 import uvicorn
 
@@ -34,6 +35,7 @@ def build_app(config: ServerConfig) -> LoopserveApp:
 
 def serve(config: ServerConfig) -> int:
     configure_logging(config.log_level)
+    sys.setswitchinterval(config.gil_switch_interval_us / 1e6)
     app = build_app(config)
     log.info("serving", extra={"host": config.http.host, "port": config.http.port,
                                "models": [f"{m.name}:{m.version}" for m in app.repository.models()]})
