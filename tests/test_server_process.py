@@ -13,6 +13,8 @@ import time
 import msgspec
 import pytest
 
+from loopserve.demo import wait_ready
+
 
 def loopserve(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "loopserve.cli", *args], stdout=subprocess.PIPE,
@@ -61,17 +63,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
                                        "outputs: [{name: y, datatype: INT32, dims: [1]}]\n")
     port = free_port()
     proc = loopserve("serve", "--model-repository", str(tmp_path / "models"), "--port", str(port))
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/v2/health/ready")
-            if conn.getresponse().status == 200:
-                break
-        except OSError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
-        time.sleep(0.1)
+    wait_ready(port, proc)
 
     results = []
 

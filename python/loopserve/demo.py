@@ -31,7 +31,8 @@ def build_repository(workdir: Path) -> Path:
     return repo
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Waits until a `loopserve serve` process answers ready; raises if it exits or is slow."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -94,7 +95,7 @@ def run_demo(workdir: str, seconds: float, concurrency: int, port: int = 8000) -
                              "--model-repository", str(workdir_path / "models"), "--port", str(port)],
                             stderr=open(workdir_path / "server.log", "w"))
     try:
-        _wait_ready(port, proc)
+        wait_ready(port, proc)
         _say(f"serving on http://127.0.0.1:{port} (logs: {workdir_path / 'server.log'}); "
              f"{concurrency} HTTP clients for {seconds:.0f} s")
         latencies, failures = _drive(port, seconds, concurrency)
