@@ -16,6 +16,8 @@ constexpr int kUselessWaitsBeforeEager = 2;
 // Deferred batches of one, in a row, before deferring stops; and how often it looks again.
 constexpr int kLoneDeferredRunsBeforeNow = 8;
 constexpr uint64_t kProbeEvery = 64;
+// How long workers leave a deferred request to the thread that deferred it.
+constexpr auto kDeferredGrace = std::chrono::milliseconds(2);
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream s;
@@ -149,6 +151,7 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
   r.enqueued = Clock::now();
   r.deadline = timeout_us > 0 ? r.enqueued + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
   Submitted result = Submitted::kQueued;
+  bool notify = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) throw Unavailable("model '" + config_.model_name + "' is unloading");
@@ -170,14 +173,17 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
     if (result == Submitted::kRan) {
       ++busy_;
     } else {
+      if (result == Submitted::kDeferred) r.workers_not_before = r.enqueued + kDeferredGrace;
       earliest_deadline_ = std::min(earliest_deadline_, r.deadline);
       levels_[static_cast<size_t>(priority - 1)].push_back(std::move(r));
       ++queued_;
     }
+    // A deferred request wakes a worker too (once per burst) as a safety net; the worker
+    // leaves it alone for kDeferredGrace.
+    notify = result == Submitted::kQueued || (result == Submitted::kDeferred && queued_ == 1);
   }
-  if (result == Submitted::kQueued) {
-    cv_.notify_one();
-  } else if (result == Submitted::kRan) {
+  if (notify) cv_.notify_one();
+  if (result == Submitted::kRan) {
     std::vector<Request> batch;
     batch.push_back(std::move(r));
     std::vector<Buffer> staging(config_.inputs.size());  // unused: one request is gathered in place
@@ -281,7 +287,7 @@ bool Batcher::next_batch(std::unique_lock<std::mutex>& lock, Clock::time_point f
       cv_.wait(lock);
       continue;
     }
-    const Plan plan = plan_batch(now, free_since);
+    const Plan plan = plan_batch(now, free_since, /*by_worker=*/true);
     if (plan.ready) {
       if (plan.by_delay && plan.count == 1 && queued_ == 1) {
         ++useless_waits_;  // a lone request waited out the delay and nothing came
@@ -315,7 +321,7 @@ bool Batcher::compatible(const Request& a, const Request& b) const {
 // request: time spent queued behind a busy model is not time spent gathering a batch.
 // Otherwise clients that resubmit as their batch completes split into two groups that
 // never rejoin (one group's partial batch always runs while the other's is in flight).
-Batcher::Plan Batcher::plan_batch(Clock::time_point now, Clock::time_point free_since) const {
+Batcher::Plan Batcher::plan_batch(Clock::time_point now, Clock::time_point free_since, bool by_worker) const {
   Plan plan;
   const Request* head = nullptr;
   for (const auto& level : levels_)
@@ -323,6 +329,10 @@ Batcher::Plan Batcher::plan_batch(Clock::time_point now, Clock::time_point free_
       head = &level.front();
       break;
     }
+  if (by_worker && !stopping_ && now < head->workers_not_before) {
+    plan.wake_at = head->workers_not_before;  // its submitter runs it, unless it never does
+    return plan;
+  }
   if (config_.max_batch_size == 0) {
     plan.ready = true;
     plan.count = 1;

@@ -137,6 +137,9 @@ class Batcher {
     int64_t rows = 1;
     Clock::time_point enqueued;
     Clock::time_point deadline;  // time_point::max() without a timeout
+    // A deferred request is left to its submitter until then; a worker takes it after, in
+    // case the submitter never runs it (an event loop closed before its next turn).
+    Clock::time_point workers_not_before;
   };
 
   struct Plan {
@@ -150,7 +153,8 @@ class Batcher {
   void worker(int instance);
   bool next_batch(std::unique_lock<std::mutex>& lock, Clock::time_point free_since, std::vector<Request>& batch,
                   std::vector<Request>& expired);
-  Plan plan_batch(Clock::time_point now, Clock::time_point free_since = Clock::time_point::min()) const;
+  Plan plan_batch(Clock::time_point now, Clock::time_point free_since = Clock::time_point::min(),
+                  bool by_worker = false) const;
   bool eager() const;
   bool inline_allowed() const;
   void take(const Plan& plan, std::vector<Request>& batch);

@@ -261,3 +261,21 @@ def test_bytes_tensors_batch_and_scatter_to_their_owners():
 
         asyncio.run(main())
     assert seen == [12], "six requests of 1-3 rows: one batch"
+
+
+def test_a_deferred_request_its_submitter_never_runs_is_run_by_a_worker():
+    """An event loop may close before the turn on which it would have run its batch."""
+    from loopserve import _core
+
+    with Model.from_callable(doubling(), vector_config(max_batch_size=8, inline_budget_us=1_000_000)) as m:
+        x = np.ones((1, 4), np.float32)
+        m.infer_sync({"x": x})  # now the batcher knows the model is quick (under the budget)
+        queue = _core.CompletionQueue()
+        assert m._batcher.submit({"x": x}, 7, queue, 0, -1, True) == _core.SUBMIT_DEFERRED
+        deadline = time.monotonic() + 2
+        done = []
+        while not done and time.monotonic() < deadline:
+            time.sleep(0.005)
+            done = queue.drain()
+        assert [(token, status) for token, status, _ in done] == [(7, _core.STATUS_OK)]
+        np.testing.assert_array_equal(done[0][2][0], x * 2)

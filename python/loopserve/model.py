@@ -103,9 +103,14 @@ class _LoopChannel:
                 future.set_result(dict(zip(names, payload)))
             else:
                 future.set_exception(_error(status, payload))
+        if not pending:
+            _busy_channels.discard(self)
 
 
 _channels: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopChannel]" = weakref.WeakKeyDictionary()
+# Channels with requests in flight, held strongly: the batcher reads a request's arrays in
+# place until it completes, so they must outlive even a loop that closed without waiting.
+_busy_channels: set[_LoopChannel] = set()
 
 
 def _channel(loop: asyncio.AbstractEventLoop) -> _LoopChannel:
@@ -223,6 +228,8 @@ class Model:
         submitted = self._batcher.submit(arrays, token, channel.queue, priority, timeout_us, True)
         future = loop.create_future()
         # The arrays stay referenced until the completion: the batcher reads them in place.
+        if not channel.pending:
+            _busy_channels.add(channel)
         channel.pending[token] = (future, arrays, self._output_names)
         if submitted == _core.SUBMIT_DEFERRED:
             channel.run_soon(loop, self._batcher)
