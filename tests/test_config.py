@@ -67,3 +67,14 @@ def test_defaults_are_sensible():
     c = ModelConfig()
     assert c.max_batch_size == 0 and c.instances == 1 and c.device == "cpu"
     assert c.dynamic_batching.queue_capacity == 1024 and c.dynamic_batching.adaptive_queue_delay
+
+
+def test_the_shipped_demo_server_config_decodes():
+    from pathlib import Path
+
+    from loopserve.server.config import load_server_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_server_config(root / "configs" / "demo.yaml")
+    assert Path(config.model_repository).resolve() == (root / "demo-run" / "models").resolve()
+    assert config.models == ["mlp"] and config.http.port == 8000
