@@ -48,6 +48,7 @@ a load generator beside the server; compare servers through the ratios, measured
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -56,6 +57,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -76,7 +78,12 @@ HEAVY_N_IN = 512
 HEAVY_BATCH = 64
 HEAVY_DELAY_US = 2000
 HEAVY_CONCURRENCY = (64, 128)
+HEAVY_BODIES = ("json", "binary")  # the request forms wrk sends to the heavy model
 HEAVY_TARGET = 0.85
+AB_ROUNDS = 8
+AB_ROUNDS_QUICK = 4
+AB_WINDOW_S = 2.0
+AB_TARGET = 1.20
 
 
 # -- machine ------------------------------------------------------------------------------
@@ -234,11 +241,38 @@ def infer_body(n_in: int = N_IN) -> str:
     return json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, n_in], "datatype": "FP32", "data": infer_row(n_in)}]})
 
 
-WRK_LUA = """\
+def binary_infer_header(n_in: int = N_IN) -> bytes:
+    """The JSON part of Triton's binary tensor form: INPUT0 as binary_data_size bytes after it,
+    OUTPUT0 asked for as binary."""
+    return json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, n_in], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 4 * n_in}}],
+                       "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]},
+                      separators=(",", ":")).encode()
+
+
+def binary_infer_body(n_in: int = N_IN) -> tuple[bytes, int]:
+    """(body, length of its JSON part): the JSON header, then the row as little-endian float32."""
+    header = binary_infer_header(n_in)
+    return header + struct.pack(f"<{n_in}f", *infer_row(n_in)), len(header)
+
+
+WRK_JSON_REQUEST = """\
 wrk.method = "POST"
 wrk.body = [[%BODY%]]
 wrk.headers["Content-Type"] = "application/json"
+"""
 
+# Lua strings hold any bytes: the binary body is read from a file opened "rb" (one read per wrk thread).
+WRK_BINARY_REQUEST = """\
+wrk.method = "POST"
+local f = assert(io.open(%PATH%, "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/octet-stream"
+wrk.headers["Inference-Header-Content-Length"] = "%HLEN%"
+"""
+
+WRK_DONE = """\
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -252,8 +286,20 @@ end
 
 
 def wrk_script(work: Path, n_in: int = N_IN, name: str = "infer.lua") -> Path:
+    """A wrk script POSTing the JSON infer body."""
     path = work / name
-    path.write_text(WRK_LUA.replace("%BODY%", infer_body(n_in)))
+    path.write_text(WRK_JSON_REQUEST.replace("%BODY%", infer_body(n_in)) + "\n" + WRK_DONE)
+    return path
+
+
+def wrk_binary_script(work: Path, n_in: int = N_IN, name: str = "infer-binary.lua") -> Path:
+    """A wrk script POSTing the binary tensor form; the body itself goes to `name`.body."""
+    body, header_len = binary_infer_body(n_in)
+    body_path = work / f"{name}.body"
+    body_path.write_bytes(body)
+    path = work / name
+    lua = WRK_BINARY_REQUEST.replace("%PATH%", json.dumps(str(body_path))).replace("%HLEN%", str(header_len))
+    path.write_text(lua + "\n" + WRK_DONE)
     return path
 
 
@@ -333,9 +379,41 @@ def check_answer(server: Server, expected: list[float], model: str = MODEL, n_in
             got = json.loads(r.read())["outputs"][0]["data"]
     except Exception as exc:
         return f"infer failed: {exc}"
+    return compare_answer(got, expected)
+
+
+def compare_answer(got: list[float], expected: list[float]) -> str | None:
     if len(got) != len(expected) or any(abs(a - b) > 1e-4 for a, b in zip(got, expected)):
         return f"wrong answer: {got} (expected {expected})"
     return None
+
+
+def check_binary_answer(server: Server, expected: list[float], model: str = MODEL, n_in: int = N_IN) -> str | None:
+    """None if the exact body wrk sends in binary form answers 200 with a binary OUTPUT0 that
+    matches the reference; otherwise what went wrong."""
+    body, header_len = binary_infer_body(n_in)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("POST", f"/v2/models/{model}/infer", body=body,
+                     headers={"Content-Type": "application/octet-stream",
+                              "Inference-Header-Content-Length": str(header_len)})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            return f"binary infer: HTTP {resp.status}: {data[:200]!r}"
+        json_len = resp.getheader("Inference-Header-Content-Length")
+        if json_len is None:
+            return f"binary infer: no Inference-Header-Content-Length in the answer: {data[:200]!r}"
+        out = json.loads(data[:int(json_len)])["outputs"][0]
+        size = out["parameters"]["binary_data_size"]
+        raw = data[int(json_len):int(json_len) + size]
+        got = list(struct.unpack(f"<{len(raw) // 4}f", raw))
+    except Exception as exc:
+        return f"binary infer failed: {exc!r}"
+    finally:
+        conn.close()
+    wrong = compare_answer(got, expected)
+    return f"binary infer: {wrong}" if wrong else None
 
 
 def warm_up(server: Server, script: Path, model: str = MODEL) -> None:
@@ -401,30 +479,33 @@ def model_counts(server: Server, model: str) -> tuple[int, int, int, int]:
     return int(stats["inference_count"]), int(stats["execution_count"]), int(full["count"]), int(full["ns"])
 
 
-def served_window(server: Server, concurrency: int, duration_s: float, script: Path) -> Result:
-    """wrk at `concurrency` (batch-1 requests: req/s = rows/s); in extra, the mean batch over the
-    window and the model's ms per full batch (against direct, it shows the model short of CPU)."""
+def served_window(server: Server, concurrency: int, duration_s: float, script: Path, body: str) -> Result:
+    """wrk at `concurrency` with one request form (`body`: json or binary; batch-1 requests:
+    req/s = rows/s); in extra, the mean batch over the window and the model's ms per full batch
+    (against direct, it shows the model short of CPU)."""
     before = model_counts(server, HEAVY_MODEL)
     res = run_wrk(server, concurrency, duration_s, script, model=HEAVY_MODEL)
     rows, batches, full, full_ns = (a - b for a, b in zip(model_counts(server, HEAVY_MODEL), before))
-    res.extra.update(rows=rows, batches=batches, mean_batch=rows / max(batches, 1),
+    res.extra.update(body=body, rows=rows, batches=batches, mean_batch=rows / max(batches, 1),
                      full_batch_ms=full_ns / full / 1e6 if full else None)
     return res
 
 
-def served_round(server: Server, concurrency: list[int], duration_s: float, script: Path,
+def served_round(server: Server, concurrency: list[int], duration_s: float, scripts: dict[str, Path],
                  expected: list[float]) -> list[Result]:
-    """One fresh server: ready, checked, warmed up, then one wrk window per concurrency."""
+    """One fresh server: ready, checked (JSON and binary), warmed up, then one wrk window per
+    concurrency and request form, the forms side by side."""
     server.start()
     try:
         why = server.ready()
         if why is not None:
             raise RuntimeError(why)
-        wrong = check_answer(server, expected, model=HEAVY_MODEL, n_in=HEAVY_N_IN)
-        if wrong is not None:
-            print(f"  [heavy] WARNING: {wrong}")
-        warm_up(server, script, model=HEAVY_MODEL)
-        return [served_window(server, c, duration_s, script) for c in concurrency]
+        for check in (check_answer, check_binary_answer):
+            wrong = check(server, expected, model=HEAVY_MODEL, n_in=HEAVY_N_IN)
+            if wrong is not None:
+                print(f"  [heavy] WARNING: {wrong}")
+        warm_up(server, scripts["json"], model=HEAVY_MODEL)
+        return [served_window(server, c, duration_s, scripts[body], body) for c in concurrency for body in scripts]
     finally:
         server.stop()
 
@@ -435,11 +516,13 @@ def run_heavy(work: Path, log_dir: Path, cmd: str, duration_s: float, rounds: in
     from loopserve import zoo
 
     repo = heavy_repo(work)
-    script = wrk_script(work, HEAVY_N_IN, "heavy.lua")
+    scripts = {"json": wrk_script(work, HEAVY_N_IN, "heavy.lua"),
+               "binary": wrk_binary_script(work, HEAVY_N_IN, "heavy-binary.lua")}
     expected = reference_output(zoo.heavy_mlp(), HEAVY_N_IN)
     session = heavy_session(repo)
     out = {"model": "heavy_mlp 512-2048-2048-2, onnx, threads 1", "max_batch_size": HEAVY_BATCH,
-           "max_queue_delay_us": HEAVY_DELAY_US, "concurrency": list(HEAVY_CONCURRENCY), "rounds": []}
+           "max_queue_delay_us": HEAVY_DELAY_US, "concurrency": list(HEAVY_CONCURRENCY),
+           "bodies": list(HEAVY_BODIES), "rounds": []}
     for i in range(rounds):
         direct = direct_rows_per_s(session, duration_s)
         print(f"  round {i + 1}: direct batch {HEAVY_BATCH} {direct:8.0f} rows/s", flush=True)
@@ -447,13 +530,14 @@ def run_heavy(work: Path, log_dir: Path, cmd: str, duration_s: float, rounds: in
         if i == 0:
             print(f"  [heavy] {shlex.join(server.argv)}", flush=True)
         try:
-            served = served_round(server, list(HEAVY_CONCURRENCY), duration_s, script, expected)
+            served = served_round(server, list(HEAVY_CONCURRENCY), duration_s, scripts, expected)
         except Exception as exc:
             out["skipped"] = f"served round {i + 1} failed: {exc}"
             print(f"  [heavy] skipped: {out['skipped']}")
             break
         for r in served:
-            print(f"  round {i + 1}: served c={r.concurrency:<3}   {fmt(r.req_s, '8.0f')} rows/s  "
+            print(f"  round {i + 1}: served c={r.concurrency:<3} {r.extra.get('body', ''):<6} "
+                  f"{fmt(r.req_s, '8.0f')} rows/s  "
                   f"mean batch {r.extra.get('mean_batch', 0):.1f}  {r.note}", flush=True)
         out["rounds"].append({"direct_rows_per_s": direct, "served": [asdict(r) for r in served]})
     out["summary"] = heavy_summary(out["rounds"])
@@ -461,25 +545,31 @@ def run_heavy(work: Path, log_dir: Path, cmd: str, duration_s: float, rounds: in
 
 
 def heavy_summary(rounds: list[dict]) -> list[dict]:
-    """Per concurrency: medians of direct and served rows/s, of the per-round ratios, and of the mean batch."""
+    """Per (concurrency, request form): medians of direct and served rows/s, of the per-round
+    ratios, and of the mean batch."""
     rows = []
     for c in HEAVY_CONCURRENCY:
-        per = [(rd["direct_rows_per_s"], s) for rd in rounds for s in rd["served"]
-               if s["concurrency"] == c and s["req_s"]]
-        if not per:
-            continue
-        ratios = [s["req_s"] / d for d, s in per]
-        rows.append({"concurrency": c,
-                     "direct_rows_per_s": statistics.median(d for d, _ in per),
-                     "served_rows_per_s": statistics.median(s["req_s"] for _, s in per),
-                     "ratio": statistics.median(ratios), "round_ratios": ratios,
-                     "mean_batch": statistics.median(s["extra"]["mean_batch"] for _, s in per),
-                     "direct_batch_ms": HEAVY_BATCH / statistics.median(d for d, _ in per) * 1e3,
-                     "served_batch_ms": median_or_none(s["extra"]["full_batch_ms"] for _, s in per),
-                     "p50_ms": statistics.median(s["p50_ms"] for _, s in per),
-                     "p99_ms": statistics.median(s["p99_ms"] for _, s in per),
-                     "errors": sum(s["errors"] or 0 for _, s in per)})
+        for body in HEAVY_BODIES:
+            per = [(rd["direct_rows_per_s"], s) for rd in rounds for s in rd["served"]
+                   if s["concurrency"] == c and s["extra"].get("body") == body and s["req_s"]]
+            if per:
+                rows.append(heavy_row(c, body, per))
     return rows
+
+
+def heavy_row(c: int, body: str, per: list[tuple[float, dict]]) -> dict:
+    """One summary row from (direct rows/s, served result) pairs, one per round."""
+    ratios = [s["req_s"] / d for d, s in per]
+    return {"concurrency": c, "body": body,
+            "direct_rows_per_s": statistics.median(d for d, _ in per),
+            "served_rows_per_s": statistics.median(s["req_s"] for _, s in per),
+            "ratio": statistics.median(ratios), "round_ratios": ratios,
+            "mean_batch": statistics.median(s["extra"]["mean_batch"] for _, s in per),
+            "direct_batch_ms": HEAVY_BATCH / statistics.median(d for d, _ in per) * 1e3,
+            "served_batch_ms": median_or_none(s["extra"]["full_batch_ms"] for _, s in per),
+            "p50_ms": statistics.median(s["p50_ms"] for _, s in per),
+            "p99_ms": statistics.median(s["p99_ms"] for _, s in per),
+            "errors": sum(s["errors"] or 0 for _, s in per)}
 
 
 def median_or_none(xs) -> float | None:
@@ -491,13 +581,13 @@ def print_heavy(heavy: dict) -> None:
     print(f"\nheavy MLP (512 -> 2048 -> 2048 -> 2, onnxruntime 1 thread, max_batch_size {HEAVY_BATCH}, "
           f"delay {HEAVY_DELAY_US} µs): served rows/s ÷ direct batch-{HEAVY_BATCH} rows/s, "
           f"median of {len(heavy['rounds'])} alternating rounds (target >= {HEAVY_TARGET:.2f})")
-    print(f"{'conc':>4} {'direct rows/s':>14} {'served rows/s':>14} {'ratio':>6} {'mean batch':>11} "
+    print(f"{'conc':>4} {'body':<6} {'direct rows/s':>14} {'served rows/s':>14} {'ratio':>6} {'mean batch':>11} "
           f"{'64-batch ms':>15} {'p50 ms':>8} {'p99 ms':>8}  rounds")
     for row in heavy["summary"]:
         mark = "ok" if row["ratio"] >= HEAVY_TARGET else "BELOW TARGET"
         errors = f"; {row['errors']} errors" if row["errors"] else ""
-        print(f"{row['concurrency']:>4} {row['direct_rows_per_s']:>14.0f} {row['served_rows_per_s']:>14.0f} "
-              f"{row['ratio']:>6.2f} {row['mean_batch']:>11.1f} "
+        print(f"{row['concurrency']:>4} {row['body']:<6} {row['direct_rows_per_s']:>14.0f} "
+              f"{row['served_rows_per_s']:>14.0f} {row['ratio']:>6.2f} {row['mean_batch']:>11.1f} "
               f"{fmt(row['served_batch_ms'], '6.2f'):>6} / {row['direct_batch_ms']:<6.2f} "
               f"{row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f}  "
               + " ".join(f"{x:.2f}" for x in row["round_ratios"]) + f"  {mark}{errors}")
@@ -505,6 +595,96 @@ def print_heavy(heavy: dict) -> None:
           "thread short of CPU, e.g. beside the event loop and wrk)")
     if "skipped" in heavy:
         print(f"heavy: {heavy['skipped'].splitlines()[0]}")
+
+
+# -- c=1 latency A/B: loopserve and the baseline up together, short wrk windows alternating --
+
+
+def ab_servers(log_dir: Path, work: Path, cmd: str) -> tuple[Server, Server]:
+    """loopserve and the baseline as in the main section, on two different ports, with their own logs."""
+    loop = loopserve_server(log_dir, work, cmd)
+    base = baseline_server(log_dir, work)
+    while base.port == loop.port:
+        base = baseline_server(log_dir, work)
+    for server in (loop, base):
+        server.log_path = log_dir / f"ab-{server.name}.log"
+    return loop, base
+
+
+def start_together(servers: tuple[Server, ...], script: Path, expected: list[float]) -> None:
+    """Starts all at once, waits until each is ready (raises if one is not), checks and warms each."""
+    for server in servers:
+        server.start()
+    for server in servers:
+        why = server.ready()
+        if why is not None:
+            raise RuntimeError(f"{server.name}: {why}")
+    for server in servers:
+        wrong = check_answer(server, expected)
+        if wrong is not None:
+            print(f"  [ab] {server.name} WARNING: {wrong}")
+        warm_up(server, script)
+
+
+def ab_round(loop: Result, base: Result) -> dict:
+    ratio = loop.p50_ms / base.p50_ms if loop.p50_ms and base.p50_ms else None
+    return {"loopserve": asdict(loop), "baseline": asdict(base), "p50_ratio": ratio}
+
+
+def run_ab(work: Path, log_dir: Path, cmd: str, rounds: int, script: Path, expected: list[float]) -> dict:
+    """Both servers up at once; per round, wrk -t1 -c1 against loopserve, then against the baseline."""
+    loop, base = ab_servers(log_dir, work, cmd)
+    print(f"  [ab] {shlex.join(loop.argv)}\n  [ab] {shlex.join(base.argv)}", flush=True)
+    out = {"concurrency": 1, "window_s": AB_WINDOW_S, "target": AB_TARGET, "rounds": []}
+    try:
+        start_together((loop, base), script, expected)
+        for i in range(rounds):
+            rd = ab_round(*(run_wrk(s, 1, AB_WINDOW_S, script) for s in (loop, base)))
+            out["rounds"].append(rd)
+            print(f"  round {i + 1}: p50 loopserve {fmt_us(rd['loopserve']['p50_ms'])} µs, baseline "
+                  f"{fmt_us(rd['baseline']['p50_ms'])} µs, ratio {fmt(rd['p50_ratio'], '.2f')}  "
+                  f"{rd['loopserve']['note']} {rd['baseline']['note']}", flush=True)
+    except Exception as exc:
+        out["skipped"] = str(exc)
+        print(f"  [ab] skipped: {exc}")
+    finally:
+        loop.stop()
+        base.stop()
+    out["summary"] = ab_summary(out["rounds"])
+    return out
+
+
+def ab_summary(rounds: list[dict]) -> dict | None:
+    ratios = [rd["p50_ratio"] for rd in rounds if rd["p50_ratio"] is not None]
+    if not ratios:
+        return None
+    return {"p50_ratio": statistics.median(ratios), "round_ratios": ratios,
+            "loopserve_p50_ms": statistics.median(rd["loopserve"]["p50_ms"] for rd in rounds if rd["p50_ratio"]),
+            "baseline_p50_ms": statistics.median(rd["baseline"]["p50_ms"] for rd in rounds if rd["p50_ratio"]),
+            "ok": statistics.median(ratios) <= AB_TARGET}
+
+
+def fmt_us(ms: float | None) -> str:
+    return fmt(None if ms is None else ms * 1e3, "6.0f")
+
+
+def print_ab(ab: dict) -> None:
+    print(f"\nc=1 latency A/B: loopserve and baseline up together, wrk -t1 -c1, {AB_WINDOW_S:g} s windows "
+          f"alternating (loopserve, baseline, ...); loopserve p50 ÷ baseline p50, median of the per-round "
+          f"ratios (target <= {AB_TARGET:.2f})")
+    print(f"{'round':>5} {'loopserve p50 µs':>17} {'baseline p50 µs':>16} {'ratio':>6} "
+          f"{'loopserve p99 µs':>17} {'baseline p99 µs':>16}")
+    for i, rd in enumerate(ab["rounds"], 1):
+        ls, bl = rd["loopserve"], rd["baseline"]
+        print(f"{i:>5} {fmt_us(ls['p50_ms']):>17} {fmt_us(bl['p50_ms']):>16} {fmt(rd['p50_ratio'], '6.2f')} "
+              f"{fmt_us(ls['p99_ms']):>17} {fmt_us(bl['p99_ms']):>16}")
+    summary = ab["summary"]
+    if summary is not None:
+        mark = "ok" if summary["ok"] else "ABOVE TARGET"
+        print(f"{'median':>5} {fmt_us(summary['loopserve_p50_ms']):>17} {fmt_us(summary['baseline_p50_ms']):>16} "
+              f"{summary['p50_ratio']:>6.2f}  {mark}")
+    if "skipped" in ab:
+        print(f"ab: {ab['skipped'].splitlines()[0]}")
 
 
 # -- report -------------------------------------------------------------------------------
@@ -573,6 +753,11 @@ def main() -> int:
                              "directly at batch 64 (default on; --servers none runs it alone)")
     parser.add_argument("--heavy-rounds", type=int, default=None,
                         help="alternating direct/served rounds (default 3, quick 2)")
+    parser.add_argument("--ab", action=argparse.BooleanOptionalAction, default=True,
+                        help="the c=1 latency A/B: loopserve and the baseline up together, alternating "
+                             f"{AB_WINDOW_S:g} s wrk -c1 windows (default on, also with --servers none)")
+    parser.add_argument("--ab-rounds", type=int, default=None,
+                        help=f"A/B rounds (default {AB_ROUNDS}, quick {AB_ROUNDS_QUICK})")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = parser.parse_args()
 
@@ -587,15 +772,21 @@ def main() -> int:
     if args.heavy and shutil.which("wrk") is None:
         print("wrk not found; heavy-MLP section skipped")
         args.heavy = False
+    ab_rounds = args.ab_rounds or (AB_ROUNDS_QUICK if args.quick else AB_ROUNDS)
+    if args.ab and shutil.which("wrk") is None:
+        print("wrk not found; c=1 A/B section skipped")
+        args.ab = False
 
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores ({info['cores_usable']} usable), "
           f"1-min load avg {info['load_avg_1m_at_start']:.2f} at start, Python {info['python']}")
     print(f"client and server share these {info['cores_usable']} cores (wrk / perf_analyzer run beside the server)")
     print(f"duration {duration:g} s per measurement, concurrency {concurrency}, servers {servers}, clients {clients}")
+    if args.ab:
+        print(f"c=1 A/B: loopserve and baseline together, {ab_rounds} rounds of {AB_WINDOW_S:g} s wrk -c1 windows each")
     if args.heavy:
         print(f"heavy MLP: wrk c={','.join(map(str, HEAVY_CONCURRENCY))}, {heavy_rounds} rounds of "
-              f"{duration:g} s windows, direct and served alternating")
+              f"{duration:g} s windows, direct and served alternating, JSON and binary requests")
 
     results: list[Result] = []
     skipped: dict[str, str] = {}
@@ -656,6 +847,14 @@ def main() -> int:
                               f"p99 {fmt(r.p99_ms, '.3f')} ms  {r.note}", flush=True)
             finally:
                 server.stop()
+        ab = None
+        if args.ab:
+            print("\n[ab] c=1 latency A/B: loopserve and baseline up together", flush=True)
+            try:
+                ab = run_ab(work, log_dir, args.loopserve_cmd, ab_rounds, script, expected)
+            except Exception as exc:  # a model that will not export
+                ab = {"skipped": f"could not be set up: {exc}", "rounds": [], "summary": None}
+                print(f"[ab] skipped: {ab['skipped']}")
         heavy = None
         if args.heavy:
             print("\n[heavy] heavy MLP: direct batch-64 onnxruntime vs loopserve over HTTP", flush=True)
@@ -671,6 +870,8 @@ def main() -> int:
         print_ratios(ratio_rows, skipped)
     for name, why in skipped.items():
         print(f"skipped {name}: {why.splitlines()[0]}")
+    if ab is not None:
+        print_ab(ab)
     if heavy is not None:
         print_heavy(heavy)
 
@@ -678,10 +879,12 @@ def main() -> int:
         Path(args.json).write_text(json.dumps({
             "machine": info,
             "settings": {"duration_s": duration, "concurrency": concurrency, "servers": servers, "clients": clients,
-                         "loopserve_cmd": args.loopserve_cmd, "heavy": args.heavy, "heavy_rounds": heavy_rounds},
+                         "loopserve_cmd": args.loopserve_cmd, "heavy": args.heavy, "heavy_rounds": heavy_rounds,
+                         "ab": args.ab, "ab_rounds": ab_rounds},
             "skipped": skipped,
             "results": [asdict(r) for r in results],
             "ratios": ratio_rows,
+            "ab": ab,
             "heavy": heavy,
         }, indent=2))
         print(f"\nwrote {args.json}")

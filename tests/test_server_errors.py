@@ -92,7 +92,7 @@ def test_bad_requests_are_refused_clearly(server, body, headers, status, fragmen
     assert_serves(server)
 
 
-def test_unknown_model_and_version_are_404(server):
+def test_unknown_model_and_version_are_404(server, caplog):
     assert_refused(server.request("POST", "/v2/models/ghost/infer", infer_json([[1, 2, 3, 4]])), 404,
                    "unknown model 'ghost'")
     assert_refused(server.request("POST", "/v2/models/double/versions/9/infer", infer_json([[1, 2, 3, 4]])), 404,
@@ -100,6 +100,8 @@ def test_unknown_model_and_version_are_404(server):
     assert_refused(server.request("GET", "/v2/models/ghost"), 404, "unknown model 'ghost'")
     assert_refused(server.request("GET", "/v2/nowhere"), 404, "no route GET /v2/nowhere")
     assert_serves(server)
+    # A refusal is an answer, not a server error: nothing is logged as one.
+    assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage() for r in caplog.records]
 
 
 def test_model_failure_is_500_with_the_models_message(server):

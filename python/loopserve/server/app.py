@@ -19,10 +19,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import loopserve
-from loopserve.errors import ModelNotFound
+from loopserve.errors import LoopserveError, ModelNotFound
 from loopserve.model import Model
 from loopserve.server.http_errors import error_body, status_of
 from loopserve.server.infer import InferEndpoint
+from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.repository import ModelRepository
 from loopserve.server import triton_json
@@ -66,8 +67,11 @@ class LoopserveApp:
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
         ]
-        self.starlette = Starlette(routes=routes, lifespan=self._lifespan,
-                                   exception_handlers={Exception: self._on_error, 404: self._not_found})
+        # Refusals are handled where they are raised; only an unexpected exception reaches the
+        # `Exception` handler (which Starlette also re-raises, so the server logs it).
+        self.starlette = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
+            LoopserveError: self._on_error, ProtocolError: self._on_error, Exception: self._on_error,
+            404: self._not_found})
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
