@@ -32,17 +32,27 @@ Heavy MLP (--heavy, on by default; --no-heavy skips it, --servers none runs it a
 exported by zoo.write_model_dir (onnx, max_batch_size 64, max_queue_delay_us 2000, threads 1) as
 model "heavy". The limit: onnxruntime (1 intra-op, 1 inter-op thread) on that file, session.run at
 batch 64 in a loop for one window, in this process with no server running. Served: a fresh loopserve
-(LOOPSERVE_CMD) on that repository, driven by wrk at c=64 and c=128 with [1, 512] JSON bodies;
-rows/s = req/s, and the mean batch (inference_count / execution_count) comes from the delta of
-`GET /v2/models/heavy/stats` over the window. Direct and served windows alternate (3 rounds, quick 2,
---heavy-rounds N); per concurrency the ratio is the median of the per-round ratios.
+(LOOPSERVE_CMD) on that repository, driven by wrk at c=64 and c=128 with [1, 512] bodies in two
+forms side by side: JSON, and Triton's binary tensor form (JSON header with binary_data_size 2048 and
+binary OUTPUT0, then the 2048 raw float32 bytes; Inference-Header-Content-Length, read by wrk's Lua
+from a file); both are checked against torch first. rows/s = req/s, and the mean batch
+(inference_count / execution_count) comes from the delta of `GET /v2/models/heavy/stats` over the
+window. Direct and served windows alternate (3 rounds, quick 2,
+--heavy-rounds N); per concurrency and form the ratio is the median of the per-round ratios.
+
+c=1 latency A/B (--ab, on by default, also with --servers none; --no-ab skips it): one server at a
+time makes "loopserve p50 ÷ baseline p50 at c=1" drift with machine state between the two runs. So
+the baseline and loopserve (same commands and model as above) are started together on two ports,
+checked and warmed up, then wrk -t1 -c1 windows of 2 s alternate: loopserve, baseline, loopserve,
+baseline... (8 rounds, quick 4, --ab-rounds N). Reported: each round's p50s and the median of the
+per-round ratios loopserve / baseline (target <= 1.20).
 
 Client and server share the machine's cores, so absolute figures are what this box gives with
 a load generator beside the server; compare servers through the ratios, measured in the same run.
 
     .venv/bin/python bench/serving.py [--quick] [--duration S] [--servers triton,baseline,loopserve|none]
                                       [--clients wrk,perf_analyzer] [--no-heavy] [--heavy-rounds N]
-                                      [--json results.json]
+                                      [--no-ab] [--ab-rounds N] [--json results.json]
 """
 
 from __future__ import annotations
@@ -750,7 +760,7 @@ def main() -> int:
                         help="format string with {python}, {repo}, {port} (env LOOPSERVE_CMD)")
     parser.add_argument("--heavy", action=argparse.BooleanOptionalAction, default=True,
                         help="the heavy-MLP section: loopserve rows/s (wrk, c=64 and 128) ÷ onnxruntime called "
-                             "directly at batch 64 (default on; --servers none runs it alone)")
+                             "directly at batch 64 (default on; --servers none runs it and the A/B alone)")
     parser.add_argument("--heavy-rounds", type=int, default=None,
                         help="alternating direct/served rounds (default 3, quick 2)")
     parser.add_argument("--ab", action=argparse.BooleanOptionalAction, default=True,
