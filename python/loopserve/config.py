@@ -54,6 +54,31 @@ class DynamicBatching(Struct, forbid_unknown_fields=True, frozen=True):
     inline_budget_us: NonNegative = 100
 
 
+class VersionPolicy(Struct, forbid_unknown_fields=True, frozen=True):
+    """Which version directories are loaded (Triton's version_policy): set one of the three."""
+
+    latest: Positive | None = None  # the k highest versions
+    specific: list[Positive] | None = None  # exactly these
+    all: bool = False  # every version directory
+
+    def choose(self, available: list[int]) -> list[int]:
+        """The versions to load, ascending, from the version directories there are."""
+        if self.all:
+            return list(available)
+        if self.specific is not None:
+            return sorted(v for v in set(self.specific) if v in available)
+        return sorted(available)[-(self.latest or 1):]
+
+
+class Traffic(Struct, forbid_unknown_fields=True, frozen=True):
+    """How requests are shared among the loaded versions (changeable at run time too)."""
+
+    # Version -> share (any positive numbers; normalised). Empty: the highest version takes all.
+    weights: dict[int, Annotated[float, Meta(ge=0)]] = {}
+    # Versions that get a copy of every request: run and measured, never answering.
+    shadow: list[Positive] = []
+
+
 class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     """One model's config file (`<model dir>/config.yaml`)."""
 
@@ -72,6 +97,11 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     device: Device = "cpu"
     # Intra-op threads of the runtime (onnxruntime per session; torch process-wide); 0: default.
     threads: NonNegative = 0
+    version_policy: VersionPolicy = VersionPolicy()
+    traffic: Traffic = Traffic()
+    # Before a version takes traffic it runs zero-filled requests of these row counts (its
+    # inputs need fixed dims); a failure there fails the load and the old version serves on.
+    warmup_rows: list[Positive] = []
 
 
 def decode_config(data: bytes, fmt: str, source: str, type_: type = ModelConfig):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import re
 
@@ -21,7 +22,7 @@ from starlette.routing import Route
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
 from loopserve.model import Model
-from loopserve.server.http_errors import error_body, status_of
+from loopserve.server.http_errors import Unauthorized, error_body, status_of
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
@@ -29,6 +30,13 @@ from loopserve.server.repository import ModelRepository
 from loopserve.server import triton_json
 
 log = logging.getLogger("loopserve.server")
+
+class TrafficChange(msgspec.Struct, forbid_unknown_fields=True):
+    weights: dict[int, float] | None = None
+    shadow: list[int] | None = None
+    promote: int | None = None
+    rollback: bool = False
+
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
@@ -47,19 +55,24 @@ def error_response(exc: BaseException) -> Response:
 class LoopserveApp:
     """The ASGI application. Thread-safe as far as uvicorn needs: one event loop drives it."""
 
-    def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20):
+    def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20,
+                 management_token: str | None = None):
         self.repository = repository
+        self.management_token = management_token
         self.metrics = ServerMetrics(repository)
         self.ready = False
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)
         self.max_body_bytes = max_body_bytes
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
                      ("/stats", self.model_stats)]
+        traffic = [Route("/v2/models/{model}/traffic", self.traffic, methods=["GET"]),
+                   Route("/v2/models/{model}/traffic", self.change_traffic, methods=["POST"])]
         routes = [
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.server_ready),
             Route("/v2", self.server_metadata),
             Route("/v2/models/stats", self.model_stats),
+            *traffic,
             *[Route("/v2/models/{model}" + path, endpoint) for path, endpoint in per_model],
             *[Route("/v2/models/{model}/versions/{version}" + path, endpoint) for path, endpoint in per_model],
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
@@ -114,7 +127,8 @@ class LoopserveApp:
         return self.repository.get(request.path_params["model"], request.path_params.get("version"))
 
     async def model_metadata(self, request: Request) -> Response:
-        return json_response(triton_json.model_metadata(self._model(request)))
+        model = self._model(request)
+        return json_response(triton_json.model_metadata(model, sorted(self.repository.router(model.name).versions)))
 
     async def model_ready(self, request: Request) -> Response:
         try:
@@ -150,12 +164,52 @@ class LoopserveApp:
         return json_response(states)
 
     async def repository_load(self, request: Request) -> Response:
-        await asyncio.to_thread(self.repository.load, request.path_params["model"])
+        self._authorize(request)
+        # Built and warmed up off the loop; swapped in on it, at once for every request.
+        prepared = await asyncio.to_thread(self.repository.prepare, request.path_params["model"])
+        self.repository.install(prepared)
         return json_response({})
 
     async def repository_unload(self, request: Request) -> Response:
-        await asyncio.to_thread(self.repository.unload, request.path_params["model"])
+        self._authorize(request)
+        self.repository.unload(request.path_params["model"])
         return json_response({})
+
+    # -- traffic --------------------------------------------------------------------------
+
+    async def traffic(self, request: Request) -> Response:
+        """The routing state and each version's live metrics (what the rollback rule reads)."""
+        router = self.repository.router(request.path_params["model"])
+        metrics = {str(v): self.metrics.version_metrics(m) for v, m in sorted(router.versions.items())}
+        return json_response({**msgspec.structs.asdict(router.state()), "metrics": metrics})
+
+    async def change_traffic(self, request: Request) -> Response:
+        """Body: any of {"weights": {"1": 90, "2": 10}, "shadow": [3], "promote": 2,
+        "rollback": true}, applied in that order."""
+        self._authorize(request)
+        router = self.repository.router(request.path_params["model"])
+        try:
+            change = msgspec.json.decode(await request.body(), type=TrafficChange)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ProtocolError(f"traffic change: {e}; expected a JSON object with any of weights "
+                                '({"version": share}), shadow ([versions]), promote (version), rollback (true)') from None
+        if change.weights is not None or change.shadow is not None:
+            router.set_traffic(change.weights, change.shadow)
+        if change.promote is not None:
+            router.promote(change.promote)
+        if change.rollback:
+            router.rollback()
+        return json_response(router.state())
+
+    def _authorize(self, request: Request) -> None:
+        """Management routes need `Authorization: Bearer <management_token>` when the server
+        config sets one."""
+        if self.management_token is None:
+            return
+        header = request.headers.get("authorization", "")
+        if not hmac.compare_digest(header.encode(), f"Bearer {self.management_token}".encode()):
+            raise Unauthorized("this route needs the header 'Authorization: Bearer <management_token>' "
+                               "with the token from the server config")
 
     async def prometheus(self, request: Request) -> Response:
         # On the loop thread, which alone writes the latency histograms: a consistent read.

@@ -27,6 +27,9 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     models: list[str] = []
     http: HttpConfig = HttpConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Bearer token for the management routes (repository load/unload, traffic changes).
+    # Unset: they are open, as Triton's are; anyone who can reach the port can use them.
+    management_token: str | None = None
     # How long a thread may hold the GIL while another waits for it. Python's 5 ms default
     # lets a busy event loop keep the batcher's workers from starting and finishing batches
     # (the heavy MLP served at 128 clients: 0.52 of the direct rows/s at 5 ms, 0.69 at 200 us).

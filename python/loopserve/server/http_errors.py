@@ -7,6 +7,7 @@ import msgspec
 from loopserve.errors import (
     ConfigError,
     InvalidInput,
+    LoopserveError,
     ModelError,
     ModelNotFound,
     QueueFull,
@@ -20,11 +21,16 @@ class BodyTooLarge(Exception):
     """The request body is over http.max_body_bytes."""
 
 
+class Unauthorized(LoopserveError):
+    """A management route without the right bearer token."""
+
+
 # exception type -> (status, extra headers)
 _STATUS: list[tuple[type, int, list[tuple[bytes, bytes]]]] = [
     (ProtocolError, 400, []),
     (InvalidInput, 400, []),
     (ConfigError, 400, []),
+    (Unauthorized, 401, [(b"www-authenticate", b"Bearer")]),
     (ModelNotFound, 404, []),
     (BodyTooLarge, 413, []),
     (QueueFull, 429, [(b"retry-after", b"1")]),

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from loopserve.errors import InvalidInput, ModelError
+from loopserve.errors import InvalidInput, LoopserveError, ModelError
 from loopserve.model import Model
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
@@ -94,22 +94,27 @@ class InferEndpoint:
 
     async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
         start = time.perf_counter()
-        model = None
+        model = router = None
         try:
             content_length, header_length = _headers(scope)
             if content_length is not None and content_length > self.max_body_bytes:
                 raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
                                    f"{self.max_body_bytes} bytes (http.max_body_bytes)")
-            model = self.repository.get(name, version)
+            router = self.repository.router(name)
             body = await read_body(receive, self.max_body_bytes)
             if header_length == 0:
-                request, arrays = None, _raw_input(model, body)
+                request, arrays = None, _raw_input(self.repository.get(name, version), body)
             else:
                 request, arrays = decode_request(body, header_length)
-                _check_datatypes(model, request)
             params = request.parameters if request is not None else None
-            priority, timeout_us = _scheduling(params)
+            priority, timeout_us, key = _scheduling(params)
+            # From here to the submit nothing awaits: the version chosen is still loaded.
+            model = router.acquire(version, key)
+            if request is not None:
+                _check_datatypes(model, request)
             pending = model.infer(arrays, priority=priority, timeout_us=timeout_us)
+            for shadow in router.shadows(model):
+                _send_shadow(router, shadow, arrays)
             if not pending.done():
                 # A batch the loop runs itself is scheduled for the loop's next turn, ahead of
                 # this task's wake-up from sleep(0): so the answer is ready when the task
@@ -127,6 +132,9 @@ class InferEndpoint:
                           exc_info=not isinstance(exc, ModelError))
             await _send(send, status, _JSON + extra, error_body(str(exc)))
             return
+        finally:
+            if model is not None:
+                router.release(model)
         if json_length is None:
             headers = _JSON
         else:
@@ -136,17 +144,32 @@ class InferEndpoint:
         self.metrics.latency(model.name, str(model.version)).observe(time.perf_counter() - start)
 
 
-def _scheduling(params) -> tuple[int, int]:
-    """Triton's request parameters `priority` and `timeout` (microseconds)."""
+def _send_shadow(router, model: Model, arrays) -> None:
+    """A copy of the request for a shadow version: run and measured, never answering. Its
+    refusals and failures are its own (counted in its statistics), never the client's."""
+    try:
+        pending = model.infer(arrays)
+    except LoopserveError:
+        return
+    router.hold(model)
+    pending.add_done_callback(lambda f: (f.cancelled() or f.exception(), router.release(model)))
+
+
+def _scheduling(params) -> tuple[int, int, str | None]:
+    """Triton's request parameters `priority` and `timeout` (microseconds), and ours,
+    `routing_key`: requests with the same key go to the same version under a traffic split."""
     if not params:
-        return 0, -1
+        return 0, -1, None
     priority = params.get("priority", 0)
     timeout = params.get("timeout", -1)
+    key = params.get("routing_key")
+    if key is not None and not isinstance(key, str):
+        raise ProtocolError(f"parameter 'routing_key' must be a string, got {key!r}")
     if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
         raise ProtocolError(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
     if not isinstance(timeout, int) or isinstance(timeout, bool):
         raise ProtocolError(f"parameter 'timeout' must be an integer number of microseconds, got {timeout!r}")
-    return priority, timeout
+    return priority, timeout, key
 
 
 async def _send(send, status: int, headers: list, body: bytes) -> None:

@@ -31,7 +31,10 @@ def build_app(config: ServerConfig) -> LoopserveApp:
     except Exception:
         repository.close()
         raise
-    return LoopserveApp(repository, max_body_bytes=config.http.max_body_bytes)
+    if config.management_token is None:
+        log.warning("management routes are open: set management_token in the server config to guard them")
+    return LoopserveApp(repository, max_body_bytes=config.http.max_body_bytes,
+                        management_token=config.management_token)
 
 
 def serve(config: ServerConfig) -> int:

@@ -87,6 +87,18 @@ class LatencyHistogram:
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
         self.sum += seconds
 
+    def quantile(self, q: float) -> float:
+        """The upper bound of the bucket holding the q-quantile (inf past the last bound)."""
+        total = sum(self.counts)
+        if total == 0:
+            return 0.0
+        seen = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts):
+            seen += count
+            if seen >= q * total:
+                return bound
+        return float("inf")
+
     def buckets(self) -> list[tuple[str, int]]:
         out, total = [], 0
         for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
@@ -117,6 +129,14 @@ class ServerMetrics:
         self.registry.register(BatcherCollector(repository))
         self._latency: dict[tuple[str, str], LatencyHistogram] = {}
         self.registry.register(LatencyCollector(self._latency))
+
+    def version_metrics(self, model) -> "VersionMetrics":
+        """What the rollback rule looks at for one loaded version."""
+        from loopserve.canary import VersionMetrics
+
+        s = model.stats()
+        return VersionMetrics(model.version, s.success + s.failed + s.timed_out, s.failed + s.timed_out,
+                              self.latency(model.name, str(model.version)).quantile(0.99))
 
     def latency(self, model: str, version: str) -> LatencyHistogram:
         key = (model, version)

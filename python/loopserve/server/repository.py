@@ -1,19 +1,25 @@
-"""The model repository manager: which models are loaded, loading and unloading them.
+"""The model repository manager: which models and versions are loaded, loading and unloading.
 
 Layout (Triton's): <root>/<model>/config.yaml and <root>/<model>/<version>/model.*.
-Loading builds sessions and can take seconds: callers run it off the event loop.
+Loading is two steps: `prepare` builds (and warms up) the versions a model's policy wants,
+off the event loop, since that takes seconds; `install` then swaps them in on the loop, at
+once for every request. A load that fails anywhere leaves what serves untouched.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 import msgspec
+import numpy as np
 
-from loopserve.errors import LoopserveError, ModelNotFound
-from loopserve.model import CONFIG_NAMES, Model
+from loopserve.backends import find_model_file, open_backend
+from loopserve.backends.base import NUMPY_DTYPES
+from loopserve.config import ModelConfig, load_config
+from loopserve.errors import ConfigError, LoopserveError, ModelNotFound
+from loopserve.model import CONFIG_NAMES, Model, available_versions
+from loopserve.router import VersionRouter
 
 log = logging.getLogger("loopserve.repository")
 
@@ -21,17 +27,27 @@ log = logging.getLogger("loopserve.repository")
 class ModelState(msgspec.Struct, frozen=True):
     name: str
     version: str = ""
-    state: str = "UNAVAILABLE"  # READY | UNAVAILABLE | LOADING
+    state: str = "UNAVAILABLE"  # READY | UNAVAILABLE
     reason: str = ""
 
 
+class Prepared(msgspec.Struct):
+    """A model's versions built and warmed up, ready to install."""
+
+    name: str
+    config: ModelConfig
+    versions: dict[int, Model]
+    built: list[Model]  # the ones built for this load (the rest were already serving)
+
+
 class ModelRepository:
-    """Thread-safe: lookups come from the event loop, loads and unloads from worker threads."""
+    """Thread-safety: `prepare` runs on any thread; everything else on the event loop's
+    thread (or before the loop starts)."""
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root else None
-        self._lock = threading.Lock()
-        self._models: dict[str, Model] = {}  # name -> serving version
+        self.routers: dict[str, VersionRouter] = {}
+        self._configs: dict[str, ModelConfig] = {}
         self._failures: dict[str, str] = {}  # name -> why its last load failed
 
     def names_on_disk(self) -> list[str]:
@@ -40,67 +56,128 @@ class ModelRepository:
         return sorted(p.name for p in self.root.iterdir()
                       if p.is_dir() and any((p / n).is_file() for n in CONFIG_NAMES))
 
-    def add(self, model: Model) -> None:
-        """Serves a model built in Python (not from the repository directory)."""
-        with self._lock:
-            old = self._models.get(model.name)
-            self._models[model.name] = model
-            self._failures.pop(model.name, None)
-        if old is not None and old is not model:
-            old.close()
+    # -- lookups --------------------------------------------------------------------------
 
-    def get(self, name: str, version: str | None = None) -> Model:
-        model = self._models.get(name)
-        if model is None:
+    def router(self, name: str) -> VersionRouter:
+        router = self.routers.get(name)
+        if router is None or not router.versions:
             reason = self._failures.get(name)
             raise ModelNotFound(f"unknown model '{name}'" + (f" (its last load failed: {reason})" if reason else ""))
-        if version and version != str(model.version):
-            raise ModelNotFound(f"model '{name}' has no version '{version}' loaded (loaded: '{model.version}')")
-        return model
+        return router
+
+    def get(self, name: str, version: str | None = None) -> Model:
+        """A loaded version: the named one, or the stable one (what rollback returns to)."""
+        router = self.router(name)
+        if version:
+            model = router.versions.get(int(version)) if version.isdigit() else None
+            if model is None:
+                raise ModelNotFound(f"model '{name}' has no version '{version}' loaded "
+                                    f"(loaded: {sorted(router.versions)})")
+            return model
+        return router.versions.get(router.stable) or router.versions[max(router.versions)]
 
     def models(self) -> list[Model]:
-        return list(self._models.values())
+        """Every loaded version of every model."""
+        return [m for r in self.routers.values() for _, m in sorted(r.versions.items())]
 
-    def load(self, name: str) -> Model:
-        """Loads (or reloads) a model from the repository directory. A failed load leaves
-        whatever was serving under that name untouched and remembers the reason."""
+    # -- changes --------------------------------------------------------------------------
+
+    def add(self, model: Model) -> None:
+        """Serves a model version built in Python (not from the repository directory)."""
+        router = self.routers.setdefault(model.name, VersionRouter(model.name))
+        router.install({**router.versions, model.version: model})
+        self._failures.pop(model.name, None)
+
+    def prepare(self, name: str) -> Prepared:
+        """Builds the versions `name`'s version policy wants, reusing those already serving
+        with the same config, and warms the new ones up. Any thread."""
         if self.root is None:
             raise ModelNotFound(f"cannot load '{name}': the server has no model repository")
         model_dir = self.root / name
         if "/" in name or name.startswith(".") or not model_dir.is_dir():
             raise ModelNotFound(f"model '{name}' is not in the repository {self.root}")
+        built: list[Model] = []
         try:
-            model = Model.load(model_dir, name=name)
-        except LoopserveError as e:
-            self._failures[name] = str(e)
-            log.error("model load failed", extra={"model": name, "reason": str(e)})
+            config_file = next((model_dir / n for n in CONFIG_NAMES if (model_dir / n).is_file()), None)
+            if config_file is None:
+                raise ConfigError(f"{model_dir}: no config file; expected one of {', '.join(CONFIG_NAMES)}")
+            config = msgspec.structs.replace(load_config(config_file), name=name)
+            wanted = config.version_policy.choose(available_versions(model_dir))
+            if not wanted:
+                raise ModelNotFound(f"{model_dir}: no version directory matches its version_policy")
+            serving = self.routers[name].versions if name in self.routers else {}
+            same_config = self._configs.get(name) == config
+            versions = {}
+            for v in wanted:
+                if same_config and v in serving:
+                    versions[v] = serving[v]
+                    continue
+                model = Model(config, open_backend(config, find_model_file(model_dir / str(v))), v)
+                built.append(model)
+                warm_up(model)
+                versions[v] = model
+        except BaseException as e:
+            for model in built:
+                model.close()
+            if isinstance(e, LoopserveError):
+                self._failures[name] = str(e)
+                log.error("model load failed", extra={"model": name, "reason": str(e)})
             raise
-        self.add(model)
-        log.info("model loaded", extra={"model": name, "version": model.version})
-        return model
+        return Prepared(name, config, versions, built)
+
+    def install(self, prepared: Prepared) -> VersionRouter:
+        """Swaps the prepared versions in; versions no longer wanted retire."""
+        name, config = prepared.name, prepared.config
+        router = self.routers.setdefault(name, VersionRouter(name))
+        router.install(prepared.versions, dict(config.traffic.weights), config.traffic.shadow)
+        self._configs[name] = config
+        self._failures.pop(name, None)
+        log.info("model loaded", extra={"model": name, "versions": sorted(prepared.versions)})
+        return router
+
+    def load(self, name: str) -> VersionRouter:
+        """prepare + install, for callers on the loop's thread or before it runs."""
+        return self.install(self.prepare(name))
 
     def unload(self, name: str) -> None:
-        """Stops serving `name`; requests already queued still finish."""
-        with self._lock:
-            model = self._models.pop(name, None)
-        if model is None:
+        """Stops serving `name`; requests in flight still finish."""
+        router = self.routers.pop(name, None)
+        self._configs.pop(name, None)
+        if router is None or not router.versions:
             raise ModelNotFound(f"unknown model '{name}'")
-        model.close()
+        router.unload()
         log.info("model unloaded", extra={"model": name})
 
     def index(self) -> list[ModelState]:
-        names = sorted(set(self.names_on_disk()) | set(self._models))
         out = []
-        for name in names:
-            model = self._models.get(name)
-            if model is not None:
-                out.append(ModelState(name, str(model.version), "READY"))
-            else:
+        for name in sorted(set(self.names_on_disk()) | set(self.routers)):
+            router = self.routers.get(name)
+            if router is not None and router.versions:
+                out.extend(ModelState(name, str(v), "READY") for v in sorted(router.versions))
+            if name in self._failures or router is None or not router.versions:
+                # A failed load leaves what served serving; its reason is shown beside it.
                 out.append(ModelState(name, "", "UNAVAILABLE", self._failures.get(name, "")))
         return out
 
     def close(self) -> None:
-        with self._lock:
-            models, self._models = list(self._models.values()), {}
+        """Stops every version (blocking); for shutdown."""
+        models = self.models()
+        self.routers = {}
         for model in models:
             model.close()
+
+
+def warm_up(model: Model) -> None:
+    """Runs the config's warm-up requests (zero-filled, `warmup_rows` rows each)."""
+    for rows in model.config.warmup_rows:
+        inputs = {}
+        for t in model.inputs:
+            if any(d < 0 for d in t.dims) or t.datatype == "BYTES":
+                raise ConfigError(f"model '{model.name}': warm-up needs fixed-size inputs; "
+                                  f"'{t.name}' is {t.datatype} {t.dims}")
+            shape = ([rows] if model.config.max_batch_size > 0 else []) + list(t.dims)
+            inputs[t.name] = np.zeros(shape, NUMPY_DTYPES[t.datatype])
+        try:
+            model.infer_sync(inputs)
+        except LoopserveError as e:
+            raise ConfigError(f"model '{model.name}' version {model.version} failed its warm-up: {e}") from None

@@ -10,10 +10,10 @@ def _shape(model: Model, dims: list[int]) -> list[int]:
     return ([-1] if model.config.max_batch_size > 0 else []) + list(dims)
 
 
-def model_metadata(model: Model) -> dict:
+def model_metadata(model: Model, versions: list[int]) -> dict:
     return {
         "name": model.name,
-        "versions": [str(model.version)],
+        "versions": [str(v) for v in versions],
         "platform": model.backend.platform or model.backend.kind,
         "inputs": [{"name": t.name, "datatype": t.datatype, "shape": _shape(model, t.dims)} for t in model.inputs],
         "outputs": [{"name": t.name, "datatype": t.datatype, "shape": _shape(model, t.dims)} for t in model.outputs],
@@ -28,7 +28,7 @@ def model_config(model: Model) -> dict:
         "name": model.name,
         "platform": model.backend.platform,
         "backend": model.backend.kind,
-        "version_policy": {"specific": {"versions": [model.version]}},
+        "version_policy": _version_policy(c),
         "max_batch_size": c.max_batch_size,
         "input": [{"name": t.name, "data_type": "TYPE_" + _type_name(t.datatype), "dims": list(t.dims)}
                   for t in model.inputs],
@@ -53,6 +53,15 @@ def model_config(model: Model) -> dict:
             },
         }
     return config
+
+
+def _version_policy(c) -> dict:
+    p = c.version_policy
+    if p.all:
+        return {"all": {}}
+    if p.specific is not None:
+        return {"specific": {"versions": list(p.specific)}}
+    return {"latest": {"num_versions": p.latest or 1}}
 
 
 def _type_name(datatype: str) -> str:

@@ -1,0 +1,276 @@
+"""Versions behind one name: hot swap under load, failed loads, traffic splits, shadows,
+the traffic API and the rollback rule, and memory over many load/unload cycles."""
+
+import gc
+import shutil
+import textwrap
+import threading
+import time
+
+import msgspec
+import numpy as np
+import pytest
+
+from loopserve import Model, zoo
+from loopserve.canary import CanaryRule, VersionMetrics
+from loopserve.router import VersionRouter
+from loopserve.server.app import LoopserveApp
+from loopserve.server.repository import ModelRepository
+
+from conftest import vector_config
+
+CONFIG = """\
+max_batch_size: 16
+dynamic_batching: {max_queue_delay_us: 200}
+inputs: [{name: x, datatype: FP32, dims: [1]}]
+outputs: [{name: y, datatype: FP32, dims: [1]}]
+"""
+
+
+def write_version(model_dir, version, body=None):
+    """A Python model whose answer is its own version number."""
+    (model_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    (model_dir / str(version) / "model.py").write_text(body or textwrap.dedent(f"""
+        def infer(inputs):
+            return {{"y": inputs["x"] * 0 + {version}}}
+    """))
+
+
+def infer_body(value=1.0, **parameters):
+    request = {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": [value]}]}
+    if parameters:
+        request["parameters"] = parameters
+    return msgspec.json.encode(request)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    model_dir = tmp_path / "models" / "m"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.yaml").write_text(CONFIG)
+    write_version(model_dir, 1)
+    return tmp_path / "models"
+
+
+def test_five_swaps_under_load_fail_no_request(serve, repo):
+    import http.client
+
+    repository = ModelRepository(repo)
+    repository.load("m")
+    server = serve(LoopserveApp(repository))
+    stop = threading.Event()
+    seen = {i: [] for i in range(32)}
+    failures = []
+
+    def client(i):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        while not stop.is_set():
+            conn.request("POST", "/v2/models/m/infer", body=infer_body())
+            r = conn.getresponse()
+            body = r.read()
+            if r.status != 200:
+                failures.append((r.status, body))
+                continue
+            answer = msgspec.json.decode(body)
+            version = int(answer["model_version"])
+            if answer["outputs"][0]["data"] != [version]:  # answered by exactly that version
+                failures.append(("mixed", answer))
+            seen[i].append(version)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for version in range(2, 7):  # five swaps over ~10 s
+        time.sleep(1.6)
+        write_version(repo / "m", version)
+        status, _, body = server.request("POST", "/v2/repository/models/m/load")
+        assert status == 200, body
+    time.sleep(1.6)
+    stop.set()
+    for t in threads:
+        t.join()
+
+    assert not failures, failures[:3]
+    for versions in seen.values():
+        assert versions == sorted(versions), "a client went back to an older version"
+    assert {v for versions in seen.values() for v in versions} >= {1, 6}
+    assert sorted(repository.router("m").versions) == [6], "old versions are unloaded"
+
+
+def test_a_failed_load_leaves_the_serving_version_serving(serve, repo):
+    repository = ModelRepository(repo)
+    repository.load("m")
+    server = serve(LoopserveApp(repository))
+    write_version(repo / "m", 2, "raise RuntimeError('weights file is corrupt')\n")
+    status, _, body = server.request("POST", "/v2/repository/models/m/load")
+    assert status == 400 and b"weights file is corrupt" in body
+    status, _, body = server.request("POST", "/v2/models/m/infer", infer_body())
+    assert status == 200 and msgspec.json.decode(body)["model_version"] == "1"
+    index = msgspec.json.decode(server.request("POST", "/v2/repository/index")[2])
+    assert {"name": "m", "version": "1", "state": "READY", "reason": ""} in index
+    assert any(e["state"] == "UNAVAILABLE" and "weights file is corrupt" in e["reason"] for e in index)
+
+
+def test_a_version_that_fails_its_warm_up_is_not_swapped_in(serve, repo):
+    (repo / "m" / "config.yaml").write_text(CONFIG + "warmup_rows: [1, 4]\n")
+    repository = ModelRepository(repo)
+    repository.load("m")
+    write_version(repo / "m", 2, textwrap.dedent("""
+        def infer(inputs):
+            raise ValueError("cannot run yet")
+    """))
+    server = serve(LoopserveApp(repository))
+    status, _, body = server.request("POST", "/v2/repository/models/m/load")
+    assert status == 400 and b"failed its warm-up" in body and b"cannot run yet" in body
+    assert sorted(repository.router("m").versions) == [1]
+
+
+def two_versions(weights=None, shadow=()):
+    router = VersionRouter("ab")
+    models = {v: Model.from_callable(lambda inputs, v=v: {"y": inputs["x"] * 0 + v},
+                                     vector_config(name="ab", max_batch_size=8), version=v) for v in (1, 2)}
+    router.install(models, weights, shadow)
+    return router, models
+
+
+def test_weights_90_10_split_and_keys_stick():
+    router, models = two_versions({1: 90, 2: 10})
+    counts = {1: 0, 2: 0}
+    for _ in range(20_000):
+        m = router.acquire()
+        counts[m.version] += 1
+        router.release(m)
+    assert abs(counts[2] / 20_000 - 0.10) <= 0.015, counts
+    for user in range(500):
+        first = router.acquire(key=f"user-{user}")
+        router.release(first)
+        for _ in range(3):
+            again = router.acquire(key=f"user-{user}")
+            router.release(again)
+            assert again is first
+    router.unload()
+
+
+def test_routing_key_over_http_and_explicit_versions(serve):
+    router, models = two_versions({1: 50, 2: 50})
+    repository = ModelRepository()
+    repository.routers["ab"] = router
+    server = serve(LoopserveApp(repository))
+    body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1] * 4}],
+                                "parameters": {"routing_key": "alice"}})
+    versions = {msgspec.json.decode(server.request("POST", "/v2/models/ab/infer", body)[2])["model_version"]
+                for _ in range(20)}
+    assert len(versions) == 1
+    status, _, answer = server.request("POST", "/v2/models/ab/versions/2/infer", body)
+    assert status == 200 and msgspec.json.decode(answer)["model_version"] == "2"
+
+
+def test_shadow_sees_the_same_inputs_and_never_answers(serve):
+    seen = {1: [], 2: []}
+
+    def recorder(version):
+        def fn(inputs):
+            seen[version].extend(inputs["x"][:, 0].tolist())
+            return {"y": inputs["x"] * 0 + version}
+        return fn
+
+    router = VersionRouter("s")
+    router.install({v: Model.from_callable(recorder(v), vector_config(name="s", max_batch_size=8), version=v)
+                    for v in (1, 2)}, {1: 1.0}, [2])
+    repository = ModelRepository()
+    repository.routers["s"] = router
+    server = serve(LoopserveApp(repository))
+    for i in range(20):
+        body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                                "data": [i] * 4}]})
+        answer = msgspec.json.decode(server.request("POST", "/v2/models/s/infer", body)[2])
+        assert answer["model_version"] == "1" and answer["outputs"][0]["data"] == [1] * 4
+    deadline = time.monotonic() + 5
+    while router.versions[2].stats().success < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(seen[2]) == sorted(seen[1]) == list(range(20))
+    metrics = msgspec.json.decode(server.request("GET", "/v2/models/s/traffic")[2])["metrics"]
+    assert metrics["2"]["requests"] == 20 and metrics["2"]["errors"] == 0
+
+
+def test_traffic_api_needs_the_token_and_moves_traffic(serve, repo):
+    write_version(repo / "m", 2)
+    (repo / "m" / "config.yaml").write_text(CONFIG + "version_policy: {all: true}\n"
+                                            "traffic: {weights: {1: 100}}\n")
+    repository = ModelRepository(repo)
+    repository.load("m")
+    server = serve(LoopserveApp(repository, management_token="s3cret"))
+
+    def change(body, token="s3cret"):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        status, _, answer = server.request("POST", "/v2/models/m/traffic", msgspec.json.encode(body), headers)
+        return status, msgspec.json.decode(answer)
+
+    def served():
+        return {msgspec.json.decode(server.request("POST", "/v2/models/m/infer", infer_body())[2])["model_version"]
+                for _ in range(40)}
+
+    assert served() == {"1"}
+    assert change({"weights": {"2": 100}}, token=None)[0] == 401
+    assert change({"weights": {"2": 100}}, token="wrong")[0] == 401
+    assert served() == {"1"}
+    status, state = change({"weights": {"1": 50, "2": 50}})
+    assert status == 200 and state["weights"] == {"1": 0.5, "2": 0.5}
+    assert served() == {"1", "2"}
+    status, state = change({"rollback": True})
+    assert state["weights"] == {"1": 1.0} and served() == {"1"}
+    status, state = change({"promote": 2})
+    assert state["weights"] == {"2": 1.0} and state["stable"] == 2 and served() == {"2"}
+    status, state = change({"weights": {"9": 1}})
+    assert status == 400 and "no version 9 loaded" in state["error"]
+    # Loading needs the token too.
+    assert server.request("POST", "/v2/repository/models/m/load")[0] == 401
+
+
+def test_rollback_rule():
+    rule = CanaryRule(min_requests=100, max_error_rate_increase=0.01, max_p99_ratio=1.5)
+    stable = VersionMetrics(1, requests=5000, errors=5, p99_s=0.002)
+    assert rule.decide(stable, VersionMetrics(2, 50, 0, 0.002)).action == "wait"
+    assert rule.decide(stable, VersionMetrics(2, 500, 0, 0.0025)).action == "promote"
+    bad = rule.decide(stable, VersionMetrics(2, 500, 40, 0.002))
+    assert bad.action == "rollback" and "8.00%" in bad.reason
+    slow = rule.decide(stable, VersionMetrics(2, 500, 0, 0.005))
+    assert slow.action == "rollback" and "2.50x" in slow.reason
+
+
+def test_rollback_rule_on_live_metrics(serve, repo):
+    write_version(repo / "m", 2, textwrap.dedent("""
+        def infer(inputs):
+            raise RuntimeError("canary is broken")
+    """))
+    (repo / "m" / "config.yaml").write_text(CONFIG + "version_policy: {all: true}\n"
+                                            "traffic: {weights: {1: 80, 2: 20}}\n")
+    repository = ModelRepository(repo)
+    repository.load("m")
+    server = serve(LoopserveApp(repository))
+    for _ in range(300):
+        server.request("POST", "/v2/models/m/infer", infer_body())
+    metrics = msgspec.json.decode(server.request("GET", "/v2/models/m/traffic")[2])["metrics"]
+    stable, canary = (msgspec.convert(metrics[v], VersionMetrics) for v in ("1", "2"))
+    decision = CanaryRule(min_requests=20).decide(stable, canary)
+    assert decision.action == "rollback" and canary.error_rate == 1.0
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_100_load_unload_cycles_return_their_memory(tmp_path):
+    zoo.write_model_dir(tmp_path, "mlp", zoo.tiny_mlp(), fmt="onnx", max_batch_size=16)
+    repository = ModelRepository(tmp_path)
+    x = {"INPUT0": np.ones((2, 32), np.float32)}
+    levels = []
+    for cycle in range(100):
+        router = repository.load("mlp")
+        router.versions[1].infer_sync(x)
+        repository.unload("mlp")
+        gc.collect()
+        if cycle in (0, 99):
+            levels.append(rss_bytes())
+    assert levels[1] <= levels[0] * 1.05, f"resident memory grew from {levels[0] >> 20} to {levels[1] >> 20} MiB"
