@@ -274,3 +274,30 @@ def test_100_load_unload_cycles_return_their_memory(tmp_path):
         if cycle in (0, 99):
             levels.append(rss_bytes())
     assert levels[1] <= levels[0] * 1.05, f"resident memory grew from {levels[0] >> 20} to {levels[1] >> 20} MiB"
+
+
+def test_repository_changes_are_picked_up_without_a_restart(serve, repo):
+    repository = ModelRepository(repo)
+    repository.load("m")
+    server = serve(LoopserveApp(repository, poll_s=0.1))
+
+    def eventually(check, timeout=10):
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, "the change was not picked up"
+            time.sleep(0.05)
+
+    def version():
+        return msgspec.json.decode(server.request("POST", "/v2/models/m/infer", infer_body())[2])["model_version"]
+
+    write_version(repo / "m", 2)  # a new version: swapped in
+    eventually(lambda: version() == "2")
+    (repo / "m" / "config.yaml").write_text(CONFIG + "version_policy: {all: true}\ntraffic: {weights: {1: 1}}\n")
+    eventually(lambda: version() == "1")  # a config change: traffic back on 1, both loaded
+    assert sorted(repository.router("m").versions) == [1, 2]
+    shutil.copytree(repo / "m", repo / "n")  # a new model directory: loaded
+    eventually(lambda: server.request("GET", "/v2/models/n/ready")[0] == 200)
+    write_version(repo / "m", 3, "raise ImportError('half-copied file')\n")  # a broken change: 1 serves on
+    eventually(lambda: any("half-copied" in e["reason"] for e in
+                           msgspec.json.decode(server.request("POST", "/v2/repository/index")[2])))
+    assert version() == "1"

@@ -27,6 +27,7 @@ from loopserve.server.infer import InferEndpoint
 from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.repository import ModelRepository
+from loopserve.server.watch import RepositoryWatcher
 from loopserve.server import triton_json
 
 log = logging.getLogger("loopserve.server")
@@ -56,9 +57,11 @@ class LoopserveApp:
     """The ASGI application. Thread-safe as far as uvicorn needs: one event loop drives it."""
 
     def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20,
-                 management_token: str | None = None):
+                 management_token: str | None = None, poll_s: float = 0.0, load_new_models: bool = True):
         self.repository = repository
         self.management_token = management_token
+        self.watcher = (RepositoryWatcher(repository, poll_s, load_new_models)
+                        if poll_s > 0 and repository.root is not None else None)
         self.metrics = ServerMetrics(repository)
         self.ready = False
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)
@@ -98,9 +101,12 @@ class LoopserveApp:
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
+        watching = asyncio.create_task(self.watcher.run()) if self.watcher else None
         self.ready = True
         yield
         self.ready = False
+        if watching:
+            watching.cancel()
         await asyncio.to_thread(self.repository.close)
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:

@@ -27,6 +27,9 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     models: list[str] = []
     http: HttpConfig = HttpConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # How often the repository is checked for changed or new models (loaded without a
+    # restart); 0: never.
+    repository_poll_s: Annotated[float, Meta(ge=0)] = 2.0
     # Bearer token for the management routes (repository load/unload, traffic changes).
     # Unset: they are open, as Triton's are; anyone who can reach the port can use them.
     management_token: str | None = None

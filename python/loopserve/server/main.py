@@ -34,7 +34,8 @@ def build_app(config: ServerConfig) -> LoopserveApp:
     if config.management_token is None:
         log.warning("management routes are open: set management_token in the server config to guard them")
     return LoopserveApp(repository, max_body_bytes=config.http.max_body_bytes,
-                        management_token=config.management_token)
+                        management_token=config.management_token, poll_s=config.repository_poll_s,
+                        load_new_models=not config.models)
 
 
 def serve(config: ServerConfig) -> int:
