@@ -19,7 +19,7 @@ written on raw asyncio streams (uvloop when available) in a separate process (th
 error) and the answer's model_version and OUTPUT0. Its CPU time over the run is reported, so a
 client that is the bottleneck shows.
 
-Schedule: 1 s of load, then a swap every --interval s (default 2.0; 5 swaps, --quick 3 with
+Schedule: 2 s of load, then a swap every --interval s (default 2.0; 5 swaps, --quick 3 with
 1.5 s), then one more interval of load.
 
 Reported:
@@ -63,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 MODEL = "mlp"
 N_IN = 32
 HEAVY_N_IN = 512
-WARMUP_S = 1.0
+WARMUP_S = 2.0  # load before the first swap (the first 0.5 s of it is not counted)
 EDGE_S = 0.5  # the swap window reaches this far either side of the load POST
 SKIP_START_S = 0.5  # connection set-up: not steady state
 TARGET_P99_RATIO = 2.0
