@@ -125,6 +125,21 @@ def test_a_version_that_fails_its_warm_up_is_not_swapped_in(serve, repo):
     assert sorted(repository.router("m").versions) == [1]
 
 
+def test_warm_up_runs_the_configured_sample(repo):
+    np.savez(repo / "m" / "warmup.npz", x=np.array([[-1.0]], np.float32))
+    (repo / "m" / "config.yaml").write_text(CONFIG + "warmup_file: warmup.npz\n")
+    write_version(repo / "m", 1, textwrap.dedent("""
+        def infer(inputs):
+            if (inputs["x"] < 0).any():
+                raise ValueError("negative amounts break this version")
+            return {"y": inputs["x"]}
+    """))
+    with pytest.raises(Exception, match="failed its warm-up.*negative amounts break this version"):
+        ModelRepository(repo).load("m")
+    np.savez(repo / "m" / "warmup.npz", x=np.array([[2.0]], np.float32))
+    assert sorted(ModelRepository(repo).load("m").versions) == [1]
+
+
 def two_versions(weights=None, shadow=()):
     router = VersionRouter("ab")
     models = {v: Model.from_callable(lambda inputs, v=v: {"y": inputs["x"] * 0 + v},

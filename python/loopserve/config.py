@@ -102,6 +102,8 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Before a version takes traffic it runs zero-filled requests of these row counts (its
     # inputs need fixed dims); a failure there fails the load and the old version serves on.
     warmup_rows: list[Positive] = []
+    # And this request, if set: an .npz file (in the model directory) of arrays by input name.
+    warmup_file: str | None = None
 
 
 def decode_config(data: bytes, fmt: str, source: str, type_: type = ModelConfig):

@@ -114,7 +114,7 @@ class ModelRepository:
                     continue
                 model = Model(config, open_backend(config, find_model_file(model_dir / str(v))), v)
                 built.append(model)
-                warm_up(model)
+                warm_up(model, model_dir)
                 versions[v] = model
         except BaseException as e:
             for model in built:
@@ -167,8 +167,10 @@ class ModelRepository:
             model.close()
 
 
-def warm_up(model: Model) -> None:
-    """Runs the config's warm-up requests (zero-filled, `warmup_rows` rows each)."""
+def warm_up(model: Model, model_dir: Path) -> None:
+    """Runs the config's warm-up requests: zero-filled ones of `warmup_rows` rows each, then
+    the sample request in `warmup_file`."""
+    requests = []
     for rows in model.config.warmup_rows:
         inputs = {}
         for t in model.inputs:
@@ -177,6 +179,15 @@ def warm_up(model: Model) -> None:
                                   f"'{t.name}' is {t.datatype} {t.dims}")
             shape = ([rows] if model.config.max_batch_size > 0 else []) + list(t.dims)
             inputs[t.name] = np.zeros(shape, NUMPY_DTYPES[t.datatype])
+        requests.append(inputs)
+    if model.config.warmup_file:
+        path = model_dir / model.config.warmup_file
+        try:
+            with np.load(path, allow_pickle=False) as sample:
+                requests.append({name: sample[name] for name in sample.files})
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: cannot read the warm-up sample: {e}") from None
+    for inputs in requests:
         try:
             model.infer_sync(inputs)
         except LoopserveError as e:
