@@ -91,3 +91,13 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     # And after exit, nothing listens any more.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_the_demo_serves_swaps_and_loses_nothing(tmp_path):
+    """The README's main command, shortened: build, serve, drive traffic, hot-swap version 2."""
+    proc = loopserve("demo", "--workdir", str(tmp_path / "demo"), "--seconds", "6", "--concurrency", "4",
+                     "--port", str(free_port()))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+    assert " 0 failed" in out and "version 1 answered" in out and "version 2 answered" in out, out
+    assert "exit code 0" in out

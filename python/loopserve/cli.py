@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = sub.add_parser("demo", help="build the demo model, serve it over HTTP, and drive traffic at it")
     demo.add_argument("--workdir", default="demo-run", help="where the demo writes its model repository")
-    demo.add_argument("--seconds", type=float, default=5.0, help="how long to drive traffic")
+    demo.add_argument("--seconds", type=float, default=8.0, help="how long to drive traffic")
     demo.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
     demo.add_argument("--port", type=int, default=8000, help="port to serve on")
 

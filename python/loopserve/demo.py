@@ -1,10 +1,12 @@
 """The demo: build the tiny MLP as an ONNX model repository, serve it over HTTP with
-`loopserve serve --config configs/demo.yaml`, drive concurrent clients at it, and print what
-the server did, then stop it with SIGTERM."""
+`loopserve serve --config configs/demo.yaml`, drive concurrent clients at it, write a new
+version into the repository halfway (the server swaps it in under load), print what the
+server did, and stop it with SIGTERM."""
 
 from __future__ import annotations
 
 import http.client
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,62 +56,94 @@ def _get_json(port: int, path: str):
     return msgspec.json.decode(conn.getresponse().read())
 
 
-def _drive(port: int, seconds: float, clients: int) -> tuple[list[float], int]:
-    latencies: list[float] = []
-    failures = [0]
-    stop = time.monotonic() + seconds
+class Traffic(msgspec.Struct):
+    latencies: list[float]
+    versions: list[tuple[float, int]]  # (seconds since start, version that answered)
+    failures: int
+
+
+def _drive(port: int, seconds: float, clients: int) -> Traffic:
+    traffic = Traffic([], [], 0)
+    begin = time.monotonic()
+    stop = begin + seconds
     lock = threading.Lock()
 
     def client(seed: int) -> None:
         rng = np.random.default_rng(seed)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        mine = []
+        latencies, versions, failures = [], [], 0
         while time.monotonic() < stop:
             body = msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [1, 32], "datatype": "FP32",
                                                     "data": rng.random(32, dtype=np.float32).tolist()}]})
             start = time.perf_counter()
             conn.request("POST", "/v2/models/mlp/infer", body=body, headers={"Content-Type": "application/json"})
             response = conn.getresponse()
-            response.read()
-            mine.append(time.perf_counter() - start)
+            answer = response.read()
+            latencies.append(time.perf_counter() - start)
             if response.status != 200:
-                with lock:
-                    failures[0] += 1
+                failures += 1
+                continue
+            versions.append((time.monotonic() - begin, int(msgspec.json.decode(answer)["model_version"])))
         with lock:
-            latencies.extend(mine)
+            traffic.latencies.extend(latencies)
+            traffic.versions.extend(versions)
+            traffic.failures += failures
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return latencies, failures[0]
+    return traffic
+
+
+def _swap_midway(repo: Path, after_s: float) -> threading.Timer:
+    """Writes version 2 (other weights) into the repository halfway: the server notices and
+    swaps it in under load."""
+    def write():
+        staging = repo / "mlp" / ".incoming-2"  # not a version directory until it is whole
+        zoo.export_onnx(zoo.tiny_mlp(seed=1), staging / "model.onnx")
+        staging.rename(repo / "mlp" / "2")
+        _say("wrote version 2 into the repository; the server picks it up by itself")
+
+    timer = threading.Timer(after_s, write)
+    timer.start()
+    return timer
 
 
 def run_demo(workdir: str, seconds: float, concurrency: int, port: int = 8000) -> int:
     workdir_path = Path(workdir)
-    _say(f"building the tiny MLP (32 -> 64 -> 2) as an ONNX model in {workdir_path / 'models' / 'mlp'}")
+    repo = workdir_path / "models"
+    shutil.rmtree(repo / "mlp", ignore_errors=True)
+    _say(f"building the tiny MLP (32 -> 64 -> 2) as an ONNX model in {repo / 'mlp'}")
     build_repository(workdir_path)
     _say(f"starting: loopserve serve --config {CONFIG} --port {port}")
     proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--config", str(CONFIG),
-                             "--model-repository", str(workdir_path / "models"), "--port", str(port)],
+                             "--model-repository", str(repo), "--port", str(port)],
                             stderr=open(workdir_path / "server.log", "w"))
     try:
         wait_ready(port, proc)
         _say(f"serving on http://127.0.0.1:{port} (logs: {workdir_path / 'server.log'}); "
              f"{concurrency} HTTP clients for {seconds:.0f} s")
-        latencies, failures = _drive(port, seconds, concurrency)
-        stats = _get_json(port, "/v2/models/mlp/stats")["model_stats"][0]
+        swap = _swap_midway(repo, seconds / 2)
+        traffic = _drive(port, seconds, concurrency)
+        swap.join()
+        stats = _get_json(port, "/v2/models/mlp/stats")["model_stats"]
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-    lat_ms = np.array(latencies) * 1e3
-    batches = {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}
-    _say(f"{len(latencies):,} requests, {failures} failed: {len(latencies) / seconds:,.0f} req/s, "
+    lat_ms = np.array(traffic.latencies) * 1e3
+    n = len(traffic.latencies)
+    _say(f"{n:,} requests, {traffic.failures} failed: {n / seconds:,.0f} req/s, "
          f"latency p50 {np.percentile(lat_ms, 50):.2f} ms, p99 {np.percentile(lat_ms, 99):.2f} ms")
-    _say(f"the model ran {stats['execution_count']:,} batches for {stats['inference_count']:,} rows "
-         f"(mean batch {stats['inference_count'] / max(stats['execution_count'], 1):.1f}); most common sizes: "
-         + ", ".join(f"{size}x{n}" for size, n in sorted(batches.items(), key=lambda kv: -kv[1])[:6]))
+    for version in sorted({v for _, v in traffic.versions}):
+        times = [t for t, v in traffic.versions if v == version]
+        _say(f"version {version} answered {len(times):,} requests, from {min(times):.1f} s to {max(times):.1f} s")
+    for s in stats:
+        batches = {b["batch_size"]: b["compute_infer"]["count"] for b in s["batch_stats"]}
+        _say(f"version {s['version']} ran {s['execution_count']:,} batches for {s['inference_count']:,} rows; "
+             "most common sizes: " + ", ".join(f"{size}x{k}" for size, k in sorted(batches.items(),
+                                                                                  key=lambda kv: -kv[1])[:5]))
     _say(f"server stopped by SIGTERM, exit code {code}")
     _say(f"serve it yourself: loopserve serve --config {CONFIG.relative_to(Path.cwd()) if CONFIG.is_relative_to(Path.cwd()) else CONFIG}")
-    return 0 if failures == 0 and code == 0 else 1
+    return 0 if traffic.failures == 0 and code == 0 else 1
