@@ -152,9 +152,12 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
   r.deadline = timeout_us > 0 ? r.enqueued + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
   Submitted result = Submitted::kQueued;
   bool notify = false;
+  std::vector<Request> expired;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) throw Unavailable("model '" + config_.model_name + "' is unloading");
+    // Answer timed-out requests now, even while every worker is busy with a long batch.
+    if (r.enqueued >= earliest_deadline_) expire(r.enqueued, expired);
     if (queued_ >= config_.queue_capacity) {
       std::lock_guard<std::mutex> stats_lock(stats_mu_);
       ++stats_.rejected;
@@ -183,6 +186,7 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
     notify = result == Submitted::kQueued || (result == Submitted::kDeferred && queued_ == 1);
   }
   if (notify) cv_.notify_one();
+  if (!expired.empty()) fail_expired(expired);
   if (result == Submitted::kRan) {
     std::vector<Request> batch;
     batch.push_back(std::move(r));
