@@ -37,7 +37,7 @@ def server(serve):
     repository = ModelRepository()
     repository.add(Model.from_callable(doubling, vector_config(name="double", max_batch_size=4)))
     repository.add(Model.from_callable(picky, vector_config(name="picky", max_batch_size=4)))
-    repository.add(Model.from_callable(gated, vector_config(name="gated", max_batch_size=1, queue_capacity=1)))
+    repository.add(Model.from_callable(gated, vector_config(name="gated", max_batch_size=1, queue_capacity=2)))
     return serve(LoopserveApp(repository, max_body_bytes=4096))
 
 
@@ -118,22 +118,27 @@ def test_queue_full_is_429_with_retry_after_and_timeout_is_504(server):
     def call(key, body):
         results[key] = server.request("POST", "/v2/models/gated/infer", body)
 
-    running = threading.Thread(target=call, args=("running", infer_json([[1, 2, 3, 4]])))
-    running.start()
-    time.sleep(0.2)  # the one instance is busy now
-    queued = threading.Thread(target=call, args=("queued", infer_json([[1, 2, 3, 4]],
-                                                                      parameters={"timeout": 50_000})))
-    queued.start()
-    time.sleep(0.2)  # the queue (capacity 1) is full now
+    def start(key, body):
+        t = threading.Thread(target=call, args=(key, body))
+        t.start()
+        time.sleep(0.2)
+        return t
+
+    running = start("running", infer_json([[1, 2, 3, 4]]))  # the one instance is busy now
+    waiting = start("waiting", infer_json([[1, 2, 3, 4]]))  # queued, no timeout
+    hurried = start("hurried", infer_json([[1, 2, 3, 4]], parameters={"timeout": 50_000}))  # queue full now
+    # The hurried request timed out while the model was busy: the next arrival answers it
+    # (504, never run) and takes its place in the queue.
+    late = start("late", infer_json([[1, 2, 3, 4]]))
+    assert_refused(results["hurried"], 504, "timed out", "it was not run")
     headers = assert_refused(server.request("POST", "/v2/models/gated/infer", infer_json([[1, 2, 3, 4]])), 429,
                              "queue of model 'gated' is full")
     assert headers["retry-after"] == "1"
     assert_serves(server)  # other models are not held up
     GATE.set()
-    running.join()
-    queued.join()
-    assert results["running"][0] == 200
-    assert_refused(results["queued"], 504, "timed out", "it was not run")
+    for t in (running, waiting, hurried, late):
+        t.join()
+    assert results["running"][0] == results["waiting"][0] == results["late"][0] == 200
 
 
 def test_repository_index_with_a_bad_body(server):
