@@ -238,9 +238,20 @@ void Batcher::stop() {
     stopping_ = true;
   }
   cv_.notify_all();
-  std::lock_guard<std::mutex> lock(join_mu_);
-  for (std::thread& t : workers_)
-    if (t.joinable()) t.join();
+  {
+    std::lock_guard<std::mutex> lock(join_mu_);
+    for (std::thread& t : workers_)
+      if (t.joinable()) t.join();
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait(lock, [this] { return busy_ == 0; });  // batches run by submitters (inline)
+}
+
+std::shared_ptr<Executor> Batcher::release_executor() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!stopping_ || busy_ > 0 || queued_ > 0)
+    throw std::logic_error("release_executor() before stop() of model '" + config_.model_name + "'");
+  return std::move(executor_);
 }
 
 BatcherStats Batcher::stats() const {
@@ -573,7 +584,7 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
     // Not busy any more before anyone hears back: a client that answers with its next
     // request must not look like an overlapping one to the adaptive delay.
     std::lock_guard<std::mutex> lock(mu_);
-    --busy_;
+    if (--busy_ == 0 && stopping_) cv_.notify_all();  // stop() may be waiting for this
   }
   for (auto& [sink, items] : groups) sink->deliver(std::move(items));
 }

@@ -121,8 +121,13 @@ class Batcher {
   // Does nothing when a worker has taken it already.
   void run_deferred();
 
-  // Refuses new requests, runs everything already queued, and joins the workers.
+  // Refuses new requests, runs everything already queued, joins the workers, and waits for
+  // batches running on submitting threads to finish.
   void stop();
+
+  // After stop(): hands the executor back (the model's memory goes when its last owner lets
+  // go). The caller destroys it; for a Python executor, with the GIL held.
+  std::shared_ptr<Executor> release_executor();
 
   BatcherStats stats() const;
   const BatcherConfig& config() const noexcept { return config_; }
@@ -165,7 +170,7 @@ class Batcher {
   void fail_expired(std::vector<Request>& expired);
 
   const BatcherConfig config_;
-  const std::shared_ptr<Executor> executor_;
+  std::shared_ptr<Executor> executor_;  // set until release_executor(), after stop()
   bool fixed_row_shapes_ = true;  // no -1 past the batch dimension: every request batches
 
   mutable std::mutex mu_;  // guards everything below up to stats_mu_

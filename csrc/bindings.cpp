@@ -320,6 +320,10 @@ PYBIND11_MODULE(_core, m) {
         py::gil_scoped_release release;
         self.get().stop();
       })
+      .def(
+          "release_executor",
+          [](PyBatcher& self) { self.get().release_executor(); },  // destroyed here, GIL held
+          "After stop(): drops the batcher's reference to the model, so its memory can go")
       .def("stats", [](PyBatcher& self) { return stats_dict(self.get().stats()); })
       .def_property_readonly("config", [](PyBatcher& self) { return self.get().config(); });
 
