@@ -150,6 +150,9 @@ def two_versions(weights=None, shadow=()):
 
 def test_weights_90_10_split_and_keys_stick():
     router, models = two_versions({1: 90, 2: 10})
+    assert router.stable == 1, "rollback of a canary returns to the version with the largest share"
+    with pytest.raises(Exception, match="cannot both answer and shadow"):
+        router.set_traffic({1: 1}, [1])
     counts = {1: 0, 2: 0}
     for _ in range(20_000):
         m = router.acquire()

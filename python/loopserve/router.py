@@ -129,6 +129,9 @@ class VersionRouter:
                 raise InvalidInput(f"model '{self.name}' has no version {v} loaded (loaded: {sorted(versions)})")
         if weights and sum(weights.values()) <= 0:
             raise InvalidInput(f"traffic weights of model '{self.name}' must add up to more than 0")
+        both = sorted(v for v in shadow if weights.get(v, 0) > 0)
+        if both:
+            raise InvalidInput(f"version(s) {both} of model '{self.name}' cannot both answer and shadow")
 
     def _set_traffic(self, weights: dict[int, float], shadow: Iterable[int]) -> None:
         weights = {v: w for v, w in weights.items() if w > 0 and v in self.versions}
@@ -143,8 +146,9 @@ class VersionRouter:
             cumulative[-1] = (1.0, cumulative[-1][1])
         shadows = tuple(self.versions[v] for v in dict.fromkeys(shadow) if v in self.versions and v not in weights)
         self._cumulative, self._weights, self._shadows = cumulative, {v: w / total for v, w in weights.items()}, shadows
-        if len(weights) == 1:
-            self.stable = next(iter(weights))
+        if len(weights) == 1 or self.stable not in self.versions:
+            # The version rollback returns to: the one answering alone, else the largest share.
+            self.stable = max(sorted(weights), key=lambda v: weights[v]) if weights else 0
         log.info("traffic", extra={"model": self.name, "weights": self._weights, "shadow": self.shadow_versions()})
 
     def _retire(self, model: Model) -> None:
