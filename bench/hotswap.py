@@ -48,7 +48,6 @@ import resource
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serving  # noqa: E402  (bench/ is not a package: serving.py sits beside this file)
 
 MODEL = "mlp"
 N_IN = 32
@@ -136,7 +136,6 @@ async def _client_main(port: int, concurrency: int, out_path: str, n_in: int) ->
                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    records: list = []
     conns: list[list] = [[] for _ in range(concurrency)]
     ready: list = []
     cpu0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
@@ -174,32 +173,11 @@ def vm_rss_mib(pid: int) -> float | None:
     return None
 
 
-class Server:
+class Server(serving.Server):
+    """serving.py's server process, plus the repository load route this bench drives."""
+
     def __init__(self, argv: list[str], port: int, log_path: Path):
-        self.argv, self.port, self.log_path = argv, port, log_path
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def ready(self, timeout_s: float = 60.0) -> str | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return f"exited with status {self.proc.returncode}; log tail:\n{self.log_tail()}"
-            try:
-                with urllib.request.urlopen(f"{self.url}/v2/health/ready", timeout=2) as r:
-                    if r.status == 200:
-                        return None
-            except OSError:
-                pass
-            time.sleep(0.2)
-        return f"not ready within {timeout_s:.0f} s; log tail:\n{self.log_tail()}"
+        super().__init__(log_path.stem, argv, port, log_dir=log_path.parent)
 
     def post(self, path: str, timeout: float = 60.0) -> tuple[int, bytes]:
         req = urllib.request.Request(self.url + path, data=b"", method="POST")
@@ -208,28 +186,6 @@ class Server:
                 return r.status, r.read()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read()
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
-        self._log.close()
-        self.proc = None
-
-    def log_tail(self, n: int = 15) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join("    " + ln for ln in lines[-n:])
 
 
 class RssSampler(threading.Thread):

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from loopserve.canary import VersionMetrics
 from loopserve.server.repository import ModelRepository
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -130,10 +131,8 @@ class ServerMetrics:
         self._latency: dict[tuple[str, str], LatencyHistogram] = {}
         self.registry.register(LatencyCollector(self._latency))
 
-    def version_metrics(self, model) -> "VersionMetrics":
+    def version_metrics(self, model) -> VersionMetrics:
         """What the rollback rule looks at for one loaded version."""
-        from loopserve.canary import VersionMetrics
-
         s = model.stats()
         return VersionMetrics(model.version, s.success + s.failed + s.timed_out, s.failed + s.timed_out,
                               self.latency(model.name, str(model.version)).quantile(0.99))
