@@ -15,6 +15,8 @@
 #include "completion.h"
 #include "executor.h"
 #include "py_executor.h"
+#include "sketches/kll_sketch.h"
+#include "sketches/moments_sketch.h"
 
 namespace py = pybind11;
 using namespace loopserve;
@@ -204,6 +206,27 @@ double measure_native(BatcherConfig config, int threads, int requests_per_thread
   return std::chrono::duration<double>(end - start).count();
 }
 
+// Feeds every value of a float array to a sketch, with the GIL released.
+template <typename Sketch>
+void update_from(Sketch& sketch, py::array_t<double, py::array::c_style | py::array::forcecast> values) {
+  const double* p = values.data();
+  const auto n = static_cast<size_t>(values.size());
+  py::gil_scoped_release release;
+  for (size_t i = 0; i < n; ++i) sketch.update(p[i]);
+}
+
+template <typename Sketch>
+py::bytes serialized(const Sketch& sketch) {
+  const std::vector<uint8_t> bytes = sketch.serialize();
+  return py::bytes(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+template <typename Sketch>
+Sketch deserialized(const py::bytes& data) {
+  const std::string_view view = data;
+  return Sketch::deserialize(reinterpret_cast<const uint8_t*>(view.data()), view.size());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -326,6 +349,37 @@ PYBIND11_MODULE(_core, m) {
           "After stop(): drops the batcher's reference to the model, so its memory can go")
       .def("stats", [](PyBatcher& self) { return stats_dict(self.get().stats()); })
       .def_property_readonly("config", [](PyBatcher& self) { return self.get().config(); });
+
+  using sketches::KllSketch;
+  using sketches::MomentsSketch;
+  py::class_<MomentsSketch>(m, "MomentsSketch", "Streaming count, mean, variance, min, max and NaNs; mergeable")
+      .def(py::init<>())
+      .def("update", &update_from<MomentsSketch>, py::arg("values"))
+      .def("merge", &MomentsSketch::merge, py::arg("other"))
+      .def_property_readonly("count", &MomentsSketch::count)
+      .def_property_readonly("missing", &MomentsSketch::missing)
+      .def_property_readonly("mean", &MomentsSketch::mean)
+      .def_property_readonly("variance", &MomentsSketch::variance)
+      .def_property_readonly("min", &MomentsSketch::min)
+      .def_property_readonly("max", &MomentsSketch::max)
+      .def("serialize", &serialized<MomentsSketch>)
+      .def_static("deserialize", &deserialized<MomentsSketch>, py::arg("data"));
+
+  py::class_<KllSketch>(m, "KllSketch", "KLL quantile sketch: approximate ranks and quantiles; mergeable")
+      .def(py::init<uint16_t, uint64_t>(), py::arg("k") = KllSketch::kDefaultK,
+           py::arg("seed") = 0x9E3779B97F4A7C15ull)
+      .def("update", &update_from<KllSketch>, py::arg("values"))
+      .def("merge", &KllSketch::merge, py::arg("other"))
+      .def_property_readonly("count", &KllSketch::count)
+      .def_property_readonly("k", &KllSketch::k)
+      .def_property_readonly("retained", &KllSketch::retained)
+      .def_property_readonly("min", &KllSketch::min)
+      .def_property_readonly("max", &KllSketch::max)
+      .def("rank", &KllSketch::rank, py::arg("value"))
+      .def("quantile", &KllSketch::quantile, py::arg("q"))
+      .def_static("normalized_rank_error", &KllSketch::normalized_rank_error, py::arg("k"))
+      .def("serialize", &serialized<KllSketch>)
+      .def_static("deserialize", &deserialized<KllSketch>, py::arg("data"));
 
   m.def("measure_native", &measure_native, py::arg("config"), py::arg("threads"), py::arg("requests_per_thread"),
         py::arg("rows"));
