@@ -46,6 +46,10 @@ def serve(config: ServerConfig) -> int:
     # again in every full collection (pauses that land in the tail latency).
     gc.collect()
     gc.freeze()
+    # Each request allocates a few hundred short-lived objects that die young without cycles;
+    # at Python's default (a collection every 700 allocations) the collector ran ~every other
+    # request. 50,000 measured 2-11% more req/s at c=64 (wrk, JSON) in side-by-side rounds.
+    gc.set_threshold(50_000, 20, 100)
     log.info("serving", extra={"host": config.http.host, "port": config.http.port,
                                "models": [f"{m.name}:{m.version}" for m in app.repository.models()]})
     server = uvicorn.Server(uvicorn.Config(
