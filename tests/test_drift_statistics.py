@@ -1,0 +1,58 @@
+"""Drift statistics against scipy and numpy, on generated data."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from loopserve._core import KllSketch
+from loopserve.monitor import statistics as st
+
+
+def binned(rng, shift=0.0, n=20_000, bins=10):
+    edges = np.quantile(rng.standard_normal(50_000), np.linspace(0, 1, bins + 1)[1:-1])
+    ref = np.bincount(np.searchsorted(edges, rng.standard_normal(n)), minlength=bins)
+    cur = np.bincount(np.searchsorted(edges, rng.standard_normal(n) + shift), minlength=bins)
+    return ref, cur
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.1, 0.5, 2.0])
+def test_psi_and_js_equal_the_exact_values_over_the_same_bins(shift):
+    ref, cur = binned(np.random.default_rng(1), shift)
+    r = (ref + 0.5) / (ref.sum() + 0.5 * ref.size)
+    c = (cur + 0.5) / (cur.sum() + 0.5 * cur.size)
+    assert st.psi(ref, cur) == pytest.approx(np.sum((c - r) * np.log(c / r)), abs=1e-9)
+    assert st.js_distance(ref, cur) == pytest.approx(jensenshannon(ref / ref.sum(), cur / cur.sum(), base=2),
+                                                     abs=1e-9)
+
+
+def test_psi_stays_finite_with_empty_bins():
+    assert np.isfinite(st.psi([100, 0, 50], [0, 80, 70]))
+    with pytest.raises(ValueError, match="same bins"):
+        st.psi([1, 2], [1, 2, 3])
+
+
+def test_chi_square_matches_scipy():
+    ref = np.array([500, 300, 150, 50])
+    cur = np.array([480, 310, 170, 40])
+    expected = (ref + 0.5) / (ref.sum() + 2.0) * cur.sum()
+    statistic, p = st.chi_square(ref, cur)
+    want = stats.chisquare(cur, expected)
+    assert statistic == pytest.approx(want.statistic, rel=1e-12) and p == pytest.approx(want.pvalue, rel=1e-9)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.05, 0.3])
+def test_ks_and_wasserstein_from_sketches_match_scipy_within_the_sketch_error(shift):
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal(100_000), rng.standard_normal(100_000) + shift
+    ra, rb = KllSketch(), KllSketch()
+    ra.update(a)
+    rb.update(b)
+    d = st.ks_distance(ra, rb)
+    assert abs(d - stats.ks_2samp(a, b).statistic) <= st.ks_margin(ra, rb)
+    assert st.wasserstein(ra, rb) == pytest.approx(stats.wasserstein_distance(a, b), abs=0.02)
+    p = st.ks_pvalue(ra, rb)
+    if shift == 0.0:
+        assert p > 0.05, "sketch noise alone must not look like drift"
+    if shift == 0.3:
+        assert p < 1e-6
