@@ -99,6 +99,8 @@ def test_unknown_model_and_version_are_404(server, caplog):
                    "has no version '9'")
     assert_refused(server.request("GET", "/v2/models/ghost"), 404, "unknown model 'ghost'")
     assert_refused(server.request("GET", "/v2/nowhere"), 404, "no route GET /v2/nowhere")
+    headers = assert_refused(server.request("POST", "/v2/health/live"), 405, "/v2/health/live does not take POST")
+    assert "GET" in headers["allow"]
     assert_serves(server)
     # A refusal is an answer, not a server error: nothing is logged as one.
     assert not [r for r in caplog.records if r.levelno >= 40], [r.getMessage() for r in caplog.records]

@@ -65,7 +65,6 @@ class LoopserveApp:
         self.metrics = ServerMetrics(repository)
         self.ready = False
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)
-        self.max_body_bytes = max_body_bytes
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
                      ("/stats", self.model_stats)]
         traffic = [Route("/v2/models/{model}/traffic", self.traffic, methods=["GET"]),
@@ -87,7 +86,7 @@ class LoopserveApp:
         # `Exception` handler (which Starlette also re-raises, so the server logs it).
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
             LoopserveError: self._on_error, ProtocolError: self._on_error, Exception: self._on_error,
-            404: self._not_found})
+            404: self._not_found, 405: self._wrong_method})
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -117,6 +116,12 @@ class LoopserveApp:
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return json_response({"error": f"no route {request.method} {request.url.path}"}, 404)
+
+    async def _wrong_method(self, request: Request, exc: Exception) -> Response:
+        allowed = getattr(exc, "headers", None) or {}
+        return Response(msgspec.json.encode({"error": f"{request.url.path} does not take {request.method}; it takes "
+                                                      f"{allowed.get('Allow', 'other methods')}"}),
+                        status_code=405, media_type="application/json", headers=allowed)
 
     # -- health and metadata --------------------------------------------------------------
 
