@@ -25,7 +25,6 @@ NUMPY_DTYPES = {
     "FP64": np.dtype(np.float64),
     "BYTES": np.dtype(object),  # numpy object arrays of bytes
 }
-DATATYPES = {v: k for k, v in NUMPY_DTYPES.items()}
 
 
 class Backend(ABC):

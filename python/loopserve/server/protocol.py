@@ -27,6 +27,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from loopserve.backends.base import NUMPY_DTYPES as _MODEL_DTYPES
+
 try:
     import ml_dtypes
 except ImportError:  # BF16 is optional; without it a BF16 tensor is refused by name
@@ -86,12 +88,9 @@ _u32 = struct.Struct("<I")
 
 # --- datatypes --------------------------------------------------------------------------
 
-NUMPY_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"), "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"), "BYTES": np.dtype(object),
-}
+# The model-side mapping, made explicitly little-endian: the wire is, whatever the host.
+NUMPY_DTYPES: dict[str, np.dtype] = {name: d if d.kind == "O" else d.newbyteorder("<")
+                                     for name, d in _MODEL_DTYPES.items()}
 if ml_dtypes is not None:
     NUMPY_DTYPES["BF16"] = np.dtype(ml_dtypes.bfloat16)
 

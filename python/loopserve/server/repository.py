@@ -37,7 +37,6 @@ class Prepared(msgspec.Struct):
     name: str
     config: ModelConfig
     versions: dict[int, Model]
-    built: list[Model]  # the ones built for this load (the rest were already serving)
 
 
 class ModelRepository:
@@ -123,7 +122,7 @@ class ModelRepository:
                 self._failures[name] = str(e)
                 log.error("model load failed", extra={"model": name, "reason": str(e)})
             raise
-        return Prepared(name, config, versions, built)
+        return Prepared(name, config, versions)
 
     def install(self, prepared: Prepared) -> VersionRouter:
         """Swaps the prepared versions in; versions no longer wanted retire."""
