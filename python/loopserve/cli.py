@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+
+from loopserve.commands import COMMAND_MODULES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +25,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides the config)")
 
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:  # a missing dependency inside the module is a real error
+                raise
+            continue  # an area not built yet
+        module.register(sub)
+
     args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return handler(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
