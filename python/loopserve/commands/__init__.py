@@ -10,6 +10,7 @@ COMMAND_MODULES = (
     "loopserve.commands.data",
     "loopserve.commands.runs",
     "loopserve.commands.registry",
+    "loopserve.commands.reproduce",
     "loopserve.commands.train",
     "loopserve.commands.pipeline",
 )
