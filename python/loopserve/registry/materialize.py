@@ -1,0 +1,130 @@
+"""A version's artifacts as a directory on disk, every file checked against its sha256.
+
+The default destination is a cache under the store root keyed by the version's content digest:
+built in a temporary directory and renamed into place, so a reader never sees half of it, and
+re-hashed on every call, so a load is always verified (a cache that no longer matches is rebuilt
+from the blobs; a blob that no longer matches is refused).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from loopserve.registry.errors import RegistryError
+from loopserve.registry.query import get_version
+from loopserve.registry.records import ArtifactFile, ModelVersion
+from loopserve.registry.schema import opened
+from loopserve.store import IntegrityError, Store
+
+_CHUNK = 1 << 20
+CACHE_DIR = ("cache", "models")
+
+
+def _safe_relative(version: ModelVersion, path: str) -> PurePosixPath:
+    rel = PurePosixPath(path)
+    if rel.is_absolute() or not rel.parts or any(p in ("", ".", "..") for p in rel.parts):
+        raise IntegrityError(f"model {version.name!r} version {version.version}: artifact path {path!r} is not a "
+                             f"safe relative path; the registry metadata was altered")
+    return rel
+
+
+def _refuse(version: ModelVersion, artifact: ArtifactFile, what: str) -> IntegrityError:
+    return IntegrityError(f"model {version.name!r} version {version.version}: artifact {artifact.path!r} "
+                          f"(sha256 {artifact.sha256[:12]}..., {artifact.size} bytes) {what}; refusing to load it")
+
+
+def _copy_verified(store: Store, version: ModelVersion, artifact: ArtifactFile, dest: Path) -> None:
+    """Copy the artifact's blob to `dest` (via a temporary name), hashing as it goes."""
+    try:
+        source = open(store.blobs.path(artifact.sha256), "rb")
+    except FileNotFoundError:
+        raise _refuse(version, artifact, f"is missing from the blob store {store.blobs.root}") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
+    try:
+        h = hashlib.sha256()
+        size = 0
+        with source, os.fdopen(fd, "wb") as out:
+            while chunk := source.read(_CHUNK):
+                h.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+        if h.hexdigest() != artifact.sha256 or size != artifact.size:
+            raise _refuse(version, artifact, f"does not match its recorded sha256 in the blob store ({size} bytes "
+                                             f"read): it was modified or truncated")
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _matches(version: ModelVersion, directory: Path) -> bool:
+    """Whether `directory` holds exactly the version's files with their recorded digests."""
+    expected = {_safe_relative(version, a.path).as_posix(): a for a in version.artifacts}
+    present = {f.relative_to(directory).as_posix() for f in directory.rglob("*") if not f.is_dir()}
+    if present != set(expected):
+        return False
+    for rel, artifact in expected.items():
+        file = directory / rel
+        if file.is_symlink() or file.stat().st_size != artifact.size:
+            return False
+        h = hashlib.sha256()
+        with open(file, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        if h.hexdigest() != artifact.sha256:
+            return False
+    return True
+
+
+def _build(store: Store, version: ModelVersion, directory: Path) -> None:
+    for artifact in version.artifacts:
+        _copy_verified(store, version, artifact, directory / _safe_relative(version, artifact.path))
+
+
+def materialize(name: str, ref: int | str = "latest", dest_dir: str | os.PathLike | None = None,
+                store: Store | None = None) -> Path:
+    """A directory holding the artifacts of version `ref` of model `name`, each verified by sha256.
+
+    With `dest_dir`, the files are written there (existing files of the same names replaced).
+    Without, a cache directory under the store root keyed by the version's content is returned,
+    built on first use. A tampered, truncated or missing artifact raises IntegrityError naming
+    the model, the version and the file.
+    """
+    with opened(store) as s:
+        version = get_version(name, ref, store=s)
+        if dest_dir is not None:
+            dest = Path(dest_dir)
+            dest.mkdir(parents=True, exist_ok=True)
+            _build(s, version, dest)
+            return dest
+        cache = s.root.joinpath(*CACHE_DIR)
+        final = cache / version.content_digest
+        if final.is_dir() and _matches(version, final):
+            return final
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
+        try:
+            _build(s, version, tmp)
+            if final.exists():  # stale or altered: move it aside, never mix old and new files
+                stale = Path(tempfile.mkdtemp(dir=cache, prefix=".stale-"))
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(final, stale / "dir")
+                shutil.rmtree(stale, ignore_errors=True)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                # Another process renamed its copy in first: use it if it is right.
+                if not (final.is_dir() and _matches(version, final)):
+                    raise RegistryError(f"model {name!r} version {version.version}: could not place the "
+                                        f"materialized files at {final}") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return final
