@@ -19,7 +19,7 @@ from loopserve.store import Store, transaction, validate_name
 from loopserve.tracking.times import now, parse_time
 
 
-def _actor() -> str | None:
+def default_actor() -> str | None:
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -56,7 +56,7 @@ def set_alias(name: str, alias: str, version: int | str, reason: str | None = No
     validate_name("alias", alias)
     with opened(store) as s, transaction(s.db):
         target = resolve_version(s.db, name, version)
-        return move_alias(s.db, name, alias, target, "set", actor or _actor(), reason)
+        return move_alias(s.db, name, alias, target, "set", actor or default_actor(), reason)
 
 
 def _rollback_target(events: list[tuple[str, int]]) -> int | None:
@@ -86,7 +86,7 @@ def rollback(name: str, alias: str = "production", reason: str | None = None, ac
         if target is None:
             raise RegistryError(f"alias {alias!r} of model {name!r} has no earlier version to roll back to "
                                 f"(`loopserve registry history {name} --alias {alias}` shows its moves)")
-        event = move_alias(db, name, alias, target, "rollback", actor or _actor(), reason)
+        event = move_alias(db, name, alias, target, "rollback", actor or default_actor(), reason)
         assert event is not None  # the stack never holds the same version twice in a row
         return event
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from loopserve.registry.aliases import _actor, move_alias
+from loopserve.registry.aliases import default_actor, move_alias
 from loopserve.registry.errors import RegistryError, UnknownVersion
 from loopserve.registry.query import get_version
 from loopserve.registry.records import ArtifactFile, ModelVersion
@@ -137,6 +137,6 @@ def register_model(name: str, artifact_paths: ArtifactPaths, run_id: str | None 
             db.executemany("INSERT INTO registry_version_metrics (name, version, key, value) VALUES (?, ?, ?, ?)",
                            [(name, version, k, v) for k, v in metric_rows])
             if alias is not None:
-                move_alias(db, name, alias, version, "set", _actor(), f"registered version {version}")
+                move_alias(db, name, alias, version, "set", default_actor(), f"registered version {version}")
             _test_pause("before_commit")
         return get_version(name, version, store=s)
