@@ -475,6 +475,8 @@ void Batcher::check_outputs(const Batch& batch, const BatchResult& result) const
   }
 }
 
+void Batcher::set_observer(std::shared_ptr<BatchObserver> observer) { std::atomic_store(&observer_, std::move(observer)); }
+
 void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<Buffer>& staging) {
   const Clock::time_point start = Clock::now();
   const bool batching = config_.max_batch_size > 0;
@@ -525,6 +527,8 @@ void Batcher::run_batch(int instance, std::vector<Request>& batch, std::vector<B
     const int64_t avg = batch_compute_avg_ns_.load(std::memory_order_relaxed);
     batch_compute_avg_ns_.store(avg < 0 ? took : (avg * 7 + took) / 8, std::memory_order_relaxed);
     batch_compute_last_ns_.store(took, std::memory_order_relaxed);
+    // Outside the model's measured time, so monitoring does not change batching decisions.
+    if (std::shared_ptr<BatchObserver> observer = std::atomic_load(&observer_)) observer->observe(b, *result);
   }
 
   std::vector<std::pair<CompletionSink*, std::vector<Completion>>> groups;

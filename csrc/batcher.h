@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "batch_observer.h"
 #include "completion.h"
 #include "executor.h"
 #include "tensor.h"
@@ -129,6 +130,9 @@ class Batcher {
   // go). The caller destroys it; for a Python executor, with the GIL held.
   std::shared_ptr<Executor> release_executor();
 
+  // Every batch that runs successfully from now on is shown to `observer` (nullptr: none).
+  void set_observer(std::shared_ptr<BatchObserver> observer);
+
   BatcherStats stats() const;
   const BatcherConfig& config() const noexcept { return config_; }
 
@@ -188,6 +192,8 @@ class Batcher {
   // The smaller of the two decides, so one cold first call does not linger.
   std::atomic<int64_t> batch_compute_avg_ns_{-1};
   std::atomic<int64_t> batch_compute_last_ns_{-1};
+
+  std::shared_ptr<BatchObserver> observer_;  // read and written with std::atomic_load/store
 
   mutable std::mutex stats_mu_;
   BatcherStats stats_;

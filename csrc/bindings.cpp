@@ -15,10 +15,15 @@
 #include "completion.h"
 #include "executor.h"
 #include "py_executor.h"
+#include "batch_observer.h"
 #include "sketches/kll_sketch.h"
 #include "sketches/moments_sketch.h"
 
 namespace py = pybind11;
+
+namespace loopserve {
+void bind_drift(py::module_& m);  // bindings_drift.cpp
+}
 using namespace loopserve;
 
 namespace {
@@ -347,6 +352,10 @@ PYBIND11_MODULE(_core, m) {
           "release_executor",
           [](PyBatcher& self) { self.get().release_executor(); },  // destroyed here, GIL held
           "After stop(): drops the batcher's reference to the model, so its memory can go")
+      .def(
+          "set_observer",
+          [](PyBatcher& self, std::shared_ptr<BatchObserver> observer) { self.get().set_observer(std::move(observer)); },
+          py::arg("observer").none(true), "Shows every successful batch to `observer` (a DriftMonitor), or to none")
       .def("stats", [](PyBatcher& self) { return stats_dict(self.get().stats()); })
       .def_property_readonly("config", [](PyBatcher& self) { return self.get().config(); });
 
@@ -380,6 +389,9 @@ PYBIND11_MODULE(_core, m) {
       .def_static("normalized_rank_error", &KllSketch::normalized_rank_error, py::arg("k"))
       .def("serialize", &serialized<KllSketch>)
       .def_static("deserialize", &deserialized<KllSketch>, py::arg("data"));
+
+  py::class_<BatchObserver, std::shared_ptr<BatchObserver>>(m, "BatchObserver");
+  bind_drift(m);
 
   m.def("measure_native", &measure_native, py::arg("config"), py::arg("threads"), py::arg("requests_per_thread"),
         py::arg("rows"));

@@ -28,7 +28,7 @@ class KllSketch {
 
   explicit KllSketch(uint16_t k = kDefaultK, uint64_t seed = 0x9E3779B97F4A7C15ull) : k_(k), rng_(seed | 1) {
     if (k < kMinWidth) throw std::invalid_argument("KllSketch: k must be at least 8");
-    levels_.emplace_back();
+    add_level();
   }
 
   static double normalized_rank_error(uint16_t k) { return 2.296 / std::pow(static_cast<double>(k), 0.9723); }
@@ -40,20 +40,20 @@ class KllSketch {
     min_ = std::min(min_, x);
     max_ = std::max(max_, x);
     ++retained_;
-    if (retained_ > total_capacity()) compress();
+    if (retained_ > total_capacity_) compress();
   }
 
   void merge(const KllSketch& other) {
     if (other.k_ != k_) throw std::invalid_argument("KllSketch: cannot merge sketches of different k");
     if (other.n_ == 0) return;
-    while (levels_.size() < other.levels_.size()) levels_.emplace_back();
+    while (levels_.size() < other.levels_.size()) add_level();
     for (size_t h = 0; h < other.levels_.size(); ++h)
       levels_[h].insert(levels_[h].end(), other.levels_[h].begin(), other.levels_[h].end());
     n_ += other.n_;
     retained_ += other.retained_;
     min_ = std::min(min_, other.min_);
     max_ = std::max(max_, other.max_);
-    while (retained_ > total_capacity()) compress();
+    while (retained_ > total_capacity_) compress();
   }
 
   uint64_t count() const { return n_; }
@@ -120,7 +120,7 @@ class KllSketch {
     s.rng_ = r.get<uint64_t>() | 1;
     const uint32_t depth = r.get<uint32_t>();
     if (depth == 0 || depth > 64) throw std::invalid_argument("KllSketch: corrupt level count");
-    s.levels_.assign(depth, {});
+    while (s.levels_.size() < depth) s.add_level();
     s.retained_ = 0;
     uint64_t weight = 0;
     for (uint32_t h = 0; h < depth; ++h) {
@@ -144,10 +144,17 @@ class KllSketch {
     return std::max(kMinWidth, static_cast<uint32_t>(std::ceil(k_ * std::pow(2.0 / 3.0, depth))));
   }
 
-  size_t total_capacity() const {
-    size_t total = 0;
-    for (size_t h = 0; h < levels_.size(); ++h) total += capacity(h);
-    return total;
+  // Capacities change only when a level is added, so their sum is kept rather than
+  // recomputed (with a pow() per level) on every update.
+  void add_level() {
+    levels_.emplace_back();
+    capacities_.resize(levels_.size());
+    total_capacity_ = 0;
+    for (size_t h = 0; h < levels_.size(); ++h) {
+      capacities_[h] = capacity(h);
+      levels_[h].reserve(capacities_[h] + 1);
+      total_capacity_ += capacities_[h];
+    }
   }
 
   bool coin() {  // xorshift64: deterministic for a seed, so runs can be reproduced
@@ -161,9 +168,9 @@ class KllSketch {
   // offset) to the level above, where each weighs twice as much.
   void compress() {
     size_t h = 0;
-    while (h < levels_.size() && levels_[h].size() < capacity(h)) ++h;
+    while (h < levels_.size() && levels_[h].size() < capacities_[h]) ++h;
     if (h == levels_.size()) h = levels_.size() - 1;
-    if (h + 1 == levels_.size()) levels_.emplace_back();
+    if (h + 1 == levels_.size()) add_level();
     std::vector<double>& level = levels_[h];
     std::sort(level.begin(), level.end());
     const size_t pairs = level.size() / 2;
@@ -181,6 +188,8 @@ class KllSketch {
   uint16_t k_;
   uint64_t n_ = 0;
   size_t retained_ = 0;
+  size_t total_capacity_ = 0;
+  std::vector<uint32_t> capacities_;  // capacity(h), kept while the depth stays
   double min_ = std::numeric_limits<double>::infinity();
   double max_ = -std::numeric_limits<double>::infinity();
   uint64_t rng_;

@@ -30,6 +30,20 @@ class MomentsSketch {
     max_ = std::max(max_, x);
   }
 
+  // A summary of values computed elsewhere (a block of a batch, a GPU kernel), to merge in.
+  static MomentsSketch from_parts(uint64_t n, uint64_t missing, double mean, double m2, double min, double max) {
+    MomentsSketch s;
+    s.n_ = n;
+    s.missing_ = missing;
+    if (n > 0) {
+      s.mean_ = mean;
+      s.m2_ = m2;
+      s.min_ = min;
+      s.max_ = max;
+    }
+    return s;
+  }
+
   void merge(const MomentsSketch& other) {
     missing_ += other.missing_;
     if (other.n_ == 0) return;

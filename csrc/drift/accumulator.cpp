@@ -1,0 +1,308 @@
+#include "drift/accumulator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace loopserve::drift {
+
+namespace {
+
+constexpr int64_t kBlock = 256;  // rows per block: a block of one column's doubles stays in L1
+constexpr uint8_t kFormat = 1;
+
+void put_blob(sketches::Writer& w, const std::vector<uint8_t>& bytes) {
+  w.put(static_cast<uint64_t>(bytes.size()));
+  for (uint8_t b : bytes) w.put(b);
+}
+
+}  // namespace
+
+int64_t AccumulatorSpec::min_columns() const {
+  int64_t n = 0;
+  for (const auto& c : numeric) n = std::max(n, c.column + 1);
+  for (const auto& c : categorical) n = std::max(n, c.column + 1);
+  return n;
+}
+
+TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec) : spec_(std::move(spec)) {
+  if (spec_->kll_every == 0) throw std::invalid_argument("drift accumulator: kll_every must be at least 1");
+  uint64_t seed = 0x9E3779B97F4A7C15ull;
+  for (const auto& c : spec_->numeric) {
+    if (c.column < 0) throw std::invalid_argument("drift accumulator: negative column index");
+    histograms_.emplace_back(c.edges);
+    moments_.emplace_back();
+    quantiles_.emplace_back(spec_->kll_k, seed += 0x632BE59BD9B4E019ull);  // independent coins per feature
+  }
+  for (const auto& c : spec_->categorical) {
+    if (c.column < 0) throw std::invalid_argument("drift accumulator: negative column index");
+    categories_.emplace_back(c.slots, c.lut);
+  }
+}
+
+void TensorAccumulator::update(DType dtype, const void* data, int64_t rows, int64_t cols) {
+  if (rows < 0 || cols < 0) throw std::invalid_argument("drift accumulator: negative shape");
+  if (cols < spec_->min_columns())
+    throw std::invalid_argument("drift accumulator: the tensor has " + std::to_string(cols) +
+                                " columns, the profile monitors column " + std::to_string(spec_->min_columns() - 1));
+  switch (dtype) {
+    case DType::kFP32: return update_typed(static_cast<const float*>(data), rows, cols);
+    case DType::kFP64: return update_typed(static_cast<const double*>(data), rows, cols);
+    case DType::kInt32: return update_typed(static_cast<const int32_t*>(data), rows, cols);
+    case DType::kInt64: return update_typed(static_cast<const int64_t*>(data), rows, cols);
+    default:
+      throw std::invalid_argument("drift accumulator: cannot monitor a " + std::string(dtype_name(dtype)) +
+                                  " tensor; expected FP32, FP64, INT32 or INT64");
+  }
+}
+
+namespace {
+
+// The values of one block and one column, in the type they are compared in: float for FP32
+// input (exact, see edges_for), double otherwise.
+template <typename T>
+using CompareType = std::conditional_t<std::is_same_v<T, float>, float, double>;
+
+// For each edge, how many of the m values are >= it (NaN never is; +inf always is). These
+// cumulative counts give the bin counts by differences, with no per-value scatter: the
+// loop is compares and adds only, which the compiler vectorizes (AVX2 where the CPU has it).
+template <typename C>
+__attribute__((target_clones("avx2", "default")))
+void count_at_least(const C* values, int64_t m, const C* edges, size_t n_edges, uint64_t* at_least) {
+  for (size_t k = 0; k < n_edges; ++k) {
+    const C e = edges[k];
+    uint32_t c = 0;
+    for (int64_t i = 0; i < m; ++i) c += values[i] >= e;
+    at_least[k] += c;
+  }
+}
+
+// Moments of the finite values among m (at most kBlock), two-pass; returns how many were
+// +inf. Written as separate simple loops the compiler vectorizes: masks instead of branches,
+// and sums in kLanes independent partial sums (a fixed order, so results are reproducible;
+// one running sum is a chain of dependent adds that cannot be vectorized).
+constexpr int kLanes = 8;
+
+template <typename C>
+__attribute__((target_clones("avx2", "default")))
+uint64_t block_moments(const C* values, int64_t m, uint64_t* n_out, double* mean_out, double* m2_out, double* lo_out,
+                       double* hi_out) {
+  constexpr C kInf = std::numeric_limits<C>::infinity();
+  alignas(32) C clean[kBlock], for_lo[kBlock], for_hi[kBlock], mask[kBlock];
+  uint32_t n = 0, pos_inf = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const C v = values[i];
+    const bool finite = v - v == C(0);
+    clean[i] = finite ? v : C(0);
+    mask[i] = finite ? C(1) : C(0);
+    for_lo[i] = finite ? v : kInf;
+    for_hi[i] = finite ? v : -kInf;
+  }
+  for (int64_t i = 0; i < m; ++i) n += values[i] - values[i] == C(0);
+  for (int64_t i = 0; i < m; ++i) pos_inf += values[i] == kInf;
+  const int64_t padded = (m + kLanes - 1) / kLanes * kLanes;
+  for (int64_t i = m; i < padded; ++i) clean[i] = C(0), mask[i] = C(0), for_lo[i] = kInf, for_hi[i] = -kInf;
+
+  double sum[kLanes] = {};
+  C lo[kLanes], hi[kLanes];
+  for (int j = 0; j < kLanes; ++j) lo[j] = kInf, hi[j] = -kInf;
+  for (int64_t i = 0; i < padded; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      sum[j] += static_cast<double>(clean[i + j]);
+      lo[j] = for_lo[i + j] < lo[j] ? for_lo[i + j] : lo[j];
+      hi[j] = for_hi[i + j] > hi[j] ? for_hi[i + j] : hi[j];
+    }
+  double total = 0.0;
+  C low = kInf, high = -kInf;
+  for (int j = 0; j < kLanes; ++j) {
+    total += sum[j];
+    low = std::min(low, lo[j]);
+    high = std::max(high, hi[j]);
+  }
+  const double mean = n > 0 ? total / n : 0.0;
+  double m2[kLanes] = {};
+  for (int64_t i = 0; i < padded; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const double d = (static_cast<double>(clean[i + j]) - mean) * static_cast<double>(mask[i + j]);
+      m2[j] += d * d;
+    }
+  double squares = 0.0;
+  for (int j = 0; j < kLanes; ++j) squares += m2[j];
+  *n_out = n;
+  *mean_out = mean;
+  *m2_out = squares;
+  *lo_out = static_cast<double>(low);
+  *hi_out = static_cast<double>(high);
+  return pos_inf;
+}
+
+}  // namespace
+
+// Edges in the type values are compared in. For float values an edge is rounded up to the
+// nearest float: for a float v, v >= e exactly when v >= (smallest float >= e), so the
+// counts equal those of the double comparison.
+template <typename C>
+std::vector<C> edges_for(const std::vector<double>& edges) {
+  std::vector<C> out(edges.size());
+  for (size_t k = 0; k < edges.size(); ++k) {
+    C e = static_cast<C>(edges[k]);
+    if (static_cast<double>(e) < edges[k]) e = std::nextafter(e, std::numeric_limits<C>::infinity());
+    out[k] = e;
+  }
+  return out;
+}
+
+template <typename T>
+void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) {
+  using C = CompareType<T>;
+  C values[kBlock];
+  const uint32_t kll_every = spec_->kll_every;
+  const size_t features = spec_->numeric.size();
+
+  // Per feature: its edges in the compare type, and counts of values >= each edge.
+  std::vector<std::vector<C>> edges(features);
+  std::vector<std::vector<uint64_t>> at_least(features);
+  std::vector<uint64_t> finite(features, 0), pos_inf(features, 0), seen(features, 0);
+  for (size_t f = 0; f < features; ++f) {
+    edges[f] = edges_for<C>(spec_->numeric[f].edges);
+    at_least[f].assign(edges[f].size(), 0);
+  }
+
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    const int64_t m = std::min(kBlock, rows - r0);
+    const T* block = data + r0 * cols;
+
+    for (size_t f = 0; f < features; ++f) {
+      const T* p = block + spec_->numeric[f].column;
+      for (int64_t i = 0; i < m; ++i) values[i] = static_cast<C>(p[i * cols]);
+
+      count_at_least(values, m, edges[f].data(), edges[f].size(), at_least[f].data());
+      uint64_t n;
+      double mean, m2, lo, hi;
+      pos_inf[f] += block_moments(values, m, &n, &mean, &m2, &lo, &hi);
+      finite[f] += n;
+      seen[f] += static_cast<uint64_t>(m);
+      moments_[f].merge(sketches::MomentsSketch::from_parts(n, static_cast<uint64_t>(m) - n, mean, m2, lo, hi));
+
+      sketches::KllSketch& q = quantiles_[f];
+      for (int64_t i = static_cast<int64_t>(kll_phase_); i < m; i += kll_every) {
+        const double v = static_cast<double>(values[i]);
+        if (v - v == 0.0) q.update(v);
+      }
+    }
+
+    for (size_t c = 0; c < spec_->categorical.size(); ++c) {
+      sketches::CategoryCounts& counts = categories_[c];
+      const T* p = block + spec_->categorical[c].column;
+      for (int64_t i = 0; i < m; ++i) {
+        const double v = static_cast<double>(p[i * cols]);
+        if (!(v >= 0.0) || v - v != 0.0 || v >= 9.2e18) {  // NaN, negative, infinite or past int64
+          counts.add_missing(1);
+          continue;
+        }
+        counts.add(counts.slot_of(static_cast<int64_t>(v)), 1);
+      }
+    }
+
+    // Where the next block's first sampled row is.
+    kll_phase_ = (kll_phase_ + kll_every - static_cast<uint64_t>(m) % kll_every) % kll_every;
+    rows_ += static_cast<uint64_t>(m);
+  }
+
+  // Bin b holds the finite values with exactly b edges at or below them:
+  // #(>= e_b) - #(>= e_{b+1}), where +inf (>= every edge, but missing) is taken out.
+  for (size_t f = 0; f < features; ++f) {
+    sketches::BinnedHistogram& h = histograms_[f];
+    const size_t n_edges = at_least[f].size();
+    uint64_t above = finite[f];  // #(finite >= e_0), e_0 = -inf
+    for (size_t b = 0; b < n_edges; ++b) {
+      const uint64_t next = at_least[f][b] - pos_inf[f];
+      h.add(b, above - next);
+      above = next;
+    }
+    h.add(n_edges, above);
+    h.add_missing(seen[f] - finite[f]);
+  }
+}
+
+void TensorAccumulator::merge(const TensorAccumulator& other) {
+  if (other.histograms_.size() != histograms_.size() || other.categories_.size() != categories_.size())
+    throw std::invalid_argument("drift accumulator: cannot merge accumulators of different profiles");
+  for (size_t i = 0; i < histograms_.size(); ++i) {
+    histograms_[i].merge(other.histograms_[i]);
+    moments_[i].merge(other.moments_[i]);
+    quantiles_[i].merge(other.quantiles_[i]);
+  }
+  for (size_t i = 0; i < categories_.size(); ++i) categories_[i].merge(other.categories_[i]);
+  rows_ += other.rows_;
+}
+
+std::vector<uint8_t> TensorAccumulator::serialize() const {
+  sketches::Writer w;
+  w.put(kFormat);
+  w.put(rows_);
+  w.put(spec_->kll_every);
+  w.put(spec_->kll_k);
+  w.put(static_cast<uint32_t>(histograms_.size()));
+  for (size_t i = 0; i < histograms_.size(); ++i) {
+    w.put(spec_->numeric[i].column);
+    put_blob(w, histograms_[i].serialize());
+    put_blob(w, moments_[i].serialize());
+    put_blob(w, quantiles_[i].serialize());
+  }
+  w.put(static_cast<uint32_t>(categories_.size()));
+  for (size_t i = 0; i < categories_.size(); ++i) {
+    w.put(spec_->categorical[i].column);
+    put_blob(w, categories_[i].serialize());
+  }
+  return w.take();
+}
+
+TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t size) {
+  sketches::Reader r(data, size, "TensorAccumulator");
+  if (r.get<uint8_t>() != kFormat) throw std::invalid_argument("TensorAccumulator: unknown serialization format");
+  auto blob = [&](auto decode) {
+    const uint64_t n = r.get<uint64_t>();
+    if (n > size) throw std::invalid_argument("TensorAccumulator: corrupt length");
+    std::vector<uint8_t> bytes(n);
+    for (uint8_t& b : bytes) b = r.get<uint8_t>();
+    return decode(bytes.data(), bytes.size());
+  };
+  const uint64_t rows = r.get<uint64_t>();
+  auto spec = std::make_shared<AccumulatorSpec>();
+  spec->kll_every = r.get<uint32_t>();
+  spec->kll_k = r.get<uint16_t>();
+  std::vector<sketches::BinnedHistogram> histograms;
+  std::vector<sketches::MomentsSketch> moments;
+  std::vector<sketches::KllSketch> quantiles;
+  std::vector<sketches::CategoryCounts> categories;
+  const uint32_t numeric = r.get<uint32_t>();
+  if (numeric > size) throw std::invalid_argument("TensorAccumulator: corrupt feature count");
+  for (uint32_t i = 0; i < numeric; ++i) {
+    const int64_t column = r.get<int64_t>();
+    histograms.push_back(blob(&sketches::BinnedHistogram::deserialize));
+    moments.push_back(blob(&sketches::MomentsSketch::deserialize));
+    quantiles.push_back(blob(&sketches::KllSketch::deserialize));
+    spec->numeric.push_back({column, histograms.back().edges()});
+  }
+  const uint32_t categorical = r.get<uint32_t>();
+  if (categorical > size) throw std::invalid_argument("TensorAccumulator: corrupt feature count");
+  for (uint32_t i = 0; i < categorical; ++i) {
+    const int64_t column = r.get<int64_t>();
+    categories.push_back(blob(&sketches::CategoryCounts::deserialize));
+    spec->categorical.push_back({column, categories.back().other_slot(), categories.back().lut()});
+  }
+  r.expect_end();
+  TensorAccumulator acc(std::move(spec));
+  acc.rows_ = rows;
+  acc.histograms_ = std::move(histograms);
+  acc.moments_ = std::move(moments);
+  acc.quantiles_ = std::move(quantiles);
+  acc.categories_ = std::move(categories);
+  return acc;
+}
+
+}  // namespace loopserve::drift

@@ -1,0 +1,79 @@
+// Drift accumulators for one tensor: the monitored columns of a [rows, cols] batch go into
+// per-feature sketches: numeric columns into a BinnedHistogram (over the reference's edges),
+// MomentsSketch and KllSketch; categorical columns (integer codes) into CategoryCounts.
+//
+// Speed is the point: the monitor sees every row the server serves. Rows are taken in
+// blocks that stay in L1; per block each numeric column is binned by comparing against all
+// edges (branch-free, vectorizable), and its moments are reduced in two passes. The KLL
+// sketch, the one costly update, sees every `kll_every`-th row only: KS and Wasserstein then
+// come from that sample (their p-values use its size), while the binned statistics count
+// every row exactly.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "dtype.h"
+#include "sketches/category_counts.h"
+#include "sketches/histogram.h"
+#include "sketches/kll_sketch.h"
+#include "sketches/moments_sketch.h"
+
+namespace loopserve::drift {
+
+struct NumericColumn {
+  int64_t column = 0;
+  std::vector<double> edges;  // interior bin edges, strictly increasing
+};
+
+struct CategoricalColumn {
+  int64_t column = 0;
+  uint32_t slots = 0;          // reference categories; slot `slots` is "other"
+  std::vector<int32_t> lut;    // code -> slot
+};
+
+struct AccumulatorSpec {
+  std::vector<NumericColumn> numeric;
+  std::vector<CategoricalColumn> categorical;
+  uint32_t kll_every = 1;  // feed the quantile sketches every n-th row
+  uint16_t kll_k = sketches::KllSketch::kDefaultK;
+
+  int64_t min_columns() const;  // a batch needs at least this many columns
+};
+
+// Not thread-safe: one owner updates it (the monitor's thread); copies are independent.
+class TensorAccumulator {
+ public:
+  explicit TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec);
+
+  // Adds `rows` rows of a row-major [rows, cols] tensor. Throws std::invalid_argument for a
+  // dtype other than FP32, FP64, INT32, INT64 or too few columns.
+  void update(DType dtype, const void* data, int64_t rows, int64_t cols);
+  void merge(const TensorAccumulator& other);
+
+  uint64_t rows() const { return rows_; }
+  const AccumulatorSpec& spec() const { return *spec_; }
+  const sketches::BinnedHistogram& histogram(size_t i) const { return histograms_.at(i); }
+  const sketches::MomentsSketch& moments(size_t i) const { return moments_.at(i); }
+  const sketches::KllSketch& quantiles(size_t i) const { return quantiles_.at(i); }
+  const sketches::CategoryCounts& categories(size_t i) const { return categories_.at(i); }
+
+  std::vector<uint8_t> serialize() const;
+  static TensorAccumulator deserialize(const uint8_t* data, size_t size);
+
+ private:
+  template <typename T>
+  void update_typed(const T* data, int64_t rows, int64_t cols);
+
+  std::shared_ptr<const AccumulatorSpec> spec_;
+  uint64_t rows_ = 0;
+  uint64_t kll_phase_ = 0;  // rows until the next row the quantile sketches take
+  std::vector<sketches::BinnedHistogram> histograms_;
+  std::vector<sketches::MomentsSketch> moments_;
+  std::vector<sketches::KllSketch> quantiles_;
+  std::vector<sketches::CategoryCounts> categories_;
+};
+
+}  // namespace loopserve::drift
