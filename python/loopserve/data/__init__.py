@@ -30,3 +30,9 @@ __all__ = [
     "snapshot_append",
     "to_numpy",
 ]
+
+from loopserve.data.schema import ColumnRule, DataSchema, dump_schema, infer_schema, load_schema  # noqa: E402
+from loopserve.data.validate import Check, ValidationReport, validate  # noqa: E402
+
+__all__ += ["Check", "ColumnRule", "DataSchema", "ValidationReport", "dump_schema", "infer_schema", "load_schema",
+            "validate"]
