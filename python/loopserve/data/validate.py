@@ -85,13 +85,13 @@ def _type_matches(t: pa.DataType, expected: str) -> bool:
 
 def _as_table(data, store) -> pa.Table:
     from loopserve.data.snapshot import load_snapshot
-    from loopserve.data.sources import read_table
+    from loopserve.data.sources import SUFFIXES, read_table
 
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, pa.RecordBatch):
         return pa.Table.from_batches([data])
-    if isinstance(data, str) and not Path(data).exists():
+    if isinstance(data, str) and not Path(data).exists() and Path(data).suffix.lower() not in SUFFIXES:
         return load_snapshot(data, store)  # a snapshot id, prefix or name
     return read_table(data)
 
