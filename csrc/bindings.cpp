@@ -386,6 +386,21 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("max", &KllSketch::max)
       .def("rank", &KllSketch::rank, py::arg("value"))
       .def("quantile", &KllSketch::quantile, py::arg("q"))
+      .def(
+          "sorted_view",
+          [](const KllSketch& s) {
+            const auto items = s.sorted_view();
+            py::array_t<double> values(static_cast<py::ssize_t>(items.size()));
+            py::array_t<uint64_t> weights(static_cast<py::ssize_t>(items.size()));
+            auto v = values.mutable_unchecked<1>();
+            auto w = weights.mutable_unchecked<1>();
+            for (size_t i = 0; i < items.size(); ++i) {
+              v(static_cast<py::ssize_t>(i)) = items[i].first;
+              w(static_cast<py::ssize_t>(i)) = items[i].second;
+            }
+            return py::make_tuple(values, weights);
+          },
+          "(values, weights): the retained items, sorted, with their weights")
       .def_static("normalized_rank_error", &KllSketch::normalized_rank_error, py::arg("k"))
       .def("serialize", &serialized<KllSketch>)
       .def_static("deserialize", &deserialized<KllSketch>, py::arg("data"));

@@ -74,6 +74,17 @@ class KllSketch {
     return static_cast<double>(below) / static_cast<double>(n_);
   }
 
+  // The retained items, sorted, each with its weight: the distribution the sketch stands for
+  // (statistics such as KS and Wasserstein are computed on it directly).
+  std::vector<std::pair<double, uint64_t>> sorted_view() const {
+    std::vector<std::pair<double, uint64_t>> items;
+    items.reserve(retained_);
+    for (size_t h = 0; h < levels_.size(); ++h)
+      for (double v : levels_[h]) items.emplace_back(v, uint64_t{1} << h);
+    std::sort(items.begin(), items.end());
+    return items;
+  }
+
   // The approximate value at fraction q of the stream (q in [0, 1]; 0 is min, 1 is max).
   double quantile(double q) const {
     if (n_ == 0) return std::numeric_limits<double>::quiet_NaN();

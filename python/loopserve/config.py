@@ -79,6 +79,35 @@ class Traffic(Struct, forbid_unknown_fields=True, frozen=True):
     shadow: list[Positive] = []
 
 
+class DriftPolicy(Struct, forbid_unknown_fields=True, frozen=True):
+    """When a window counts as drifted (see loopserve.monitor.verdict). The defaults aim at no
+    more than 1 false alarm in 100 windows without drift."""
+
+    alpha: Annotated[float, Meta(gt=0, lt=1)] = 0.001  # family-wise false-alarm rate per window
+    min_rows: Positive = 1000  # smaller windows get no verdict
+    min_psi: Annotated[float, Meta(ge=0)] = 0.005  # effect floors: significance alone is not enough
+    min_ks: Annotated[float, Meta(ge=0)] = 0.02
+    min_missing_change: Annotated[float, Meta(ge=0)] = 0.01
+    min_expected: Annotated[float, Meta(ge=0)] = 5.0  # rarer categories are pooled into "other"
+
+
+class DriftConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Drift monitoring of a model's live inputs (and outputs) against a reference profile.
+
+    On whenever the version directory holds the profile file, unless `enabled: false`."""
+
+    enabled: bool = True
+    profile: str = "drift_profile.json"  # in the version directory
+    input: str | None = None  # the monitored input tensor; default the first
+    output: str | None = None  # the output watched for prediction drift; default the first
+    window_rows: Positive = 10000  # a window closes after this many rows...
+    window_seconds: Annotated[float, Meta(ge=0)] = 60.0  # ...or this long (0: rows only)
+    history: Positive = 20  # closed windows kept
+    queue_rows: Positive = 65536  # hand-off bound: past it, batches are skipped and counted
+    quantile_sample_every: NonNegative = 0  # KLL takes every n-th row; 0: about 16k rows per window
+    policy: DriftPolicy = DriftPolicy()
+
+
 class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     """One model's config file (`<model dir>/config.yaml`)."""
 
@@ -104,6 +133,7 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     warmup_rows: list[Positive] = []
     # And this request, if set: an .npz file (in the model directory) of arrays by input name.
     warmup_file: str | None = None
+    drift: DriftConfig = DriftConfig()
 
 
 def decode_config(data: bytes, fmt: str, source: str, type_: type = ModelConfig):

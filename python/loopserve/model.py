@@ -247,6 +247,10 @@ class Model:
 
     # -- state ----------------------------------------------------------------------------
 
+    def attach_observer(self, observer) -> None:
+        """Shows every batch this model runs to a native observer (a drift monitor), or to none."""
+        self._batcher.set_observer(observer)
+
     def stats(self) -> ModelStats:
         s = self._batcher.stats()
         sizes = {int(k): BatchSizeStats(**v) for k, v in s.pop("by_batch_size").items()}

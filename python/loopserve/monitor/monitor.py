@@ -1,0 +1,159 @@
+"""The drift monitor of one served model version.
+
+The native monitor (loopserve._core.DriftMonitor) is attached to the version's batcher: every
+batch that runs is handed off, bounded, to its own thread, which accumulates it into the open
+window. This module builds it from a reference profile and turns its windows into reports.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import numpy as np
+
+from loopserve import _core
+from loopserve.config import DriftConfig, DriftPolicy
+from loopserve.errors import ConfigError
+from loopserve.monitor.profile import CategoricalProfile, NumericProfile, ReferenceProfile
+from loopserve.monitor.report import DriftReport, MonitorCounters, WindowDrift
+from loopserve.monitor.verdict import window_drift
+
+QUANTILE_SAMPLE_TARGET = 16384  # rows per window the quantile sketches take, when automatic
+
+
+def native_spec(features) -> tuple[list, list]:
+    """The native accumulator's (numeric, categorical) column specs for profiled features."""
+    numeric = [(f.column, list(f.edges)) for f in features if isinstance(f, NumericProfile)]
+    categorical = []
+    for f in features:
+        if isinstance(f, CategoricalProfile):
+            categorical.append((f.column, len(f.categories), f.lookup_table().tolist()))
+    return numeric, categorical
+
+
+class SketchPayload(msgspec.Struct):
+    """The serialized accumulators of a monitor's windows (`GET .../drift/sketch`), so the
+    windows of several replicas can be merged into one view."""
+
+    model: str
+    version: str
+    windows: list[dict]  # {start, end, closed, inputs: bytes, outputs: bytes | None}
+
+
+class DriftMonitor:
+    """Thread-safe: the native monitor takes batches from any thread; reports may be made from
+    any thread."""
+
+    def __init__(self, profile: ReferenceProfile, config: DriftConfig = DriftConfig(), *,
+                 input_index: int = 0, output_index: int | None = 0, model: str = "", version: str = ""):
+        self.profile = profile
+        self.config = config
+        self.model = model
+        self.version = version
+        numeric, categorical = native_spec(profile.features)
+        outputs = None
+        if profile.outputs and output_index is not None:
+            out_numeric, out_categorical = native_spec(profile.outputs)
+            if out_categorical:
+                raise ConfigError("drift: categorical model outputs are not supported; profile outputs as numbers")
+            outputs = out_numeric
+        every = config.quantile_sample_every or max(1, math.ceil(config.window_rows / QUANTILE_SAMPLE_TARGET))
+        self.native = _core.DriftMonitor(
+            numeric, categorical, outputs, kll_every=every, window_rows=config.window_rows,
+            window_seconds=config.window_seconds, history=config.history, queue_rows=config.queue_rows,
+            input_index=input_index, output_index=output_index if output_index is not None else -1)
+        self.watches_outputs = outputs is not None
+
+    @classmethod
+    def for_model(cls, model, profile: ReferenceProfile, config: DriftConfig) -> "DriftMonitor":
+        """A monitor for a loopserve Model's input (and output) tensors, checked against its
+        declared shapes, and attached to its batcher."""
+        input_index = _tensor_index(model.inputs, config.input, "input", model.name)
+        width = _row_width(model.inputs[input_index], model.config.max_batch_size)
+        needed = max(f.column for f in profile.features) + 1
+        if width is not None and width < needed:
+            raise ConfigError(f"model '{model.name}': drift profile monitors column {needed - 1} but input "
+                              f"'{model.inputs[input_index].name}' has {width} values per row")
+        output_index = None
+        if profile.outputs:
+            output_index = _tensor_index(model.outputs, config.output, "output", model.name)
+        monitor = cls(profile, config, input_index=input_index, output_index=output_index,
+                      model=model.name, version=str(model.version))
+        model.attach_observer(monitor.native)
+        return monitor
+
+    def offer(self, inputs: np.ndarray, outputs: np.ndarray | None = None) -> None:
+        """Hands rows to the monitor directly (for data that does not come through a batcher)."""
+        self.native.offer(np.ascontiguousarray(inputs), None if outputs is None else np.ascontiguousarray(outputs))
+
+    def flush(self) -> None:
+        self.native.flush()
+
+    def close_window(self) -> None:
+        self.native.close_window()
+
+    def stop(self) -> None:
+        self.native.stop()
+
+    def windows(self, policy: DriftPolicy | None = None, include_open: bool = True) -> list[WindowDrift]:
+        policy = policy or self.config.policy
+        return [window_drift(w, self.profile, policy) for w in self.native.windows(include_open)]
+
+    def report(self, include_open: bool = True, last: int | None = None) -> DriftReport:
+        windows = self.native.windows(include_open)
+        if last is not None:
+            windows = windows[-last:]
+        drifts = [window_drift(w, self.profile, self.config.policy) for w in windows]
+        closed = [w for w in drifts if w.closed]
+        return DriftReport(model=self.model, version=self.version, reference_rows=self.profile.rows,
+                           alert=bool(closed) and closed[-1].verdict == "drift",
+                           monitor=MonitorCounters(**self.native.stats()), windows=drifts)
+
+    def sketch(self) -> SketchPayload:
+        windows = []
+        for w in self.native.windows(True):
+            windows.append({"start": w["start"], "end": w["end"], "closed": w["closed"],
+                            "inputs": w["inputs"].serialize(),
+                            "outputs": w["outputs"].serialize() if w["outputs"] is not None else None})
+        return SketchPayload(model=self.model, version=self.version, windows=windows)
+
+
+def merge_windows(windows: list[dict]) -> dict:
+    """One window from several (say, the latest window of each replica): accumulators merged,
+    the span from the earliest start to the latest end. Accepts the dicts of
+    SketchPayload.windows (serialized) or of the native monitor (live accumulators)."""
+    if not windows:
+        raise ValueError("no windows to merge")
+
+    def live(acc):
+        return _core.TensorAccumulator.deserialize(acc) if isinstance(acc, (bytes, bytearray)) else acc
+
+    inputs = _core.TensorAccumulator.deserialize(live(windows[0]["inputs"]).serialize())
+    outputs = windows[0].get("outputs")
+    outputs = _core.TensorAccumulator.deserialize(live(outputs).serialize()) if outputs is not None else None
+    for w in windows[1:]:
+        inputs.merge(live(w["inputs"]))
+        if outputs is not None and w.get("outputs") is not None:
+            outputs.merge(live(w["outputs"]))
+    return {"start": min(w["start"] for w in windows), "end": max(w["end"] for w in windows),
+            "closed": all(w["closed"] for w in windows), "inputs": inputs, "outputs": outputs}
+
+
+def _tensor_index(tensors, name: str | None, kind: str, model: str) -> int:
+    if not tensors:
+        raise ConfigError(f"model '{model}': drift monitoring needs an {kind} tensor")
+    if name is None:
+        return 0
+    for i, t in enumerate(tensors):
+        if t.name == name:
+            return i
+    raise ConfigError(f"model '{model}': drift.{kind} names '{name}', but the model's {kind}s are "
+                      f"{[t.name for t in tensors]}")
+
+
+def _row_width(tensor, max_batch_size: int) -> int | None:
+    dims = list(tensor.dims) if max_batch_size > 0 else list(tensor.dims)[1:]
+    if any(d < 0 for d in dims):
+        return None
+    return int(np.prod(dims)) if dims else 1

@@ -1,0 +1,63 @@
+"""The drift report's schema: what `GET /v2/models/{m}/drift` returns, as msgspec Structs."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class FeatureDrift(msgspec.Struct, omit_defaults=True):
+    """One feature (or model output) in one window, against the reference profile."""
+
+    name: str
+    kind: str  # "numeric" or "categorical"
+    role: str  # "input" or "output" (prediction drift)
+    rows: int
+    missing_rate: float
+    reference_missing_rate: float
+    missing_pvalue: float
+    psi: float
+    js_distance: float
+    chi2: float
+    chi2_pvalue: float
+    chi2_df: int
+    drifted: bool
+    reasons: list[str] = []
+    ks: float | None = None
+    ks_margin: float | None = None  # the true KS lies within ks +- ks_margin (sketch error)
+    ks_pvalue: float | None = None
+    ks_sample: int | None = None  # rows the window's quantile sketch took
+    wasserstein: float | None = None
+    mean: float | None = None
+    reference_mean: float | None = None
+    std: float | None = None
+    reference_std: float | None = None
+
+
+class WindowDrift(msgspec.Struct):
+    start: float  # unix seconds
+    end: float
+    closed: bool
+    rows: int
+    verdict: str  # "drift", "no drift" or "insufficient data"
+    drifted_features: list[str]
+    tests: int  # tests run in this window (the multiple-testing correction divides alpha by it)
+    alpha_per_test: float
+    features: list[FeatureDrift]
+
+
+class MonitorCounters(msgspec.Struct):
+    rows_seen: int
+    rows_skipped: int  # the monitor fell behind and sampled: these rows were not looked at
+    batches_skipped: int
+    rows_rejected: int
+    windows_closed: int
+    queued_rows: int
+
+
+class DriftReport(msgspec.Struct):
+    model: str
+    version: str
+    reference_rows: int
+    alert: bool  # the latest closed window's verdict is "drift"
+    monitor: MonitorCounters
+    windows: list[WindowDrift]  # oldest first; the last one is the open window when present
