@@ -114,7 +114,7 @@ def validate(data, schema: DataSchema | str | os.PathLike, reference=None, store
         ref_stats = ref.column_stats(rule.name) if ref is not None else None
         checks.extend(_check_column(table, rule, ref_stats))
     if not schema.allow_extra_columns:
-        known = {c.name for c in schema.columns}
+        known = [c.name for c in schema.columns]
         extra = [n for n in table.column_names if n not in known]
         for name in extra:
             checks.append(Check(name, "extra", False, f"column {name!r}: not in the schema (expected only "
@@ -184,7 +184,7 @@ def _check_range(col, rule: ColumnRule, label: str) -> Check:
     shown = pc.sort_indices(pc.unique(bad))
     distinct = pc.take(pc.unique(bad), shown).to_pylist()
     return Check(rule.name, "range", False,
-                 f"{label}: {_count(len(bad))} out of range {bounds}: {_listing(distinct, _num)}")
+                 f"{label}: {_count(len(bad))} out of range {bounds}: {_listing(distinct, str)}")
 
 
 def _check_categories(col, rule: ColumnRule, label: str) -> Check:
