@@ -287,3 +287,34 @@ def test_bad_references_are_clear_errors(store, tmp_path):
     assert [v.version for v in list_versions("fraud", store=store)] == [1]  # the failed registers left nothing
     assert parse_ref("registry://fraud@production") == ("fraud", "production")
     assert parse_ref("fraud@3") == ("fraud", 3) and parse_ref("fraud") == ("fraud", None)
+
+
+def test_concurrent_materialize_and_polling_current_version(tmp_path):
+    import threading
+
+    root = tmp_path / "store"
+    with Store(root) as s:
+        for k in range(2):
+            register_model("fraud", model_dir(tmp_path / f"v{k}", bytes([k]) * 100_000), store=s)
+        set_alias("fraud", "production", 1, store=s)
+    paths, errors = [], []
+
+    def load():
+        try:
+            with Store(root) as own:
+                paths.append(materialize("fraud", "production", store=own))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(paths)) == 1
+    assert (paths[0] / "model.onnx").read_bytes() == bytes([0]) * 100_000
+    assert not [p for p in paths[0].parent.iterdir() if p.name.startswith((".tmp-", ".stale-"))]
+    with Store(root) as poller, Store(root) as writer:  # a long-lived poller sees another writer's move
+        assert current_version("fraud", "production", store=poller) == 1
+        set_alias("fraud", "production", 2, store=writer)
+        assert current_version("fraud", "production", store=poller) == 2

@@ -41,7 +41,8 @@ def move_alias(db: sqlite3.Connection, name: str, alias: str, version: int, acti
     db.execute("INSERT OR REPLACE INTO registry_aliases (name, alias, version, set_at) VALUES (?, ?, ?, ?)",
                (name, alias, version, stamp))
     db.execute("INSERT INTO registry_alias_history (name, alias, version, previous_version, action, set_at, actor, "
-               "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, alias, version, previous, action, stamp, actor, reason))
+               "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+               (name, alias, version, previous, action, stamp, actor, reason))
     return AliasEvent(name, alias, version, previous, action, stamp, actor, reason)
 
 

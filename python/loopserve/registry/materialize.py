@@ -113,18 +113,21 @@ def materialize(name: str, ref: int | str = "latest", dest_dir: str | os.PathLik
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
         try:
             _build(s, version, tmp)
-            if final.exists():  # stale or altered: move it aside, never mix old and new files
+            for _ in range(3):
+                try:
+                    os.replace(tmp, final)  # fails if `final` exists and is not empty
+                    return final
+                except OSError:
+                    pass
+                # Another process may have just placed a good copy (never move that one away:
+                # it may be loading from it); a stale or altered one is moved aside whole.
+                if final.is_dir() and _matches(version, final):
+                    return final
                 stale = Path(tempfile.mkdtemp(dir=cache, prefix=".stale-"))
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(final, stale / "dir")
                 shutil.rmtree(stale, ignore_errors=True)
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                # Another process renamed its copy in first: use it if it is right.
-                if not (final.is_dir() and _matches(version, final)):
-                    raise RegistryError(f"model {name!r} version {version.version}: could not place the "
-                                        f"materialized files at {final}") from None
+            raise RegistryError(f"model {name!r} version {version.version}: could not place the materialized "
+                                f"files at {final}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return final
