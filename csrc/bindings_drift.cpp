@@ -88,7 +88,7 @@ void bind_drift(py::module_& m) {
              return TensorAccumulator(make_spec(numeric, categorical, kll_every, kll_k));
            }),
            py::arg("numeric"), py::arg("categorical"), py::arg("kll_every") = 1,
-           py::arg("kll_k") = sketches::KllSketch::kDefaultK)
+           py::arg("kll_k") = AccumulatorSpec::kDefaultKllK)
       .def(
           "update",
           [](TensorAccumulator& self, const py::array& values) {
@@ -130,10 +130,10 @@ void bind_drift(py::module_& m) {
              config.queue_rows = queue_rows;
              config.input_index = input_index;
              config.output_index = output_numeric ? output_index : -1;
-             auto outputs = output_numeric ? make_spec(*output_numeric, {}, kll_every, sketches::KllSketch::kDefaultK)
+             auto outputs = output_numeric ? make_spec(*output_numeric, {}, kll_every, AccumulatorSpec::kDefaultKllK)
                                            : nullptr;
              return std::make_shared<DriftMonitor>(config, make_spec(numeric, categorical, kll_every,
-                                                                     sketches::KllSketch::kDefaultK),
+                                                                     AccumulatorSpec::kDefaultKllK),
                                                    outputs);
            }),
            py::arg("numeric"), py::arg("categorical"), py::arg("output_numeric") = std::nullopt,

@@ -38,7 +38,10 @@ struct AccumulatorSpec {
   std::vector<NumericColumn> numeric;
   std::vector<CategoricalColumn> categorical;
   uint32_t kll_every = 1;  // feed the quantile sketches every n-th row
-  uint16_t kll_k = sketches::KllSketch::kDefaultK;
+  // k = 400 (rank error ~0.67%) rather than the sketch's default 200: Wasserstein integrates the
+  // rank error over the feature's range, and at 200 it is off by ~3% for small shifts.
+  static constexpr uint16_t kDefaultKllK = 400;
+  uint16_t kll_k = kDefaultKllK;
 
   int64_t min_columns() const;  // a batch needs at least this many columns
 };

@@ -128,7 +128,8 @@ class KllSketch {
     s.n_ = r.get<uint64_t>();
     s.min_ = r.get<double>();
     s.max_ = r.get<double>();
-    s.rng_ = r.get<uint64_t>() | 1;
+    s.rng_ = r.get<uint64_t>();  // as it was, so a round trip is byte-identical
+    if (s.rng_ == 0) throw std::invalid_argument("KllSketch: corrupt random state");
     const uint32_t depth = r.get<uint32_t>();
     if (depth == 0 || depth > 64) throw std::invalid_argument("KllSketch: corrupt level count");
     while (s.levels_.size() < depth) s.add_level();

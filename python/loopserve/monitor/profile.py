@@ -31,6 +31,7 @@ from loopserve.errors import LoopserveError
 PROFILE_FILE = "drift_profile.json"
 DEFAULT_BINS = 10
 DEFAULT_TOP_K = 1000
+QUANTILE_K = 400  # the KLL k of drift sketches (the native accumulators use the same)
 MAX_CODE = 1 << 20  # integer category codes index a lookup table; larger codes are an error
 
 
@@ -194,7 +195,7 @@ def _numeric(name: str, column: int, values, bins: int) -> NumericProfile:
     if edges.size == 1 and finite.min() == finite.max():  # constant: below / exactly / above
         edges = np.array([edges[0], np.nextafter(edges[0], math.inf)])
     counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
-    sketch = KllSketch()
+    sketch = KllSketch(QUANTILE_K)
     sketch.update(finite)
     return NumericProfile(name=name, column=column, edges=edges.tolist(), counts=counts.tolist(),
                           missing=int(v.size - finite.size), mean=float(finite.mean()),
