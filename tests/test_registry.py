@@ -76,11 +76,14 @@ def test_register_versions_with_artifacts_tags_and_metrics(store, tmp_path):
                                                                                          ("other", 1, 1)]
 
 
-def _register_many(root, writer, n):
+def _register_many(root, writer, n, start=None):
     import tempfile
     from pathlib import Path
 
     with Store(root) as s, tempfile.TemporaryDirectory() as d:
+        list_models(store=s)  # tables in place before the race starts
+        if start is not None:
+            start.wait()
         for k in range(n):
             f = Path(d) / "model.bin"
             f.write_bytes(f"{writer}-{k}".encode())
@@ -91,8 +94,9 @@ def test_two_processes_registering_at_once_get_distinct_contiguous_versions(tmp_
     root = tmp_path / "store"
     Store(root).close()
     ctx = mp.get_context("spawn")
-    n = 20
-    procs = [ctx.Process(target=_register_many, args=(root, w, n)) for w in ("a", "b")]
+    n = 40
+    start = ctx.Barrier(2)
+    procs = [ctx.Process(target=_register_many, args=(root, w, n, start)) for w in ("a", "b")]
     for p in procs:
         p.start()
     for p in procs:
@@ -103,6 +107,8 @@ def test_two_processes_registering_at_once_get_distinct_contiguous_versions(tmp_
     with Store(root) as s:
         got = {(v.tags["writer"], int(v.tags["k"])): s.blobs.read_bytes(v.artifacts[0].sha256) for v in versions}
     assert got == {(w, k): f"{w}-{k}".encode() for w in ("a", "b") for k in range(n)}  # nothing lost
+    writers = [v.tags["writer"] for v in versions]
+    assert sum(a != b for a, b in zip(writers, writers[1:])) >= 2  # the two really ran at once
 
 
 _REGISTER_CHILD = """
