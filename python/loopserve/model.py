@@ -169,6 +169,7 @@ class Model:
         bc.default_priority_level = batching.default_priority_level
         bc.instances = config.instances
         bc.inline_budget_us = batching.inline_budget_us
+        self.drift = None  # a loopserve.monitor.DriftMonitor, when the version has a reference profile
         executor = _core.PyExecutor(backend, bc.inputs, bc.outputs, backend.staging())
         try:
             self._batcher = _core.Batcher(bc, executor)
@@ -196,7 +197,15 @@ class Model:
             raise ModelNotFound(f"{model_dir}: model '{config.name}' has no version {version} "
                                 f"(available: {versions})")
         backend = open_backend(config, find_model_file(model_dir / str(version)))
-        return cls(config, backend, version)
+        model = cls(config, backend, version)
+        try:
+            from loopserve.monitor.monitor import attach_drift
+
+            attach_drift(model, model_dir / str(version))
+        except BaseException:
+            model.close()
+            raise
+        return model
 
     @classmethod
     def from_module(cls, module, config: ModelConfig, version: int = 1) -> "Model":
@@ -260,6 +269,9 @@ class Model:
         """Refuses new requests, runs everything queued, stops the worker threads, and lets
         go of the model, returning its memory to the system."""
         self._batcher.stop()
+        if self.drift is not None:
+            self._batcher.set_observer(None)
+            self.drift.stop()
         if self.backend is None:
             return
         self._batcher.release_executor()

@@ -64,6 +64,7 @@ class DriftMonitor:
             window_seconds=config.window_seconds, history=config.history, queue_rows=config.queue_rows,
             input_index=input_index, output_index=output_index if output_index is not None else -1)
         self.watches_outputs = outputs is not None
+        self._latest: tuple[int, WindowDrift | None] = (-1, None)
 
     @classmethod
     def for_model(cls, model, profile: ReferenceProfile, config: DriftConfig) -> "DriftMonitor":
@@ -100,6 +101,15 @@ class DriftMonitor:
         policy = policy or self.config.policy
         return [window_drift(w, self.profile, policy) for w in self.native.windows(include_open)]
 
+    def latest_closed(self) -> WindowDrift | None:
+        """The most recent closed window's drift, computed once per window (for scrapes)."""
+        closed_so_far = self.native.stats()["windows_closed"]
+        if self._latest[0] != closed_so_far:
+            windows = self.native.windows(False)
+            self._latest = (closed_so_far,
+                            window_drift(windows[-1], self.profile, self.config.policy) if windows else None)
+        return self._latest[1]
+
     def report(self, include_open: bool = True, last: int | None = None) -> DriftReport:
         windows = self.native.windows(include_open)
         if last is not None:
@@ -117,6 +127,19 @@ class DriftMonitor:
                             "inputs": w["inputs"].serialize(),
                             "outputs": w["outputs"].serialize() if w["outputs"] is not None else None})
         return SketchPayload(model=self.model, version=self.version, windows=windows)
+
+
+def attach_drift(model, version_dir) -> DriftMonitor | None:
+    """Starts drift monitoring of a model version when its directory holds a reference profile
+    (and its config does not turn monitoring off). Returns the monitor, also set as model.drift."""
+    from pathlib import Path
+
+    config = model.config.drift
+    path = Path(version_dir) / config.profile
+    if not config.enabled or not path.is_file():
+        return None
+    model.drift = DriftMonitor.for_model(model, ReferenceProfile.load(path), config)
+    return model.drift
 
 
 def merge_windows(windows: list[dict]) -> dict:

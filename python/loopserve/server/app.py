@@ -22,6 +22,7 @@ from starlette.routing import Route
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
 from loopserve.model import Model
+from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.http_errors import Unauthorized, error_body, status_of
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.protocol import ProtocolError
@@ -75,6 +76,7 @@ class LoopserveApp:
             Route("/v2", self.server_metadata),
             Route("/v2/models/stats", self.model_stats),
             *traffic,
+            *DriftRoutes(repository).routes(),
             *[Route("/v2/models/{model}" + path, endpoint) for path, endpoint in per_model],
             *[Route("/v2/models/{model}/versions/{version}" + path, endpoint) for path, endpoint in per_model],
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),

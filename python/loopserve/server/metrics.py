@@ -72,6 +72,47 @@ class BatcherCollector(Collector):
         yield batch
 
 
+# statistic label -> FeatureDrift field
+_DRIFT_STATISTICS = {"psi": "psi", "js_distance": "js_distance", "chi2_pvalue": "chi2_pvalue", "ks": "ks",
+                     "ks_pvalue": "ks_pvalue", "wasserstein": "wasserstein", "missing_rate": "missing_rate",
+                     "drifted": "drifted"}
+
+
+class DriftCollector(Collector):
+    """Each monitored version's latest closed drift window (computed once per window)."""
+
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+
+    def collect(self) -> Iterable:
+        drift = GaugeMetricFamily("loopserve_drift", "Drift statistics of the latest closed window, per feature",
+                                  labels=["model", "version", "feature", "statistic"])
+        alert = GaugeMetricFamily("loopserve_drift_alert", "1 when the latest closed window's verdict is drift",
+                                  labels=["model", "version"])
+        rows = CounterMetricFamily("loopserve_drift_rows", "Rows the drift monitor accumulated",
+                                   labels=["model", "version"])
+        skipped = CounterMetricFamily("loopserve_drift_rows_skipped",
+                                      "Rows the drift monitor skipped because it had fallen behind",
+                                      labels=["model", "version"])
+        for model in self.repository.models():
+            if model.drift is None:
+                continue
+            values = [model.name, str(model.version)]
+            stats = model.drift.native.stats()
+            rows.add_metric(values, stats["rows_seen"])
+            skipped.add_metric(values, stats["rows_skipped"])
+            window = model.drift.latest_closed()
+            alert.add_metric(values, 1.0 if window is not None and window.verdict == "drift" else 0.0)
+            if window is None:
+                continue
+            for feature in window.features:
+                for label, field in _DRIFT_STATISTICS.items():
+                    value = getattr(feature, field)
+                    if value is not None:
+                        drift.add_metric(values + [feature.name, label], float(value))
+        yield from (drift, alert, rows, skipped)
+
+
 class LatencyHistogram:
     """A histogram cheap enough for every request: one bisect and two additions, no lock.
 
@@ -128,6 +169,7 @@ class ServerMetrics:
     def __init__(self, repository: ModelRepository):
         self.registry = CollectorRegistry()
         self.registry.register(BatcherCollector(repository))
+        self.registry.register(DriftCollector(repository))
         self._latency: dict[tuple[str, str], LatencyHistogram] = {}
         self.registry.register(LatencyCollector(self._latency))
 

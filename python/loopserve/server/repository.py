@@ -19,6 +19,7 @@ from loopserve.backends.base import NUMPY_DTYPES
 from loopserve.config import ModelConfig, load_config
 from loopserve.errors import ConfigError, LoopserveError, ModelNotFound
 from loopserve.model import CONFIG_NAMES, Model, available_versions
+from loopserve.monitor.monitor import attach_drift
 from loopserve.router import VersionRouter
 
 log = logging.getLogger("loopserve.repository")
@@ -114,6 +115,7 @@ class ModelRepository:
                 model = Model(config, open_backend(config, find_model_file(model_dir / str(v))), v)
                 built.append(model)
                 warm_up(model, model_dir)
+                attach_drift(model, model_dir / str(v))  # after warm-up: its zeros are not traffic
                 versions[v] = model
         except BaseException as e:
             for model in built:
