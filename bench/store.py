@@ -132,7 +132,11 @@ def print_registry(quick: bool) -> list[dict] | None:
     except ImportError:
         print("\n  (bench/store_registry.py not present: no registry figures)")
         return None
-    rows = registry_run(quick)
+    try:
+        rows = registry_run(quick)
+    except Exception as e:  # another area's benchmark: its failure must not hide these figures
+        print(f"\n  registry benchmark failed: {type(e).__name__}: {e}")
+        return None
     print("\n  registry (bench/store_registry.py):")
     for row in rows:
         print("    " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
@@ -158,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  writing under {tmp} ({shutil.disk_usage(tmp).free / 1e9:.0f} GB free)")
         results = run(gb, rounds, Path(tmp))
     print_results(results)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": info, "snapshot": results}, indent=1))
     registry = print_registry(args.quick)
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": info, "snapshot": results, "registry": registry}, indent=1))
