@@ -105,7 +105,8 @@ def test_bad_schema_files_name_the_file_and_key(tmp_path):
     with pytest.raises(ConfigError, match=r"columns\[0\] \('a'\): min 5.0 > max 1.0"):
         data.load_schema(bad)
     bad.write_text("columns:\n  - name: a\n    max_null_fraction: high\n")
-    with pytest.raises(ConfigError, match=r"Expected `float \| null`, got `str` - at `\$\.columns\[0\]\.max_null_fraction`"):
+    with pytest.raises(ConfigError,
+                       match=r"Expected `float \| null`, got `str` - at `\$\.columns\[0\]\.max_null_fraction`"):
         data.load_schema(bad)
     with pytest.raises(ConfigError, match="cannot read schema file"):
         data.load_schema(tmp_path / "missing.yaml")

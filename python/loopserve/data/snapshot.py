@@ -25,6 +25,7 @@ from loopserve.data import stats as st
 from loopserve.data.errors import SnapshotCorrupt, SnapshotError
 from loopserve.data.manifest import FORMAT, Chunk, Column, Manifest, SnapshotCore, SnapshotInfo, decode_manifest, encode
 from loopserve.data.sources import open_source
+from loopserve.errors import LoopserveError
 from loopserve.store import IntegrityError, Store, validate_name
 
 WORKERS = max(2, min(4, os.cpu_count() or 2))
@@ -107,14 +108,19 @@ def snapshot(data, store: Store | str | os.PathLike | None = None, name: str | N
             parent = catalog.resolve(s.db, parent).id
         src = open_source(data)
         try:
-            schema = ck.canonical_schema(src.schema)
-            written = _write_chunks(s, src.batches, schema, 0)
-        except pa.ArrowInvalid as e:
-            if src.fallback is None:
-                raise SnapshotError(f"cannot read {src.description}: {e}") from e
-            src = src.fallback()  # chunks written so far stay as unreferenced blobs
-            schema = ck.canonical_schema(src.schema)
-            written = _write_chunks(s, src.batches, schema, 0)
+            try:
+                schema = ck.canonical_schema(src.schema)
+                written = _write_chunks(s, src.batches, schema, 0)
+            except pa.ArrowInvalid:
+                if src.fallback is None:
+                    raise
+                src = src.fallback()  # chunks written so far stay as unreferenced blobs
+                schema = ck.canonical_schema(src.schema)
+                written = _write_chunks(s, src.batches, schema, 0)
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, LoopserveError):
+                raise
+            raise SnapshotError(f"cannot snapshot {src.description}: {e}") from e
         return _commit(s, schema, written, name, parent)
 
 

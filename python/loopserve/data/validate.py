@@ -178,7 +178,7 @@ def _check_range(col, rule: ColumnRule, label: str) -> Check:
     values = col.cast(pa.float64()) if pa.types.is_boolean(col.type) else col
     bad_mask = pc.or_(pc.less(values, pa.scalar(lo)), pc.greater(values, pa.scalar(hi)))
     bad = pc.filter(values, bad_mask)  # nulls drop out; NaN compares false either way
-    bounds = f"[{_num(rule.min) if rule.min is not None else '-inf'}, {_num(rule.max) if rule.max is not None else 'inf'}]"
+    bounds = f"[{'-inf' if rule.min is None else _num(rule.min)}, {'inf' if rule.max is None else _num(rule.max)}]"
     if len(bad) == 0:
         return Check(rule.name, "range", True, f"{label}: all values in range {bounds}")
     shown = pc.sort_indices(pc.unique(bad))
