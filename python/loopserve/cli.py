@@ -61,9 +61,9 @@ def _serve(args) -> int:
                                        port=args.port if args.port is not None else http.port)
         config = msgspec.structs.replace(config, http=http,
                                          model_repository=args.model_repository or config.model_repository)
-        if not config.model_repository:
-            raise LoopserveError("no model repository: pass --model-repository DIR or set model_repository "
-                                 "in the --config file")
+        if not config.model_repository and not any(not isinstance(m, str) for m in config.models):
+            raise LoopserveError("no models: pass --model-repository DIR, or set model_repository or "
+                                 "registry models (models: [{name, source: registry://NAME@ALIAS}]) in the --config file")
         return serve(config)
     except LoopserveError as e:
         print(f"loopserve serve: {e}", file=sys.stderr)

@@ -62,7 +62,7 @@ class LoopserveApp:
         self.repository = repository
         self.management_token = management_token
         self.watcher = (RepositoryWatcher(repository, poll_s, load_new_models)
-                        if poll_s > 0 and repository.root is not None else None)
+                        if poll_s > 0 and (repository.root is not None or repository.registry) else None)
         self.metrics = ServerMetrics(repository)
         self.ready = False
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)

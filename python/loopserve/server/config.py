@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from loopserve.config import load_config
+from loopserve.server.registry_source import ModelSource
 
 
 class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -23,8 +24,12 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # A Triton-style model repository: <dir>/<model>/config.yaml and <dir>/<model>/<version>/model.*
     # A relative path is taken from the config file's directory.
     model_repository: str | None = None
-    # Models to load at start; empty: every model in the repository.
-    models: list[str] = []
+    # Models to load at start: names in the repository, or {name, source: registry://NAME@ALIAS}
+    # (served from the registry, following its aliases). Empty: every model in the repository.
+    models: list[str | ModelSource] = []
+    # The lifecycle store (registry, tracking, data); default $LOOPSERVE_STORE, else ./.loopserve.
+    # A relative path is taken from the config file's directory.
+    store: str | None = None
     http: HttpConfig = HttpConfig()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # How often the repository is checked for changed or new models (loaded without a
@@ -42,8 +47,10 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
 def load_server_config(path: str | Path) -> ServerConfig:
     path = Path(path)
     config = load_config(path, ServerConfig)
-    if config.model_repository and not Path(config.model_repository).is_absolute():
-        import msgspec
+    import msgspec
 
+    if config.model_repository and not Path(config.model_repository).is_absolute():
         config = msgspec.structs.replace(config, model_repository=str(path.parent / config.model_repository))
+    if config.store and not Path(config.store).is_absolute():
+        config = msgspec.structs.replace(config, store=str(path.parent / config.store))
     return config

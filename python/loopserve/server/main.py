@@ -16,6 +16,7 @@ import uvicorn
 from loopserve.logs import configure_logging
 from loopserve.server.app import LoopserveApp
 from loopserve.server.config import ServerConfig
+from loopserve.server.registry_source import ModelSource, RegistryModels
 from loopserve.server.repository import ModelRepository
 
 log = logging.getLogger("loopserve.server")
@@ -24,9 +25,12 @@ log = logging.getLogger("loopserve.server")
 def build_app(config: ServerConfig) -> LoopserveApp:
     """Loads the configured models (all in the repository when none are named); a model that
     fails to load stops start-up with its reason, as Triton does by default."""
-    repository = ModelRepository(config.model_repository)
+    sources = [m for m in config.models if isinstance(m, ModelSource)]
+    named = [m for m in config.models if isinstance(m, str)]
+    registry = RegistryModels(sources, config.store) if sources else None
+    repository = ModelRepository(config.model_repository, registry)
     try:
-        for name in config.models or repository.names_on_disk():
+        for name in (named or ([] if sources else repository.names_on_disk())) + [s.name for s in sources]:
             repository.load(name)
     except Exception:
         repository.close()

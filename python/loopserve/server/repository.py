@@ -21,6 +21,7 @@ from loopserve.errors import ConfigError, LoopserveError, ModelNotFound
 from loopserve.model import CONFIG_NAMES, Model, available_versions
 from loopserve.monitor.monitor import attach_drift
 from loopserve.router import VersionRouter
+from loopserve.server.registry_source import RegistryModels
 
 log = logging.getLogger("loopserve.repository")
 
@@ -38,14 +39,16 @@ class Prepared(msgspec.Struct):
     name: str
     config: ModelConfig
     versions: dict[int, Model]
+    weights: dict[int, float] | None = None  # None: the config's traffic weights
 
 
 class ModelRepository:
     """Thread-safety: `prepare` runs on any thread; everything else on the event loop's
     thread (or before the loop starts)."""
 
-    def __init__(self, root: str | Path | None = None):
+    def __init__(self, root: str | Path | None = None, registry: RegistryModels | None = None):
         self.root = Path(root) if root else None
+        self.registry = registry  # models served from the registry (registry://NAME@ALIAS)
         self.routers: dict[str, VersionRouter] = {}
         self._configs: dict[str, ModelConfig] = {}
         self._failures: dict[str, str] = {}  # name -> why its last load failed
@@ -91,6 +94,8 @@ class ModelRepository:
     def prepare(self, name: str) -> Prepared:
         """Builds the versions `name`'s version policy wants, reusing those already serving
         with the same config, and warms the new ones up. Any thread."""
+        if self.registry is not None and name in self.registry.sources:
+            return self._prepare_from_registry(name)
         if self.root is None:
             raise ModelNotFound(f"cannot load '{name}': the server has no model repository")
         model_dir = self.root / name
@@ -126,11 +131,39 @@ class ModelRepository:
             raise
         return Prepared(name, config, versions)
 
+    def _prepare_from_registry(self, name: str) -> Prepared:
+        """The versions the registry's aliases name now (see registry_source.py)."""
+        serving = self.routers[name].versions if name in self.routers else {}
+        built: list[Model] = []
+        try:
+            wanted = self.registry.wanted(name)
+            versions, config = {}, None
+            for v in wanted:
+                if v in serving:
+                    versions[v] = serving[v]
+                else:
+                    model, directory = self.registry.build(name, v)
+                    built.append(model)
+                    warm_up(model, directory)
+                    attach_drift(model, directory)
+                    versions[v] = model
+                config = config or versions[v].config
+        except BaseException as e:
+            for model in built:
+                model.close()
+            if isinstance(e, LoopserveError):
+                self._failures[name] = str(e)
+                log.error("model load failed", extra={"model": name, "reason": str(e)})
+            raise
+        weights = {v: w for v, w in wanted.items() if w is not None}
+        return Prepared(name, config, versions, weights)
+
     def install(self, prepared: Prepared) -> VersionRouter:
         """Swaps the prepared versions in; versions no longer wanted retire."""
         name, config = prepared.name, prepared.config
         router = self.routers.setdefault(name, VersionRouter(name))
-        router.install(prepared.versions, dict(config.traffic.weights), config.traffic.shadow)
+        weights = prepared.weights if prepared.weights is not None else dict(config.traffic.weights)
+        router.install(prepared.versions, weights, config.traffic.shadow)
         self._configs[name] = config
         self._failures.pop(name, None)
         log.info("model loaded", extra={"model": name, "versions": sorted(prepared.versions)})

@@ -36,9 +36,13 @@ class RepositoryWatcher:
         self.repository = repository
         self.interval_s = interval_s
         self.load_new = load_new
-        self.seen: dict[str, tuple] = {name: self._fingerprint(name) for name in repository.routers}
+        registry_names = set(repository.registry.sources) if repository.registry else set()
+        self.seen: dict[str, tuple] = {name: self._fingerprint(name) for name in repository.routers
+                                       if name not in registry_names}
 
     def _fingerprint(self, name: str) -> tuple:
+        if self.repository.root is None:
+            return ()
         try:
             return fingerprint(self.repository.root / name)
         except OSError:
@@ -50,6 +54,7 @@ class RepositoryWatcher:
             await self.check()
 
     async def check(self) -> None:
+        await self.check_registry()
         for name in self.repository.names_on_disk():
             current = self._fingerprint(name)
             if self.seen.get(name) == current:
@@ -59,6 +64,28 @@ class RepositoryWatcher:
             if not known and not self.load_new:
                 continue
             log.info("repository changed", extra={"model": name})
+            try:
+                prepared = await asyncio.to_thread(self.repository.prepare, name)
+            except Exception as e:  # recorded by prepare; what served serves on
+                log.error("reload failed", extra={"model": name, "reason": str(e)})
+                continue
+            self.repository.install(prepared)
+
+    async def check_registry(self) -> None:
+        """Registry-sourced models follow their aliases: a moved alias is a hot swap."""
+        registry = self.repository.registry
+        if registry is None:
+            return
+        for name in registry.sources:
+            try:
+                wanted = await asyncio.to_thread(registry.wanted, name)
+            except Exception as e:
+                log.error("registry lookup failed", extra={"model": name, "reason": str(e)})
+                continue
+            router = self.repository.routers.get(name)
+            if router is not None and set(router.versions) == set(wanted):
+                continue
+            log.info("registry aliases moved", extra={"model": name, "versions": sorted(wanted)})
             try:
                 prepared = await asyncio.to_thread(self.repository.prepare, name)
             except Exception as e:  # recorded by prepare; what served serves on
