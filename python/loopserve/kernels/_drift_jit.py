@@ -45,6 +45,11 @@ def drift_kernel(
         hist = tl.zeros([BLOCK_F, NB_PAD], dtype=tl.int32)
         nmiss = tl.zeros([BLOCK_F], dtype=tl.int32)
     if DO_MOMENTS:
+        # A common pivot per feature (row 0's value when finite, else 0): all sums are of v - pivot,
+        # so tile means are compared at the data's spread, not its magnitude. Without it, a
+        # feature whose |mean| / std is ~1e10 would lose ~1e-6 of m2 between tiles.
+        v0 = tl.load(x_ptr + col_off, mask=fmask, other=0).to(tl.float64)  # launched only with rows
+        pivot = tl.where((v0 == v0) & (tl.abs(v0) < INF), v0, 0.0)
         run_n = tl.zeros([BLOCK_F], dtype=tl.float64)
         run_mean = tl.zeros([BLOCK_F], dtype=tl.float64)
         run_m2 = tl.zeros([BLOCK_F], dtype=tl.float64)
@@ -100,7 +105,7 @@ def drift_kernel(
             # Two passes over the tile held in registers (mean, then squared deviations) in fp64,
             # then Chan's merge into the program's running moments: as accurate as a two-pass over
             # the batch, with one read of x.
-            v64 = vc.to(tl.float64)
+            v64 = vc.to(tl.float64) - pivot[None, :]
             nt = nf_t.to(tl.float64)
             mt = tl.sum(tl.where(fin, v64, 0.0), axis=0) / tl.maximum(nt, 1.0)
             d = tl.where(fin, v64 - mt[None, :], 0.0)
@@ -158,6 +163,7 @@ def drift_kernel(
         tl.store(pf_ptr + part_plane + p, run_m2, mask=fmask)
         tl.store(pf_ptr + 2 * part_plane + p, run_min.to(tl.float64), mask=fmask)
         tl.store(pf_ptr + 3 * part_plane + p, run_max.to(tl.float64), mask=fmask)
+        tl.store(pf_ptr + 4 * part_plane + p, pivot, mask=fmask)
     if DO_CATS:
         if CAT_HIST:
             h_off = tl.arange(0, BLOCK_C * K_PAD)
@@ -173,8 +179,9 @@ def moments_finalize(pn_ptr, pf_ptr, G, F, part_stride, part_plane, out_n_ptr, o
                      BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr):
     """Merges G programs' (n, mean, m2, min, max): per chunk of BLOCK_G partials the exact k-way
     form (mean = sum n_i mean_i / N, m2 = sum m2_i + sum n_i (mean_i - mean)^2, all terms >= 0),
-    chunks into the running result with Chan's pairwise formula. Outputs: n int64 [F];
-    mean, m2, min, max as fp64 planes [4, F]."""
+    chunks into the running result with Chan's pairwise formula. The partial means are of
+    v - pivot (one pivot per feature, the same in every program, stored in plane 4); the pivot is
+    added back at the end. Outputs: n int64 [F]; mean, m2, min, max as fp64 planes [4, F]."""
     INF: tl.constexpr = float("inf")
     f_off = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f_off < F
@@ -204,8 +211,9 @@ def moments_finalize(pn_ptr, pf_ptr, G, F, part_stride, part_plane, out_n_ptr, o
         n = n_new
         mn = tl.minimum(mn, tl.min(pmin, axis=0))
         mx = tl.maximum(mx, tl.max(pmax, axis=0))
+    pivot = tl.load(pf_ptr + 4 * part_plane + f_off, mask=f_off < tl.where(G > 0, F, 0), other=0.0)
     tl.store(out_n_ptr + f_off, n.to(tl.int64), mask=fmask)
-    tl.store(out_f_ptr + f_off, mean, mask=fmask)
+    tl.store(out_f_ptr + f_off, tl.where(n > 0, mean + pivot, 0.0), mask=fmask)
     tl.store(out_f_ptr + F + f_off, m2, mask=fmask)
     tl.store(out_f_ptr + 2 * F + f_off, mn, mask=fmask)
     tl.store(out_f_ptr + 3 * F + f_off, mx, mask=fmask)
