@@ -86,14 +86,14 @@ class GateReport(msgspec.Struct, frozen=True):
 class _Served:
     """A model directory loaded as loopserve serves it; one float32 input, one output."""
 
-    def __init__(self, model_dir: str | Path, version: int | None, role: str):
+    def __init__(self, model_dir: str | Path, version: int | None, role: str, label: str | None = None):
         from loopserve.model import Model
 
         try:
             self.model = Model.load(model_dir, version)
         except LoopserveError as e:
             raise GateError(f"the {role} model cannot be loaded: {e}") from None
-        self.label = f"{self.model.name} v{self.model.version} ({model_dir})"
+        self.label = label or f"{self.model.name} v{self.model.version} ({model_dir})"
         if len(self.model.inputs) != 1 or len(self.model.outputs) < 1:
             raise GateError(f"the {role} model {self.label} must take one input tensor; it declares "
                             f"{[t.name for t in self.model.inputs]}")
@@ -191,9 +191,10 @@ def _fairness_gates(gates: GateConfig, groups: np.ndarray | None, stats: list[m.
 
 def evaluate_gates(candidate_model_dir: str | Path, holdout: Any, gates: GateConfig,
                    production_model_dir: str | Path | None = None, *, candidate_version: int | None = None,
-                   production_version: int | None = None) -> GateReport:
+                   production_version: int | None = None, candidate_label: str | None = None) -> GateReport:
     """Run the gates on `holdout` (anything with `.features` [n, F], `.labels` [n] and `.groups` [n]
-    or None; `.group_names` optional). Versions default to the highest in each directory."""
+    or None; `.group_names` optional). Versions default to the highest in each directory;
+    `candidate_label` names the candidate in the report (default: name, version and directory)."""
     features = np.asarray(holdout.features, dtype=np.float32)
     labels = np.asarray(holdout.labels).reshape(-1)
     groups = getattr(holdout, "groups", None)
@@ -204,7 +205,7 @@ def evaluate_gates(candidate_model_dir: str | Path, holdout: Any, gates: GateCon
     if len(labels) == 0:
         raise GateError("the holdout has no rows")
     rows = len(labels)
-    candidate = _Served(candidate_model_dir, candidate_version, "candidate")
+    candidate = _Served(candidate_model_dir, candidate_version, "candidate", candidate_label)
     production = None
     try:
         candidate.check_width(features.shape[1], "candidate")

@@ -161,7 +161,7 @@ def _publish(config: TrainConfig, model: TabularMLP, train: TabularData, val: Ta
                 raise ConfigError(f"holdout.features: the holdout's features {holdout.feature_names} differ from "
                                   f"the training features {train.feature_names}")
             report = evaluate_gates(staging.path, holdout, config.gates, config.production_model,
-                                    candidate_version=version)
+                                    candidate_version=version, candidate_label=f"{out.name} v{version} (candidate)")
             report.save(vdir)
             metrics.update({f"gate_{k}": v for k, v in report.metrics.items()})
         passed = report is None or report.passed

@@ -1,0 +1,171 @@
+"""Evaluation gates on real trained models served through loopserve: a good model passes; a model
+trained on shuffled labels, one trained on group-biased labels, and a too-tight latency budget
+each fail with the right reason."""
+
+import itertools
+import math
+import re
+
+import msgspec
+import numpy as np
+import pytest
+
+from loopserve.datasets import FraudStream
+from loopserve.training import GateConfig, GateError, GateReport, evaluate_gates, train
+from loopserve.training.config import DataSpec, GeneratorSpec, ModelSpec, OutputSpec, TrackingSpec, TrainConfig
+from loopserve.training.metrics import (accuracy, average_ranks, demographic_parity_difference,
+                                        equal_opportunity_difference, group_stats, roc_auc)
+
+LOG = ["amount", "account_age_days", "distance_from_home_km", "minutes_since_last_txn"]
+THRESHOLD = 0.15  # fraud is ~3%: a useful decision threshold is well below 0.5
+
+
+def _train(root, name, data: DataSpec, store=None, epochs=2):
+    config = TrainConfig(data=data, model=ModelSpec(hidden=[32, 16], log_features=LOG), epochs=epochs,
+                         batch_size=128, output=OutputSpec(dir=str(root), name=name),
+                         tracking=TrackingSpec(enabled=False), store=store)
+    return train(config, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Three models on the same 8,000 rows: honest labels, shuffled labels, group-biased labels."""
+    from loopserve.data import snapshot
+
+    root = tmp_path_factory.mktemp("gates")
+    store = str(root / "store")
+    rows = FraudStream(seed=11).batch(0, 8000)
+    good = _train(root, "good", DataSpec(generator=GeneratorSpec(seed=11, rows=8000)), epochs=3)
+    cols = rows.to_columns()
+    shuffled = dict(cols, is_fraud=np.random.default_rng(0).permutation(cols["is_fraud"]))
+    # Historical bias: a third of the 60+ group's transactions were flagged whatever they were. The
+    # model never sees the group, but learns it through proxies (account age, device, activity).
+    biased_labels = cols["is_fraud"].copy()
+    biased_labels[(cols["age_band"] == 2) & (np.random.default_rng(1).random(len(rows)) < 0.3)] = 1
+    biased = dict(cols, is_fraud=biased_labels)
+    categorical = dict(rows.categorical)
+    worse = _train(root, "shuffled", DataSpec(snapshot=snapshot(shuffled, store=store).id, categorical=categorical),
+                   store=store, epochs=1)
+    unfair = _train(root, "unfair", DataSpec(snapshot=snapshot(biased, store=store).id, categorical=categorical),
+                    store=store)
+    return {"good": good.model_dir, "shuffled": worse.model_dir, "unfair": unfair.model_dir}
+
+
+@pytest.fixture(scope="module")
+def holdout():
+    return FraudStream(seed=11).batch(200_000, 6000)
+
+
+def test_good_model_passes_every_gate(models, holdout):
+    gates = GateConfig(min_auc=0.75, min_accuracy=0.9, decision_threshold=THRESHOLD,
+                       max_demographic_parity_difference=0.1, max_equal_opportunity_difference=0.35,
+                       max_p99_latency_ms=50.0, latency_calls=100)
+    report = evaluate_gates(models["good"], holdout, gates, production_model_dir=models["good"])
+    assert report.passed, report.summary()
+    assert {g.name for g in report.gates} == {"auc_min", "auc_vs_production", "accuracy_min",
+                                              "accuracy_vs_production", "demographic_parity_difference",
+                                              "equal_opportunity_difference", "latency_p99_ms"}
+    assert report.metrics["candidate_auc"] == report.metrics["production_auc"]  # the same model, the same rows
+    assert report.rows == 6000 and report.positives == int(holdout.labels.sum())
+    assert [g.name for g in report.groups] == ["18-34", "35-59", "60+"]
+    # The report is JSON and comes back equal (it is stored with the version).
+    assert GateReport.load(report.save(models["good"] + "/gates-test.json")) == report
+    msgspec.json.decode(report.to_json())
+
+
+def test_worse_candidate_fails_against_production(models, holdout):
+    report = evaluate_gates(models["shuffled"], holdout, GateConfig(compare_to_production=["auc"]),
+                            production_model_dir=models["good"])
+    assert not report.passed
+    (failure,) = report.failures()
+    assert failure.name == "auc_vs_production"
+    assert re.fullmatch(r"auc 0\.\d+ < production 0\.\d+ on 6,000 held-out rows", failure.reason), failure.reason
+    assert failure.value < report.metrics["production_auc"] - 0.1
+    # With a margin as large as the gap, the same candidate is let through.
+    gap = report.metrics["production_auc"] - report.metrics["candidate_auc"]
+    lenient = evaluate_gates(models["shuffled"], holdout, GateConfig(compare_to_production=["auc"],
+                                                                     production_margin=gap + 0.01),
+                             production_model_dir=models["good"])
+    assert lenient.passed and "- margin" in lenient.gates[0].reason
+
+
+def test_auc_threshold_gate(models, holdout):
+    report = evaluate_gates(models["shuffled"], holdout, GateConfig(min_auc=0.75))
+    assert not report.passed
+    assert re.fullmatch(r"auc 0\.\d+ < 0\.75 on 6,000 held-out rows", report.failures()[0].reason)
+
+
+def test_unfair_model_fails_the_fairness_gates(models, holdout):
+    gates = GateConfig(min_auc=0.6, decision_threshold=THRESHOLD, max_demographic_parity_difference=0.1,
+                       max_equal_opportunity_difference=0.35)
+    fair = evaluate_gates(models["good"], holdout, gates)
+    unfair = evaluate_gates(models["unfair"], holdout, gates)
+    assert fair.passed, fair.summary()
+    assert not unfair.passed
+    failed = {g.name: g for g in unfair.failures()}
+    assert "demographic_parity_difference" in failed
+    reason = failed["demographic_parity_difference"].reason
+    assert reason.startswith("demographic parity difference") and "> 0.1" in reason and "'60+'" in reason, reason
+    by_name = {g.name: g for g in unfair.groups}
+    assert by_name["60+"].positive_rate > by_name["18-34"].positive_rate + 0.1
+
+
+def test_fairness_without_groups_fails_rather_than_passing(models, holdout):
+    class NoGroups:
+        features, labels, groups = holdout.features, holdout.labels, None
+
+    report = evaluate_gates(models["good"], NoGroups(), GateConfig(max_demographic_parity_difference=0.5))
+    assert not report.passed and "no group attribute" in report.failures()[0].reason
+
+
+def test_too_tight_latency_budget_fails(models, holdout):
+    report = evaluate_gates(models["good"], holdout, GateConfig(max_p99_latency_ms=1e-6, latency_calls=50,
+                                                                latency_warmup=5))
+    (failure,) = report.failures()
+    assert failure.name == "latency_p99_ms" and failure.value > 1e-6
+    assert re.fullmatch(r"p99 latency at batch 1 \d+\.\d+ ms > budget 1e-06 ms over 50 calls \(after 5 warm-up "
+                        r"calls\)", failure.reason), failure.reason
+
+
+def test_holdout_that_does_not_fit_the_model(models, holdout):
+    class Narrow:
+        features, labels, groups = holdout.features[:, :5], holdout.labels, holdout.groups
+
+    with pytest.raises(GateError, match="5 features"):
+        evaluate_gates(models["good"], Narrow(), GateConfig(min_auc=0.5))
+    with pytest.raises(GateError, match="cannot be loaded"):
+        evaluate_gates(models["good"] + "-missing", holdout, GateConfig(min_auc=0.5))
+
+
+# -- the metrics themselves ------------------------------------------------------------------
+
+def brute_force_auc(labels, scores):
+    pos = [s for s, y in zip(scores, labels) if y]
+    neg = [s for s, y in zip(scores, labels) if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg))
+    return wins / (len(pos) * len(neg))
+
+
+def test_auc_matches_pairwise_definition_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        labels = rng.random(60) < 0.3
+        scores = np.round(rng.random(60), 1)  # many ties
+        assert roc_auc(labels, scores) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
+    assert roc_auc([0, 0, 1, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert roc_auc([0, 0, 1, 1], [0.4, 0.3, 0.2, 0.1]) == 0.0
+    assert math.isnan(roc_auc([1, 1], [0.2, 0.3]))
+    assert average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+
+
+def test_group_rates():
+    labels = np.array([1, 0, 0, 1, 1, 0, 0, 0])
+    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.9, 0.1, 0.1, 0.1])
+    groups = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    stats = group_stats(labels, scores, groups, 0.5, ["a", "b"])
+    assert [(s.name, s.positive_rate, s.true_positive_rate) for s in stats] == [("a", 0.5, 0.5), ("b", 0.25, 1.0)]
+    assert demographic_parity_difference(stats)[0] == 0.25
+    assert equal_opportunity_difference(stats)[0] == 0.5
+    assert equal_opportunity_difference(stats, min_positives=2) is None
+    assert accuracy(labels, scores) == 0.75
