@@ -2,6 +2,7 @@
 (tests/drift_reference.py), run on the CPU by Triton's interpreter (TRITON_INTERPRET=1, set in
 conftest.py). Sizes are small: the interpreter runs every program in Python."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ triton = pytest.importorskip("triton")
 
 from drift_reference import numpy_bin_counts, numpy_category_counts, numpy_moments  # noqa: E402
 from loopserve import kernels  # noqa: E402
-from loopserve.kernels import drift  # noqa: E402
+from loopserve.kernels import aot, drift  # noqa: E402
 
 INF = float("inf")
 F32_MAX = float(np.finfo(np.float32).max)
@@ -318,12 +319,26 @@ def test_bad_arguments_are_refused():
 
 
 def test_import_is_cheap_and_survives_without_triton():
-    """`import loopserve.kernels` imports neither torch nor triton, and with triton missing it
-    still imports and `available()` is False."""
-    code = ("import sys; sys.modules['triton'] = None; import loopserve.kernels as k; "
-            "assert 'torch' not in sys.modules; print(k.available())")
+    """`import loopserve.kernels` adds neither torch nor triton to what `import loopserve` loads,
+    and with triton missing it still imports and `available()` is False."""
+    code = ("import sys; sys.modules['triton'] = None; import loopserve; before = set(sys.modules); "
+            "import loopserve.kernels as k; new = set(sys.modules) - before; "
+            "assert not {m.split('.')[0] for m in new} & {'torch', 'triton', 'numpy'}, new; print(k.available())")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     assert kernels.available()
+
+
+def test_kernels_compile_for_h100():
+    """The interpreter never lowers the kernels: compile every launch variant for sm_90 (Triton ->
+    PTX -> cubin, no GPU needed) so that GPU-only compile errors fail here too."""
+    if importlib.util.find_spec("triton.backends.nvidia") is None:
+        pytest.skip("triton has no NVIDIA backend here")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    out = subprocess.run([sys.executable, "-m", "loopserve.kernels.aot", "90"], capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("compiled") == len(aot.VARIANTS) + 1

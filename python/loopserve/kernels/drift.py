@@ -51,7 +51,9 @@ from loopserve.kernels.reference import (  # noqa: F401  (re-exported)
 
 SUPPORTED = (torch.float32, torch.float64, torch.int32, torch.int64)
 CAT_HIST_MAX_CELLS = 4096  # register histogram up to this many (column, slot) cells
-TILE_VALUES = 2048  # values per tile on a GPU: BLOCK_R * BLOCK_F
+TILE_VALUES = 1024  # values per tile on a GPU: BLOCK_R * BLOCK_F. With 4 warps the fused fp32 kernel
+# then needs 168 registers and does not spill on sm_90 (`python -m loopserve.kernels.aot`); 2048 spills
+# for fp64 input. The best tile on a real H100 is what `bench/drift_gpu.py` sweeps.
 MAX_BLOCK_F = 64
 
 

@@ -1,0 +1,95 @@
+"""Compile the drift kernels for an NVIDIA target without a GPU (Triton -> PTX -> cubin).
+
+The interpreter (TRITON_INTERPRET=1) checks what the kernels compute but never lowers them, so a
+construct that only fails in the GPU compiler (a layout `tl.histogram` cannot take, an unsupported
+atomic) would pass every CPU test. `compile_variants()` lowers each launch variant for e.g. sm_90
+(H100) and reports registers and spills from `ptxas -v` when a ptxas that reads the PTX is there.
+Must run with TRITON_INTERPRET unset (the kernels module is imported fresh for that reason).
+
+    python -m loopserve.kernels.aot [ARCH]
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+_NUMERIC_TYPES = dict(n_rows="i32", stride_r="i32", stride_c="i32", n_tiles="i32", ncols_ptr="*i32", F="i32",
+                      edges_stride="i32", nedges_ptr="*i32", counts_ptr="*i64", counts_stride="i32",
+                      missing_ptr="*i64", pn_ptr="*i64", pf_ptr="*fp64", part_stride="i32", part_plane="i32",
+                      ccols_ptr="*i32", C="i32", lut_ptr="*i32", lut_stride="i32", lut_len_ptr="*i32",
+                      other_ptr="*i32", ccounts_ptr="*i64", ccounts_stride="i32", cmissing_ptr="*i64")
+_BASE = dict(E_MAX=9, NB_PAD=16, BLOCK_R=64, BLOCK_F=32, BLOCK_C=2, K_PAD=1024, CAT_FLOAT=True)
+_ALL = dict(DO_BINS=True, DO_MOMENTS=True, DO_CATS=True, CAT_HIST=True)
+VARIANTS = {  # name: (x type, edges type, constexprs)
+    "fused-f32": ("fp32", "fp32", dict(_BASE, **_ALL, CMP_F32=True)),
+    "fused-f32-cat-atomics": ("fp32", "fp32", dict(_BASE, **_ALL, CMP_F32=True) | {"CAT_HIST": False}),
+    "fused-f64": ("fp64", "fp64", dict(_BASE, **_ALL, CMP_F32=False)),
+    "fused-i32": ("i32", "fp64", dict(_BASE, **_ALL, CMP_F32=False) | {"CAT_FLOAT": False}),
+    "fused-i64": ("i64", "fp64", dict(_BASE, **_ALL, CMP_F32=False) | {"CAT_FLOAT": False}),
+    "bins-f32-no-edges": ("fp32", "fp32", dict(_BASE, DO_BINS=True, DO_MOMENTS=False, DO_CATS=False, CAT_HIST=True,
+                                               CMP_F32=True) | {"E_MAX": 0, "NB_PAD": 1}),
+}
+
+
+def _module():
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    path = Path(__file__).with_name("_drift_jit.py")
+    spec = importlib.util.spec_from_file_location("loopserve_kernels_drift_jit_aot", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _ptxas_info(ptx: str, arch: int) -> str:
+    import triton
+
+    bindir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "k.ptx"
+        src.write_text(ptx)
+        for name in ("ptxas-blackwell", "ptxas"):
+            exe = bindir / name
+            if not exe.exists():
+                continue
+            gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+            out = subprocess.run([str(exe), "-v", f"--gpu-name={gpu}", str(src), "-o", str(Path(tmp) / "k.o")],
+                                 capture_output=True, text=True)
+            if out.returncode == 0:
+                keep = [ln.split("info    :")[-1].strip() for ln in out.stderr.splitlines()
+                        if "registers" in ln or "spill" in ln]
+                return "; ".join(keep)
+    return "ptxas -v unavailable"
+
+
+def compile_variants(arch: int = 90, num_warps: int = 4) -> dict[str, str]:
+    """{variant: "registers/spills"} for every variant; raises on the first that fails to compile."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    mod = _module()
+    target = GPUTarget("cuda", arch, 32)
+    out = {}
+    jobs = [(name, mod.drift_kernel, {"x_ptr": "*" + xt, "edges_ptr": "*" + et, **_NUMERIC_TYPES}, consts)
+            for name, (xt, et, consts) in VARIANTS.items()]
+    jobs.append(("moments-finalize", mod.moments_finalize,
+                 dict(pn_ptr="*i64", pf_ptr="*fp64", G="i32", F="i32", part_stride="i32", part_plane="i32",
+                      out_n_ptr="*i64", out_f_ptr="*fp64"), dict(BLOCK_G=32, BLOCK_F=32)))
+    for name, fn, types, consts in jobs:
+        sig = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
+        k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,
+                           options={"num_warps": num_warps})
+        out[name] = _ptxas_info(k.asm["ptx"], arch)
+    return out
+
+
+if __name__ == "__main__":
+    arch = int(sys.argv[1]) if len(sys.argv) > 1 else 90
+    for name, info in compile_variants(arch).items():
+        print(f"sm_{arch} {name}: compiled; {info}")
