@@ -83,7 +83,8 @@ def torch_native_update(x, st):
     F, E = st["edges"].shape
     v = x[:, :F].to(torch.float64)
     fin = torch.isfinite(v)
-    bins = torch.stack([torch.bucketize(v[:, f], st["edges"][f], right=True) for f in range(F)], dim=1)
+    vt = v.T.contiguous()  # one contiguous row per feature for bucketize
+    bins = torch.stack([torch.bucketize(vt[f], st["edges"][f], right=True) for f in range(F)], dim=1)
     flat = torch.where(fin, bins + torch.arange(F, device=x.device) * (E + 1), F * (E + 1))
     st["counts"] += torch.bincount(flat.reshape(-1), minlength=F * (E + 1) + 1)[:-1].reshape(F, E + 1)
     st["missing"] += (~fin).sum(0)
