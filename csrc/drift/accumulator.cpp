@@ -197,13 +197,16 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
     for (size_t c = 0; c < spec_->categorical.size(); ++c) {
       sketches::CategoryCounts& counts = categories_[c];
       const T* p = block + spec_->categorical[c].column;
+      // A code is the value truncated toward zero; below 0 (after truncation) or not finite is
+      // missing. Compared as a double before any conversion: a huge float never becomes an int64.
+      const double table = static_cast<double>(counts.lut().size());
       for (int64_t i = 0; i < m; ++i) {
         const double v = static_cast<double>(p[i * cols]);
-        if (!(v >= 0.0) || v - v != 0.0 || v >= 9.2e18) {  // NaN, negative, infinite or past int64
+        if (!(v > -1.0) || v - v != 0.0) {
           counts.add_missing(1);
           continue;
         }
-        counts.add(counts.slot_of(static_cast<int64_t>(v)), 1);
+        counts.add(v >= table ? counts.other_slot() : counts.slot_of(static_cast<int64_t>(v)), 1);
       }
     }
 
