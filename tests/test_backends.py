@@ -192,3 +192,15 @@ def test_staging_buffers_receive_the_gathered_batch():
     assert status == _core.STATUS_OK and seen == [True]
     np.testing.assert_array_equal(y, x * 2)
     np.testing.assert_array_equal(staging[:8], x.ravel())
+
+
+def test_a_single_version_directory_loads_as_the_registry_materializes_it(tmp_path):
+    model_dir = zoo.write_model_dir(tmp_path / "repo", "m", zoo.tiny_mlp())
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(model_dir / "config.yaml", flat / "config.yaml")
+    shutil.copy(model_dir / "1" / "model.onnx", flat / "model.onnx")
+    with Model.load(flat, 7) as model:
+        assert model.version == 7
+        out = model.infer_sync({zoo.INPUT: np.zeros((2, 32), np.float32)})
+        assert out[zoo.OUTPUT].shape == (2, 2)

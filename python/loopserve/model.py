@@ -23,7 +23,7 @@ import msgspec
 import numpy as np
 
 from loopserve import _core
-from loopserve.backends import Backend, find_model_file, open_backend
+from loopserve.backends import MODEL_FILES, Backend, find_model_file, open_backend
 from loopserve.config import ModelConfig, load_config
 from loopserve.errors import ConfigError, ModelError, ModelNotFound, TimedOut, Unavailable
 
@@ -181,7 +181,8 @@ class Model:
     @classmethod
     def load(cls, model_dir: str | Path, version: int | None = None, *, name: str | None = None) -> "Model":
         """Loads `<model_dir>/<version>/model.*` with `<model_dir>/config.yaml` (or .toml,
-        .json); the highest numbered version when none is named."""
+        .json); the highest numbered version when none is named. A directory holding the config
+        and the model file side by side (one version, as the registry materializes it) loads too."""
         model_dir = Path(model_dir)
         config_file = next((model_dir / n for n in CONFIG_NAMES if (model_dir / n).is_file()), None)
         if config_file is None:
@@ -189,19 +190,24 @@ class Model:
         config = load_config(config_file)
         config = msgspec.structs.replace(config, name=name or config.name or model_dir.name)
         versions = available_versions(model_dir)
-        if version is None:
-            if not versions:
-                raise ModelNotFound(f"{model_dir}: no version directories (1/, 2/, ...)")
-            version = versions[-1]
-        elif version not in versions:
-            raise ModelNotFound(f"{model_dir}: model '{config.name}' has no version {version} "
-                                f"(available: {versions})")
-        backend = open_backend(config, find_model_file(model_dir / str(version)))
+        if not versions and any((model_dir / f).is_file() for f in MODEL_FILES):
+            # A single version's directory (as the registry materializes one): config and model side by side.
+            version_dir, version = model_dir, version or 1
+        else:
+            if version is None:
+                if not versions:
+                    raise ModelNotFound(f"{model_dir}: no version directories (1/, 2/, ...)")
+                version = versions[-1]
+            elif version not in versions:
+                raise ModelNotFound(f"{model_dir}: model '{config.name}' has no version {version} "
+                                    f"(available: {versions})")
+            version_dir = model_dir / str(version)
+        backend = open_backend(config, find_model_file(version_dir))
         model = cls(config, backend, version)
         try:
             from loopserve.monitor.monitor import attach_drift
 
-            attach_drift(model, model_dir / str(version))
+            attach_drift(model, version_dir)
         except BaseException:
             model.close()
             raise
