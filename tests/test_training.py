@@ -190,3 +190,17 @@ def test_paths_are_relative_to_the_config_file(tmp_path):
     (tmp_path / "sub" / "c.yaml").write_text("data: {generator: {rows: 10}}\noutput: {dir: out}\nstore: s\n")
     config = load_train_config(tmp_path / "sub" / "c.yaml")
     assert config.output.dir == str(tmp_path / "sub" / "out") and config.store == str(tmp_path / "sub" / "s")
+
+
+def test_registered_version_reproduces(trained):
+    """The run recorded an entrypoint, its config and a data snapshot: retraining gives the same metrics."""
+    from loopserve.registry import reproduce
+
+    root, result = trained
+    with _store(root) as store:
+        reproduction = reproduce("fraud", result.registered_version, force=True, tolerance=1e-6, store=store)
+    assert reproduction.ok, [c for c in reproduction.metrics if not c.ok]
+    assert {c.name for c in reproduction.metrics} >= {"val_auc", "val_loss", "gate_candidate_auc"}
+    assert reproduction.reproduced_run.data_snapshot == result.data_snapshot
+    served = sorted(p.name for p in (root / "models" / "fraud").iterdir() if p.name.isdigit())
+    assert served == ["1"]  # the served repository is left alone

@@ -207,7 +207,8 @@ def train(config: TrainConfig, *, quiet: bool = False, run=None) -> TrainResult 
                     return None
                 metrics, val_scores = _validation_metrics(config, model, val)
                 published = _publish(config, model, train_rows, val, val_scores, store, active, metrics)
-                active.log_metrics(metrics)
+                # Run metrics are what reproducing compares: leave out the timing, which no rerun repeats.
+                active.log_metrics({k: v for k, v in metrics.items() if "latency" not in k})
                 active.set_tag("gates", {None: "none", True: "passed", False: "failed"}[published["gates_passed"]])
                 active.log_artifact(published["version_dir"], name="model")
                 registered = None
@@ -242,13 +243,19 @@ class _given:
 
 def reproduce_entrypoint(params: dict, data_snapshot: str | None, run) -> dict[str, float]:
     """What `loopserve.registry.reproduce` calls: the recorded config, on the recorded data snapshot,
-    into the given run; publishes a new version but never registers it."""
+    into the given run. The version goes to a scratch directory, never into the served repository,
+    and is not registered."""
+    import tempfile
+
     config = config_from_dict(params["config"], "recorded run config")
     if data_snapshot is not None:
         d = config.data
         config = msgspec.structs.replace(config, data=DataSpec(snapshot=data_snapshot, features=params["features"],
                                                                label=d.label, group=d.group,
                                                                categorical=params["categorical"]))
-    config = msgspec.structs.replace(config, registry=msgspec.structs.replace(config.registry, enabled=False))
+    scratch = tempfile.mkdtemp(prefix="loopserve-reproduce-")
+    run.set_tag("reproduced_into", scratch)
+    config = msgspec.structs.replace(config, registry=msgspec.structs.replace(config.registry, enabled=False),
+                                     output=msgspec.structs.replace(config.output, dir=scratch, version="next"))
     result = train(config, quiet=True, run=run)
     return dict(result.metrics) if result is not None else {}
