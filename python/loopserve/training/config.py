@@ -13,6 +13,7 @@ An unknown key or a bad value is a ConfigError naming the file, the key and what
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -182,7 +183,7 @@ def load_train_config(path: str | Path) -> TrainConfig:
 def resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
     """Output dir, production model and store relative to `base` (the config file's directory)."""
     def rel(p: str | None) -> str | None:
-        return None if p is None else str((base / Path(p).expanduser()))
+        return None if p is None else os.path.normpath(base / Path(p).expanduser())
 
     output = msgspec.structs.replace(config.output, dir=rel(config.output.dir))
     return msgspec.structs.replace(config, output=output, production_model=rel(config.production_model),
