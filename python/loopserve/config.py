@@ -108,6 +108,32 @@ class DriftConfig(Struct, forbid_unknown_fields=True, frozen=True):
     policy: DriftPolicy = DriftPolicy()
 
 
+class FeedbackConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """Ground-truth feedback (POST /v2/models/{m}/feedback): the record of recent predictions
+    that labels join, and the live metrics they feed (see loopserve.monitor.feedback)."""
+
+    enabled: bool = True
+    # Rows of recent predictions kept per version (one-row requests: predictions); the oldest go first.
+    record_size: Positive = 100_000
+    # A prediction older than this can no longer be labelled: its label is answered "expired".
+    horizon_s: Annotated[float, Meta(gt=0)] = 3600.0
+    # Binary: predicted positive when the score (one column, or column 1 of two) >= threshold.
+    # null: argmax for a two-column output (logits); 0.5 for one column.
+    threshold: float | None = 0.5
+    # Live metrics tumble every this many labels (per version); closed windows kept.
+    window_labels: Positive = 1000
+    history: Positive = 20
+    # The output holding the prediction; default the first.
+    output: str | None = None
+    # Class names: a string label is its index here (otherwise "0"/"1"/"true"/"false" or numbers).
+    classes: list[str] = []
+    # Keep each request's numeric inputs (float32 rows) for labelled examples.
+    keep_inputs: bool = True
+    # Joined examples are appended to <spill_dir>/<model>/labels-NNNNNN.jsonl, a new file past spill_max_bytes.
+    spill_dir: str | None = None
+    spill_max_bytes: Positive = 64 << 20
+
+
 class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     """One model's config file (`<model dir>/config.yaml`)."""
 
@@ -134,6 +160,7 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # And this request, if set: an .npz file (in the model directory) of arrays by input name.
     warmup_file: str | None = None
     drift: DriftConfig = DriftConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
 
 
 def decode_config(data: bytes, fmt: str, source: str, type_: type = ModelConfig):
