@@ -135,7 +135,8 @@ def run_evidently(reference, window, names) -> dict:
     if not python.exists():
         try:
             subprocess.run([sys.executable, "-m", "venv", str(EVIDENTLY_VENV)], check=True, timeout=120)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", "evidently", "pandas"], check=True,
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "evidently",
+                            "pandas<2.3"], check=True,  # evidently 0.7 imports a pandas internal removed in 2.3
                            timeout=900, capture_output=True)
         except (subprocess.SubprocessError, OSError) as e:
             return {"what": "Evidently DataDriftPreset", "note": f"could not install evidently: {e}"}

@@ -138,6 +138,8 @@ def _publish(config: TrainConfig, model: TabularMLP, train: TabularData, val: Ta
         (staging.path / "config.yaml").write_text(config_text)
         vdir = staging.path / str(version)
         vdir.mkdir()
+        # The version's own copy of its model config: registered, the directory serves alone.
+        (vdir / "config.yaml").write_text(config_text)
         onnx = ex.export_onnx(model, vdir / "model.onnx", width, spec.input_name, spec.output_name)
         metrics["export_onnx_max_abs_diff"] = ex.check_agreement(
             "the ONNX export", val_scores, ex.onnx_predict(onnx, val.features, spec.input_name), config.export.tolerance)
