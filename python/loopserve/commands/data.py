@@ -10,7 +10,7 @@ import argparse
 import datetime as dt
 import sys
 
-from loopserve.commands.runs import add_store_option, console, fmt, store_command
+from loopserve.commands._common import add_store_option, console, fmt, store_command
 
 PROG = "loopserve data"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from loopserve.commands.runs import add_store_option, console, fmt, store_command
+from loopserve.commands._common import add_store_option, console, fmt, store_command
 
 
 def _reproduce(args: argparse.Namespace, store) -> int:
