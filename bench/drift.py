@@ -11,7 +11,7 @@ Usage: .venv/bin/python bench/drift.py [--quick] [--rows N] [--rounds R] [--no-e
      own virtual environment (bench/.venvs/evidently, created on first use; skipped with a note
      when it cannot be installed).
    loopserve is timed as the monitor runs it: bin counts, moments, category counts, and the
-   KLL sketches fed every k-th row (k from the window size: about 16k rows per window), and
+   KLL sketches fed every k-th row (k from the window size: about 8k rows per window), and
    also with every row into the KLL sketches.
 2. Serving throughput with monitoring on against off: two loopserve servers with the tiny MLP,
    one with a reference profile, driven by wrk (JSON, c=16) in alternating rounds; the ratio is

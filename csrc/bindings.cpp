@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "batcher.h"
@@ -217,7 +218,11 @@ void update_from(Sketch& sketch, py::array_t<double, py::array::c_style | py::ar
   const double* p = values.data();
   const auto n = static_cast<size_t>(values.size());
   py::gil_scoped_release release;
-  for (size_t i = 0; i < n; ++i) sketch.update(p[i]);
+  if constexpr (std::is_same_v<Sketch, sketches::KllSketch>) {
+    sketch.update(p, n);  // the batch path: copies runs of values between compactions
+  } else {
+    for (size_t i = 0; i < n; ++i) sketch.update(p[i]);
+  }
 }
 
 template <typename Sketch>

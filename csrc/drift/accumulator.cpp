@@ -91,36 +91,53 @@ __attribute__((target_clones("avx2", "default")))
 uint64_t block_moments(const C* values, int64_t m, uint64_t* n_out, double* mean_out, double* m2_out, double* lo_out,
                        double* hi_out) {
   constexpr C kInf = std::numeric_limits<C>::infinity();
-  alignas(32) C clean[kBlock], for_lo[kBlock], for_hi[kBlock], mask[kBlock];
-  uint32_t n = 0, pos_inf = 0;
+  alignas(32) C clean[kBlock], mask[kBlock];
+  const int64_t padded = (m + kLanes - 1) / kLanes * kLanes;
   for (int64_t i = 0; i < m; ++i) {
     const C v = values[i];
     const bool finite = v - v == C(0);
     clean[i] = finite ? v : C(0);
     mask[i] = finite ? C(1) : C(0);
-    for_lo[i] = finite ? v : kInf;
-    for_hi[i] = finite ? v : -kInf;
   }
-  for (int64_t i = 0; i < m; ++i) n += values[i] - values[i] == C(0);
-  for (int64_t i = 0; i < m; ++i) pos_inf += values[i] == kInf;
-  const int64_t padded = (m + kLanes - 1) / kLanes * kLanes;
-  for (int64_t i = m; i < padded; ++i) clean[i] = C(0), mask[i] = C(0), for_lo[i] = kInf, for_hi[i] = -kInf;
+  for (int64_t i = m; i < padded; ++i) clean[i] = C(0), mask[i] = C(0);
 
-  double sum[kLanes] = {};
+  // Min and max over the raw values: a NaN compares false and is passed over; an infinity
+  // would win, so the rare block that holds one is redone below on its finite values.
+  double sum[kLanes] = {}, count[kLanes] = {};
   C lo[kLanes], hi[kLanes];
   for (int j = 0; j < kLanes; ++j) lo[j] = kInf, hi[j] = -kInf;
   for (int64_t i = 0; i < padded; i += kLanes)
     for (int j = 0; j < kLanes; ++j) {
       sum[j] += static_cast<double>(clean[i + j]);
-      lo[j] = for_lo[i + j] < lo[j] ? for_lo[i + j] : lo[j];
-      hi[j] = for_hi[i + j] > hi[j] ? for_hi[i + j] : hi[j];
+      count[j] += static_cast<double>(mask[i + j]);
     }
-  double total = 0.0;
+  for (int64_t i = 0; i + kLanes <= m; i += kLanes)
+    for (int j = 0; j < kLanes; ++j) {
+      const C v = values[i + j];
+      lo[j] = v < lo[j] ? v : lo[j];
+      hi[j] = v > hi[j] ? v : hi[j];
+    }
+  for (int64_t i = m / kLanes * kLanes; i < m; ++i) {
+    const C v = values[i];
+    lo[0] = v < lo[0] ? v : lo[0];
+    hi[0] = v > hi[0] ? v : hi[0];
+  }
+  double total = 0.0, n = 0.0;
   C low = kInf, high = -kInf;
   for (int j = 0; j < kLanes; ++j) {
     total += sum[j];
-    low = std::min(low, lo[j]);
-    high = std::max(high, hi[j]);
+    n += count[j];
+    low = lo[j] < low ? lo[j] : low;
+    high = hi[j] > high ? hi[j] : high;
+  }
+  uint64_t pos_inf = 0;
+  if (n < static_cast<double>(m)) {  // some value was not finite: count +inf, redo min and max
+    low = kInf, high = -kInf;
+    for (int64_t i = 0; i < m; ++i) {
+      const C v = values[i];
+      pos_inf += v == kInf;
+      if (v - v == C(0)) low = std::min(low, v), high = std::max(high, v);
+    }
   }
   const double mean = n > 0 ? total / n : 0.0;
   double m2[kLanes] = {};
@@ -131,7 +148,7 @@ uint64_t block_moments(const C* values, int64_t m, uint64_t* n_out, double* mean
     }
   double squares = 0.0;
   for (int j = 0; j < kLanes; ++j) squares += m2[j];
-  *n_out = n;
+  *n_out = static_cast<uint64_t>(n);
   *mean_out = mean;
   *m2_out = squares;
   *lo_out = static_cast<double>(low);
@@ -187,11 +204,14 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       seen[f] += static_cast<uint64_t>(m);
       moments_[f].merge(sketches::MomentsSketch::from_parts(n, static_cast<uint64_t>(m) - n, mean, m2, lo, hi));
 
-      sketches::KllSketch& q = quantiles_[f];
+      double sampled[kBlock];
+      size_t n_sampled = 0;
       for (int64_t i = static_cast<int64_t>(kll_phase_); i < m; i += kll_every) {
         const double v = static_cast<double>(values[i]);
-        if (v - v == 0.0) q.update(v);
+        sampled[n_sampled] = v;
+        n_sampled += v - v == 0.0;  // finite values only
       }
+      quantiles_[f].update(sampled, n_sampled);
     }
 
     for (size_t c = 0; c < spec_->categorical.size(); ++c) {

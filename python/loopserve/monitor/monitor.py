@@ -19,7 +19,7 @@ from loopserve.monitor.profile import CategoricalProfile, NumericProfile, Refere
 from loopserve.monitor.report import DriftReport, MonitorCounters, WindowDrift
 from loopserve.monitor.verdict import window_drift
 
-QUANTILE_SAMPLE_TARGET = 16384  # rows per window the quantile sketches take, when automatic
+QUANTILE_SAMPLE_TARGET = 8192  # rows per window the quantile sketches take, when automatic
 
 
 def native_spec(features) -> tuple[list, list]:
