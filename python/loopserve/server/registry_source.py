@@ -21,7 +21,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from loopserve.backends import find_model_file, open_backend
-from loopserve.config import load_config
+from loopserve.config import DriftConfig, FeedbackConfig, load_config
 from loopserve.errors import ConfigError
 from loopserve.model import CONFIG_NAMES, Model
 
@@ -35,6 +35,10 @@ class ModelSource(Struct, forbid_unknown_fields=True, frozen=True):
     source: str  # registry://NAME@ALIAS or registry://NAME@VERSION
     canary_alias: str | None = None
     canary_weight: Annotated[float, Meta(gt=0, lt=100)] = 10.0
+    # Where the serving side decides, not the training side: these replace the registered
+    # version's own config sections.
+    drift: DriftConfig | None = None
+    feedback: FeedbackConfig | None = None
 
     @property
     def registry_ref(self) -> tuple[str, str | int]:
@@ -89,4 +93,7 @@ class RegistryModels:
             raise ConfigError(f"registry model '{registered}' version {version} has no config file; register a "
                               f"directory holding the model file and one of {', '.join(CONFIG_NAMES)}")
         config = msgspec.structs.replace(load_config(config_file), name=name)
+        source = self.sources[name]
+        config = msgspec.structs.replace(config, drift=source.drift or config.drift,
+                                         feedback=source.feedback or config.feedback)
         return Model(config, open_backend(config, find_model_file(directory)), version), directory
