@@ -1,0 +1,123 @@
+"""`loopserve pipeline run | watch | status`: continuous training, in its own process."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+
+from loopserve.commands._common import add_store_option, console, fmt, store_command
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("pipeline", help="continuous training: retrain, gate, canary, promote or roll back")
+    commands = parser.add_subparsers(dest="pipeline_command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline once now")
+    run.add_argument("config", help="pipeline config file (YAML, TOML or JSON)")
+    run.add_argument("--reason", default="started by hand", help="why (recorded with the run)")
+    run.set_defaults(handler=_run)
+
+    watch = commands.add_parser("watch", help="read the server every poll_s and run the pipeline when a trigger fires")
+    watch.add_argument("config", help="pipeline config file (YAML, TOML or JSON)")
+    watch.add_argument("--for", dest="seconds", type=float, help="stop after this many seconds (default: never)")
+    watch.set_defaults(handler=_watch)
+
+    status = commands.add_parser("status", help="recent pipeline runs and where each one is")
+    status.add_argument("--model", help="only this model's runs")
+    status.add_argument("--limit", type=int, default=10)
+    status.add_argument("--decisions", action="store_true", help="also the latest trigger decisions")
+    add_store_option(status)
+    status.set_defaults(handler=_status)
+
+
+def _pipeline(args):
+    from loopserve.logs import configure_logging
+    from loopserve.pipeline.config import load_pipeline_config
+    from loopserve.pipeline.runner import Pipeline
+
+    configure_logging("info")
+    return Pipeline(load_pipeline_config(args.config))
+
+
+def _run(args) -> int:
+    from loopserve.errors import LoopserveError
+
+    try:
+        pipeline = _pipeline(args)
+    except LoopserveError as e:
+        print(f"loopserve pipeline: {e}", file=sys.stderr)
+        return 2
+    try:
+        record = pipeline.run(args.reason)
+    finally:
+        pipeline.close()
+    _print_runs([record])
+    return 0 if record.status == "promoted" else 1
+
+
+def _watch(args) -> int:
+    import time
+
+    from loopserve.errors import LoopserveError
+
+    try:
+        pipeline = _pipeline(args)
+    except LoopserveError as e:
+        print(f"loopserve pipeline: {e}", file=sys.stderr)
+        return 2
+    try:
+        pipeline.watch(None if args.seconds is None else time.time() + args.seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pipeline.close()
+    return 0
+
+
+@store_command("loopserve pipeline status")
+def _status(args, store) -> int:
+    from loopserve.pipeline.records import PipelineRecords
+
+    records = PipelineRecords(store)
+    _print_runs(records.runs(args.model, limit=args.limit))
+    if args.decisions and args.model:
+        from rich.table import Table
+
+        table = Table(title=f"trigger decisions: {args.model}")
+        for column in ("at", "fire", "reasons"):
+            table.add_column(column)
+        for d in records.decisions(args.model, limit=args.limit):
+            table.add_row(_time(d["at"]), "yes" if d["fire"] else "no", "; ".join(d["reasons"]))
+        console().print(table)
+    return 0
+
+
+def _print_runs(runs) -> None:
+    from rich.table import Table
+
+    out = console()
+    if not runs:
+        out.print("no pipeline runs")
+        return
+    for run in runs:
+        table = Table(title=f"run {run.id} · {run.model} · {run.status} · started {_time(run.started_at)}",
+                      caption=f"why: {run.reason}" + (f"\noutcome: {run.outcome}" if run.outcome else ""))
+        for column in ("step", "status", "seconds", "detail"):
+            table.add_column(column)
+        for step in run.steps:
+            seconds = "" if step.finished_at is None else f"{step.finished_at - step.started_at:.1f}"
+            style = {"passed": "green", "failed": "red", "skipped": "dim"}.get(step.status, "yellow")
+            table.add_row(step.step, f"[{style}]{step.status}[/{style}]", seconds, _detail(step.detail))
+        out.print(table)
+
+
+def _detail(detail: dict) -> str:
+    if "error" in detail:
+        return detail["error"][:160]
+    keys = ("rows", "registered_version", "weights", "production", "rejected", "rules_checked")
+    return ", ".join(f"{k}={fmt(detail[k])}" for k in keys if k in detail)[:160]
+
+
+def _time(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S")

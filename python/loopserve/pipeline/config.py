@@ -1,0 +1,82 @@
+"""The pipeline config (`loopserve pipeline run|watch CONFIG`): msgspec Structs from YAML/TOML/JSON.
+
+    model: fraud                       # the served name and the registry name
+    server: http://127.0.0.1:8000      # the server it reads drift, feedback and traffic from
+    train: train_fraud.yaml            # the training template (data and holdout are replaced)
+    retrain_data: {feedback_dir: feedback, min_rows: 2000}
+    triggers: {drift_windows: 2, accuracy_floor: 0.9, cooldown_s: 120}
+    canary: {window_s: 30, min_requests: 300}
+
+Relative paths are taken from the config file's directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta, Struct
+
+from loopserve.config import load_config
+from loopserve.pipeline.trigger import TriggerConfig
+
+
+class RetrainData(Struct, forbid_unknown_fields=True, frozen=True):
+    """Where retraining rows come from: the labelled examples the server spills from feedback."""
+
+    feedback_dir: str = "feedback"
+    min_rows: Annotated[int, Meta(ge=10)] = 2000  # fewer labelled rows: the collect step fails
+    max_rows: Annotated[int, Meta(ge=10)] = 50_000  # the most recent ones
+    holdout_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.25  # the newest rows, held out for the gates
+
+
+class Validation(Struct, forbid_unknown_fields=True, frozen=True):
+    """Rules for the new data, inferred from the production version's training snapshot. Loose
+    on purpose: they stop broken data (types, nulls, absurd values), not the drift being fixed."""
+
+    range_margin: Annotated[float, Meta(ge=0)] = 2.0  # of the reference span, on each side
+    max_mean_shift: Annotated[float, Meta(gt=0)] = 5.0  # reference standard deviations
+    max_std_ratio: Annotated[float, Meta(gt=1)] = 5.0
+    null_slack: Annotated[float, Meta(ge=0, le=1)] = 0.05
+
+
+class CanaryConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    """The canary compared with production on live traffic before promotion."""
+
+    alias: str = "canary"  # the server's source for the model must name it as canary_alias
+    window_s: Annotated[float, Meta(gt=0)] = 30.0  # at most this long...
+    min_requests: Annotated[int, Meta(ge=1)] = 200  # ...and until the canary answered this many
+    min_labels: Annotated[int, Meta(ge=0)] = 100  # and got this many labels (0: accuracy not compared)
+    max_error_rate_increase: Annotated[float, Meta(ge=0)] = 0.01
+    max_p99_ratio: Annotated[float, Meta(gt=0)] = 3.0  # canary p99 <= this x production's
+    accuracy_margin: Annotated[float, Meta(ge=0)] = 0.02  # canary accuracy >= production's - margin
+    load_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # for the server to load the canary
+    poll_s: Annotated[float, Meta(gt=0)] = 1.0
+
+
+class PipelineConfig(Struct, forbid_unknown_fields=True, frozen=True):
+    model: str
+    train: str
+    server: str = "http://127.0.0.1:8000"
+    store: str | None = None
+    production_alias: str = "production"
+    retrain_data: RetrainData = RetrainData()
+    validation: Validation = Validation()
+    triggers: TriggerConfig = TriggerConfig()
+    canary: CanaryConfig = CanaryConfig()
+    poll_s: Annotated[float, Meta(gt=0)] = 2.0  # how often `watch` reads the server
+    work_dir: str = "pipeline-work"  # candidate model directories
+
+
+def load_pipeline_config(path: str | Path) -> PipelineConfig:
+    path = Path(path)
+    config = load_config(path, PipelineConfig)
+    base = path.parent
+
+    def rel(p: str | None) -> str | None:
+        return None if p is None or Path(p).is_absolute() else str(base / p)
+
+    data = msgspec.structs.replace(config.retrain_data, feedback_dir=rel(config.retrain_data.feedback_dir))
+    return msgspec.structs.replace(config, train=rel(config.train), store=rel(config.store) if config.store else None,
+                                   work_dir=rel(config.work_dir), retrain_data=data)

@@ -1,0 +1,120 @@
+"""Runs the continuous-training pipeline, once (`run`) or whenever a trigger fires (`watch`).
+
+It runs in its own process, never in the server's: it reads the server over HTTP, writes the
+registry, and the server follows the registry's aliases. Every step and every trigger decision
+is recorded in the store (see records.py), and logged as a JSON line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from loopserve.pipeline import steps
+from loopserve.pipeline.config import PipelineConfig
+from loopserve.pipeline.records import PipelineRecords, RunRecord
+from loopserve.pipeline.server_view import ServerUnavailable, ServerView
+from loopserve.pipeline.trigger import Decision, Evidence, decide
+
+log = logging.getLogger("loopserve.pipeline")
+
+# (name, step); after "compare" either "promote" or "rollback" runs.
+STEPS = (("collect", steps.collect), ("validate", steps.validate), ("train", steps.train),
+         ("canary", steps.canary), ("compare", steps.compare))
+
+
+class Pipeline:
+    """Not thread-safe: one pipeline per process (it holds one store connection)."""
+
+    def __init__(self, config: PipelineConfig, view: ServerView | None = None):
+        from loopserve.store import Store
+
+        self.config = config
+        self.store = Store(config.store)
+        self.records = PipelineRecords(self.store)
+        self.view = view or ServerView(config.server, config.model)
+        self._labels_at_last_run = 0
+
+    def close(self) -> None:
+        self.store.close()
+
+    def run(self, reason: str) -> RunRecord:
+        """One pass through the steps; returns what was recorded."""
+        run_id = self.records.start_run(self.config.model, reason)
+        log.info("pipeline run started", extra={"model": self.config.model, "run": run_id, "reason": reason})
+        ctx = steps.RunContext(run_id, self.config, self.store, self.view)
+        names = [n for n, _ in STEPS] + ["promote"]
+        for position, (name, step) in enumerate(STEPS):
+            if not self._step(ctx, position, name, step):
+                if name == "compare":  # the canary lost: take it out, production never moved
+                    self._step(ctx, position + 1, "rollback", steps.roll_back)
+                    self.records.finish_run(run_id, "rolled back", ctx.outcome)
+                else:
+                    for later, skipped in enumerate(names[position + 1:], position + 1):
+                        self.records.start_step(run_id, skipped, later)
+                        self.records.finish_step(run_id, skipped, "skipped", {})
+                    self.records.finish_run(run_id, "stopped", ctx.outcome)
+                return self._finished(run_id)
+        if self._step(ctx, len(STEPS), "promote", steps.promote):
+            self.records.finish_run(run_id, "promoted", f"version {ctx.candidate} is {self.config.production_alias}")
+        else:
+            self.records.finish_run(run_id, "failed", ctx.outcome)
+        return self._finished(run_id)
+
+    def _step(self, ctx: steps.RunContext, position: int, name: str, step) -> bool:
+        self.records.start_step(ctx.run_id, name, position)
+        started = time.monotonic()
+        try:
+            detail = step(ctx)
+        except Exception as e:  # a step's failure is the run's outcome, never the process's end
+            detail = getattr(e, "detail", {}) | {"error": f"{type(e).__name__}: {e}"}
+            ctx.outcome = f"{name}: {e}"
+            self.records.finish_step(ctx.run_id, name, "failed", detail)
+            log.warning("pipeline step failed", extra={"run": ctx.run_id, "step": name, "reason": str(e),
+                                                       "seconds": round(time.monotonic() - started, 3)})
+            return False
+        self.records.finish_step(ctx.run_id, name, "passed", detail)
+        log.info("pipeline step passed", extra={"run": ctx.run_id, "step": name,
+                                                "seconds": round(time.monotonic() - started, 3)})
+        return True
+
+    def _finished(self, run_id: str) -> RunRecord:
+        record = next(r for r in self.records.runs(self.config.model, limit=5) if r.id == run_id)
+        log.info("pipeline run finished", extra={"run": run_id, "status": record.status, "outcome": record.outcome})
+        return record
+
+    # -- triggers -------------------------------------------------------------------------
+
+    def evidence(self) -> Evidence:
+        """What the trigger rules look at, read from the server now."""
+        from loopserve.pipeline.retrain_data import live_accuracy
+
+        drift = self.view.drift()
+        closed = [w for w in drift.get("windows", []) if w.get("closed")]
+        accuracy, labels, total = live_accuracy(self.view.feedback(), drift.get("version"))
+        last = self.records.last_run(self.config.model)
+        return Evidence(now=time.time(), drift_verdicts=[w["verdict"] for w in closed],
+                        drifted_features=closed[-1]["drifted_features"] if closed else [],
+                        live_accuracy=accuracy, live_labels=labels, labels_total=total,
+                        labels_at_last_run=self._labels_at_last_run,
+                        last_run_at=None if last is None else last.started_at)
+
+    def check(self) -> Decision:
+        """Decide once, record the decision, and run the pipeline if it fires."""
+        decision = decide(self.config.triggers, self.evidence())
+        self.records.record_decision(self.config.model, decision)
+        log.info("trigger decision", extra={"model": self.config.model, "fire": decision.fire,
+                                            "reasons": decision.reasons})
+        if decision.fire:
+            self._labels_at_last_run = decision.evidence.labels_total
+            self.run("; ".join(decision.reasons))
+        return decision
+
+    def watch(self, until: float | None = None) -> None:
+        """check() every poll_s until `until` (a time.time() value) or forever."""
+        while until is None or time.time() < until:
+            try:
+                self.check()
+            except ServerUnavailable as e:
+                log.warning("server unavailable", extra={"reason": str(e)})
+            time.sleep(self.config.poll_s)

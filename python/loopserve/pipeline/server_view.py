@@ -1,0 +1,43 @@
+"""What the pipeline reads from a running loopserve server, over its HTTP API."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from loopserve.errors import LoopserveError
+
+
+class ServerUnavailable(LoopserveError):
+    pass
+
+
+class ServerView:
+    def __init__(self, base_url: str, model: str, timeout_s: float = 10.0):
+        self.base = base_url.rstrip("/")
+        self.model = urllib.parse.quote(model, safe="")
+        self.timeout_s = timeout_s
+
+    def _get(self, path: str) -> dict:
+        url = f"{self.base}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
+                return json.load(r)
+        except urllib.error.HTTPError as e:
+            body = e.read().decode(errors="replace")
+            raise ServerUnavailable(f"GET {url}: HTTP {e.code}: {body[:300]}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise ServerUnavailable(f"GET {url}: {getattr(e, 'reason', e)}") from None
+
+    def drift(self, windows: int = 10) -> dict:
+        """The drift report of the stable version: closed windows only."""
+        return self._get(f"/v2/models/{self.model}/drift?open=false&windows={windows}")
+
+    def traffic(self) -> dict:
+        """Loaded versions, weights, and each version's requests, errors and p99."""
+        return self._get(f"/v2/models/{self.model}/traffic")
+
+    def feedback(self) -> dict:
+        return self._get(f"/v2/models/{self.model}/feedback")

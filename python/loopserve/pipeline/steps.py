@@ -1,0 +1,232 @@
+"""The steps of one continuous-training run, each a function of the run's context.
+
+collect -> validate -> train (with its gates, and registration) -> canary -> compare -> promote
+or roll back. A step raises StepFailed to stop the run; production is only ever changed by the
+last step, so a failed step leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from loopserve.errors import LoopserveError
+from loopserve.pipeline.config import PipelineConfig
+from loopserve.pipeline.server_view import ServerView
+
+
+class StepFailed(LoopserveError):
+    def __init__(self, message: str, detail: dict | None = None):
+        super().__init__(message)
+        self.detail = detail or {}
+
+
+@dataclass
+class RunContext:
+    """What the steps of one run hand each other."""
+
+    run_id: str
+    config: PipelineConfig
+    store: object  # loopserve.store.Store
+    view: ServerView
+    production_version: int = 0
+    production_dir: Path | None = None
+    signature: object = None  # loopserve.training.export.Signature of the production version
+    train_snapshot: str | None = None
+    holdout_snapshot: str | None = None
+    candidate: int | None = None
+    outcome: str = ""
+    facts: dict = field(default_factory=dict)
+
+
+def collect(ctx: RunContext) -> dict:
+    """Labelled examples from live feedback, split by time: the newest rows are held out."""
+    from loopserve.data import snapshot
+    from loopserve.pipeline.retrain_data import read_labelled_examples
+    from loopserve.registry import current_version, materialize
+    from loopserve.training.export import SIGNATURE_FILE, Signature
+
+    config = ctx.config
+    ctx.production_version = current_version(config.model, config.production_alias, store=ctx.store)
+    ctx.production_dir = materialize(config.model, ctx.production_version, store=ctx.store)
+    sig_path = ctx.production_dir / SIGNATURE_FILE
+    if not sig_path.is_file():
+        raise StepFailed(f"production version {ctx.production_version} has no {SIGNATURE_FILE}: cannot tell its "
+                         f"feature columns (train it with `loopserve train`)")
+    ctx.signature = msgspec.json.decode(sig_path.read_bytes(), type=Signature)
+    examples = read_labelled_examples(config.retrain_data.feedback_dir, config.model, config.retrain_data.max_rows)
+    rows = len(examples.labels)
+    if rows < config.retrain_data.min_rows:
+        raise StepFailed(f"{rows} labelled rows in {config.retrain_data.feedback_dir}; retraining needs at least "
+                         f"{config.retrain_data.min_rows}", {"rows": rows})
+    width = len(ctx.signature.feature_names)
+    if examples.features.shape[1] != width:
+        raise StepFailed(f"labelled rows have {examples.features.shape[1]} features, the production model "
+                         f"{width} ({ctx.signature.feature_names})")
+    order = np.argsort(examples.times, kind="stable")
+    cut = int(rows * (1 - config.retrain_data.holdout_fraction))
+    parts = {"train": order[:cut], "holdout": order[cut:]}
+    ids = {}
+    for part, index in parts.items():
+        columns = {name: examples.features[index, i] for i, name in enumerate(ctx.signature.feature_names)}
+        columns[ctx.signature.label] = examples.labels[index].astype(np.int64)
+        if ctx.signature.group is not None:
+            columns[ctx.signature.group] = examples.groups[index].astype(np.int64)
+        ids[part] = snapshot(columns, store=ctx.store, name=f"{config.model}-{part}-{ctx.run_id}").id
+    ctx.train_snapshot, ctx.holdout_snapshot = ids["train"], ids["holdout"]
+    return {"rows": rows, "train_rows": int(cut), "holdout_rows": int(rows - cut),
+            "positive_rate": float(examples.labels.mean()), "train_snapshot": ids["train"],
+            "holdout_snapshot": ids["holdout"], "production_version": ctx.production_version}
+
+
+def validate(ctx: RunContext) -> dict:
+    """The new rows against rules inferred from the data production was trained on."""
+    from loopserve.data import DataSchema, infer_schema
+    from loopserve.data import validate as validate_data
+    from loopserve.registry import lineage
+
+    reference = lineage(ctx.config.model, ctx.production_version, store=ctx.store).data_snapshot
+    if reference is None:
+        raise StepFailed(f"production version {ctx.production_version} has no data snapshot in its lineage: "
+                         f"nothing to validate the new data against")
+    v = ctx.config.validation
+    inferred = infer_schema(reference, store=ctx.store, range_margin=v.range_margin, null_slack=v.null_slack,
+                            max_mean_shift=v.max_mean_shift, max_std_ratio=v.max_std_ratio)
+    sig = ctx.signature
+    wanted = set(sig.feature_names) | {sig.label} | ({sig.group} if sig.group else set())
+    # The same columns, compared as numbers: the feedback rows are float32 whatever the source types were.
+    rules = [msgspec.structs.replace(r, type="numeric", categories=None) for r in inferred.columns if r.name in wanted]
+    report = validate_data(ctx.train_snapshot, DataSchema(columns=rules, reference=inferred.reference), store=ctx.store)
+    failures = [f"{c.column}: {c.message}" for c in report.failures]
+    if failures:
+        raise StepFailed("the new data failed validation: " + "; ".join(failures[:5]), {"failures": failures})
+    return {"reference_snapshot": reference, "rules_checked": len(report.checks)}
+
+
+def train(ctx: RunContext) -> dict:
+    """Train on the new rows; gates (against production) and registration happen inside."""
+    from loopserve.training import train as train_model
+    from loopserve.training.config import DataSpec, RegistrySpec, load_train_config
+
+    config = ctx.config
+    template = load_train_config(config.train)
+    sig = ctx.signature
+
+    def spec(snapshot_id):
+        return DataSpec(snapshot=snapshot_id, features=list(sig.feature_names), label=sig.label, group=sig.group,
+                        categorical=dict(sig.categorical))
+
+    if template.gates is None:
+        raise StepFailed(f"{config.train}: the training template needs gates: a pipeline never registers an "
+                         f"ungated model")
+    output = msgspec.structs.replace(template.output, dir=str(Path(config.work_dir) / ctx.run_id), name=config.model,
+                                     version="next")
+    train_config = msgspec.structs.replace(
+        template, data=spec(ctx.train_snapshot), holdout=spec(ctx.holdout_snapshot), output=output,
+        production_model=str(ctx.production_dir), store=str(ctx.store.root),
+        registry=RegistrySpec(enabled=True, alias=None, parent=ctx.production_version))
+    result = train_model(train_config, quiet=True)
+    detail = {"run_id": result.run_id, "metrics": result.metrics, "gates_passed": result.gates_passed,
+              "gate_failures": result.gate_failures, "gate_report": result.gate_report}
+    if not result.published:
+        raise StepFailed("the candidate failed its gates: " + "; ".join(result.gate_failures), detail)
+    ctx.candidate = result.registered_version
+    return {**detail, "registered_version": ctx.candidate}
+
+
+def canary(ctx: RunContext) -> dict:
+    """Point the canary alias at the candidate; the server loads it beside production."""
+    from loopserve.registry import set_alias
+
+    c = ctx.config.canary
+    set_alias(ctx.config.model, c.alias, ctx.candidate, reason=f"pipeline run {ctx.run_id}: canary",
+              actor="pipeline", store=ctx.store)
+    deadline = time.monotonic() + c.load_timeout_s
+    while time.monotonic() < deadline:
+        state = ctx.view.traffic()
+        if str(ctx.candidate) in {str(v) for v in state.get("weights", {})}:
+            return {"weights": state["weights"]}
+        time.sleep(c.poll_s)
+    raise StepFailed(f"the server did not start serving version {ctx.candidate} as a canary within "
+                     f"{c.load_timeout_s:.0f} s (does its config name canary_alias: {c.alias}?)")
+
+
+def compare(ctx: RunContext) -> dict:
+    """Canary against production on live error rate, latency and feedback accuracy."""
+    from loopserve.pipeline.retrain_data import version_accuracy
+
+    c = ctx.config.canary
+    prod, cand = str(ctx.production_version), str(ctx.candidate)
+    start = ctx.view.traffic()["metrics"]
+    started = time.monotonic()
+    while True:
+        time.sleep(c.poll_s)
+        metrics = ctx.view.traffic()["metrics"]
+        accuracy = version_accuracy(ctx.view.feedback())
+        seen = _delta(metrics, start, cand)["requests"]
+        labels = accuracy.get(cand, (None, 0))[1]
+        if (seen >= c.min_requests and labels >= c.min_labels) or time.monotonic() - started >= c.window_s:
+            break
+    p, q = _delta(metrics, start, prod), _delta(metrics, start, cand)
+    (acc_p, labels_p), (acc_q, labels_q) = accuracy.get(prod, (None, 0)), accuracy.get(cand, (None, 0))
+    facts = {"production": {**p, "accuracy": acc_p, "labels": labels_p},
+             "canary": {**q, "accuracy": acc_q, "labels": labels_q}, "seconds": time.monotonic() - started}
+    problems = []
+    if q["requests"] < c.min_requests:
+        problems.append(f"the canary answered {q['requests']} requests in {c.window_s:.0f} s; needs {c.min_requests}")
+    if q["error_rate"] > p["error_rate"] + c.max_error_rate_increase:
+        problems.append(f"canary error rate {q['error_rate']:.4f} > production {p['error_rate']:.4f} "
+                        f"+ {c.max_error_rate_increase}")
+    if p["p99_s"] > 0 and q["p99_s"] > c.max_p99_ratio * p["p99_s"]:
+        problems.append(f"canary p99 {q['p99_s'] * 1e3:.2f} ms > {c.max_p99_ratio} x production "
+                        f"{p['p99_s'] * 1e3:.2f} ms")
+    if c.min_labels > 0:
+        if labels_q < c.min_labels or acc_p is None:
+            problems.append(f"the canary got {labels_q} labels; needs {c.min_labels} to compare accuracy")
+        elif acc_q < acc_p - c.accuracy_margin:
+            problems.append(f"canary accuracy {acc_q:.4f} < production {acc_p:.4f} - {c.accuracy_margin}")
+    ctx.facts = facts
+    if problems:
+        raise StepFailed("the canary lost: " + "; ".join(problems), facts)
+    return facts
+
+
+def promote(ctx: RunContext) -> dict:
+    from loopserve.registry import set_alias
+
+    set_alias(ctx.config.model, ctx.config.production_alias, ctx.candidate,
+              reason=f"pipeline run {ctx.run_id}: canary won", actor="pipeline", store=ctx.store)
+    _wait_for_single_version(ctx, ctx.candidate)
+    return {"production": ctx.candidate, "previous": ctx.production_version}
+
+
+def roll_back(ctx: RunContext) -> dict:
+    """The canary alias back onto production: the server drops the candidate."""
+    from loopserve.registry import set_alias
+
+    set_alias(ctx.config.model, ctx.config.canary.alias, ctx.production_version,
+              reason=f"pipeline run {ctx.run_id}: canary lost", actor="pipeline", store=ctx.store)
+    _wait_for_single_version(ctx, ctx.production_version)
+    return {"production": ctx.production_version, "rejected": ctx.candidate}
+
+
+def _wait_for_single_version(ctx: RunContext, version: int) -> None:
+    deadline = time.monotonic() + ctx.config.canary.load_timeout_s
+    while time.monotonic() < deadline:
+        if set(ctx.view.traffic().get("weights", {})) == {str(version)}:
+            return
+        time.sleep(ctx.config.canary.poll_s)
+    raise StepFailed(f"the server did not settle on version {version} alone within "
+                     f"{ctx.config.canary.load_timeout_s:.0f} s")
+
+
+def _delta(metrics: dict, start: dict, version: str) -> dict:
+    now, then = metrics.get(version, {}), start.get(version, {})
+    requests = now.get("requests", 0) - then.get("requests", 0)
+    errors = now.get("errors", 0) - then.get("errors", 0)
+    return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else 0.0,
+            "p99_s": now.get("p99_s", 0.0)}
