@@ -23,6 +23,7 @@ import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
 from loopserve.model import Model
 from loopserve.server.drift_routes import DriftRoutes
+from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.http_errors import Unauthorized, error_body, status_of
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.protocol import ProtocolError
@@ -77,6 +78,7 @@ class LoopserveApp:
             Route("/v2/models/stats", self.model_stats),
             *traffic,
             *DriftRoutes(repository).routes(),
+            *FeedbackRoutes(repository).routes(),
             *[Route("/v2/models/{model}" + path, endpoint) for path, endpoint in per_model],
             *[Route("/v2/models/{model}/versions/{version}" + path, endpoint) for path, endpoint in per_model],
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),

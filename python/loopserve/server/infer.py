@@ -15,6 +15,7 @@ import numpy as np
 
 from loopserve.errors import InvalidInput, LoopserveError, ModelError
 from loopserve.model import Model
+from loopserve.server.feedback_routes import store_for as feedback_store  # feedback
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
@@ -91,6 +92,7 @@ class InferEndpoint:
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.feedback = feedback_store(repository)  # feedback: predictions recorded by request id
 
     async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
         start = time.perf_counter()
@@ -122,9 +124,17 @@ class InferEndpoint:
                 await asyncio.sleep(0)
             outputs = await pending
             binary_default = bool(params.get("binary_data_output", False)) if params else False
+            # feedback: the prediction is recorded under the request id; a request that sent none
+            # gets one made here, returned in the response's `id` (loopserve.monitor.feedback).
+            track = self.feedback.track(model)
+            request_id = request.id if request is not None else None
+            if not request_id and track is not None:
+                request_id = self.feedback.new_id()
             payload, json_length = encode_response(
-                model.name, str(model.version), request.id if request is not None else None, outputs,
+                model.name, str(model.version), request_id, outputs,
                 request.outputs if request is not None else None, binary_default)
+            if track is not None:
+                track.record(request_id, arrays, outputs, params)  # feedback (never raises)
         except Exception as exc:  # every refusal is answered; the server serves on
             status, extra = status_of(exc)
             if status == 500:

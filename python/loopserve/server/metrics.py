@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from loopserve.canary import VersionMetrics
+from loopserve.server.feedback_routes import FeedbackCollector
 from loopserve.server.repository import ModelRepository
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -170,6 +171,7 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(BatcherCollector(repository))
         self.registry.register(DriftCollector(repository))
+        self.registry.register(FeedbackCollector(repository))
         self._latency: dict[tuple[str, str], LatencyHistogram] = {}
         self.registry.register(LatencyCollector(self._latency))
 

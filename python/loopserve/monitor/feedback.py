@@ -1,0 +1,369 @@
+"""Ground-truth feedback: predictions recorded by request id, labels joined to them later, and
+what the joins give — live accuracy, precision and recall per version, and labelled examples
+for retraining.
+
+    store = FeedbackStore()                          # the server keeps one per repository
+    track = store.track(model)                       # per request (cached per Model object)
+    track.record(request_id, inputs, outputs, params)   # after a successful infer: ~1-2 µs
+    result = store.feedback("fraud", [("req-1", 1), ("req-2", [0, 1])])
+    store.window_metrics("fraud", 2)                 # VersionFeedback: cumulative, current, windows
+    X, y, groups, ids, times = store.labelled_examples("fraud", since=t)
+
+Each served version has its own bounded record (loopserve.monitor.predictions); a label is
+looked up in the records of every version of the model and joins the newest prediction with
+that id. Answers per id: "joined"; "unknown" (never recorded for this model, or forgotten
+long ago); "duplicate" (already labelled: the first label wins); "expired" (recorded, but
+past `feedback.horizon_s` or evicted from the record); "invalid" (the label does not fit
+the prediction, with the reason; the id can still be labelled).
+
+Thread-safety: everything is safe from any thread. One lock per model guards its records,
+metrics and labelled examples (held for a few microseconds per recorded request, and for the
+join of one feedback request); the spill files have their own lock, and `feedback()` writes
+them outside the model's lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+import weakref
+from typing import NamedTuple
+
+import msgspec
+
+from loopserve.errors import ModelNotFound
+from loopserve.monitor.labelled import Joined, LabelledBuffer, LabelledExamples, SpillWriter, examples_from
+from loopserve.monitor.live_metrics import LiveMetrics, PredictionRule, VersionFeedback
+from loopserve.monitor.predictions import DUPLICATE, EXPIRED, LIVE, UNKNOWN, PredictionRecord, row_width
+
+log = logging.getLogger("loopserve.feedback")
+
+JOINED, INVALID = "joined", "invalid"
+STATUSES = (JOINED, UNKNOWN, DUPLICATE, EXPIRED, INVALID)
+MAX_VERSIONS = 32  # versions whose live metrics a model keeps (the highest)
+
+
+class ItemStatus(msgspec.Struct, omit_defaults=True):
+    id: str
+    status: str
+    version: str | None = None  # the version that answered, when known
+    reason: str | None = None  # why an invalid label was refused
+
+
+class FeedbackResult(msgspec.Struct):
+    model: str
+    joined: int = 0
+    unknown: int = 0
+    duplicate: int = 0
+    expired: int = 0
+    invalid: int = 0
+    items: list[ItemStatus] = []
+
+
+class RecordState(msgspec.Struct):
+    version: int
+    entries: int  # request ids held
+    capacity_rows: int
+    recorded: int  # requests recorded, ever
+    evicted: int
+    horizon_s: float
+    input_width: int
+    output: str
+
+
+class FeedbackReport(msgspec.Struct):
+    """GET /v2/models/{m}/feedback."""
+
+    model: str
+    labels: dict[str, dict[str, int]]  # version ("" when unknown) -> status -> ids
+    versions: list[VersionFeedback]
+    records: list[RecordState]
+    labelled_rows: int
+    spill_dir: str | None
+    not_recorded: dict[str, str]  # version -> why its predictions are not recorded
+
+
+class Layout(NamedTuple):
+    output: str
+    y_width: int
+    x_layout: tuple[tuple[str, int, int], ...]
+    batched: bool
+
+
+class VersionTrack:
+    """One version's record and prediction rule."""
+
+    def __init__(self, owner: "ModelFeedback", version: int, config, layout: Layout):
+        self.owner = owner
+        self.version = version
+        self.config = config
+        self.layout = layout
+        self.output = layout.output
+        self.rule = PredictionRule(layout.y_width, config.threshold, list(config.classes))
+        self.rec = PredictionRecord(config.record_size, config.horizon_s, layout.y_width, list(layout.x_layout),
+                                    layout.batched)
+        self.failed = False
+
+    def record(self, request_id: str, inputs: dict, outputs: dict, params: dict | None) -> None:
+        """Records a successful prediction; the infer hot path. Never raises."""
+        y = outputs.get(self.output)
+        if y is None or self.failed:
+            return
+        group = params.get("group") if params else None
+        owner = self.owner
+        try:
+            with owner.lock:
+                self.rec.add(request_id, owner.store.clock(), y, inputs, group)
+        except Exception as e:  # a shape the config did not declare: stop recording, say so once
+            self.failed = True
+            owner.not_recorded[str(self.version)] = f"recording failed: {e}"
+            log.error("feedback recording failed", extra={"model": owner.name, "version": self.version,
+                                                          "error": str(e)})
+
+
+class ModelFeedback:
+    """Everything feedback keeps for one model name."""
+
+    def __init__(self, store: "FeedbackStore", name: str, config):
+        self.store = store
+        self.name = name
+        self.lock = threading.Lock()
+        self.config = config
+        self.tracks: dict[int, VersionTrack] = {}
+        self.live: dict[int, LiveMetrics] = {}
+        self.counts: dict[tuple[str, str], int] = {}
+        self.labelled = LabelledBuffer(config.record_size)
+        self.spill = SpillWriter(config.spill_dir, name, config.spill_max_bytes) if config.spill_dir else None
+        self.not_recorded: dict[str, str] = {}
+
+    def configure(self, config) -> None:
+        if config == self.config:
+            return
+        with self.lock:
+            self.config = config
+            self.labelled.capacity = config.record_size
+            spill = self.spill
+            if config.spill_dir is None or spill is None or spill.max_bytes != config.spill_max_bytes or \
+                    str(spill.directory.parent) != str(config.spill_dir):
+                if spill is not None:
+                    spill.close()
+                self.spill = SpillWriter(config.spill_dir, self.name, config.spill_max_bytes) \
+                    if config.spill_dir else None
+
+    def join(self, items: list[tuple[str, object]]) -> tuple[FeedbackResult, list[Joined]]:
+        result = FeedbackResult(self.name)
+        joined: list[Joined] = []
+        with self.lock:
+            now = self.store.clock()
+            for request_id, label in items:
+                status, track, entry = self._find(request_id, now)
+                reason = None
+                if status == LIVE:
+                    truth = track.rule.labels(label, entry.rows)
+                    if isinstance(truth, str):
+                        status, reason = INVALID, truth
+                    else:
+                        status = JOINED
+                        entry.labelled = True
+                        x, y = track.rec.rows(entry)
+                        self._metrics(track).add(track.rule.predict(y), truth, now)
+                        joined.append(Joined(now, entry.time, request_id, track.version, entry.group, x, truth, y))
+                version = str(track.version) if track is not None else None
+                key = (version or "", status)
+                self.counts[key] = self.counts.get(key, 0) + 1
+                setattr(result, status, getattr(result, status) + 1)
+                result.items.append(ItemStatus(request_id, status, version, reason))
+            for item in joined:
+                self.labelled.add(item)
+            self._prune(now)
+        return result, joined
+
+    def _find(self, request_id: str, now: float):
+        """The best answer across versions: a live entry, else the newest recorded one."""
+        best = (UNKNOWN, None, None)
+        for track in self.tracks.values():
+            status, entry = track.rec.lookup(request_id, now)
+            if entry is not None and (best[2] is None or entry.time > best[2].time):
+                best = (status, track, entry)
+        return best
+
+    def _metrics(self, track: VersionTrack) -> LiveMetrics:
+        live = self.live.get(track.version)
+        if live is None or live.kind != track.rule.kind:
+            live = self.live[track.version] = LiveMetrics(track.version, track.rule.kind,
+                                                          track.config.window_labels, track.config.history)
+            for old in sorted(self.live)[:-MAX_VERSIONS]:
+                del self.live[old]
+        live.window_labels = track.config.window_labels
+        return live
+
+    def _prune(self, now: float) -> None:
+        """Drops the records of versions that no longer serve and whose entries are all past
+        the horizon (their metrics stay)."""
+        serving = {t.version for t in self.store.serving_tracks(self.name)}
+        for version, track in list(self.tracks.items()):
+            if version not in serving and track.rec.last_time < now - track.config.horizon_s:
+                del self.tracks[version]
+
+
+class FeedbackStore:
+    """The feedback of every model of one server. `clock` (unix seconds) is injectable for tests."""
+
+    def __init__(self, clock=time.time):
+        self.clock = clock
+        self.models: dict[str, ModelFeedback] = {}
+        self._fast: dict[int, tuple[weakref.ref, VersionTrack | None]] = {}  # id(Model) -> its track
+        self._lock = threading.Lock()
+        self._prefix = secrets.token_hex(4)
+        self._ids = itertools.count(1)
+
+    # -- the hot path ---------------------------------------------------------------------
+
+    def track(self, model) -> VersionTrack | None:
+        """The record of this Model object's version; None when feedback is off for it."""
+        cached = self._fast.get(id(model))
+        if cached is not None and cached[0]() is model:
+            return cached[1]
+        return self._track(model)
+
+    def new_id(self) -> str:
+        """A request id for a request that sent none: unique in this process and unlikely to
+        repeat across processes (a random prefix)."""
+        return f"{self._prefix}-{next(self._ids):x}"
+
+    def _track(self, model) -> VersionTrack | None:
+        config = model.config.feedback
+        key = id(model)
+        with self._lock:
+            track = None
+            if config.enabled:
+                mf = self.models.get(model.name)
+                if mf is None:
+                    mf = self.models[model.name] = ModelFeedback(self, model.name, config)
+                mf.configure(config)
+                layout = _layout(model, config)
+                if isinstance(layout, str):
+                    mf.not_recorded[str(model.version)] = layout
+                    log.warning("feedback cannot record this version", extra={
+                        "model": model.name, "version": model.version, "reason": layout})
+                else:
+                    with mf.lock:
+                        track = mf.tracks.get(model.version)
+                        if track is None or track.config != config or track.layout != layout:
+                            track = mf.tracks[model.version] = VersionTrack(mf, model.version, config, layout)
+                        mf.not_recorded.pop(str(model.version), None)
+
+            def forget(ref, key=key, fast=self._fast):
+                if fast.get(key, (None,))[0] is ref:
+                    del fast[key]
+
+            self._fast[key] = (weakref.ref(model, forget), track)
+        return track
+
+    def serving_tracks(self, name: str) -> list[VersionTrack]:
+        """Tracks of live Model objects of `name`."""
+        return [t for ref, t in list(self._fast.values()) if t is not None and t.owner.name == name and ref() is not None]
+
+    # -- labels ---------------------------------------------------------------------------
+
+    def model(self, name: str) -> ModelFeedback:
+        mf = self.models.get(name)
+        if mf is None:
+            raise ModelNotFound(f"model '{name}' has recorded no predictions for feedback (unknown model, "
+                                f"no request yet, or feedback.enabled: false in its config)")
+        return mf
+
+    def join(self, name: str, items: list[tuple[str, object]]) -> tuple[FeedbackResult, list[Joined]]:
+        """Joins labels `[(request id, label or [labels])]`; the joined examples still to be
+        spilled come back too (see `spill`)."""
+        return self.model(name).join(items)
+
+    def spill(self, name: str, joined: list[Joined]) -> None:
+        """Appends joined examples to the model's spill files, if it has a spill_dir. Any thread."""
+        writer = self.model(name).spill
+        if writer is not None and joined:
+            writer.write(joined)
+
+    def feedback(self, name: str, items: list[tuple[str, object]]) -> FeedbackResult:
+        """join + spill, for Python callers."""
+        result, joined = self.join(name, items)
+        self.spill(name, joined)
+        return result
+
+    # -- what the joins give --------------------------------------------------------------
+
+    def window_metrics(self, name: str, version: int, last: int | None = None) -> VersionFeedback | None:
+        """A version's live metrics (None before its first label): every label so far
+        (`cumulative`), the window filling now (`current`), and the last closed windows."""
+        mf = self.models.get(name)
+        if mf is None:
+            return None
+        with mf.lock:
+            live = mf.live.get(int(version))
+            return live.snapshot(last) if live is not None else None
+
+    def live_metrics(self, name: str, last: int | None = None) -> dict[int, VersionFeedback]:
+        """Every labelled version's live metrics."""
+        mf = self.models.get(name)
+        if mf is None:
+            return {}
+        with mf.lock:
+            return {v: live.snapshot(last) for v, live in sorted(mf.live.items())}
+
+    def labelled_examples(self, name: str, since: float | None = None,
+                          version: int | None = None) -> LabelledExamples:
+        """The joined examples held in memory (at most `feedback.record_size` rows, the most
+        recent), labelled after `since` (unix seconds), of one version or all."""
+        mf = self.model(name)
+        with mf.lock:
+            items = mf.labelled.select(since, version)
+        return examples_from(items, f"model '{name}'")
+
+    def report(self, name: str, last: int | None = None) -> FeedbackReport:
+        mf = self.model(name)
+        with mf.lock:
+            labels: dict[str, dict[str, int]] = {}
+            for (version, status), n in sorted(mf.counts.items()):
+                labels.setdefault(version, {})[status] = n
+            records = [RecordState(v, len(t.rec), t.rec.capacity, t.rec.recorded, t.rec.evicted, t.rec.horizon_s,
+                                   t.rec.x_width, t.output) for v, t in sorted(mf.tracks.items())]
+            versions = [live.snapshot(last) for _, live in sorted(mf.live.items())]
+            return FeedbackReport(name, labels, versions, records, mf.labelled.rows, mf.config.spill_dir,
+                                  dict(mf.not_recorded))
+
+    def label_counts(self) -> list[tuple[str, str, str, int]]:
+        """(model, version, status, ids) for every count; for Prometheus."""
+        out = []
+        for name, mf in list(self.models.items()):
+            with mf.lock:
+                out += [(name, version, status, n) for (version, status), n in sorted(mf.counts.items())]
+        return out
+
+
+def _layout(model, config) -> Layout | str:
+    """Where a version's prediction and input rows are, or why they cannot be recorded."""
+    batched = model.config.max_batch_size > 0
+    if not model.outputs:
+        return "the model declares no outputs"
+    name = config.output or model.outputs[0].name
+    spec = next((t for t in model.outputs if t.name == name), None)
+    if spec is None:
+        return f"feedback.output '{name}' is not an output (outputs: {', '.join(t.name for t in model.outputs)})"
+    y_width = row_width(spec.dims)
+    if spec.datatype == "BYTES" or y_width is None or y_width == 0:
+        return f"output '{name}' is {spec.datatype} {list(spec.dims)}: feedback needs numeric outputs of fixed size"
+    x_layout, offset = [], 0
+    if config.keep_inputs:
+        for t in model.inputs:
+            width = row_width(t.dims)
+            if t.datatype == "BYTES":
+                continue
+            if width is None:  # variable-size inputs are not kept
+                x_layout, offset = [], 0
+                break
+            x_layout.append((t.name, offset, width))
+            offset += width
+    return Layout(name, y_width, tuple(x_layout), batched)
