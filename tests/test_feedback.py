@@ -1,0 +1,248 @@
+"""Feedback in-process: the prediction record's bounds, joins and their answers (joined, unknown,
+duplicate, expired, invalid), live metrics against numpy, labelled examples and the spill files.
+Real models (Model.from_callable) through their batchers; the clock is injected."""
+
+import msgspec
+import numpy as np
+import pytest
+
+from conftest import vector_config
+from loopserve import Model
+from loopserve.config import FeedbackConfig
+from loopserve.monitor.feedback import FeedbackStore
+from loopserve.monitor.labelled import read_spill, spill_path
+from loopserve.monitor.predictions import PredictionRecord
+
+
+class Clock:
+    def __init__(self, t=1_000_000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def score_model(width=4, version=1, out_width=1, name="m", **feedback):
+    """y = the first out_width columns of x: the score is whatever the test sends."""
+    config = msgspec.structs.replace(vector_config(name=name, width=width, out_width=out_width, max_batch_size=64),
+                                     feedback=FeedbackConfig(**feedback))
+    return Model.from_callable(lambda inputs: {"y": inputs["x"][:, :out_width].copy()}, config, version)
+
+
+def predict(store, model, request_id, x, group=None):
+    """One request through the real batcher, recorded as the server records it."""
+    outputs = model.infer_sync({"x": x})
+    store.track(model).record(request_id, {"x": x}, outputs, {"group": group} if group is not None else None)
+    return outputs["y"]
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+def test_joins_answer_joined_unknown_duplicate_expired(clock):
+    store = FeedbackStore(clock)
+    with score_model(horizon_s=60) as model:
+        predict(store, model, "a", np.array([[0.9, 0, 0, 0]], np.float32))
+        predict(store, model, "b", np.array([[0.2, 0, 0, 0]], np.float32))
+        clock.t += 30
+        result = store.feedback("m", [("a", 1), ("nope", 0), ("a", 0)])
+        assert (result.joined, result.unknown, result.duplicate) == (1, 1, 1)
+        assert [(i.id, i.status, i.version) for i in result.items] == [
+            ("a", "joined", "1"), ("nope", "unknown", None), ("a", "duplicate", "1")]
+        # the first label wins: a = 1 against score 0.9, correct
+        assert store.window_metrics("m", 1).cumulative.accuracy == 1.0
+        clock.t += 31  # b is now past the 60 s horizon
+        result = store.feedback("m", [("b", 0)])
+        assert result.expired == 1 and result.items[0].status == "expired" and result.items[0].version == "1"
+        assert store.window_metrics("m", 1).cumulative.labels == 1
+        # an expired id stays expired after the record evicts it on the next insert
+        predict(store, model, "c", np.array([[0.5, 0, 0, 0]], np.float32))
+        assert "b" not in store.models["m"].tracks[1].rec.index
+        assert store.feedback("m", [("b", 0)]).expired == 1
+        assert store.feedback("m", [("a", 0)]).duplicate == 1  # labelled then evicted: still duplicate
+        with pytest.raises(LookupError, match="recorded no predictions"):
+            store.feedback("other", [("a", 1)])
+
+
+def test_the_record_stays_bounded_and_evicts_oldest_first(clock):
+    store = FeedbackStore(clock)
+    with score_model(record_size=100) as model:
+        rng = np.random.default_rng(0)
+        for i in range(1000):
+            clock.t += 0.001
+            predict(store, model, f"r{i}", rng.random((1 + i % 3, 4), dtype=np.float32))
+        rec = store.models["m"].tracks[1].rec
+        assert len(rec.index) <= 100 and len(rec.order) <= 100 and len(rec.tombstones) <= 100
+        assert rec.X.shape == (100, 4) and rec.Y.shape == (100, 1)
+        assert sum(e.rows for e in rec.order) <= 100 and rec.recorded == 1000
+        assert store.feedback("m", [("r999", [0] * (1 + 999 % 3))]).joined == 1  # the newest is live
+        assert store.feedback("m", [("r900", [0] * (1 + 900 % 3))]).expired == 1  # evicted: a tombstone
+        assert store.feedback("m", [("r3", [0])]).unknown == 1  # forgotten past the tombstones too
+        # the rows of every live entry are still its own
+        for entry in list(rec.order)[-5:]:
+            x, y = rec.rows(entry)
+            assert np.array_equal(x[:, :1], y)
+
+
+def test_record_rows_wrap_and_survive_reused_ids():
+    rec = PredictionRecord(capacity=5, horizon_s=100, y_width=1, x_layout=[("x", 0, 2)])
+    for i, n in enumerate([2, 2, 2, 3]):
+        x = np.full((n, 2), i, np.float32)
+        rec.add(f"id{i}", float(i), x[:, :1], {"x": x}, None)
+    # 2+2 fill slots 0-3; the third (2 rows) wraps to 0 evicting id0 and id1; the fourth (3 rows)
+    # takes slots 2-4
+    assert sorted(rec.index) == ["id2", "id3"]
+    for key, value in [("id2", 2), ("id3", 3)]:
+        x, y = rec.rows(rec.index[key])
+        assert (x == value).all() and (y == value).all()
+    assert rec.lookup("id0", 4.0)[0] == "expired"
+    rec.add("id3", 5.0, np.ones((1, 1), np.float32), {"x": np.ones((1, 2), np.float32)}, None)  # reused id
+    assert rec.index["id3"].rows == 1 and rec.lookup("id3", 5.0)[0] == "live"
+
+
+def test_live_metrics_equal_numpy_per_window_and_cumulative(clock):
+    store = FeedbackStore(clock)
+    rng = np.random.default_rng(1)
+    n, window = 1050, 200
+    scores = rng.random(n, dtype=np.float32)
+    labels = (rng.random(n) < np.clip(scores + 0.2 * rng.standard_normal(n), 0, 1)).astype(np.int64)
+    with score_model(threshold=0.3, window_labels=window, history=3) as model:
+        for i in range(n):
+            predict(store, model, f"r{i}", np.array([[scores[i], 1, 2, 3]], np.float32))
+        items = [(f"r{i}", int(labels[i])) for i in range(n)]
+        assert store.feedback("m", items[:500]).joined == 500
+        assert store.feedback("m", items[500:]).joined == 550
+    predicted = (scores >= np.float32(0.3)).astype(np.int64)
+
+    def expect(sl):
+        p, t = predicted[sl], labels[sl]
+        tp = int(((p == 1) & (t == 1)).sum())
+        return (float((p == t).mean()), tp / int((p == 1).sum()), tp / int((t == 1).sum()))
+
+    fb = store.window_metrics("m", 1)
+    got = fb.cumulative
+    assert got.labels == n and (got.accuracy, got.precision, got.recall) == pytest.approx(expect(slice(None)))
+    assert got.tp + got.fp + got.fn + got.tn == n
+    assert fb.kind == "binary" and len(fb.windows) == 3  # five closed, the last three kept
+    for k, w in zip(range(2, 5), fb.windows):
+        sl = slice(k * window, (k + 1) * window)
+        assert w.labels == window and (w.accuracy, w.precision, w.recall) == pytest.approx(expect(sl))
+    assert fb.current.labels == 50 and fb.current.accuracy == pytest.approx(expect(slice(1000, None))[0])
+    assert len(store.window_metrics("m", 1, last=1).windows) == 1
+
+
+def test_prediction_rules_two_columns_and_multiclass(clock):
+    store = FeedbackStore(clock)
+    x = np.array([[0.2, 0.6, 0.1, 0], [0.7, 0.4, 0.3, 0], [0.1, 0.2, 0.9, 0]], np.float32)
+    # two columns, threshold 0.5 on column 1 -> [1, 0, 0]
+    with score_model(out_width=2, name="two") as two, score_model(out_width=2, name="logits", threshold=None) \
+            as logits, score_model(out_width=3, name="multi") as multi:
+        for model in (two, logits, multi):
+            for i, row in enumerate(x):
+                predict(store, model, f"r{i}", row[None])
+        store.feedback("two", [("r0", 1), ("r1", 1), ("r2", 0)])
+        assert store.window_metrics("two", 1).cumulative.correct == 2  # [1, 0, 0] vs [1, 1, 0]
+        store.feedback("logits", [("r0", 1), ("r1", 0), ("r2", 1)])  # argmax of 2: [1, 0, 1]
+        assert store.window_metrics("logits", 1).cumulative.accuracy == 1.0
+        result = store.feedback("multi", [("r0", 1), ("r1", 0), ("r2", 1), ("r2", 2)])
+        assert result.joined == 3 and result.duplicate == 1
+        m = store.window_metrics("multi", 1)  # argmax [1, 0, 2] vs [1, 0, 1]
+        assert m.kind == "multiclass" and m.cumulative.correct == 2 and m.cumulative.precision is None
+
+
+def test_labels_as_strings_lists_and_invalid(clock):
+    store = FeedbackStore(clock)
+    with score_model(name="named", classes=["legit", "fraud"]) as named, score_model(name="plain") as plain:
+        for model in (named, plain):
+            predict(store, model, "one", np.array([[0.8, 0, 0, 0]], np.float32))
+            predict(store, model, "three", np.array([[0.8, 0, 0, 0], [0.1, 0, 0, 0], [0.6, 0, 0, 0]], np.float32))
+        result = store.feedback("named", [("one", "fraud"), ("three", ["legit", "nope", "fraud"])])
+        assert [i.status for i in result.items] == ["joined", "invalid"]
+        assert "'nope' is not a class name (classes: legit, fraud)" in result.items[1].reason
+        result = store.feedback("plain", [("three", 1), ("three", [1, 0]), ("one", 2), ("one", 0.5),
+                                          ("three", ["true", "0", 1.0])])
+        assert [i.status for i in result.items] == ["invalid", "invalid", "invalid", "invalid", "joined"]
+        assert "send a list of 3 labels" in result.items[0].reason
+        assert "outside the classes 0..1" in result.items[2].reason
+        assert store.feedback("plain", [("one", "TRUE")]).joined == 1  # invalid labels left it open
+        assert store.window_metrics("plain", 1).cumulative.labels == 4
+
+
+def test_labels_join_the_version_that_answered(clock):
+    store = FeedbackStore(clock)
+    with score_model(version=1) as v1, score_model(version=2) as v2:
+        predict(store, v1, "a", np.array([[0.9, 0, 0, 0]], np.float32))
+        predict(store, v2, "b", np.array([[0.9, 0, 0, 0]], np.float32))
+        result = store.feedback("m", [("a", 1), ("b", 0)])
+        assert [(i.status, i.version) for i in result.items] == [("joined", "1"), ("joined", "2")]
+        assert store.window_metrics("m", 1).cumulative.accuracy == 1.0
+        assert store.window_metrics("m", 2).cumulative.accuracy == 0.0
+        assert sorted(store.live_metrics("m")) == [1, 2]
+        assert store.labelled_examples("m", version=2).ids.tolist() == ["b"]
+
+
+def test_labelled_examples_hold_the_request_rows(clock):
+    store = FeedbackStore(clock)
+    rng = np.random.default_rng(2)
+    with score_model(record_size=1000) as model:
+        xs = {f"r{i}": rng.random((1 + i % 2, 4), dtype=np.float32) for i in range(20)}
+        for i, (rid, x) in enumerate(xs.items()):
+            predict(store, model, rid, x, group="A" if i % 2 else "B")
+        clock.t += 5
+        store.feedback("m", [(rid, [1] * len(xs[rid])) for rid in list(xs)[:10]])
+        cut = clock.t
+        clock.t += 5
+        store.feedback("m", [(rid, [0] * len(xs[rid])) for rid in list(xs)[10:]])
+    X, y, groups, ids, times = store.labelled_examples("m")
+    assert np.array_equal(X, np.concatenate(list(xs.values())))
+    assert y.tolist() == [1] * 15 + [0] * 15
+    assert ids.tolist() == [rid for rid, x in xs.items() for _ in range(len(x))]
+    assert groups.tolist() == [("A" if i % 2 else "B") for i, x in enumerate(xs.values()) for _ in range(len(x))]
+    assert (times[:15] == cut).all() and (times[15:] == cut + 5).all()
+    later = store.labelled_examples("m", since=cut)
+    assert len(later) == 15 and later.ids[0] == "r10"
+    assert np.array_equal(later.predictions[:, 0], later.X[:, 0])
+    columns = later.as_dict()
+    assert set(columns) >= {"f0", "f3", "label", "group", "id", "version", "p0", "labelled_at"}
+
+
+def test_spill_files_are_readable_and_rotate(tmp_path, clock):
+    store = FeedbackStore(clock)
+    rng = np.random.default_rng(3)
+    with score_model(spill_dir=str(tmp_path), spill_max_bytes=2000) as model:
+        xs = [rng.random((1, 4), dtype=np.float32) for _ in range(40)]
+        for i, x in enumerate(xs):
+            predict(store, model, f"r{i}", x, group=i % 3)
+        store.feedback("m", [(f"r{i}", i % 2) for i in range(25)])
+        clock.t += 1
+        store.feedback("m", [(f"r{i}", i % 2) for i in range(25, 40)] + [("r0", 1)])  # a duplicate is not spilled
+    files = sorted(spill_path(tmp_path, "m").iterdir())
+    assert len(files) > 2 and all(f.stat().st_size <= 2000 for f in files)
+    spilled = read_spill(tmp_path, "m")
+    memory = store.labelled_examples("m")
+    assert np.array_equal(spilled.X, np.concatenate(xs)) and np.array_equal(spilled.X, memory.X)
+    assert spilled.y.tolist() == [i % 2 for i in range(40)] and spilled.groups.tolist() == [i % 3 for i in range(40)]
+    assert spilled.ids.tolist() == memory.ids.tolist() and np.array_equal(spilled.times, memory.times)
+    assert len(read_spill(tmp_path, "m", since=clock.t - 1)) == 15
+    # a line still being written at the end of the last file is skipped
+    with open(files[-1], "ab") as f:
+        f.write(b'{"id": "half')
+    assert len(read_spill(tmp_path, "m")) == 40
+    # a new writer (a restarted server) appends to the last file, never truncates
+    store2 = FeedbackStore(clock)
+    with score_model(spill_dir=str(tmp_path), spill_max_bytes=2000) as model:
+        predict(store2, model, "new", xs[0])
+        store2.feedback("m", [("new", 1)])
+    assert read_spill(tmp_path, "m").ids.tolist()[-1] == "new"
+
+
+def test_feedback_off_and_unrecordable_outputs(clock):
+    store = FeedbackStore(clock)
+    with score_model(enabled=False) as off:
+        assert store.track(off) is None and "m" not in store.models
+    config = msgspec.structs.replace(vector_config(name="var", width=-1, out_width=-1), feedback=FeedbackConfig())
+    with Model.from_callable(lambda inputs: {"y": inputs["x"]}, config) as var:
+        assert store.track(var) is None
+        assert "fixed size" in store.report("var").not_recorded["1"]
