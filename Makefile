@@ -3,7 +3,7 @@
 PYTHON ?= python3
 # torch's CPU build (a local wheel on our machines); on a GPU host: make TORCH=torch ...
 TORCH ?= torch==2.13.0
-EXTRAS ?= onnx,train,dev
+EXTRAS ?= onnx,train,report,dev
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed

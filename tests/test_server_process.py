@@ -93,9 +93,9 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
         socket.create_connection(("127.0.0.1", port), timeout=1)
 
 
-def test_the_demo_serves_swaps_and_loses_nothing(tmp_path):
-    """The README's main command, shortened: build, serve, drive traffic, hot-swap version 2."""
-    proc = loopserve("demo", "--workdir", str(tmp_path / "demo"), "--seconds", "6", "--concurrency", "4",
+def test_the_hotswap_demo_serves_swaps_and_loses_nothing(tmp_path):
+    """The serving-only demo, shortened: build, serve, drive traffic, hot-swap version 2."""
+    proc = loopserve("demo", "--hotswap", "--workdir", str(tmp_path / "demo"), "--seconds", "6", "--concurrency", "4",
                      "--port", str(free_port()))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err

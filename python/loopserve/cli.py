@@ -13,11 +13,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="loopserve", description="A closed-loop model server.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    demo = sub.add_parser("demo", help="build the demo model, serve it over HTTP, and drive traffic at it")
-    demo.add_argument("--workdir", default="demo-run", help="where the demo writes its model repository")
-    demo.add_argument("--seconds", type=float, default=8.0, help="how long to drive traffic")
-    demo.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP clients")
+    demo = sub.add_parser("demo", help="the closed loop end to end: train, serve, drift, retrain, canary, promote")
+    demo.add_argument("--workdir", default="demo-run", help="where the demo writes its store, models and report")
     demo.add_argument("--port", type=int, default=8000, help="port to serve on")
+    demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    demo.add_argument("--hotswap", action="store_true", help="the serving-only demo: a new version swapped in under load")
+    demo.add_argument("--seconds", type=float, default=8.0, help="--hotswap: how long to drive traffic")
+    demo.add_argument("--concurrency", type=int, default=16, help="--hotswap: concurrent HTTP clients")
 
     serve = sub.add_parser("serve", help="serve models over HTTP (the Open Inference Protocol)")
     serve.add_argument("--config", help="server config file (YAML, TOML or JSON)")
@@ -41,9 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
     if args.command == "demo":
+        if args.hotswap:
+            from loopserve.demo.hotswap import run_demo as run_hotswap_demo
+
+            return run_hotswap_demo(args.workdir, args.seconds, args.concurrency, args.port)
         from loopserve.demo import run_demo
 
-        return run_demo(args.workdir, args.seconds, args.concurrency, args.port)
+        return run_demo(args.workdir, args.port, args.quick)
     return 2
 
 

@@ -16,11 +16,12 @@ class Examples:
     times: np.ndarray  # [rows] float64: when the label came
 
 
-def read_labelled_examples(feedback_dir: str, model: str, max_rows: int) -> Examples:
-    """The most recent `max_rows` labelled rows the server spilled for `model`."""
+def read_labelled_examples(feedback_dir: str, model: str, max_rows: int, since: float | None = None) -> Examples:
+    """The most recent `max_rows` labelled rows the server spilled for `model` (labelled after
+    `since`, when given)."""
     from loopserve.monitor.labelled import read_spill
 
-    spilled = read_spill(feedback_dir, model)
+    spilled = read_spill(feedback_dir, model, since=since)
     keep = slice(max(0, len(spilled) - max_rows), None)
     groups = np.array([-1 if g is None else int(g) for g in spilled.groups[keep]], dtype=np.int64)
     return Examples(np.asarray(spilled.X[keep], np.float32), np.asarray(spilled.y[keep], np.int64), groups,

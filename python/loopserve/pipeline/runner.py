@@ -38,11 +38,12 @@ class Pipeline:
     def close(self) -> None:
         self.store.close()
 
-    def run(self, reason: str) -> RunRecord:
-        """One pass through the steps; returns what was recorded."""
+    def run(self, reason: str, since: float | None = None) -> RunRecord:
+        """One pass through the steps; returns what was recorded. `since`: retrain only on rows
+        labelled after this time (say, when drift began)."""
         run_id = self.records.start_run(self.config.model, reason)
         log.info("pipeline run started", extra={"model": self.config.model, "run": run_id, "reason": reason})
-        ctx = steps.RunContext(run_id, self.config, self.store, self.view)
+        ctx = steps.RunContext(run_id, self.config, self.store, self.view, since=since)
         names = [n for n, _ in STEPS] + ["promote"]
         for position, (name, step) in enumerate(STEPS):
             if not self._step(ctx, position, name, step):
@@ -91,10 +92,15 @@ class Pipeline:
 
         drift = self.view.drift()
         closed = [w for w in drift.get("windows", []) if w.get("closed")]
+        since = None
+        for w in reversed(closed):  # the trailing run of drifted windows
+            if w["verdict"] != "drift":
+                break
+            since = w["start"]
         accuracy, labels, total = live_accuracy(self.view.feedback(), drift.get("version"))
         last = self.records.last_run(self.config.model)
         return Evidence(now=time.time(), drift_verdicts=[w["verdict"] for w in closed],
-                        drifted_features=closed[-1]["drifted_features"] if closed else [],
+                        drifted_features=closed[-1]["drifted_features"] if closed else [], drift_since=since,
                         live_accuracy=accuracy, live_labels=labels, labels_total=total,
                         labels_at_last_run=self._labels_at_last_run,
                         last_run_at=None if last is None else last.started_at)
@@ -107,7 +113,8 @@ class Pipeline:
                                             "reasons": decision.reasons})
         if decision.fire:
             self._labels_at_last_run = decision.evidence.labels_total
-            self.run("; ".join(decision.reasons))
+            drifting = decision.evidence.drift_since if self.config.retrain_data.since_drift else None
+            self.run("; ".join(decision.reasons), since=drifting)
         return decision
 
     def watch(self, until: float | None = None) -> None:

@@ -39,6 +39,7 @@ class RunContext:
     train_snapshot: str | None = None
     holdout_snapshot: str | None = None
     candidate: int | None = None
+    since: float | None = None  # only rows labelled after this
     outcome: str = ""
     facts: dict = field(default_factory=dict)
 
@@ -58,11 +59,18 @@ def collect(ctx: RunContext) -> dict:
         raise StepFailed(f"production version {ctx.production_version} has no {SIGNATURE_FILE}: cannot tell its "
                          f"feature columns (train it with `loopserve train`)")
     ctx.signature = msgspec.json.decode(sig_path.read_bytes(), type=Signature)
-    examples = read_labelled_examples(config.retrain_data.feedback_dir, config.model, config.retrain_data.max_rows)
-    rows = len(examples.labels)
-    if rows < config.retrain_data.min_rows:
-        raise StepFailed(f"{rows} labelled rows in {config.retrain_data.feedback_dir}; retraining needs at least "
-                         f"{config.retrain_data.min_rows}", {"rows": rows})
+    wanted = config.retrain_data
+    deadline = time.monotonic() + wanted.wait_s
+    while True:  # labels come later than predictions: wait a while for enough of them
+        examples = read_labelled_examples(wanted.feedback_dir, config.model, wanted.max_rows, ctx.since)
+        rows = len(examples.labels)
+        if rows >= wanted.min_rows or time.monotonic() >= deadline:
+            break
+        time.sleep(min(1.0, wanted.wait_s))
+    if rows < wanted.min_rows:
+        since = "" if ctx.since is None else " labelled since the drift began"
+        raise StepFailed(f"{rows} rows{since} in {wanted.feedback_dir} after waiting {wanted.wait_s:.0f} s; "
+                         f"retraining needs at least {wanted.min_rows}", {"rows": rows})
     width = len(ctx.signature.feature_names)
     if examples.features.shape[1] != width:
         raise StepFailed(f"labelled rows have {examples.features.shape[1]} features, the production model "
@@ -78,7 +86,7 @@ def collect(ctx: RunContext) -> dict:
             columns[ctx.signature.group] = examples.groups[index].astype(np.int64)
         ids[part] = snapshot(columns, store=ctx.store, name=f"{config.model}-{part}-{ctx.run_id}").id
     ctx.train_snapshot, ctx.holdout_snapshot = ids["train"], ids["holdout"]
-    return {"rows": rows, "train_rows": int(cut), "holdout_rows": int(rows - cut),
+    return {"rows": rows, "since": ctx.since, "train_rows": int(cut), "holdout_rows": int(rows - cut),
             "positive_rate": float(examples.labels.mean()), "train_snapshot": ids["train"],
             "holdout_snapshot": ids["holdout"], "production_version": ctx.production_version}
 

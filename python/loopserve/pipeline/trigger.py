@@ -28,6 +28,7 @@ class Evidence(Struct):
     now: float
     drift_verdicts: list[str] = []  # the latest closed windows' verdicts, oldest first
     drifted_features: list[str] = []  # of the latest closed window
+    drift_since: float | None = None  # when the trailing run of drifted windows began (unix seconds)
     live_accuracy: float | None = None
     live_labels: int = 0  # labels behind live_accuracy
     labels_total: int = 0  # labels joined since the server started

@@ -1,0 +1,128 @@
+"""`loopserve demo`: the closed loop on a synthetic fraud stream, end to end.
+
+Trains v1 and registers it as production; serves registry://fraud@production; drives the
+stream's rows at the server and sends their labels back; at a set row the world drifts (new
+markets, a new fraud pattern); the drift monitor sees it, the pipeline (its own process)
+retrains on the labelled rows since, gates, canaries and promotes v2; the demo prints the
+timeline as it happens and writes an HTML report. `loopserve demo --hotswap` runs the older,
+serving-only demo.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from loopserve.demo.setup import MODEL, DemoSizes
+
+QUICK = DemoSizes(train_rows=12_000, holdout_rows=4_000, epochs=3, drift_at=3_000, window_rows=1_000,
+                  retrain_min_rows=5_000, canary_min_requests=250, canary_min_labels=250, rows_per_s=400.0,
+                  max_seconds=100.0)
+
+
+def _say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = DemoSizes(), seed: int = 0,
+                    echo=print) -> dict:
+    """Runs the demo; returns its summary (also written into the report)."""
+    from loopserve.datasets import FraudStream
+    from loopserve.demo import setup
+    from loopserve.demo.hotswap import wait_ready
+    from loopserve.demo.report import write_report
+    from loopserve.demo.timeline import Timeline
+    from loopserve.demo.traffic import Traffic
+
+    workdir = Path(workdir).resolve()
+    for stale in ("store", "models", "feedback", "pipeline-work"):
+        shutil.rmtree(workdir / stale, ignore_errors=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+
+    template = setup.write_train_template(workdir, sizes, seed)
+    echo(f"training v1 on rows 0..{sizes.train_rows - 1} of the fraud stream (gated on the next "
+         f"{sizes.holdout_rows:,}) ...")
+    v1 = setup.train_v1(template)
+    echo(f"v1 registered as production: validation auc {v1.metrics.get('val_auc', float('nan')):.3f}, "
+         f"run {v1.run_id}, data snapshot {str(v1.data_snapshot)[:12]}")
+
+    server_config = setup.write_server_config(workdir, sizes, port)
+    pipeline_config = setup.write_pipeline_config(workdir, sizes, port)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--config", str(server_config)],
+                              cwd=workdir, env=env, stdout=open(workdir / "server.log", "w"), stderr=subprocess.STDOUT)
+    pipeline = None
+    try:
+        wait_ready(port, server)
+        pipeline = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "pipeline", "watch", str(pipeline_config)],
+                                    cwd=workdir, env=env, stdout=open(workdir / "pipeline.log", "w"),
+                                    stderr=subprocess.STDOUT)
+        # The live stream starts where v1's data ended; it drifts `drift_at` rows in.
+        first = sizes.train_rows + sizes.holdout_rows
+        total = int(sizes.max_seconds * sizes.rows_per_s)
+        stream = FraudStream(seed=seed, data_drift_at=first + sizes.drift_at, concept_drift_at=first + sizes.drift_at,
+                             fraud_rate=sizes.fraud_rate)
+        batch = stream.batch(first, total)
+        traffic = Traffic(port, MODEL, batch.features, batch.labels, batch.groups, "features",
+                          sizes.rows_per_s, sizes.label_delay_s)
+        t0 = time.time()
+        timeline = Timeline(port, MODEL, workdir / "store", t0, echo=echo)
+        echo(f"serving registry://{MODEL}@production on http://127.0.0.1:{port}; pipeline watching "
+             f"(logs in {workdir}); sending {sizes.rows_per_s:.0f} rows/s, labels {sizes.label_delay_s:.0f} s later")
+        traffic.start()
+        drift_logged = False
+        deadline = time.monotonic() + sizes.max_seconds
+        while time.monotonic() < deadline and timeline.promoted_at is None:
+            time.sleep(0.5)
+            if not drift_logged and traffic.row >= sizes.drift_at:
+                drift_logged = True
+                drift_t = sizes.drift_at / sizes.rows_per_s
+                timeline.say("the world drifts: a new market opens, amounts grow, fraud changes pattern "
+                             f"(row {sizes.drift_at} of the live stream)", at=drift_t)
+            timeline.poll()
+            if pipeline.poll() is not None:
+                timeline.say(f"the pipeline process exited with status {pipeline.returncode}")
+                break
+        time.sleep(2 * sizes.label_delay_s)  # the last labels, and a look at v2 serving alone
+        traffic.stop()
+        timeline.poll()
+    finally:
+        if pipeline is not None and pipeline.poll() is None:
+            pipeline.terminate()
+            pipeline.wait(timeout=30)
+        server.terminate()
+        server_code = server.wait(timeout=60)
+
+    drift_t = sizes.drift_at / sizes.rows_per_s
+    summary = {
+        "requests": traffic.sent, "failed requests": len(traffic.failed),
+        "answered by version": dict(sorted(traffic.by_version.items())),
+        "labels sent": traffic.labels_sent, "label answers": dict(traffic.label_answers),
+        "drift begins (s)": round(drift_t, 1),
+        "drift detected (s)": None if timeline.first_drift_at is None else round(timeline.first_drift_at, 1),
+        "v2 promoted (s)": None if timeline.promoted_at is None else round(timeline.promoted_at, 1),
+        "drift onset to promoted v2 (s)": None if timeline.promoted_at is None
+        else round(timeline.promoted_at - drift_t, 1),
+        "server exit status": server_code, "seconds": round(time.monotonic() - started, 1),
+    }
+    report = write_report(workdir / "report.html", timeline.series, summary, drift_t, timeline.promoted_at)
+    summary["report"] = str(report)
+    summary["first failures"] = traffic.failed[:3]
+    return summary
+
+
+def run_demo(workdir: str, port: int = 8000, quick: bool = False) -> int:
+    sizes = QUICK if quick else DemoSizes()
+    summary = run_closed_loop(workdir, port, sizes, echo=_say)
+    _say("summary:")
+    for key, value in summary.items():
+        print(f"    {key}: {value}")
+    ok = summary["failed requests"] == 0 and summary["v2 promoted (s)"] is not None and summary["server exit status"] == 0
+    _say("the loop closed: drift detected, v2 trained, gated, canaried and promoted, no request failed" if ok
+         else "the loop did not close: see the summary and the logs in the work directory")
+    return 0 if ok else 1

@@ -1,0 +1,124 @@
+"""Traffic for the closed-loop demo: clients send the fraud stream's rows, in order, at a set
+pace, one row per request (the request id names the row, its age band rides along as the
+`group` parameter); a labeller sends each row's true label back a moment later, as a bank's
+chargebacks would."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from collections import Counter, deque
+
+import msgspec
+import numpy as np
+
+
+class Traffic:
+    """Runs until stop(); thread-safe counters for the timeline."""
+
+    def __init__(self, port: int, model: str, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+                 input_name: str, rows_per_s: float, label_delay_s: float, clients: int = 4):
+        self.port, self.model, self.input_name = port, model, input_name
+        self.features, self.labels, self.groups = features, labels, groups
+        self.interval = 1.0 / rows_per_s
+        self.label_delay_s = label_delay_s
+        self.clients = clients
+        self._lock = threading.Lock()
+        self._next_row = 0
+        self._start = 0.0
+        self._stop = threading.Event()
+        self.sent = 0
+        self.failed: list[str] = []
+        self.by_version: Counter[str] = Counter()
+        self.labels_sent = 0
+        self.label_answers: Counter[str] = Counter()
+        self._to_label: deque[tuple[float, int]] = deque()  # (answered at, row)
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def row(self) -> int:
+        """The next stream row to be sent."""
+        return self._next_row
+
+    def start(self) -> None:
+        self._start = time.monotonic()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(self.clients)]
+        self._threads.append(threading.Thread(target=self._labeller, daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _take_row(self) -> int | None:
+        with self._lock:
+            row = self._next_row
+            if row >= len(self.labels):
+                return None
+            self._next_row += 1
+        due = self._start + row * self.interval  # paced: row r goes at start + r / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return row
+
+    def _client(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        path = f"/v2/models/{self.model}/infer"
+        while not self._stop.is_set():
+            row = self._take_row()
+            if row is None:
+                return
+            body = msgspec.json.encode({
+                "id": f"r{row}", "parameters": {"group": int(self.groups[row])},
+                "inputs": [{"name": self.input_name, "shape": [1, self.features.shape[1]], "datatype": "FP32",
+                            "data": self.features[row].tolist()}]})
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.status != 200:
+                    with self._lock:
+                        self.failed.append(f"row {row}: HTTP {resp.status} {data[:200]!r}")
+                    continue
+                version = msgspec.json.decode(data)["model_version"]
+            except (OSError, http.client.HTTPException) as e:
+                with self._lock:
+                    self.failed.append(f"row {row}: {type(e).__name__}: {e}")
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                continue
+            with self._lock:
+                self.sent += 1
+                self.by_version[version] += 1
+                self._to_label.append((time.monotonic(), row))
+        conn.close()
+
+    def _labeller(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        path = f"/v2/models/{self.model}/feedback"
+        while not self._stop.wait(0.25):
+            due = time.monotonic() - self.label_delay_s
+            batch = []
+            with self._lock:
+                while self._to_label and self._to_label[0][0] <= due:
+                    batch.append(self._to_label.popleft()[1])
+            if not batch:
+                continue
+            body = msgspec.json.encode({"labels": [{"id": f"r{r}", "label": int(self.labels[r])} for r in batch]})
+            try:
+                conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                answer = msgspec.json.decode(resp.read())
+            except (OSError, http.client.HTTPException, msgspec.DecodeError):
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+                continue
+            with self._lock:
+                self.labels_sent += len(batch)
+                for status in ("joined", "unknown", "duplicate", "expired", "invalid"):
+                    self.label_answers[status] += int(answer.get(status, 0))
+        conn.close()
