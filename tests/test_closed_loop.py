@@ -1,0 +1,88 @@
+"""The closed loop end to end: drift injected -> trigger -> v2 trained, gated, registered with
+lineage -> canary -> promoted, with no failed request; and a worse candidate stopped by the
+gates while v1 keeps serving."""
+
+import socket
+import time
+
+import msgspec
+import pytest
+
+from loopserve.demo import QUICK, run_closed_loop
+from loopserve.demo import setup as demo_setup
+from loopserve.registry import current_version, get_version, lineage
+from loopserve.store import Store
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_drift_triggers_a_retrain_that_is_canaried_and_promoted(tmp_path):
+    lines = []
+    summary = run_closed_loop(tmp_path, free_port(), QUICK, echo=lines.append)
+    log = "\n".join(lines)
+    assert summary["failed requests"] == 0, summary["first failures"]
+    assert summary["v2 promoted (s)"] is not None, log
+    assert summary["drift detected (s)"] >= summary["drift begins (s)"], log
+    assert summary["server exit status"] == 0
+    assert set(summary["answered by version"]) == {"1", "2"}
+    with Store(tmp_path / "store") as store:
+        assert current_version("fraud", "production", store=store) == 2
+        v2 = get_version("fraud", 2, store=store)
+        assert v2.parent_version == 1 and v2.run_id and v2.data_snapshot
+        assert v2.tags.get("gates") == "passed"
+        trace = lineage("fraud", "production", store=store)
+        assert trace.run.id == v2.run_id and trace.data_snapshot == v2.data_snapshot
+    assert "pipeline run" in log and "promoted" in log
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_a_worse_candidate_is_stopped_by_its_gates_and_v1_keeps_serving(tmp_path, serve, monkeypatch):
+    from loopserve.datasets import FraudStream
+    from loopserve.demo.traffic import Traffic
+    from loopserve.pipeline.config import load_pipeline_config
+    from loopserve.pipeline.runner import Pipeline
+    from loopserve.server.config import load_server_config
+    from loopserve.server.main import build_app
+
+    sizes = QUICK
+    template = demo_setup.write_train_template(tmp_path, sizes, seed=1)
+    demo_setup.train_v1(template)
+    # The candidate's training: barely any learning, so it ranks fraud no better than chance.
+    worse = tmp_path / "train_worse.yaml"
+    worse.write_text(template.read_text().replace("epochs: 3", "epochs: 1").replace("lr: 0.003", "lr: 0.0000001"))
+    monkeypatch.chdir(tmp_path)  # the feedback spill directory is relative to the server's working directory
+    server = serve(build_app(load_server_config(demo_setup.write_server_config(tmp_path, sizes, 0))))
+    config_path = demo_setup.write_pipeline_config(tmp_path, sizes, server.port)
+    config = load_pipeline_config(config_path)
+    config = msgspec.structs.replace(config, train=str(worse), retrain_data=msgspec.structs.replace(
+        config.retrain_data, min_rows=1500, wait_s=0))
+
+    stream = FraudStream(seed=1, fraud_rate=sizes.fraud_rate)  # no drift: v1 is good
+    batch = stream.batch(sizes.train_rows + sizes.holdout_rows, 2500)
+    traffic = Traffic(server.port, "fraud", batch.features, batch.labels, batch.groups, "features",
+                      rows_per_s=2000, label_delay_s=0.2)
+    traffic.start()
+    deadline = time.monotonic() + 60
+    while traffic.labels_sent < 2500 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    traffic.stop()
+    assert traffic.failed == [] and traffic.labels_sent == 2500
+
+    pipeline = Pipeline(config)
+    try:
+        record = pipeline.run("test: a deliberately worse candidate")
+    finally:
+        pipeline.close()
+    steps = {s.step: s for s in record.steps}
+    assert record.status == "stopped"
+    assert steps["collect"].status == "passed" and steps["validate"].status == "passed"
+    assert steps["train"].status == "failed" and "production" in steps["train"].detail["error"]
+    assert [steps[s].status for s in ("canary", "compare", "promote")] == ["skipped"] * 3
+    with Store(tmp_path / "store") as store:
+        assert current_version("fraud", "production", store=store) == 1
+    status, _, raw = server.request("GET", "/v2/models/fraud/traffic")
+    assert msgspec.json.decode(raw)["weights"] == {"1": 1.0}
