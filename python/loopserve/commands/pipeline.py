@@ -34,10 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _pipeline(args):
     from loopserve.logs import configure_logging
     from loopserve.pipeline.config import load_pipeline_config
-    from loopserve.pipeline.runner import Pipeline
+    from loopserve.pipeline.runner import Pipeline, yield_to_serving
 
     configure_logging("info")
-    return Pipeline(load_pipeline_config(args.config))
+    config = load_pipeline_config(args.config)
+    yield_to_serving(config)
+    return Pipeline(config)
 
 
 def _run(args) -> int:

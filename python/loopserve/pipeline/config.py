@@ -70,6 +70,10 @@ class PipelineConfig(Struct, forbid_unknown_fields=True, frozen=True):
     triggers: TriggerConfig = TriggerConfig()
     canary: CanaryConfig = CanaryConfig()
     poll_s: Annotated[float, Meta(gt=0)] = 2.0  # how often `watch` reads the server
+    # Training shares the machine with serving: the pipeline process runs at this nice level and
+    # with this many torch threads (0: half the cores, at least 1), so serving keeps its CPU.
+    nice: Annotated[int, Meta(ge=0, le=19)] = 10
+    train_threads: Annotated[int, Meta(ge=0)] = 0
     work_dir: str = "pipeline-work"  # candidate model directories
 
 

@@ -23,6 +23,17 @@ STEPS = (("collect", steps.collect), ("validate", steps.validate), ("train", ste
          ("canary", steps.canary), ("compare", steps.compare))
 
 
+def yield_to_serving(config: PipelineConfig) -> None:
+    """Lowers this process's CPU priority and torch's threads (see PipelineConfig.nice): a
+    process-wide setting, so the CLI applies it to the pipeline's own process."""
+    import os
+
+    import torch
+
+    os.nice(config.nice)
+    torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 2) // 2))
+
+
 class Pipeline:
     """Not thread-safe: one pipeline per process (it holds one store connection)."""
 
