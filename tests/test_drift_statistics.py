@@ -56,3 +56,13 @@ def test_ks_and_wasserstein_from_sketches_match_scipy_within_the_sketch_error(sh
         assert p > 0.05, "sketch noise alone must not look like drift"
     if shift == 0.3:
         assert p < 1e-6
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.2])
+def test_two_sample_chi_square_is_pearsons_on_the_two_row_table(shift):
+    ref, cur = binned(np.random.default_rng(3), shift, n=5_000)
+    cur[2] = 0  # an empty bin in one sample only
+    statistic, p, df = st.chi_square_two_sample(ref, cur)
+    want = stats.chi2_contingency(np.vstack([ref, cur]), correction=False)
+    assert statistic == pytest.approx(want.statistic, rel=1e-9)
+    assert p == pytest.approx(want.pvalue, rel=1e-6, abs=1e-300) and df == want.dof
