@@ -59,7 +59,6 @@ def test_joins_answer_joined_unknown_duplicate_expired(clock):
         assert store.window_metrics("m", 1).cumulative.labels == 1
         # an expired id stays expired after the record evicts it on the next insert
         predict(store, model, "c", np.array([[0.5, 0, 0, 0]], np.float32))
-        assert "b" not in store.models["m"].tracks[1].rec.index
         assert store.feedback("m", [("b", 0)]).expired == 1
         assert store.feedback("m", [("a", 0)]).duplicate == 1  # labelled then evicted: still duplicate
         with pytest.raises(LookupError, match="recorded no predictions"):
@@ -74,16 +73,17 @@ def test_the_record_stays_bounded_and_evicts_oldest_first(clock):
             clock.t += 0.001
             predict(store, model, f"r{i}", rng.random((1 + i % 3, 4), dtype=np.float32))
         rec = store.models["m"].tracks[1].rec
-        assert len(rec.index) <= 100 and len(rec.order) <= 100 and len(rec.tombstones) <= 100
-        assert rec.X.shape == (100, 4) and rec.Y.shape == (100, 1)
-        assert sum(e.rows for e in rec.order) <= 100 and rec.recorded == 1000
+        assert len(rec.index) < 100 and len(rec.previous) <= 100 and len(rec.tombstones) <= 100
+        assert rec.X.shape == (100, 4) and rec.Y.shape == (100, 1) and len(rec.times) == 100 and rec.seq == 1000
+        held = [s for s in range(rec.seq - 100, rec.seq) if rec._held(s)]
+        assert rec.live_entries() == len(held) and 33 <= len(held) and sum(rec.entry(s)[1] for s in held) <= 100
         assert store.feedback("m", [("r999", [0] * (1 + 999 % 3))]).joined == 1  # the newest is live
         assert store.feedback("m", [("r900", [0] * (1 + 900 % 3))]).expired == 1  # evicted: a tombstone
         assert store.feedback("m", [("r3", [0])]).unknown == 1  # forgotten past the tombstones too
         # the rows of every live entry are still its own
-        for entry in list(rec.order)[-5:]:
-            x, y = rec.rows(entry)
-            assert np.array_equal(x[:, :1], y)
+        for seq in held:
+            x, y = rec.rows([seq])
+            assert np.array_equal(x[:, :1], y) and len(y) == rec.entry(seq)[1]
 
 
 def test_record_rows_wrap_and_survive_reused_ids():
@@ -91,15 +91,19 @@ def test_record_rows_wrap_and_survive_reused_ids():
     for i, n in enumerate([2, 2, 2, 3]):
         x = np.full((n, 2), i, np.float32)
         rec.add(f"id{i}", float(i), x[:, :1], {"x": x}, None)
-    # 2+2 fill slots 0-3; the third (2 rows) wraps to 0 evicting id0 and id1; the fourth (3 rows)
-    # takes slots 2-4
-    assert sorted(rec.index) == ["id2", "id3"]
+    # 2+2 fill slots 0-3; the third (2 rows) wraps to slots 0-1, evicting id0; the fourth (3 rows)
+    # takes slots 2-4, evicting id1
+    assert [k for k in sorted(rec.index) if rec.lookup(k, 4.0)[0] == "live"] == ["id2", "id3"]
+    assert rec.live_entries() == 2
     for key, value in [("id2", 2), ("id3", 3)]:
-        x, y = rec.rows(rec.index[key])
+        x, y = rec.rows([rec.index[key]])
         assert (x == value).all() and (y == value).all()
-    assert rec.lookup("id0", 4.0)[0] == "expired"
+    assert rec.lookup("id0", 4.0)[0] == "expired" and rec.lookup("id1", 4.0)[0] == "expired"
     rec.add("id3", 5.0, np.ones((1, 1), np.float32), {"x": np.ones((1, 2), np.float32)}, None)  # reused id
-    assert rec.index["id3"].rows == 1 and rec.lookup("id3", 5.0)[0] == "live"
+    assert rec.entry(rec.index["id3"])[1] == 1 and rec.lookup("id3", 5.0)[0] == "live"
+    x, y = rec.rows([rec.index["id3"]])
+    assert x.tolist() == [[1, 1]] and y.ravel().tolist() == [1]
+    assert rec.lookup("id2", 5.0)[0] == "expired"  # the new row took slot 0, which id2 held
 
 
 def test_live_metrics_equal_numpy_per_window_and_cumulative(clock):

@@ -33,6 +33,7 @@ import weakref
 from typing import NamedTuple
 
 import msgspec
+import numpy as np
 
 from loopserve.errors import ModelNotFound
 from loopserve.monitor.labelled import Joined, LabelledBuffer, LabelledExamples, SpillWriter, examples_from
@@ -44,6 +45,7 @@ log = logging.getLogger("loopserve.feedback")
 JOINED, INVALID = "joined", "invalid"
 STATUSES = (JOINED, UNKNOWN, DUPLICATE, EXPIRED, INVALID)
 MAX_VERSIONS = 32  # versions whose live metrics a model keeps (the highest)
+_SCALARS = (str, int, float, bool)
 
 
 class ItemStatus(msgspec.Struct, omit_defaults=True):
@@ -65,10 +67,10 @@ class FeedbackResult(msgspec.Struct):
 
 class RecordState(msgspec.Struct):
     version: int
-    entries: int  # request ids held
+    entries: int  # request ids whose rows are still held, labelled or not (at most capacity_rows)
     capacity_rows: int
     recorded: int  # requests recorded, ever
-    evicted: int
+    tombstones: int  # evicted ids still answered "expired"
     horizon_s: float
     input_width: int
     output: str
@@ -113,6 +115,8 @@ class VersionTrack:
         if y is None or self.failed:
             return
         group = params.get("group") if params else None
+        if group is not None and type(group) not in _SCALARS:
+            group = str(group)  # one group per request
         owner = self.owner
         try:
             with owner.lock:
@@ -155,39 +159,51 @@ class ModelFeedback:
 
     def join(self, items: list[tuple[str, object]]) -> tuple[FeedbackResult, list[Joined]]:
         result = FeedbackResult(self.name)
+        batches: dict[int, tuple[VersionTrack, list, list, list]] = {}  # version -> its joins
         joined: list[Joined] = []
         with self.lock:
             now = self.store.clock()
             for request_id, label in items:
-                status, track, entry = self._find(request_id, now)
+                status, track, seq, predicted_at = self._find(request_id, now)
                 reason = None
                 if status == LIVE:
-                    truth = track.rule.labels(label, entry.rows)
+                    _, rows, group = track.rec.entry(seq)
+                    truth = track.rule.labels(label, rows)
                     if isinstance(truth, str):
                         status, reason = INVALID, truth
                     else:
                         status = JOINED
-                        entry.labelled = True
-                        x, y = track.rec.rows(entry)
-                        self._metrics(track).add(track.rule.predict(y), truth, now)
-                        joined.append(Joined(now, entry.time, request_id, track.version, entry.group, x, truth, y))
+                        track.rec.mark_labelled(request_id, seq)
+                        batch = batches.setdefault(track.version, (track, [], [], []))
+                        batch[1].append(seq)
+                        batch[2].append(truth)
+                        batch[3].append((request_id, predicted_at, group))
                 version = str(track.version) if track is not None else None
                 key = (version or "", status)
                 self.counts[key] = self.counts.get(key, 0) + 1
                 setattr(result, status, getattr(result, status) + 1)
                 result.items.append(ItemStatus(request_id, status, version, reason))
-            for item in joined:
-                self.labelled.add(item)
+            for track, seqs, truths, metas in batches.values():  # one numpy pass per version
+                X, Y = track.rec.rows(seqs)
+                self._metrics(track).add(track.rule.predict(Y), np.concatenate(truths), now)
+                offset = 0
+                for (request_id, predicted_at, group), truth in zip(metas, truths):
+                    end = offset + len(truth)
+                    item = Joined(now, predicted_at, request_id, track.version, group, X[offset:end], truth,
+                                  Y[offset:end])
+                    joined.append(item)
+                    self.labelled.add(item)
+                    offset = end
             self._prune(now)
         return result, joined
 
     def _find(self, request_id: str, now: float):
-        """The best answer across versions: a live entry, else the newest recorded one."""
-        best = (UNKNOWN, None, None)
+        """The best answer across versions: the newest prediction recorded with this id."""
+        best = (UNKNOWN, None, None, 0.0)
         for track in self.tracks.values():
-            status, entry = track.rec.lookup(request_id, now)
-            if entry is not None and (best[2] is None or entry.time > best[2].time):
-                best = (status, track, entry)
+            status, seq, predicted_at = track.rec.lookup(request_id, now)
+            if status != UNKNOWN and (best[1] is None or predicted_at > best[3]):
+                best = (status, track, seq, predicted_at)
         return best
 
     def _metrics(self, track: VersionTrack) -> LiveMetrics:
@@ -328,7 +344,7 @@ class FeedbackStore:
             labels: dict[str, dict[str, int]] = {}
             for (version, status), n in sorted(mf.counts.items()):
                 labels.setdefault(version, {})[status] = n
-            records = [RecordState(v, len(t.rec), t.rec.capacity, t.rec.recorded, t.rec.evicted, t.rec.horizon_s,
+            records = [RecordState(v, t.rec.live_entries(), t.rec.capacity, t.rec.seq, len(t.rec.tombstones), t.rec.horizon_s,
                                    t.rec.x_width, t.output) for v, t in sorted(mf.tracks.items())]
             versions = [live.snapshot(last) for _, live in sorted(mf.live.items())]
             return FeedbackReport(name, labels, versions, records, mf.labelled.rows, mf.config.spill_dir,
