@@ -13,7 +13,7 @@ import time
 import msgspec
 import pytest
 
-from loopserve.demo import wait_ready
+from loopserve.demo.hotswap import wait_ready
 
 
 def loopserve(*args, **kw):
