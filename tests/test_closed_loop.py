@@ -6,7 +6,6 @@ import socket
 import time
 
 import msgspec
-import pytest
 
 from loopserve.demo import QUICK, run_closed_loop
 from loopserve.demo import setup as demo_setup

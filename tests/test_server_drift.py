@@ -9,7 +9,7 @@ import pytest
 import torch
 import tritonclient.http as httpclient
 
-from loopserve import _core, zoo
+from loopserve import zoo
 from loopserve.monitor.monitor import merge_windows
 from loopserve.monitor.profile import build_profile
 from loopserve.server.app import LoopserveApp
