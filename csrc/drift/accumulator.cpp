@@ -59,6 +59,14 @@ void TensorAccumulator::update(DType dtype, const void* data, int64_t rows, int6
   }
 }
 
+// Hot loops get an AVX2 clone beside the baseline one, picked at load time (an ifunc). Not under
+// ThreadSanitizer: its runtime is not up yet when the loader runs ifunc resolvers.
+#if defined(__SANITIZE_THREAD__)
+#define LOOPSERVE_WITH_AVX2
+#else
+#define LOOPSERVE_WITH_AVX2 __attribute__((target_clones("avx2", "default")))
+#endif
+
 namespace {
 
 // The values of one block and one column, in the type they are compared in: float for FP32
@@ -70,7 +78,7 @@ using CompareType = std::conditional_t<std::is_same_v<T, float>, float, double>;
 // cumulative counts give the bin counts by differences, with no per-value scatter: the
 // loop is compares and adds only, which the compiler vectorizes (AVX2 where the CPU has it).
 template <typename C>
-__attribute__((target_clones("avx2", "default")))
+LOOPSERVE_WITH_AVX2
 void count_at_least(const C* values, int64_t m, const C* edges, size_t n_edges, uint64_t* at_least) {
   for (size_t k = 0; k < n_edges; ++k) {
     const C e = edges[k];
@@ -87,7 +95,7 @@ void count_at_least(const C* values, int64_t m, const C* edges, size_t n_edges, 
 constexpr int kLanes = 8;
 
 template <typename C>
-__attribute__((target_clones("avx2", "default")))
+LOOPSERVE_WITH_AVX2
 uint64_t block_moments(const C* values, int64_t m, uint64_t* n_out, double* mean_out, double* m2_out, double* lo_out,
                        double* hi_out) {
   constexpr C kInf = std::numeric_limits<C>::infinity();
