@@ -70,8 +70,8 @@ def record_cost(calls: int) -> dict:
             join_us = (time.perf_counter() - start) / len(ids) * 1e6
             rec = track.rec
             return {"record_us": round(no_group - loop, 3), "record_with_group_us": round(group - loop, 3),
-                    "join_per_label_us": round(join_us, 3), "record_rows": rec.capacity, "entries": len(rec),
-                    "tombstones": len(rec.tombstones), "calls": calls}
+                    "join_per_label_us": round(join_us, 3), "record_rows": rec.capacity, "entries": rec.live_entries(),
+                    "ids_held": len(rec) + len(rec.tombstones), "calls": calls}
         finally:
             model.close()
 
@@ -150,7 +150,7 @@ def main() -> int:
     record = record_cost(args.calls)
     print(f"record (in-process, tiny MLP batch 1, record full): {record['record_us']:.2f} µs per request "
           f"({record['record_with_group_us']:.2f} with a group parameter); join {record['join_per_label_us']:.2f} µs "
-          f"per label; {record['entries']} entries, {record['tombstones']} tombstones held")
+          f"per label; {record['entries']} entries held, {record['ids_held']} ids known")
     with tempfile.TemporaryDirectory() as tmp:
         results = ab(args, Path(tmp))
     print(f"\nwrk A/B, JSON, no request id: feedback on vs off ({args.rounds} rounds of {args.window:g} s)")

@@ -4,7 +4,7 @@ for retraining.
 
     store = FeedbackStore()                          # the server keeps one per repository
     track = store.track(model)                       # per request (cached per Model object)
-    track.record(request_id, inputs, outputs, params)   # after a successful infer: ~1-2 µs
+    track.record(request_id, inputs, outputs, params)   # after a successful infer (bench/feedback.py)
     result = store.feedback("fraud", [("req-1", 1), ("req-2", [0, 1])])
     store.window_metrics("fraud", 2)                 # VersionFeedback: cumulative, current, windows
     X, y, groups, ids, times = store.labelled_examples("fraud", since=t)

@@ -15,7 +15,8 @@ Bounded by count, O(1) per insert with no per-entry eviction work:
 - **age**: a lookup answers "expired" for an entry older than `horizon_s`, so the answer does
   not depend on traffic (memory is bounded by the counts above).
 
-Cheap on the infer path (see bench/feedback.py): an insert is one dict store and a few list
+Cheap on the infer path (bench/feedback.py: about 2 µs a request in a tight loop, 4-5 µs
+measured inside the server, where caches are cold): an insert is one dict store and a few list
 stores, and allocates nothing the garbage collector tracks (a collection never walks the
 record's entries). Rows are not copied at once: the arrays of the last few requests are kept
 by reference and copied into the rings together (one numpy call per ring), when 64 are
