@@ -70,6 +70,7 @@ def test_live_traffic_is_monitored_and_drift_is_reported(serve, drift_repo):
     assert second["verdict"] == "drift" and "f5" in second["drifted_features"]
     assert report["alert"] is True
     assert report["monitor"]["rows_seen"] == 8000 and report["monitor"]["rows_skipped"] == 0
+    assert report["live"] is None  # no labels yet
     names = [f["name"] for f in second["features"]]
     assert names[-2:] == ["y0", "y1"] and second["features"][-1]["role"] == "output"
 
@@ -87,6 +88,26 @@ def test_live_traffic_is_monitored_and_drift_is_reported(serve, drift_repo):
     assert merged["inputs"].rows == 8000 and merged["outputs"].rows == 8000
     status, _, body = server.request("GET", "/v2/models/mlp/drift/sketch", headers={"Accept": "application/msgpack"})
     assert status == 200 and len(msgspec.msgpack.decode(body)["windows"]) == 3
+
+
+def test_the_drift_report_carries_live_accuracy_from_feedback(serve, drift_repo):
+    server = serve(LoopserveApp(drift_repo))
+    client = httpclient.InferenceServerClient(server.url)
+    rng = np.random.default_rng(4)
+    ids, predicted = [], []
+    for i in range(20):
+        x = httpclient.InferInput(zoo.INPUT, [1, WIDTH], "FP32")
+        x.set_data_from_numpy(rng.standard_normal((1, WIDTH)).astype(np.float32), binary_data=True)
+        out = client.infer("mlp", [x], request_id=f"q{i}").as_numpy(zoo.OUTPUT)
+        ids.append(f"q{i}")
+        predicted.append(int(out[0, 1] >= 0.5))
+    labels = [p if i < 15 else 1 - p for i, p in enumerate(predicted)]  # 15 of 20 right
+    body = msgspec.json.encode({"labels": [{"id": i, "label": y} for i, y in zip(ids, labels)]})
+    status, _, _ = server.request("POST", "/v2/models/mlp/feedback", body)
+    assert status == 200
+    status, report = get_json(server, "/v2/models/mlp/drift")
+    assert status == 200
+    assert report["live"]["cumulative"]["labels"] == 20 and report["live"]["cumulative"]["accuracy"] == 0.75
 
 
 def test_drift_route_errors(serve, drift_repo):

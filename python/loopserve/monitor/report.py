@@ -61,3 +61,6 @@ class DriftReport(msgspec.Struct):
     alert: bool  # the latest closed window's verdict is "drift"
     monitor: MonitorCounters
     windows: list[WindowDrift]  # oldest first; the last one is the open window when present
+    # The version's live accuracy from ground-truth feedback (a loopserve.monitor.live_metrics
+    # VersionFeedback), when labels have come: drift says the inputs moved, this says whether it hurts.
+    live: object | None = None
