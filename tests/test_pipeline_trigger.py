@@ -41,3 +41,20 @@ def test_cooldown_holds_a_rule_back_and_says_so():
     d = decide(config, evidence(drift_verdicts=["drift"], last_run_at=900.0))
     assert not d.fire and d.reasons[0].startswith("cooldown: 100 s since the last run < 300 s")
     assert decide(config, evidence(drift_verdicts=["drift"], last_run_at=600.0)).fire
+
+
+def test_decisions_are_recorded_with_their_evidence_and_kept_bounded(tmp_path, monkeypatch):
+    from loopserve.pipeline import records as records_module
+    from loopserve.pipeline.records import PipelineRecords
+    from loopserve.store import Store
+
+    monkeypatch.setattr(records_module, "KEEP_DECISIONS", 150)
+    config = TriggerConfig(drift_windows=1)
+    with Store(tmp_path) as store:
+        records = PipelineRecords(store)
+        for i in range(300):
+            records.record_decision("fraud", decide(config, Evidence(now=float(i), drift_verdicts=["no drift"])))
+        kept = records.decisions("fraud", limit=1000)
+    assert 150 <= len(kept) <= 250 and kept[0]["at"] == 299.0
+    assert kept[0]["fire"] is False and kept[0]["reasons"] == ["no rule holds"]
+    assert kept[0]["evidence"]["drift_verdicts"] == ["no drift"]

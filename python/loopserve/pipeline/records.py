@@ -50,11 +50,15 @@ class RunRecord(msgspec.Struct):
     steps: list[StepRecord] = []
 
 
+KEEP_DECISIONS = 10_000  # per model: a watch loop decides every few seconds, forever
+
+
 class PipelineRecords:
     """Not shared between threads (one SQLite connection); any number of processes."""
 
     def __init__(self, store: Store):
         self.store = store
+        self._decisions_recorded = 0
         ensure_schema(store.db, SCHEMA)
 
     def start_run(self, model: str, reason: str) -> str:
@@ -84,6 +88,10 @@ class PipelineRecords:
             db.execute("INSERT INTO pipeline_decisions (model, at, fire, reasons, evidence) VALUES (?, ?, ?, ?, ?)",
                        (model, decision.evidence.now, int(decision.fire), json.dumps(decision.reasons),
                         msgspec.json.encode(decision.evidence).decode()))
+            self._decisions_recorded += 1
+            if self._decisions_recorded % 100 == 0:  # keep the newest KEEP_DECISIONS
+                db.execute("DELETE FROM pipeline_decisions WHERE model = ? AND at < (SELECT at FROM pipeline_decisions "
+                           "WHERE model = ? ORDER BY at DESC LIMIT 1 OFFSET ?)", (model, model, KEEP_DECISIONS))
 
     def decisions(self, model: str, limit: int = 50) -> list[dict]:
         rows = self.store.db.execute("SELECT at, fire, reasons, evidence FROM pipeline_decisions WHERE model = ? "
