@@ -117,6 +117,10 @@ def _print_runs(runs) -> None:
 def _detail(detail: dict) -> str:
     if "error" in detail:
         return detail["error"][:160]
+    if isinstance(detail.get("canary"), dict):  # the compare step
+        c, p = detail["canary"], detail["production"]
+        return (f"canary {c['requests']} req, {c['errors']} err, acc {fmt(c['accuracy'])}; "
+                f"production acc {fmt(p['accuracy'])}")
     keys = ("rows", "registered_version", "weights", "production", "rejected", "rules_checked")
     return ", ".join(f"{k}={fmt(detail[k])}" for k in keys if k in detail)[:160]
 
