@@ -275,3 +275,30 @@ def test_small_windows_get_no_verdict():
     w = monitor.windows(include_open=False)[-1]
     assert w.verdict == "insufficient data" and w.drifted_features == []
     monitor.stop()
+
+
+def test_a_batch_with_bad_outputs_is_rejected_whole_and_windows_still_close():
+    numeric = [(0, [0.0, 1.0])]
+    monitor = _core.DriftMonitor(numeric, [], output_numeric=[(1, [0.5])], window_seconds=0, window_rows=100)
+    for rows in (30, 80):  # outputs of one column, the profile watches column 1
+        monitor.offer(np.zeros((rows, 1), np.float32), np.zeros((rows, 1), np.float32))
+    monitor.flush()
+    stats = monitor.stats()
+    assert stats["rows_rejected"] == 110 and stats["rows_seen"] == 0
+    monitor.offer(np.zeros((150, 1), np.float32), np.zeros((150, 2), np.float32))
+    monitor.flush()
+    assert [w["inputs"].rows for w in monitor.windows()] == [100, 50]
+    monitor.stop()
+    with pytest.raises(ValueError, match="window_seconds"):
+        _core.DriftMonitor(numeric, [], window_seconds=float("inf"))
+
+
+def test_the_alert_is_the_latest_closed_window_whatever_the_slice():
+    rng = np.random.default_rng(13)
+    profile = build_profile(drifting(rng, 20_000, features=2))
+    monitor = DriftMonitor(profile, DriftConfig(window_rows=5_000, window_seconds=0))
+    monitor.offer(drifting(rng, 5_000, features=2, shift=1.0, column=0))
+    monitor.offer(drifting(rng, 100, features=2))
+    monitor.flush()
+    assert monitor.report().alert and monitor.report(last=1).alert
+    monitor.stop()

@@ -250,3 +250,22 @@ def test_feedback_off_and_unrecordable_outputs(clock):
     with Model.from_callable(lambda inputs: {"y": inputs["x"]}, config) as var:
         assert store.track(var) is None
         assert "fixed size" in store.report("var").not_recorded["1"]
+
+
+def test_a_spill_file_cut_mid_line_by_a_crash_loses_only_that_line(tmp_path):
+    from loopserve.monitor.labelled import Joined, SpillWriter, read_spill, spill_path
+
+    def item(i):
+        return Joined(float(i), float(i), f"r{i}", 1, None, np.zeros((1, 2), np.float32), np.array([1]),
+                      np.zeros((1, 1), np.float32))
+
+    writer = SpillWriter(tmp_path, "m", 1 << 20)
+    writer.write([item(0), item(1)])
+    writer.close()
+    path = sorted(spill_path(tmp_path, "m").glob("*.jsonl"))[-1]
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])  # the crash: r1's line cut short
+    writer = SpillWriter(tmp_path, "m", 1 << 20)
+    writer.write([item(2), item(3)])
+    writer.close()
+    assert list(read_spill(tmp_path, "m").ids) == ["r0", "r2", "r3"]

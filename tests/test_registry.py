@@ -324,3 +324,20 @@ def test_concurrent_materialize_and_polling_current_version(tmp_path):
         assert current_version("fraud", "production", store=poller) == 1
         set_alias("fraud", "production", 2, store=writer)
         assert current_version("fraud", "production", store=poller) == 2
+
+
+def test_an_altered_content_digest_is_never_used_as_a_path(tmp_path):
+    from loopserve.registry import materialize, register_model
+    from loopserve.store import IntegrityError, Store
+
+    artifact = tmp_path / "model.onnx"
+    artifact.write_bytes(b"weights")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    with Store(tmp_path / "store") as store:
+        register_model("fraud", artifact, store=store)
+        store.db.execute("UPDATE registry_versions SET content_digest = '../../../victim'")
+        with pytest.raises(IntegrityError, match="not a sha256"):
+            materialize("fraud", 1, store=store)
+    assert (victim / "precious.txt").read_text() == "keep me"

@@ -141,3 +141,9 @@ def test_timestamps_are_parsed_to_one_sortable_utc_form():
     assert parse_time("1.5") == "1970-01-01T00:00:01.500000+00:00"
     with pytest.raises(InvalidTimestamp, match="invalid timestamp 'yesterday': expected an ISO-8601"):
         parse_time("yesterday")
+
+
+@pytest.mark.parametrize("value", [1e20, float("nan"), -1e15])
+def test_out_of_range_unix_times_are_invalid_timestamps(value):
+    with pytest.raises(InvalidTimestamp, match="expected unix seconds"):
+        parse_time(value)

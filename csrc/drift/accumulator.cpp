@@ -260,8 +260,11 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
 }
 
 void TensorAccumulator::merge(const TensorAccumulator& other) {
-  if (other.histograms_.size() != histograms_.size() || other.categories_.size() != categories_.size())
-    throw std::invalid_argument("drift accumulator: cannot merge accumulators of different profiles");
+  bool same = other.histograms_.size() == histograms_.size() && other.categories_.size() == categories_.size();
+  for (size_t i = 0; same && i < spec_->numeric.size(); ++i) same = spec_->numeric[i].column == other.spec_->numeric[i].column;
+  for (size_t i = 0; same && i < spec_->categorical.size(); ++i)
+    same = spec_->categorical[i].column == other.spec_->categorical[i].column;
+  if (!same) throw std::invalid_argument("drift accumulator: cannot merge accumulators of different profiles");
   for (size_t i = 0; i < histograms_.size(); ++i) {
     histograms_[i].merge(other.histograms_[i]);
     moments_[i].merge(other.moments_[i]);
@@ -312,8 +315,14 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
   std::vector<sketches::CategoryCounts> categories;
   const uint32_t numeric = r.get<uint32_t>();
   if (numeric > size) throw std::invalid_argument("TensorAccumulator: corrupt feature count");
-  for (uint32_t i = 0; i < numeric; ++i) {
+  auto column_of = [&] {
     const int64_t column = r.get<int64_t>();
+    if (column < 0 || column > std::numeric_limits<int32_t>::max())
+      throw std::invalid_argument("TensorAccumulator: corrupt column index");
+    return column;
+  };
+  for (uint32_t i = 0; i < numeric; ++i) {
+    const int64_t column = column_of();
     histograms.push_back(blob(&sketches::BinnedHistogram::deserialize));
     moments.push_back(blob(&sketches::MomentsSketch::deserialize));
     quantiles.push_back(blob(&sketches::KllSketch::deserialize));
@@ -322,7 +331,7 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
   const uint32_t categorical = r.get<uint32_t>();
   if (categorical > size) throw std::invalid_argument("TensorAccumulator: corrupt feature count");
   for (uint32_t i = 0; i < categorical; ++i) {
-    const int64_t column = r.get<int64_t>();
+    const int64_t column = column_of();
     categories.push_back(blob(&sketches::CategoryCounts::deserialize));
     spec->categorical.push_back({column, categories.back().other_slot(), categories.back().lut()});
   }

@@ -25,7 +25,8 @@ DriftMonitor::DriftMonitor(MonitorConfig config, std::shared_ptr<const Accumulat
                            std::shared_ptr<const AccumulatorSpec> outputs)
     : config_(config), input_spec_(std::move(inputs)), output_spec_(std::move(outputs)), open_(fresh_window()) {
   if (config_.window_rows <= 0) throw std::invalid_argument("drift monitor: window_rows must be positive");
-  if (config_.window_seconds < 0) throw std::invalid_argument("drift monitor: window_seconds must be >= 0");
+  if (!(config_.window_seconds >= 0 && config_.window_seconds <= 1e9))
+    throw std::invalid_argument("drift monitor: window_seconds must be between 0 and 1e9");
   if (config_.queue_rows <= 0) throw std::invalid_argument("drift monitor: queue_rows must be positive");
   open_since_ = Clock::now();
   thread_ = std::thread([this] { run(); });
@@ -43,10 +44,15 @@ void DriftMonitor::observe(const Batch& batch, const BatchResult& result) noexce
   const auto in_index = static_cast<size_t>(config_.input_index);
   if (in_index >= batch.inputs.size()) return;
   const BatchInput& in = batch.inputs[in_index];
+  const int64_t rows = in.shape.empty() ? 1 : in.shape[0];
   const OutputTensor* out = nullptr;
   if (output_spec_ && config_.output_index >= 0 && static_cast<size_t>(config_.output_index) < result.outputs.size())
     out = &result.outputs[static_cast<size_t>(config_.output_index)];
-  const int64_t rows = in.shape.empty() ? 1 : in.shape[0];
+  // Outputs without a batch dimension of the same rows (a model that does not batch) are not
+  // rows to monitor: leave them out rather than read past them.
+  if (out && (out->shape.empty() || out->shape[0] != rows ||
+              out->data.size() < static_cast<size_t>(rows * columns_of(out->shape)) * dtype_size(out->dtype)))
+    out = nullptr;
   try {
     offer(in.dtype, in.data, columns_of(in.shape), out ? out->dtype : DType::kFP32, out ? out->data.data() : nullptr,
           out ? columns_of(out->shape) : 0, rows);
@@ -136,8 +142,23 @@ void DriftMonitor::run() {
   }
 }
 
+namespace {
+
+bool monitorable(DType dtype) {
+  return dtype == DType::kFP32 || dtype == DType::kFP64 || dtype == DType::kInt32 || dtype == DType::kInt64;
+}
+
+}  // namespace
+
 void DriftMonitor::accumulate(const Item& item) {
   std::lock_guard<std::mutex> lock(windows_mu_);
+  // Checked before either accumulator is touched, so a bad batch is rejected whole.
+  const bool outputs_ok = item.out.empty() || !output_spec_ ||
+                          (monitorable(item.out_dtype) && item.out_cols >= output_spec_->min_columns());
+  if (!monitorable(item.in_dtype) || item.in_cols < input_spec_->min_columns() || !outputs_ok) {
+    rows_rejected_ += static_cast<uint64_t>(item.rows);
+    return;
+  }
   const size_t in_row = static_cast<size_t>(item.in_cols) * dtype_size(item.in_dtype);
   const size_t out_row = static_cast<size_t>(item.out_cols) * dtype_size(item.out_dtype);
   int64_t done = 0;

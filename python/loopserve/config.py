@@ -101,7 +101,7 @@ class DriftConfig(Struct, forbid_unknown_fields=True, frozen=True):
     input: str | None = None  # the monitored input tensor; default the first
     output: str | None = None  # the output watched for prediction drift; default the first
     window_rows: Positive = 10000  # a window closes after this many rows...
-    window_seconds: Annotated[float, Meta(ge=0)] = 60.0  # ...or this long (0: rows only)
+    window_seconds: Annotated[float, Meta(ge=0, le=1e9)] = 60.0  # ...or this long (0: rows only)
     history: Positive = 20  # closed windows kept
     queue_rows: Positive = 65536  # hand-off bound: past it, batches are skipped and counted
     quantile_sample_every: NonNegative = 0  # KLL takes every n-th row; 0: about 8k rows per window

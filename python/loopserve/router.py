@@ -53,7 +53,7 @@ class VersionRouter:
     def acquire(self, version: str | None = None, key: str | None = None) -> Model:
         """The version that answers this request, counted in flight until `release`."""
         if version:
-            model = self.versions.get(int(version)) if version.isdigit() else None
+            model = self.versions.get(int(version)) if version.isascii() and version.isdigit() else None
             if model is None:
                 raise ModelNotFound(f"model '{self.name}' has no version '{version}' loaded "
                                     f"(loaded: {sorted(self.versions)})")

@@ -56,7 +56,7 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--config", str(server_config)],
                               cwd=workdir, env=env, stdout=open(workdir / "server.log", "w"), stderr=subprocess.STDOUT)
-    pipeline = None
+    pipeline = traffic = None
     try:
         wait_ready(port, server)
         pipeline = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "pipeline", "watch", str(pipeline_config)],
@@ -92,11 +92,17 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
         traffic.stop()
         timeline.poll()
     finally:
-        if pipeline is not None and pipeline.poll() is None:
-            pipeline.terminate()
-            pipeline.wait(timeout=30)
-        server.terminate()
-        server_code = server.wait(timeout=60)
+        if traffic is not None:
+            traffic.stop()
+        for proc in (pipeline, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        server_code = server.returncode
 
     drift_t = sizes.drift_at / sizes.rows_per_s
     summary = {

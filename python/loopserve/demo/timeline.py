@@ -50,8 +50,8 @@ class Timeline:
         for what in (self._traffic, self._drift, self._feedback, self._pipeline):
             try:
                 what()
-            except OSError:
-                pass  # the server is busy or restarting a version: look again next time
+            except Exception:  # noqa: BLE001  # busy server, a store write in progress: look again next time
+                pass
 
     def _traffic(self) -> None:
         state = self._get(f"/v2/models/{self.model}/traffic")

@@ -179,12 +179,23 @@ class SpillWriter:
         path = self.directory / f"{_PREFIX}{self._seq:06d}{_SUFFIX}"
         self._file = open(path, "ab")
         self._size = self._file.tell()
+        if self._size and _last_byte(path) != b"\n":
+            # A crash left half a line: end it, so the next line is not glued to it (the half
+            # line stays unreadable and is skipped; the next one is whole).
+            self._file.write(b"\n")
+            self._size += 1
 
     def close(self) -> None:
         with self._lock:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+def _last_byte(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, 2)
+        return f.read(1)
 
 
 def _plain(group):

@@ -79,6 +79,11 @@ class DriftMonitor:
         output_index = None
         if profile.outputs:
             output_index = _tensor_index(model.outputs, config.output, "output", model.name)
+            out_width = _row_width(model.outputs[output_index], model.config.max_batch_size)
+            out_needed = max(f.column for f in profile.outputs) + 1
+            if out_width is not None and out_width < out_needed:
+                raise ConfigError(f"model '{model.name}': drift profile watches output column {out_needed - 1} but "
+                                  f"output '{model.outputs[output_index].name}' has {out_width} values per row")
         monitor = cls(profile, config, input_index=input_index, output_index=output_index,
                       model=model.name, version=str(model.version))
         model.attach_observer(monitor.native)
@@ -115,9 +120,9 @@ class DriftMonitor:
         if last is not None:
             windows = windows[-last:]
         drifts = [window_drift(w, self.profile, self.config.policy) for w in windows]
-        closed = [w for w in drifts if w.closed]
+        latest = self.latest_closed()  # whatever the slice: the alert is the latest closed window's
         return DriftReport(model=self.model, version=self.version, reference_rows=self.profile.rows,
-                           alert=bool(closed) and closed[-1].verdict == "drift",
+                           alert=latest is not None and latest.verdict == "drift",
                            monitor=MonitorCounters(**self.native.stats()), windows=drifts)
 
     def sketch(self) -> SketchPayload:

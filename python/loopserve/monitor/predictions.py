@@ -94,7 +94,9 @@ class PredictionRecord:
         if not pending:
             self._pending_slot = slot
         pending.append(y)
-        self._pending_x.append(inputs)
+        # Only the recorded inputs: a request's arrays are views of its body, which must not be
+        # kept alive (up to 64 MiB each) for inputs the record does not take.
+        self._pending_x.append({name: inputs[name] for name, _, _ in self.x_layout} if self.x_layout else None)
         self._pending_rows += n
         seq = self.seq
         i = seq % capacity

@@ -83,7 +83,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     base = path.parent
 
     def rel(p: str | None) -> str | None:
-        return None if p is None or Path(p).is_absolute() else str(base / p)
+        return p if p is None or Path(p).is_absolute() else str(base / p)
 
     data = msgspec.structs.replace(config.retrain_data, feedback_dir=rel(config.retrain_data.feedback_dir))
     return msgspec.structs.replace(config, train=rel(config.train), store=rel(config.store) if config.store else None,

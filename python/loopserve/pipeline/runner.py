@@ -58,9 +58,11 @@ class Pipeline:
         names = [n for n, _ in STEPS] + ["promote"]
         for position, (name, step) in enumerate(STEPS):
             if not self._step(ctx, position, name, step):
-                if name == "compare":  # the canary lost: take it out, production never moved
-                    self._step(ctx, position + 1, "rollback", steps.roll_back)
-                    self.records.finish_run(run_id, "rolled back", ctx.outcome)
+                if name in ("canary", "compare"):  # the canary alias moved: put it back on production
+                    outcome = ctx.outcome
+                    rolled_back = self._step(ctx, position + 1, "rollback", steps.roll_back)
+                    self.records.finish_run(run_id, "rolled back" if rolled_back else "failed",
+                                            outcome if rolled_back else f"{outcome}; then {ctx.outcome}")
                 else:
                     for later, skipped in enumerate(names[position + 1:], position + 1):
                         self.records.start_step(run_id, skipped, later)

@@ -170,17 +170,21 @@ def compare(ctx: RunContext) -> dict:
     c = ctx.config.canary
     prod, cand = str(ctx.production_version), str(ctx.candidate)
     start = ctx.view.traffic()["metrics"]
+    # Accuracy over the comparison window only: production's cumulative figure would carry its
+    # history from before the drift, the canary's would not.
+    accuracy_start = version_accuracy(ctx.view.feedback())
     started = time.monotonic()
     while True:
         time.sleep(c.poll_s)
         metrics = ctx.view.traffic()["metrics"]
         accuracy = version_accuracy(ctx.view.feedback())
         seen = _delta(metrics, start, cand)["requests"]
-        labels = accuracy.get(cand, (None, 0))[1]
+        labels = _window_accuracy(accuracy, accuracy_start, cand)[1]
         if (seen >= c.min_requests and labels >= c.min_labels) or time.monotonic() - started >= c.window_s:
             break
     p, q = _delta(metrics, start, prod), _delta(metrics, start, cand)
-    (acc_p, labels_p), (acc_q, labels_q) = accuracy.get(prod, (None, 0)), accuracy.get(cand, (None, 0))
+    acc_p, labels_p = _window_accuracy(accuracy, accuracy_start, prod)
+    acc_q, labels_q = _window_accuracy(accuracy, accuracy_start, cand)
     facts = {"production": {**p, "accuracy": acc_p, "labels": labels_p},
              "canary": {**q, "accuracy": acc_q, "labels": labels_q}, "seconds": time.monotonic() - started}
     problems = []
@@ -193,7 +197,7 @@ def compare(ctx: RunContext) -> dict:
         problems.append(f"canary p99 {q['p99_s'] * 1e3:.2f} ms > {c.max_p99_ratio} x production "
                         f"{p['p99_s'] * 1e3:.2f} ms")
     if c.min_labels > 0:
-        if labels_q < c.min_labels or acc_p is None:
+        if labels_q < c.min_labels or acc_p is None or acc_q is None:
             problems.append(f"the canary got {labels_q} labels; needs {c.min_labels} to compare accuracy")
         elif acc_q < acc_p - c.accuracy_margin:
             problems.append(f"canary accuracy {acc_q:.4f} < production {acc_p:.4f} - {c.accuracy_margin}")
@@ -230,6 +234,16 @@ def _wait_for_single_version(ctx: RunContext, version: int) -> None:
         time.sleep(ctx.config.canary.poll_s)
     raise StepFailed(f"the server did not settle on version {version} alone within "
                      f"{ctx.config.canary.load_timeout_s:.0f} s")
+
+
+def _window_accuracy(now: dict, then: dict, version: str) -> tuple[float | None, int]:
+    """(accuracy, labels) of the labels a version got between two cumulative readings."""
+    acc1, n1 = now.get(version, (None, 0))
+    acc0, n0 = then.get(version, (None, 0))
+    labels = n1 - n0
+    if labels <= 0 or acc1 is None:
+        return None, 0
+    return (acc1 * n1 - (acc0 or 0.0) * n0) / labels, labels
 
 
 def _delta(metrics: dict, start: dict, version: str) -> dict:

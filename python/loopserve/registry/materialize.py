@@ -106,6 +106,9 @@ def materialize(name: str, ref: int | str = "latest", dest_dir: str | os.PathLik
             _build(s, version, dest)
             return dest
         cache = s.root.joinpath(*CACHE_DIR)
+        if not _is_digest(version.content_digest):  # from the database: never trusted as a path
+            raise IntegrityError(f"model {name!r} version {version.version}: its content digest "
+                                 f"{version.content_digest!r} is not a sha256; the registry database was altered")
         final = cache / version.content_digest
         if final.is_dir() and _matches(version, final):
             return final
@@ -131,3 +134,7 @@ def materialize(name: str, ref: int | str = "latest", dest_dir: str | os.PathLik
                                 f"files at {final}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_digest(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)

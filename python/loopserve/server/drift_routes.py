@@ -66,7 +66,7 @@ def _windows_param(value: str | None) -> int | None:
         return DEFAULT_WINDOWS
     if value == "all":
         return None
-    if value.isdigit() and int(value) > 0:
+    if value.isascii() and value.isdigit() and int(value) > 0:
         return int(value)
     raise ProtocolError(f"query parameter windows={value!r}: expected a positive number of windows or 'all'")
 

@@ -27,6 +27,7 @@ from loopserve.monitor.feedback import FeedbackStore, ModelFeedback
 from loopserve.server.protocol import ProtocolError
 
 _stores: "weakref.WeakKeyDictionary[object, FeedbackStore]" = weakref.WeakKeyDictionary()
+MAX_FEEDBACK_BYTES = 64 << 20
 
 
 def store_for(repository) -> FeedbackStore:
@@ -102,7 +103,10 @@ class FeedbackRoutes:
     async def post(self, request: Request) -> Response:
         name = request.path_params["model"]
         mf = self._model(name)
-        items = decode_feedback(await request.body())
+        from loopserve.server.infer import read_body
+
+        # Bounded as infer bodies are (64 MiB; refused with 413 past it).
+        items = decode_feedback(await read_body(request.receive, MAX_FEEDBACK_BYTES))
         result, joined = mf.join(items)  # in memory, on the loop: microseconds per label
         if joined and mf.spill is not None:
             await run_in_threadpool(mf.spill.write, joined)  # file appends, off the loop

@@ -72,7 +72,7 @@ class ModelRepository:
         """A loaded version: the named one, or the stable one (what rollback returns to)."""
         router = self.router(name)
         if version:
-            model = router.versions.get(int(version)) if version.isdigit() else None
+            model = router.versions.get(int(version)) if version.isascii() and version.isdigit() else None
             if model is None:
                 raise ModelNotFound(f"model '{name}' has no version '{version}' loaded "
                                     f"(loaded: {sorted(router.versions)})")

@@ -83,7 +83,7 @@ class RepositoryWatcher:
                 log.error("registry lookup failed", extra={"model": name, "reason": str(e)})
                 continue
             router = self.repository.routers.get(name)
-            if router is not None and set(router.versions) == set(wanted):
+            if router is not None and set(router.versions) == set(wanted) and _same_weights(router, wanted):
                 continue
             log.info("registry aliases moved", extra={"model": name, "versions": sorted(wanted)})
             try:
@@ -92,3 +92,12 @@ class RepositoryWatcher:
                 log.error("reload failed", extra={"model": name, "reason": str(e)})
                 continue
             self.repository.install(prepared)
+
+
+def _same_weights(router, wanted: dict[int, float | None]) -> bool:
+    """Whether the router already splits traffic as `wanted` (main and canary may trade places)."""
+    if all(w is None for w in wanted.values()):
+        return len(router.state().weights) <= 1
+    total = sum(w for w in wanted.values() if w)
+    served = router.state().weights
+    return all(abs(served.get(v, 0.0) - (w or 0.0) / total) < 1e-9 for v, w in wanted.items())

@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO
 
 from loopserve.errors import LoopserveError
 
@@ -45,18 +43,27 @@ class BlobStore:
         return digest
 
     def put_file(self, source: str | os.PathLike) -> str:
-        """Copy a file in; returns its sha256. Large files are streamed, never read whole."""
+        """Copy a file in; returns its sha256. Hashed while copied, so the name always matches the
+        bytes stored even if the source changes meanwhile; large files are streamed, never read whole."""
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         h = hashlib.sha256()
-        with open(source, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        digest = h.hexdigest()
-        if not self.exists(digest):
-            def copy(dst: BinaryIO) -> None:
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, dst, _CHUNK)
-            self._write(digest, copy)
-        return digest
+        try:
+            with os.fdopen(fd, "wb") as dst, open(source, "rb") as src:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    dst.write(chunk)
+                dst.flush()
+                os.fsync(dst.fileno())
+            digest = h.hexdigest()
+            if self.exists(digest):
+                os.unlink(tmp)
+            else:
+                self._place(tmp, digest)
+            return digest
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def read_bytes(self, digest: str) -> bytes:
         """The blob's bytes, checked against its digest."""
@@ -94,12 +101,19 @@ class BlobStore:
                 write(f)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o444)  # blobs are immutable
-            os.replace(tmp, final)
+            self._place(tmp, digest)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    def _place(self, tmp: str, digest: str) -> None:
+        """Moves a written, fsynced temporary file to its digest's path, read-only, and fsyncs
+        the directory so the rename survives a crash."""
+        final = self.path(digest)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp, 0o444)  # blobs are immutable
+        os.replace(tmp, final)
         dir_fd = os.open(final.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)

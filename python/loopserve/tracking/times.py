@@ -40,7 +40,11 @@ def parse_time(value: "str | float | int | _dt.datetime | _dt.date") -> str:
     if isinstance(value, _dt.date):
         return format_time(_dt.datetime(value.year, value.month, value.day, tzinfo=UTC))
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return format_time(_dt.datetime.fromtimestamp(float(value), UTC))
+        try:
+            return format_time(_dt.datetime.fromtimestamp(float(value), UTC))
+        except (ValueError, OverflowError, OSError):
+            raise InvalidTimestamp(f"invalid timestamp {value!r}: expected unix seconds within years 1..9999, "
+                                   f"a datetime, or an ISO-8601 string") from None
     if isinstance(value, str):
         text = value.strip()
         try:
