@@ -224,3 +224,16 @@ def test_csv_whose_later_rows_change_a_type_is_read_whole(tmp_path):
     info = data.snapshot(path, store=tmp_path / "s")
     back = data.load_snapshot(info.id, store=tmp_path / "s")
     assert back.schema.field("v").type == pa.float64() and back.column("v")[-1].as_py() == 0.5
+
+
+def test_a_name_resolves_to_the_snapshot_given_it_last(tmp_path):
+    import numpy as np
+
+    from loopserve.data import read_manifest, snapshot
+
+    store = tmp_path / "store"
+    a = snapshot({"x": np.arange(10)}, store=store, name="train")
+    b = snapshot({"x": np.arange(20)}, store=store, name="train")
+    assert read_manifest("train", store=store).id == b.id
+    again = snapshot({"x": np.arange(10)}, store=store, name="train")  # the same data as a, named again
+    assert again.id == a.id and read_manifest("train", store=store).id == a.id

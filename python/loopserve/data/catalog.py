@@ -19,7 +19,8 @@ CREATE TABLE IF NOT EXISTS data_snapshots (
     rows INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     chunks INTEGER NOT NULL,
-    manifest_digest TEXT NOT NULL
+    manifest_digest TEXT NOT NULL,
+    named_at REAL  -- when `name` was last given to it: a name resolves to the snapshot given it last
 );
 CREATE INDEX IF NOT EXISTS data_snapshots_name ON data_snapshots (name, created_at)
 """
@@ -29,6 +30,10 @@ MIN_PREFIX = 6  # hex digits of an id prefix accepted where an id is expected
 
 def ensure(conn: sqlite3.Connection) -> None:
     ensure_schema(conn, DDL)
+    columns = {r["name"] for r in conn.execute("PRAGMA table_info(data_snapshots)")}
+    if "named_at" not in columns:  # a store made before the column existed
+        with transaction(conn):
+            conn.execute("ALTER TABLE data_snapshots ADD COLUMN named_at REAL")
 
 
 def record(conn: sqlite3.Connection, snapshot_id: str, *, name: str | None, parent: str | None, rows: int,
@@ -38,10 +43,12 @@ def record(conn: sqlite3.Connection, snapshot_id: str, *, name: str | None, pare
     ensure(conn)
     with transaction(conn):
         conn.execute(
-            "INSERT INTO data_snapshots (id, created_at, name, parent, rows, bytes, chunks, manifest_digest) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-            "name = COALESCE(excluded.name, name), parent = COALESCE(parent, excluded.parent)",
-            (snapshot_id, time.time(), name, parent, rows, nbytes, chunks, manifest_digest))
+            "INSERT INTO data_snapshots (id, created_at, name, parent, rows, bytes, chunks, manifest_digest, named_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "name = COALESCE(excluded.name, name), parent = COALESCE(parent, excluded.parent), "
+            "named_at = COALESCE(excluded.named_at, named_at)",
+            (snapshot_id, time.time(), name, parent, rows, nbytes, chunks, manifest_digest,
+             time.time() if name else None))
         row = conn.execute("SELECT created_at, name, parent FROM data_snapshots WHERE id = ?",
                            (snapshot_id,)).fetchone()
     return row["created_at"], row["name"], row["parent"]
@@ -59,7 +66,7 @@ def list_all(conn: sqlite3.Connection) -> list[SnapshotInfo]:
 
 
 def resolve(conn: sqlite3.Connection, ref: str) -> SnapshotInfo:
-    """A snapshot by full id, unique id prefix (>= 6 hex digits) or name (the latest of that name)."""
+    """A snapshot by full id, unique id prefix (>= 6 hex digits) or name (the one given it last)."""
     ensure(conn)
     if not isinstance(ref, str) or not ref:
         raise SnapshotNotFound(f"no snapshot {ref!r}: expected an id, an id prefix or a name")
@@ -72,8 +79,8 @@ def resolve(conn: sqlite3.Connection, ref: str) -> SnapshotInfo:
             raise SnapshotNotFound(f"snapshot id prefix {ref!r} is ambiguous: give more digits")
         if rows:
             return _info(rows[0])
-    row = conn.execute("SELECT * FROM data_snapshots WHERE name = ? ORDER BY created_at DESC, id LIMIT 1",
-                       (ref,)).fetchone()
+    row = conn.execute("SELECT * FROM data_snapshots WHERE name = ? "
+                       "ORDER BY COALESCE(named_at, created_at) DESC, id LIMIT 1", (ref,)).fetchone()
     if row:
         return _info(row)
     raise SnapshotNotFound(f"no snapshot {ref!r} in the store: expected an id, a unique id prefix "
