@@ -9,7 +9,6 @@ leaves only unreferenced blobs, never a snapshot with missing chunks.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,23 +25,10 @@ from loopserve.data.errors import SnapshotCorrupt, SnapshotError
 from loopserve.data.manifest import FORMAT, Chunk, Column, Manifest, SnapshotCore, SnapshotInfo, decode_manifest, encode
 from loopserve.data.sources import open_source
 from loopserve.errors import LoopserveError
-from loopserve.store import IntegrityError, Store, validate_name
+from loopserve.store import IntegrityError, Store, open_store, validate_name
 
 WORKERS = max(2, min(4, os.cpu_count() or 2))
 IN_FLIGHT = 2 * WORKERS  # chunks being written at once: bounds the memory beyond the input's
-
-
-@contextlib.contextmanager
-def open_store(store: Store | str | os.PathLike | None) -> Iterator[Store]:
-    """Use an open Store as is, or open (and close again) the one at a path / the default root."""
-    if isinstance(store, Store):
-        yield store
-    else:
-        s = Store(store)
-        try:
-            yield s
-        finally:
-            s.close()
 
 
 class _Written(msgspec.Struct):

@@ -12,6 +12,7 @@ directory (the embedded default: the store lives with the project, no server to 
 from loopserve.store.blobs import BlobStore, IntegrityError
 from loopserve.store.db import connect, transaction
 from loopserve.store.names import validate_name
-from loopserve.store.root import Store, store_root
+from loopserve.store.root import Store, open_store, store_root
 
-__all__ = ["BlobStore", "IntegrityError", "Store", "connect", "store_root", "transaction", "validate_name"]
+__all__ = ["BlobStore", "IntegrityError", "Store", "connect", "open_store", "store_root", "transaction",
+           "validate_name"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
+from typing import Callable, Iterator
 
 from loopserve.store.blobs import BlobStore
 from loopserve.store.db import connect
@@ -44,3 +46,19 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def open_store(store: "Store | str | os.PathLike | None",
+               prepare: Callable[["Store"], object] | None = None) -> Iterator[Store]:
+    """An open Store used as is (left open), or the one at a path / the default root, opened
+    for the block and closed after. `prepare` makes sure an area's tables exist."""
+    if isinstance(store, Store):
+        if prepare is not None:
+            prepare(store)
+        yield store
+        return
+    with Store(store) as own:
+        if prepare is not None:
+            prepare(own)
+        yield own

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import weakref
-from typing import Iterator
 
-from loopserve.store import Store
+from loopserve.store import Store, open_store
 from loopserve.store.db import ensure_schema
 
 DDL = """
@@ -72,11 +70,6 @@ def prepare(store: Store) -> Store:
     return store
 
 
-@contextlib.contextmanager
-def opened(store: Store | None) -> Iterator[Store]:
+def opened(store: Store | None):
     """The given store (left open), or the default store opened for this call and closed after."""
-    if store is not None:
-        yield prepare(store)
-        return
-    with Store() as own:
-        yield prepare(own)
+    return open_store(store, prepare)
