@@ -8,8 +8,10 @@ once for every request. A load that fails anywhere leaves what serves untouched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
+from typing import Iterator
 
 import msgspec
 import numpy as np
@@ -101,8 +103,7 @@ class ModelRepository:
         model_dir = self.root / name
         if "/" in name or name.startswith(".") or not model_dir.is_dir():
             raise ModelNotFound(f"model '{name}' is not in the repository {self.root}")
-        built: list[Model] = []
-        try:
+        with self._building(name) as built:
             config_file = next((model_dir / n for n in CONFIG_NAMES if (model_dir / n).is_file()), None)
             if config_file is None:
                 raise ConfigError(f"{model_dir}: no config file; expected one of {', '.join(CONFIG_NAMES)}")
@@ -122,20 +123,12 @@ class ModelRepository:
                 warm_up(model, model_dir)
                 attach_drift(model, model_dir / str(v))  # after warm-up: its zeros are not traffic
                 versions[v] = model
-        except BaseException as e:
-            for model in built:
-                model.close()
-            if isinstance(e, LoopserveError):
-                self._failures[name] = str(e)
-                log.error("model load failed", extra={"model": name, "reason": str(e)})
-            raise
         return Prepared(name, config, versions)
 
     def _prepare_from_registry(self, name: str) -> Prepared:
         """The versions the registry's aliases name now (see registry_source.py)."""
         serving = self.routers[name].versions if name in self.routers else {}
-        built: list[Model] = []
-        try:
+        with self._building(name) as built:
             wanted = self.registry.wanted(name)
             versions, config = {}, None
             for v in wanted:
@@ -148,6 +141,16 @@ class ModelRepository:
                     attach_drift(model, directory)
                     versions[v] = model
                 config = config or versions[v].config
+        weights = {v: w for v, w in wanted.items() if w is not None}
+        return Prepared(name, config, versions, weights)
+
+    @contextlib.contextmanager
+    def _building(self, name: str) -> Iterator[list[Model]]:
+        """The models a load builds: if the load fails, they are closed and its reason recorded
+        (what serves keeps serving)."""
+        built: list[Model] = []
+        try:
+            yield built
         except BaseException as e:
             for model in built:
                 model.close()
@@ -155,8 +158,6 @@ class ModelRepository:
                 self._failures[name] = str(e)
                 log.error("model load failed", extra={"model": name, "reason": str(e)})
             raise
-        weights = {v: w for v, w in wanted.items() if w is not None}
-        return Prepared(name, config, versions, weights)
 
     def install(self, prepared: Prepared) -> VersionRouter:
         """Swaps the prepared versions in; versions no longer wanted retire."""
