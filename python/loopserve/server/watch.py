@@ -64,12 +64,16 @@ class RepositoryWatcher:
             if not known and not self.load_new:
                 continue
             log.info("repository changed", extra={"model": name})
-            try:
-                prepared = await asyncio.to_thread(self.repository.prepare, name)
-            except Exception as e:  # recorded by prepare; what served serves on
-                log.error("reload failed", extra={"model": name, "reason": str(e)})
-                continue
-            self.repository.install(prepared)
+            await self._reload(name)
+
+    async def _reload(self, name: str) -> None:
+        """Builds the model's versions in a thread, then swaps them in on the loop."""
+        try:
+            prepared = await asyncio.to_thread(self.repository.prepare, name)
+        except Exception as e:  # recorded by prepare; what served serves on
+            log.error("reload failed", extra={"model": name, "reason": str(e)})
+            return
+        self.repository.install(prepared)
 
     async def check_registry(self) -> None:
         """Registry-sourced models follow their aliases: a moved alias is a hot swap."""
@@ -86,12 +90,7 @@ class RepositoryWatcher:
             if router is not None and set(router.versions) == set(wanted) and _same_weights(router, wanted):
                 continue
             log.info("registry aliases moved", extra={"model": name, "versions": sorted(wanted)})
-            try:
-                prepared = await asyncio.to_thread(self.repository.prepare, name)
-            except Exception as e:  # recorded by prepare; what served serves on
-                log.error("reload failed", extra={"model": name, "reason": str(e)})
-                continue
-            self.repository.install(prepared)
+            await self._reload(name)
 
 
 def _same_weights(router, wanted: dict[int, float | None]) -> bool:
