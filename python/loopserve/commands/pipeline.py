@@ -31,50 +31,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.set_defaults(handler=_status)
 
 
-def _pipeline(args):
+def _with_pipeline(args, work) -> int:
+    """Opens the pipeline of `args.config` in this process (at its lower CPU priority), runs
+    `work(pipeline)`, and closes it; a bad config is a one-line error and status 2."""
+    from loopserve.errors import LoopserveError
     from loopserve.logs import configure_logging
     from loopserve.pipeline.config import load_pipeline_config
     from loopserve.pipeline.runner import Pipeline, yield_to_serving
 
     configure_logging("info")
-    config = load_pipeline_config(args.config)
-    yield_to_serving(config)
-    return Pipeline(config)
-
-
-def _run(args) -> int:
-    from loopserve.errors import LoopserveError
-
     try:
-        pipeline = _pipeline(args)
+        config = load_pipeline_config(args.config)
+        yield_to_serving(config)
+        pipeline = Pipeline(config)
     except LoopserveError as e:
         print(f"loopserve pipeline: {e}", file=sys.stderr)
         return 2
     try:
-        record = pipeline.run(args.reason)
+        return work(pipeline)
     finally:
         pipeline.close()
-    _print_runs([record])
-    return 0 if record.status == "promoted" else 1
+
+
+def _run(args) -> int:
+    def run(pipeline) -> int:
+        record = pipeline.run(args.reason)
+        _print_runs([record])
+        return 0 if record.status == "promoted" else 1
+
+    return _with_pipeline(args, run)
 
 
 def _watch(args) -> int:
     import time
 
-    from loopserve.errors import LoopserveError
+    def watch(pipeline) -> int:
+        try:
+            pipeline.watch(None if args.seconds is None else time.time() + args.seconds)
+        except KeyboardInterrupt:
+            pass
+        return 0
 
-    try:
-        pipeline = _pipeline(args)
-    except LoopserveError as e:
-        print(f"loopserve pipeline: {e}", file=sys.stderr)
-        return 2
-    try:
-        pipeline.watch(None if args.seconds is None else time.time() + args.seconds)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        pipeline.close()
-    return 0
+    return _with_pipeline(args, watch)
 
 
 @store_command("loopserve pipeline status")
