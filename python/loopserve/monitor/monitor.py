@@ -71,19 +71,11 @@ class DriftMonitor:
         """A monitor for a loopserve Model's input (and output) tensors, checked against its
         declared shapes, and attached to its batcher."""
         input_index = _tensor_index(model.inputs, config.input, "input", model.name)
-        width = _row_width(model.inputs[input_index], model.config.max_batch_size)
-        needed = max(f.column for f in profile.features) + 1
-        if width is not None and width < needed:
-            raise ConfigError(f"model '{model.name}': drift profile monitors column {needed - 1} but input "
-                              f"'{model.inputs[input_index].name}' has {width} values per row")
+        _check_width(model, model.inputs[input_index], profile.features, "monitors column", "input")
         output_index = None
         if profile.outputs:
             output_index = _tensor_index(model.outputs, config.output, "output", model.name)
-            out_width = _row_width(model.outputs[output_index], model.config.max_batch_size)
-            out_needed = max(f.column for f in profile.outputs) + 1
-            if out_width is not None and out_width < out_needed:
-                raise ConfigError(f"model '{model.name}': drift profile watches output column {out_needed - 1} but "
-                                  f"output '{model.outputs[output_index].name}' has {out_width} values per row")
+            _check_width(model, model.outputs[output_index], profile.outputs, "watches output column", "output")
         monitor = cls(profile, config, input_index=input_index, output_index=output_index,
                       model=model.name, version=str(model.version))
         model.attach_observer(monitor.native)
@@ -178,6 +170,15 @@ def _tensor_index(tensors, name: str | None, kind: str, model: str) -> int:
             return i
     raise ConfigError(f"model '{model}': drift.{kind} names '{name}', but the model's {kind}s are "
                       f"{[t.name for t in tensors]}")
+
+
+def _check_width(model, tensor, profiled, what: str, kind: str) -> None:
+    """The tensor has every column the profile reads (when its width is fixed)."""
+    width = _row_width(tensor, model.config.max_batch_size)
+    needed = max(f.column for f in profiled) + 1
+    if width is not None and width < needed:
+        raise ConfigError(f"model '{model.name}': drift profile {what} {needed - 1} but {kind} "
+                          f"'{tensor.name}' has {width} values per row")
 
 
 def _row_width(tensor, max_batch_size: int) -> int | None:
