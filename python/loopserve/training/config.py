@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from loopserve.config import decode_config
+from loopserve.config import load_config
 from loopserve.errors import ConfigError
 
 Positive = Annotated[int, Meta(ge=1)]
@@ -171,12 +171,7 @@ def check(config: TrainConfig, source: str = "train config") -> TrainConfig:
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read and check a train config; relative paths in it are resolved against its directory."""
     path = Path(path)
-    fmt = {".yaml": "yaml", ".yml": "yaml", ".toml": "toml", ".json": "json"}.get(path.suffix, path.suffix)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the train config: {e.strerror}") from None
-    config = check(decode_config(data, fmt, str(path), TrainConfig), str(path))
+    config = check(load_config(path, TrainConfig), str(path))
     return resolve_paths(config, path.parent)
 
 
