@@ -21,6 +21,20 @@ void put_blob(sketches::Writer& w, const std::vector<uint8_t>& bytes) {
 
 }  // namespace
 
+// Edges in the type values are compared in. For float values an edge is rounded up to the
+// nearest float: for a float v, v >= e exactly when v >= (smallest float >= e), so the
+// counts equal those of the double comparison.
+template <typename C>
+std::vector<C> edges_for(const std::vector<double>& edges) {
+  std::vector<C> out(edges.size());
+  for (size_t k = 0; k < edges.size(); ++k) {
+    C e = static_cast<C>(edges[k]);
+    if (static_cast<double>(e) < edges[k]) e = std::nextafter(e, std::numeric_limits<C>::infinity());
+    out[k] = e;
+  }
+  return out;
+}
+
 int64_t AccumulatorSpec::min_columns() const {
   int64_t n = 0;
   for (const auto& c : numeric) n = std::max(n, c.column + 1);
@@ -34,6 +48,8 @@ TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec
   for (const auto& c : spec_->numeric) {
     if (c.column < 0) throw std::invalid_argument("drift accumulator: negative column index");
     histograms_.emplace_back(c.edges);
+    edges_f32_.push_back(edges_for<float>(c.edges));
+    at_least_.emplace_back(c.edges.size());
     moments_.emplace_back();
     quantiles_.emplace_back(spec_->kll_k, seed += 0x632BE59BD9B4E019ull);  // independent coins per feature
   }
@@ -166,20 +182,6 @@ uint64_t block_moments(const C* values, int64_t m, uint64_t* n_out, double* mean
 
 }  // namespace
 
-// Edges in the type values are compared in. For float values an edge is rounded up to the
-// nearest float: for a float v, v >= e exactly when v >= (smallest float >= e), so the
-// counts equal those of the double comparison.
-template <typename C>
-std::vector<C> edges_for(const std::vector<double>& edges) {
-  std::vector<C> out(edges.size());
-  for (size_t k = 0; k < edges.size(); ++k) {
-    C e = static_cast<C>(edges[k]);
-    if (static_cast<double>(e) < edges[k]) e = std::nextafter(e, std::numeric_limits<C>::infinity());
-    out[k] = e;
-  }
-  return out;
-}
-
 template <typename T>
 void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) {
   using C = CompareType<T>;
@@ -187,14 +189,18 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
   const uint32_t kll_every = spec_->kll_every;
   const size_t features = spec_->numeric.size();
 
-  // Per feature: its edges in the compare type, and counts of values >= each edge.
-  std::vector<std::vector<C>> edges(features);
-  std::vector<std::vector<uint64_t>> at_least(features);
-  std::vector<uint64_t> finite(features, 0), pos_inf(features, 0), seen(features, 0);
-  for (size_t f = 0; f < features; ++f) {
-    edges[f] = edges_for<C>(spec_->numeric[f].edges);
-    at_least[f].assign(edges[f].size(), 0);
-  }
+  // Per feature: its edges in the compare type (made once, in the constructor), and this
+  // call's counts of values >= each edge, of finite and +inf values, and of values seen.
+  auto edges_of = [&](size_t f) -> const std::vector<C>& {
+    if constexpr (std::is_same_v<C, float>) return edges_f32_[f];
+    else return spec_->numeric[f].edges;
+  };
+  std::vector<std::vector<uint64_t>>& at_least = at_least_;
+  for (auto& counts : at_least) std::fill(counts.begin(), counts.end(), 0);
+  finite_.assign(features, 0);
+  pos_inf_.assign(features, 0);
+  seen_.assign(features, 0);
+  std::vector<uint64_t>&finite = finite_, &pos_inf = pos_inf_, &seen = seen_;
 
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t m = std::min(kBlock, rows - r0);
@@ -204,7 +210,8 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       const T* p = block + spec_->numeric[f].column;
       for (int64_t i = 0; i < m; ++i) values[i] = static_cast<C>(p[i * cols]);
 
-      count_at_least(values, m, edges[f].data(), edges[f].size(), at_least[f].data());
+      const std::vector<C>& edges = edges_of(f);
+      count_at_least(values, m, edges.data(), edges.size(), at_least[f].data());
       uint64_t n;
       double mean, m2, lo, hi;
       pos_inf[f] += block_moments(values, m, &n, &mean, &m2, &lo, &hi);

@@ -74,6 +74,10 @@ class TensorAccumulator {
   uint64_t rows_ = 0;
   uint64_t kll_phase_ = 0;  // rows until the next row the quantile sketches take
   std::vector<sketches::BinnedHistogram> histograms_;
+  std::vector<std::vector<float>> edges_f32_;  // each feature's edges rounded up to float32, for FP32 batches
+  // Per-call scratch, kept so an update of a small batch allocates nothing.
+  std::vector<std::vector<uint64_t>> at_least_;
+  std::vector<uint64_t> finite_, pos_inf_, seen_;
   std::vector<sketches::MomentsSketch> moments_;
   std::vector<sketches::KllSketch> quantiles_;
   std::vector<sketches::CategoryCounts> categories_;
