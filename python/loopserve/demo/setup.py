@@ -7,8 +7,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-
 MODEL = "fraud"
 
 
@@ -115,13 +113,3 @@ canary:
 poll_s: 1.0
 """)
     return path
-
-
-def spill_dir(workdir: Path) -> Path:
-    """Where the server writes labelled examples; relative paths in server.yaml are resolved
-    from the server's working directory, which the demo sets to the workdir."""
-    return workdir / "feedback"
-
-
-def decode(path: Path):
-    return msgspec.yaml.decode(path.read_bytes())

@@ -63,7 +63,6 @@ class DriftMonitor:
             numeric, categorical, outputs, kll_every=every, window_rows=config.window_rows,
             window_seconds=config.window_seconds, history=config.history, queue_rows=config.queue_rows,
             input_index=input_index, output_index=output_index if output_index is not None else -1)
-        self.watches_outputs = outputs is not None
         self._latest: tuple[int, WindowDrift | None] = (-1, None)
 
     @classmethod
