@@ -4,7 +4,6 @@ the traffic API and the rollback rule, and memory over many load/unload cycles."
 import gc
 import shutil
 import textwrap
-import threading
 import time
 
 import msgspec
@@ -13,11 +12,13 @@ import pytest
 
 from loopserve import Model, zoo
 from loopserve.canary import CanaryRule, VersionMetrics
+from loopserve.loadgen import ClientLoops
 from loopserve.router import VersionRouter
 from loopserve.server.app import LoopserveApp
 from loopserve.server.repository import ModelRepository
 
 from conftest import vector_config
+from tcp_proxy import DroppingProxy
 
 CONFIG = """\
 max_batch_size: 16
@@ -52,49 +53,60 @@ def repo(tmp_path):
     return tmp_path / "models"
 
 
-def test_five_swaps_under_load_fail_no_request(serve, repo):
-    import http.client
+def swap_under_load(repo, server, base_url, swaps, clients, during=None):
+    """`clients` clients at base_url while `swaps` new versions are loaded, 1.6 s apart;
+    `during(swap)` runs after each load. Returns the tally and the versions each client saw."""
+    seen = {i: [] for i in range(clients)}
 
+    def check(client, body, _latency):
+        answer = msgspec.json.decode(body)
+        version = int(answer["model_version"])
+        seen[client].append(version)
+        if answer["outputs"][0]["data"] != [version]:
+            return f"not answered by exactly version {version}: {answer}"
+        return None
+
+    with ClientLoops(base_url, "/v2/models/m/infer", infer_body(), clients, on_answer=check) as loops:
+        for swap, version in enumerate(range(2, 2 + swaps)):
+            time.sleep(1.6)
+            write_version(repo / "m", version)
+            status, _, body = server.request("POST", "/v2/repository/models/m/load")
+            assert status == 200, body
+            if during:
+                during(swap)
+        time.sleep(1.6)
+    return loops.tally, seen
+
+
+def test_five_swaps_under_load_fail_no_request(serve, repo):
     repository = ModelRepository(repo)
     repository.load("m")
     server = serve(LoopserveApp(repository))
-    stop = threading.Event()
-    seen = {i: [] for i in range(32)}
-    failures = []
+    tally, seen = swap_under_load(repo, server, server.base_url, swaps=5, clients=32)
 
-    def client(i):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        while not stop.is_set():
-            conn.request("POST", "/v2/models/m/infer", body=infer_body())
-            r = conn.getresponse()
-            body = r.read()
-            if r.status != 200:
-                failures.append((r.status, body))
-                continue
-            answer = msgspec.json.decode(body)
-            version = int(answer["model_version"])
-            if answer["outputs"][0]["data"] != [version]:  # answered by exactly that version
-                failures.append(("mixed", answer))
-            seen[i].append(version)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(32)]
-    for t in threads:
-        t.start()
-    for version in range(2, 7):  # five swaps over ~10 s
-        time.sleep(1.6)
-        write_version(repo / "m", version)
-        status, _, body = server.request("POST", "/v2/repository/models/m/load")
-        assert status == 200, body
-    time.sleep(1.6)
-    stop.set()
-    for t in threads:
-        t.join()
-
-    assert not failures, failures[:3]
+    tally.assert_zero_loss()
     for versions in seen.values():
         assert versions == sorted(versions), "a client went back to an older version"
     assert {v for versions in seen.values() for v in versions} >= {1, 6}
     assert sorted(repository.router("m").versions) == [6], "old versions are unloaded"
+
+
+def test_the_zero_loss_check_sees_a_connection_dropped_mid_swap(serve, repo):
+    """A test of the test: a proxy resets one client connection during a swap; the same check
+    must fail, with the dropped connection counted."""
+    repository = ModelRepository(repo)
+    repository.load("m")
+    server = serve(LoopserveApp(repository))
+    proxy = DroppingProxy(server.port)
+    try:
+        tally, _ = swap_under_load(repo, server, proxy.base_url, swaps=2, clients=8,
+                                   during=lambda swap: proxy.drop_one() if swap == 0 else None)
+    finally:
+        proxy.stop()
+    assert proxy.dropped == 1 and tally.connection_errors >= 1, tally.summary()
+    assert tally.accounted == tally.sent and tally.crashed_clients == 0, tally.summary()
+    with pytest.raises(AssertionError, match="connection errors"):
+        tally.assert_zero_loss()
 
 
 def test_a_failed_load_leaves_the_serving_version_serving(serve, repo):

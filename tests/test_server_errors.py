@@ -15,6 +15,7 @@ from loopserve.server.repository import ModelRepository
 from conftest import vector_config
 
 GATE = threading.Event()
+ENTERED = threading.Event()  # the gated model is running a request
 
 
 def doubling(inputs):
@@ -28,7 +29,8 @@ def picky(inputs):
 
 
 def gated(inputs):
-    GATE.wait(10)
+    ENTERED.set()
+    assert GATE.wait(60), "the test never opened the gate"
     return {"y": inputs["x"] * 2}
 
 
@@ -38,7 +40,9 @@ def server(serve):
     repository.add(Model.from_callable(doubling, vector_config(name="double", max_batch_size=4)))
     repository.add(Model.from_callable(picky, vector_config(name="picky", max_batch_size=4)))
     repository.add(Model.from_callable(gated, vector_config(name="gated", max_batch_size=1, queue_capacity=2)))
-    return serve(LoopserveApp(repository, max_body_bytes=4096))
+    server = serve(LoopserveApp(repository, max_body_bytes=4096))
+    server.repository = repository
+    return server
 
 
 def infer_json(x, name="x", datatype="FP32", **extra):
@@ -113,25 +117,37 @@ def test_model_failure_is_500_with_the_models_message(server):
     assert code == 200
 
 
+def wait_until(condition, what, timeout=60):
+    """Polls `condition` until it holds; the deadline is generous, never the synchronisation."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
 def test_queue_full_is_429_with_retry_after_and_timeout_is_504(server):
     GATE.clear()
+    ENTERED.clear()
     results = {}
-
-    def call(key, body):
-        results[key] = server.request("POST", "/v2/models/gated/infer", body)
+    model = server.repository.router("gated").versions[1]
 
     def start(key, body):
-        t = threading.Thread(target=call, args=(key, body))
+        t = threading.Thread(target=lambda: results.__setitem__(key, server.request("POST", "/v2/models/gated/infer",
+                                                                                      body)))
         t.start()
-        time.sleep(0.2)
         return t
 
-    running = start("running", infer_json([[1, 2, 3, 4]]))  # the one instance is busy now
+    running = start("running", infer_json([[1, 2, 3, 4]]))
+    assert ENTERED.wait(60), "the gated model never ran"  # the one instance is busy now
     waiting = start("waiting", infer_json([[1, 2, 3, 4]]))  # queued, no timeout
+    wait_until(lambda: model.stats().queued == 1, "the second request is queued")
     hurried = start("hurried", infer_json([[1, 2, 3, 4]], parameters={"timeout": 50_000}))  # queue full now
+    wait_until(lambda: model.stats().queued == 2, "the hurried request is queued")
+    time.sleep(0.1)  # past the hurried request's 50 ms timeout: what is tested here, not a synchronisation
     # The hurried request timed out while the model was busy: the next arrival answers it
     # (504, never run) and takes its place in the queue.
     late = start("late", infer_json([[1, 2, 3, 4]]))
+    wait_until(lambda: "hurried" in results and model.stats().queued == 2, "the late request took its place")
     assert_refused(results["hurried"], 504, "timed out", "it was not run")
     headers = assert_refused(server.request("POST", "/v2/models/gated/infer", infer_json([[1, 2, 3, 4]])), 429,
                              "queue of model 'gated' is full")
@@ -141,6 +157,8 @@ def test_queue_full_is_429_with_retry_after_and_timeout_is_504(server):
     for t in (running, waiting, hurried, late):
         t.join()
     assert results["running"][0] == results["waiting"][0] == results["late"][0] == 200
+    stats = model.stats()
+    assert (stats.success, stats.timed_out, stats.rejected) == (3, 1, 1)
 
 
 def test_repository_index_with_a_bad_body(server):

@@ -1,6 +1,7 @@
 """`loopserve serve` as a process: start-up errors, and SIGTERM that loses nothing."""
 
 import http.client
+import re
 import shutil
 import signal
 import socket
@@ -50,17 +51,41 @@ def test_bad_config_stops_start_up_with_a_clear_message(tmp_path, model_repo, se
         assert f in err, err
 
 
+def wait_until(condition, what, timeout=60):
+    """Polls `condition` until it holds; the deadline is generous, never the synchronisation."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def refuses_connections(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
 def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
+    entered, release = tmp_path / "entered", tmp_path / "release"
     model = tmp_path / "models" / "slow"
     (model / "1").mkdir(parents=True)
-    (model / "1" / "model.py").write_text(textwrap.dedent("""
-        import time
+    # The model says when it holds the batch, then holds it until the test lets it go.
+    (model / "1" / "model.py").write_text(textwrap.dedent(f"""
+        import os, time
         def infer(inputs):
-            time.sleep(1.0)
-            return {"y": inputs["x"] + 1}
+            with open({str(entered)!r}, "a") as f:
+                f.write(f"{{len(inputs['x'])}}\\n")
+            deadline = time.monotonic() + 120
+            while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return {{"y": inputs["x"] + 1}}
     """))
+    # The four requests run as one batch: a preferred size of 4, and a delay long enough to gather them.
     (model / "config.yaml").write_text("max_batch_size: 8\ninputs: [{name: x, datatype: INT32, dims: [1]}]\n"
-                                       "outputs: [{name: y, datatype: INT32, dims: [1]}]\n")
+                                       "outputs: [{name: y, datatype: INT32, dims: [1]}]\n"
+                                       "dynamic_batching: {max_queue_delay_us: 60000000, preferred_batch_sizes: [4]}\n")
     port = free_port()
     proc = loopserve("serve", "--model-repository", str(tmp_path / "models"), "--port", str(port))
     wait_ready(port, proc)
@@ -68,7 +93,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     results = []
 
     def call(i):
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [i]}]})
         c.request("POST", "/v2/models/slow/infer", body=body)
         r = c.getresponse()
@@ -77,8 +102,11 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path):
     callers = [threading.Thread(target=call, args=(i,)) for i in range(4)]
     for t in callers:
         t.start()
-    time.sleep(0.3)  # all four are in flight, inside the model
+    wait_until(lambda: entered.exists() and entered.read_text() == "4\n", "all four are inside the model")
     proc.send_signal(signal.SIGTERM)
+    wait_until(lambda: refuses_connections(port), "the server stops accepting connections")
+    assert not results, "answered before the model was let go"
+    release.touch()
     for t in callers:
         t.join()
     _, err = proc.communicate(timeout=60)
@@ -99,5 +127,10 @@ def test_the_hotswap_demo_serves_swaps_and_loses_nothing(tmp_path):
                      "--port", str(free_port()))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
-    assert " 0 failed" in out and "version 1 answered" in out and "version 2 answered" in out, out
+    # Every request the demo's clients sent is accounted for, and none failed.
+    counts = re.search(r"([\d,]+) requests sent, ([\d,]+) answered, (\d+) failed .* (\d+) clients crashed", out)
+    assert counts, out
+    sent, answered, failed, crashed = (int(g.replace(",", "")) for g in counts.groups())
+    assert sent > 0 and answered == sent and failed == 0 and crashed == 0, out
+    assert "version 1 answered" in out and "version 2 answered" in out, out
     assert "exit code 0" in out

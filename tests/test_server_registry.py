@@ -1,7 +1,6 @@
 """Serving from the registry: `registry://NAME@ALIAS` follows the alias; a canary alias splits
 traffic; every artifact is verified; no request fails across the swaps."""
 
-import threading
 import time
 
 import msgspec
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from loopserve import zoo
+from loopserve.loadgen import ClientLoops
 from loopserve.registry import register_model, set_alias
 from loopserve.server.config import ServerConfig
 from loopserve.server.main import build_app
@@ -51,20 +51,12 @@ def test_the_server_follows_registry_aliases_with_zero_failed_requests(serve, tm
     status, _, raw = server.request("POST", "/v2/models/fraud/infer", body())
     assert status == 200 and msgspec.json.decode(raw)["model_version"] == str(v1)
 
-    failures, versions, stop = [], set(), threading.Event()
+    versions = set()
 
-    def client():
-        while not stop.is_set():
-            status, _, raw = server.request("POST", "/v2/models/fraud/infer", body())
-            if status != 200:
-                failures.append((status, raw))
-            else:
-                versions.add(msgspec.json.decode(raw)["model_version"])
+    def check(_client, raw, _latency):
+        versions.add(msgspec.json.decode(raw)["model_version"])
 
-    threads = [threading.Thread(target=client) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
+    with ClientLoops(server.base_url, "/v2/models/fraud/infer", body(), clients=3, on_answer=check) as loops:
         v2, m2 = register(store_root, tmp_path, seed=2)
         with Store(store_root) as store:
             set_alias("fraud", "canary", v2, store=store)
@@ -78,11 +70,7 @@ def test_the_server_follows_registry_aliases_with_zero_failed_requests(serve, tm
         with Store(store_root) as store:
             set_alias("fraud", "production", v2, store=store)  # promoted: canary == production
         assert wait_for(lambda: weights() == {str(v2): 1.0})
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert failures == []
+    loops.tally.assert_zero_loss()
     status, _, raw = server.request("POST", "/v2/models/fraud/infer", body())
     reply = msgspec.json.decode(raw)
     want = m2(torch.full((1, 32), 0.1)).detach().numpy().ravel()

@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 
 from loopserve import zoo
+from loopserve.loadgen import ClientLoops, Tally
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
@@ -57,44 +58,28 @@ def _get_json(port: int, path: str):
 
 
 class Traffic(msgspec.Struct):
-    latencies: list[float]
+    tally: Tally  # every request sent, and what became of it
+    latencies: list[float]  # of the requests answered 200
     versions: list[tuple[float, int]]  # (seconds since start, version that answered)
-    failures: int
 
 
 def _drive(port: int, seconds: float, clients: int) -> Traffic:
-    traffic = Traffic([], [], 0)
     begin = time.monotonic()
-    stop = begin + seconds
-    lock = threading.Lock()
+    latencies: list[list[float]] = [[] for _ in range(clients)]  # per client: no lock needed
+    versions: list[list[tuple[float, int]]] = [[] for _ in range(clients)]
+    rngs = [np.random.default_rng(i) for i in range(clients)]
 
-    def client(seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        latencies, versions, failures = [], [], 0
-        while time.monotonic() < stop:
-            body = msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [1, 32], "datatype": "FP32",
-                                                    "data": rng.random(32, dtype=np.float32).tolist()}]})
-            start = time.perf_counter()
-            conn.request("POST", "/v2/models/mlp/infer", body=body, headers={"Content-Type": "application/json"})
-            response = conn.getresponse()
-            answer = response.read()
-            latencies.append(time.perf_counter() - start)
-            if response.status != 200:
-                failures += 1
-                continue
-            versions.append((time.monotonic() - begin, int(msgspec.json.decode(answer)["model_version"])))
-        with lock:
-            traffic.latencies.extend(latencies)
-            traffic.versions.extend(versions)
-            traffic.failures += failures
+    def body(client: int, _n: int) -> bytes:
+        return msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [1, 32], "datatype": "FP32",
+                                                "data": rngs[client].random(32, dtype=np.float32).tolist()}]})
 
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return traffic
+    def record(client: int, answer: bytes, latency: float) -> None:
+        latencies[client].append(latency)
+        versions[client].append((time.monotonic() - begin, int(msgspec.json.decode(answer)["model_version"])))
+
+    with ClientLoops(f"http://127.0.0.1:{port}", "/v2/models/mlp/infer", body, clients, on_answer=record) as loops:
+        time.sleep(seconds)
+    return Traffic(loops.tally, [x for c in latencies for x in c], [v for c in versions for v in c])
 
 
 def _swap_midway(repo: Path, after_s: float) -> threading.Timer:
@@ -132,10 +117,12 @@ def run_demo(workdir: str, seconds: float, concurrency: int, port: int = 8000) -
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
-    lat_ms = np.array(traffic.latencies) * 1e3
-    n = len(traffic.latencies)
-    _say(f"{n:,} requests, {traffic.failures} failed: {n / seconds:,.0f} req/s, "
+    tally = traffic.tally
+    lat_ms = np.array(traffic.latencies or [np.nan]) * 1e3
+    _say(f"{tally.summary()}: {tally.ok / seconds:,.0f} req/s answered, "
          f"latency p50 {np.percentile(lat_ms, 50):.2f} ms, p99 {np.percentile(lat_ms, 99):.2f} ms")
+    for failure in tally.failures:
+        _say(f"failed: {failure}")
     for version in sorted({v for _, v in traffic.versions}):
         times = [t for t, v in traffic.versions if v == version]
         _say(f"version {version} answered {len(times):,} requests, from {min(times):.1f} s to {max(times):.1f} s")
@@ -146,4 +133,5 @@ def run_demo(workdir: str, seconds: float, concurrency: int, port: int = 8000) -
                                                                                   key=lambda kv: -kv[1])[:5]))
     _say(f"server stopped by SIGTERM, exit code {code}")
     _say(f"serve it yourself: loopserve serve --config {CONFIG.relative_to(Path.cwd()) if CONFIG.is_relative_to(Path.cwd()) else CONFIG}")
-    return 0 if traffic.failures == 0 and code == 0 else 1
+    lossless = tally.failed == 0 and tally.crashed_clients == 0 and tally.accounted == tally.sent
+    return 0 if lossless and code == 0 else 1
