@@ -3,13 +3,13 @@ rollback, lineage, verified materialize, and clear errors."""
 
 import datetime as dt
 import multiprocessing as mp
-import os
 import random
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +17,6 @@ from loopserve.registry import (RegistryError, UnknownAlias, UnknownModel, Unkno
                                 current_version, get_version, lineage, list_models, list_versions, materialize,
                                 parse_ref, register_model, rollback, set_alias, set_version_metric,
                                 set_version_tag)
-from loopserve.registry.register import PAUSE_ENV
 from loopserve.store import IntegrityError, Store
 from loopserve.store.names import InvalidName
 from loopserve.tracking import InvalidTimestamp, start_run
@@ -111,25 +110,13 @@ def test_two_processes_registering_at_once_get_distinct_contiguous_versions(tmp_
     assert sum(a != b for a, b in zip(writers, writers[1:])) >= 2  # the two really ran at once
 
 
-_REGISTER_CHILD = """
-import sys
-from loopserve.registry import register_model
-from loopserve.store import Store
-root, path, writer = sys.argv[1:4]
-with Store(root) as s:
-    for k in range(int(sys.argv[4])):
-        open(path, "wb").write(f"{writer}-{k}".encode() * 1000)
-        register_model("m", path, tags={"writer": writer}, store=s)
-"""
+CRASH_CHILD = Path(__file__).with_name("registry_crash_child.py")
 
 
 def _child(root, path, writer, count, pause=None):
-    env = dict(os.environ)
-    env.pop(PAUSE_ENV, None)
-    if pause:
-        env[PAUSE_ENV] = pause
-    return subprocess.Popen([sys.executable, "-c", _REGISTER_CHILD, str(root), str(path), writer, str(count)],
-                            env=env)
+    """A process registering `count` versions; it prints "registering K" before each one."""
+    return subprocess.Popen([sys.executable, str(CRASH_CHILD), str(root), str(path), writer, str(count),
+                             *(["--pause", *pause] if pause else [])], stdout=subprocess.PIPE, text=True)
 
 
 @pytest.mark.parametrize("stage", ["after_blobs", "before_commit"])
@@ -138,13 +125,13 @@ def test_sigkill_in_the_middle_of_register_leaves_no_half_version(tmp_path, stag
     with Store(root) as s:
         register_model("m", model_dir(tmp_path / "v1"), tags={"writer": "setup"}, store=s)
     marker = tmp_path / "paused"
-    child = _child(root, tmp_path / "f.bin", "killed", 1, pause=f"{stage}:{marker}")
-    deadline = time.monotonic() + 30
-    while not marker.exists():
+    child = _child(root, tmp_path / "f.bin", "killed", 1, pause=(stage, str(marker)))
+    deadline = time.monotonic() + 60
+    while not marker.exists():  # the child writes it at the stage, then waits to be killed
         assert child.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
     child.send_signal(signal.SIGKILL)
-    child.wait(10)
+    child.communicate(timeout=30)
     versions = check_consistent(root)  # the next open works
     assert [v.version for v in versions] == [1]
     with Store(root) as s:
@@ -154,14 +141,22 @@ def test_sigkill_in_the_middle_of_register_leaves_no_half_version(tmp_path, stag
 
 
 def test_sigkill_at_random_points_in_a_loop_of_registers(tmp_path):
+    """Each child is killed somewhere inside its k-th register (k random, at least the second, so
+    that some versions are whole): the kill waits for the child's word, not for a guessed time."""
     root = tmp_path / "store"
     Store(root).close()
     rng = random.Random(6)
     for attempt in range(4):
         child = _child(root, tmp_path / f"f{attempt}.bin", f"w{attempt}", 1000)
-        time.sleep(0.3 + rng.random() * 0.4)
+        k = rng.randrange(1, 20)
+        for line in child.stdout:
+            if line.strip() == f"registering {k}":
+                break
+        else:
+            pytest.fail(f"the child exited with {child.wait()} before its register {k}")
+        time.sleep(rng.random() * 0.005)  # a random point in the register (a few ms long), not a synchronisation
         child.send_signal(signal.SIGKILL)
-        child.wait(10)
+        child.communicate(timeout=30)
         check_consistent(root)
     with Store(root) as s:
         before = len(list_versions("m", store=s))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -23,10 +22,6 @@ from loopserve.registry.schema import opened
 from loopserve.store import Store, transaction, validate_name
 from loopserve.tracking.query import resolve_run_id
 from loopserve.tracking.times import now
-
-# For crash tests only: "STAGE:MARKER" makes register_model create MARKER and sleep at STAGE
-# ("after_blobs" or "before_commit", the latter inside the open transaction).
-PAUSE_ENV = "LOOPSERVE_REGISTRY_TEST_PAUSE"
 
 ArtifactPaths = str | os.PathLike | Sequence[str | os.PathLike]
 
@@ -59,14 +54,6 @@ def content_digest(files: Sequence[ArtifactFile]) -> str:
     for f in sorted(files, key=lambda f: f.path):
         h.update(f"{f.path}\0{f.sha256}\0{f.size}\n".encode())
     return h.hexdigest()
-
-
-def _test_pause(stage: str) -> None:
-    setting = os.environ.get(PAUSE_ENV, "")
-    wanted, _, marker = setting.partition(":")
-    if wanted == stage and marker:
-        Path(marker).write_text(stage)
-        time.sleep(120)
 
 
 def _check_metrics(metrics: Mapping[str, float] | None) -> dict[str, float]:
@@ -112,7 +99,6 @@ def register_model(name: str, artifact_paths: ArtifactPaths, run_id: str | None 
             stored.append(ArtifactFile(rel, digest, s.blobs.path(digest).stat().st_size))
         digest_all = content_digest(stored)
         total = sum(f.size for f in stored)
-        _test_pause("after_blobs")
         db = s.db
         with transaction(db):
             if run_id is not None:
@@ -138,5 +124,4 @@ def register_model(name: str, artifact_paths: ArtifactPaths, run_id: str | None 
                            [(name, version, k, v) for k, v in metric_rows])
             if alias is not None:
                 move_alias(db, name, alias, version, "set", default_actor(), f"registered version {version}")
-            _test_pause("before_commit")
         return get_version(name, version, store=s)
