@@ -309,6 +309,10 @@ bool Batcher::next_batch(std::unique_lock<std::mutex>& lock, Clock::time_point f
       } else if (plan.count > 1) {
         useless_waits_ = 0;
       }
+      if (plan.by_delay) {
+        std::lock_guard<std::mutex> stats_lock(stats_mu_);
+        ++stats_.delayed_batches;
+      }
       take(plan, batch);
       if (queued_ > 0) cv_.notify_one();  // another idle worker may batch the rest
       return true;
@@ -380,11 +384,11 @@ Batcher::Plan Batcher::plan_batch(Clock::time_point now, Clock::time_point free_
   } else if (preferred_count > 0) {
     plan.ready = true;
     plan.count = preferred_count;
+  } else if (eager()) {  // before the delay test: a batch that never waited is not one "by delay"
+    plan.ready = true;
   } else if (now >= due) {
     plan.ready = true;
     plan.by_delay = true;
-  } else if (eager()) {
-    plan.ready = true;
   } else {
     plan.wake_at = due;
   }

@@ -89,6 +89,7 @@ struct BatcherStats {
   uint64_t success_ns = 0;  // queue + compute of the successful requests
   uint64_t failed_ns = 0;
   uint64_t inline_runs = 0;  // requests run on the submitting thread
+  uint64_t delayed_batches = 0;  // batches that waited out max_queue_delay_us for more requests
   int64_t queued = 0;       // requests waiting now
   uint64_t last_inference_ms = 0;  // wall clock (ms since the Unix epoch) of the last batch run
   std::vector<BatchSizeStats> by_batch_size;  // index: rows in the batch

@@ -154,6 +154,7 @@ py::dict stats_dict(const BatcherStats& s) {
   d["success_ns"] = s.success_ns;
   d["failed_ns"] = s.failed_ns;
   d["inline_runs"] = s.inline_runs;
+  d["delayed_batches"] = s.delayed_batches;
   d["queued"] = s.queued;
   d["last_inference_ms"] = s.last_inference_ms;
   py::dict by_size;

@@ -58,6 +58,7 @@ class ModelStats(msgspec.Struct, frozen=True):
     success_ns: int
     failed_ns: int
     inline_runs: int  # requests run on the caller's thread (lone, quick, nothing to wait for)
+    delayed_batches: int  # batches that waited out max_queue_delay_us for more requests
     batch_sizes: dict[int, BatchSizeStats]
 
     @property
