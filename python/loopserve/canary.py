@@ -32,7 +32,10 @@ class CanaryRule(msgspec.Struct, frozen=True):
 
     min_requests: int = 100  # the canary's requests before any verdict
     max_error_rate_increase: float = 0.01  # absolute, e.g. 1% more failed requests
-    max_p99_ratio: float = 1.5  # canary p99 / stable p99
+    # canary p99 / stable p99. p99 is a bucket's upper bound and the buckets step by 2-2.5x, so
+    # 3.0 lets a canary land one bucket above the stable version (noise on a busy machine) and
+    # rolls it back from two buckets (4x or more) on; a limit under 2 would roll back at any step.
+    max_p99_ratio: float = 3.0
 
     def decide(self, stable: VersionMetrics, canary: VersionMetrics) -> Decision:
         if canary.requests < self.min_requests:

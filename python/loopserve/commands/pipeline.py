@@ -18,6 +18,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--reason", default="started by hand", help="why (recorded with the run)")
     run.set_defaults(handler=_run)
 
+    roll_out = commands.add_parser("rollout", help="canary a registered version against production, then "
+                                                   "promote it or roll it back")
+    roll_out.add_argument("config", help="pipeline config file (YAML, TOML or JSON)")
+    roll_out.add_argument("version", type=int, help="the registered version to roll out")
+    roll_out.add_argument("--reason", default="rolled out by hand", help="why (recorded with the run)")
+    roll_out.set_defaults(handler=_roll_out)
+
     watch = commands.add_parser("watch", help="read the server every poll_s and run the pipeline when a trigger fires")
     watch.add_argument("config", help="pipeline config file (YAML, TOML or JSON)")
     watch.add_argument("--for", dest="seconds", type=float, help="stop after this many seconds (default: never)")
@@ -60,6 +67,21 @@ def _run(args) -> int:
         return 0 if record.status == "promoted" else 1
 
     return _with_pipeline(args, run)
+
+
+def _roll_out(args) -> int:
+    from loopserve.errors import LoopserveError
+
+    def roll_out(pipeline) -> int:
+        try:
+            record = pipeline.roll_out(args.version, args.reason)
+        except LoopserveError as e:
+            print(f"loopserve pipeline rollout: {e}", file=sys.stderr)
+            return 2
+        _print_runs([record])
+        return 0 if record.status == "promoted" else 1
+
+    return _with_pipeline(args, roll_out)
 
 
 def _watch(args) -> int:

@@ -18,6 +18,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
+from loopserve.canary import CanaryRule
 from loopserve.config import load_config
 from loopserve.pipeline.trigger import TriggerConfig
 
@@ -45,18 +46,27 @@ class Validation(Struct, forbid_unknown_fields=True, frozen=True):
     null_slack: Annotated[float, Meta(ge=0, le=1)] = 0.05
 
 
+_RULE = CanaryRule()  # the margins' defaults are the rule's own
+
+
 class CanaryConfig(Struct, forbid_unknown_fields=True, frozen=True):
-    """The canary compared with production on live traffic before promotion."""
+    """The canary compared with production on live traffic before promotion: error rate and p99
+    by loopserve.canary.CanaryRule, and feedback accuracy."""
 
     alias: str = "canary"  # the server's source for the model must name it as canary_alias
     window_s: Annotated[float, Meta(gt=0)] = 30.0  # at most this long...
     min_requests: Annotated[int, Meta(ge=1)] = 200  # ...and until the canary answered this many
     min_labels: Annotated[int, Meta(ge=0)] = 100  # and got this many labels (0: accuracy not compared)
-    max_error_rate_increase: Annotated[float, Meta(ge=0)] = 0.01
-    max_p99_ratio: Annotated[float, Meta(gt=0)] = 3.0  # canary p99 <= this x production's
+    max_error_rate_increase: Annotated[float, Meta(ge=0)] = _RULE.max_error_rate_increase
+    max_p99_ratio: Annotated[float, Meta(gt=0)] = _RULE.max_p99_ratio  # canary p99 <= this x production's
     accuracy_margin: Annotated[float, Meta(ge=0)] = 0.02  # canary accuracy >= production's - margin
     load_timeout_s: Annotated[float, Meta(gt=0)] = 60.0  # for the server to load the canary
     poll_s: Annotated[float, Meta(gt=0)] = 1.0
+
+    @property
+    def rule(self) -> CanaryRule:
+        return CanaryRule(min_requests=self.min_requests, max_error_rate_increase=self.max_error_rate_increase,
+                          max_p99_ratio=self.max_p99_ratio)
 
 
 class PipelineConfig(Struct, forbid_unknown_fields=True, frozen=True):

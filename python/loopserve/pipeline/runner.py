@@ -19,8 +19,9 @@ from loopserve.pipeline.trigger import Decision, Evidence, decide
 log = logging.getLogger("loopserve.pipeline")
 
 # (name, step); after "compare" either "promote" or "rollback" runs.
-STEPS = (("collect", steps.collect), ("validate", steps.validate), ("train", steps.train),
-         ("canary", steps.canary), ("compare", steps.compare))
+BUILD_STEPS = (("collect", steps.collect), ("validate", steps.validate), ("train", steps.train))
+ROLL_OUT_STEPS = (("canary", steps.canary), ("compare", steps.compare))
+STEPS = BUILD_STEPS + ROLL_OUT_STEPS
 
 
 def yield_to_serving(config: PipelineConfig) -> None:
@@ -54,9 +55,31 @@ class Pipeline:
         labelled after this time (say, when drift began)."""
         run_id = self.records.start_run(self.config.model, reason)
         log.info("pipeline run started", extra={"model": self.config.model, "run": run_id, "reason": reason})
-        ctx = steps.RunContext(run_id, self.config, self.store, self.view, since=since)
-        names = [n for n, _ in STEPS] + ["promote"]
-        for position, (name, step) in enumerate(STEPS):
+        return self._run_steps(steps.RunContext(run_id, self.config, self.store, self.view, since=since), STEPS)
+
+    def roll_out(self, version: int, reason: str) -> RunRecord:
+        """Canary an already registered version against production, then promote it or roll it
+        back: the last steps of run(), for a version trained elsewhere."""
+        from loopserve.errors import LoopserveError
+        from loopserve.registry import current_version, get_version
+
+        model, production_alias = self.config.model, self.config.production_alias
+        candidate = get_version(model, version, store=self.store).version
+        production = current_version(model, production_alias, store=self.store)
+        if candidate == production:
+            raise LoopserveError(f"version {candidate} of model '{model}' is {production_alias} already")
+        run_id = self.records.start_run(model, reason)
+        log.info("pipeline roll-out started", extra={"model": model, "run": run_id, "version": candidate})
+        ctx = steps.RunContext(run_id, self.config, self.store, self.view, production_version=production,
+                               candidate=candidate)
+        return self._run_steps(ctx, ROLL_OUT_STEPS)
+
+    def _run_steps(self, ctx: steps.RunContext, chain: tuple) -> RunRecord:
+        """Runs `chain`, then promote; a failed canary or compare is rolled back, any other
+        failure stops the run (the later steps recorded as skipped)."""
+        run_id = ctx.run_id
+        names = [n for n, _ in chain] + ["promote"]
+        for position, (name, step) in enumerate(chain):
             if not self._step(ctx, position, name, step):
                 if name in ("canary", "compare"):  # the canary alias moved: put it back on production
                     outcome = ctx.outcome
@@ -69,7 +92,7 @@ class Pipeline:
                         self.records.finish_step(run_id, skipped, "skipped", {})
                     self.records.finish_run(run_id, "stopped", ctx.outcome)
                 return self._finished(run_id)
-        if self._step(ctx, len(STEPS), "promote", steps.promote):
+        if self._step(ctx, len(chain), "promote", steps.promote):
             self.records.finish_run(run_id, "promoted", f"version {ctx.candidate} is {self.config.production_alias}")
         else:
             self.records.finish_run(run_id, "failed", ctx.outcome)

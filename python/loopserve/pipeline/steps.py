@@ -165,6 +165,7 @@ def canary(ctx: RunContext) -> dict:
 
 def compare(ctx: RunContext) -> dict:
     """Canary against production on live error rate, latency and feedback accuracy."""
+    from loopserve.canary import VersionMetrics
     from loopserve.pipeline.retrain_data import version_accuracy
 
     c = ctx.config.canary
@@ -188,14 +189,13 @@ def compare(ctx: RunContext) -> dict:
     facts = {"production": {**p, "accuracy": acc_p, "labels": labels_p},
              "canary": {**q, "accuracy": acc_q, "labels": labels_q}, "seconds": time.monotonic() - started}
     problems = []
-    if q["requests"] < c.min_requests:
-        problems.append(f"the canary answered {q['requests']} requests in {c.window_s:.0f} s; needs {c.min_requests}")
-    if q["error_rate"] > p["error_rate"] + c.max_error_rate_increase:
-        problems.append(f"canary error rate {q['error_rate']:.4f} > production {p['error_rate']:.4f} "
-                        f"+ {c.max_error_rate_increase}")
-    if p["p99_s"] > 0 and q["p99_s"] > c.max_p99_ratio * p["p99_s"]:
-        problems.append(f"canary p99 {q['p99_s'] * 1e3:.2f} ms > {c.max_p99_ratio} x production "
-                        f"{p['p99_s'] * 1e3:.2f} ms")
+    verdict = c.rule.decide(VersionMetrics(ctx.production_version, p["requests"], p["errors"], p["p99_s"]),
+                            VersionMetrics(ctx.candidate, q["requests"], q["errors"], q["p99_s"]))
+    facts["rule"] = {"action": verdict.action, "reason": verdict.reason}
+    if verdict.action == "wait":
+        problems.append(f"after {facts['seconds']:.0f} s (window {c.window_s:.0f} s): {verdict.reason}")
+    elif verdict.action == "rollback":
+        problems.append(verdict.reason)
     if c.min_labels > 0:
         if labels_q < c.min_labels or acc_p is None or acc_q is None:
             problems.append(f"the canary got {labels_q} labels; needs {c.min_labels} to compare accuracy")

@@ -1,0 +1,119 @@
+"""The pipeline's canary -> compare -> promote and canary -> compare -> roll back paths, end to
+end: a real server following the registry's aliases, real traffic, the pipeline deciding with
+loopserve.canary.CanaryRule."""
+
+import textwrap
+
+import msgspec
+import pytest
+
+from loopserve import zoo
+from loopserve.canary import CanaryRule
+from loopserve.loadgen import ClientLoops
+from loopserve.pipeline.config import CanaryConfig, PipelineConfig
+from loopserve.pipeline.runner import Pipeline
+from loopserve.registry import current_version, register_model
+from loopserve.server.config import ServerConfig
+from loopserve.server.main import build_app
+from loopserve.server.registry_source import ModelSource
+from loopserve.store import Store
+
+BROKEN_MODEL = textwrap.dedent("""
+    def infer(inputs):
+        raise RuntimeError("this canary is broken")
+""")
+
+
+def register(store_root, build_dir, seed, alias=None, broken=False):
+    """The tiny MLP as ONNX; or, broken, a Python model with the same config that fails every batch."""
+    model_dir = zoo.write_model_dir(build_dir, "fraud", zoo.tiny_mlp(seed=seed))
+    files = [model_dir / "config.yaml", model_dir / "1" / "model.onnx"]
+    if broken:
+        files[1] = build_dir / "model.py"
+        files[1].write_text(BROKEN_MODEL)
+    with Store(store_root) as store:
+        return register_model("fraud", files, alias=alias, store=store).version
+
+
+def body():
+    return msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [1, 32], "datatype": "FP32",
+                                            "data": [0.1] * 32}]})
+
+
+@pytest.fixture
+def setup(serve, tmp_path):
+    store_root = tmp_path / "store"
+    v1 = register(store_root, tmp_path / "v1", seed=1, alias="production")
+    server = serve(build_app(ServerConfig(
+        models=[ModelSource(name="fraud", source="registry://fraud@production", canary_alias="canary",
+                            canary_weight=50)],
+        store=str(store_root), repository_poll_s=0.05)))
+    config = PipelineConfig(model="fraud", train="unused: roll-outs do not train", server=server.base_url,
+                            store=str(store_root),
+                            canary=CanaryConfig(window_s=60, min_requests=50, min_labels=0, poll_s=0.05))
+    return store_root, v1, server, config
+
+
+def roll_out(config, version):
+    """Runs the pipeline's roll-out of `version` under traffic from 4 clients."""
+    pipeline = Pipeline(config)
+    try:
+        with ClientLoops(config.server, "/v2/models/fraud/infer", body(), clients=4) as loops:
+            record = pipeline.roll_out(version, "test")
+    finally:
+        pipeline.close()
+    return record, {s.step: s for s in record.steps}, loops.tally
+
+
+def test_the_pipeline_uses_the_one_canary_rule():
+    rule = CanaryConfig().rule
+    assert (rule.max_error_rate_increase, rule.max_p99_ratio) == (CanaryRule().max_error_rate_increase,
+                                                                  CanaryRule().max_p99_ratio)
+    assert CanaryConfig(min_requests=7, max_p99_ratio=2.0).rule == CanaryRule(min_requests=7, max_p99_ratio=2.0)
+
+
+def test_a_healthy_canary_is_compared_and_promoted(setup, tmp_path):
+    store_root, v1, server, config = setup
+    v2 = register(store_root, tmp_path / "v2", seed=2)
+    record, steps, tally = roll_out(config, v2)
+
+    assert record.status == "promoted", record
+    assert [steps[s].status for s in ("canary", "compare", "promote")] == ["passed"] * 3
+    compare = steps["compare"].detail
+    assert compare["rule"]["action"] == "promote" and compare["canary"]["requests"] >= 50
+    assert compare["canary"]["errors"] == 0
+    tally.assert_zero_loss()  # the canary and the promotion lost no request
+    with Store(store_root) as store:
+        assert current_version("fraud", "production", store=store) == v2
+    assert msgspec.json.decode(server.request("GET", "/v2/models/fraud/traffic")[2])["weights"] == {str(v2): 1.0}
+
+
+def test_a_failing_canary_is_compared_and_rolled_back(setup, tmp_path):
+    store_root, v1, server, config = setup
+    v2 = register(store_root, tmp_path / "v2", seed=2, broken=True)
+    record, steps, tally = roll_out(config, v2)
+
+    assert record.status == "rolled back", record
+    assert steps["canary"].status == "passed" and steps["compare"].status == "failed"
+    assert steps["rollback"].status == "passed" and "promote" not in steps
+    compare = steps["compare"].detail
+    assert compare["rule"]["action"] == "rollback", compare
+    assert f"version {v2} fails 100.00% of requests" in compare["error"]
+    assert compare["production"]["errors"] == 0 and compare["canary"]["errors"] == compare["canary"]["requests"]
+    assert tally.statuses.get(500, 0) >= 50 and tally.accounted == tally.sent  # the canary's failures, seen
+    with Store(store_root) as store:
+        assert current_version("fraud", "production", store=store) == v1
+        assert current_version("fraud", "canary", store=store) == v1
+    assert msgspec.json.decode(server.request("GET", "/v2/models/fraud/traffic")[2])["weights"] == {str(v1): 1.0}
+    status, _, raw = server.request("POST", "/v2/models/fraud/infer", body())
+    assert status == 200 and msgspec.json.decode(raw)["model_version"] == str(v1)
+
+
+def test_rolling_out_the_production_version_is_refused(setup):
+    _, v1, _, config = setup
+    pipeline = Pipeline(config)
+    try:
+        with pytest.raises(Exception, match=f"version {v1} of model 'fraud' is production already"):
+            pipeline.roll_out(v1, "test")
+    finally:
+        pipeline.close()
