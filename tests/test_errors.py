@@ -102,9 +102,10 @@ def test_a_model_returning_the_wrong_thing_is_a_clear_error(returned, message):
 
 def test_timed_out_requests_are_answered_and_never_run():
     ran = []
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def fn(inputs):
+        entered.set()
         gate.wait()
         ran.extend(inputs["x"][:, 0].tolist())
         return {"y": inputs["x"] * 2}
@@ -113,13 +114,13 @@ def test_timed_out_requests_are_answered_and_never_run():
 
         async def main():
             blocker = m.infer({"x": np.full((1, 4), 0, np.float32)})
-            await asyncio.sleep(0.05)  # the only instance is now busy
+            assert await asyncio.to_thread(entered.wait, 60)  # the only instance is now busy
             late = m.infer({"x": np.full((1, 4), 1, np.float32)}, timeout_us=20_000)
             # A timeout is answered when a worker next looks at the queue: here, when the
             # only one finishes the blocking batch.
             threading.Timer(0.2, gate.set).start()
             with pytest.raises(TimedOut, match=r"timed out after \d+ us in the queue of model 'm' .*it was not run"):
-                await asyncio.wait_for(late, 2.0)
+                await asyncio.wait_for(late, 30)
             await blocker
 
         asyncio.run(main())
@@ -129,31 +130,34 @@ def test_timed_out_requests_are_answered_and_never_run():
 
 
 def test_default_timeout_from_config():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def fn(inputs):
+        entered.set()
         gate.wait()
         return {"y": inputs["x"] * 2}
 
-    with Model.from_callable(fn, vector_config(max_batch_size=1, default_timeout_us=10_000, instances=1)) as m:
+    # 0.5 s: ample for a worker to take the first request on a loaded machine.
+    with Model.from_callable(fn, vector_config(max_batch_size=1, default_timeout_us=500_000, instances=1)) as m:
 
         async def main():
             first = m.infer({"x": np.ones((1, 4), np.float32)})
-            await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(entered.wait, 60)  # the only instance is now busy
             second = m.infer({"x": np.ones((1, 4), np.float32)})
-            threading.Timer(0.1, gate.set).start()
+            threading.Timer(0.6, gate.set).start()  # past the second's timeout: what is tested
             return await asyncio.gather(first, second, return_exceptions=True)
 
         first, second = asyncio.run(main())
         assert isinstance(second, TimedOut)
-        # The first was taken before its 10 ms ran out; running longer is not a timeout.
+        # The first was taken before its 0.5 s ran out; running longer is not a timeout.
         np.testing.assert_array_equal(first["y"], 2)
 
 
 def test_a_full_queue_refuses_at_once_and_serves_on():
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def fn(inputs):
+        entered.set()
         gate.wait()
         return {"y": inputs["x"] * 2}
 
@@ -161,7 +165,7 @@ def test_a_full_queue_refuses_at_once_and_serves_on():
 
         async def main():
             running = m.infer({"x": np.ones((1, 4), np.float32)})
-            await asyncio.sleep(0.05)
+            assert await asyncio.to_thread(entered.wait, 60)  # the only instance is now busy
             queued = [m.infer({"x": np.ones((1, 4), np.float32)}) for _ in range(3)]
             with pytest.raises(QueueFull, match=r"the queue of model 'm' is full \(3 requests\); retry later"):
                 m.infer({"x": np.ones((1, 4), np.float32)})
