@@ -15,7 +15,7 @@ from loopserve.config import FeedbackConfig
 from loopserve.monitor.labelled import read_spill
 from loopserve.server.app import LoopserveApp
 from loopserve.server.feedback_routes import store_for
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 WIDTH = 32
 

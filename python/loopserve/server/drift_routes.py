@@ -10,10 +10,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from loopserve.errors import ModelNotFound
-from loopserve.model import Model
+from loopserve.serving.model import Model
 from loopserve.server.feedback_routes import store_for as feedback_store
 from loopserve.server.protocol import ProtocolError
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 DEFAULT_WINDOWS = 5
 

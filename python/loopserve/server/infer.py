@@ -14,12 +14,12 @@ import time
 import numpy as np
 
 from loopserve.errors import InvalidInput, LoopserveError, ModelError
-from loopserve.model import Model
+from loopserve.serving.model import Model
 from loopserve.server.feedback_routes import store_for as feedback_store  # feedback
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 log = logging.getLogger("loopserve.server")
 

@@ -20,9 +20,9 @@ from typing import Iterable
 import msgspec
 
 from loopserve.errors import InvalidInput, ModelNotFound
-from loopserve.model import Model
+from loopserve.serving.model import Model
 
-log = logging.getLogger("loopserve.router")
+log = logging.getLogger("loopserve.serving.router")
 
 
 class TrafficState(msgspec.Struct, frozen=True):

@@ -20,10 +20,10 @@ from loopserve.backends import find_model_file, open_backend
 from loopserve.backends.base import NUMPY_DTYPES
 from loopserve.config import ModelConfig, load_config
 from loopserve.errors import ConfigError, LoopserveError, ModelNotFound
-from loopserve.model import CONFIG_NAMES, Model, available_versions
+from loopserve.serving.model import CONFIG_NAMES, Model, available_versions
 from loopserve.monitor.monitor import attach_drift
-from loopserve.router import VersionRouter
-from loopserve.server.registry_source import RegistryModels
+from loopserve.serving.router import VersionRouter
+from loopserve.serving.registry_source import RegistryModels
 
 log = logging.getLogger("loopserve.repository")
 
