@@ -86,10 +86,11 @@ class LoopserveApp:
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
         ]
-        # Refusals are handled where they are raised; only an unexpected exception reaches the
-        # `Exception` handler (which Starlette also re-raises, so the server logs it).
+        # Every refusal is a LoopserveError carrying its status: one handler answers them all.
+        # Only an unexpected exception reaches the `Exception` handler (which Starlette also
+        # re-raises, so the server logs it).
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
-            LoopserveError: self._on_error, ProtocolError: self._on_error, Exception: self._on_error,
+            LoopserveError: self._on_error, Exception: self._on_error,
             404: self._not_found, 405: self._wrong_method})
 
     async def __call__(self, scope, receive, send) -> None:

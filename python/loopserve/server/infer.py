@@ -124,7 +124,7 @@ class InferEndpoint:
             if status == 500:
                 log.error("infer failed", extra={"model": name, "error": str(exc)},
                           exc_info=not isinstance(exc, ModelError))
-            await _send(send, status, _JSON + extra, error_body(str(exc)))
+            await _send(send, status, [*_JSON, *extra], error_body(str(exc)))
             return
         finally:
             if model is not None:
