@@ -1,6 +1,6 @@
 """The pipeline's canary -> compare -> promote and canary -> compare -> roll back paths, end to
 end: a real server following the registry's aliases, real traffic, the pipeline deciding with
-loopserve.canary.CanaryRule."""
+loopserve.serving.canary.CanaryRule."""
 
 import textwrap
 
@@ -8,14 +8,14 @@ import msgspec
 import pytest
 
 from loopserve import zoo
-from loopserve.canary import CanaryRule
+from loopserve.serving.canary import CanaryRule
 from loopserve.loadgen import ClientLoops
 from loopserve.pipeline.config import CanaryConfig, PipelineConfig
 from loopserve.pipeline.runner import Pipeline
 from loopserve.registry import current_version, register_model
 from loopserve.server.config import ServerConfig
 from loopserve.server.main import build_app
-from loopserve.server.registry_source import ModelSource
+from loopserve.serving.registry_source import ModelSource
 from loopserve.store import Store
 
 BROKEN_MODEL = textwrap.dedent("""

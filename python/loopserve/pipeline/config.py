@@ -18,7 +18,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from loopserve.canary import CanaryRule
+from loopserve.serving.canary import CanaryRule
 from loopserve.config import load_config
 from loopserve.pipeline.trigger import TriggerConfig
 
@@ -51,7 +51,7 @@ _RULE = CanaryRule()  # the margins' defaults are the rule's own
 
 class CanaryConfig(Struct, forbid_unknown_fields=True, frozen=True):
     """The canary compared with production on live traffic before promotion: error rate and p99
-    by loopserve.canary.CanaryRule, and feedback accuracy."""
+    by loopserve.serving.canary.CanaryRule, and feedback accuracy."""
 
     alias: str = "canary"  # the server's source for the model must name it as canary_alias
     window_s: Annotated[float, Meta(gt=0)] = 30.0  # at most this long...

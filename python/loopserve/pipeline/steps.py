@@ -165,7 +165,7 @@ def canary(ctx: RunContext) -> dict:
 
 def compare(ctx: RunContext) -> dict:
     """Canary against production on live error rate, latency and feedback accuracy."""
-    from loopserve.canary import VersionMetrics
+    from loopserve.serving.canary import VersionMetrics
     from loopserve.pipeline.retrain_data import version_accuracy
 
     c = ctx.config.canary

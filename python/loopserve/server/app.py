@@ -21,15 +21,15 @@ from starlette.routing import Route
 
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
-from loopserve.model import Model
+from loopserve.serving.model import Model
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.http_errors import Unauthorized, error_body, status_of
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
-from loopserve.server.repository import ModelRepository
-from loopserve.server.watch import RepositoryWatcher
+from loopserve.serving.repository import ModelRepository
+from loopserve.serving.watch import RepositoryWatcher
 from loopserve.server import triton_json
 
 log = logging.getLogger("loopserve.server")
@@ -86,10 +86,11 @@ class LoopserveApp:
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
         ]
-        # Refusals are handled where they are raised; only an unexpected exception reaches the
-        # `Exception` handler (which Starlette also re-raises, so the server logs it).
+        # Every refusal is a LoopserveError carrying its status: one handler answers them all.
+        # Only an unexpected exception reaches the `Exception` handler (which Starlette also
+        # re-raises, so the server logs it).
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
-            LoopserveError: self._on_error, ProtocolError: self._on_error, Exception: self._on_error,
+            LoopserveError: self._on_error, Exception: self._on_error,
             404: self._not_found, 405: self._wrong_method})
 
     async def __call__(self, scope, receive, send) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from loopserve.config import load_config
-from loopserve.server.registry_source import ModelSource
+from loopserve.serving.registry_source import ModelSource
 
 
 class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):

@@ -14,32 +14,16 @@ import time
 import numpy as np
 
 from loopserve.errors import InvalidInput, LoopserveError, ModelError
-from loopserve.model import Model
-from loopserve.server.feedback_routes import store_for as feedback_store  # feedback
+from loopserve.serving.model import Model
+from loopserve.server.body import read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 log = logging.getLogger("loopserve.server")
 
 _JSON = [(b"content-type", b"application/json")]
-
-
-async def read_body(receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body is over the limit of {limit} bytes (http.max_body_bytes)")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _headers(scope) -> tuple[int | None, int | None]:
@@ -92,7 +76,7 @@ class InferEndpoint:
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.feedback = feedback_store(repository)  # feedback: predictions recorded by request id
+        self.feedback = repository.services.feedback  # feedback: predictions recorded by request id
 
     async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
         start = time.perf_counter()
@@ -140,7 +124,7 @@ class InferEndpoint:
             if status == 500:
                 log.error("infer failed", extra={"model": name, "error": str(exc)},
                           exc_info=not isinstance(exc, ModelError))
-            await _send(send, status, _JSON + extra, error_body(str(exc)))
+            await _send(send, status, [*_JSON, *extra], error_body(str(exc)))
             return
         finally:
             if model is not None:

@@ -16,8 +16,8 @@ import uvicorn
 from loopserve.logs import configure_logging
 from loopserve.server.app import LoopserveApp
 from loopserve.server.config import ServerConfig
-from loopserve.server.registry_source import ModelSource, RegistryModels
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.registry_source import ModelSource, RegistryModels
+from loopserve.serving.repository import ModelRepository
 
 log = logging.getLogger("loopserve.server")
 

@@ -14,9 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from loopserve.canary import VersionMetrics
-from loopserve.server.feedback_routes import FeedbackCollector
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.canary import VersionMetrics
+from loopserve.serving.repository import ModelRepository
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -112,6 +111,44 @@ class DriftCollector(Collector):
                     if value is not None:
                         drift.add_metric(values + [feature.name, label], float(value))
         yield from (drift, alert, rows, skipped)
+
+
+class FeedbackCollector(Collector):
+    """Live metrics per version (`window` = "cumulative": every label so far; "last": the
+    latest closed window) and label counts per status."""
+
+    def __init__(self, repository: ModelRepository):
+        self.store = repository.services.feedback
+
+    def collect(self) -> Iterable:
+        labels = ["model", "version", "window"]
+        families = {
+            "accuracy": GaugeMetricFamily("loopserve_live_accuracy", "Share of labelled rows predicted right",
+                                          labels=labels),
+            "precision": GaugeMetricFamily("loopserve_live_precision",
+                                           "Binary: labelled positives among rows predicted positive", labels=labels),
+            "recall": GaugeMetricFamily("loopserve_live_recall",
+                                        "Binary: rows predicted positive among labelled positives", labels=labels),
+        }
+        rows = CounterMetricFamily("loopserve_live_labels", "Labelled rows joined to predictions",
+                                   labels=["model", "version"])
+        counts = CounterMetricFamily("loopserve_feedback_labels", "Feedback labels (request ids) by answer",
+                                     labels=["model", "version", "status"])
+        for name in sorted(self.store.models):
+            for version, live in self.store.live_metrics(name, last=1).items():
+                v = str(version)
+                rows.add_metric([name, v], live.cumulative.labels)
+                windows = [("cumulative", live.cumulative)] + [("last", w) for w in live.windows[-1:]]
+                for window, metrics in windows:
+                    for field, family in families.items():
+                        value = getattr(metrics, field)
+                        if value is not None:
+                            family.add_metric([name, v, window], value)
+        for name, version, status, n in self.store.label_counts():
+            counts.add_metric([name, version, status], n)
+        yield from families.values()
+        yield rows
+        yield counts
 
 
 class LatencyHistogram:

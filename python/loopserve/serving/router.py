@@ -15,12 +15,12 @@ import logging
 import random
 import zlib
 from collections import Counter
-from typing import Iterable
+from typing import Callable, Iterable
 
 import msgspec
 
 from loopserve.errors import InvalidInput, ModelNotFound
-from loopserve.model import Model
+from loopserve.serving.model import Model
 
 log = logging.getLogger("loopserve.router")
 
@@ -35,11 +35,12 @@ class TrafficState(msgspec.Struct, frozen=True):
 
 
 class VersionRouter:
-    """Thread-safety: call everything from the event loop's thread (Model.close, which
-    blocks until queued requests are done, is sent to a thread)."""
+    """Thread-safety: call everything from the event loop's thread (`retire`, which blocks
+    until queued requests are done, is sent to a thread)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, retire: Callable[[Model], None] = Model.close):
         self.name = name
+        self._retire_version = retire  # closes a version whose last request has finished
         self.versions: dict[int, Model] = {}
         self._cumulative: list[tuple[float, Model]] = []  # (upper bound in [0, 1), version)
         self._weights: dict[int, float] = {}
@@ -161,6 +162,6 @@ class VersionRouter:
         self._retired.discard(model)
         log.info("version unloaded", extra={"model": self.name, "version": model.version})
         try:
-            asyncio.get_running_loop().run_in_executor(None, model.close)
+            asyncio.get_running_loop().run_in_executor(None, self._retire_version, model)
         except RuntimeError:  # no loop running (tests, shutdown): close here
-            model.close()
+            self._retire_version(model)
