@@ -18,9 +18,9 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta, Struct
 
-from loopserve.serving.canary import CanaryRule
 from loopserve.config import load_config
 from loopserve.pipeline.trigger import TriggerConfig
+from loopserve.serving.canary import CanaryRule
 
 
 class RetrainData(Struct, forbid_unknown_fields=True, frozen=True):
