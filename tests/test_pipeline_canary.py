@@ -50,7 +50,11 @@ def setup(serve, tmp_path):
         store=str(store_root), repository_poll_s=0.05)))
     config = PipelineConfig(model="fraud", train="unused: roll-outs do not train", server=server.base_url,
                             store=str(store_root),
-                            canary=CanaryConfig(window_s=60, min_requests=50, min_labels=0, poll_s=0.05))
+                            canary=CanaryConfig(window_s=60, min_requests=50, min_labels=0, poll_s=0.05,
+                                                # latency is noise on a loaded 2-core machine (a fresh
+                                                # version's first requests are slow): p99 is judged
+                                                # by test_rollback_rule, error rates here
+                                                max_p99_ratio=1000))
     return store_root, v1, server, config
 
 
