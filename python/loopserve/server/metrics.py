@@ -7,17 +7,16 @@ request.
 
 from __future__ import annotations
 
-import bisect
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from loopserve.server.latency import LatencyHistogram
 from loopserve.serving.canary import VersionMetrics
 from loopserve.serving.repository import ModelRepository
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # name -> (help, stats field, scale)
@@ -151,42 +150,6 @@ class FeedbackCollector(Collector):
         yield counts
 
 
-class LatencyHistogram:
-    """A histogram cheap enough for every request: one bisect and two additions, no lock.
-
-    prometheus_client's Histogram takes a lock per bucket it touches; this one is written
-    only from the event loop thread, and read when /metrics is served on that same thread.
-    """
-
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS):
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def quantile(self, q: float) -> float:
-        """The upper bound of the bucket holding the q-quantile (inf past the last bound)."""
-        total = sum(self.counts)
-        if total == 0:
-            return 0.0
-        seen = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts):
-            seen += count
-            if seen >= q * total:
-                return bound
-        return float("inf")
-
-    def buckets(self) -> list[tuple[str, int]]:
-        out, total = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
-            total += count
-            out.append((bound, total))
-        return out
-
-
 class LatencyCollector(Collector):
     def __init__(self, histograms: dict[tuple[str, str], LatencyHistogram]):
         self.histograms = histograms
@@ -209,8 +172,9 @@ class ServerMetrics:
         self.registry.register(BatcherCollector(repository))
         self.registry.register(DriftCollector(repository))
         self.registry.register(FeedbackCollector(repository))
-        self._latency: dict[tuple[str, str], LatencyHistogram] = {}
-        self.registry.register(LatencyCollector(self._latency))
+        # Observed per request by the in-process infer route, or read from the front ends.
+        self.latency_histograms: dict[tuple[str, str], LatencyHistogram] = {}
+        self.registry.register(LatencyCollector(self.latency_histograms))
 
     def version_metrics(self, model) -> VersionMetrics:
         """What the rollback rule looks at for one loaded version."""
@@ -220,7 +184,7 @@ class ServerMetrics:
 
     def latency(self, model: str, version: str) -> LatencyHistogram:
         key = (model, version)
-        h = self._latency.get(key)
+        h = self.latency_histograms.get(key)
         if h is None:
-            h = self._latency[key] = LatencyHistogram()
+            h = self.latency_histograms[key] = LatencyHistogram()
         return h

@@ -63,6 +63,8 @@ class ModelRepository:
         self.on_version_load: list[LoadHook] = [*self.services.load_hooks, *on_version_load]
         self.on_version_unload: list[UnloadHook] = [*on_version_unload, *self.services.unload_hooks]
         self.routers: dict[str, VersionRouter] = {}
+        # Called with a model's router after each change of what serves it (shared by all routers).
+        self.on_route_change: list = []
         self._configs: dict[str, ModelConfig] = {}
         self._failures: dict[str, str] = {}  # name -> why its last load failed
 
@@ -101,7 +103,7 @@ class ModelRepository:
     def add(self, model: Model) -> None:
         """Serves a model version built in Python (not from the repository directory)."""
         self._loaded([(model, None)])
-        router = self.routers.setdefault(model.name, VersionRouter(model.name, self._retire))
+        router = self.routers.setdefault(model.name, VersionRouter(model.name, self._retire, self.on_route_change))
         router.install({**router.versions, model.version: model})
         self._failures.pop(model.name, None)
 
@@ -189,7 +191,7 @@ class ModelRepository:
     def install(self, prepared: Prepared) -> VersionRouter:
         """Swaps the prepared versions in; versions no longer wanted retire."""
         name, config = prepared.name, prepared.config
-        router = self.routers.setdefault(name, VersionRouter(name, self._retire))
+        router = self.routers.setdefault(name, VersionRouter(name, self._retire, self.on_route_change))
         weights = prepared.weights if prepared.weights is not None else dict(config.traffic.weights)
         router.install(prepared.versions, weights, config.traffic.shadow)
         self._configs[name] = config

@@ -38,9 +38,12 @@ class VersionRouter:
     """Thread-safety: call everything from the event loop's thread (`retire`, which blocks
     until queued requests are done, is sent to a thread)."""
 
-    def __init__(self, name: str, retire: Callable[[Model], None] = Model.close):
+    def __init__(self, name: str, retire: Callable[[Model], None] = Model.close,
+                 on_change: list[Callable[["VersionRouter"], None]] | None = None):
         self.name = name
         self._retire_version = retire  # closes a version whose last request has finished
+        # Called after every change of the routing state (the engine's native routes follow it).
+        self._on_change = on_change if on_change is not None else []
         self.versions: dict[int, Model] = {}
         self._cumulative: list[tuple[float, Model]] = []  # (upper bound in [0, 1), version)
         self._weights: dict[int, float] = {}
@@ -117,6 +120,7 @@ class VersionRouter:
             self._retire(model)
         self.versions = {}
         self._cumulative, self._weights, self._shadows = [], {}, ()
+        self._changed()
 
     def shadow_versions(self) -> list[int]:
         return [m.version for m in self._shadows]
@@ -151,6 +155,18 @@ class VersionRouter:
             # The version rollback returns to: the one answering alone, else the largest share.
             self.stable = max(sorted(weights), key=lambda v: weights[v]) if weights else 0
         log.info("traffic", extra={"model": self.name, "weights": self._weights, "shadow": self.shadow_versions()})
+        self._changed()
+
+    def answering(self) -> list[tuple[float, Model]]:
+        """The versions that answer, each with the upper bound of its share of [0, 1)."""
+        return list(self._cumulative)
+
+    def shadow_models(self) -> tuple[Model, ...]:
+        return self._shadows
+
+    def _changed(self) -> None:
+        for listener in self._on_change:
+            listener(self)
 
     def _retire(self, model: Model) -> None:
         if self._inflight.get(model):
