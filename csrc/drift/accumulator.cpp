@@ -42,7 +42,8 @@ int64_t AccumulatorSpec::min_columns() const {
   return n;
 }
 
-TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec) : spec_(std::move(spec)) {
+TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec)
+    : spec_(std::move(spec)), kll_rng_(0x2545F4914F6CDD1Dull) {
   if (spec_->kll_every == 0) throw std::invalid_argument("drift accumulator: kll_every must be at least 1");
   uint64_t seed = 0x9E3779B97F4A7C15ull;
   for (const auto& c : spec_->numeric) {
@@ -202,9 +203,26 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
   seen_.assign(features, 0);
   std::vector<uint64_t>&finite = finite_, &pos_inf = pos_inf_, &seen = seen_;
 
+  // A row is in the quantile sketches' sample when a 64-bit random draw is below 2^64 / kll_every.
+  const uint64_t take_below = kll_every == 1 ? 0 : ~uint64_t{0} / kll_every;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t m = std::min(kBlock, rows - r0);
     const T* block = data + r0 * cols;
+
+    // The block's sampled rows, drawn once for all features (a row is sampled whole).
+    uint16_t picked[kBlock];
+    size_t n_picked = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      bool take = true;
+      if (take_below != 0) {
+        kll_rng_ ^= kll_rng_ << 13;
+        kll_rng_ ^= kll_rng_ >> 7;
+        kll_rng_ ^= kll_rng_ << 17;
+        take = kll_rng_ < take_below;
+      }
+      picked[n_picked] = static_cast<uint16_t>(i);
+      n_picked += take;
+    }
 
     for (size_t f = 0; f < features; ++f) {
       const T* p = block + spec_->numeric[f].column;
@@ -221,8 +239,8 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
 
       double sampled[kBlock];
       size_t n_sampled = 0;
-      for (int64_t i = static_cast<int64_t>(kll_phase_); i < m; i += kll_every) {
-        const double v = static_cast<double>(values[i]);
+      for (size_t j = 0; j < n_picked; ++j) {
+        const double v = static_cast<double>(values[picked[j]]);
         sampled[n_sampled] = v;
         n_sampled += v - v == 0.0;  // finite values only
       }
@@ -245,8 +263,6 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       }
     }
 
-    // Where the next block's first sampled row is.
-    kll_phase_ = (kll_phase_ + kll_every - static_cast<uint64_t>(m) % kll_every) % kll_every;
     rows_ += static_cast<uint64_t>(m);
   }
 
