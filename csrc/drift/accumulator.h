@@ -74,12 +74,17 @@ class TensorAccumulator {
 
   std::shared_ptr<const AccumulatorSpec> spec_;
   uint64_t rows_ = 0;
+  uint64_t kll_gap();
+
   uint64_t kll_rng_;  // xorshift64 state of the quantile sketches' row sample
+  double kll_log_skip_ = 0.0;  // ln(1 - 1 / kll_every)
+  uint64_t kll_skip_ = 0;  // rows to pass over before the next sampled one
   std::vector<sketches::BinnedHistogram> histograms_;
   std::vector<std::vector<float>> edges_f32_;  // each feature's edges rounded up to float32, for FP32 batches
   // Per-call scratch, kept so an update of a small batch allocates nothing.
   std::vector<std::vector<uint64_t>> at_least_;
   std::vector<uint64_t> finite_, pos_inf_, seen_;
+  std::vector<std::vector<double>> sampled_;  // per feature: this call's sampled finite values
   std::vector<sketches::MomentsSketch> moments_;
   std::vector<sketches::KllSketch> quantiles_;
   std::vector<sketches::CategoryCounts> categories_;
