@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -115,6 +116,8 @@ def two_proportions_pvalue(hits_a: int, n_a: int, hits_b: int, n_b: int) -> floa
 
 def sorted_view(sketch) -> tuple[np.ndarray, np.ndarray]:
     """The sketch's retained items, sorted, and their cumulative weight fractions (its CDF)."""
+    if isinstance(sketch, Sketched):
+        return sketch.view
     values, weights = sketch.sorted_view()
     values = np.asarray(values, dtype=np.float64)
     cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
@@ -145,6 +148,15 @@ class Sketched:
     max: float
 
     @property
+    def count(self) -> int:
+        return self.sketch.count
+
+    @cached_property
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        """sorted_view(sketch), made once."""
+        return sorted_view(self.sketch)
+
+    @property
     def rank_error(self) -> float:
         return self.sketch.normalized_rank_error(self.sketch.k) if self.sketch.count else 0.0
 
@@ -168,6 +180,7 @@ def sampling_error(sample: int, rows: int, delta: float = CONFIDENCE_DELTA) -> f
 
 
 def ks_distance(reference, current) -> float:
+    """D between two sketches (or Sketched)."""
     if reference.count == 0 or current.count == 0:
         return float("nan")
     _, f_r, f_c = _cdfs_on_union(reference, current)
@@ -213,8 +226,8 @@ def wasserstein_bounds(reference: Sketched, current: Sketched) -> tuple[float, f
     (see the module docstring)."""
     if reference.sketch.count == 0 or current.sketch.count == 0:
         return float("nan"), float("nan"), float("nan")
-    rv, rc = sorted_view(reference.sketch)
-    cv, cc = sorted_view(current.sketch)
+    rv, rc = reference.view
+    cv, cc = current.view
     points = np.union1d(np.union1d(rv, cv), [reference.min, reference.max, current.min, current.max])
     dx = np.diff(points)
     x = points[:-1]  # each segment [x, x + dx) has constant sketch CDFs

@@ -100,7 +100,7 @@ def _numeric(acc, i: int, p: NumericProfile, role: str, policy: DriftPolicy, alp
     if sketch.count > 0:
         reference = st.Sketched(p.kll(), p.count, p.mean, p.min, p.max)
         window = st.Sketched(sketch, int(moments.count), moments.mean, moments.min, moments.max)
-        ks = st.ks_distance(reference.sketch, sketch)
+        ks = st.ks_distance(reference, window)
         margin = st.ks_margin(reference.sketch, sketch, window.rows)
         ks_low = max(ks - margin, st.ks_at_edges(ref_counts, counts))
         ks_p = st.ks_pvalue(reference.sketch, sketch, ks)
