@@ -46,6 +46,7 @@ class NativeRoutes:
         self._feedback_thread = threading.Thread(target=self._drain_feedback, name="loopserve-feedback-tap",
                                                  daemon=True)
         repository.on_route_change.append(self.publish)
+        repository.services.feedback.catch_up.append(self.flush_feedback)
         repository.on_version_unload.insert(0, self._before_unload)
         for router in repository.routers.values():
             self.publish(router)
@@ -85,24 +86,25 @@ class NativeRoutes:
 
     def _drain_feedback(self) -> None:
         while not self._stop.wait(FEEDBACK_DRAIN_S):
-            with self._taps_lock:
-                entries = list(self._taps.values())
-            for entry in entries:
-                self._record(*entry)
+            self.flush_feedback()
+
+    def flush_feedback(self) -> None:
+        """Hands every prediction the taps hold to the feedback record. Any thread."""
+        with self._taps_lock:
+            entries = list(self._taps.values())
+        for entry in entries:
+            self._record(*entry)
 
     @staticmethod
     def _record(tap, track, x_names) -> None:
         output = track.output
-        for request_id, group, _time, y, xs in tap.drain():
+        for request_id, group, made_at, y, xs in tap.drain():
             params = {"group": msgspec.json.decode(group)} if group else None
-            track.record(request_id, dict(zip(x_names, xs)), {output: y}, params)
+            track.record(request_id, dict(zip(x_names, xs)), {output: y}, params, at=made_at)
 
     def close(self) -> None:
         """Stops the ingress (after the front ends are gone) and hands over what the taps hold."""
         self.ingress.stop()
         self._stop.set()
         self._feedback_thread.join()
-        with self._taps_lock:
-            entries = list(self._taps.values())
-        for entry in entries:
-            self._record(*entry)
+        self.flush_feedback()
