@@ -40,8 +40,8 @@ struct AccumulatorSpec {
   std::vector<NumericColumn> numeric;
   std::vector<CategoricalColumn> categorical;
   uint32_t kll_every = 1;  // the quantile sketches take each row with probability 1 / kll_every
-  // k = 400 (rank error ~0.67%) rather than the sketch's default 200: Wasserstein integrates the
-  // rank error over the feature's range, and at 200 it is off by ~3% for small shifts.
+  // k = 400 (rank error ~0.67%) rather than the sketch's default 200: KS's margin and
+  // Wasserstein's bounds grow with the rank error.
   static constexpr uint16_t kDefaultKllK = 400;
   uint16_t kll_k = kDefaultKllK;
 
@@ -71,11 +71,10 @@ class TensorAccumulator {
  private:
   template <typename T>
   void update_typed(const T* data, int64_t rows, int64_t cols);
+  uint64_t kll_gap();  // rows to pass over before the next sampled one
 
   std::shared_ptr<const AccumulatorSpec> spec_;
   uint64_t rows_ = 0;
-  uint64_t kll_gap();
-
   uint64_t kll_rng_;  // xorshift64 state of the quantile sketches' row sample
   double kll_log_skip_ = 0.0;  // ln(1 - 1 / kll_every)
   uint64_t kll_skip_ = 0;  // rows to pass over before the next sampled one

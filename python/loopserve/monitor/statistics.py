@@ -213,14 +213,6 @@ def ks_pvalue(reference, current, distance: float | None = None) -> float:
     return float(_scipy_stats.kstwo.sf(max(d - ks_margin(reference, current), 0.0), max(int(round(n)), 1)))
 
 
-def wasserstein(reference, current) -> float:
-    """W1 between the two sketched distributions, as they are (no exact moments)."""
-    if reference.count == 0 or current.count == 0:
-        return float("nan")
-    points, f_r, f_c = _cdfs_on_union(reference, current)
-    return float(np.sum(np.abs(f_r - f_c)[:-1] * np.diff(points)))
-
-
 def wasserstein_bounds(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
     """(estimate, low, high) of W1 between all the reference's and all the window's values
     (see the module docstring)."""
