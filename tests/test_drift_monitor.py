@@ -227,8 +227,8 @@ def test_windows_close_by_rows_exactly_and_by_time():
     monitor.flush()
     assert [w["inputs"].rows for w in monitor.native.windows()] == [1000, 1000, 500]
     monitor.stop()
+    opened = time.monotonic()  # before the window opens
     timed = DriftMonitor(profile, DriftConfig(window_rows=1_000_000, window_seconds=0.2))
-    opened = time.monotonic()
     timed.offer(drifting(rng, 100, features=2))
     timed.flush()
     wait_for(lambda: timed.native.stats()["windows_closed"] == 1)
