@@ -102,3 +102,32 @@ def serve():
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session, started here (initdb + pg_ctl in a temp dir) and
+    stopped at the end; skipped only where no server binaries exist."""
+    from loopserve.store.local_postgres import LocalPostgres, find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: `make setup` installs the Debian "
+                    "package `postgresql`")
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_store_url(postgres, tmp_path):
+    """The URL of a fresh store on the session's PostgreSQL (its own database), blobs under tmp_path."""
+    import uuid
+
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}") + f"?dir={tmp_path / 'store'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """A fresh store's location on each backend: a directory (SQLite), then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("postgres_store_url")
