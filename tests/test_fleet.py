@@ -1,0 +1,170 @@
+"""The fleet view: three real replicas on loopback share the traffic; their drift sketches and
+live accuracy are merged into one window per version, and the pipeline's trigger decides on it."""
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+import tritonclient.http as httpclient
+
+from loopserve import zoo
+from loopserve.cli import main
+from loopserve.fleet import FleetView, resolve_replicas
+from loopserve.fleet.replicas import ReplicaSpecError
+from loopserve.monitor.profile import build_profile
+from loopserve.pipeline.config import PipelineConfig
+from loopserve.pipeline.runner import Pipeline
+from loopserve.pipeline.server_view import ServerUnavailable, ServerView
+from loopserve.pipeline.trigger import TriggerConfig, decide
+from loopserve.server.app import LoopserveApp
+from loopserve.server.repository import ModelRepository
+
+WIDTH = 32
+MIN_ROWS = 1000
+PER_REPLICA = 600  # under min_rows on each replica, 1800 over it for the fleet
+
+
+@pytest.fixture(scope="module")
+def model_root(tmp_path_factory):
+    """The tiny MLP with a reference profile in its version directory (windows closed by hand
+    here), exported once for the module."""
+    root = tmp_path_factory.mktemp("fleet-models")
+    module = zoo.tiny_mlp()
+    reference = np.random.default_rng(0).standard_normal((20_000, WIDTH)).astype(np.float32)
+    with torch.no_grad():
+        outputs = module(torch.from_numpy(reference)).numpy()
+    model_dir = zoo.write_model_dir(root, "mlp", module, max_batch_size=256, extra_config=(
+        f"drift:\n  window_rows: 100000\n  window_seconds: 0\n  policy: {{min_rows: {MIN_ROWS}}}\n"
+        "feedback: {threshold: null, window_labels: 100}\n"))
+    build_profile(reference, outputs=outputs, output_names=["y0", "y1"]).save(model_dir / "1")
+    return root
+
+
+@pytest.fixture
+def fleet(model_root, serve):
+    """Three replicas, each with its own repository, monitor and feedback store, on loopback."""
+    repos = [ModelRepository(model_root) for _ in range(3)]
+    for repo in repos:
+        repo.load("mlp")
+    servers = [serve(LoopserveApp(repo)) for repo in repos]
+    yield repos, servers
+    for server in servers:
+        server.stop()
+    for repo in repos:
+        repo.close()
+
+
+def send(server, rows, request_id=""):
+    client = httpclient.InferenceServerClient(server.url)
+    ids = []
+    for start in range(0, len(rows), 100):
+        batch = rows[start:start + 100]
+        x = httpclient.InferInput(zoo.INPUT, list(batch.shape), "FP32")
+        x.set_data_from_numpy(batch, binary_data=True)
+        ids.append(client.infer("mlp", [x], request_id=f"{request_id}{start}" if request_id else "").get_response()["id"])
+    client.close()
+    return ids
+
+
+def close_windows(repos):
+    for repo in repos:
+        monitor = repo.get("mlp").drift
+        monitor.flush()
+        monitor.close_window()
+
+
+def test_a_drift_under_min_rows_on_every_replica_is_caught_by_the_fleet_view(fleet, tmp_path):
+    repos, servers = fleet
+    rng = np.random.default_rng(1)
+    for server in servers:  # a calm window, then a shifted one, each spread over the three replicas
+        send(server, rng.standard_normal((PER_REPLICA, WIDTH)).astype(np.float32))
+    close_windows(repos)
+    for server in servers:
+        shifted = rng.standard_normal((PER_REPLICA, WIDTH)).astype(np.float32)
+        shifted[:, 5] += 1.0
+        send(server, shifted)
+    close_windows(repos)
+
+    for server in servers:  # alone, no replica has enough rows to judge
+        own = ServerView(f"http://{server.url}", "mlp").drift()
+        assert [w["verdict"] for w in own["windows"]] == ["insufficient data"] * 2
+        assert [w["rows"] for w in own["windows"]] == [PER_REPLICA] * 2
+
+    view = FleetView([f"http://{s.url}" for s in servers], "mlp")
+    report = view.drift()
+    assert [w["rows"] for w in report["windows"]] == [3 * PER_REPLICA] * 2
+    assert [w["verdict"] for w in report["windows"]] == ["no drift", "drift"]
+    assert "f5" in report["windows"][-1]["drifted_features"] and report["alert"] is True
+    assert sorted(report["replicas"]) == sorted(f"http://{s.url}" for s in servers)
+    assert not report["unreachable"]
+
+    # The pipeline's trigger decides on the fleet's view: it fires; on one replica's view it cannot.
+    config = PipelineConfig(model="mlp", train=str(tmp_path / "unused.yaml"), store=str(tmp_path / "store"),
+                            triggers=TriggerConfig(drift_windows=1, cooldown_s=0))
+    for view_of, fires in ((view, True), (ServerView(f"http://{servers[0].url}", "mlp"), False)):
+        pipeline = Pipeline(config, view=view_of)
+        try:
+            decision = decide(config.triggers, pipeline.evidence())
+        finally:
+            pipeline.close()
+        assert decision.fire is fires, decision.reasons
+    assert "features: f5" in decide(config.triggers, Pipeline(config, view=view).evidence()).reasons[0]
+
+    # `loopserve drift` prints the same fleet view, per version
+    replicas = ",".join(f"http://{s.url}" for s in servers)
+    assert main(["drift", "mlp", "--replicas", replicas, "--json"]) == 0
+
+
+def test_live_accuracy_and_traffic_are_summed_over_replicas(fleet, capsys):
+    repos, servers = fleet
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, WIDTH)).astype(np.float32)
+    module = zoo.tiny_mlp()
+    with torch.no_grad():
+        predicted = module(torch.from_numpy(x)).numpy().argmax(axis=1)
+    correct_by_replica = [100, 70, 40]  # of 100 labels each: replica k gets that many right
+    for k, server in enumerate(servers):
+        client = httpclient.InferenceServerClient(server.url)
+        labels = []
+        for i in range(100):
+            row = x[100 * k + i:100 * k + i + 1]
+            inp = httpclient.InferInput(zoo.INPUT, list(row.shape), "FP32")
+            inp.set_data_from_numpy(row, binary_data=True)
+            client.infer("mlp", [inp], request_id=f"r{k}-{i}")
+            truth = int(predicted[100 * k + i]) if i < correct_by_replica[k] else 1 - int(predicted[100 * k + i])
+            labels.append({"id": f"r{k}-{i}", "label": truth})
+        client.close()
+        status, _, _ = server.request("POST", "/v2/models/mlp/feedback",
+                                      __import__("json").dumps({"labels": labels}).encode())
+        assert status == 200
+    view = FleetView([f"http://{s.url}" for s in servers], "mlp")
+    (version,) = view.feedback()["versions"]
+    assert version["replicas"] == 3 and version["cumulative"]["labels"] == 300
+    assert version["cumulative"]["accuracy"] == pytest.approx(210 / 300)
+    assert [w["labels"] for w in version["windows"]] == [300]  # each replica's one closed 100-label window
+    traffic = view.traffic()
+    assert traffic["metrics"]["1"]["requests"] == 300 and traffic["settled"] and traffic["weights"] == {"1": 1.0}
+    assert main(["drift", "mlp", "--replicas", ",".join(f"http://{s.url}" for s in servers)]) == 0
+    out = capsys.readouterr().out
+    assert "3/3 replicas answered" in out and "live accuracy 0.700 over 300 labels (3 replicas)" in out
+
+
+def test_a_replica_down_is_named_and_the_others_still_answer(fleet):
+    _, servers = fleet
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    view = FleetView([f"http://{servers[0].url}", dead], "mlp", timeout_s=2)
+    assert view.traffic()["versions"] == [1] and list(view.unreachable) == [dead]
+    with pytest.raises(ServerUnavailable, match="no replica"):
+        FleetView([dead], "mlp", timeout_s=2).traffic()
+
+
+def test_replicas_from_urls_and_from_dns():
+    assert resolve_replicas("http://a:8000, b:9000/,http://a:8000") == ["http://a:8000", "http://b:9000"]
+    assert "http://127.0.0.1:8123" in resolve_replicas(["dns://localhost:8123"])
+    with pytest.raises(ReplicaSpecError, match="expected dns://NAME:PORT"):
+        resolve_replicas("dns://localhost")
+    with pytest.raises(ReplicaSpecError, match="cannot resolve"):
+        resolve_replicas("dns://no-such-host.invalid:80")
