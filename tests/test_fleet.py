@@ -6,13 +6,12 @@ import socket
 import numpy as np
 import pytest
 import torch
-import tritonclient.http as httpclient
 
+from helpers_traffic import label, send
 from loopserve import zoo
 from loopserve.cli import main
 from loopserve.fleet import FleetView, resolve_replicas
 from loopserve.fleet.replicas import ReplicaSpecError
-from loopserve.monitor.profile import build_profile
 from loopserve.pipeline.config import PipelineConfig
 from loopserve.pipeline.runner import Pipeline
 from loopserve.pipeline.server_view import ServerUnavailable, ServerView
@@ -21,30 +20,13 @@ from loopserve.server.app import LoopserveApp
 from loopserve.server.repository import ModelRepository
 
 WIDTH = 32
-MIN_ROWS = 1000
-PER_REPLICA = 600  # under min_rows on each replica, 1800 over it for the fleet
-
-
-@pytest.fixture(scope="module")
-def model_root(tmp_path_factory):
-    """The tiny MLP with a reference profile in its version directory (windows closed by hand
-    here), exported once for the module."""
-    root = tmp_path_factory.mktemp("fleet-models")
-    module = zoo.tiny_mlp()
-    reference = np.random.default_rng(0).standard_normal((20_000, WIDTH)).astype(np.float32)
-    with torch.no_grad():
-        outputs = module(torch.from_numpy(reference)).numpy()
-    model_dir = zoo.write_model_dir(root, "mlp", module, max_batch_size=256, extra_config=(
-        f"drift:\n  window_rows: 100000\n  window_seconds: 0\n  policy: {{min_rows: {MIN_ROWS}}}\n"
-        "feedback: {threshold: null, window_labels: 100}\n"))
-    build_profile(reference, outputs=outputs, output_names=["y0", "y1"]).save(model_dir / "1")
-    return root
+PER_REPLICA = 600  # under min_rows (1000, see drift_model_root) on each replica, 1800 over it for the fleet
 
 
 @pytest.fixture
-def fleet(model_root, serve):
+def fleet(drift_model_root, serve):
     """Three replicas, each with its own repository, monitor and feedback store, on loopback."""
-    repos = [ModelRepository(model_root) for _ in range(3)]
+    repos = [ModelRepository(drift_model_root) for _ in range(3)]
     for repo in repos:
         repo.load("mlp")
     servers = [serve(LoopserveApp(repo)) for repo in repos]
@@ -53,18 +35,6 @@ def fleet(model_root, serve):
         server.stop()
     for repo in repos:
         repo.close()
-
-
-def send(server, rows, request_id=""):
-    client = httpclient.InferenceServerClient(server.url)
-    ids = []
-    for start in range(0, len(rows), 100):
-        batch = rows[start:start + 100]
-        x = httpclient.InferInput(zoo.INPUT, list(batch.shape), "FP32")
-        x.set_data_from_numpy(batch, binary_data=True)
-        ids.append(client.infer("mlp", [x], request_id=f"{request_id}{start}" if request_id else "").get_response()["id"])
-    client.close()
-    return ids
 
 
 def close_windows(repos):
@@ -125,19 +95,11 @@ def test_live_accuracy_and_traffic_are_summed_over_replicas(fleet, capsys):
         predicted = module(torch.from_numpy(x)).numpy().argmax(axis=1)
     correct_by_replica = [100, 70, 40]  # of 100 labels each: replica k gets that many right
     for k, server in enumerate(servers):
-        client = httpclient.InferenceServerClient(server.url)
-        labels = []
-        for i in range(100):
-            row = x[100 * k + i:100 * k + i + 1]
-            inp = httpclient.InferInput(zoo.INPUT, list(row.shape), "FP32")
-            inp.set_data_from_numpy(row, binary_data=True)
-            client.infer("mlp", [inp], request_id=f"r{k}-{i}")
-            truth = int(predicted[100 * k + i]) if i < correct_by_replica[k] else 1 - int(predicted[100 * k + i])
-            labels.append({"id": f"r{k}-{i}", "label": truth})
-        client.close()
-        status, _, _ = server.request("POST", "/v2/models/mlp/feedback",
-                                      __import__("json").dumps({"labels": labels}).encode())
-        assert status == 200
+        rows = x[100 * k:100 * (k + 1)]
+        ids = send(server, rows, id_prefix=f"r{k}-", batch=1)
+        truth = predicted[100 * k:100 * (k + 1)].copy()
+        truth[correct_by_replica[k]:] = 1 - truth[correct_by_replica[k]:]
+        label(server, ids, truth)
     view = FleetView([f"http://{s.url}" for s in servers], "mlp")
     (version,) = view.feedback()["versions"]
     assert version["replicas"] == 3 and version["cumulative"]["labels"] == 300
