@@ -26,7 +26,7 @@ from loopserve.server.app import LoopserveApp
 from loopserve.server.repository import ModelRepository
 from loopserve.store import Store
 
-MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
+MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "base" / "monitoring"
 DASHBOARD = MONITORING / "loopserve-dashboard.json"
 RULES = MONITORING / "loopserve-rules.yml"
 # Grafana's variables, as a dashboard with every model selected expands them
