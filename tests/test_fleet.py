@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import RunningServer
 from helpers_traffic import label, send
 from loopserve import zoo
 from loopserve.cli import main
@@ -17,19 +18,20 @@ from loopserve.pipeline.runner import Pipeline
 from loopserve.pipeline.server_view import ServerUnavailable, ServerView
 from loopserve.pipeline.trigger import TriggerConfig, decide
 from loopserve.server.app import LoopserveApp
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 WIDTH = 32
 PER_REPLICA = 600  # under min_rows (1000, see drift_model_root) on each replica, 1800 over it for the fleet
 
 
 @pytest.fixture
-def fleet(drift_model_root, serve):
-    """Three replicas, each with its own repository, monitor and feedback store, on loopback."""
+def fleet(drift_model_root):
+    """Three replicas, each with its own repository, monitor and feedback store, on loopback (one
+    process each: the front-end processes of `--workers` are tested elsewhere)."""
     repos = [ModelRepository(drift_model_root) for _ in range(3)]
     for repo in repos:
         repo.load("mlp")
-    servers = [serve(LoopserveApp(repo)) for repo in repos]
+    servers = [RunningServer(LoopserveApp(repo)) for repo in repos]
     yield repos, servers
     for server in servers:
         server.stop()

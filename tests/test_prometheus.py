@@ -17,13 +17,14 @@ import pytest
 import torch
 import yaml
 
+from conftest import RunningServer
 from helpers_traffic import label, send
 from loopserve import zoo
 from loopserve.pipeline.metrics import serve_metrics
 from loopserve.pipeline.records import PipelineRecords
 from loopserve.pipeline.trigger import Evidence, TriggerConfig, decide
 from loopserve.server.app import LoopserveApp
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 from loopserve.store import Store
 
 MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "k8s" / "base" / "monitoring"
@@ -120,10 +121,10 @@ class Prometheus:
 
 
 @needs_prometheus
-def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheus(drift_model_root, serve, tmp_path):
+def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheus(drift_model_root, tmp_path):
     repo = ModelRepository(drift_model_root)
     repo.load("mlp")
-    server = serve(LoopserveApp(repo))
+    server = RunningServer(LoopserveApp(repo))
     with Store(tmp_path / "store") as store:  # a pipeline that ran once
         records = PipelineRecords(store)
         records.record_decision("mlp", decide(TriggerConfig(drift_windows=1), Evidence(time.time(), ["drift"])))
