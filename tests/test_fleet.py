@@ -2,6 +2,7 @@
 live accuracy are merged into one window per version, and the pipeline's trigger decides on it."""
 
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -132,3 +133,38 @@ def test_replicas_from_urls_and_from_dns():
         resolve_replicas("dns://localhost")
     with pytest.raises(ReplicaSpecError, match="cannot resolve"):
         resolve_replicas("dns://no-such-host.invalid:80")
+
+
+def test_replicas_on_a_postgresql_store_follow_its_aliases_together(postgres_store_url, tmp_path):
+    """The fleet's shared registry: two replicas serve registry://fraud@production from one
+    PostgreSQL store (blobs in its shared directory); a promotion moves both."""
+    from loopserve.registry import register_model, set_alias
+    from loopserve.server.config import ServerConfig
+    from loopserve.server.main import build_app
+    from loopserve.serving.registry_source import ModelSource
+    from loopserve.store import Store
+
+    def register(seed, alias=None):
+        model_dir = zoo.write_model_dir(tmp_path / f"build-{seed}", "fraud", zoo.tiny_mlp(seed=seed))
+        with Store(postgres_store_url) as store:
+            return register_model("fraud", [model_dir / "config.yaml", model_dir / "1" / "model.onnx"],
+                                  alias=alias, store=store).version
+
+    v1 = register(1, alias="production")
+    config = ServerConfig(models=[ModelSource(name="fraud", source="registry://fraud@production")],
+                          store=postgres_store_url, repository_poll_s=0.05)
+    replicas = [RunningServer(build_app(config)) for _ in range(2)]
+    try:
+        view = FleetView([f"http://{r.url}" for r in replicas], "fraud")
+        assert view.traffic()["weights"] == {str(v1): 1.0}
+        v2 = register(2)
+        with Store(postgres_store_url) as store:
+            set_alias("fraud", "production", v2, store=store)
+        deadline = time.monotonic() + 30
+        while view.traffic()["weights"] != {str(v2): 1.0} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        traffic = view.traffic()
+        assert traffic["weights"] == {str(v2): 1.0} and traffic["settled"]  # every replica, not just one
+    finally:
+        for replica in replicas:
+            replica.stop()
