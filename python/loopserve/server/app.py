@@ -21,17 +21,17 @@ from starlette.routing import Route
 
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
-from loopserve.serving.model import Model
+from loopserve.server import triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.http_errors import Unauthorized, error_body, status_of
 from loopserve.server.infer import InferEndpoint
-from loopserve.server.wire import INFER_PATH
-from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
+from loopserve.server.protocol import ProtocolError
+from loopserve.server.wire import INFER_PATH
+from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
 from loopserve.serving.watch import RepositoryWatcher
-from loopserve.server import triton_json
 
 log = logging.getLogger("loopserve.server")
 

@@ -41,7 +41,16 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # HTTP front-end processes. 1: one process serves everything (as the in-process API does).
     # N > 1: N front ends parse and encode, one engine process holds the models, batchers,
     # routing, monitors and feedback, and requests travel between them through shared memory.
-    workers: Annotated[int, Meta(ge=1, le=256)] = 1
+    # auto: half the cores this process may use (the other half for the engine's executors),
+    # at most 8: 1 on a 2-core machine, 8 on a 16-core GPU host (README, "Several cores").
+    workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = "auto"
+
+    def worker_count(self) -> int:
+        if self.workers != "auto":
+            return self.workers
+        import os
+
+        return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # How often the repository is checked for changed or new models (loaded without a
     # restart); 0: never.

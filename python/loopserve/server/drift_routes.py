@@ -11,8 +11,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from loopserve.errors import ModelNotFound
-from loopserve.serving.model import Model
 from loopserve.server.protocol import ProtocolError
+from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
 
 DEFAULT_WINDOWS = 5

@@ -182,7 +182,7 @@ class FrontendApp:
             status, extra = status_of(exc)
             if status == 500:
                 log.error("infer failed", exc_info=exc, extra={"model": name})
-            await send_response(send, status, _JSON + extra, error_body(str(exc)))
+            await send_response(send, status, [*_JSON, *extra], error_body(str(exc)))
             return
         status, answered_by, text, outputs = await pending
         if status != 200:

@@ -14,12 +14,12 @@ import time
 import numpy as np
 
 from loopserve.errors import InvalidInput, LoopserveError, ModelError
-from loopserve.serving.model import Model
 from loopserve.server.body import read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.wire import headers_of, scheduling_of, send_response
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
+from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
 
 log = logging.getLogger("loopserve.server")
