@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup system-packages demo test bench clean
 
 setup: $(STAMP)
 
@@ -20,10 +20,27 @@ $(STAMP): pyproject.toml CMakeLists.txt
 	$(BIN)/pip install -q --no-build-isolation -e ".[$(EXTRAS)]" -Ceditable.rebuild=true -Cbuild-dir=build/editable
 	touch $@
 
+# What the tests start or run themselves: PostgreSQL (the shared store), Prometheus (scraping a
+# server), kubectl (rendering the kustomize manifests). Installed only when missing, and only as
+# root on a Debian-like machine (elsewhere the tests that need them say why they skip).
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "not installed (needs root and apt-get):$$missing"; \
+		fi; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/loopserve demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

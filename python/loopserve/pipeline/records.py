@@ -1,4 +1,4 @@
-"""What the pipeline did, in the store's SQLite: runs, their steps, and trigger decisions.
+"""What the pipeline did, in the store's database: runs, their steps, and trigger decisions.
 
 A run is a row per attempt (model, why it started, status); each step is a row with its
 status, times and a JSON detail. `loopserve pipeline status` reads them; a step that failed
@@ -54,7 +54,7 @@ KEEP_DECISIONS = 10_000  # per model: a watch loop decides every few seconds, fo
 
 
 class PipelineRecords:
-    """Not shared between threads (one SQLite connection); any number of processes."""
+    """Not shared between threads (one database connection); any number of processes."""
 
     def __init__(self, store: Store):
         self.store = store
@@ -70,8 +70,10 @@ class PipelineRecords:
 
     def start_step(self, run_id: str, step: str, position: int) -> None:
         with transaction(self.store.db) as db:
-            db.execute("INSERT OR REPLACE INTO pipeline_steps (run_id, step, position, status, started_at) "
-                       "VALUES (?, ?, ?, ?, ?)", (run_id, step, position, "running", time.time()))
+            db.execute("INSERT INTO pipeline_steps (run_id, step, position, status, started_at) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (run_id, step) DO UPDATE SET position = excluded.position, status = excluded.status, "
+                       "started_at = excluded.started_at, finished_at = NULL, detail = NULL",
+                       (run_id, step, position, "running", time.time()))
 
     def finish_step(self, run_id: str, step: str, status: str, detail: dict) -> None:
         with transaction(self.store.db) as db:
