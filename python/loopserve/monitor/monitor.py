@@ -107,9 +107,7 @@ class DriftMonitor:
         return self._latest[1]
 
     def report(self, include_open: bool = True, last: int | None = None) -> DriftReport:
-        windows = self.native.windows(include_open)
-        if last is not None:
-            windows = windows[-last:]
+        windows = self.native.windows(include_open, last or 0)
         drifts = [window_drift(w, self.profile, self.config.policy) for w in windows]
         latest = self.latest_closed()  # whatever the slice: the alert is the latest closed window's
         return DriftReport(model=self.model, version=self.version, reference_rows=self.profile.rows,

@@ -93,9 +93,11 @@ class PipelineRecords:
                 db.execute("DELETE FROM pipeline_decisions WHERE model = ? AND at < (SELECT at FROM pipeline_decisions "
                            "WHERE model = ? ORDER BY at DESC LIMIT 1 OFFSET ?)", (model, model, KEEP_DECISIONS))
 
-    def decisions(self, model: str, limit: int = 50) -> list[dict]:
+    def decisions(self, model: str, limit: int = 50, fired_only: bool = False) -> list[dict]:
+        """The newest decisions first; `fired_only`: those that started a run."""
         rows = self.store.db.execute("SELECT at, fire, reasons, evidence FROM pipeline_decisions WHERE model = ? "
-                                     "ORDER BY at DESC LIMIT ?", (model, limit)).fetchall()
+                                     + ("AND fire = 1 " if fired_only else "") + "ORDER BY at DESC LIMIT ?",
+                                     (model, limit)).fetchall()
         return [{"at": r["at"], "fire": bool(r["fire"]), "reasons": json.loads(r["reasons"]),
                  "evidence": json.loads(r["evidence"])} for r in rows]
 

@@ -29,6 +29,7 @@ from loopserve.server.infer import InferEndpoint
 from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.repository import ModelRepository
+from loopserve.server.ui_routes import UiRoutes
 from loopserve.server.watch import RepositoryWatcher
 from loopserve.server import triton_json
 
@@ -85,6 +86,7 @@ class LoopserveApp:
             Route("/v2/repository/models/{model}/load", self.repository_load, methods=["POST"]),
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
+            *UiRoutes(repository, self.metrics, self._authorize).routes(),
         ]
         # Refusals are handled where they are raised; only an unexpected exception reaches the
         # `Exception` handler (which Starlette also re-raises, so the server logs it).
