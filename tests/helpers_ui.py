@@ -6,6 +6,7 @@ traffic that drifts, and its labels."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from pathlib import Path
 
@@ -79,17 +80,24 @@ def build_store(root: Path, work: Path) -> dict:
     return ids
 
 
-def server_config(store_root: Path, **overrides) -> ServerConfig:
+def server_config(store_root: Path, drift: DriftConfig | None = None, feedback: FeedbackConfig | None = None,
+                  **overrides) -> ServerConfig:
+    """Serves registry://fraud@production with the canary alias at 30%; small windows, so a few
+    hundred requests make several of each."""
+    drift = drift or DriftConfig(window_rows=400, window_seconds=0, policy=DriftPolicy(min_rows=200))
+    feedback = feedback or FeedbackConfig(window_labels=100, threshold=None)
     source = ModelSource(name="fraud", source="registry://fraud@production", canary_alias="canary", canary_weight=30,
-                         drift=DriftConfig(window_rows=400, window_seconds=0, policy=DriftPolicy(min_rows=200)),
-                         feedback=FeedbackConfig(window_labels=100, threshold=None))
+                         drift=drift, feedback=feedback)
     return ServerConfig(models=[source], store=str(store_root), repository_poll_s=0.2, management_token=TOKEN,
                         **overrides)
 
 
-def drive(server, requests: int = 300, rows: int = 8, shift_after: int = 150, seed: int = 1) -> int:
+def drive(server, requests: int = 300, rows: int = 8, shift_after: int = 150, seed: int = 1,
+          version: int | None = None) -> int:
     """Sends `requests` infer requests of `rows` rows (the first feature shifted by +1.5 after
-    `shift_after`: drift) and labels for each; returns the requests that failed."""
+    `shift_after`: drift), to `version` or as routed, and labels for each; returns the
+    requests that failed."""
+    path = "/v2/models/fraud" + (f"/versions/{version}" if version else "") + "/infer"
     rng = np.random.default_rng(seed)
     failed, labels = 0, []
     for i in range(requests):
@@ -98,7 +106,7 @@ def drive(server, requests: int = 300, rows: int = 8, shift_after: int = 150, se
             x[:, 0] += 1.5
         body = msgspec.json.encode({"id": f"req-{seed}-{i}", "inputs": [
             {"name": zoo.INPUT, "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}]})
-        status, _, _ = server.request("POST", "/v2/models/fraud/infer", body)
+        status, _, _ = server.request("POST", path, body)
         failed += status != 200
         labels.append({"id": f"req-{seed}-{i}", "label": (x[:, 0] > 0.5).astype(int).tolist()})
     for start in range(0, len(labels), 100):
@@ -106,3 +114,22 @@ def drive(server, requests: int = 300, rows: int = 8, shift_after: int = 150, se
                                       msgspec.json.encode({"labels": labels[start:start + 100]}))
         failed += status != 200
     return failed
+
+
+def headless_chromium():
+    """A Selenium session on headless Chromium, or a string saying why there is none."""
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        return "selenium is not installed (pip install -e .[dev])"
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        return "no headless Chromium: install the Debian packages chromium and chromium-driver (make test does, as root)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000", "--force-device-scale-factor=1"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(driver))  # the packaged driver: no download

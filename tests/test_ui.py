@@ -4,7 +4,6 @@ promote and a roll back clicked, confirmed, and the server seen to follow. Scree
 kept under build/ui-artifacts (or $LOOPSERVE_UI_ARTIFACTS); the run prints where."""
 
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import msgspec
 import pytest
 
 from conftest import RunningServer
-from helpers_ui import TOKEN, build_store, drive, server_config
+from helpers_ui import TOKEN, build_store, drive, headless_chromium, server_config
 from loopserve.server.main import build_app
 
 ARTIFACTS = Path(os.environ.get("LOOPSERVE_UI_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "ui-artifacts"))
@@ -97,27 +96,11 @@ def test_bad_requests_get_clear_refusals(demo_server):
 
 # -- in the browser -----------------------------------------------------------------------
 
-def _browser_paths():
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    return browser, driver
-
-
 @pytest.fixture(scope="module")
 def browser(request):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e .[dev])")
-    binary, driver = _browser_paths()
-    if not binary or not driver:
-        pytest.skip("no headless Chromium: install the Debian packages chromium and chromium-driver "
-                    "(make test does, as root)")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", "--force-device-scale-factor=1"):
-        options.add_argument(arg)
-    session = webdriver.Chrome(options=options, service=Service(driver))
+    session = headless_chromium()
+    if isinstance(session, str):
+        pytest.skip(session)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         yield session
@@ -178,6 +161,10 @@ def test_every_page_shows_the_servers_data(demo_server, browser):
     assert f"run {ids['runs'][1][:8]}" in lineage and "snapshot" in lineage and "parent v1" in lineage
     history = text(browser, "[data-alias-move]")
     assert "production" in history and "canary" in history and "first model" in history
+    assert text(browser, "[data-answer=alias-at]") == "v1"  # production now
+    browser.execute_script("""const input = document.querySelector("[data-model=fraud] input[type=datetime-local]");
+        input.value = "2020-01-01T00:00:00"; input.dispatchEvent(new Event("change"));""")
+    assert text(browser, "[data-answer=alias-at]") == "not set yet"
     shot(browser, "registry")
 
     open_page(browser, server, "runs")

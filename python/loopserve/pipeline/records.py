@@ -56,10 +56,12 @@ KEEP_DECISIONS = 10_000  # per model: a watch loop decides every few seconds, fo
 class PipelineRecords:
     """Not shared between threads (one SQLite connection); any number of processes."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, create: bool = True):
+        """`create=False` for a reader that knows the tables exist: no write transaction."""
         self.store = store
         self._decisions_recorded = 0
-        ensure_schema(store.db, SCHEMA)
+        if create:
+            ensure_schema(store.db, SCHEMA)
 
     def start_run(self, model: str, reason: str) -> str:
         run_id = uuid.uuid4().hex[:12]

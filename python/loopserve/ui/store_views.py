@@ -91,7 +91,9 @@ def pipeline_view(root: str | None, limit: int) -> dict:
     if not has_store(root):
         return {"runs": []}
     with Store(root) as store:
-        records = PipelineRecords(store)
+        if store.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'pipeline_runs'").fetchone() is None:
+            return {"runs": []}  # no pipeline has run against this store
+        records = PipelineRecords(store, create=False)
         runs = records.runs(limit=limit)
         fired = {}
         for model in {r.model for r in runs}:

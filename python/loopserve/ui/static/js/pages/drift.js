@@ -26,9 +26,10 @@ async function drawHistogram(ctx) {
 }
 
 export default {
-  pollSeconds: 2,
+  // The open window's statistics are made on each read (tens of ms of the server's CPU): every 5 s.
+  pollSeconds: 5,
   enter(el, ctx) {
-    state = { stat: "psi", windows: "60", version: null, feature: null, features: [] };
+    state = { stat: "psi", windows: "30", version: null, feature: null, features: [] };
     els = {
       kpis: h("div", { class: "kpis" }), controls: h("div", { class: "controls" }),
       chart: h("div", { class: "chart", "data-chart": "drift" }), verdicts: h("div", { "data-table": "verdicts" }),
@@ -62,7 +63,7 @@ export default {
           v => { state.version = v; ctx.refresh(); }, { "data-control": "version" })),
         h("label", {}, "statistic ", select(STATISTICS, state.stat, v => { state.stat = v; chart.yLabel = STATISTICS[v]; chart.key = ""; ctx.refresh(); },
           { "data-control": "statistic" })),
-        h("label", {}, "windows ", select({ 20: "last 20", 60: "last 60", 200: "last 200" }, state.windows,
+        h("label", {}, "windows ", select({ 10: "last 10", 30: "last 30", 100: "last 100", 200: "last 200" }, state.windows,
           v => { state.windows = v; ctx.refresh(); }, { "data-control": "windows" })));
       clear(els.histogramControls, h("label", {}, "feature ", select(Object.fromEntries(features.map(f => [f, f])), state.feature,
         v => { state.feature = v; drawHistogram(ctx); }, { "data-control": "feature" })));
