@@ -66,6 +66,7 @@ async function show() {
   for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.getAttribute("href") === "#" + name);
   current = { name, page };
   document.body.dataset.page = name;
+  delete document.body.dataset.updated;  // set again once this page has read its data
   ctx.say("");
   pageEl.replaceChildren();
   page.enter(pageEl, ctx);
