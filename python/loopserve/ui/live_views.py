@@ -50,7 +50,7 @@ def _ms(seconds: float) -> float | None:
 
 def histogram_view(model, feature: str) -> dict:
     """Reference and current shares per bin (numeric) or category (categorical, "other" last)
-    of `feature`, in the newest window holding rows (the open one, else the last closed)."""
+    of `feature`, in the open window once it has the rows a verdict needs, else the last closed."""
     drift = model.drift
     found = _find_feature(drift.profile, feature)
     if found is None:
@@ -58,6 +58,8 @@ def histogram_view(model, feature: str) -> dict:
         raise InvalidInput(f"feature={feature!r}: model '{model.name}' version {model.version} monitors {names}")
     profile, role, index = found
     windows = [w for w in drift.native.windows(True, 2) if w["inputs"].rows > 0]
+    if len(windows) == 2 and windows[-1]["inputs"].rows < drift.config.policy.min_rows:
+        windows.pop()
     window = windows[-1] if windows else None
     if isinstance(profile, NumericProfile):
         edges = [float(e) for e in profile.edges]

@@ -78,8 +78,10 @@ export default {
       h("div", {}, h("div", { class: "label" }, "windows closed"), h("div", { class: "big" }, fmt(report.monitor.windows_closed))),
       h("div", {}, h("div", { class: "label" }, "rows skipped"), h("div", { class: "big" }, fmt(report.monitor.rows_skipped))),
       h("div", {}, h("div", { class: "label" }, "drifted now"), h("div", {}, last && last.drifted_features.length ? last.drifted_features.join(", ") : "–")));
-    chart.update(features, [windows.map(w => w.end),
-      ...features.map(name => windows.map(w => { const f = w.features.find(x => x.name === name); return f ? f[state.stat] ?? null : null; }))]);
+    // The open window joins the chart once it has enough rows for a verdict (a few rows are noise).
+    const charted = windows.filter(w => w.closed || w.verdict !== "insufficient data");
+    chart.update(features, [charted.map(w => w.end),
+      ...features.map(name => charted.map(w => { const f = w.features.find(x => x.name === name); return f ? f[state.stat] ?? null : null; }))]);
     clear(els.verdicts, table([
       { label: "window", value: w => `${time(w.start)} – ${time(w.end)}${w.closed ? "" : " (open)"}` },
       { label: "rows", num: true, value: w => fmt(w.rows) },
