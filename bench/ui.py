@@ -16,6 +16,9 @@ Usage: .venv/bin/python bench/ui.py [--quick] [--rounds R] [--seconds S]
    at once, every 2 s (the drift page reads every 5 s: a worst case; the server's cost alone); "browser" is
    headless Chromium with the drift page open (its rendering shares this machine's cores, so
    that ratio is a floor). The ratio is the median of per-round ratios. Target >= 0.98.
+   On a shared 2-core machine those rounds swing with everyone else's load, so the script also
+   measures the server process's own CPU with no traffic, idle and with the pages' reads
+   replayed: their difference is the share of a core the UI costs the server.
 """
 
 from __future__ import annotations
@@ -132,6 +135,31 @@ def poll_like_the_pages(url: str, stop: threading.Event, period_s: float = 2.0) 
         stop.wait(max(0.0, period_s - (time.monotonic() - started)))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_share(target: Target, seconds: float) -> dict:
+    """The server's CPU (share of one core) with no traffic: idle, and with the pages' reads
+    replayed. Their difference is what the UI costs the server, whatever else the machine runs."""
+    pid = target.server.proc.pid
+    out = {}
+    for mode in ("idle", "poller", "idle", "poller"):
+        stop = threading.Event()
+        poller = threading.Thread(target=poll_like_the_pages, args=(target.url, stop), daemon=True)
+        if mode == "poller":
+            poller.start()
+        before, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        out.setdefault(mode, []).append((cpu_seconds(pid) - before) / (time.monotonic() - t0))
+        stop.set()
+        if mode == "poller":
+            poller.join()
+    return {mode: statistics.mean(v) for mode, v in out.items()}
+
+
 def bench_polling(work: Path, rounds: int, seconds: float, browser) -> dict:
     config = server_config(work / "store", drift=DriftConfig(), feedback=FeedbackConfig(threshold=None))
     target = Target("polled", work, config).start()
@@ -142,7 +170,8 @@ def bench_polling(work: Path, rounds: int, seconds: float, browser) -> dict:
                                        "data": [0.1] * len(FEATURES)}]})
         script.write_text(serving.WRK_JSON_REQUEST.replace("%BODY%", body) + "\n" + serving.WRK_DONE)
         wrk_target = target.server
-        serving.run_wrk(wrk_target, 16, 1, script, model="fraud")  # warm up
+        serving.run_wrk(wrk_target, 16, 1, script, model="fraud")  # warm up (and drift windows to read)
+        cpu = server_cpu_share(target, seconds * 3)
         rates: dict[str, list[float]] = {"none": [], "poller": [], "browser": []}
         ratios: dict[str, list[float]] = {"poller": [], "browser": []}
         for i in range(rounds):
@@ -170,7 +199,7 @@ def bench_polling(work: Path, rounds: int, seconds: float, browser) -> dict:
                 rates[mode].append(result.req_s)
             for mode in ("poller", "browser"):
                 ratios[mode].append(got[mode] / got["none"])
-        return {"rates": {m: statistics.median(v) for m, v in rates.items()},
+        return {"cpu": cpu, "rates": {m: statistics.median(v) for m, v in rates.items()},
                 "ratios": {m: statistics.median(v) for m, v in ratios.items()}, "all_ratios": ratios}
     finally:
         target.stop()
@@ -179,8 +208,8 @@ def bench_polling(work: Path, rounds: int, seconds: float, browser) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--loads", type=int, default=5)
     args = ap.parse_args()
     browser = headless_chromium()
@@ -200,8 +229,12 @@ def main() -> int:
             for page in dict.fromkeys(r["page"] for r in rows):
                 long, short = by[("history-10000", page)], by[("history-20", page)]
                 print(f"| {page} | {long:,.0f} | {short:,.0f} | {long / short:.2f} |")
-            res = bench_polling(work, 2 if args.quick else args.rounds, 2.0 if args.quick else args.seconds, browser)
+            res = bench_polling(work, 2 if args.quick else args.rounds, args.seconds, browser)
             print("\n## serving throughput with the UI polling vs none (wrk JSON c=16, alternating rounds)\n")
+            cpu = res["cpu"]
+            print(f"server CPU, no traffic: idle {cpu['idle']:.3f} of a core, the pages' reads replayed "
+                  f"{cpu['poller']:.3f}: the UI costs {cpu['poller'] - cpu['idle']:.3f} of a core "
+                  f"(a saturated server would keep about {1 - (cpu['poller'] - cpu['idle']):.3f} of its throughput)")
             print(f"req/s none {res['rates']['none']:,.0f}, poller {res['rates']['poller']:,.0f}, "
                   f"browser {res['rates']['browser']:,.0f}")
             for mode in ("poller", "browser"):
