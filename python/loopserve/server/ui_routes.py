@@ -61,7 +61,8 @@ class UiRoutes:
     # -- reading --------------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:
-        return _json(live_views.models_view(self.repository, self.metrics))
+        alerts = await run_in_threadpool(live_views.drift_alerts, self.repository)
+        return _json(live_views.models_view(self.repository, self.metrics, alerts))
 
     async def histogram(self, request: Request) -> Response:
         """Query: feature=NAME (required), version=V (default: the stable version)."""

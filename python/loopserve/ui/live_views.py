@@ -17,9 +17,22 @@ def follows_registry(repository, name: str) -> bool:
     return repository.registry is not None and name in repository.registry.sources
 
 
-def models_view(repository, metrics) -> dict:
+def drift_alerts(repository) -> dict[tuple[str, int], bool]:
+    """Whether each monitored version's latest closed window says drift. Off the event loop: a
+    window that closed since the last look gets its statistics made here (tens of ms)."""
+    alerts = {}
+    for name, router in list(repository.routers.items()):
+        for version, model in list(router.versions.items()):
+            if model.drift is not None:
+                latest = model.drift.latest_closed()
+                alerts[(name, version)] = latest is not None and latest.verdict == "drift"
+    return alerts
+
+
+def models_view(repository, metrics, alerts: dict[tuple[str, int], bool]) -> dict:
     """Cumulative request counts with the time they were read (`at`): the page turns two reads
-    into requests/s. Latency quantiles are the upper bounds of the histogram buckets holding them."""
+    into requests/s. Latency quantiles are the upper bounds of the histogram buckets holding them.
+    On the event loop, which alone changes the routers and the latency histograms."""
     models = []
     for name, router in sorted(repository.routers.items()):
         state = router.state()
@@ -28,13 +41,12 @@ def models_view(repository, metrics) -> dict:
             s = model.stats()
             latency = metrics.latency(name, str(version))
             drift = model.drift
-            latest = drift.latest_closed() if drift is not None else None
             versions.append({
                 "version": version, "weight": state.weights.get(version, 0.0), "shadow": version in state.shadow,
                 "requests": s.success + s.failed + s.timed_out, "failed": s.failed + s.timed_out,
                 "queued": s.queued, "p50_ms": _ms(latency.quantile(0.5)), "p99_ms": _ms(latency.quantile(0.99)),
                 "drift": None if drift is None else {
-                    "alert": latest is not None and latest.verdict == "drift",
+                    "alert": alerts.get((name, version), False),
                     "features": [f.name for f in drift.profile.features] + [f.name for f in drift.profile.outputs]},
             })
         source = repository.registry.sources[name].source if follows_registry(repository, name) else "repository"
