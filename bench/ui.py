@@ -174,6 +174,7 @@ def bench_polling(work: Path, rounds: int, seconds: float, browser) -> dict:
         cpu = server_cpu_share(target, seconds * 3)
         rates: dict[str, list[float]] = {"none": [], "poller": [], "browser": []}
         ratios: dict[str, list[float]] = {"poller": [], "browser": []}
+        cpu_per_request: dict[str, list[float]] = {"none": [], "poller": [], "browser": []}
         for i in range(rounds):
             modes = ["none", "poller", "browser"] if i % 2 == 0 else ["browser", "poller", "none"]
             got = {}
@@ -187,7 +188,9 @@ def bench_polling(work: Path, rounds: int, seconds: float, browser) -> dict:
                     browser.get(f"{target.url}/ui/?t={time.monotonic_ns()}#drift")
                 if mode != "none":
                     time.sleep(1.0)  # the UI open and polling when the round starts
+                cpu_before = cpu_seconds(target.server.proc.pid)
                 result = serving.run_wrk(wrk_target, 16, seconds, script, model="fraud")
+                cpu_used = cpu_seconds(target.server.proc.pid) - cpu_before
                 stop.set()
                 if poller:
                     poller.join()
@@ -197,9 +200,12 @@ def bench_polling(work: Path, rounds: int, seconds: float, browser) -> dict:
                     raise RuntimeError(result.note)
                 got[mode] = result.req_s
                 rates[mode].append(result.req_s)
+                # Server CPU per request moves less than req/s when other work takes the cores.
+                cpu_per_request[mode].append(cpu_used / max(1, result.requests))
             for mode in ("poller", "browser"):
                 ratios[mode].append(got[mode] / got["none"])
-        return {"cpu": cpu, "rates": {m: statistics.median(v) for m, v in rates.items()},
+        per_request = {m: statistics.median(v) for m, v in cpu_per_request.items()}
+        return {"cpu": cpu, "cpu_per_request_us": {m: 1e6 * v for m, v in per_request.items()}, "rates": {m: statistics.median(v) for m, v in rates.items()},
                 "ratios": {m: statistics.median(v) for m, v in ratios.items()}, "all_ratios": ratios}
     finally:
         target.stop()
@@ -211,6 +217,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--loads", type=int, default=5)
+    ap.add_argument("--polling-only", action="store_true", help="skip the time to first chart")
     args = ap.parse_args()
     browser = headless_chromium()
     if isinstance(browser, str):
@@ -221,7 +228,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             build_store(work / "store", work)
-            rows = bench_first_chart(work, 2 if args.quick else args.loads, browser)
+            rows = [] if args.polling_only else bench_first_chart(work, 2 if args.quick else args.loads, browser)
             print("\n## time to first chart (ms, median of fresh loads; target < 1000)\n")
             print("| page | history 10,000 | history 20 | ratio |")
             print("| --- | ---: | ---: | ---: |")
@@ -237,6 +244,9 @@ def main() -> int:
                   f"(a saturated server would keep about {1 - (cpu['poller'] - cpu['idle']):.3f} of its throughput)")
             print(f"req/s none {res['rates']['none']:,.0f}, poller {res['rates']['poller']:,.0f}, "
                   f"browser {res['rates']['browser']:,.0f}")
+            us = res["cpu_per_request_us"]
+            print(f"server CPU per request (median of rounds): none {us['none']:.1f} us, poller {us['poller']:.1f} us "
+                  f"({us['none'] / us['poller']:.3f}), browser {us['browser']:.1f} us ({us['none'] / us['browser']:.3f})")
             for mode in ("poller", "browser"):
                 per_round = ", ".join(f"{r:.3f}" for r in res["all_ratios"][mode])
                 print(f"{mode}/none: median {res['ratios'][mode]:.3f} (rounds: {per_round}; target >= 0.98)")
