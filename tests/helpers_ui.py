@@ -21,7 +21,7 @@ from loopserve.pipeline.records import PipelineRecords
 from loopserve.pipeline.trigger import Evidence, TriggerConfig, decide
 from loopserve.registry import register_model, set_alias
 from loopserve.server.config import ServerConfig
-from loopserve.server.registry_source import ModelSource
+from loopserve.serving.registry_source import ModelSource
 from loopserve.store import Store
 from loopserve.tracking import start_run
 

@@ -33,10 +33,11 @@ def _json(content, status: int = 200) -> Response:
 
 
 class UiRoutes:
-    def __init__(self, repository, metrics, authorize: Callable[[Request], None]):
+    def __init__(self, repository, metrics, authorize: Callable[[Request], None], before_metrics: list = ()):
         self.repository = repository
         self.metrics = metrics
         self.authorize = authorize
+        self.before_metrics = before_metrics  # awaited before latency is read (front ends hold theirs)
 
     @property
     def store_root(self) -> str | None:
@@ -61,6 +62,8 @@ class UiRoutes:
     # -- reading --------------------------------------------------------------------------
 
     async def models(self, request: Request) -> Response:
+        for hook in self.before_metrics:
+            await hook()
         alerts = await run_in_threadpool(live_views.drift_alerts, self.repository)
         return _json(live_views.models_view(self.repository, self.metrics, alerts))
 
