@@ -213,3 +213,24 @@ def test_promote_and_roll_back_are_confirmed_then_the_server_follows(demo_server
     history = get(server, "/ui/api/registry")[1]["models"][0]["alias_history"]
     assert [(e["alias"], e["action"], e["version"]) for e in history[-2:]] == [
         ("production", "rollback", 1), ("canary", "set", 1)]
+
+
+def test_the_ui_through_two_front_end_processes(tmp_path):
+    """workers: 2: the front ends forward /ui to the engine, and the models route reads the
+    latency the front ends measured."""
+    build_store(tmp_path / "store", tmp_path)
+    server = RunningServer(build_app(server_config(tmp_path / "store")), workers=2)
+    try:
+        assert drive(server, requests=40, shift_after=20) == 0
+        status, models = get(server, "/ui/api/models")
+        versions = models["models"][0]["versions"]
+        assert status == 200 and sum(v["requests"] for v in versions) == 40
+        assert all(v["p99_ms"] for v in versions if v["requests"])
+        status, _, page = server.request("GET", "/ui/")
+        assert status == 200 and b"js/app.js" in page
+        status, _, script = server.request("GET", "/ui/js/pages/drift.js")
+        assert status == 200 and b"export default" in script
+        status, registry = get(server, "/ui/api/registry")
+        assert status == 200 and len(registry["models"][0]["versions"]) == 2
+    finally:
+        server.stop()
