@@ -108,7 +108,7 @@ class DriftConfig(Struct, forbid_unknown_fields=True, frozen=True):
     window_seconds: Annotated[float, Meta(ge=0, le=1e9)] = 60.0  # ...or this long (0: rows only)
     history: Positive = 20  # closed windows kept
     queue_rows: Positive = 65536  # hand-off bound: past it, batches are skipped and counted
-    quantile_sample_every: NonNegative = 0  # KLL takes every n-th row; 0: about 8k rows per window
+    quantile_sample_every: NonNegative = 0  # KLL takes each row with probability 1/n; 0: about 8k rows per window
     policy: DriftPolicy = DriftPolicy()
 
 
