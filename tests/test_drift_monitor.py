@@ -2,6 +2,7 @@
 
 import time
 
+import msgspec
 import numpy as np
 import pytest
 from scipy import stats
@@ -356,4 +357,28 @@ def test_the_alert_is_the_latest_closed_window_whatever_the_slice():
     monitor.offer(drifting(rng, 100, features=2))
     monitor.flush()
     assert monitor.report().alert and monitor.report(last=1).alert
+    monitor.stop()
+
+
+def test_the_last_n_windows_are_the_tail_of_all_and_closed_statistics_are_made_once():
+    rng = np.random.default_rng(3)
+    profile = build_profile(rng.normal(size=(4000, 3)))
+    monitor = DriftMonitor(profile, DriftConfig(window_rows=100, window_seconds=0, history=50,
+                                                policy=DriftPolicy(min_rows=50)))
+    monitor.offer(rng.normal(size=(1050, 3)).astype(np.float32))
+    monitor.flush()
+    every = monitor.native.windows(True)
+    assert len(every) == 11 and not every[-1]["closed"]
+    for last in (1, 2, 5, 11, 40):
+        tail = monitor.native.windows(True, last)
+        assert [(w["start"], w["inputs"].rows) for w in tail] == [(w["start"], w["inputs"].rows)
+                                                                  for w in every[-last:]]
+    assert [w["start"] for w in monitor.native.windows(False, 3)] == [w["start"] for w in every[-4:-1]]
+    first = monitor.report(True, 4)
+    again = monitor.report(True, 4)
+    assert [w.start for w in first.windows] == [w["start"] for w in every[-4:]]
+    assert all(a is b for a, b in zip(first.windows[:-1], again.windows[:-1]))  # closed: made once
+    assert first.windows[-1] is not again.windows[-1]  # the open window is made fresh each time
+    fresh = monitor.windows(include_open=False)[-3:]  # made without the cache
+    assert msgspec.json.encode(again.windows[:-1]) == msgspec.json.encode(fresh)
     monitor.stop()

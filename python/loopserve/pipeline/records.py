@@ -56,10 +56,12 @@ KEEP_DECISIONS = 10_000  # per model: a watch loop decides every few seconds, fo
 class PipelineRecords:
     """Not shared between threads (one database connection); any number of processes."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, create: bool = True):
+        """`create=False` for a reader that knows the tables exist: no write transaction."""
         self.store = store
         self._decisions_recorded = 0
-        ensure_schema(store.db, SCHEMA)
+        if create:
+            ensure_schema(store.db, SCHEMA)
 
     def start_run(self, model: str, reason: str) -> str:
         run_id = uuid.uuid4().hex[:12]
@@ -95,9 +97,11 @@ class PipelineRecords:
                 db.execute("DELETE FROM pipeline_decisions WHERE model = ? AND at < (SELECT at FROM pipeline_decisions "
                            "WHERE model = ? ORDER BY at DESC LIMIT 1 OFFSET ?)", (model, model, KEEP_DECISIONS))
 
-    def decisions(self, model: str, limit: int = 50) -> list[dict]:
+    def decisions(self, model: str, limit: int = 50, fired_only: bool = False) -> list[dict]:
+        """The newest decisions first; `fired_only`: those that started a run."""
         rows = self.store.db.execute("SELECT at, fire, reasons, evidence FROM pipeline_decisions WHERE model = ? "
-                                     "ORDER BY at DESC LIMIT ?", (model, limit)).fetchall()
+                                     + ("AND fire = 1 " if fired_only else "") + "ORDER BY at DESC LIMIT ?",
+                                     (model, limit)).fetchall()
         return [{"at": r["at"], "fire": bool(r["fire"]), "reasons": json.loads(r["reasons"]),
                  "evidence": json.loads(r["evidence"])} for r in rows]
 
