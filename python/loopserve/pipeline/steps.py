@@ -165,8 +165,8 @@ def canary(ctx: RunContext) -> dict:
 
 def compare(ctx: RunContext) -> dict:
     """Canary against production on live error rate, latency and feedback accuracy."""
-    from loopserve.serving.canary import VersionMetrics
     from loopserve.pipeline.retrain_data import version_accuracy
+    from loopserve.serving.canary import VersionMetrics
 
     c = ctx.config.canary
     prod, cand = str(ctx.production_version), str(ctx.candidate)
