@@ -123,6 +123,9 @@ class FeedbackConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Live metrics tumble every this many labels (per version); closed windows kept.
     window_labels: Positive = 1000
     history: Positive = 20
+    # Live metrics also by when the prediction was made: tumbling windows of this many seconds of
+    # prediction time (a late label lands in its prediction's window); `history` of them are kept.
+    window_s: Annotated[float, Meta(gt=0)] = 10.0
     # The output holding the prediction; default the first.
     output: str | None = None
     # Class names: a string label is its index here (otherwise "0"/"1"/"true"/"false" or numbers).
