@@ -31,7 +31,7 @@ def _say(message: str) -> None:
 def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = DemoSizes(), seed: int = 0,
                     echo=print) -> dict:
     """Runs the demo; returns its summary (also written into the report)."""
-    from loopserve.datasets import FraudStream
+    from loopserve.datasets import FraudStream, LabelDelay
     from loopserve.demo import setup
     from loopserve.demo.hotswap import wait_ready
     from loopserve.demo.report import write_report
@@ -68,8 +68,10 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
         stream = FraudStream(seed=seed, data_drift_at=first + sizes.drift_at, concept_drift_at=first + sizes.drift_at,
                              fraud_rate=sizes.fraud_rate)
         batch = stream.batch(first, total)
-        traffic = Traffic(port, MODEL, batch.features, batch.labels, batch.groups, "features",
-                          sizes.rows_per_s, sizes.label_delay_s)
+        delays = stream.label_delays(first, total, LabelDelay(sizes.label_delay_s, sizes.label_delay_sigma,
+                                                              sizes.labels_never))
+        traffic = Traffic(port, MODEL, batch.features, batch.labels, batch.groups, "features", sizes.rows_per_s,
+                          delays)
         t0 = time.time()
         timeline = Timeline(port, MODEL, workdir / "store", t0, echo=echo)
         echo(f"serving registry://{MODEL}@production on http://127.0.0.1:{port}; pipeline watching "

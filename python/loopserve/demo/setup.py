@@ -24,7 +24,9 @@ class DemoSizes:
     canary_min_labels: int = 400
     canary_weight: float = 30.0
     rows_per_s: float = 400.0
-    label_delay_s: float = 1.0
+    label_delay_s: float = 1.0  # the median delay of a label after its prediction
+    label_delay_sigma: float = 0.0  # log-normal spread of the delays (0: all label_delay_s)
+    labels_never: float = 0.0  # the share of rows whose label never comes
     max_seconds: float = 150.0  # give up if v2 is not promoted by then
     # Fraud is rarer in life (~3%); at 10% a few thousand labelled rows hold enough positives to
     # train and gate a model on, so the demo closes its loop in a minute or two.
