@@ -21,7 +21,7 @@ from loopserve.demo.setup import MODEL, DemoSizes
 
 QUICK = DemoSizes(train_rows=12_000, holdout_rows=4_000, epochs=3, drift_at=3_000, window_rows=1_000,
                   retrain_min_rows=5_000, canary_min_requests=250, canary_min_labels=250, rows_per_s=400.0,
-                  max_seconds=100.0)
+                  max_seconds=100.0, max_p99_latency_ms=250.0)  # a bound a loaded 2-core test machine keeps
 
 
 def _say(message: str) -> None:

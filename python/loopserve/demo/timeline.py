@@ -39,7 +39,7 @@ class Timeline:
         self.series = Series()
         self._windows_seen: set[tuple[str, float]] = set()
         self._steps_seen: set[tuple[str, str, str]] = set()
-        self._runs_seen: dict[str, str] = {}
+        self.run_status: dict[str, str] = {}  # run id -> its status, as last seen
         self._weights: dict | None = None
         self.promoted_at: float | None = None
         self.first_drift_at: float | None = None
@@ -111,8 +111,8 @@ class Timeline:
         with Store(self.store_root) as store:
             runs = PipelineRecords(store).runs(self.model, limit=3)
         for run in reversed(runs):
-            if run.id not in self._runs_seen:
-                self._runs_seen[run.id] = "running"
+            if run.id not in self.run_status:
+                self.run_status[run.id] = "running"
                 self.say(f"pipeline run {run.id} started: {run.reason}", at=run.started_at - self.t0)
             for step in run.steps:
                 key = (run.id, step.step, step.status)
@@ -121,8 +121,8 @@ class Timeline:
                 self._steps_seen.add(key)
                 self.say(f"  {step.step}: {step.status}{self._summary(step.detail)}",
                          at=(step.finished_at or time.time()) - self.t0)
-            if run.status != "running" and self._runs_seen[run.id] == "running":
-                self._runs_seen[run.id] = run.status
+            if run.status != "running" and self.run_status[run.id] == "running":
+                self.run_status[run.id] = run.status
                 self.say(f"pipeline run {run.id}: {run.status} ({run.outcome})", at=(run.finished_at or 0) - self.t0)
                 if run.status == "promoted":
                     self.promoted_at = (run.finished_at or time.time()) - self.t0

@@ -1,0 +1,143 @@
+"""The loop under real conditions, end to end through the CLI (a `loopserve serve` process, a
+`loopserve pipeline watch` process, traffic from the fraud stream), one world per test:
+
+- nothing changes -> no run;
+- a feature that carries no signal shifts -> drift fires a retrain, and the candidate (fitted on
+  the few rows since) is stopped at its gates by production, which keeps serving;
+- labels stop at the drift -> collect waits, then says exactly what it has; production untouched;
+- the fraud pattern changes, the inputs do not, labels come late (some never) -> the accuracy
+  trigger fires on complete prediction-time windows, every collected row was predicted after
+  the change, and the new version is promoted.
+
+Each checks the timeline: which trigger fired, which rows were collected, which gate decided,
+what serves at the end, and that no request failed.
+"""
+
+import shutil
+import socket
+
+import numpy as np
+import pytest
+
+from loopserve.datasets import FEATURES, LabelDelay
+from loopserve.demo import QUICK
+from loopserve.demo.scenario import Loop, World, prepare, run_world, stream_rows_of
+from loopserve.registry import current_version
+from loopserve.store import Store
+
+ACCURACY = {"drift_windows": 2, "accuracy_floor": 0.74, "accuracy_windows": 2, "min_labels": 150,
+            "label_wait_s": 2.5, "cooldown_s": 600}  # v1: accuracy ~0.79 before the change, ~0.69 after
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def v1(tmp_path_factory):
+    """v1 trained and registered once; each test gets a copy of its store and model directory."""
+    return prepare(tmp_path_factory.mktemp("loop-v1"), QUICK)
+
+
+@pytest.fixture
+def workdir(v1, tmp_path):
+    shutil.copytree(v1, tmp_path, dirs_exist_ok=True)
+    return tmp_path
+
+
+def production(workdir):
+    with Store(workdir / "store") as store:
+        return current_version("fraud", "production", store=store)
+
+
+def events(outcome):
+    return "\n".join(message for _, message in outcome.timeline.series.events)
+
+
+def assert_served_cleanly(outcome):
+    traffic = outcome.traffic
+    assert traffic.failed == [] and traffic.sent > 0, traffic.failed[:3]
+    assert outcome.timeline.errors == [], outcome.timeline.errors
+    assert outcome.server_exit == 0
+
+
+def test_no_change_no_run(workdir):
+    outcome = run_world(workdir, World(), Loop(triggers=ACCURACY, max_seconds=12, until="time"), QUICK, free_port())
+    assert_served_cleanly(outcome)
+    assert outcome.runs == [] and "pipeline run" not in events(outcome)
+    assert len(outcome.decisions) >= 10 and not any(d["fire"] for d in outcome.decisions)
+    assert outcome.decisions[-1]["evidence"]["accuracy_windows"], "no complete accuracy window was seen"
+    assert production(workdir) == 1 and set(outcome.traffic.by_version) == {"1"}
+
+
+def test_a_shift_without_signal_retrains_and_production_stops_the_worse_candidate(workdir):
+    world = World(change_at=1500, shift=(("minutes_since_last_txn", 4.0),))
+    outcome = run_world(workdir, world, Loop(triggers=ACCURACY, until="run"), QUICK, free_port())
+    assert_served_cleanly(outcome)
+    (run,) = outcome.runs
+    assert run.reason.startswith("drift in the last 2 windows (features: minutes_since_last_txn")
+    assert "live accuracy" not in run.reason  # the pattern did not change: accuracy held
+    steps = {s.step: s for s in run.steps}
+    assert steps["collect"].status == "passed" and steps["collect"].detail["predicted_from"] > outcome.onset
+    assert run.status == "stopped" and steps["train"].status == "failed"
+    gates = {g["name"]: g for g in steps["train"].detail["gates"]}
+    decided = gates["auc_vs_production"]
+    assert not decided["passed"] and decided["value"] < decided["production"]
+    assert "auc_vs_production" not in steps["train"].detail["waived"]
+    assert [steps[s].status for s in ("canary", "compare", "promote")] == ["skipped"] * 3
+    log = events(outcome)
+    assert "train: failed - the candidate failed its gates: auc 0." in log and "< production 0." in log
+    assert production(workdir) == 1 and set(outcome.traffic.by_version) == {"1"}
+
+
+def test_labels_that_stop_at_the_drift_time_out_in_collect_and_leave_production(workdir):
+    world = World(change_at=1500, data_drift=True, labels_stop_at_change=True)
+    loop = Loop(triggers=ACCURACY, retrain={"min_rows": 2000, "wait_s": 3}, until="run")
+    outcome = run_world(workdir, world, loop, QUICK, free_port())
+    assert_served_cleanly(outcome)
+    (run,) = outcome.runs
+    assert run.reason.startswith("drift in the last 2 windows") and run.status == "stopped"
+    collect = run.steps[0]
+    assert collect.step == "collect" and collect.status == "failed"
+    assert collect.detail["rows"] == 0 and collect.detail["since"] > outcome.onset
+    older = collect.detail["labelled_before_change"]
+    assert older > 0  # labels kept coming for rows predicted before the change, and were left out
+    assert collect.detail["error"].startswith(
+        "StepFailed: 0 labelled rows predicted after the change point (")
+    assert (f"after waiting 3 s for their labels; retraining needs at least 2000 ({older} rows labelled since then "
+            f"were predicted before the change and are left out)") in collect.detail["error"]
+    assert [s.status for s in run.steps[1:]] == ["skipped"] * 5
+    assert "collect: failed - StepFailed: 0 labelled rows predicted after the change point" in events(outcome)
+    assert production(workdir) == 1 and set(outcome.traffic.by_version) == {"1"}
+
+
+def test_concept_drift_with_late_labels_fires_on_accuracy_and_retrains_on_new_rows_only(workdir):
+    world = World(change_at=1500, concept_drift=True, label_delay=LabelDelay(median_s=1.0, sigma=0.5, never=0.2))
+    outcome = run_world(workdir, world, Loop(triggers=ACCURACY, max_seconds=90), QUICK, free_port())
+    assert_served_cleanly(outcome)
+    assert outcome.traffic.labels_withheld > 0
+    run = outcome.runs[0]
+    assert run.reason.startswith("live accuracy ") and "complete windows of prediction time" in run.reason
+    assert "drift in the last" not in run.reason  # the inputs did not move: no data-drift alarm
+    fired = next(d for d in outcome.decisions if d["fire"])
+    assert all(w[2] != "drift" for w in fired["evidence"]["drift_windows"])
+    assert fired["evidence"]["since"] > outcome.onset
+    # Every row it trained and gated on was predicted after the change: found by its exact inputs.
+    steps = {s.step: s for s in run.steps}
+    collect = steps["collect"].detail
+    assert collect["predicted_from"] > collect["since"] > outcome.onset
+    with Store(workdir / "store") as store:
+        rows = stream_rows_of([collect["train_snapshot"], collect["holdout_snapshot"]], outcome.features,
+                              list(FEATURES), store)
+    assert len(rows) == collect["rows"] and rows.min() >= world.change_at, np.sort(rows)[:5]
+    assert run.status == "promoted", (run.outcome, [(s.step, s.status, s.detail.get("error")) for s in run.steps])
+    gates = {g["name"]: g for g in steps["train"].detail["gates"]}
+    assert gates["auc_vs_production"]["passed"] and gates["auc_vs_production"]["value"] > gates["auc_vs_production"][
+        "production"]
+    assert production(workdir) == 2
+    assert outcome.timeline.series.weights[-1][1] == {"2": 1.0}
+    log = events(outcome)
+    assert "pipeline run" in log and "predicted after the change point at" in log and "promoted" in log
+
