@@ -143,3 +143,38 @@ def test_concept_drift_with_late_labels_fires_on_accuracy_and_retrains_on_new_ro
     log = events(outcome)
     assert "pipeline run" in log and "predicted after the change point at" in log and "promoted" in log
 
+
+
+def test_the_watcher_keeps_its_period_when_checks_take_time(workdir, serve, monkeypatch):
+    """poll_s runs from the start of one check to the next: a check that takes 0.3 s of a 0.5 s
+    period leaves 0.2 s of sleep (sleeping poll_s after each check would make the period 0.8 s)."""
+    import time
+
+    from loopserve.demo.scenario import write_configs
+    from loopserve.pipeline.records import PipelineRecords
+    from loopserve.pipeline.config import load_pipeline_config
+    from loopserve.pipeline.runner import Pipeline
+    from loopserve.server.config import load_server_config
+    from loopserve.server.main import build_app
+
+    monkeypatch.chdir(workdir)
+    server_config, _ = write_configs(workdir, Loop(), QUICK, 0)
+    server = serve(build_app(load_server_config(server_config)))
+    _, pipeline_config = write_configs(workdir, Loop(poll_s=0.5), QUICK, server.port)
+    starts = []
+
+    class BusyServerPipeline(Pipeline):
+        def check(self):
+            starts.append(time.monotonic())
+            time.sleep(0.3)  # as a slow answer from a busy server would
+            return super().check()
+
+    pipeline = BusyServerPipeline(load_pipeline_config(pipeline_config))
+    try:
+        pipeline.watch(until=time.time() + 3.0)
+    finally:
+        pipeline.close()
+    periods = np.diff(starts)
+    assert len(starts) >= 5 and np.median(periods) == pytest.approx(0.5, abs=0.08), periods
+    with Store(workdir / "store") as store:  # each check decided and recorded as usual
+        assert len(PipelineRecords(store).decisions("fraud")) == len(starts)

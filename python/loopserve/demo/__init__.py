@@ -117,6 +117,7 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
         "drift onset to promoted v2 (s)": None if timeline.promoted_at is None
         else round(timeline.promoted_at - drift_t, 1),
         "server exit status": server_code, "seconds": round(time.monotonic() - started, 1),
+        "timeline errors": timeline.errors,
     }
     report = write_report(workdir / "report.html", timeline.series, summary, drift_t, timeline.promoted_at)
     summary["report"] = str(report)

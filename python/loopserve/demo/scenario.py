@@ -79,7 +79,7 @@ def prepare(workdir: str | Path, sizes: DemoSizes, seed: int = 0) -> Path:
     return workdir
 
 
-def _write_configs(workdir: Path, loop: Loop, sizes: DemoSizes, port: int) -> tuple[Path, Path]:
+def write_configs(workdir: Path, loop: Loop, sizes: DemoSizes, port: int) -> tuple[Path, Path]:
     server = {"models": [{"name": MODEL, "source": f"registry://{MODEL}@production", "canary_alias": "canary",
                           "canary_weight": sizes.canary_weight,
                           "drift": {"window_rows": loop.drift_window_rows, "window_seconds": 0},
@@ -123,7 +123,7 @@ def run_world(workdir: str | Path, world: World, loop: Loop, sizes: DemoSizes, p
     from loopserve.store import Store
 
     workdir = Path(workdir).resolve()
-    server_config, pipeline_config = _write_configs(workdir, loop, sizes, port)
+    server_config, pipeline_config = write_configs(workdir, loop, sizes, port)
     batch, delays = live_rows(world, loop, sizes, seed)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cli = [sys.executable, "-m", "loopserve.cli"]
