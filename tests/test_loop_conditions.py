@@ -138,6 +138,10 @@ def test_concept_drift_with_late_labels_fires_on_accuracy_and_retrains_on_new_ro
     gates = {g["name"]: g for g in steps["train"].detail["gates"]}
     assert gates["auc_vs_production"]["passed"] and gates["auc_vs_production"]["value"] > gates["auc_vs_production"][
         "production"]
+    # Production ranks the new pattern worse than chance: it fails its own AUC floor, and the run says so.
+    failing = {g["name"]: g for g in steps["train"].detail["production_failing"]}
+    assert failing["auc_min"]["value"] < 0.6 and "production v1 fails its own gates: production auc" in run.outcome
+    assert "production fails its own gates" in (workdir / "pipeline.log").read_text()
     assert production(workdir) == 2
     assert outcome.timeline.series.weights[-1][1] == {"2": 1.0}
     log = events(outcome)

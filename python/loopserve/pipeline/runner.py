@@ -65,8 +65,8 @@ class Pipeline:
                 if name in ("canary", "compare"):  # the canary alias moved: put it back on production
                     outcome = ctx.outcome
                     rolled_back = self._step(ctx, position + 1, "rollback", steps.roll_back)
-                    self.records.finish_run(run_id, "rolled back" if rolled_back else "failed",
-                                            outcome if rolled_back else f"{outcome}; then {ctx.outcome}")
+                    self.records.finish_run(run_id, "rolled back" if rolled_back else "failed", _with_alerts(
+                        outcome if rolled_back else f"{outcome}; then {ctx.outcome}", ctx))
                 else:
                     for later, skipped in enumerate(names[position + 1:], position + 1):
                         self.records.start_step(run_id, skipped, later)

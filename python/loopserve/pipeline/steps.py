@@ -21,6 +21,7 @@ from loopserve.pipeline.server_view import ServerView
 
 log = logging.getLogger("loopserve.pipeline")
 
+
 class StepFailed(LoopserveError):
     def __init__(self, message: str, detail: dict | None = None):
         super().__init__(message)
