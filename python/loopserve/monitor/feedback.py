@@ -248,6 +248,14 @@ class FeedbackStore:
             return cached[1]
         return self._track(model)
 
+    def untrack(self, model) -> None:
+        """Forgets this Model object (a retired version): its record stays until its horizon,
+        so labels for its earlier predictions still join."""
+        with self._lock:
+            cached = self._fast.get(id(model))
+            if cached is not None and cached[0]() is model:
+                del self._fast[id(model)]
+
     def new_id(self) -> str:
         """A request id for a request that sent none: unique in this process and unlikely to
         repeat across processes (a random prefix)."""

@@ -205,7 +205,7 @@ class Model:
         backend = open_backend(config, find_model_file(version_dir))
         model = cls(config, backend, version)
         try:
-            from loopserve.monitor.monitor import attach_drift
+            from loopserve.serving.services import attach_drift  # the repository's drift load hook
 
             attach_drift(model, version_dir)
         except BaseException:
@@ -275,9 +275,10 @@ class Model:
         """Refuses new requests, runs everything queued, stops the worker threads, and lets
         go of the model, returning its memory to the system."""
         self._batcher.stop()
-        if self.drift is not None:
-            self._batcher.set_observer(None)
-            self.drift.stop()
+        if self.drift is not None:  # still attached (Model.load); a repository detaches it on unload
+            from loopserve.serving.services import detach_drift
+
+            detach_drift(self)
         if self.backend is None:
             return
         self._batcher.release_executor()
