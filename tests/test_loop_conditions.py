@@ -67,7 +67,7 @@ def test_no_change_no_run(workdir):
     outcome = run_world(workdir, World(), Loop(triggers=ACCURACY, max_seconds=12, until="time"), QUICK, free_port())
     assert_served_cleanly(outcome)
     assert outcome.runs == [] and "pipeline run" not in events(outcome)
-    assert len(outcome.decisions) >= 10 and not any(d["fire"] for d in outcome.decisions)
+    assert len(outcome.decisions) >= 3 and not any(d["fire"] for d in outcome.decisions)
     assert outcome.decisions[-1]["evidence"]["accuracy_windows"], "no complete accuracy window was seen"
     assert production(workdir) == 1 and set(outcome.traffic.by_version) == {"1"}
 
