@@ -46,11 +46,13 @@ def cases():
 
     retrain = {"min_rows": 3000, "max_rows": 20000, "holdout_fraction": 0.3, "wait_s": 60}
     canary = {"window_s": 60, "min_requests": 250, "min_labels": 250, "accuracy_margin": 0.01}
-    drift = {"drift_windows": 2, "cooldown_s": 600}
+    # A run whose candidate fails its gates is followed by another 10 s later, on more rows (as the
+    # demo's 30 s cooldown would): onset-to-promotion includes such retries.
+    drift = {"drift_windows": 2, "cooldown_s": 10}
 
     def accuracy(label_wait_s):
         return {"drift_windows": 2, "accuracy_floor": 0.74, "accuracy_windows": 2, "min_labels": 150,
-                "label_wait_s": label_wait_s, "cooldown_s": 600}
+                "label_wait_s": label_wait_s, "cooldown_s": 10}
 
     common = dict(rows_per_s=400.0, retrain=retrain, canary=canary, max_seconds=150.0, poll_s=0.5)
     late = LabelDelay(median_s=5.0, sigma=0.6, never=0.2)
@@ -75,7 +77,7 @@ def measure(v1: Path, name: str, world, loop, sizes) -> dict:
         outcome = run_world(work, world, loop, sizes, free_port())
         promoted = next((r for r in outcome.runs if r.status == "promoted"), None)
         result = {"case": name, "failed requests": len(outcome.traffic.failed), "requests": outcome.traffic.sent,
-                  "runs": [(r.status, r.reason) for r in outcome.runs], "onset_to_trigger_s": None,
+                  "runs": [(r.status, r.reason, r.outcome) for r in outcome.runs], "onset_to_trigger_s": None,
                   "onset_to_promotion_s": None, "post_change_share": None, "training_rows": None}
         fired = next((d for d in outcome.decisions if d["fire"]), None)
         if fired is not None and outcome.onset is not None:
