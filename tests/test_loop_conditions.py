@@ -59,6 +59,7 @@ def events(outcome):
 def assert_served_cleanly(outcome):
     traffic = outcome.traffic
     assert traffic.failed == [] and traffic.sent > 0, traffic.failed[:3]
+    assert traffic.sent + len(traffic.failed) == traffic.row  # every request sent has its outcome
     assert outcome.timeline.errors == [], outcome.timeline.errors
     assert outcome.server_exit == 0
 
