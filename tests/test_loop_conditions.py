@@ -117,17 +117,29 @@ def test_labels_that_stop_at_the_drift_time_out_in_collect_and_leave_production(
 def test_concept_drift_with_late_labels_fires_on_accuracy_and_retrains_on_new_rows_only(workdir):
     world = World(change_at=1500, concept_drift=True, label_delay=LabelDelay(median_s=1.0, sigma=0.5, never=0.2))
     # Enough rows that the holdout has 20+ fraud cases in two age groups (equal opportunity is measured).
-    loop = Loop(triggers=ACCURACY, retrain={"min_rows": 3000, "holdout_fraction": 0.3, "wait_s": 30}, max_seconds=90)
+    # A candidate fitted on ~2,000 new rows may still fail the equal-opportunity gate against
+    # production (bench/loop_conditions.py sees it in about a third of first runs): a short
+    # cooldown lets the next run, on more rows, try again, as a real watcher would.
+    loop = Loop(triggers=ACCURACY | {"cooldown_s": 3}, retrain={"min_rows": 3000, "holdout_fraction": 0.3,
+                                                                "wait_s": 30}, max_seconds=120)
     outcome = run_world(workdir, world, loop, QUICK, free_port())
     assert_served_cleanly(outcome)
     assert outcome.traffic.labels_withheld > 0
-    run = outcome.runs[0]
-    assert run.reason.startswith("live accuracy ") and "complete windows of prediction time" in run.reason
-    assert "drift in the last" not in run.reason  # the inputs did not move: no data-drift alarm
-    fired = next(d for d in outcome.decisions if d["fire"])
-    assert all(w[2] != "drift" for w in fired["evidence"]["drift_windows"])
-    assert fired["evidence"]["since"] > outcome.onset
-    # Every row it trained and gated on was predicted after the change: found by its exact inputs.
+    *stopped, run = outcome.runs
+    assert run.status == "promoted", (run.outcome, [(s.step, s.status, s.detail.get("error")) for s in run.steps])
+    for earlier in stopped:  # stopped at its gates, with what they compared
+        train = next(s for s in earlier.steps if s.step == "train")
+        assert earlier.status == "stopped" and train.status == "failed", earlier.outcome
+        assert any(not g["passed"] and g["production"] is not None for g in train.detail["gates"])
+    for each in outcome.runs:
+        assert each.reason.startswith("live accuracy ") and "complete windows of prediction time" in each.reason
+        assert "drift in the last" not in each.reason  # the inputs did not move: no data-drift alarm
+    fired = [d for d in outcome.decisions if d["fire"]]
+    assert len(fired) == len(outcome.runs)
+    assert all(w[2] != "drift" for d in fired for w in d["evidence"]["drift_windows"])
+    assert all(d["evidence"]["since"] > outcome.onset for d in fired)
+    # Every row the promoted version trained and was gated on was predicted after the change:
+    # found by its exact inputs among the rows sent.
     steps = {s.step: s for s in run.steps}
     collect = steps["collect"].detail
     assert collect["predicted_from"] > collect["since"] > outcome.onset
@@ -135,7 +147,6 @@ def test_concept_drift_with_late_labels_fires_on_accuracy_and_retrains_on_new_ro
         rows = stream_rows_of([collect["train_snapshot"], collect["holdout_snapshot"]], outcome.features,
                               list(FEATURES), store)
     assert len(rows) == collect["rows"] and rows.min() >= world.change_at, np.sort(rows)[:5]
-    assert run.status == "promoted", (run.outcome, [(s.step, s.status, s.detail.get("error")) for s in run.steps])
     gates = {g["name"]: g for g in steps["train"].detail["gates"]}
     assert gates["auc_vs_production"]["passed"] and gates["auc_vs_production"]["value"] > gates["auc_vs_production"][
         "production"]
@@ -147,7 +158,6 @@ def test_concept_drift_with_late_labels_fires_on_accuracy_and_retrains_on_new_ro
     assert outcome.timeline.series.weights[-1][1] == {"2": 1.0}
     log = events(outcome)
     assert "pipeline run" in log and "predicted after the change point at" in log and "promoted" in log
-
 
 
 def test_the_watcher_keeps_its_period_when_checks_take_time(workdir, serve, monkeypatch):
