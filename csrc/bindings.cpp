@@ -259,6 +259,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("max_queue_delay_us", &BatcherConfig::max_queue_delay_us)
       .def_readwrite("adaptive_queue_delay", &BatcherConfig::adaptive_queue_delay)
       .def_readwrite("queue_capacity", &BatcherConfig::queue_capacity)
+      .def_readwrite("max_queue_wait_us", &BatcherConfig::max_queue_wait_us)
       .def_readwrite("default_timeout_us", &BatcherConfig::default_timeout_us)
       .def_readwrite("priority_levels", &BatcherConfig::priority_levels)
       .def_readwrite("default_priority_level", &BatcherConfig::default_priority_level)

@@ -119,7 +119,10 @@ def test_ids_given_and_generated_join_with_defined_answers(serve, repo, tmp_path
     assert np.array_equal(np.argmax(spilled.predictions, axis=1), predicted)
 
 
-def test_late_labels_past_the_horizon_are_expired(serve, repo):
+def test_late_labels_past_the_horizon_are_expired(serve, repo, request):
+    if request.node.callspec.params["serve"] > 1:
+        pytest.skip("fakes the feedback store's clock; with workers > 1 the engine's native taps stamp each "
+                    "prediction with the real time (the horizon logic is the same)")
     clock = Clock()
     repo.services.feedback.clock = clock
     server = serve(LoopserveApp(repo))

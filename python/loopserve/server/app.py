@@ -21,17 +21,18 @@ from starlette.routing import Route
 
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
-from loopserve.serving.model import Model
+from loopserve.server import triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.http_errors import Unauthorized, error_body, status_of
 from loopserve.server.infer import InferEndpoint
-from loopserve.server.wire import INFER_PATH
-from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
+from loopserve.server.protocol import ProtocolError
+from loopserve.server.ui_routes import UiRoutes
+from loopserve.server.wire import INFER_PATH
+from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
 from loopserve.serving.watch import RepositoryWatcher
-from loopserve.server import triton_json
 
 log = logging.getLogger("loopserve.server")
 
@@ -91,6 +92,7 @@ class LoopserveApp:
             Route("/v2/repository/models/{model}/load", self.repository_load, methods=["POST"]),
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
+            *UiRoutes(repository, self.metrics, self._authorize, self.before_metrics).routes(),
         ]
         # Every refusal is a LoopserveError carrying its status: one handler answers them all.
         # Only an unexpected exception reaches the `Exception` handler (which Starlette also

@@ -164,6 +164,7 @@ class Model:
         bc.max_queue_delay_us = batching.max_queue_delay_us
         bc.adaptive_queue_delay = batching.adaptive_queue_delay
         bc.queue_capacity = batching.queue_capacity
+        bc.max_queue_wait_us = batching.max_queue_wait_us
         bc.default_timeout_us = batching.default_timeout_us
         bc.priority_levels = batching.priority_levels
         bc.default_priority_level = batching.default_priority_level

@@ -42,10 +42,12 @@ class NativeRoutes:
         self.ingress = _core.Ingress(self.router)
         self._taps: "weakref.WeakKeyDictionary[Model, tuple]" = weakref.WeakKeyDictionary()
         self._taps_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._feedback_thread = threading.Thread(target=self._drain_feedback, name="loopserve-feedback-tap",
                                                  daemon=True)
         repository.on_route_change.append(self.publish)
+        repository.services.feedback.catch_up.append(self.flush_feedback)
         repository.on_version_unload.insert(0, self._before_unload)
         for router in repository.routers.values():
             self.publish(router)
@@ -62,10 +64,11 @@ class NativeRoutes:
     def _before_unload(self, model: Model) -> None:
         """No request can reach the version's batcher once this returns (blocking, microseconds)."""
         self.router.wait_quiescent()
-        with self._taps_lock:
-            entry = self._taps.pop(model, None)
-        if entry is not None:
-            self._record(*entry)
+        with self._flush_lock:
+            with self._taps_lock:
+                entry = self._taps.pop(model, None)
+            if entry is not None:
+                self._record(*entry)
 
     def _tap(self, model: Model):
         with self._taps_lock:
@@ -85,6 +88,12 @@ class NativeRoutes:
 
     def _drain_feedback(self) -> None:
         while not self._stop.wait(FEEDBACK_DRAIN_S):
+            self.flush_feedback()
+
+    def flush_feedback(self) -> None:
+        """Hands every prediction the taps hold to the feedback record. Any thread; one flush
+        at a time, so that a flush that finds a tap empty knows its entries are recorded."""
+        with self._flush_lock:
             with self._taps_lock:
                 entries = list(self._taps.values())
             for entry in entries:
@@ -93,16 +102,13 @@ class NativeRoutes:
     @staticmethod
     def _record(tap, track, x_names) -> None:
         output = track.output
-        for request_id, group, _time, y, xs in tap.drain():
+        for request_id, group, made_at, y, xs in tap.drain():
             params = {"group": msgspec.json.decode(group)} if group else None
-            track.record(request_id, dict(zip(x_names, xs)), {output: y}, params)
+            track.record(request_id, dict(zip(x_names, xs)), {output: y}, params, at=made_at)
 
     def close(self) -> None:
         """Stops the ingress (after the front ends are gone) and hands over what the taps hold."""
         self.ingress.stop()
         self._stop.set()
         self._feedback_thread.join()
-        with self._taps_lock:
-            entries = list(self._taps.values())
-        for entry in entries:
-            self._record(*entry)
+        self.flush_feedback()
