@@ -1,9 +1,21 @@
 """The Triton kernels behind `loopserve.kernels.drift` (imported lazily: this module needs triton).
 
-One kernel, `drift_kernel`, reads a batch once and does any of three jobs chosen by constexpr flags
-(numeric bin counts, per-program moments, category counts), so the monitor can update every
-accumulator of a batch with one pass over `x`; `moments_finalize` merges the per-program moments.
-Why each choice is made is written beside it; the launch wrappers are in `drift.py`.
+`drift_kernel` reads a batch once and does any of three jobs chosen by constexpr flags (numeric
+bin counts, moments, category counts); each program writes its partial counts and moments to a
+scratch row, and `drift_finalize` reduces those rows once and adds them to the accumulators.
+The launch wrappers are in `drift.py`; what each choice did to registers and spills is in the
+README ("Drift kernels on the GPU").
+
+Register budget (sm_90, 4 warps, a [BLOCK_R, BLOCK_F] tile of 512 values: 4 per thread):
+- bin counts are cumulative counts ge_e = #{finite v : edge_e <= v}, kept per element of the
+  tile (no cross-thread reduction per tile) and packed four to an int32, 8 bits each: lane 0
+  counts the finite values, lane 1 + e the values >= edge e. 16 lanes (4 words, 15 edges) cost 4
+  registers per element; a word is emptied into the per-program totals every 255 tiles, before
+  any 8-bit lane can overflow.
+- moments are shifted sums per element (sum of d and of d^2, d = v - pivot, float64) with
+  min/max in the input's compare type; mean and m2 of the program come from them once, at the
+  end. The pivot is the feature's first finite value in the batch's first tile (the same in
+  every program), so the sums cancel only at the data's spread, not its magnitude.
 """
 
 from __future__ import annotations
@@ -11,54 +23,93 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+LANES_PER_LAUNCH = 16  # lane 0: finite values; lanes 1..15: edges e0 .. e0 + 14
+
+
+@triton.jit
+def _lanes(word, lane_off, W: tl.constexpr):
+    """[BLOCK_F, 16] int32 additions from one packed word [BLOCK_R, BLOCK_F]: lanes 4W .. 4W + 3."""
+    out = tl.zeros([word.shape[1], 16], dtype=tl.int32)
+    for k in tl.static_range(4):
+        cnt = tl.sum((word >> (8 * k)) & 255, axis=0)
+        out += cnt[:, None] * (lane_off == 4 * W + k).to(tl.int32)[None, :]
+    return out
+
+
+@triton.jit
+def _ge(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, E: tl.constexpr, E_LAUNCH: tl.constexpr):
+    """1 where v >= edge e0 + E (a finite value; padding edges read as +inf, never reached)."""
+    INF: tl.constexpr = float("inf")
+    if E < E_LAUNCH:
+        edge = tl.load(edges_ptr + f_off * edges_stride + (e0 + E), mask=fmask & (e0 + E < nedge), other=INF)
+        return (fin & (vc >= edge[None, :])).to(tl.int32)
+    else:
+        return tl.zeros(fin.shape, dtype=tl.int32)
+
+
+@triton.jit
+def _word(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, W: tl.constexpr, E_LAUNCH: tl.constexpr):
+    """Packed word W of one tile: lanes 4W .. 4W + 3 (lane 0 is the finite count, lane 1 + e edge e)."""
+    if W == 0:
+        w = fin.to(tl.int32)
+    else:
+        w = _ge(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, 4 * W - 1, E_LAUNCH)
+    for k in tl.static_range(1, 4):
+        w += _ge(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, 4 * W + k - 1, E_LAUNCH) << (8 * k)
+    return w
+
 
 @triton.jit
 def drift_kernel(
     x_ptr, n_rows, stride_r, stride_c, n_tiles,
     # numeric features
-    ncols_ptr, F, edges_ptr, edges_stride, nedges_ptr, counts_ptr, counts_stride, missing_ptr,
-    pn_ptr, pf_ptr, part_stride, part_plane,
+    ncols_ptr, F, edges_ptr, edges_stride, nedges_ptr, e0, lane_base, n_lanes, pc_ptr, pc_plane,
+    pf_ptr, part_stride, part_plane,
     # categorical columns
     ccols_ptr, C, lut_ptr, lut_stride, lut_len_ptr, other_ptr, ccounts_ptr, ccounts_stride, cmissing_ptr,
-    E_MAX: tl.constexpr, NB_PAD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
+    E_LAUNCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
     BLOCK_C: tl.constexpr, K_PAD: tl.constexpr,
     DO_BINS: tl.constexpr, DO_MOMENTS: tl.constexpr, DO_CATS: tl.constexpr,
     CMP_F32: tl.constexpr, CAT_FLOAT: tl.constexpr, CAT_HIST: tl.constexpr,
 ):
     # Grid: (programs over row tiles, feature blocks). Each program walks row tiles pid, pid+G, ...
-    # and keeps its partial histograms / moments in registers, so global atomics happen once per
-    # program and (bin, feature), never once per value.
+    # Numeric counts (finite, >= each edge) go to pc_ptr[lane, pid, f] for lanes lane_base ..
+    # lane_base + n_lanes - 1 of this launch (this launch's edges are e0 .. e0 + E_LAUNCH - 1);
+    # moments to pf_ptr[plane, pid, f]. No atomics for either: `drift_finalize` reduces them.
     pid = tl.program_id(0)
     G = tl.num_programs(0)
     pid_f = tl.program_id(1)
     r_off = tl.arange(0, BLOCK_R)
     INF: tl.constexpr = float("inf")
+    NW: tl.constexpr = (E_LAUNCH + 4) // 4  # packed words this launch needs (lane 0 + E_LAUNCH lanes)
 
     if DO_BINS or DO_MOMENTS:
         f_off = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
         fmask = f_off < F
         col_off = tl.load(ncols_ptr + f_off, mask=fmask, other=0).to(tl.int64) * stride_c
-        nfin = tl.zeros([BLOCK_F], dtype=tl.int32)
-    if DO_BINS:
+        lane_off = tl.arange(0, 16)
+        totals = tl.zeros([BLOCK_F, 16], dtype=tl.int32)  # lanes, emptied from the words
+        w0 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
+        w1 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
+        w2 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
+        w3 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
         nedge = tl.load(nedges_ptr + f_off, mask=fmask, other=0)
-        b_off = tl.arange(0, NB_PAD)
-        hist = tl.zeros([BLOCK_F, NB_PAD], dtype=tl.int32)
-        nmiss = tl.zeros([BLOCK_F], dtype=tl.int32)
     if DO_MOMENTS:
-        # A common pivot per feature (row 0's value when finite, else 0): all sums are of v - pivot,
-        # so tile means are compared at the data's spread, not its magnitude. Without it, a
-        # feature whose |mean| / std is ~1e10 would lose ~1e-6 of m2 between tiles.
-        v0 = tl.load(x_ptr + col_off, mask=fmask, other=0).to(tl.float64)  # launched only with rows
-        pivot = tl.where((v0 == v0) & (tl.abs(v0) < INF), v0, 0.0)
-        run_n = tl.zeros([BLOCK_F], dtype=tl.float64)
-        run_mean = tl.zeros([BLOCK_F], dtype=tl.float64)
-        run_m2 = tl.zeros([BLOCK_F], dtype=tl.float64)
+        # The pivot: the first finite value of tile 0 per feature (0 when it has none).
+        m0 = (r_off < n_rows)[:, None] & fmask[None, :]
+        t0 = tl.load(x_ptr + r_off.to(tl.int64)[:, None] * stride_r + col_off[None, :], mask=m0, other=0)
+        t0 = t0.to(tl.float64)
+        fin0 = m0 & (t0 == t0) & (tl.abs(t0) < INF)
+        first = tl.min(tl.where(fin0, r_off[:, None], BLOCK_R), axis=0)
+        pivot = tl.sum(tl.where(fin0 & (r_off[:, None] == first[None, :]), t0, 0.0), axis=0)
+        s1 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.float64)
+        s2 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.float64)
         if CMP_F32:
-            run_min = tl.full([BLOCK_F], INF, dtype=tl.float32)
-            run_max = tl.full([BLOCK_F], -INF, dtype=tl.float32)
+            run_min = tl.full([BLOCK_R, BLOCK_F], INF, dtype=tl.float32)
+            run_max = tl.full([BLOCK_R, BLOCK_F], -INF, dtype=tl.float32)
         else:
-            run_min = tl.full([BLOCK_F], INF, dtype=tl.float64)
-            run_max = tl.full([BLOCK_F], -INF, dtype=tl.float64)
+            run_min = tl.full([BLOCK_R, BLOCK_F], INF, dtype=tl.float64)
+            run_max = tl.full([BLOCK_R, BLOCK_F], -INF, dtype=tl.float64)
     if DO_CATS:
         c_off = tl.arange(0, BLOCK_C)
         # Only the first feature block does the categorical columns (one program row per tile).
@@ -71,6 +122,9 @@ def drift_kernel(
         if CAT_HIST:
             chist = tl.zeros([BLOCK_C * K_PAD], dtype=tl.int32)
 
+    # The packed 8-bit lanes are emptied into `totals` every 255 tiles, before any can overflow
+    # (a tile adds at most 1 to each lane of each element), and once after the last tile.
+    k = 0
     for tile in range(pid, n_tiles, G):
         rows = tile * BLOCK_R + r_off
         rmask = rows < n_rows
@@ -86,38 +140,38 @@ def drift_kernel(
             else:
                 vc = v.to(tl.float64)
             fin = m2d & (vc == vc) & (tl.abs(vc) < INF)
-            nf_t = tl.sum(fin.to(tl.int32), axis=0)
-            nfin += nf_t
-
-        if DO_BINS:
-            nmiss += tl.sum((m2d & ~fin).to(tl.int32), axis=0)
-            # Cumulative counts: ge_e = #{finite v : edge_e <= v}. Edges are sorted, so
-            # bin(v) >= b  <=>  edge_{b-1} <= v, and counts[b] = ge_{b-1} - ge_b (ge_{-1} = #finite).
-            # One compare and one add per (value, edge), no per-value bin index or scatter.
-            # Padding edges (e >= n_edges[f]) load as +inf, which no finite value reaches.
-            for e in tl.static_range(E_MAX):
-                edge = tl.load(edges_ptr + f_off * edges_stride + e, mask=fmask & (e < nedge), other=INF)
-                ge = tl.sum((fin & (vc >= edge[None, :])).to(tl.int32), axis=0)
-                shift = (b_off == e + 1).to(tl.int32) - (b_off == e).to(tl.int32)
-                hist += ge[:, None] * shift[None, :]
+            if DO_BINS:
+                w0 += _word(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, 0, E_LAUNCH)
+                if NW > 1:
+                    w1 += _word(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, 1, E_LAUNCH)
+                if NW > 2:
+                    w2 += _word(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, 2, E_LAUNCH)
+                if NW > 3:
+                    w3 += _word(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, 3, E_LAUNCH)
+            else:
+                w0 += fin.to(tl.int32)
+            if E_LAUNCH > 0:  # with lane 0 alone, w0 is a plain count that cannot overflow
+                k += 1
+                if k == 255:  # emptied before an 8-bit lane can overflow
+                    k = 0
+                    totals += _lanes(w0, lane_off, 0)
+                    w0 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
+                    if NW > 1:
+                        totals += _lanes(w1, lane_off, 1)
+                        w1 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
+                    if NW > 2:
+                        totals += _lanes(w2, lane_off, 2)
+                        w2 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
+                    if NW > 3:
+                        totals += _lanes(w3, lane_off, 3)
+                        w3 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
 
         if DO_MOMENTS:
-            # Two passes over the tile held in registers (mean, then squared deviations) in fp64,
-            # then Chan's merge into the program's running moments: as accurate as a two-pass over
-            # the batch, with one read of x.
-            v64 = vc.to(tl.float64) - pivot[None, :]
-            nt = nf_t.to(tl.float64)
-            mt = tl.sum(tl.where(fin, v64, 0.0), axis=0) / tl.maximum(nt, 1.0)
-            d = tl.where(fin, v64 - mt[None, :], 0.0)
-            m2t = tl.sum(d * d, axis=0)
-            n_new = run_n + nt
-            delta = mt - run_mean
-            w = nt / tl.maximum(n_new, 1.0)
-            run_mean = run_mean + delta * w
-            run_m2 = run_m2 + m2t + delta * delta * run_n * w
-            run_n = n_new
-            run_min = tl.minimum(run_min, tl.min(tl.where(fin, vc, INF), axis=0))
-            run_max = tl.maximum(run_max, tl.max(tl.where(fin, vc, -INF), axis=0))
+            d = tl.where(fin, vc.to(tl.float64) - pivot[None, :], 0.0)
+            s1 += d
+            s2 += d * d
+            run_min = tl.minimum(run_min, tl.where(fin, vc, INF))
+            run_max = tl.maximum(run_max, tl.where(fin, vc, -INF))
 
         if DO_CATS:
             m2c = rmask[:, None] & cmask[None, :]
@@ -148,21 +202,34 @@ def drift_kernel(
                 # Too many slots for a register histogram: one atomic per value (spread over K slots).
                 ones = tl.full([BLOCK_R, BLOCK_C], 1, dtype=tl.int64)
                 tl.atomic_add(ccounts_ptr + c_off[None, :].to(tl.int64) * ccounts_stride + slot, ones, mask=good)
-
-    if DO_BINS:
-        hist += nfin[:, None] * (b_off == 0).to(tl.int32)[None, :]
-        hmask = fmask[:, None] & (b_off <= E_MAX)[None, :] & (hist != 0)
-        tl.atomic_add(counts_ptr + f_off[:, None].to(tl.int64) * counts_stride + b_off[None, :],
-                      hist.to(tl.int64), mask=hmask)
-        tl.atomic_add(missing_ptr + f_off, nmiss.to(tl.int64), mask=fmask & (nmiss != 0))
+    if DO_BINS or DO_MOMENTS:
+        if E_LAUNCH > 0:
+            totals += _lanes(w0, lane_off, 0)
+        else:
+            totals += tl.sum(w0, axis=0)[:, None] * (lane_off == 0).to(tl.int32)[None, :]
+        if NW > 1:
+            totals += _lanes(w1, lane_off, 1)
+        if NW > 2:
+            totals += _lanes(w2, lane_off, 2)
+        if NW > 3:
+            totals += _lanes(w3, lane_off, 3)
+        # Lane 0 (finite values) is written by the launch whose lane_base is 0 only.
+        lane_dst = tl.where(lane_off == 0, 0, lane_base + lane_off)
+        lmask = (lane_off < n_lanes) & ((lane_off > 0) | (lane_off + lane_base == 0))
+        p = lane_dst[None, :].to(tl.int64) * pc_plane + pid.to(tl.int64) * part_stride + f_off[:, None]
+        tl.store(pc_ptr + p, totals, mask=fmask[:, None] & lmask[None, :])
     if DO_MOMENTS:
-        # Partials per program; `moments_finalize` merges them (atomics cannot do Chan's merge).
+        # Partials per program, relative to the pivot; `drift_finalize` merges them.
+        nt = tl.sum(tl.where(lane_off == 0, totals, 0), axis=1).to(tl.float64)
+        t1 = tl.sum(s1, axis=0)
+        t2 = tl.sum(s2, axis=0)
+        mean = t1 / tl.maximum(nt, 1.0)
+        m2 = tl.maximum(t2 - t1 * mean, 0.0)
         p = pid.to(tl.int64) * part_stride + f_off
-        tl.store(pn_ptr + p, nfin.to(tl.int64), mask=fmask)
-        tl.store(pf_ptr + p, run_mean, mask=fmask)
-        tl.store(pf_ptr + part_plane + p, run_m2, mask=fmask)
-        tl.store(pf_ptr + 2 * part_plane + p, run_min.to(tl.float64), mask=fmask)
-        tl.store(pf_ptr + 3 * part_plane + p, run_max.to(tl.float64), mask=fmask)
+        tl.store(pf_ptr + p, mean, mask=fmask)
+        tl.store(pf_ptr + part_plane + p, m2, mask=fmask)
+        tl.store(pf_ptr + 2 * part_plane + p, tl.min(run_min, axis=0).to(tl.float64), mask=fmask)
+        tl.store(pf_ptr + 3 * part_plane + p, tl.max(run_max, axis=0).to(tl.float64), mask=fmask)
         tl.store(pf_ptr + 4 * part_plane + p, pivot, mask=fmask)
     if DO_CATS:
         if CAT_HIST:
@@ -175,45 +242,72 @@ def drift_kernel(
 
 
 @triton.jit
-def moments_finalize(pn_ptr, pf_ptr, G, F, part_stride, part_plane, out_n_ptr, out_f_ptr,
-                     BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr):
-    """Merges G programs' (n, mean, m2, min, max): per chunk of BLOCK_G partials the exact k-way
-    form (mean = sum n_i mean_i / N, m2 = sum m2_i + sum n_i (mean_i - mean)^2, all terms >= 0),
-    chunks into the running result with Chan's pairwise formula. The partial means are of
-    v - pivot (one pivot per feature, the same in every program, stored in plane 4); the pivot is
-    added back at the end. Outputs: n int64 [F]; mean, m2, min, max as fp64 planes [4, F]."""
+def _lane_sum(pc_ptr, pc_plane, lane, G, part_stride, f_off, fmask, BLOCK_G: tl.constexpr):
+    """sum over the G programs of lane `lane` [BLOCK_F] (int64)."""
+    acc = tl.zeros([BLOCK_G, f_off.shape[0]], dtype=tl.int64)
+    for g0 in range(0, G, BLOCK_G):
+        g = g0 + tl.arange(0, BLOCK_G)
+        p = lane.to(tl.int64) * pc_plane + g[:, None].to(tl.int64) * part_stride + f_off[None, :]
+        acc += tl.load(pc_ptr + p, mask=(g < G)[:, None] & fmask[None, :], other=0).to(tl.int64)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_plane, e_max,
+                   counts_ptr, counts_stride, missing_ptr, out_n_ptr, out_f_ptr,
+                   BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, DO_BINS: tl.constexpr, DO_MOMENTS: tl.constexpr):
+    """Reduces G programs' partials once per batch. Grid: (feature blocks, e_max + 1 lanes).
+
+    Counts: lane 0 = finite values, lane 1 + e = finite values >= edge e (pc_ptr[lane, g, f]);
+    program (., b) adds lane b - lane b+1 (lane e_max + 1 = 0) to bin b, and program (., 0)
+    adds n_rows - finite to missing: plain read-modify-writes, each cell has one owner.
+    Moments (program (., 0)): per chunk of BLOCK_G partials the exact k-way form (mean = sum
+    n_i mean_i / N, m2 = sum m2_i + sum n_i (mean_i - mean)^2, all terms >= 0), chunks into the
+    running result with Chan's pairwise formula; partial means are of v - pivot (plane 4, the
+    same in every program), added back at the end. Outputs: n int64 [F]; mean, m2, min, max fp64
+    planes [4, F]."""
     INF: tl.constexpr = float("inf")
     f_off = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f_off < F
-    n = tl.zeros([BLOCK_F], dtype=tl.float64)
-    mean = tl.zeros([BLOCK_F], dtype=tl.float64)
-    m2 = tl.zeros([BLOCK_F], dtype=tl.float64)
-    mn = tl.full([BLOCK_F], INF, dtype=tl.float64)
-    mx = tl.full([BLOCK_F], -INF, dtype=tl.float64)
-    for g0 in range(0, G, BLOCK_G):
-        g = g0 + tl.arange(0, BLOCK_G)
-        m = (g < G)[:, None] & fmask[None, :]
-        p = g[:, None].to(tl.int64) * part_stride + f_off[None, :]
-        pn = tl.load(pn_ptr + p, mask=m, other=0).to(tl.float64)
-        pmean = tl.load(pf_ptr + p, mask=m, other=0.0)
-        pm2 = tl.load(pf_ptr + part_plane + p, mask=m, other=0.0)
-        pmin = tl.load(pf_ptr + 2 * part_plane + p, mask=m, other=INF)
-        pmax = tl.load(pf_ptr + 3 * part_plane + p, mask=m, other=-INF)
-        cn = tl.sum(pn, axis=0)
-        cmean = tl.sum(pn * pmean, axis=0) / tl.maximum(cn, 1.0)
-        dev = tl.where(pn > 0, pmean - cmean[None, :], 0.0)
-        cm2 = tl.sum(pm2, axis=0) + tl.sum(pn * dev * dev, axis=0)
-        n_new = n + cn
-        delta = cmean - mean
-        w = cn / tl.maximum(n_new, 1.0)
-        mean = mean + delta * w
-        m2 = m2 + cm2 + delta * delta * n * w
-        n = n_new
-        mn = tl.minimum(mn, tl.min(pmin, axis=0))
-        mx = tl.maximum(mx, tl.max(pmax, axis=0))
-    pivot = tl.load(pf_ptr + 4 * part_plane + f_off, mask=f_off < tl.where(G > 0, F, 0), other=0.0)
-    tl.store(out_n_ptr + f_off, n.to(tl.int64), mask=fmask)
-    tl.store(out_f_ptr + f_off, tl.where(n > 0, mean + pivot, 0.0), mask=fmask)
-    tl.store(out_f_ptr + F + f_off, m2, mask=fmask)
-    tl.store(out_f_ptr + 2 * F + f_off, mn, mask=fmask)
-    tl.store(out_f_ptr + 3 * F + f_off, mx, mask=fmask)
+    b = tl.program_id(1)
+    lane_b = _lane_sum(pc_ptr, pc_plane, b, G, part_stride, f_off, fmask, BLOCK_G)
+    if DO_BINS:
+        lane_next = _lane_sum(pc_ptr, pc_plane, b + 1, G, part_stride, f_off, fmask & (f_off * 0 + b < e_max), BLOCK_G)
+        cptr = counts_ptr + f_off.to(tl.int64) * counts_stride + b
+        tl.store(cptr, tl.load(cptr, mask=fmask, other=0) + lane_b - lane_next, mask=fmask)
+        tl.store(missing_ptr + f_off, tl.load(missing_ptr + f_off, mask=fmask, other=0) + (n_rows - lane_b),
+                 mask=fmask & (f_off * 0 + b == 0))
+    if DO_MOMENTS:
+        if b == 0:
+            n = tl.zeros([BLOCK_F], dtype=tl.float64)
+            mean = tl.zeros([BLOCK_F], dtype=tl.float64)
+            m2 = tl.zeros([BLOCK_F], dtype=tl.float64)
+            mn = tl.full([BLOCK_F], INF, dtype=tl.float64)
+            mx = tl.full([BLOCK_F], -INF, dtype=tl.float64)
+            for g0 in range(0, G, BLOCK_G):
+                g = g0 + tl.arange(0, BLOCK_G)
+                m = (g < G)[:, None] & fmask[None, :]
+                p = g[:, None].to(tl.int64) * part_stride + f_off[None, :]
+                pn = tl.load(pc_ptr + p, mask=m, other=0).to(tl.float64)  # lane 0: finite values
+                pmean = tl.load(pf_ptr + p, mask=m, other=0.0)
+                pm2 = tl.load(pf_ptr + part_plane + p, mask=m, other=0.0)
+                pmin = tl.load(pf_ptr + 2 * part_plane + p, mask=m, other=INF)
+                pmax = tl.load(pf_ptr + 3 * part_plane + p, mask=m, other=-INF)
+                cn = tl.sum(pn, axis=0)
+                cmean = tl.sum(pn * pmean, axis=0) / tl.maximum(cn, 1.0)
+                dev = tl.where(pn > 0, pmean - cmean[None, :], 0.0)
+                cm2 = tl.sum(pm2, axis=0) + tl.sum(pn * dev * dev, axis=0)
+                n_new = n + cn
+                delta = cmean - mean
+                w = cn / tl.maximum(n_new, 1.0)
+                mean = mean + delta * w
+                m2 = m2 + cm2 + delta * delta * n * w
+                n = n_new
+                mn = tl.minimum(mn, tl.min(pmin, axis=0))
+                mx = tl.maximum(mx, tl.max(pmax, axis=0))
+            pivot = tl.load(pf_ptr + 4 * part_plane + f_off, mask=f_off < tl.where(G > 0, F, 0), other=0.0)
+            tl.store(out_n_ptr + f_off, lane_b, mask=fmask)
+            tl.store(out_f_ptr + f_off, tl.where(n > 0, mean + pivot, 0.0), mask=fmask)
+            tl.store(out_f_ptr + F + f_off, m2, mask=fmask)
+            tl.store(out_f_ptr + 2 * F + f_off, mn, mask=fmask)
+            tl.store(out_f_ptr + 3 * F + f_off, mx, mask=fmask)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -51,10 +52,49 @@ from loopserve.kernels.reference import (  # noqa: F401  (re-exported)
 
 SUPPORTED = (torch.float32, torch.float64, torch.int32, torch.int64)
 CAT_HIST_MAX_CELLS = 4096  # register histogram up to this many (column, slot) cells
-TILE_VALUES = 1024  # values per tile on a GPU: BLOCK_R * BLOCK_F. With 4 warps the fused fp32 kernel
-# then needs 168 registers and does not spill on sm_90 (`python -m loopserve.kernels.aot`); 2048 spills
-# for fp64 input. The best tile on a real H100 is what `bench/drift_gpu.py` sweeps.
+TILE_VALUES = 512  # values per tile on a GPU (BLOCK_R * BLOCK_F): 4 per thread with 4 warps. Every
+# per-element accumulator costs (values per thread) registers, so the tile sets the register bill:
+# see the README's "Drift kernels on the GPU" for the sm_90 figures; `bench/drift_gpu.py` sweeps it.
 MAX_BLOCK_F = 64
+FINALIZE_BLOCK_G = 32
+_LANES = 16  # count lanes per launch: finite + 15 edges (_drift_jit.LANES_PER_LAUNCH)
+
+
+class LaunchConfig(NamedTuple):
+    block_f: int
+    n_fblocks: int
+    block_rows: int
+    n_tiles: int
+    programs: int
+    block_c: int
+    k_pad: int
+    cat_hist: bool
+
+
+def launch_config(F: int, C: int, rows: int, x: torch.Tensor | None = None, block_rows: int | None = None,
+                  max_programs: int | None = None, cat_slots: int = 0, cat_mode: str = "auto",
+                  on_gpu: bool | None = None) -> LaunchConfig:
+    """Tile shape and grid of `drift_update_` (also what `aot` compiles, so the report is of the
+    kernel that runs). `cat_slots`: the width of cat_counts (K_max + 1)."""
+    gpu = on_gpu if on_gpu is not None else (x is not None and x.is_cuda and not _interpreted())
+    fb = min(_pow2(max(F, 2)), MAX_BLOCK_F)
+    n_fblocks = max(1, -(-F // fb)) if F else 1
+    if block_rows is None:
+        block_rows = max(16, TILE_VALUES // fb) if gpu else 256
+    block_rows = _pow2(block_rows)
+    n_tiles = -(-rows // block_rows)
+    if max_programs is None:
+        max_programs = _default_programs(x) if x is not None else 4
+    programs = max(1, min(n_tiles, max_programs))
+    block_c = _pow2(max(C, 2))
+    k_pad = _pow2(max(cat_slots, 32))
+    if cat_mode == "auto":
+        cat_hist = block_c * k_pad <= CAT_HIST_MAX_CELLS
+    elif cat_mode in ("hist", "atomic"):
+        cat_hist = cat_mode == "hist"
+    else:
+        raise ValueError(f"cat_mode must be 'auto', 'hist' or 'atomic', got {cat_mode!r}")
+    return LaunchConfig(fb, n_fblocks, block_rows, n_tiles, programs, block_c, k_pad, cat_hist)
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,9 +182,6 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     do_num = do_bins or with_moments
     do_cats = cat_cols is not None
     empty_i32 = torch.zeros(1, dtype=torch.int32, device=dev)
-    dummy = {"ncols": empty_i32, "F": 0, "edges": torch.zeros(1, dtype=torch.float64, device=dev), "es": 0,
-             "nedges": empty_i32, "counts": torch.zeros(1, dtype=torch.int64, device=dev), "cs": 0,
-             "missing": torch.zeros(1, dtype=torch.int64, device=dev), "E": 0}
     F = 0
     if do_num:
         _check_index("numeric_cols", numeric_cols, 1, torch.int32, dev)
@@ -193,58 +230,53 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     if C == 0 and not do_num:
         return None
 
-    fb = min(_pow2(max(F, 2)), MAX_BLOCK_F)
-    n_fblocks = max(1, -(-F // fb)) if do_num else 1
-    if block_rows is None:
-        block_rows = 256 if _interpreted() or not x.is_cuda else max(16, TILE_VALUES // fb)
-    block_rows = _pow2(block_rows)
-    n_tiles = -(-rows // block_rows)
-    G = max(1, min(n_tiles, max_programs or _default_programs(x)))
-
-    if with_moments:
-        part_stride = n_fblocks * fb
-        pn = torch.empty((G, part_stride), dtype=torch.int64, device=dev)
-        pf = torch.empty((5, G, part_stride), dtype=torch.float64, device=dev)
-    else:
-        part_stride = 0
-        pn, pf = dummy["counts"], dummy["edges"]
-    block_c = _pow2(max(C, 2))
-    k_pad = _pow2(max(cat_counts.shape[1], 32)) if do_cats else 32
-    if cat_mode == "auto":
-        cat_hist = block_c * k_pad <= CAT_HIST_MAX_CELLS
-    elif cat_mode in ("hist", "atomic"):
-        cat_hist = cat_mode == "hist"
-    else:
-        raise ValueError(f"cat_mode must be 'auto', 'hist' or 'atomic', got {cat_mode!r}")
-
-    if n_tiles and (do_bins or with_moments or C):
-        num = dict(ncols=numeric_cols if do_num else empty_i32, F=F,
-                   edges=cmp_edges if do_bins else dummy["edges"], es=cmp_edges.stride(0) if do_bins else 0,
-                   nedges=n_edges if do_bins else empty_i32, counts=counts if do_bins else dummy["counts"],
-                   cs=counts.stride(0) if do_bins else 0, missing=missing if do_bins else dummy["missing"],
-                   E=e_max if do_bins else 0)
-        lut_arg = luts if C and luts.numel() else empty_i32  # never hand the kernel an empty allocation
-        cat = (cat_cols, C, lut_arg, luts.stride(0), lut_sizes, n_other, cat_counts, cat_counts.stride(0),
-               cat_missing) if C else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32, dummy["counts"], 0,
-                                       dummy["missing"])
-        _jit().drift_kernel[(G, n_fblocks)](
-            x, rows, x.stride(0), x.stride(1), n_tiles,
-            num["ncols"], F, num["edges"], num["es"], num["nedges"], num["counts"], num["cs"], num["missing"],
-            pn, pf, part_stride, G * part_stride,
-            *cat,
-            E_MAX=num["E"], NB_PAD=_pow2(num["E"] + 1), BLOCK_R=block_rows, BLOCK_F=fb, BLOCK_C=block_c,
-            K_PAD=k_pad, DO_BINS=do_bins, DO_MOMENTS=with_moments, DO_CATS=C > 0,
-            CMP_F32=x.dtype == torch.float32, CAT_FLOAT=x.is_floating_point(), CAT_HIST=cat_hist,
-            num_warps=num_warps,
-        )
+    cfg = launch_config(F, C, rows, x, block_rows, max_programs, cat_counts.shape[1] if do_cats else 0, cat_mode)
+    fb, n_fblocks, block_rows, n_tiles, G = cfg.block_f, cfg.n_fblocks, cfg.block_rows, cfg.n_tiles, cfg.programs
+    part_stride = n_fblocks * fb if do_num else 0
+    if not do_bins:
+        e_max = 0
+    n_lanes = 1 + e_max
+    # Per-program partials: lane counts int32 [n_lanes, G, part_stride]; moments fp64 [5, G, part_stride].
+    pc = torch.empty((n_lanes, G, part_stride) if do_num else 1, dtype=torch.int32, device=dev)
+    pf = torch.empty((5, G, part_stride) if with_moments else 1, dtype=torch.float64, device=dev)
+    dummy_i64 = torch.zeros(1, dtype=torch.int64, device=dev)
+    dummy_f64 = torch.zeros(1, dtype=torch.float64, device=dev)
+    cat = (cat_cols, C, luts if luts.numel() else empty_i32, luts.stride(0), lut_sizes, n_other, cat_counts,
+           cat_counts.stride(0), cat_missing) if C else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32,
+                                                          dummy_i64, 0, dummy_i64)
+    if n_tiles:
+        # Edges in windows of LANES_PER_LAUNCH - 1: every launch reads x again, so only profiles with
+        # more than 16 bins pay for a second pass (the first launch does the moments and categories).
+        e0 = 0
+        while True:
+            e_launch = min(e_max - e0, _LANES - 1)
+            first = e0 == 0
+            _jit().drift_kernel[(G, n_fblocks)](
+                x, rows, x.stride(0), x.stride(1), n_tiles,
+                numeric_cols if do_num else empty_i32, F, cmp_edges if do_bins else dummy_f64,
+                cmp_edges.stride(0) if do_bins else 0, n_edges if do_bins else empty_i32, e0, e0, e_launch + 1,
+                pc, G * part_stride, pf, part_stride, G * part_stride,
+                *(cat if first else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32, dummy_i64, 0, dummy_i64)),
+                E_LAUNCH=e_launch, BLOCK_R=block_rows, BLOCK_F=fb, BLOCK_C=cfg.block_c, K_PAD=cfg.k_pad,
+                DO_BINS=do_bins, DO_MOMENTS=with_moments and first, DO_CATS=C > 0 and first,
+                CMP_F32=x.dtype == torch.float32, CAT_FLOAT=x.is_floating_point(), CAT_HIST=cfg.cat_hist,
+                num_warps=num_warps,
+            )
+            e0 += e_launch
+            if e0 >= e_max:
+                break
+    if not do_num:
+        return None
+    out_n = torch.empty(F, dtype=torch.int64, device=dev) if with_moments else dummy_i64
+    out_f = torch.empty((4, F), dtype=torch.float64, device=dev) if with_moments else dummy_f64
+    if F:
+        _jit().drift_finalize[(n_fblocks, n_lanes if do_bins else 1)](
+            pc, G * part_stride, pf, G if n_tiles else 0, F, rows, part_stride, G * part_stride, e_max,
+            counts if do_bins else dummy_i64, counts.stride(0) if do_bins else 0, missing if do_bins else dummy_i64,
+            out_n, out_f, BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=fb, DO_BINS=do_bins, DO_MOMENTS=with_moments,
+            num_warps=num_warps)
     if not with_moments:
         return None
-    out_n = torch.empty(F, dtype=torch.int64, device=dev)
-    out_f = torch.empty((4, F), dtype=torch.float64, device=dev)
-    if F:
-        g_used = G if n_tiles else 0
-        _jit().moments_finalize[(-(-F // fb),)](pn, pf, g_used, F, part_stride, G * part_stride, out_n, out_f,
-                                                BLOCK_G=32, BLOCK_F=fb, num_warps=num_warps)
     return out_n, out_f[0], out_f[1], out_f[2], out_f[3]
 
 
