@@ -28,6 +28,7 @@ else
   fi
 fi
 $PY -m pip install -q --no-build-isolation --no-deps --no-index --target "$SITE" . -Cbuild-dir="$BUILD_DIR" || exit 1
+test -f "$SITE/loopserve/kernels/_drift_jit.py" || { echo "the build lacks loopserve/kernels"; exit 1; }
 export PYTHONPATH="$SITE:/tmp/site:bench"
 export TRITON_INTERPRET=0 TRITON_DEFAULT_FP_FUSION=1
 $PY -c 'import loopserve, loopserve.kernels as k, loopserve._core; print("loopserve from", loopserve.__file__, "kernels:", k.__file__)' || exit 1

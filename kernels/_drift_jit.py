@@ -255,7 +255,8 @@ def _lane_sum(pc_ptr, pc_plane, lane, G, part_stride, f_off, fmask, BLOCK_G: tl.
 @triton.jit
 def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_plane, e_max,
                    counts_ptr, counts_stride, missing_ptr, out_n_ptr, out_f_ptr,
-                   BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, DO_BINS: tl.constexpr, DO_MOMENTS: tl.constexpr):
+                   BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, DO_BINS: tl.constexpr, DO_MOMENTS: tl.constexpr,
+                   MERGE: tl.constexpr):
     """Reduces G programs' partials once per batch. Grid: (feature blocks, e_max + 1 lanes).
 
     Counts: lane 0 = finite values, lane 1 + e = finite values >= edge e (pc_ptr[lane, g, f]);
@@ -265,7 +266,7 @@ def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_pla
     n_i mean_i / N, m2 = sum m2_i + sum n_i (mean_i - mean)^2, all terms >= 0), chunks into the
     running result with Chan's pairwise formula; partial means are of v - pivot (plane 4, the
     same in every program), added back at the end. Outputs: n int64 [F]; mean, m2, min, max fp64
-    planes [4, F]."""
+    planes [4, F]; with MERGE they hold running moments, and the batch's are merged into them."""
     INF: tl.constexpr = float("inf")
     f_off = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f_off < F
@@ -306,8 +307,21 @@ def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_pla
                 mn = tl.minimum(mn, tl.min(pmin, axis=0))
                 mx = tl.maximum(mx, tl.max(pmax, axis=0))
             pivot = tl.load(pf_ptr + 4 * part_plane + f_off, mask=f_off < tl.where(G > 0, F, 0), other=0.0)
+            mean = tl.where(n > 0, mean + pivot, 0.0)
+            if MERGE:  # into the running moments already there (Chan's formula), not over them
+                old_n = tl.load(out_n_ptr + f_off, mask=fmask, other=0).to(tl.float64)
+                old_mean = tl.load(out_f_ptr + f_off, mask=fmask, other=0.0)
+                old_m2 = tl.load(out_f_ptr + F + f_off, mask=fmask, other=0.0)
+                tot = old_n + n
+                delta = mean - old_mean
+                w = n / tl.maximum(tot, 1.0)
+                m2 = old_m2 + m2 + delta * delta * old_n * w
+                mean = tl.where(tot > 0, old_mean + delta * w, 0.0)
+                lane_b += old_n.to(tl.int64)
+                mn = tl.minimum(mn, tl.load(out_f_ptr + 2 * F + f_off, mask=fmask, other=INF))
+                mx = tl.maximum(mx, tl.load(out_f_ptr + 3 * F + f_off, mask=fmask, other=-INF))
             tl.store(out_n_ptr + f_off, lane_b, mask=fmask)
-            tl.store(out_f_ptr + f_off, tl.where(n > 0, mean + pivot, 0.0), mask=fmask)
+            tl.store(out_f_ptr + f_off, mean, mask=fmask)
             tl.store(out_f_ptr + F + f_off, m2, mask=fmask)
             tl.store(out_f_ptr + 2 * F + f_off, mn, mask=fmask)
             tl.store(out_f_ptr + 3 * F + f_off, mx, mask=fmask)

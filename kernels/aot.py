@@ -101,7 +101,7 @@ def compile_variants(arch: int = 90, num_warps: int = 4) -> dict[str, str]:
                  dict(pc_ptr="*i32", pc_plane="i32", pf_ptr="*fp64", G="i32", F="i32", n_rows="i32",
                       part_stride="i32", part_plane="i32", e_max="i32", counts_ptr="*i64", counts_stride="i32",
                       missing_ptr="*i64", out_n_ptr="*i64", out_f_ptr="*fp64"),
-                 dict(BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=32, DO_BINS=True, DO_MOMENTS=True)))
+                 dict(BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=32, DO_BINS=True, DO_MOMENTS=True, MERGE=True)))
     for name, fn, types, consts in jobs:
         sig = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,

@@ -162,7 +162,7 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
                   with_moments: bool = False, cat_cols=None, luts=None, lut_sizes=None, n_other=None,
                   cat_counts=None, cat_missing=None, edges_f32=None, check: bool = True,
                   block_rows: int | None = None, max_programs: int | None = None, num_warps: int = 4,
-                  cat_mode: str = "auto"):
+                  cat_mode: str = "auto", moments_into=None):
     """Every accumulator of one batch in one pass over x; returns the moments (or None).
 
     Numeric part (F features): `numeric_cols` int32 [F]; for bins also `edges` float64 [F, E_max]
@@ -174,6 +174,9 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     [C, K_max + 1], `cat_missing` int64 [C] (both +=).
     `check` validates index ranges (one device sync on a GPU); the kernel never reads or writes out
     of bounds for valid index tensors. `cat_mode`: "auto", "hist" or "atomic".
+    `moments_into=(n int64 [F], planes float64 [4, F])`: running moments (mean, m2, min, max planes)
+    the batch's are merged into in place, by the same launch (nothing is returned): a monitor's
+    window then costs no extra launches (start from n = 0, mean = m2 = 0, min = +inf, max = -inf).
     """
     _check_x(x)
     dev = x.device
@@ -267,15 +270,22 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
                 break
     if not do_num:
         return None
-    out_n = torch.empty(F, dtype=torch.int64, device=dev) if with_moments else dummy_i64
-    out_f = torch.empty((4, F), dtype=torch.float64, device=dev) if with_moments else dummy_f64
+    if moments_into is not None:
+        out_n, out_f = moments_into
+        _check_index("moments_into[0]", out_n, 1, torch.int64, dev, (F,))
+        _check_index("moments_into[1]", out_f, 2, torch.float64, dev, (4, F))
+        if not out_f.is_contiguous():
+            raise ValueError("moments_into[1] must be contiguous")
+    else:
+        out_n = torch.empty(F, dtype=torch.int64, device=dev) if with_moments else dummy_i64
+        out_f = torch.empty((4, F), dtype=torch.float64, device=dev) if with_moments else dummy_f64
     if F:
         _jit().drift_finalize[(n_fblocks, n_lanes if do_bins else 1)](
             pc, G * part_stride, pf, G if n_tiles else 0, F, rows, part_stride, G * part_stride, e_max,
             counts if do_bins else dummy_i64, counts.stride(0) if do_bins else 0, missing if do_bins else dummy_i64,
             out_n, out_f, BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=fb, DO_BINS=do_bins, DO_MOMENTS=with_moments,
-            num_warps=num_warps)
-    if not with_moments:
+            MERGE=moments_into is not None, num_warps=num_warps)
+    if not with_moments or moments_into is not None:
         return None
     return out_n, out_f[0], out_f[1], out_f[2], out_f[3]
 

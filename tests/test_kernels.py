@@ -362,3 +362,18 @@ def test_many_edges_and_long_programs():
     np.testing.assert_array_equal(counts.numpy(), want_counts)
     np.testing.assert_array_equal(missing.numpy(), want_missing)
     assert_moments(mom, numpy_moments(x, (0, 2)))
+
+
+def test_moments_merge_into_running_ones_in_the_same_launch():
+    """moments_into: the batch's moments merged (Chan) into running ones in place, as
+    merge_moments would; an all-NaN batch leaves them as they were."""
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(70, 3)) + 50.0
+    b = rng.normal(scale=2.0, size=(45, 3))
+    icol = torch.arange(3, dtype=torch.int32)
+    n = torch.zeros(3, dtype=torch.int64)
+    planes = torch.zeros((4, 3), dtype=torch.float64)
+    planes[2], planes[3] = INF, -INF
+    for part in (a, np.full((5, 3), np.nan), b):
+        assert drift.moments(torch.from_numpy(part), icol, moments_into=(n, planes), **SMALL) is None
+    assert_moments((n, *planes), numpy_moments(np.concatenate([a, b]), range(3)))

@@ -76,11 +76,11 @@ class _TensorState:
             self.cat["cat_counts"].zero_()
             self.cat["cat_missing"].zero_()
         F = self.cols.shape[0]
-        self.moments = (torch.zeros(F, dtype=torch.int64, device=self.device),
-                        torch.zeros(F, dtype=torch.float64, device=self.device),
-                        torch.zeros(F, dtype=torch.float64, device=self.device),
-                        torch.full((F,), float("inf"), dtype=torch.float64, device=self.device),
-                        torch.full((F,), float("-inf"), dtype=torch.float64, device=self.device))
+        # Running moments of the window: n, and the mean, m2, min, max planes the kernels merge into.
+        self.moment_n = torch.zeros(F, dtype=torch.int64, device=self.device)
+        self.moment_planes = torch.zeros((4, F), dtype=torch.float64, device=self.device)
+        self.moment_planes[2].fill_(float("inf"))
+        self.moment_planes[3].fill_(float("-inf"))
         self.samples: list[torch.Tensor] = []
         self.rows = 0
         self.phase = 0  # rows until the next row the quantile sketches take
@@ -96,10 +96,9 @@ class _TensorState:
             kw.update(self.cat)
         if F:
             kw.update(numeric_cols=self.cols, edges=self.edges, n_edges=self.n_edges, counts=self.counts,
-                      missing=self.missing, with_moments=True,
+                      missing=self.missing, with_moments=True, moments_into=(self.moment_n, self.moment_planes),
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
-            mom = kernels.drift_update_(x, **kw)
-            self.moments = kernels.merge_moments(self.moments, mom)
+            kernels.drift_update_(x, **kw)
             if self.phase < rows:
                 self.samples.append(x[self.phase::self.kll_every][:, self.cols.long()].to(torch.float64))
         elif self.cat:
@@ -113,7 +112,8 @@ class _TensorState:
         acc = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every)
         F = self.cols.shape[0]
         samples = torch.cat(self.samples) if self.samples else torch.zeros((0, F), dtype=torch.float64)
-        n, mean, m2, lo, hi = (t.cpu().numpy() for t in self.moments)
+        n = self.moment_n.cpu().numpy()
+        mean, m2, lo, hi = self.moment_planes.cpu().numpy()
         C = len(self.spec[1])
         cat_counts = self.cat["cat_counts"].cpu().numpy() if self.cat else np.zeros((0, 1), dtype=np.int64)
         cat_missing = self.cat["cat_missing"].cpu().numpy() if self.cat else np.zeros(C, dtype=np.int64)
