@@ -27,16 +27,18 @@ How the counts stay exact:
   when finite) first, so tile means differ at the scale of the spread rather than of the mean:
   this matches a two-pass over the batch to ~1e-12 even for |mean| / std ~ 1e11.
 
-How it reaches memory bandwidth (design target: >= 50% of an H100's, `bench/drift_gpu.py`):
-- one pass over x: a [BLOCK_R, BLOCK_F] tile of all numeric columns per step, so the reads of a
-  row-major batch are nearly contiguous; categorical columns come from the same rows;
-- a persistent grid (about 4 programs per SM) walking row tiles; histograms, missing counts and
-  moments live in registers and go out once per program (int64 atomics only for non-zero cells;
-  moments as per-program partials), never one atomic per value;
-- the cumulative-count form of the bins costs one compare and one add per (value, edge);
+How it is meant to reach memory bandwidth (target: >= 50% of the copy bandwidth, `bench/drift_gpu.py`):
+- one pass over x: a [BLOCK_R, BLOCK_F] tile of all numeric columns per step (the rows' bytes
+  are read contiguously), the categorical columns of the same rows next to it;
+- a persistent grid (about 4 programs per SM) walking row tiles, with no reduction across
+  threads and no atomic per tile: counts are kept per element of the tile, cumulative (finite,
+  >= each edge: one compare and one add per value and edge) and packed four 8-bit lanes to an
+  int32; moments as per-element shifted sums. Each program writes its partial counts and moments
+  once, and `drift_finalize` reduces them (no global atomics for the numeric part);
 - categorical slots are counted with `tl.histogram` per tile into a register histogram when
   (columns x slots) fits (<= 4096 cells: K = 1000 with two columns), else with one atomic per
   value spread over the K slots.
+What each choice did to registers and spills is in the README ("Drift kernels on the GPU").
 """
 
 from __future__ import annotations
@@ -132,6 +134,14 @@ def _edges_f32(edges: torch.Tensor) -> torch.Tensor:
     return torch.where(low, torch.nextafter(e32, torch.full_like(e32, torch.inf)), e32).contiguous()
 
 
+@functools.lru_cache(maxsize=16)
+def _placeholders(device: torch.device):
+    """One-element tensors the kernels get for the parts they skip (never read or written), made
+    once per device so that a launch allocates only its scratch."""
+    return (torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int64, device=device),
+            torch.zeros(1, dtype=torch.float64, device=device))
+
+
 def _check_x(x: torch.Tensor):
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D [rows, cols], got shape {tuple(x.shape)}")
@@ -162,7 +172,7 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
                   with_moments: bool = False, cat_cols=None, luts=None, lut_sizes=None, n_other=None,
                   cat_counts=None, cat_missing=None, edges_f32=None, check: bool = True,
                   block_rows: int | None = None, max_programs: int | None = None, num_warps: int = 4,
-                  cat_mode: str = "auto", moments_into=None):
+                  cat_mode: str = "auto", moments_into=None, maxnreg: int | None = None):
     """Every accumulator of one batch in one pass over x; returns the moments (or None).
 
     Numeric part (F features): `numeric_cols` int32 [F]; for bins also `edges` float64 [F, E_max]
@@ -174,6 +184,8 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     [C, K_max + 1], `cat_missing` int64 [C] (both +=).
     `check` validates index ranges (one device sync on a GPU); the kernel never reads or writes out
     of bounds for valid index tensors. `cat_mode`: "auto", "hist" or "atomic".
+    `maxnreg` caps the main kernel's registers per thread (more programs per SM; ptxas spills past
+    what it needs), for the benchmark's sweep.
     `moments_into=(n int64 [F], planes float64 [4, F])`: running moments (mean, m2, min, max planes)
     the batch's are merged into in place, by the same launch (nothing is returned): a monitor's
     window then costs no extra launches (start from n = 0, mean = m2 = 0, min = +inf, max = -inf).
@@ -184,7 +196,7 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     do_bins = edges is not None
     do_num = do_bins or with_moments
     do_cats = cat_cols is not None
-    empty_i32 = torch.zeros(1, dtype=torch.int32, device=dev)
+    empty_i32, dummy_i64, dummy_f64 = _placeholders(dev)
     F = 0
     if do_num:
         _check_index("numeric_cols", numeric_cols, 1, torch.int32, dev)
@@ -242,8 +254,6 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     # Per-program partials: lane counts int32 [n_lanes, G, part_stride]; moments fp64 [5, G, part_stride].
     pc = torch.empty((n_lanes, G, part_stride) if do_num else 1, dtype=torch.int32, device=dev)
     pf = torch.empty((5, G, part_stride) if with_moments else 1, dtype=torch.float64, device=dev)
-    dummy_i64 = torch.zeros(1, dtype=torch.int64, device=dev)
-    dummy_f64 = torch.zeros(1, dtype=torch.float64, device=dev)
     cat = (cat_cols, C, luts if luts.numel() else empty_i32, luts.stride(0), lut_sizes, n_other, cat_counts,
            cat_counts.stride(0), cat_missing) if C else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32,
                                                           dummy_i64, 0, dummy_i64)
@@ -263,7 +273,7 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
                 E_LAUNCH=e_launch, BLOCK_R=block_rows, BLOCK_F=fb, BLOCK_C=cfg.block_c, K_PAD=cfg.k_pad,
                 DO_BINS=do_bins, DO_MOMENTS=with_moments and first, DO_CATS=C > 0 and first,
                 CMP_F32=x.dtype == torch.float32, CAT_FLOAT=x.is_floating_point(), CAT_HIST=cfg.cat_hist,
-                num_warps=num_warps,
+                num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
             )
             e0 += e_launch
             if e0 >= e_max:

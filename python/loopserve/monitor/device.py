@@ -41,6 +41,7 @@ class _TensorState:
         F, C = len(numeric), len(categorical)
         e_max = max((len(f.edges) for f in numeric), default=0)
         self.cols = torch.tensor([f.column for f in numeric], dtype=torch.int32, device=device)
+        self.cols_long = self.cols.long()  # for the quantile sketches' sampled rows
         edges = torch.full((F, e_max), float("inf"), dtype=torch.float64)
         for i, f in enumerate(numeric):
             edges[i, :len(f.edges)] = torch.tensor(f.edges, dtype=torch.float64)
@@ -100,7 +101,7 @@ class _TensorState:
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
             if self.phase < rows:
-                self.samples.append(x[self.phase::self.kll_every][:, self.cols.long()].to(torch.float64))
+                self.samples.append(x[self.phase::self.kll_every][:, self.cols_long].to(torch.float64))
         elif self.cat:
             kernels.drift_update_(x, **kw)
         every = self.kll_every
@@ -188,7 +189,7 @@ class DeviceDriftPath:
                 item = self._queue.popleft() if self._queue else None
                 self._busy = item is not None
             if item is None:  # woken by the clock: close the window if its time is up
-                with self._windows:
+                with self._windows, self._side():
                     self._rotate_if_due()
                 continue
             x, y, event, rows = item
@@ -215,8 +216,7 @@ class DeviceDriftPath:
             with self._windows:
                 self.rows_rejected += rows
             return
-        stream_ctx = torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
-        with stream_ctx:
+        with self._side():
             if event is not None:
                 self.stream.wait_event(event)
                 x.record_stream(self.stream)  # the allocator keeps x until the side stream is done with it
@@ -257,15 +257,19 @@ class DeviceDriftPath:
             self.stream.synchronize()
         return self.inputs.accumulator(), self.outputs.accumulator() if self.outputs is not None else None
 
+    def _side(self):
+        """Work on the accumulators is ordered on the side stream, whichever thread issues it."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else _nullcontext()
+
     def open_window(self) -> dict:
         """The open window, as the native monitor's windows() gives it."""
-        with self._windows:
+        with self._windows, self._side():
             inputs, outputs = self._accumulators()
             return {"start": self._open_start, "end": time.time(), "closed": False, "inputs": inputs,
                     "outputs": outputs}
 
     def close_window(self) -> None:
-        with self._windows:
+        with self._windows, self._side():
             self._close_locked()
 
     def flush(self) -> None:
