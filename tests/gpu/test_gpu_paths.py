@@ -75,18 +75,6 @@ def test_instances_on_their_own_streams_answer_like_the_cpu_module(graphs):
         model.close()
 
 
-def test_a_model_that_cannot_be_captured_is_refused_clearly():
-    from loopserve import Model
-    from loopserve.errors import ConfigError
-
-    class HostSync(torch.nn.Module):
-        def forward(self, x):
-            return x[:, :4] * float(x.sum().item())  # a host sync: not capturable
-
-    with pytest.raises(ConfigError, match="cannot be captured as a CUDA graph"):
-        Model.from_module(HostSync(), _config(cuda_graphs=True))
-
-
 def test_a_model_on_cuda_feeds_the_kernel_path():
     from loopserve import Model
     from loopserve.config import DriftConfig
@@ -115,3 +103,16 @@ def test_a_model_on_cuda_feeds_the_kernel_path():
     finally:
         model.close()
         native.stop()
+
+
+def test_a_model_that_cannot_be_captured_is_refused_clearly():
+    """Last in the file: a failed capture may leave the CUDA context unusable for what follows."""
+    from loopserve import Model
+    from loopserve.errors import ConfigError
+
+    class HostSync(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :4] * float(x.sum().item())  # a host sync: not capturable
+
+    with pytest.raises(ConfigError, match="cannot be captured as a CUDA graph"):
+        Model.from_module(HostSync(), _config(cuda_graphs=True))

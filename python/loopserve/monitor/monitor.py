@@ -89,6 +89,8 @@ class DriftMonitor:
         if profile.outputs:
             output_index = _tensor_index(model.outputs, config.output, "output", model.name)
             _check_width(model, model.outputs[output_index], profile.outputs, "watches output column", "output")
+        if use_kernels and not hasattr(model.backend, "drift_observer"):
+            raise ConfigError(f"model '{model.name}': only torch models hand their tensors to the drift kernels")
         device = _kernel_device(model.backend) if use_kernels is None else (
             str(getattr(model.backend, "device", "cpu")) if use_kernels else None)
         monitor = cls(profile, config, input_index=input_index, output_index=output_index,
