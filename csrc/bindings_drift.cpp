@@ -143,6 +143,14 @@ void bind_drift(py::module_& m) {
           py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
           "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], missing/n/mean/m2/min/max [F], "
           "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C]")
+      .def(
+          "sample_rows",
+          [](TensorAccumulator& self, uint64_t rows) {
+            const std::vector<uint64_t> picked = self.sample_rows(rows);
+            return py::array_t<int64_t>(static_cast<py::ssize_t>(picked.size()),
+                                        reinterpret_cast<const int64_t*>(picked.data()));
+          },
+          py::arg("rows"), "Indices of the rows among the next `rows` the quantile sketches take (as update())")
       .def_property_readonly("rows", &TensorAccumulator::rows)
       .def_property_readonly("numeric_count", [](const TensorAccumulator& a) { return a.spec().numeric.size(); })
       .def_property_readonly("categorical_count", [](const TensorAccumulator& a) { return a.spec().categorical.size(); })
@@ -199,17 +207,17 @@ void bind_drift(py::module_& m) {
           py::arg("inputs"), py::arg("outputs") = std::nullopt)
       .def(
           "windows",
-          [](const DriftMonitor& self, bool include_open) {
+          [](const DriftMonitor& self, bool include_open, size_t last) {
             std::vector<drift::Window> windows;
             {
               py::gil_scoped_release release;
-              windows = self.windows(include_open);
+              windows = self.windows(include_open, last);
             }
             py::list out;
             for (const auto& w : windows) out.append(window_dict(w));
             return out;
           },
-          py::arg("include_open") = true)
+          py::arg("include_open") = true, py::arg("last") = 0)
       .def("stats",
            [](const DriftMonitor& self) {
              const drift::MonitorStats s = self.stats();

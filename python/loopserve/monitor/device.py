@@ -6,8 +6,8 @@ The backend hands over its device tensors after the model ran (`observe`); a wor
 launches the kernels on a side stream that waits on the batch's compute (an event), so serving
 never waits for the monitor. The windows are the native monitor's (same row and time rules:
 a batch that crosses `window_rows` is split exactly); closing one reads back only the
-accumulators (kilobytes) and the quantile sketches' sampled rows (every `kll_every`-th row, as
-the native accumulator samples them), builds a `_core.TensorAccumulator` from them
+accumulators (kilobytes) and the quantile sketches' sampled rows (drawn as the native accumulator
+draws them: `TensorAccumulator.sample_rows`), builds a `_core.TensorAccumulator` from them
 (`absorb`) and hands it to the native monitor (`push_closed`), so reports, the sketch payload
 and merging are the same on both paths. Counts equal the native path's bit for bit, and so do
 the quantile sketches (same rows, same order); moments agree to rounding.
@@ -84,7 +84,8 @@ class _TensorState:
         self.moment_planes[3].fill_(float("-inf"))
         self.samples: list[torch.Tensor] = []
         self.rows = 0
-        self.phase = 0  # rows until the next row the quantile sketches take
+        # Draws the quantile sketches' row sample exactly as the native accumulator of a new window does.
+        self.sampler = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every)
 
     def update(self, x: torch.Tensor) -> None:
         """Adds a [rows, cols] device tensor (already checked)."""
@@ -100,12 +101,12 @@ class _TensorState:
                       missing=self.missing, with_moments=True, moments_into=(self.moment_n, self.moment_planes),
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
-            if self.phase < rows:
-                self.samples.append(x[self.phase::self.kll_every][:, self.cols_long].to(torch.float64))
+            picked = self.sampler.sample_rows(rows)
+            if picked.size:
+                idx = torch.from_numpy(picked).to(self.device, non_blocking=True)
+                self.samples.append(x[idx][:, self.cols_long].to(torch.float64))
         elif self.cat:
             kernels.drift_update_(x, **kw)
-        every = self.kll_every
-        self.phase = (self.phase + every - rows % every) % every
         self.rows += rows
 
     def accumulator(self) -> "_core.TensorAccumulator":

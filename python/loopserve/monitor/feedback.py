@@ -160,6 +160,8 @@ class ModelFeedback:
                     if config.spill_dir else None
 
     def join(self, items: list[tuple[str, object]]) -> tuple[FeedbackResult, list[Joined]]:
+        for flush in self.store.catch_up:
+            flush()
         result = FeedbackResult(self.name)
         batches: dict[int, tuple[VersionTrack, list, list, list]] = {}  # version -> its joins
         joined: list[Joined] = []
@@ -308,8 +310,6 @@ class FeedbackStore:
     def join(self, name: str, items: list[tuple[str, object]]) -> tuple[FeedbackResult, list[Joined]]:
         """Joins labels `[(request id, label or [labels])]`; the joined examples still to be
         spilled come back too (see `spill`)."""
-        for flush in self.catch_up:
-            flush()
         return self.model(name).join(items)
 
     def spill(self, name: str, joined: list[Joined]) -> None:

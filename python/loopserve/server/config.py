@@ -34,14 +34,23 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Models to load at start: names in the repository, or {name, source: registry://NAME@ALIAS}
     # (served from the registry, following its aliases). Empty: every model in the repository.
     models: list[str | ModelSource] = []
-    # The lifecycle store (registry, tracking, data); default $LOOPSERVE_STORE, else ./.loopserve.
-    # A relative path is taken from the config file's directory.
+    # The lifecycle store (registry, tracking, data): a directory or a postgresql:// URL; default
+    # $LOOPSERVE_STORE, else ./.loopserve. A relative path is taken from the config file's directory.
     store: str | None = None
     http: HttpConfig = HttpConfig()
     # HTTP front-end processes. 1: one process serves everything (as the in-process API does).
     # N > 1: N front ends parse and encode, one engine process holds the models, batchers,
     # routing, monitors and feedback, and requests travel between them through shared memory.
-    workers: Annotated[int, Meta(ge=1, le=256)] = 1
+    # auto: half the cores this process may use (the other half for the engine's executors),
+    # at most 8: 1 on a 2-core machine, 8 on a 16-core GPU host (README, "Several cores").
+    workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = "auto"
+
+    def worker_count(self) -> int:
+        if self.workers != "auto":
+            return self.workers
+        import os
+
+        return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # How often the repository is checked for changed or new models (loaded without a
     # restart); 0: never.
@@ -62,6 +71,6 @@ def load_server_config(path: str | Path) -> ServerConfig:
 
     if config.model_repository and not Path(config.model_repository).is_absolute():
         config = msgspec.structs.replace(config, model_repository=str(path.parent / config.model_repository))
-    if config.store and not Path(config.store).is_absolute():
+    if config.store and "://" not in config.store and not Path(config.store).is_absolute():
         config = msgspec.structs.replace(config, store=str(path.parent / config.store))
     return config

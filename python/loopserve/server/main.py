@@ -55,13 +55,13 @@ def serve(config: ServerConfig) -> int:
     # at Python's default (a collection every 700 allocations) the collector ran ~every other
     # request. 50,000 measured 2-11% more req/s at c=64 (wrk, JSON) in side-by-side rounds.
     gc.set_threshold(50_000, 20, 100)
-    log.info("serving", extra={"host": config.http.host, "port": config.http.port, "workers": config.workers,
+    log.info("serving", extra={"host": config.http.host, "port": config.http.port, "workers": config.worker_count(),
                                "models": [f"{m.name}:{m.version}" for m in app.repository.models()]})
     engine = None
-    if config.workers > 1:
+    if config.worker_count() > 1:
         # This process becomes the engine: the front ends take the public port, and the
         # engine's own routes (all but infer, which travels natively) answer on a Unix socket.
-        engine = MultiProcessServer(app, workers=config.workers, host=config.http.host, port=config.http.port,
+        engine = MultiProcessServer(app, workers=config.worker_count(), host=config.http.host, port=config.http.port,
                                     http=config.http, gil_switch_interval_us=config.gil_switch_interval_us,
                                     log_level=config.log_level)
         where = {"uds": engine.engine_uds}

@@ -42,6 +42,7 @@ class NativeRoutes:
         self.ingress = _core.Ingress(self.router)
         self._taps: "weakref.WeakKeyDictionary[Model, tuple]" = weakref.WeakKeyDictionary()
         self._taps_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._feedback_thread = threading.Thread(target=self._drain_feedback, name="loopserve-feedback-tap",
                                                  daemon=True)
@@ -63,10 +64,11 @@ class NativeRoutes:
     def _before_unload(self, model: Model) -> None:
         """No request can reach the version's batcher once this returns (blocking, microseconds)."""
         self.router.wait_quiescent()
-        with self._taps_lock:
-            entry = self._taps.pop(model, None)
-        if entry is not None:
-            self._record(*entry)
+        with self._flush_lock:
+            with self._taps_lock:
+                entry = self._taps.pop(model, None)
+            if entry is not None:
+                self._record(*entry)
 
     def _tap(self, model: Model):
         with self._taps_lock:
@@ -89,11 +91,13 @@ class NativeRoutes:
             self.flush_feedback()
 
     def flush_feedback(self) -> None:
-        """Hands every prediction the taps hold to the feedback record. Any thread."""
-        with self._taps_lock:
-            entries = list(self._taps.values())
-        for entry in entries:
-            self._record(*entry)
+        """Hands every prediction the taps hold to the feedback record. Any thread; one flush
+        at a time, so that a flush that finds a tap empty knows its entries are recorded."""
+        with self._flush_lock:
+            with self._taps_lock:
+                entries = list(self._taps.values())
+            for entry in entries:
+                self._record(*entry)
 
     @staticmethod
     def _record(tap, track, x_names) -> None:
