@@ -159,6 +159,9 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     device: Device = "cpu"
     # Intra-op threads of the runtime (onnxruntime per session; torch process-wide); 0: default.
     threads: NonNegative = 0
+    # torch on a CUDA device: capture the model as a CUDA graph per instance for each preferred
+    # batch size (batches of those sizes replay it); a model that cannot be captured fails to load.
+    cuda_graphs: bool = False
     version_policy: VersionPolicy = VersionPolicy()
     traffic: Traffic = Traffic()
     # Before a version takes traffic it runs zero-filled requests of these row counts (its

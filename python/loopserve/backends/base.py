@@ -32,6 +32,8 @@ class Backend(ABC):
     and implement __call__."""
 
     kind: str  # the runtime: onnxruntime, pytorch, python
+    # True: called as backend(inputs, instance), instance = the batch's instance (-1: the submitting thread)
+    takes_instance: bool = False
     platform: str  # Triton's platform name, for model metadata
     inputs: list[TensorConfig]
     outputs: list[TensorConfig]
