@@ -2,7 +2,7 @@
 # The GPU checks of issue 13, for a GPU host with no network (see shared/TOOLCHAIN.md, "The GPU
 # host": Python 3.12, torch + triton preinstalled; msgspec, starlette, uvicorn, httptools carried
 # as wheels). Builds the project into a --target directory, runs tests/gpu/, bench/drift_gpu.py
-# and bench/gpu_serving.py, and prints one table. Within 8 minutes.
+# and bench/gpu_batcher.py, and prints one table. Within 8 minutes.
 #
 #   bash bench/gpu.sh [WHEELS_DIR]     # WHEELS_DIR: the carried py3.12 wheels (default: wheels/)
 #   bash bench/gpu.sh --cpu            # this machine: the same steps on the CPU (a check of the script)
@@ -46,11 +46,11 @@ else
   timeout 240 $PY bench/drift_gpu.py --json "$OUT/drift.json" | tee "$OUT/drift.txt"
 fi
 
-step "bench/gpu_serving.py"
+step "bench/gpu_batcher.py"
 if [[ $CPU == 1 ]]; then
-  timeout 200 $PY bench/gpu_serving.py --cpu --json "$OUT/serving.json" | tee "$OUT/serving.txt"
+  timeout 200 $PY bench/gpu_batcher.py --cpu --json "$OUT/serving.json" | tee "$OUT/serving.txt"
 else
-  timeout 200 $PY bench/gpu_serving.py --seconds 3 --json "$OUT/serving.json" | tee "$OUT/serving.txt"
+  timeout 200 $PY bench/gpu_batcher.py --seconds 3 --json "$OUT/serving.json" | tee "$OUT/serving.txt"
 fi
 
 step "summary"

@@ -4,8 +4,8 @@
 1024 concurrent single-row clients; and the cost of drift monitoring (the kernel path) on vs
 off for the wide MLP. One table of ratios, all measured in this run.
 
-    python bench/gpu_serving.py [--seconds S] [--json out.json]
-    python bench/gpu_serving.py --cpu   # tiny shapes on the CPU: checks the script, not the GPU
+    python bench/gpu_batcher.py [--seconds S] [--json out.json]
+    python bench/gpu_batcher.py --cpu   # tiny shapes on the CPU: checks the script, not the GPU
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> int:
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if not args.cpu and not torch.cuda.is_available():
-        print("gpu_serving: SKIPPED: no CUDA device (use --cpu to check the script)")
+        print("gpu_batcher: SKIPPED: no CUDA device (use --cpu to check the script)")
         return 0
     device, models = ("cpu", CPU_MODELS) if args.cpu else ("cuda:0", MODELS)
     seconds = 0.5 if args.cpu else args.seconds
