@@ -18,6 +18,7 @@ from loopserve.server.app import LoopserveApp
 from loopserve.server.config import ServerConfig
 from loopserve.server.registry_source import ModelSource, RegistryModels
 from loopserve.server.repository import ModelRepository
+from loopserve.thread_budget import expect_repository_models
 
 log = logging.getLogger("loopserve.server")
 
@@ -29,8 +30,10 @@ def build_app(config: ServerConfig) -> LoopserveApp:
     named = [m for m in config.models if isinstance(m, str)]
     registry = RegistryModels(sources, config.store) if sources else None
     repository = ModelRepository(config.model_repository, registry)
+    on_disk = named or ([] if sources else repository.names_on_disk())
+    expect_repository_models(config.model_repository, on_disk, [s.name for s in sources], front_ends=1)
     try:
-        for name in (named or ([] if sources else repository.names_on_disk())) + [s.name for s in sources]:
+        for name in on_disk + [s.name for s in sources]:
             repository.load(name)
     except Exception:
         repository.close()
