@@ -130,10 +130,11 @@ def cores(n: int, quota: float | None = None) -> Cores:
 
 
 @pytest.mark.parametrize("usable, front_ends, executors, expected", [
-    (2, 1, 1, 1),  # this box: the front end keeps a core, the executor gets the other
-    (16, 1, 1, 15),
-    (16, 1, 3, 5),  # three instances (of one model or several) share what the front end leaves
+    (2, 1, 1, 2),  # a lone front end takes turns with the executors: it keeps no core
+    (2, 1, 2, 1),
+    (16, 1, 3, 5),  # three instances (of one model or several) share the cores
     (16, 8, 2, 4),  # eight front-end processes keep eight cores
+    (16, 2, 1, 14),
     (16, 1, 40, 1),  # more executors than cores: one thread each, never zero
     (1, 1, 1, 1),
     (2, 4, 1, 1),
@@ -146,7 +147,8 @@ def test_auto_divides_what_the_front_ends_leave_among_the_executors(usable, fron
 
 
 def test_the_quota_caps_the_affinity():
-    assert plan("auto", None, cores=cores(16, quota=4.0), front_ends=1).intra_op == 3
+    assert plan("auto", None, cores=cores(16, quota=4.0), front_ends=1).intra_op == 4
+    assert plan("auto", None, cores=cores(16, quota=4.5), front_ends=2).intra_op == 2
     assert "cgroup quota 4 cores (cpu.max)" in plan("auto", None, cores=cores(16, quota=4.0)).why()
 
 
@@ -166,10 +168,10 @@ def test_the_census_counts_the_announced_models_before_they_load():
     census.expect({"a": 1, "b": 2}, front_ends=1)
     config = decode_config(b"name: a\n", "yaml", "a/config.yaml")
     first = census.budget(config)
-    assert (first.executors, first.intra_op) == (3, 5)
+    assert (first.executors, first.intra_op) == (3, 5)  # 16 // 3
     # A model loaded later joins the census; one loaded again keeps its place.
     late = census.budget(decode_config(b"name: c\ninstances: 2\n", "yaml", "c/config.yaml"))
-    assert (late.executors, late.intra_op, late.model_instances) == (5, 3, 2)
+    assert (late.executors, late.intra_op, late.model_instances) == (5, 3, 2)  # 16 // 5
     assert census.budget(config).executors == 5
 
 
@@ -276,7 +278,7 @@ def test_the_served_config_and_the_start_up_log_show_the_budget(tmp_path, model_
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     usable = usable_cores().usable
-    expected = max(1, (usable - 1) // 3)  # 1 front end; 1 + 2 instances, both counted from the start
+    expected = max(1, usable // 3)  # a lone front end keeps no core; 1 + 2 instances, both counted from the start
     for name, config in configs.items():
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         assert params["intra_op_thread_count"] == str(expected)
