@@ -12,16 +12,17 @@ in the `threads` line:
 
 The limit is the model in-process: onnxruntime on the same file, 1 intra-op and 1 inter-op thread,
 `session.run` at batch 64 in a loop (as serving.py's heavy section). Each round goes through the
-concurrencies (64, 128) and bodies (JSON, binary tensors); for each it measures the limit for
-1.5 s, then runs one wrk window per variant, in an order that rotates each round (the other
-servers wait idle). A window's figure is served rows/s (batch-1 requests) ÷ the limit measured
-just before; the table gives each variant's median over the rounds and checks that `auto` is the
-best or within 5% of the best in every row (exit status 1 if not). The box is shared: the medians
-of many short alternating windows are what this measures, not any single window.
+concurrencies (64, 128) and bodies (JSON, binary tensors), and for each runs one 1 s wrk window
+per variant, in an order that rotates each round (the other servers wait idle), each right after
+0.5 s of the in-process limit. A window's figure is its served rows/s (batch-1 requests) ÷ that
+limit, so a window and its limit see the same machine; the table gives each variant's median over
+the rounds and checks that `auto` is the best or within 5% of the best in every row (exit status
+1 if not). The box is shared: the medians of many short alternating windows are what this
+measures, not any single window.
 
     apt-get install -y wrk
-    .venv/bin/python bench/threads.py                     # 8 rounds of 2 s windows, ~15 min
-    .venv/bin/python bench/threads.py --quick             # 3 rounds, ~6 min
+    .venv/bin/python bench/threads.py                     # 12 rounds, ~15 min
+    .venv/bin/python bench/threads.py --quick             # 4 rounds, ~5 min
     .venv/bin/python bench/threads.py --models heavy --rounds 7 --json threads.json
 """
 
@@ -51,7 +52,7 @@ DELAY_US = 2000
 CONCURRENCY = (64, 128)
 BODIES = ("json", "binary")
 WITHIN = 0.05  # auto must be within 5% of the best variant
-DIRECT_S = 1.5  # the in-process window before each group of served windows
+DIRECT_S = 0.5  # the in-process window before each served window
 
 
 def model_dirs(work: Path, model: str) -> dict[str, Path]:
@@ -71,8 +72,9 @@ def model_dirs(work: Path, model: str) -> dict[str, Path]:
     return repos
 
 
-def in_process_rows_per_s(model_file: Path, n_in: int, seconds: float) -> float:
-    """The limit: `session.run` at batch 64 on one thread, in this process, servers idle."""
+def in_process(model_file: Path, n_in: int):
+    """The limit: a function of seconds giving `session.run` rows/s at batch 64 on one thread, in
+    this process."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -81,11 +83,15 @@ def in_process_rows_per_s(model_file: Path, n_in: int, seconds: float) -> float:
     feed = {session.get_inputs()[0].name: np.tile(np.asarray(infer_row(n_in), np.float32), (BATCH, 1))}
     for _ in range(3):
         session.run(None, feed)
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() < start + seconds or n == 0:
-        session.run(None, feed)
-        n += 1
-    return n * BATCH / (time.perf_counter() - start)
+
+    def rows_per_s(seconds: float) -> float:
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() < start + seconds or n == 0:
+            session.run(None, feed)
+            n += 1
+        return n * BATCH / (time.perf_counter() - start)
+
+    return rows_per_s
 
 
 def start_servers(repos: dict[str, Path], model: str, n_in: int, log_dir: Path, cmd: str,
@@ -137,23 +143,23 @@ def run_model(model: str, work: Path, log_dir: Path, cmd: str, rounds: int, dura
             why = out["budgets"][variant].get("thread_budget.why", "(no budget reported)")
             print(f"  [{variant:>7}] {why}", flush=True)
         variants = list(VARIANTS)
-        model_file = repos["auto"] / model / "1" / "model.onnx"
+        limit = in_process(repos["auto"] / model / "1" / "model.onnx", n_in)
         for i in range(rounds):
             order = variants[i % len(variants):] + variants[:i % len(variants)]
-            rd = {"order": order, "groups": []}
+            rd = {"order": order, "windows": []}
             for c in CONCURRENCY:
                 for body in BODIES:
-                    # The limit right before the group it divides, so both see the same machine.
-                    direct = in_process_rows_per_s(model_file, n_in, DIRECT_S)
-                    group = {"concurrency": c, "body": body, "direct_rows_per_s": direct, "windows": []}
+                    shares = []
                     for variant in order:
-                        time.sleep(0.5)  # the previous window's last requests drain
+                        # The limit right before the window it divides, so both see the same machine
+                        # (and the previous window's last requests drain meanwhile).
+                        direct = limit(DIRECT_S)
                         r = run_wrk(servers[variant], c, duration_s, scripts[body], model=model)
-                        group["windows"].append({"variant": variant, "req_s": r.req_s, "p99_ms": r.p99_ms,
-                                                 "errors": r.errors, "note": r.note})
-                    rd["groups"].append(group)
-                    shares = " ".join(f"{w['variant']} {share(w, direct):.3f}" for w in group["windows"])
-                    print(f"  round {i + 1} c={c:<3} {body:<6} in-process {direct:9.0f} rows/s; {shares}", flush=True)
+                        w = {"variant": variant, "concurrency": c, "body": body, "direct_rows_per_s": direct,
+                             "req_s": r.req_s, "p99_ms": r.p99_ms, "errors": r.errors, "note": r.note}
+                        rd["windows"].append(w)
+                        shares.append(f"{variant} {share(w):.3g}{' ' + r.note if r.note else ''}")
+                    print(f"  round {i + 1} c={c:<3} {body:<6} " + ", ".join(shares), flush=True)
             out["rounds"].append(rd)
     finally:
         for server in servers.values():
@@ -162,8 +168,8 @@ def run_model(model: str, work: Path, log_dir: Path, cmd: str, rounds: int, dura
     return out
 
 
-def share(window: dict, direct: float) -> float:
-    return (window["req_s"] or 0.0) / direct
+def share(window: dict) -> float:
+    return (window["req_s"] or 0.0) / window["direct_rows_per_s"]
 
 
 def summary(rounds: list[dict]) -> list[dict]:
@@ -173,9 +179,8 @@ def summary(rounds: list[dict]) -> list[dict]:
         for body in BODIES:
             medians = {}
             for variant in VARIANTS:
-                shares = [share(w, g["direct_rows_per_s"]) for rd in rounds for g in rd["groups"]
-                          if (g["concurrency"], g["body"]) == (c, body) for w in g["windows"]
-                          if w["variant"] == variant]
+                shares = [share(w) for rd in rounds for w in rd["windows"]
+                          if (w["variant"], w["concurrency"], w["body"]) == (variant, c, body)]
                 medians[variant] = statistics.median(shares) if shares else None
             best = max(v for v in medians.values() if v is not None)
             rows.append({"concurrency": c, "body": body, "share": medians,
@@ -189,26 +194,32 @@ def print_summary(result: dict, rounds: int) -> None:
     print(f"\n{model} MLP: served rows/s ÷ in-process batch-{BATCH} rows/s (1 thread), median of {rounds} rounds")
     print(f"{'conc':>4} {'body':<6} " + " ".join(f"{v:>8}" for v in VARIANTS) + f" {'auto/best':>9}")
     for row in result["summary"]:
-        cells = " ".join(f"{row['share'][v]:8.3f}" if row["share"][v] is not None else f"{'-':>8}"
+        cells = " ".join(f"{row['share'][v]:8.3g}" if row["share"][v] is not None else f"{'-':>8}"
                          for v in VARIANTS)
         mark = "ok" if row["ok"] else f"AUTO MORE THAN {WITHIN:.0%} BELOW THE BEST"
         print(f"{row['concurrency']:>4} {row['body']:<6} {cells} {row['auto_vs_best']:9.2f}  {mark}")
-    auto = result["budgets"].get("auto", {})
+    budgets = result["budgets"]
+    auto = budgets.get("auto", {})
     print(f"auto chose {auto.get('intra_op_thread_count', '?')} intra-op thread(s): {auto.get('thread_budget.why')}")
+    settings = ("intra_op_thread_count", "thread_spinning")
+    twins = [v for v in VARIANTS if v != "auto" and budgets.get(v)
+             and all(budgets[v].get(k) == auto.get(k) for k in settings)]
+    if twins:
+        print(f"auto and {', '.join(twins)} run with the same settings here: the gap between them is the noise")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="threads unset / auto / 1 / 2, served over HTTP")
-    parser.add_argument("--quick", action="store_true", help="3 rounds")
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 8, quick 3)")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk window (default 2)")
+    parser.add_argument("--quick", action="store_true", help="4 rounds")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 12, quick 4)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per wrk window (default 1)")
     parser.add_argument("--models", default="heavy,tiny", help="comma-separated: heavy, tiny")
     parser.add_argument("--loopserve-cmd", default=DEFAULT_LOOPSERVE_CMD,
                         help="format string with {python}, {repo}, {port}")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
-    rounds = args.rounds or (3 if args.quick else 8)
-    duration = args.duration or 2.0
+    rounds = args.rounds or (4 if args.quick else 12)
+    duration = args.duration or 1.0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install -y wrk")
