@@ -214,7 +214,30 @@ def baseline_server(log_dir: Path, _work: Path) -> Server:
     return Server("baseline", argv, port, log_dir=log_dir)
 
 
-def loopserve_server(log_dir: Path, work: Path, cmd: str) -> Server:
+def echo_server(log_dir: Path, _work: Path) -> Server:
+    port = free_port()
+    return Server("echo", [sys.executable, str(REPO_ROOT / "bench" / "bare_echo.py"), "--port", str(port)], port,
+                  log_dir=log_dir)
+
+
+def server_cpu_s(server: Server) -> float | None:
+    """CPU seconds (user + system) used so far by every process of the server's session (the
+    engine and its front ends), from /proc."""
+    if server.proc is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == server.proc.pid:  # field 6, the session id (start_new_session=True)
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def loopserve_server(log_dir: Path, work: Path, cmd: str, workers: int | None = None) -> Server:
     from loopserve import zoo
 
     repo = work / "loopserve-models"
@@ -223,7 +246,9 @@ def loopserve_server(log_dir: Path, work: Path, cmd: str) -> Server:
                             extra_config="threads: 1\n")
     port = free_port()
     line = cmd.format(python=shlex.quote(sys.executable), repo=shlex.quote(str(repo)), port=port)
-    return Server("loopserve", shlex.split(line), port, log_dir=log_dir)
+    if workers is None:
+        return Server("loopserve", shlex.split(line), port, log_dir=log_dir)
+    return Server(f"loopserve-w{workers}", shlex.split(line) + ["--workers", str(workers)], port, log_dir=log_dir)
 
 
 # -- clients ------------------------------------------------------------------------------
@@ -318,7 +343,9 @@ def run_wrk(server: Server, concurrency: int, duration_s: float, script: Path, m
     threads = min(2, concurrency)
     argv = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s", "--latency",
             "--timeout", "5s", "-s", str(script), f"{server.url}/v2/models/{model}/infer"]
+    cpu_before = server_cpu_s(server)
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60)
+    cpu_after = server_cpu_s(server)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if proc.returncode != 0 or line is None:
         res.note = f"wrk failed (status {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-300:]}"
@@ -329,6 +356,8 @@ def run_wrk(server: Server, concurrency: int, duration_s: float, script: Path, m
     res.req_s = w["requests"] / (w["duration_us"] / 1e6)
     res.p50_ms, res.p99_ms = w["p50_us"] / 1e3, w["p99_us"] / 1e3
     res.extra = {"mean_ms": w["mean_us"] / 1e3, "max_ms": w["max_us"] / 1e3, "threads": threads}
+    if cpu_before is not None and cpu_after is not None and w["requests"]:
+        res.extra["server_cpu_us_per_req"] = (cpu_after - cpu_before) / w["requests"] * 1e6
     if res.errors:
         res.note = f"{res.errors} errors (non-2xx {w['err_status']}, timeouts {w['err_timeout']})"
     return res
@@ -708,10 +737,10 @@ def fmt(x: float | None, spec: str) -> str:
 
 
 def print_table(results: list[Result]) -> None:
-    print(f"\n{'server':<10} {'client':<14} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  note")
+    print(f"\n{'server':<13} {'client':<14} {'conc':>4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu µs/req':>10}  note")
     for r in results:
-        print(f"{r.server:<10} {r.client:<14} {r.concurrency:>4} {fmt(r.req_s, '9.0f')} {fmt(r.p50_ms, '8.3f')} "
-              f"{fmt(r.p99_ms, '8.3f')}  {r.note}")
+        print(f"{r.server:<13} {r.client:<14} {r.concurrency:>4} {fmt(r.req_s, '9.0f')} {fmt(r.p50_ms, '8.3f')} "
+              f"{fmt(r.p99_ms, '8.3f')} {fmt(r.extra.get('server_cpu_us_per_req'), '10.0f')}  {r.note}")
 
 
 def ratios(results: list[Result]) -> list[dict]:
@@ -719,29 +748,36 @@ def ratios(results: list[Result]) -> list[dict]:
     by = {(r.server, r.client, r.concurrency): r for r in results if r.req_s}
     out = []
     keys = sorted({(r.client, r.concurrency) for r in results}, key=lambda k: (k[0] != "wrk", k[0], k[1]))
-    for server in ("loopserve", "baseline"):
+    names = sorted({r.server for r in results if r.server.startswith("loopserve")}) + ["baseline"]
+    for server in names:
         for client, c in keys:
             me, tri = by.get((server, client, c)), by.get(("triton", client, c))
             if me is None:
                 continue
+            echo = by.get(("echo", client, c))
+            cpu, tri_cpu = me.extra.get("server_cpu_us_per_req"), tri.extra.get("server_cpu_us_per_req") if tri else None
             row = {"server": server, "client": client, "concurrency": c,
                    "req_s_vs_triton": me.req_s / tri.req_s if tri else None,
-                   "p99_vs_triton": me.p99_ms / tri.p99_ms if tri and tri.p99_ms else None}
+                   "p99_vs_triton": me.p99_ms / tri.p99_ms if tri and tri.p99_ms else None,
+                   "req_s_vs_echo": me.req_s / echo.req_s if echo else None,
+                   "cpu_vs_triton": cpu / tri_cpu if cpu and tri_cpu else None}
             base = by.get(("baseline", "wrk", 1))
-            if server == "loopserve" and client == "wrk" and c == 1 and base and base.p50_ms:
+            if server.startswith("loopserve") and client == "wrk" and c == 1 and base and base.p50_ms:
                 row["p50_vs_baseline"] = me.p50_ms / base.p50_ms
             out.append(row)
     return out
 
 
 def print_ratios(rows: list[dict], skipped: dict[str, str]) -> None:
-    print(f"\n{'server':<10} {'client':<14} {'conc':>4} {'req/s ÷ Triton':>15} {'p99 ÷ Triton':>13}  (higher req/s, lower p99 is better)")
+    print(f"\n{'server':<13} {'client':<14} {'conc':>4} {'req/s ÷ Triton':>15} {'p99 ÷ Triton':>13} "
+          f"{'req/s ÷ echo':>13} {'cpu ÷ Triton':>13}  (higher req/s, lower p99 and cpu are better)")
     for row in rows:
         extra = ""
         if "p50_vs_baseline" in row:
             extra = f"  p50 ÷ baseline p50 = {row['p50_vs_baseline']:.2f} (target <= 1.20)"
-        print(f"{row['server']:<10} {row['client']:<14} {row['concurrency']:>4} {fmt(row['req_s_vs_triton'], '15.2f')} "
-              f"{fmt(row['p99_vs_triton'], '13.2f')}{extra}")
+        print(f"{row['server']:<13} {row['client']:<14} {row['concurrency']:>4} {fmt(row['req_s_vs_triton'], '15.2f')} "
+              f"{fmt(row['p99_vs_triton'], '13.2f')} {fmt(row.get('req_s_vs_echo'), '13.2f')} "
+              f"{fmt(row.get('cpu_vs_triton'), '13.2f')}{extra}")
     if "loopserve" in skipped:
         print("loopserve: skipped, no loopserve ratios in this run")
 
@@ -753,8 +789,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="loopserve vs NVIDIA Triton vs a no-batching Starlette baseline")
     parser.add_argument("--quick", action="store_true", help="3 s per measurement, concurrency 1 and 64 only")
     parser.add_argument("--duration", type=float, default=None, help="seconds per measurement (default 10, quick 3)")
-    parser.add_argument("--concurrency", default=None, help="comma-separated (default 1,16,64; quick 1,64)")
-    parser.add_argument("--servers", default="triton,baseline,loopserve", help="comma-separated subset, in order")
+    parser.add_argument("--concurrency", default=None, help="comma-separated (default 1,16,64,256; quick 1,64)")
+    parser.add_argument("--servers", default="triton,echo,baseline,loopserve",
+                        help="comma-separated subset, in order; loopserve-wN: loopserve with --workers N")
     parser.add_argument("--clients", default="wrk,perf_analyzer", help="comma-separated subset")
     parser.add_argument("--loopserve-cmd", default=os.environ.get("LOOPSERVE_CMD", DEFAULT_LOOPSERVE_CMD),
                         help="format string with {python}, {repo}, {port} (env LOOPSERVE_CMD)")
@@ -772,7 +809,7 @@ def main() -> int:
     args = parser.parse_args()
 
     duration = args.duration if args.duration is not None else (3.0 if args.quick else 10.0)
-    concurrency = [int(c) for c in (args.concurrency or ("1,64" if args.quick else "1,16,64")).split(",")]
+    concurrency = [int(c) for c in (args.concurrency or ("1,64" if args.quick else "1,16,64,256")).split(",")]
     servers = [s.strip() for s in args.servers.split(",") if s.strip() and s.strip() != "none"]
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     if "wrk" in clients and shutil.which("wrk") is None:
@@ -809,9 +846,14 @@ def main() -> int:
         factories = {
             "triton": triton_server,
             "baseline": baseline_server,
+            "echo": echo_server,
             "loopserve": lambda ld, w: loopserve_server(ld, w, args.loopserve_cmd),
         }
-        if "loopserve" in servers:  # export the model now, not between two servers' runs
+        for name in servers:
+            if name.startswith("loopserve-w") and name[len("loopserve-w"):].isdigit():
+                factories[name] = lambda ld, w, n=int(name[len("loopserve-w"):]): loopserve_server(
+                    ld, w, args.loopserve_cmd, n)
+        if any(s.startswith("loopserve") for s in servers):  # export the model now, not between two servers' runs
             try:
                 loopserve_server(log_dir, work, args.loopserve_cmd)
             except Exception:
@@ -837,12 +879,12 @@ def main() -> int:
                     continue
                 print(f"[{name}] ready in {time.monotonic() - t0:.1f} s on port {server.port}", flush=True)
                 wrong = check_answer(server, expected)
-                if wrong is not None:
+                if wrong is not None and name != "echo":
                     print(f"[{name}] WARNING: {wrong}")
                 if "wrk" in clients:
                     warm_up(server, script)
                 for client in clients:
-                    if client == "perf_analyzer" and name == "baseline":
+                    if client == "perf_analyzer" and name in ("baseline", "echo"):
                         continue  # needs the config and stats routes the baseline does not have
                     for c in concurrency:
                         if client == "wrk":

@@ -58,6 +58,7 @@ void BatcherConfig::validate() const {
           std::to_string(max_batch_size) + "]");
   if (max_queue_delay_us < 0) bad("max_queue_delay_us must be >= 0");
   if (queue_capacity < 1) bad("queue_capacity must be >= 1");
+  if (max_queue_wait_us < 0) bad("max_queue_wait_us must be >= 0");
   if (default_timeout_us < 0) bad("default_timeout_us must be >= 0");
   if (priority_levels < 1) bad("priority_levels must be >= 1");
   if (default_priority_level < 1 || default_priority_level > priority_levels)
@@ -164,6 +165,21 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
       throw QueueFull("the queue of model '" + config_.model_name + "' is full (" +
                       std::to_string(config_.queue_capacity) + " requests); retry later");
     }
+    if (config_.max_queue_wait_us > 0 && queued_ > 0) {
+      // The batches ahead of this request, shared by the instances, each about as long as
+      // the recent ones.
+      const int64_t batch_ns = batch_compute_avg_ns_.load(std::memory_order_relaxed);
+      const int64_t per_batch = std::max<int64_t>(1, config_.max_batch_size);
+      const int64_t batches_ahead = (queued_rows_ + per_batch - 1) / per_batch;
+      const int64_t wait_us = batch_ns < 0 ? 0 : batches_ahead * batch_ns / config_.instances / 1000;
+      if (wait_us > config_.max_queue_wait_us) {
+        std::lock_guard<std::mutex> stats_lock(stats_mu_);
+        ++stats_.rejected;
+        throw QueueFull("model '" + config_.model_name + "' is at capacity: about " + std::to_string(wait_us / 1000) +
+                        " ms of work is queued ahead (limit " + std::to_string(config_.max_queue_wait_us / 1000) +
+                        " ms, dynamic_batching.max_queue_wait_us); retry later");
+      }
+    }
     // Requests overlap: whatever the adaptive delay learned about lone requests is stale.
     if (queued_ > 0 || busy_ > 0) useless_waits_ = lone_deferred_runs_ = 0;
     if (mode == Inline::kDeferred && inline_allowed()) {
@@ -180,6 +196,7 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
       earliest_deadline_ = std::min(earliest_deadline_, r.deadline);
       levels_[static_cast<size_t>(priority - 1)].push_back(std::move(r));
       ++queued_;
+      queued_rows_ += r.rows;
     }
     // A deferred request wakes a worker too (once per burst) as a safety net; the worker
     // leaves it alone for kDeferredGrace.
@@ -397,6 +414,7 @@ void Batcher::take(const Plan& plan, std::vector<Request>& batch) {
   for (auto& level : levels_) {
     for (auto it = level.begin(); it != level.end() && batch.size() < plan.count;) {
       if (batch.empty() || compatible(batch.front(), *it)) {
+        queued_rows_ -= it->rows;
         batch.push_back(std::move(*it));
         it = level.erase(it);
       } else {
@@ -412,6 +430,7 @@ void Batcher::expire(Clock::time_point now, std::vector<Request>& expired) {
   for (auto& level : levels_) {
     for (auto it = level.begin(); it != level.end();) {
       if (it->deadline <= now) {
+        queued_rows_ -= it->rows;
         expired.push_back(std::move(*it));
         it = level.erase(it);
       } else {

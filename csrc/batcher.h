@@ -51,6 +51,10 @@ struct BatcherConfig {
   bool adaptive_queue_delay = true;
   // Queued requests at most; a full queue refuses at once.
   int64_t queue_capacity = 1024;
+  // Past saturation, refuse at once (QueueFull) a request that would wait longer than this
+  // behind the batches already queued (estimated from the recent batch time); 0: no limit.
+  // Queueing past it only makes every answer later: a client told "retry" can go elsewhere.
+  int64_t max_queue_wait_us = 0;
   // Per-request queue timeout when the request names none; 0 means none.
   int64_t default_timeout_us = 0;
   // Priority 1 is served first; a request that names no priority gets the default.
@@ -79,7 +83,7 @@ struct BatcherStats {
   uint64_t success = 0;
   uint64_t failed = 0;      // the model failed on the request's batch
   uint64_t timed_out = 0;   // waited past its timeout; never run
-  uint64_t rejected = 0;    // refused at submit because the queue was full
+  uint64_t rejected = 0;    // refused at submit: the queue was full, or its wait over max_queue_wait_us
   uint64_t inference_count = 0;  // rows run
   uint64_t execution_count = 0;  // batches run
   uint64_t queue_ns = 0;
@@ -181,6 +185,7 @@ class Batcher {
   std::condition_variable cv_;
   std::vector<std::deque<Request>> levels_;  // index 0 = priority 1
   int64_t queued_ = 0;
+  int64_t queued_rows_ = 0;
   int busy_ = 0;  // workers running a batch
   int useless_waits_ = 0;
   int lone_deferred_runs_ = 0;   // deferred batches in a row that held a single request

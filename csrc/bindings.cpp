@@ -15,6 +15,7 @@
 #include "bytes_tensor.h"
 #include "completion.h"
 #include "executor.h"
+#include "py_batcher.h"
 #include "py_executor.h"
 #include "batch_observer.h"
 #include "sketches/kll_sketch.h"
@@ -24,6 +25,7 @@ namespace py = pybind11;
 
 namespace loopserve {
 void bind_drift(py::module_& m);  // bindings_drift.cpp
+void bind_ipc(py::module_& m);    // bindings_ipc.cpp
 }
 using namespace loopserve;
 
@@ -118,26 +120,6 @@ py::tuple completion_tuple(const Completion& c) {
     return py::make_tuple(c.token, static_cast<int>(c.status), output_arrays(c));
   return py::make_tuple(c.token, static_cast<int>(c.status), c.error ? *c.error : std::string());
 }
-
-// Owns a Batcher for Python: stops it (GIL released, workers may need the GIL to finish a
-// batch) before the executor's Python references are dropped (GIL held).
-class PyBatcher {
- public:
-  PyBatcher(BatcherConfig config, std::shared_ptr<Executor> executor)
-      : batcher_(std::make_unique<Batcher>(std::move(config), std::move(executor))) {}
-  ~PyBatcher() {
-    if (!batcher_) return;
-    {
-      py::gil_scoped_release release;
-      batcher_->stop();
-    }
-    batcher_.reset();
-  }
-  Batcher& get() { return *batcher_; }
-
- private:
-  std::unique_ptr<Batcher> batcher_;
-};
 
 py::dict stats_dict(const BatcherStats& s) {
   py::dict d;
@@ -277,6 +259,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("max_queue_delay_us", &BatcherConfig::max_queue_delay_us)
       .def_readwrite("adaptive_queue_delay", &BatcherConfig::adaptive_queue_delay)
       .def_readwrite("queue_capacity", &BatcherConfig::queue_capacity)
+      .def_readwrite("max_queue_wait_us", &BatcherConfig::max_queue_wait_us)
       .def_readwrite("default_timeout_us", &BatcherConfig::default_timeout_us)
       .def_readwrite("priority_levels", &BatcherConfig::priority_levels)
       .def_readwrite("default_priority_level", &BatcherConfig::default_priority_level)
@@ -412,6 +395,7 @@ PYBIND11_MODULE(_core, m) {
 
   py::class_<BatchObserver, std::shared_ptr<BatchObserver>>(m, "BatchObserver");
   bind_drift(m);
+  bind_ipc(m);
 
   m.def("measure_native", &measure_native, py::arg("config"), py::arg("threads"), py::arg("requests_per_thread"),
         py::arg("rows"));

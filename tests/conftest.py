@@ -48,27 +48,45 @@ def tiny_reference():
 
 
 class RunningServer:
-    """A real loopserve HTTP server on a free loopback port, in a thread of this process."""
+    """A real loopserve HTTP server on a free loopback port, in a thread of this process.
 
-    def __init__(self, app):
+    workers > 1: this process is the engine (its routes on a Unix socket, in the thread), and
+    `workers` front-end processes share the port, as `loopserve serve --workers N` runs them."""
+
+    def __init__(self, app, workers: int = 1):
         import socket
         import threading
 
         import uvicorn
 
         self.app = app
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
+        self.workers = workers
+        self.engine = None
+        if workers > 1:
+            from loopserve.server.config import HttpConfig
+            from loopserve.server.supervisor import MultiProcessServer
+
+            self.engine = MultiProcessServer(app, workers=workers, host="127.0.0.1", port=0,
+                                             http=HttpConfig(max_body_bytes=app.infer.max_body_bytes,
+                                                             graceful_shutdown_s=10),
+                                             gil_switch_interval_us=200, log_level="warning")
+            self.port = self.engine.port
+            where = {"uds": self.engine.engine_uds}
+            sockets = None
+        else:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+            where, sockets = {}, [sock]
         self.url = f"127.0.0.1:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on",
-                                                    log_config=None, access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+                                                    log_config=None, access_log=False, **where))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": sockets}, daemon=True)
         self.thread.start()
         import time
 
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120  # front-end processes start slowly on a loaded machine
         while not self.server.started:
             assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
             time.sleep(0.01)
@@ -87,16 +105,19 @@ class RunningServer:
 
     def stop(self):
         self.server.should_exit = True
-        self.thread.join(timeout=30)
+        self.thread.join(timeout=60)
+        if self.engine is not None:
+            self.engine.cleanup()
 
 
-@pytest.fixture
-def serve():
-    """serve(app) starts a server; all are stopped after the test."""
+@pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
+def serve(request):
+    """serve(app) starts a server; all are stopped after the test. Every test that uses it runs
+    twice: one process, and an engine with two HTTP front-end processes."""
     servers = []
 
     def start(app):
-        servers.append(RunningServer(app))
+        servers.append(RunningServer(app, workers=request.param))
         return servers[-1]
 
     yield start

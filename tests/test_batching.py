@@ -177,7 +177,7 @@ def test_the_event_loop_is_free_while_requests_wait():
 
 
 def test_one_wakeup_per_batch():
-    from loopserve.model import _channels
+    from loopserve.serving.model import _channels
 
     with Model.from_callable(doubling(), vector_config(max_batch_size=32, max_queue_delay_us=200_000)) as m:
 

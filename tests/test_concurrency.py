@@ -92,7 +92,7 @@ def test_event_loops_that_come_and_go_leave_nothing_behind():
     import gc
     import os
 
-    from loopserve.model import _channels
+    from loopserve.serving.model import _channels
 
     def open_fds():
         return len(os.listdir("/proc/self/fd"))

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from loopserve import Model, zoo
-from loopserve.canary import CanaryRule, VersionMetrics
-from loopserve.router import VersionRouter
 from loopserve.server.app import LoopserveApp
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.canary import CanaryRule, VersionMetrics
+from loopserve.serving.repository import ModelRepository
+from loopserve.serving.router import VersionRouter
 
 from conftest import vector_config
 

@@ -1,7 +1,7 @@
 """The native core under ThreadSanitizer and AddressSanitizer: many threads submitting to
 the batcher at once, with priorities, timeouts, a full queue, a failing model and a stop; the
-sketches' update, merge and (corrupt) deserialization; and the drift monitor fed by many threads
-while others read it."""
+sketches' update, merge and (corrupt) deserialization; the drift monitor fed by many threads
+while others read it; and the engine's ingress answering four front-end channels through hot swaps."""
 
 import os
 import shutil
@@ -33,7 +33,7 @@ def test_batcher_stress_under_sanitizer(sanitizer):
         done = subprocess.run(step, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=1:halt_on_error=1")
-    for program in ("batcher_stress", "sketch_test", "drift_stress"):
+    for program in ("batcher_stress", "sketch_test", "drift_stress", "ingress_stress"):
         run = subprocess.run([str(build / program)], capture_output=True, text=True, env=env, timeout=600)
         assert run.returncode == 0, program + ": " + run.stdout + run.stderr
         assert "WARNING: ThreadSanitizer" not in run.stderr and "ERROR: AddressSanitizer" not in run.stderr

@@ -11,7 +11,7 @@ from tritonclient.utils import InferenceServerException
 
 from loopserve import DynamicBatching, Model, ModelConfig, TensorConfig
 from loopserve.server.app import LoopserveApp
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 
 NUMERIC = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"]

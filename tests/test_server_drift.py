@@ -13,7 +13,7 @@ from loopserve import zoo
 from loopserve.monitor.monitor import merge_windows
 from loopserve.monitor.profile import build_profile
 from loopserve.server.app import LoopserveApp
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 WIDTH = 32
 

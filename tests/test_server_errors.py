@@ -10,7 +10,7 @@ import pytest
 
 from loopserve import Model
 from loopserve.server.app import LoopserveApp
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 from conftest import vector_config
 

@@ -13,7 +13,7 @@ from loopserve import zoo
 from loopserve.registry import register_model, set_alias
 from loopserve.server.config import ServerConfig
 from loopserve.server.main import build_app
-from loopserve.server.registry_source import ModelSource
+from loopserve.serving.registry_source import ModelSource
 from loopserve.store import Store
 
 

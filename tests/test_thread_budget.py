@@ -257,7 +257,8 @@ def test_torch_gets_the_budget_process_wide(model_repo, tmp_path):
 # -- what a user sees ---------------------------------------------------------------------
 
 
-def test_the_served_config_and_the_start_up_log_show_the_budget(tmp_path, model_repo):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_served_config_and_the_start_up_log_show_the_budget(tmp_path, model_repo, workers):
     import tritonclient.http as triton
 
     repo = tmp_path / "models"
@@ -268,7 +269,7 @@ def test_the_served_config_and_the_start_up_log_show_the_budget(tmp_path, model_
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--model-repository", str(repo),
-                             "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--port", str(port), "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_ready(port, proc)
         client = triton.InferenceServerClient(f"127.0.0.1:{port}")
@@ -278,13 +279,15 @@ def test_the_served_config_and_the_start_up_log_show_the_budget(tmp_path, model_
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     usable = usable_cores().usable
-    expected = max(1, usable // 3)  # a lone front end keeps no core; 1 + 2 instances, both counted from the start
+    # A lone front end keeps no core, two front-end processes keep one each; the 1 + 2 instances
+    # are both counted from the start.
+    expected = max(1, max(1, usable - (0 if workers == 1 else workers)) // 3)
     for name, config in configs.items():
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         assert params["intra_op_thread_count"] == str(expected)
         assert params["thread_budget"] == "auto" and params["thread_spinning"] == "false"
         assert params["thread_budget.cores_usable"] == str(usable)
-        assert params["thread_budget.front_ends"] == "1" and params["thread_budget.executors"] == "3"
+        assert params["thread_budget.front_ends"] == str(workers) and params["thread_budget.executors"] == "3"
         assert f"auto: {expected} per executor" in params["thread_budget.why"]
         assert config["input"][0]["data_type"] == "TYPE_FP32"  # still Triton's shape
     logged = [msgspec.json.decode(line) for line in err.splitlines() if line.startswith("{")]

@@ -11,7 +11,7 @@ from loopserve.errors import (
     TimedOut,
     Unavailable,
 )
-from loopserve.model import Model, ModelStats
+from loopserve.serving.model import Model, ModelStats
 
 __version__ = "0.1.0"
 

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--model-repository", help="model repository directory (overrides the config)")
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides the config)")
+    serve.add_argument("--workers", type=int, help="HTTP front-end processes (overrides the config's workers)")
 
     for module_name in COMMAND_MODULES:
         try:
@@ -66,7 +67,8 @@ def _serve(args) -> int:
         http = msgspec.structs.replace(http, host=args.host or http.host,
                                        port=args.port if args.port is not None else http.port)
         config = msgspec.structs.replace(config, http=http,
-                                         model_repository=args.model_repository or config.model_repository)
+                                         model_repository=args.model_repository or config.model_repository,
+                                         workers=args.workers or config.workers)
         if not config.model_repository and not any(not isinstance(m, str) for m in config.models):
             raise LoopserveError("no models: pass --model-repository DIR, or set model_repository or "
                                  "registry models (models: [{name, source: registry://NAME@ALIAS}]) in the --config file")

@@ -44,6 +44,10 @@ class DynamicBatching(Struct, forbid_unknown_fields=True, frozen=True):
     adaptive_queue_delay: bool = True
     # Requests that may wait at once; more are refused at once (QueueFull, HTTP 429).
     queue_capacity: Positive = 1024
+    # Past saturation a request that would wait longer than this behind the batches already
+    # queued (from the recent batch time) is refused at once (HTTP 429, Retry-After) instead of
+    # queueing: answers stay fast for the requests taken, and clients learn to back off. 0: off.
+    max_queue_wait_us: NonNegative = 100_000
     # A request that waits longer than this is answered TimedOut and never run; 0: no limit.
     default_timeout_us: NonNegative = 0
     # Priority 1 is served first; requests that name none get default_priority_level.

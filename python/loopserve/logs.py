@@ -31,3 +31,5 @@ def configure_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # httpx (the front ends' calls to the engine) logs every request at info.
+    logging.getLogger("httpx").setLevel(logging.WARNING)

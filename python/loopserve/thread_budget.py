@@ -257,7 +257,7 @@ def expect_repository_models(repository_root: str | Path | None, names: Iterable
     file (1 where it cannot be read: its load reports why), registry models at 1 each."""
     from loopserve.config import load_config
     from loopserve.errors import ConfigError
-    from loopserve.model import CONFIG_NAMES  # not at the top: model imports the backends, which import us
+    from loopserve.serving.model import CONFIG_NAMES  # not at the top: it imports the backends, which import us
 
     instances = {name: 1 for name in registry_names}
     for name in names:

@@ -109,8 +109,10 @@ class VersionTrack:
                                     layout.batched)
         self.failed = False
 
-    def record(self, request_id: str, inputs: dict, outputs: dict, params: dict | None) -> None:
-        """Records a successful prediction; the infer hot path. Never raises."""
+    def record(self, request_id: str, inputs: dict, outputs: dict, params: dict | None,
+               at: float | None = None) -> None:
+        """Records a successful prediction made `at` (unix seconds; default now); the infer
+        hot path. Never raises."""
         y = outputs.get(self.output)
         if y is None or self.failed:
             return
@@ -120,7 +122,7 @@ class VersionTrack:
         owner = self.owner
         try:
             with owner.lock:
-                self.rec.add(request_id, owner.store.clock(), y, inputs, group)
+                self.rec.add(request_id, owner.store.clock() if at is None else at, y, inputs, group)
         except Exception as e:  # a shape the config did not declare: stop recording, say so once
             self.failed = True
             owner.not_recorded[str(self.version)] = f"recording failed: {e}"
@@ -158,6 +160,8 @@ class ModelFeedback:
                     if config.spill_dir else None
 
     def join(self, items: list[tuple[str, object]]) -> tuple[FeedbackResult, list[Joined]]:
+        for flush in self.store.catch_up:
+            flush()
         result = FeedbackResult(self.name)
         batches: dict[int, tuple[VersionTrack, list, list, list]] = {}  # version -> its joins
         joined: list[Joined] = []
@@ -235,6 +239,9 @@ class FeedbackStore:
         self._lock = threading.Lock()
         self._prefix = secrets.token_hex(4)
         self._ids = itertools.count(1)
+        # Called before labels join: predictions recorded elsewhere first (with workers > 1, the
+        # engine's native taps), so that a label never arrives ahead of its own prediction.
+        self.catch_up: list = []
 
     # -- the hot path ---------------------------------------------------------------------
 
@@ -244,6 +251,14 @@ class FeedbackStore:
         if cached is not None and cached[0]() is model:
             return cached[1]
         return self._track(model)
+
+    def untrack(self, model) -> None:
+        """Forgets this Model object (a retired version): its record stays until its horizon,
+        so labels for its earlier predictions still join."""
+        with self._lock:
+            cached = self._fast.get(id(model))
+            if cached is not None and cached[0]() is model:
+                del self._fast[id(model)]
 
     def new_id(self) -> str:
         """A request id for a request that sent none: unique in this process and unlikely to

@@ -125,19 +125,6 @@ class DriftMonitor:
         return SketchPayload(model=self.model, version=self.version, windows=windows)
 
 
-def attach_drift(model, version_dir) -> DriftMonitor | None:
-    """Starts drift monitoring of a model version when its directory holds a reference profile
-    (and its config does not turn monitoring off). Returns the monitor, also set as model.drift."""
-    from pathlib import Path
-
-    config = model.config.drift
-    path = Path(version_dir) / config.profile
-    if not config.enabled or not path.is_file():
-        return None
-    model.drift = DriftMonitor.for_model(model, ReferenceProfile.load(path), config)
-    return model.drift
-
-
 def merge_windows(windows: list[dict]) -> dict:
     """One window from several (say, the latest window of each replica): accumulators merged,
     the span from the earliest start to the latest end. Accepts the dicts of

@@ -21,16 +21,17 @@ from starlette.routing import Route
 
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
-from loopserve.model import Model
+from loopserve.server import triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.http_errors import Unauthorized, error_body, status_of
 from loopserve.server.infer import InferEndpoint
-from loopserve.server.protocol import ProtocolError
 from loopserve.server.metrics import ServerMetrics
-from loopserve.server.repository import ModelRepository
-from loopserve.server.watch import RepositoryWatcher
-from loopserve.server import triton_json
+from loopserve.server.protocol import ProtocolError
+from loopserve.server.wire import INFER_PATH
+from loopserve.serving.model import Model
+from loopserve.serving.repository import ModelRepository
+from loopserve.serving.watch import RepositoryWatcher
 
 log = logging.getLogger("loopserve.server")
 
@@ -41,7 +42,6 @@ class TrafficChange(msgspec.Struct, forbid_unknown_fields=True):
     rollback: bool = False
 
 
-INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
 
 
@@ -65,6 +65,12 @@ class LoopserveApp:
         self.watcher = (RepositoryWatcher(repository, poll_s, load_new_models)
                         if poll_s > 0 and (repository.root is not None or repository.registry) else None)
         self.metrics = ServerMetrics(repository)
+        # Awaited once the server runs, and when it stops (before the models close): how the
+        # multi-process server starts and stops its front ends (server/supervisor.py).
+        self.on_startup: list = []
+        self.on_shutdown: list = []
+        # Awaited before the latency histograms are read (the front ends hold theirs).
+        self.before_metrics: list = []
         self.ready = False
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
@@ -86,10 +92,11 @@ class LoopserveApp:
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
         ]
-        # Refusals are handled where they are raised; only an unexpected exception reaches the
-        # `Exception` handler (which Starlette also re-raises, so the server logs it).
+        # Every refusal is a LoopserveError carrying its status: one handler answers them all.
+        # Only an unexpected exception reaches the `Exception` handler (which Starlette also
+        # re-raises, so the server logs it).
         self.starlette = Starlette(routes=routes, lifespan=self._lifespan, exception_handlers={
-            LoopserveError: self._on_error, ProtocolError: self._on_error, Exception: self._on_error,
+            LoopserveError: self._on_error, Exception: self._on_error,
             404: self._not_found, 405: self._wrong_method})
 
     async def __call__(self, scope, receive, send) -> None:
@@ -105,11 +112,15 @@ class LoopserveApp:
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
         watching = asyncio.create_task(self.watcher.run()) if self.watcher else None
+        for hook in self.on_startup:
+            await hook()
         self.ready = True
         yield
         self.ready = False
         if watching:
             watching.cancel()
+        for hook in self.on_shutdown:
+            await hook()
         await asyncio.to_thread(self.repository.close)
 
     async def _on_error(self, request: Request, exc: Exception) -> Response:
@@ -195,6 +206,8 @@ class LoopserveApp:
     async def traffic(self, request: Request) -> Response:
         """The routing state and each version's live metrics (what the rollback rule reads)."""
         router = self.repository.router(request.path_params["model"])
+        for hook in self.before_metrics:
+            await hook()
         metrics = {str(v): self.metrics.version_metrics(m) for v, m in sorted(router.versions.items())}
         return json_response({**msgspec.structs.asdict(router.state()), "metrics": metrics})
 
@@ -228,4 +241,6 @@ class LoopserveApp:
 
     async def prometheus(self, request: Request) -> Response:
         # On the loop thread, which alone writes the latency histograms: a consistent read.
+        for hook in self.before_metrics:
+            await hook()
         return Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST)

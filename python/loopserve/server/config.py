@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from msgspec import Meta, Struct
 
 from loopserve.config import load_config
-from loopserve.server.registry_source import ModelSource
+from loopserve.serving.registry_source import ModelSource
 
 
 class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -18,6 +18,13 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     max_body_bytes: Annotated[int, Meta(ge=1)] = 64 << 20
     # How long SIGTERM waits for in-flight requests before closing connections.
     graceful_shutdown_s: Annotated[float, Meta(ge=0)] = 30.0
+    # With workers > 1: the size of each of the two shared-memory rings between a front end and
+    # the engine (requests one way, responses the other). A request or response may take up to
+    # half of it; 0: twice max_body_bytes plus 1 MiB, so that any accepted body fits.
+    channel_bytes: Annotated[int, Meta(ge=0)] = 0
+
+    def channel_size(self) -> int:
+        return self.channel_bytes or 2 * self.max_body_bytes + (1 << 20)
 
 
 class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -31,6 +38,19 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # A relative path is taken from the config file's directory.
     store: str | None = None
     http: HttpConfig = HttpConfig()
+    # HTTP front-end processes. 1: one process serves everything (as the in-process API does).
+    # N > 1: N front ends parse and encode, one engine process holds the models, batchers,
+    # routing, monitors and feedback, and requests travel between them through shared memory.
+    # auto: half the cores this process may use (the other half for the engine's executors),
+    # at most 8: 1 on a 2-core machine, 8 on a 16-core GPU host (README, "Several cores").
+    workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = "auto"
+
+    def worker_count(self) -> int:
+        if self.workers != "auto":
+            return self.workers
+        import os
+
+        return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # How often the repository is checked for changed or new models (loaded without a
     # restart); 0: never.

@@ -10,10 +10,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from loopserve.errors import ModelNotFound
-from loopserve.model import Model
-from loopserve.server.feedback_routes import store_for as feedback_store
 from loopserve.server.protocol import ProtocolError
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.model import Model
+from loopserve.serving.repository import ModelRepository
 
 DEFAULT_WINDOWS = 5
 
@@ -49,7 +48,7 @@ class DriftRoutes:
         include_open = _bool_param(request.query_params.get("open", "true"), "open")
         # Off the event loop: statistics over many features take milliseconds.
         report = await run_in_threadpool(model.drift.report, include_open, last)
-        report.live = feedback_store(self.repository).window_metrics(model.name, model.version, last)
+        report.live = self.repository.services.feedback.window_metrics(model.name, model.version, last)
         return Response(msgspec.json.encode(report), media_type="application/json")
 
     async def sketch(self, request: Request) -> Response:

@@ -1,7 +1,7 @@
 """Feedback over HTTP: `POST /v2/models/{m}/feedback` (ground-truth labels for earlier request
-ids), `GET /v2/models/{m}/feedback` (live metrics per version and window), and the Prometheus
-families. The store itself is loopserve.monitor.feedback; the server keeps one per repository
-(`store_for`).
+ids) and `GET /v2/models/{m}/feedback` (live metrics per version and window); their Prometheus
+families are in metrics.py. The store itself is loopserve.monitor.feedback; each repository has
+one, attached to its versions through the repository's hooks (loopserve.serving.services).
 
     POST /v2/models/fraud/feedback  {"labels": [{"id": "req-1", "label": 1}, {"id": "req-2", "label": [0, 1]}]}
                                     or {"id": "req-1", "label": 1}
@@ -11,31 +11,20 @@ families. The store itself is loopserve.monitor.feedback; the server keeps one p
 
 from __future__ import annotations
 
-import weakref
-from typing import Iterable, Union
+from typing import Union
 
 import msgspec
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from loopserve.errors import ModelNotFound
-from loopserve.monitor.feedback import FeedbackStore, ModelFeedback
+from loopserve.monitor.feedback import ModelFeedback
+from loopserve.server.body import read_body
 from loopserve.server.protocol import ProtocolError
 
-_stores: "weakref.WeakKeyDictionary[object, FeedbackStore]" = weakref.WeakKeyDictionary()
 MAX_FEEDBACK_BYTES = 64 << 20
-
-
-def store_for(repository) -> FeedbackStore:
-    """The feedback store of a model repository (one per repository, made on first use)."""
-    store = _stores.get(repository)
-    if store is None:
-        store = _stores[repository] = FeedbackStore()
-    return store
 
 
 Scalar = Union[bool, int, float, str]
@@ -82,29 +71,24 @@ def decode_feedback(body: bytes) -> list[tuple[str, object]]:
 class FeedbackRoutes:
     def __init__(self, repository):
         self.repository = repository
-        self.store = store_for(repository)
+        self.store = repository.services.feedback
 
     def routes(self) -> list[Route]:
         return [Route("/v2/models/{model}/feedback", self.post, methods=["POST"]),
                 Route("/v2/models/{model}/feedback", self.get, methods=["GET"])]
 
     def _model(self, name: str) -> ModelFeedback:
-        router = self.repository.routers.get(name)
-        if router is not None:
-            for model in router.versions.values():
-                self.store.track(model)  # so a model with no request yet answers "unknown", not 404
+        # Each version's record starts when it loads (the repository's hooks), so a model with
+        # no request yet answers "unknown", not 404.
         mf = self.store.models.get(name)
         if mf is not None:
             return mf
-        if router is None or not router.versions:
-            self.repository.router(name)  # raises ModelNotFound with its reason
+        self.repository.router(name)  # raises ModelNotFound with its reason
         raise NoFeedback(f"model '{name}' has feedback off: its config says feedback.enabled: false")
 
     async def post(self, request: Request) -> Response:
         name = request.path_params["model"]
         mf = self._model(name)
-        from loopserve.server.infer import read_body
-
         # Bounded as infer bodies are (64 MiB; refused with 413 past it).
         items = decode_feedback(await read_body(request.receive, MAX_FEEDBACK_BYTES))
         result, joined = mf.join(items)  # in memory, on the loop: microseconds per label
@@ -128,41 +112,3 @@ def _windows(value: str | None) -> int | None:
     if value.isdigit():
         return int(value)
     raise ProtocolError(f"query parameter windows={value!r}: expected a number of windows or 'all'")
-
-
-class FeedbackCollector(Collector):
-    """Live metrics per version (`window` = "cumulative": every label so far; "last": the
-    latest closed window) and label counts per status."""
-
-    def __init__(self, repository):
-        self.store = store_for(repository)
-
-    def collect(self) -> Iterable:
-        labels = ["model", "version", "window"]
-        families = {
-            "accuracy": GaugeMetricFamily("loopserve_live_accuracy", "Share of labelled rows predicted right",
-                                          labels=labels),
-            "precision": GaugeMetricFamily("loopserve_live_precision",
-                                           "Binary: labelled positives among rows predicted positive", labels=labels),
-            "recall": GaugeMetricFamily("loopserve_live_recall",
-                                        "Binary: rows predicted positive among labelled positives", labels=labels),
-        }
-        rows = CounterMetricFamily("loopserve_live_labels", "Labelled rows joined to predictions",
-                                   labels=["model", "version"])
-        counts = CounterMetricFamily("loopserve_feedback_labels", "Feedback labels (request ids) by answer",
-                                     labels=["model", "version", "status"])
-        for name in sorted(self.store.models):
-            for version, live in self.store.live_metrics(name, last=1).items():
-                v = str(version)
-                rows.add_metric([name, v], live.cumulative.labels)
-                windows = [("cumulative", live.cumulative)] + [("last", w) for w in live.windows[-1:]]
-                for window, metrics in windows:
-                    for field, family in families.items():
-                        value = getattr(metrics, field)
-                        if value is not None:
-                            family.add_metric([name, v, window], value)
-        for name, version, status, n in self.store.label_counts():
-            counts.add_metric([name, version, status], n)
-        yield from families.values()
-        yield rows
-        yield counts

@@ -14,48 +14,17 @@ import time
 import numpy as np
 
 from loopserve.errors import InvalidInput, LoopserveError, ModelError
-from loopserve.model import Model
-from loopserve.server.feedback_routes import store_for as feedback_store  # feedback
+from loopserve.server.body import read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
+from loopserve.server.wire import headers_of, scheduling_of, send_response
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.model import Model
+from loopserve.serving.repository import ModelRepository
 
 log = logging.getLogger("loopserve.server")
 
 _JSON = [(b"content-type", b"application/json")]
-
-
-async def read_body(receive, limit: int) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge(f"request body is over the limit of {limit} bytes (http.max_body_bytes)")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def _headers(scope) -> tuple[int | None, int | None]:
-    """(Content-Length, Inference-Header-Content-Length), either None when absent."""
-    content_length = header_length = None
-    for key, value in scope["headers"]:
-        if key == b"content-length":
-            content_length = int(value)
-        elif key == b"inference-header-content-length":
-            try:
-                header_length = int(value)
-            except ValueError:
-                raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {value[:40]!r}") from None
-            if header_length < 0:
-                raise ProtocolError("Inference-Header-Content-Length must not be negative")
-    return content_length, header_length
 
 
 def _raw_input(model: Model, body: bytes) -> dict[str, np.ndarray]:
@@ -92,13 +61,13 @@ class InferEndpoint:
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.feedback = feedback_store(repository)  # feedback: predictions recorded by request id
+        self.feedback = repository.services.feedback  # feedback: predictions recorded by request id
 
     async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
         start = time.perf_counter()
         model = router = None
         try:
-            content_length, header_length = _headers(scope)
+            content_length, header_length = headers_of(scope)
             if content_length is not None and content_length > self.max_body_bytes:
                 raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
                                    f"{self.max_body_bytes} bytes (http.max_body_bytes)")
@@ -109,7 +78,7 @@ class InferEndpoint:
             else:
                 request, arrays = decode_request(body, header_length)
             params = request.parameters if request is not None else None
-            priority, timeout_us, key = _scheduling(params)
+            priority, timeout_us, key = scheduling_of(params)
             # From here to the submit nothing awaits: the version chosen is still loaded.
             model = router.acquire(version, key)
             if request is not None:
@@ -140,7 +109,7 @@ class InferEndpoint:
             if status == 500:
                 log.error("infer failed", extra={"model": name, "error": str(exc)},
                           exc_info=not isinstance(exc, ModelError))
-            await _send(send, status, _JSON + extra, error_body(str(exc)))
+            await send_response(send, status, [*_JSON, *extra], error_body(str(exc)))
             return
         finally:
             if model is not None:
@@ -150,7 +119,7 @@ class InferEndpoint:
         else:
             headers = [(b"content-type", b"application/octet-stream"),
                        (b"inference-header-content-length", str(json_length).encode())]
-        await _send(send, 200, headers, payload)
+        await send_response(send, 200, headers, payload)
         self.metrics.latency(model.name, str(model.version)).observe(time.perf_counter() - start)
 
 
@@ -163,26 +132,3 @@ def _send_shadow(router, model: Model, arrays) -> None:
         return
     router.hold(model)
     pending.add_done_callback(lambda f: (f.cancelled() or f.exception(), router.release(model)))
-
-
-def _scheduling(params) -> tuple[int, int, str | None]:
-    """Triton's request parameters `priority` and `timeout` (microseconds), and ours,
-    `routing_key`: requests with the same key go to the same version under a traffic split."""
-    if not params:
-        return 0, -1, None
-    priority = params.get("priority", 0)
-    timeout = params.get("timeout", -1)
-    key = params.get("routing_key")
-    if key is not None and not isinstance(key, str):
-        raise ProtocolError(f"parameter 'routing_key' must be a string, got {key!r}")
-    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
-        raise ProtocolError(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
-    if not isinstance(timeout, int) or isinstance(timeout, bool):
-        raise ProtocolError(f"parameter 'timeout' must be an integer number of microseconds, got {timeout!r}")
-    return priority, timeout, key
-
-
-async def _send(send, status: int, headers: list, body: bytes) -> None:
-    await send({"type": "http.response.start", "status": status,
-                "headers": headers + [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

@@ -16,8 +16,9 @@ import uvicorn
 from loopserve.logs import configure_logging
 from loopserve.server.app import LoopserveApp
 from loopserve.server.config import ServerConfig
-from loopserve.server.registry_source import ModelSource, RegistryModels
-from loopserve.server.repository import ModelRepository
+from loopserve.server.supervisor import MultiProcessServer
+from loopserve.serving.registry_source import ModelSource, RegistryModels
+from loopserve.serving.repository import ModelRepository
 from loopserve.thread_budget import expect_repository_models
 
 log = logging.getLogger("loopserve.server")
@@ -31,7 +32,8 @@ def build_app(config: ServerConfig) -> LoopserveApp:
     registry = RegistryModels(sources, config.store) if sources else None
     repository = ModelRepository(config.model_repository, registry)
     on_disk = named or ([] if sources else repository.names_on_disk())
-    expect_repository_models(config.model_repository, on_disk, [s.name for s in sources], front_ends=1)
+    # With workers > 1 this process is the engine and the front ends are processes of their own.
+    expect_repository_models(config.model_repository, on_disk, [s.name for s in sources], front_ends=config.workers)
     try:
         for name in on_disk + [s.name for s in sources]:
             repository.load(name)
@@ -57,10 +59,20 @@ def serve(config: ServerConfig) -> int:
     # at Python's default (a collection every 700 allocations) the collector ran ~every other
     # request. 50,000 measured 2-11% more req/s at c=64 (wrk, JSON) in side-by-side rounds.
     gc.set_threshold(50_000, 20, 100)
-    log.info("serving", extra={"host": config.http.host, "port": config.http.port,
+    log.info("serving", extra={"host": config.http.host, "port": config.http.port, "workers": config.worker_count(),
                                "models": [f"{m.name}:{m.version}" for m in app.repository.models()]})
+    engine = None
+    if config.worker_count() > 1:
+        # This process becomes the engine: the front ends take the public port, and the
+        # engine's own routes (all but infer, which travels natively) answer on a Unix socket.
+        engine = MultiProcessServer(app, workers=config.worker_count(), host=config.http.host, port=config.http.port,
+                                    http=config.http, gil_switch_interval_us=config.gil_switch_interval_us,
+                                    log_level=config.log_level)
+        where = {"uds": engine.engine_uds}
+    else:
+        where = {"host": config.http.host, "port": config.http.port}
     server = uvicorn.Server(uvicorn.Config(
-        app, host=config.http.host, port=config.http.port, loop="uvloop", http="httptools", lifespan="on",
+        app, **where, loop="uvloop", http="httptools", lifespan="on",
         log_config=None, access_log=False, timeout_graceful_shutdown=config.http.graceful_shutdown_s,
         # Not behind a proxy by default: skip the per-request X-Forwarded-* middleware.
         proxy_headers=False, server_header=False,
@@ -68,5 +80,9 @@ def serve(config: ServerConfig) -> int:
     # uvicorn re-raises SIGTERM after its graceful shutdown, to the handler that was there
     # before it; a graceful stop is a success, so that handler lets the process exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if engine is not None:
+            engine.cleanup()
     return 0

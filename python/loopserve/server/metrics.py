@@ -7,18 +7,16 @@ request.
 
 from __future__ import annotations
 
-import bisect
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from loopserve.canary import VersionMetrics
-from loopserve.server.feedback_routes import FeedbackCollector
-from loopserve.server.repository import ModelRepository
+from loopserve.server.latency import LatencyHistogram
+from loopserve.serving.canary import VersionMetrics
+from loopserve.serving.repository import ModelRepository
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 # name -> (help, stats field, scale)
@@ -114,40 +112,42 @@ class DriftCollector(Collector):
         yield from (drift, alert, rows, skipped)
 
 
-class LatencyHistogram:
-    """A histogram cheap enough for every request: one bisect and two additions, no lock.
+class FeedbackCollector(Collector):
+    """Live metrics per version (`window` = "cumulative": every label so far; "last": the
+    latest closed window) and label counts per status."""
 
-    prometheus_client's Histogram takes a lock per bucket it touches; this one is written
-    only from the event loop thread, and read when /metrics is served on that same thread.
-    """
+    def __init__(self, repository: ModelRepository):
+        self.store = repository.services.feedback
 
-    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS):
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
-        self.sum += seconds
-
-    def quantile(self, q: float) -> float:
-        """The upper bound of the bucket holding the q-quantile (inf past the last bound)."""
-        total = sum(self.counts)
-        if total == 0:
-            return 0.0
-        seen = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts):
-            seen += count
-            if seen >= q * total:
-                return bound
-        return float("inf")
-
-    def buckets(self) -> list[tuple[str, int]]:
-        out, total = [], 0
-        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts):
-            total += count
-            out.append((bound, total))
-        return out
+    def collect(self) -> Iterable:
+        labels = ["model", "version", "window"]
+        families = {
+            "accuracy": GaugeMetricFamily("loopserve_live_accuracy", "Share of labelled rows predicted right",
+                                          labels=labels),
+            "precision": GaugeMetricFamily("loopserve_live_precision",
+                                           "Binary: labelled positives among rows predicted positive", labels=labels),
+            "recall": GaugeMetricFamily("loopserve_live_recall",
+                                        "Binary: rows predicted positive among labelled positives", labels=labels),
+        }
+        rows = CounterMetricFamily("loopserve_live_labels", "Labelled rows joined to predictions",
+                                   labels=["model", "version"])
+        counts = CounterMetricFamily("loopserve_feedback_labels", "Feedback labels (request ids) by answer",
+                                     labels=["model", "version", "status"])
+        for name in sorted(self.store.models):
+            for version, live in self.store.live_metrics(name, last=1).items():
+                v = str(version)
+                rows.add_metric([name, v], live.cumulative.labels)
+                windows = [("cumulative", live.cumulative)] + [("last", w) for w in live.windows[-1:]]
+                for window, metrics in windows:
+                    for field, family in families.items():
+                        value = getattr(metrics, field)
+                        if value is not None:
+                            family.add_metric([name, v, window], value)
+        for name, version, status, n in self.store.label_counts():
+            counts.add_metric([name, version, status], n)
+        yield from families.values()
+        yield rows
+        yield counts
 
 
 class LatencyCollector(Collector):
@@ -172,8 +172,9 @@ class ServerMetrics:
         self.registry.register(BatcherCollector(repository))
         self.registry.register(DriftCollector(repository))
         self.registry.register(FeedbackCollector(repository))
-        self._latency: dict[tuple[str, str], LatencyHistogram] = {}
-        self.registry.register(LatencyCollector(self._latency))
+        # Observed per request by the in-process infer route, or read from the front ends.
+        self.latency_histograms: dict[tuple[str, str], LatencyHistogram] = {}
+        self.registry.register(LatencyCollector(self.latency_histograms))
 
     def version_metrics(self, model) -> VersionMetrics:
         """What the rollback rule looks at for one loaded version."""
@@ -183,7 +184,7 @@ class ServerMetrics:
 
     def latency(self, model: str, version: str) -> LatencyHistogram:
         key = (model, version)
-        h = self._latency.get(key)
+        h = self.latency_histograms.get(key)
         if h is None:
-            h = self._latency[key] = LatencyHistogram()
+            h = self.latency_histograms[key] = LatencyHistogram()
         return h

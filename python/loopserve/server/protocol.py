@@ -28,6 +28,7 @@ import msgspec
 import numpy as np
 
 from loopserve.backends.base import NUMPY_DTYPES as _MODEL_DTYPES
+from loopserve.errors import LoopserveError
 
 try:
     import ml_dtypes
@@ -77,8 +78,10 @@ class InferResponse(msgspec.Struct, omit_defaults=True):
     parameters: dict[str, Any] | None = None
 
 
-class ProtocolError(Exception):
+class ProtocolError(LoopserveError):
     """A malformed request: the message says what was wrong and what was expected (a 400)."""
+
+    status = 400
 
 
 _request_decoder = msgspec.json.Decoder(InferRequest)

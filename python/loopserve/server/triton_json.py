@@ -3,7 +3,7 @@ so tritonclient and perf_analyzer read them unchanged."""
 
 from __future__ import annotations
 
-from loopserve.model import Model
+from loopserve.serving.model import Model
 
 
 def _shape(model: Model, dims: list[int]) -> list[int]:

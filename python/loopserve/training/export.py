@@ -103,7 +103,7 @@ def check_agreement(what: str, eager: np.ndarray, exported: np.ndarray, toleranc
 
 
 def next_version(model_dir: Path) -> int:
-    from loopserve.model import available_versions
+    from loopserve.serving.model import available_versions
 
     return (available_versions(model_dir)[-1] + 1) if model_dir.is_dir() and available_versions(model_dir) else 1
 
@@ -123,7 +123,7 @@ def ensure_model_config(model_dir: Path, text: str, input_name: str, n_features:
     """Write `config.yaml` if the model has none; an existing one (it may carry traffic settings) is
     kept, but must declare the same input and output as this version."""
     from loopserve.config import load_config
-    from loopserve.model import CONFIG_NAMES
+    from loopserve.serving.model import CONFIG_NAMES
 
     existing = next((model_dir / n for n in CONFIG_NAMES if (model_dir / n).is_file()), None)
     if existing is None:

@@ -87,7 +87,7 @@ class _Served:
     """A model directory loaded as loopserve serves it; one float32 input, one output."""
 
     def __init__(self, model_dir: str | Path, version: int | None, role: str, label: str | None = None):
-        from loopserve.model import Model
+        from loopserve.serving.model import Model
 
         try:
             self.model = Model.load(model_dir, version)

@@ -23,7 +23,7 @@ from msgspec import Meta, Struct
 from loopserve.backends import find_model_file, open_backend
 from loopserve.config import DriftConfig, FeedbackConfig, load_config
 from loopserve.errors import ConfigError
-from loopserve.model import CONFIG_NAMES, Model
+from loopserve.serving.model import CONFIG_NAMES, Model
 
 SCHEME = "registry://"
 

@@ -164,6 +164,7 @@ class Model:
         bc.max_queue_delay_us = batching.max_queue_delay_us
         bc.adaptive_queue_delay = batching.adaptive_queue_delay
         bc.queue_capacity = batching.queue_capacity
+        bc.max_queue_wait_us = batching.max_queue_wait_us
         bc.default_timeout_us = batching.default_timeout_us
         bc.priority_levels = batching.priority_levels
         bc.default_priority_level = batching.default_priority_level
@@ -205,7 +206,7 @@ class Model:
         backend = open_backend(config, find_model_file(version_dir))
         model = cls(config, backend, version)
         try:
-            from loopserve.monitor.monitor import attach_drift
+            from loopserve.serving.services import attach_drift  # the repository's drift load hook
 
             attach_drift(model, version_dir)
         except BaseException:
@@ -275,9 +276,10 @@ class Model:
         """Refuses new requests, runs everything queued, stops the worker threads, and lets
         go of the model, returning its memory to the system."""
         self._batcher.stop()
-        if self.drift is not None:
-            self._batcher.set_observer(None)
-            self.drift.stop()
+        if self.drift is not None:  # still attached (Model.load); a repository detaches it on unload
+            from loopserve.serving.services import detach_drift
+
+            detach_drift(self)
         if self.backend is None:
             return
         self._batcher.release_executor()

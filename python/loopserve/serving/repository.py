@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import msgspec
 import numpy as np
@@ -20,10 +20,10 @@ from loopserve.backends import find_model_file, open_backend
 from loopserve.backends.base import NUMPY_DTYPES
 from loopserve.config import ModelConfig, load_config
 from loopserve.errors import ConfigError, LoopserveError, ModelNotFound
-from loopserve.model import CONFIG_NAMES, Model, available_versions
-from loopserve.monitor.monitor import attach_drift
-from loopserve.router import VersionRouter
-from loopserve.server.registry_source import RegistryModels
+from loopserve.serving.model import CONFIG_NAMES, Model, available_versions
+from loopserve.serving.registry_source import RegistryModels
+from loopserve.serving.router import VersionRouter
+from loopserve.serving.services import LoadHook, UnloadHook, VersionServices
 
 log = logging.getLogger("loopserve.repository")
 
@@ -46,12 +46,25 @@ class Prepared(msgspec.Struct):
 
 class ModelRepository:
     """Thread-safety: `prepare` runs on any thread; everything else on the event loop's
-    thread (or before the loop starts)."""
+    thread (or before the loop starts).
 
-    def __init__(self, root: str | Path | None = None, registry: RegistryModels | None = None):
+    Per-version services attach through hooks: each load hook is called with every new version
+    (and its directory) once it is built and warmed up, before it serves; each unload hook with
+    every version as it retires, once its last request in flight has finished, before it closes.
+    `services` (drift monitors and the feedback record) come first; `on_version_load` and
+    `on_version_unload` add more."""
+
+    def __init__(self, root: str | Path | None = None, registry: RegistryModels | None = None, *,
+                 services: VersionServices | None = None, on_version_load: Iterable[LoadHook] = (),
+                 on_version_unload: Iterable[UnloadHook] = ()):
         self.root = Path(root) if root else None
         self.registry = registry  # models served from the registry (registry://NAME@ALIAS)
+        self.services = services or VersionServices()
+        self.on_version_load: list[LoadHook] = [*self.services.load_hooks, *on_version_load]
+        self.on_version_unload: list[UnloadHook] = [*on_version_unload, *self.services.unload_hooks]
         self.routers: dict[str, VersionRouter] = {}
+        # Called with a model's router after each change of what serves it (shared by all routers).
+        self.on_route_change: list = []
         self._configs: dict[str, ModelConfig] = {}
         self._failures: dict[str, str] = {}  # name -> why its last load failed
 
@@ -89,7 +102,8 @@ class ModelRepository:
 
     def add(self, model: Model) -> None:
         """Serves a model version built in Python (not from the repository directory)."""
-        router = self.routers.setdefault(model.name, VersionRouter(model.name))
+        self._loaded([(model, None)])
+        router = self.routers.setdefault(model.name, VersionRouter(model.name, self._retire, self.on_route_change))
         router.install({**router.versions, model.version: model})
         self._failures.pop(model.name, None)
 
@@ -113,7 +127,7 @@ class ModelRepository:
                 raise ModelNotFound(f"{model_dir}: no version directory matches its version_policy")
             serving = self.routers[name].versions if name in self.routers else {}
             same_config = self._configs.get(name) == config
-            versions = {}
+            versions, new = {}, []
             for v in wanted:
                 if same_config and v in serving:
                     versions[v] = serving[v]
@@ -121,8 +135,9 @@ class ModelRepository:
                 model = Model(config, open_backend(config, find_model_file(model_dir / str(v))), v)
                 built.append(model)
                 warm_up(model, model_dir)
-                attach_drift(model, model_dir / str(v))  # after warm-up: its zeros are not traffic
                 versions[v] = model
+                new.append((model, model_dir / str(v)))
+            self._loaded(new)  # after warm-up: its zeros are not traffic
         return Prepared(name, config, versions)
 
     def _prepare_from_registry(self, name: str) -> Prepared:
@@ -130,7 +145,7 @@ class ModelRepository:
         serving = self.routers[name].versions if name in self.routers else {}
         with self._building(name) as built:
             wanted = self.registry.wanted(name)
-            versions, config = {}, None
+            versions, config, new = {}, None, []
             for v in wanted:
                 if v in serving:
                     versions[v] = serving[v]
@@ -138,9 +153,10 @@ class ModelRepository:
                     model, directory = self.registry.build(name, v)
                     built.append(model)
                     warm_up(model, directory)
-                    attach_drift(model, directory)
                     versions[v] = model
+                    new.append((model, directory))
                 config = config or versions[v].config
+            self._loaded(new)
         weights = {v: w for v, w in wanted.items() if w is not None}
         return Prepared(name, config, versions, weights)
 
@@ -153,16 +169,29 @@ class ModelRepository:
             yield built
         except BaseException as e:
             for model in built:
-                model.close()
+                self._retire(model)
             if isinstance(e, LoopserveError):
                 self._failures[name] = str(e)
                 log.error("model load failed", extra={"model": name, "reason": str(e)})
             raise
 
+    def _loaded(self, versions: list[tuple[Model, Path | None]]) -> None:
+        """Runs the load hooks, hook by hook: one that refuses a version (a drift profile that
+        does not fit) does so before any later hook has seen a version of this load."""
+        for hook in self.on_version_load:
+            for model, directory in versions:
+                hook(model, directory)
+
+    def _retire(self, model: Model) -> None:
+        """Runs the unload hooks, then closes the version (blocking)."""
+        for hook in self.on_version_unload:
+            hook(model)
+        model.close()
+
     def install(self, prepared: Prepared) -> VersionRouter:
         """Swaps the prepared versions in; versions no longer wanted retire."""
         name, config = prepared.name, prepared.config
-        router = self.routers.setdefault(name, VersionRouter(name))
+        router = self.routers.setdefault(name, VersionRouter(name, self._retire, self.on_route_change))
         weights = prepared.weights if prepared.weights is not None else dict(config.traffic.weights)
         router.install(prepared.versions, weights, config.traffic.shadow)
         self._configs[name] = config
@@ -199,7 +228,7 @@ class ModelRepository:
         models = self.models()
         self.routers = {}
         for model in models:
-            model.close()
+            self._retire(model)
 
 
 def warm_up(model: Model, model_dir: Path) -> None:

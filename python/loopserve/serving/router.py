@@ -15,12 +15,12 @@ import logging
 import random
 import zlib
 from collections import Counter
-from typing import Iterable
+from typing import Callable, Iterable
 
 import msgspec
 
 from loopserve.errors import InvalidInput, ModelNotFound
-from loopserve.model import Model
+from loopserve.serving.model import Model
 
 log = logging.getLogger("loopserve.router")
 
@@ -35,11 +35,15 @@ class TrafficState(msgspec.Struct, frozen=True):
 
 
 class VersionRouter:
-    """Thread-safety: call everything from the event loop's thread (Model.close, which
-    blocks until queued requests are done, is sent to a thread)."""
+    """Thread-safety: call everything from the event loop's thread (`retire`, which blocks
+    until queued requests are done, is sent to a thread)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, retire: Callable[[Model], None] = Model.close,
+                 on_change: list[Callable[["VersionRouter"], None]] | None = None):
         self.name = name
+        self._retire_version = retire  # closes a version whose last request has finished
+        # Called after every change of the routing state (the engine's native routes follow it).
+        self._on_change = on_change if on_change is not None else []
         self.versions: dict[int, Model] = {}
         self._cumulative: list[tuple[float, Model]] = []  # (upper bound in [0, 1), version)
         self._weights: dict[int, float] = {}
@@ -116,6 +120,7 @@ class VersionRouter:
             self._retire(model)
         self.versions = {}
         self._cumulative, self._weights, self._shadows = [], {}, ()
+        self._changed()
 
     def shadow_versions(self) -> list[int]:
         return [m.version for m in self._shadows]
@@ -150,6 +155,18 @@ class VersionRouter:
             # The version rollback returns to: the one answering alone, else the largest share.
             self.stable = max(sorted(weights), key=lambda v: weights[v]) if weights else 0
         log.info("traffic", extra={"model": self.name, "weights": self._weights, "shadow": self.shadow_versions()})
+        self._changed()
+
+    def answering(self) -> list[tuple[float, Model]]:
+        """The versions that answer, each with the upper bound of its share of [0, 1)."""
+        return list(self._cumulative)
+
+    def shadow_models(self) -> tuple[Model, ...]:
+        return self._shadows
+
+    def _changed(self) -> None:
+        for listener in self._on_change:
+            listener(self)
 
     def _retire(self, model: Model) -> None:
         if self._inflight.get(model):
@@ -161,6 +178,6 @@ class VersionRouter:
         self._retired.discard(model)
         log.info("version unloaded", extra={"model": self.name, "version": model.version})
         try:
-            asyncio.get_running_loop().run_in_executor(None, model.close)
+            asyncio.get_running_loop().run_in_executor(None, self._retire_version, model)
         except RuntimeError:  # no loop running (tests, shutdown): close here
-            model.close()
+            self._retire_version(model)

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from loopserve.server.repository import ModelRepository
+from loopserve.serving.repository import ModelRepository
 
 log = logging.getLogger("loopserve.watch")
 

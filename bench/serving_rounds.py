@@ -1,0 +1,93 @@
+"""Side by side in rounds: every server up at once, wrk windows alternating between them.
+
+bench/serving.py measures one server after another; on a shared machine whose load moves
+(other jobs come and go), that makes the ratios drift with the machine's state. Here Triton,
+the bare uvicorn echo, the Starlette baseline and loopserve at several `workers` counts are all
+started (each idle while another is measured), then each round gives every server one wrk
+window per concurrency, in a rotating order; the report is the median per server and the
+median of the per-round ratios to Triton and to the echo. Also each server's CPU µs per request
+(all of its processes, from /proc).
+
+    .venv/bin/python bench/serving_rounds.py [--servers triton,echo,loopserve-w1,loopserve-w2]
+                                             [--concurrency 64] [--rounds 5] [--seconds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import serving as harness  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--servers", default="triton,echo,baseline,loopserve-w1,loopserve-w2")
+    parser.add_argument("--concurrency", default="64")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args()
+    names = args.servers.split(",")
+    concurrency = [int(c) for c in args.concurrency.split(",")]
+    print(harness.machine())
+    results: dict[tuple[str, int], list] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-rounds-") as tmp:
+        work = Path(tmp)
+        log_dir = work / "logs"
+        log_dir.mkdir()
+        script = harness.wrk_script(work)
+        servers = []
+        for name in names:
+            if name.startswith("loopserve-w"):
+                s = harness.loopserve_server(log_dir, work, harness.DEFAULT_LOOPSERVE_CMD, int(name[len("loopserve-w"):]))
+            else:
+                s = {"triton": harness.triton_server, "echo": harness.echo_server,
+                     "baseline": harness.baseline_server}[name](log_dir, work)
+            s.start()
+            servers.append(s)
+        try:
+            for s in servers:
+                why = s.ready(120)
+                if why is not None:
+                    print(f"[{s.name}] not ready: {why}")
+                    return 1
+                harness.warm_up(s, script)
+            for r in range(args.rounds):
+                order = servers[r % len(servers):] + servers[:r % len(servers)]
+                for s in order:
+                    for c in concurrency:
+                        res = harness.run_wrk(s, c, args.seconds, script)
+                        results.setdefault((s.name, c), []).append(res)
+                print(f"round {r + 1}: " + ", ".join(
+                    f"{s.name} {harness.fmt(results[(s.name, concurrency[0])][-1].req_s, '.0f')}" for s in servers),
+                    flush=True)
+        finally:
+            for s in servers:
+                s.stop()
+    print(f"\n{'server':<14}{'c':>5}{'req/s':>9}{'p99 ms':>9}{'cpu µs/req':>11}{'÷ Triton':>10}{'÷ echo':>9}")
+    for c in concurrency:
+        for name in [s for s in names]:
+            rs = results.get((name, c), [])
+            ok = [r for r in rs if r.req_s]
+            if not ok:
+                continue
+
+            def per_round(peer: str) -> float | None:
+                peers = results.get((peer, c), [])
+                ratios = [a.req_s / b.req_s for a, b in zip(rs, peers) if a.req_s and b.req_s]
+                return statistics.median(ratios) if ratios else None
+
+            cpu = [r.extra.get("server_cpu_us_per_req") for r in ok if r.extra.get("server_cpu_us_per_req")]
+            print(f"{name:<14}{c:>5}{statistics.median(r.req_s for r in ok):>9.0f}"
+                  f"{statistics.median(r.p99_ms for r in ok):>9.2f}"
+                  f"{harness.fmt(statistics.median(cpu) if cpu else None, '11.0f')}"
+                  f"{harness.fmt(per_round('triton'), '10.2f')}{harness.fmt(per_round('echo'), '9.2f')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,156 @@
+// The multi-process data plane under ThreadSanitizer and AddressSanitizer (tests/test_native.py),
+// in one process: four front-end threads, each with its own channel (small rings, so messages
+// wrap and rings fill), send requests that the engine's ingress routes to an echo model and
+// answers; meanwhile the model's version is swapped again and again (publish, wait until no
+// snapshot names the old one, stop it), as a hot swap does. Every request must be answered
+// exactly once, with status 200 and its own rows. Exits non-zero on failure.
+#include <sys/eventfd.h>
+#include <poll.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "batcher.h"
+#include "executor.h"
+#include "ipc/channel.h"
+#include "serving/ingress.h"
+#include "serving/route_table.h"
+
+using namespace loopserve;
+
+namespace {
+
+std::shared_ptr<Batcher> echo_batcher() {
+  BatcherConfig c;
+  c.model_name = "echo";
+  c.inputs = {TensorSpec{"x", DType::kInt64, {2}}};
+  c.outputs = {TensorSpec{"x", DType::kInt64, {2}}};
+  c.max_batch_size = 16;
+  c.max_queue_delay_us = 100;
+  c.instances = 2;
+  return std::make_shared<Batcher>(c, std::make_shared<EchoExecutor>());
+}
+
+std::shared_ptr<const ModelRoute> route_to(std::shared_ptr<Batcher> batcher, int64_t version) {
+  auto v = std::make_shared<VersionRoute>();
+  v->version = version;
+  v->batcher = std::move(batcher);
+  auto r = std::make_shared<ModelRoute>();
+  r->name = "echo";
+  r->loaded = {v};
+  r->answering = {{1.0, v}};
+  return r;
+}
+
+}  // namespace
+
+int main() {
+  constexpr int kFrontends = 4;
+  constexpr int kRequests = 4000;
+  std::atomic<int> failures{0};
+  auto router = std::make_shared<Router>();
+  auto batcher = echo_batcher();
+  router->set_model(route_to(batcher, 1));
+  Ingress ingress(router);
+
+  std::atomic<bool> done{false};
+  std::thread swapper([&] {  // hot swaps while the front ends send
+    int64_t version = 1;
+    while (!done.load()) {
+      auto next = echo_batcher();
+      router->set_model(route_to(next, ++version));
+      router->wait_quiescent();
+      batcher->stop();  // nothing can reach it any more: every request it took completes
+      batcher = next;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+
+  std::vector<std::thread> frontends;
+  for (int f = 0; f < kFrontends; ++f) {
+    frontends.emplace_back([&, f] {
+      auto region = ingress.open_channel(64 * 1024);
+      ipc::RingProducer requests(region->request_control(), region->request_slots());
+      ipc::RingConsumer responses(region->response_control(), region->response_slots());
+      std::vector<int> answered(kRequests, 0);
+      int sent = 0, received = 0;
+      const std::string model = "echo";
+      while (received < kRequests) {
+        // Send while there is room (up to 64 ahead), then take whatever answers are there.
+        while (sent < kRequests && sent - received < 64) {
+          const int64_t rows = 1 + sent % 4;
+          std::vector<int64_t> data(static_cast<size_t>(rows) * 2);
+          for (size_t i = 0; i < data.size(); ++i) data[i] = int64_t{sent} * 100 + static_cast<int64_t>(i);
+          const int64_t shape[2] = {rows, 2};
+          std::vector<ipc::TensorOut> tensors = {{"x", DType::kInt64, shape, 2, data.size() * 8}};
+          auto layout = ipc::plan_message(sizeof(ipc::WireRequest), model.size(), tensors);
+          std::byte* p = requests.reserve(layout.size);
+          if (p == nullptr) break;  // full: answers first
+          ipc::WireRequest w{};
+          w.token = static_cast<uint64_t>(sent);
+          w.timeout_us = -1;
+          w.model_len = static_cast<uint16_t>(model.size());
+          w.n_tensors = 1;
+          std::memcpy(p, &w, sizeof w);
+          std::memcpy(p + layout.text_at, model.data(), model.size());
+          ipc::write_tensor_headers(p, layout, tensors);
+          std::memcpy(p + layout.data_at[0], data.data(), data.size() * 8);
+          if (requests.publish()) ipc::ChannelRegion::wake(region->request_efd());
+          ++sent;
+        }
+        bool any = false;
+        while (ipc::SlotHeader* s = responses.next()) {
+          any = true;
+          ipc::WireResponse w;
+          std::memcpy(&w, s->payload(), sizeof w);
+          if (w.token >= static_cast<uint64_t>(kRequests) || answered[w.token]++ || w.status != 200) {
+            std::fprintf(stderr, "FAIL: front end %d: token %llu status %u answered twice or wrongly\n", f,
+                         static_cast<unsigned long long>(w.token), w.status);
+            ++failures;
+            continue;
+          }
+          auto t = ipc::read_tensors(s->payload(), s->payload_size, sizeof w + w.text_len, w.n_tensors);
+          const int64_t rows = 1 + static_cast<int64_t>(w.token) % 4;
+          bool ok = t.size() == 1 && t[0].shape.size() == 2 && t[0].shape[0] == rows && t[0].nbytes == size_t(rows) * 16;
+          for (int64_t i = 0; ok && i < rows * 2; ++i) {
+            int64_t v;
+            std::memcpy(&v, t[0].data + i * 8, 8);
+            ok = v == static_cast<int64_t>(w.token) * 100 + i;
+          }
+          if (!ok) {
+            std::fprintf(stderr, "FAIL: front end %d: wrong rows for token %llu\n", f, static_cast<unsigned long long>(w.token));
+            ++failures;
+          }
+          ++received;
+        }
+        responses.release_all_read();
+        if (!any && (sent == kRequests || sent - received >= 64)) {
+          if (responses.prepare_sleep()) {
+            pollfd pfd{region->response_efd(), POLLIN, 0};
+            ::poll(&pfd, 1, 100);
+            ipc::ChannelRegion::clear(region->response_efd());
+          }
+        }
+      }
+      ingress.close_channel(region);
+    });
+  }
+  for (auto& t : frontends) t.join();
+  done.store(true);
+  swapper.join();
+  ingress.stop();
+  batcher->stop();
+  const IngressStats s = ingress.stats();
+  if (s.requests != uint64_t{kFrontends} * kRequests || s.refused != 0) {
+    std::fprintf(stderr, "FAIL: ingress took %llu requests, refused %llu\n", static_cast<unsigned long long>(s.requests),
+                 static_cast<unsigned long long>(s.refused));
+    ++failures;
+  }
+  if (failures.load()) return 1;
+  std::printf("ok\n");
+  return 0;
+}

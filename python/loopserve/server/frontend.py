@@ -1,0 +1,303 @@
+"""One HTTP front-end process of a server with `workers: N` (N > 1).
+
+The front end parses, decodes, hands each infer request to the engine through its
+shared-memory channel (loopserve._core.FrontendChannel), awaits the answer, encodes and sends
+it. It holds no model and no state of its own beyond its latency histograms: every other
+route is forwarded to the engine process, which owns the models, the routing, the monitors
+and the feedback record (see server/supervisor.py for how the processes are started).
+
+The engine's answers arrive with at most one wake-up of this loop per batch of completions
+(an eventfd). When the engine process goes away, every request waiting on it is answered 503
+at once and the front end exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+
+import msgspec
+import numpy as np
+
+from loopserve import _core
+from loopserve.logs import configure_logging
+from loopserve.server.body import read_body
+from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
+from loopserve.server.latency import LatencyHistogram
+from loopserve.server.protocol import decode_request, encode_response
+from loopserve.server.wire import INFER_PATH, headers_of, scheduling_of, send_response
+
+log = logging.getLogger("loopserve.frontend")
+
+_JSON = [(b"content-type", b"application/json")]
+_RETRY = {429: [(b"retry-after", b"1")], 503: [(b"retry-after", b"1")]}
+LATENCY_PATH = "/_frontend/latency"  # the engine's read of this process's histograms (Unix socket only)
+_HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length"}
+
+
+class EngineGone(Exception):
+    pass
+
+
+class EngineChannel:
+    """This process's end of its channel to the engine. Thread-safety: the event loop's thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, memfd: int, request_efd: int, response_efd: int):
+        self.native = _core.FrontendChannel(memfd, request_efd, response_efd)
+        self.loop = loop
+        self.pending: dict[int, asyncio.Future] = {}
+        self.tokens = itertools.count(1)
+        self.gone = False
+        loop.add_reader(self.native.fd, self._on_readable)
+        self._on_readable()
+
+    def submit(self, model: str, version: str, key: str, request_id: str, group: str, priority: int,
+               timeout_us: int, raw: bool, inputs: list[tuple[str, np.ndarray]]) -> asyncio.Future:
+        if self.gone:
+            raise EngineGone()
+        token = next(self.tokens)
+        sent = self.native.submit(token, model, version, key, request_id, group, priority, timeout_us, raw, inputs)
+        if sent == 1:
+            return _answered(self.loop, (503, 0, "the server is at capacity (its channel to the engine is full); "
+                                                 "retry later", None))
+        if sent == 2:
+            return _answered(self.loop, (413, 0, f"the request is larger than the channel to the engine carries "
+                                                 f"({self.native.max_payload} bytes); raise http.channel_bytes",
+                                         None))
+        future = self.loop.create_future()
+        self.pending[token] = future
+        return future
+
+    def _on_readable(self) -> None:
+        pending = self.pending
+        while True:
+            for token, status, version, text, outputs in self.native.drain():
+                future = pending.pop(token, None)
+                if future is not None and not future.done():
+                    future.set_result((status, version, text, outputs))
+            if self.native.prepare_sleep():
+                return
+
+    def fail_all(self) -> None:
+        self.gone = True
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_result((503, 0, "the server's engine process stopped", None))
+
+
+def _answered(loop, result) -> asyncio.Future:
+    future = loop.create_future()
+    future.set_result(result)
+    return future
+
+
+class FrontendApp:
+    """The ASGI application of a front-end process."""
+
+    def __init__(self, fds: tuple[int, int, int], lifeline: int, engine_uds: str, max_body_bytes: int):
+        self.fds = fds
+        self.lifeline = lifeline
+        self.engine_uds = engine_uds
+        self.max_body_bytes = max_body_bytes
+        self.channel: EngineChannel | None = None
+        self.latency: dict[tuple[str, str], LatencyHistogram] = {}
+        self.client = None
+        self.engine_gone = asyncio.Event()
+
+    async def __call__(self, scope, receive, send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["method"] == "POST":
+                match = INFER_PATH.match(scope["path"])
+                if match:
+                    await self.infer(scope, receive, send, match[1], match[2])
+                    return
+            if scope["path"] == LATENCY_PATH and (scope.get("server") or (None, None))[1] is None:  # Unix socket: the engine
+                await send_response(send, 200, _JSON, msgspec.json.encode(
+                    {f"{m}\t{v}": [h.counts, h.sum] for (m, v), h in self.latency.items()}))
+                return
+            await self.forward(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive, send) -> None:
+        import httpx
+
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                loop = asyncio.get_running_loop()
+                self.channel = EngineChannel(loop, *self.fds)
+                loop.add_reader(self.lifeline, self._on_lifeline)
+                self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.engine_uds),
+                                                base_url="http://engine", timeout=None)
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.client.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _on_lifeline(self) -> None:
+        """The engine holds the other end of this pipe: end of file means it is gone."""
+        if os.read(self.lifeline, 1):
+            return
+        asyncio.get_running_loop().remove_reader(self.lifeline)
+        log.error("the engine process stopped; answering 503 and exiting")
+        self.channel.fail_all()
+        self.engine_gone.set()
+
+    # -- the data plane -------------------------------------------------------------------
+
+    async def infer(self, scope, receive, send, name: str, version: str | None) -> None:
+        start = time.perf_counter()
+        try:
+            content_length, header_length = headers_of(scope)
+            if content_length is not None and content_length > self.max_body_bytes:
+                raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
+                                   f"{self.max_body_bytes} bytes (http.max_body_bytes)")
+            body = await read_body(receive, self.max_body_bytes)
+            if header_length == 0:
+                request, inputs, raw = None, [("", np.frombuffer(body, np.uint8))], True
+            else:
+                request, arrays = decode_request(body, header_length)
+                inputs, raw = list(arrays.items()), False
+            params = request.parameters if request is not None else None
+            priority, timeout_us, key = scheduling_of(params)
+            group = params.get("group") if params else None
+            request_id = (request.id if request is not None else None) or ""
+            pending = self.channel.submit(name, version or "", key or "", request_id,
+                                          "" if group is None else msgspec.json.encode(group).decode(),
+                                          priority, timeout_us, raw, inputs)
+        except EngineGone:
+            await send_response(send, 503, _JSON + _RETRY[503], error_body("the server's engine process stopped"))
+            return
+        except Exception as exc:  # every refusal is answered; the server serves on
+            status, extra = status_of(exc)
+            if status == 500:
+                log.error("infer failed", exc_info=exc, extra={"model": name})
+            await send_response(send, status, [*_JSON, *extra], error_body(str(exc)))
+            return
+        status, answered_by, text, outputs = await pending
+        if status != 200:
+            await send_response(send, status, _JSON + _RETRY.get(status, []), error_body(text))
+            return
+        binary_default = bool(params.get("binary_data_output", False)) if params else False
+        payload, json_length = encode_response(name, str(answered_by), text or None, outputs,
+                                               request.outputs if request is not None else None, binary_default)
+        if json_length is None:
+            headers = _JSON
+        else:
+            headers = [(b"content-type", b"application/octet-stream"),
+                       (b"inference-header-content-length", str(json_length).encode())]
+        await send_response(send, 200, headers, payload)
+        key = (name, str(answered_by))
+        histogram = self.latency.get(key)
+        if histogram is None:
+            histogram = self.latency[key] = LatencyHistogram()
+        histogram.observe(time.perf_counter() - start)
+
+    # -- everything else: forwarded to the engine -------------------------------------------
+
+    async def forward(self, scope, receive, send) -> None:
+        try:
+            body = await read_body(receive, self.max_body_bytes)
+        except BodyTooLarge as exc:
+            await send_response(send, 413, _JSON, error_body(str(exc)))
+            return
+        path = scope["path"] + (("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
+        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_HEADERS]
+        try:
+            response = await self._request(scope["method"], path, headers, body)
+        except Exception as exc:  # the engine is gone
+            await send_response(send, 503, _JSON + _RETRY[503],
+                                error_body(f"the server's engine process did not answer: {exc}"))
+            return
+        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
+                       if k.encode("latin-1") not in _HOP_HEADERS]
+        await send_response(send, response.status_code, out_headers, response.content)
+
+
+    async def _request(self, method: str, path: str, headers, body: bytes):
+        import httpx
+
+        # The engine binds its socket just after the front ends start: a request in that
+        # moment waits for it rather than failing.
+        for attempt in range(40):
+            try:
+                return await self.client.request(method, path, headers=headers, content=body)
+            except httpx.ConnectError:
+                if attempt == 39 or self.engine_gone.is_set():
+                    raise
+                await asyncio.sleep(0.05)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The public port, shared with the other front ends: the kernel spreads connections
+    over their sockets (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(False)
+    return sock
+
+
+def _unix_listen(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    p = argparse.ArgumentParser(prog="loopserve-frontend", description="an HTTP front end of loopserve (internal)")
+    p.add_argument("--fds", required=True, help="memfd,request_efd,response_efd,lifeline")
+    p.add_argument("--engine-uds", required=True)
+    p.add_argument("--control-uds", required=True)
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--max-body-bytes", type=int, required=True)
+    p.add_argument("--graceful-shutdown-s", type=float, required=True)
+    p.add_argument("--gil-switch-interval-us", type=int, required=True)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    configure_logging(args.log_level)
+    sys.setswitchinterval(args.gil_switch_interval_us / 1e6)
+    memfd, request_efd, response_efd, lifeline = (int(x) for x in args.fds.split(","))
+    app = FrontendApp((memfd, request_efd, response_efd), lifeline, args.engine_uds, args.max_body_bytes)
+    server = uvicorn.Server(uvicorn.Config(
+        app, loop="uvloop", http="httptools", lifespan="on", log_config=None, access_log=False,
+        timeout_graceful_shutdown=args.graceful_shutdown_s, proxy_headers=False, server_header=False))
+
+    async def watch_engine() -> None:
+        await app.engine_gone.wait()
+        server.should_exit = True
+
+    async def run() -> None:
+        watcher = asyncio.ensure_future(watch_engine())
+        try:
+            await server.serve(sockets=[_listen(args.host, args.port), _unix_listen(args.control_uds)])
+        finally:
+            watcher.cancel()
+
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)  # as the single-process server (server/main.py says why)
+    with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+        runner.run(run())
+    return 1 if app.engine_gone.is_set() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The HTTP front-end processes of a server with `workers: N` (N > 1), as the engine runs them.
+
+The engine process (server/main.py) owns the models, batchers, routing, monitors and feedback,
+and serves every route but infer on a Unix socket. Each front end (server/frontend.py) accepts
+connections on the public port (SO_REUSEPORT: the kernel spreads connections over them), and
+talks to the engine through its own shared-memory channel, which the engine's native ingress
+reads. The supervisor starts them, starts a new one in place of one that dies (its channel is
+closed and a fresh one opened: the other front ends lose nothing), collects their latency
+histograms for /metrics, and stops them first on shutdown so that they drain while the
+engine still answers.
+
+Thread-safety: the engine's event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import msgspec
+
+from loopserve.server.frontend import LATENCY_PATH
+from loopserve.server.latency import LatencyHistogram
+
+log = logging.getLogger("loopserve.supervisor")
+
+
+@dataclass
+class Frontend:
+    index: int
+    process: asyncio.subprocess.Process
+    channel: object  # loopserve._core.ChannelHandle
+    lifeline: int    # the engine's end of the pipe whose closing tells the front end the engine is gone
+    control_uds: str
+    latency: dict = field(default_factory=dict)  # its histograms as last read
+
+
+class FrontendSupervisor:
+    def __init__(self, *, workers: int, ingress, host: str, port: int, engine_uds: str, workdir: str,
+                 max_body_bytes: int, channel_bytes: int, graceful_shutdown_s: float,
+                 gil_switch_interval_us: int, log_level: str, latency: dict[tuple[str, str], LatencyHistogram]):
+        self.workers = workers
+        self.ingress = ingress
+        self.host, self.port = host, port
+        self.engine_uds = engine_uds
+        self.workdir = workdir
+        self.max_body_bytes = max_body_bytes
+        self.channel_bytes = channel_bytes
+        self.graceful_shutdown_s = graceful_shutdown_s
+        self.gil_switch_interval_us = gil_switch_interval_us
+        self.log_level = log_level
+        self.latency = latency  # the engine's ServerMetrics histograms, refreshed from the front ends
+        self.frontends: dict[int, Frontend] = {}
+        self.restarts = 0
+        self._retired: dict[tuple[str, str], tuple[list[int], float]] = {}  # counts of front ends gone
+        self._stopping = False
+        self._tasks: set[asyncio.Task] = set()
+        self._spawned = 0
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        """Starts the front ends and returns once each accepts requests."""
+        for i in range(self.workers):
+            await self._spawn(i)
+        await asyncio.wait_for(asyncio.gather(*(self._ready(f) for f in self.frontends.values())), timeout_s)
+        self._keep(asyncio.ensure_future(self._poll_latency()))
+
+    async def _ready(self, frontend: Frontend) -> None:
+        while frontend.process.returncode is None:
+            if await self._read_latency(frontend):
+                return
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"front end {frontend.index} exited with {frontend.process.returncode} while starting")
+
+    async def _spawn(self, index: int) -> None:
+        channel = self.ingress.open_channel(self.channel_bytes)
+        read_end, write_end = os.pipe()
+        self._spawned += 1
+        control = os.path.join(self.workdir, f"frontend-{self._spawned}.sock")
+        fds = (channel.memfd, channel.request_efd, channel.response_efd, read_end)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loopserve.server.frontend",
+            "--fds", ",".join(map(str, fds)), "--engine-uds", self.engine_uds, "--control-uds", control,
+            "--host", self.host, "--port", str(self.port), "--max-body-bytes", str(self.max_body_bytes),
+            "--graceful-shutdown-s", str(self.graceful_shutdown_s),
+            "--gil-switch-interval-us", str(self.gil_switch_interval_us), "--log-level", self.log_level,
+            pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
+        os.close(read_end)
+        frontend = Frontend(index, process, channel, write_end, control)
+        self.frontends[index] = frontend
+        log.info("front end started", extra={"index": index, "pid": process.pid})
+        self._keep(asyncio.ensure_future(self._watch(frontend)))
+
+    async def _watch(self, frontend: Frontend) -> None:
+        code = await frontend.process.wait()
+        self.ingress.close_channel(frontend.channel)
+        os.close(frontend.lifeline)
+        for key, (counts, total) in frontend.latency.items():
+            base = self._retired.setdefault(key, ([0] * len(counts), 0.0))
+            self._retired[key] = ([a + b for a, b in zip(base[0], counts)], base[1] + total)
+        if self._stopping or self.frontends.get(frontend.index) is not frontend:
+            return
+        self.restarts += 1
+        log.error("front end exited; starting another", extra={"index": frontend.index, "code": code,
+                                                                 "pid": frontend.process.pid})
+        await self._spawn(frontend.index)
+
+    async def stop(self) -> None:
+        """SIGTERM to every front end (each stops accepting and finishes what it has), then waits."""
+        self._stopping = True
+        running = [f for f in self.frontends.values() if f.process.returncode is None]
+        for f in running:
+            f.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(f.process.wait() for f in running)),
+                                   self.graceful_shutdown_s + 5)
+        except asyncio.TimeoutError:
+            for f in running:
+                if f.process.returncode is None:
+                    f.process.kill()
+            await asyncio.gather(*(f.process.wait() for f in running))
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _poll_latency(self) -> None:
+        """Every second, each front end's latency histograms, summed into the engine's."""
+        while True:
+            await asyncio.sleep(1.0)
+            await self.collect_latency()
+
+    async def collect_latency(self) -> None:
+        """Reads every running front end's histograms, and sums them into the engine's."""
+        running = [f for f in self.frontends.values() if f.process.returncode is None]
+        await asyncio.gather(*(self._read_latency(f) for f in running))
+        self.refresh_latency()
+
+    async def _read_latency(self, frontend: Frontend) -> bool:
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=frontend.control_uds),
+                                         base_url="http://frontend", timeout=2.0) as client:
+                response = await client.get(LATENCY_PATH)
+            if response.status_code != 200:
+                return False
+            frontend.latency = {tuple(k.split("\t")): (v[0], v[1])
+                                for k, v in msgspec.json.decode(response.content).items()}
+            return True
+        except Exception:  # starting or stopping: read it next time
+            return False
+
+    def refresh_latency(self) -> None:
+        totals: dict[tuple[str, str], tuple[list[int], float]] = dict(self._retired)
+        for f in self.frontends.values():
+            for key, (counts, total) in f.latency.items():
+                base = totals.get(key)
+                totals[key] = (list(counts), total) if base is None else (
+                    [a + b for a, b in zip(base[0], counts)], base[1] + total)
+        for key, (counts, total) in totals.items():
+            histogram = self.latency.get(key)
+            if histogram is None:
+                histogram = self.latency[key] = LatencyHistogram()
+            histogram.counts = list(counts)
+            histogram.sum = total
+
+    def _keep(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+class MultiProcessServer:
+    """Makes a LoopserveApp the engine of a server with `workers` front-end processes.
+
+        engine = MultiProcessServer(app, workers=4, host="0.0.0.0", port=8000, http=config.http)
+        uvicorn.Server(uvicorn.Config(app, uds=engine.engine_uds, ...)).run()   # the engine's own routes
+        engine.cleanup()
+
+    The app's lifespan starts the front ends once it runs and stops them first when it stops
+    (they finish their requests while the engine still answers), then the native ingress."""
+
+    def __init__(self, app, *, workers: int, host: str, port: int, http, gil_switch_interval_us: int,
+                 log_level: str = "info"):
+        import socket
+        import tempfile
+
+        from loopserve.serving.native_routes import NativeRoutes
+
+        self.workdir = tempfile.mkdtemp(prefix="loopserve-engine-")
+        self.engine_uds = os.path.join(self.workdir, "engine.sock")
+        # Port 0: a port is chosen once here and shared by every front end (SO_REUSEPORT); this
+        # socket, bound but never listening, keeps it ours while front ends come and go.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._reservation = socket.socket(family, socket.SOCK_STREAM)
+        self._reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        self._reservation.bind((host, port))
+        self.port = self._reservation.getsockname()[1]
+        self.native = NativeRoutes(app.repository)
+        self.supervisor = FrontendSupervisor(
+            workers=workers, ingress=self.native.ingress, host=host, port=self.port, engine_uds=self.engine_uds,
+            workdir=self.workdir, max_body_bytes=http.max_body_bytes, channel_bytes=http.channel_size(),
+            graceful_shutdown_s=http.graceful_shutdown_s, gil_switch_interval_us=gil_switch_interval_us,
+            log_level=log_level, latency=app.metrics.latency_histograms)
+        app.on_startup.append(self.supervisor.start)
+        app.before_metrics.append(self.supervisor.collect_latency)
+        app.on_shutdown.append(self._stop)
+
+    async def _stop(self) -> None:
+        await self.supervisor.stop()
+        await asyncio.to_thread(self.native.close)
+
+    def cleanup(self) -> None:
+        import shutil
+
+        self._reservation.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)

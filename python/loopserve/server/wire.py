@@ -1,0 +1,51 @@
+"""What every infer route does with HTTP, in one process or in a front end: the route's path,
+the headers it reads, its scheduling parameters, and sending an answer. Light on imports on
+purpose: a front-end process imports it, and holds no model."""
+
+from __future__ import annotations
+
+import re
+
+from loopserve.server.protocol import ProtocolError
+
+INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
+JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def headers_of(scope) -> tuple[int | None, int | None]:
+    """(Content-Length, Inference-Header-Content-Length), either None when absent."""
+    content_length = header_length = None
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            content_length = int(value)
+        elif key == b"inference-header-content-length":
+            try:
+                header_length = int(value)
+            except ValueError:
+                raise ProtocolError(f"Inference-Header-Content-Length must be an integer, got {value[:40]!r}") from None
+            if header_length < 0:
+                raise ProtocolError("Inference-Header-Content-Length must not be negative")
+    return content_length, header_length
+
+
+def scheduling_of(params) -> tuple[int, int, str | None]:
+    """Triton's request parameters `priority` and `timeout` (microseconds), and ours,
+    `routing_key`: requests with the same key go to the same version under a traffic split."""
+    if not params:
+        return 0, -1, None
+    priority = params.get("priority", 0)
+    timeout = params.get("timeout", -1)
+    key = params.get("routing_key")
+    if key is not None and not isinstance(key, str):
+        raise ProtocolError(f"parameter 'routing_key' must be a string, got {key!r}")
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise ProtocolError(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
+    if not isinstance(timeout, int) or isinstance(timeout, bool):
+        raise ProtocolError(f"parameter 'timeout' must be an integer number of microseconds, got {timeout!r}")
+    return priority, timeout, key
+
+
+async def send_response(send, status: int, headers: list, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

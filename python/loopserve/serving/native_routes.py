@@ -1,0 +1,114 @@
+"""The engine's routing state, kept in the native core for requests that enter natively.
+
+With `workers: N` (N > 1) infer requests reach the engine through the front ends' shared-memory
+channels and are routed and submitted by the native ingress (csrc/serving/ingress.*), with no
+Python per request. This module keeps that native routing table in step with the Python
+VersionRouters, which stay the place where every decision is made (loads, hot swaps, traffic
+weights, promotion, rollback): after each change, the model's new state is published whole.
+
+Two duties follow from routing natively:
+- a version must not stop while the ingress may still submit to it: an unload hook waits until
+  no thread holds a routing table that still names it (`Router.wait_quiescent`);
+- feedback: the ingress records each answered prediction (with a 128-bit random id when the
+  request sent none) into a native tap per version; a thread here hands them to the feedback
+  record (loopserve.monitor.feedback) in batches.
+
+Thread-safety: `publish` runs on the event loop's thread (where routers change); the unload
+hook on the thread that retires a version; the feedback thread on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+
+import msgspec
+
+from loopserve import _core
+from loopserve.serving.model import Model
+from loopserve.serving.repository import ModelRepository
+from loopserve.serving.router import VersionRouter
+
+log = logging.getLogger("loopserve.engine")
+
+FEEDBACK_DRAIN_S = 0.02
+
+
+class NativeRoutes:
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+        self.router = _core.Router()
+        self.ingress = _core.Ingress(self.router)
+        self._taps: "weakref.WeakKeyDictionary[Model, tuple]" = weakref.WeakKeyDictionary()
+        self._taps_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._feedback_thread = threading.Thread(target=self._drain_feedback, name="loopserve-feedback-tap",
+                                                 daemon=True)
+        repository.on_route_change.append(self.publish)
+        repository.services.feedback.catch_up.append(self.flush_feedback)
+        repository.on_version_unload.insert(0, self._before_unload)
+        for router in repository.routers.values():
+            self.publish(router)
+        self._feedback_thread.start()
+
+    def publish(self, router: VersionRouter) -> None:
+        if not router.versions:
+            self.router.remove_model(router.name)
+            return
+        loaded = [(version, model._batcher, self._tap(model)) for version, model in sorted(router.versions.items())]
+        answering = [(bound, model.version) for bound, model in router.answering()]
+        self.router.set_model(router.name, loaded, answering, [m.version for m in router.shadow_models()])
+
+    def _before_unload(self, model: Model) -> None:
+        """No request can reach the version's batcher once this returns (blocking, microseconds)."""
+        self.router.wait_quiescent()
+        with self._flush_lock:
+            with self._taps_lock:
+                entry = self._taps.pop(model, None)
+            if entry is not None:
+                self._record(*entry)
+
+    def _tap(self, model: Model):
+        with self._taps_lock:
+            entry = self._taps.get(model)
+            if entry is not None:
+                return entry[0]
+        track = self.repository.services.feedback.track(model)
+        if track is None:
+            return None
+        outputs = [t.name for t in model.outputs]
+        inputs = [t.name for t in model.inputs]
+        x_names = [name for name, _offset, _width in track.layout.x_layout]
+        tap = _core.FeedbackTap(outputs.index(track.output), [inputs.index(n) for n in x_names])
+        with self._taps_lock:
+            self._taps[model] = (tap, track, x_names)
+        return tap
+
+    def _drain_feedback(self) -> None:
+        while not self._stop.wait(FEEDBACK_DRAIN_S):
+            self.flush_feedback()
+
+    def flush_feedback(self) -> None:
+        """Hands every prediction the taps hold to the feedback record. Any thread; one flush
+        at a time, so that a flush that finds a tap empty knows its entries are recorded."""
+        with self._flush_lock:
+            with self._taps_lock:
+                entries = list(self._taps.values())
+            for entry in entries:
+                self._record(*entry)
+
+    @staticmethod
+    def _record(tap, track, x_names) -> None:
+        output = track.output
+        for request_id, group, made_at, y, xs in tap.drain():
+            params = {"group": msgspec.json.decode(group)} if group else None
+            track.record(request_id, dict(zip(x_names, xs)), {output: y}, params, at=made_at)
+
+    def close(self) -> None:
+        """Stops the ingress (after the front ends are gone) and hands over what the taps hold."""
+        self.ingress.stop()
+        self._stop.set()
+        self._feedback_thread.join()
+        self.flush_feedback()

@@ -1,0 +1,53 @@
+"""Per-version services attach through the repository's load and unload hooks."""
+
+import textwrap
+
+import numpy as np
+
+from loopserve.serving.repository import ModelRepository
+
+CONFIG = """\
+max_batch_size: 4
+inputs: [{name: x, datatype: FP32, dims: [1]}]
+outputs: [{name: y, datatype: FP32, dims: [1]}]
+warmup_rows: [1]
+"""
+
+
+def write_version(model_dir, version):
+    (model_dir / str(version)).mkdir(parents=True)
+    (model_dir / str(version) / "model.py").write_text(textwrap.dedent(f"""
+        def infer(inputs):
+            return {{"y": inputs["x"] * 0 + {version}}}
+    """))
+
+
+def test_hooks_see_each_version_loaded_warm_and_retired_once(tmp_path):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(CONFIG)
+    write_version(model_dir, 1)
+    events = []
+
+    def loaded(model, directory):
+        # after warm-up (its batch ran), before it serves
+        events.append(("load", model.version, directory, model.stats().inference_count))
+
+    def unloaded(model):
+        events.append(("unload", model.version, model.backend is not None))  # before it closes
+
+    repository = ModelRepository(tmp_path, on_version_load=[loaded], on_version_unload=[unloaded])
+    repository.load("m")
+    assert events == [("load", 1, model_dir / "1", 1)]
+    # the built-in services ran first: version 1 records predictions for feedback from the start
+    assert 1 in repository.services.feedback.models["m"].tracks
+
+    write_version(model_dir, 2)  # the default policy serves the latest version: 1 retires
+    repository.load("m")
+    assert events[1:] == [("load", 2, model_dir / "2", 1), ("unload", 1, True)]
+    repository.load("m")  # nothing changed: the serving version is kept, no hook runs
+    assert len(events) == 3
+    assert repository.get("m").infer_sync({"x": np.ones((1, 1), np.float32)})["y"].tolist() == [[2.0]]
+
+    repository.close()
+    assert events[3:] == [("unload", 2, True)]

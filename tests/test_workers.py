@@ -1,0 +1,178 @@
+"""`loopserve serve --workers N` as processes: one engine, N front ends, and what happens when
+one of them stops: SIGTERM drains every front end; a front end killed is replaced while the
+others lose nothing; an engine killed leaves no front end answering anything but 503."""
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from loopserve.demo.hotswap import wait_ready
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> set[int]:
+    out = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out |= {int(p) for p in (task / "children").read_text().split()}
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie waits for its parent, but is gone
+
+
+def until(condition, timeout_s: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def serve(repo: Path, port: int, workers: int = 2):
+    proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--model-repository", str(repo),
+                             "--port", str(port), "--workers", str(workers)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_ready(port, proc)
+    until(lambda: len(children(proc.pid)) == workers, what="the front ends")
+    return proc
+
+
+def infer(port: int, model: str, value: int, conn=None):
+    c = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [value]}]})
+    c.request("POST", f"/v2/models/{model}/infer", body=body)
+    r = c.getresponse()
+    return r.status, msgspec.json.decode(r.read())
+
+
+def write_model(root: Path, name: str, source: str, config: str) -> Path:
+    model = root / name
+    (model / "1").mkdir(parents=True)
+    (model / "1" / "model.py").write_text(textwrap.dedent(source))
+    (model / "config.yaml").write_text(config)
+    return root
+
+
+ADD_ONE = """
+    def infer(inputs):
+        return {"y": inputs["x"] + 1}
+"""
+INT_IO = "inputs: [{name: x, datatype: INT32, dims: [1]}]\noutputs: [{name: y, datatype: INT32, dims: [1]}]\n"
+
+
+def test_sigterm_drains_every_front_end_and_exits_0(tmp_path):
+    marker = tmp_path / "inside"
+    # One batch of all 8 requests, held in the model until the test has sent SIGTERM.
+    repo = write_model(tmp_path / "models", "slow", f"""
+        import os, time
+        def infer(inputs):
+            open({str(marker)!r}, "w").write(str(len(inputs["x"])))
+            time.sleep(1.0)
+            return {{"y": inputs["x"] + 1}}
+    """, "max_batch_size: 8\ndynamic_batching: {preferred_batch_sizes: [8], max_queue_delay_us: 30000000}\n" + INT_IO)
+    port = free_port()
+    proc = serve(repo, port)
+    results = []
+    callers = [threading.Thread(target=lambda i=i: results.append(infer(port, "slow", i))) for i in range(8)]
+    for t in callers:
+        t.start()
+    until(lambda: marker.exists() and marker.read_text() == "8", what="the batch of 8 inside the model")
+    proc.send_signal(signal.SIGTERM)
+    for t in callers:
+        t.join()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert sorted(r[1]["outputs"][0]["data"][0] for r in results) == list(range(1, 9))
+    assert all(status == 200 for status, _ in results)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def test_a_killed_front_end_is_replaced_and_the_others_lose_nothing(tmp_path):
+    repo = write_model(tmp_path / "models", "add", ADD_ONE, "max_batch_size: 8\n" + INT_IO)
+    port = free_port()
+    proc = serve(repo, port)
+    try:
+        stop = threading.Event()
+        outcomes = {"ok": 0, "http_error": 0, "connection_error": 0}
+        lock = threading.Lock()
+
+        def client(k):
+            conn, i = None, 0
+            while not stop.is_set():
+                i += 1
+                try:
+                    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                    status, body = infer(port, "add", i, conn)
+                    kind = "ok" if status == 200 and body["outputs"][0]["data"] == [i + 1] else "http_error"
+                except (OSError, http.client.HTTPException):
+                    conn, kind = None, "connection_error"  # its front end went away: reconnect
+                with lock:
+                    outcomes[kind] += 1
+
+        clients = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+        for t in clients:
+            t.start()
+        until(lambda: outcomes["ok"] > 200, what="traffic")
+        victim = min(children(proc.pid))
+        os.kill(victim, signal.SIGKILL)
+        until(lambda: len(children(proc.pid) - {victim}) == 2, what="a new front end")
+        after = outcomes["ok"]
+        until(lambda: outcomes["ok"] > after + 200, what="traffic after the replacement")
+        stop.set()
+        for t in clients:
+            t.join()
+        # Only connections to the killed front end broke (at most one per client); every answer
+        # that came back was right.
+        assert outcomes["http_error"] == 0, outcomes
+        assert outcomes["connection_error"] <= len(clients), outcomes
+        assert infer(port, "add", 41)[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "front end exited; starting another" in err
+
+
+def test_when_the_engine_dies_front_ends_answer_503_and_exit(tmp_path):
+    marker = tmp_path / "inside"
+    repo = write_model(tmp_path / "models", "slow", f"""
+        import time
+        def infer(inputs):
+            open({str(marker)!r}, "w").write("in")
+            time.sleep(30)
+            return {{"y": inputs["x"]}}
+    """, "max_batch_size: 0\n" + INT_IO.replace("dims: [1]", "dims: [1, 1]"))
+    port = free_port()
+    proc = serve(repo, port)
+    front_ends = children(proc.pid)
+    results = []
+    caller = threading.Thread(target=lambda: results.append(infer(port, "slow", 1)))
+    caller.start()
+    until(marker.exists, what="the request inside the model")
+    proc.kill()
+    proc.communicate(timeout=30)
+    caller.join(timeout=30)
+    assert results and results[0][0] == 503, results  # answered at once, not left hanging
+    assert "engine" in results[0][1]["error"]
+    until(lambda: not any(alive(p) for p in front_ends), timeout_s=30, what="the front ends to exit")
