@@ -14,8 +14,9 @@ traffic, so they count once.
 
 Front ends: a lone front end (today's single process, `front_ends=1`) runs in the executors' own
 process and takes turns with them: its clients wait on the batches, so while a batch computes
-the event loop mostly waits too. It keeps no core: on 2 cores the heavy MLP served 1.2-1.8x the
-rows with 2 intra-op threads as with 1 (bench/threads.py). Several front-end processes
+the event loop mostly waits too. It keeps no core: on 2 cores the heavy MLP served 1.0-1.8x the
+rows with 2 intra-op threads as with 1 in one run of bench/threads.py, and as many in another (the
+README has the table). Several front-end processes
 (`front_ends=N`, N > 1) work beside the executors at once; each keeps a core.
 
 What did cost cores is spinning: onnxruntime's idle threads spin by default, burning the cores

@@ -33,7 +33,8 @@ def build_app(config: ServerConfig) -> LoopserveApp:
     repository = ModelRepository(config.model_repository, registry)
     on_disk = named or ([] if sources else repository.names_on_disk())
     # With workers > 1 this process is the engine and the front ends are processes of their own.
-    expect_repository_models(config.model_repository, on_disk, [s.name for s in sources], front_ends=config.workers)
+    expect_repository_models(config.model_repository, on_disk, [s.name for s in sources],
+                             front_ends=config.worker_count())
     try:
         for name in on_disk + [s.name for s in sources]:
             repository.load(name)
