@@ -92,6 +92,8 @@ def cgroup_cpu_quota(root: Path = Path("/")) -> CpuQuota | None:
         return None
     quotas = []
     for line in memberships:
+        if line.count(":") < 2:
+            continue
         hierarchy, controllers, path = line.split(":", 2)
         if hierarchy == "0" and controllers == "":
             quotas += _quotas_on_path(root, mounts, path, lambda fs, opts: fs == "cgroup2", _read_v2)
