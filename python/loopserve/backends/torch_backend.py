@@ -11,6 +11,7 @@ import torch
 from loopserve.backends.base import NUMPY_DTYPES, Backend
 from loopserve.config import ModelConfig
 from loopserve.errors import ConfigError
+from loopserve.thread_budget import budget_for
 
 
 class TorchBackend(Backend):
@@ -29,8 +30,12 @@ class TorchBackend(Backend):
         super().__init__(config)
         self.require_declared(source)
         self.device = torch.device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)  # process-wide: torch has no per-module setting
+        if config.thread_spinning is not None:
+            raise ConfigError(f"{source}: thread_spinning applies to onnxruntime only; torch's threads spin as "
+                              "OMP_WAIT_POLICY in the environment says")
+        self.thread_budget = budget_for(config)
+        if self.thread_budget.intra_op:  # process-wide: how torch models share it is in thread_budget
+            torch.set_num_threads(self.thread_budget.intra_op)
         if isinstance(module, torch.nn.Module):
             module = module.to(self.device)
             if not isinstance(module, torch.fx.GraphModule):  # torch.export programs refuse eval()
