@@ -192,13 +192,12 @@ class LoopserveApp:
     async def repository_load(self, request: Request) -> Response:
         self._authorize(request)
         # Built and warmed up off the loop; swapped in on it, at once for every request.
-        prepared = await asyncio.to_thread(self.repository.prepare, request.path_params["model"])
-        self.repository.install(prepared)
+        await self.repository.load_async(request.path_params["model"])
         return json_response({})
 
     async def repository_unload(self, request: Request) -> Response:
         self._authorize(request)
-        self.repository.unload(request.path_params["model"])
+        await self.repository.unload_async(request.path_params["model"])
         return json_response({})
 
     # -- traffic --------------------------------------------------------------------------
