@@ -74,3 +74,90 @@ def test_concurrent_load_unload_never_leaves_a_ready_model_that_refuses(serve, m
         if not serves:  # and a load always makes it servable again
             assert server.request("POST", "/v2/repository/models/mlp/load")[0] == 200
             assert model_state(server) == (True, True, True)
+
+
+@pytest.fixture
+def guarded(serve, mlp_repository):
+    """A server with a management token; `mlp` records feedback (the default)."""
+    return serve(LoopserveApp(mlp_repository, management_token=TOKEN))
+
+
+def test_feedback_drift_and_sketch_need_the_management_token(guarded):
+    status, _, raw = guarded.request("POST", "/v2/models/mlp/infer", infer_body())
+    assert status == 200, raw
+    request_id = msgspec.json.decode(raw)["id"]
+    label = msgspec.json.encode({"id": request_id, "label": 1})
+    assert guarded.request("POST", "/v2/models/mlp/feedback", label)[0] == 401
+    assert guarded.request("POST", "/v2/models/mlp/feedback", label, {"Authorization": "Bearer wrong"})[0] == 401
+    status, _, raw = guarded.request("POST", "/v2/models/mlp/feedback", label, AUTH)
+    assert status == 200 and msgspec.json.decode(raw)["joined"] == 1, raw
+    for path in ("/v2/models/mlp/drift", "/v2/models/mlp/drift/sketch", "/v2/models/mlp/versions/1/drift"):
+        assert guarded.request("GET", path)[0] == 401, path
+        assert guarded.request("GET", path, headers=AUTH)[0] != 401, path  # 404: mlp has no drift profile
+
+
+def test_generated_request_ids_are_128_random_bits(guarded):
+    """They were a per-process prefix and a counter: one answer told the next client's id."""
+    ids = []
+    for _ in range(4):
+        status, _, raw = guarded.request("POST", "/v2/models/mlp/infer", infer_body())
+        assert status == 200, raw
+        ids.append(msgspec.json.decode(raw)["id"])
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids), ids
+    # No shared prefix: the first 8 hex digits (32 bits) of four random ids differ.
+    assert len({i[:8] for i in ids}) == 4, ids
+
+
+def test_request_ids_are_bounded_in_length(guarded):
+    long_id = "x" * 257
+    body = msgspec.json.decode(infer_body())
+    status, _, raw = guarded.request("POST", "/v2/models/mlp/infer", msgspec.json.encode({**body, "id": long_id}))
+    assert status == 400 and b"256" in raw, (status, raw)
+    status, _, raw = guarded.request("POST", "/v2/models/mlp/infer", msgspec.json.encode({**body, "id": "x" * 256}))
+    assert status == 200, raw
+    for label in ({"id": long_id, "label": 1}, {"labels": [{"id": long_id, "label": 1}]}):
+        status, _, raw = guarded.request("POST", "/v2/models/mlp/feedback", msgspec.json.encode(label), AUTH)
+        assert status == 400 and b"256" in raw, (status, raw)
+
+
+def nested(depth, leaf="1"):
+    return "[" * depth + leaf + "]" * depth
+
+
+MISTAKES = {
+    "shape 2**63 by 0": '{"inputs":[{"name":"INPUT0","shape":[%d,0],"datatype":"FP32","data":[]}]}' % 2**63,
+    "shape 2**62 by 4 by 0": '{"inputs":[{"name":"INPUT0","shape":[%d,4,0],"datatype":"FP32","data":[]}]}' % 2**62,
+    "shape 2**64": '{"inputs":[{"name":"INPUT0","shape":[%d],"datatype":"FP32","data":[1]}]}' % 2**64,
+    "100,000 dims": '{"inputs":[{"name":"INPUT0","shape":[%s],"datatype":"FP32","data":[1]}]}' % ",".join(["1"] * 100_000),
+    "priority 2**63": '{"inputs":[%s],"parameters":{"priority":%d}}',
+    "priority 2**31": '{"inputs":[%s],"parameters":{"priority":%d}}',
+    "timeout 2**63": '{"inputs":[%s],"parameters":{"timeout":%d}}',
+    "timeout -2**63-1": '{"inputs":[%s],"parameters":{"timeout":%d}}',
+    "data nested 1,000 deep": '{"inputs":[{"name":"INPUT0","shape":[1],"datatype":"FP32","data":%s}]}' % nested(1000),
+    "parameters nested 100,000 deep": '{"inputs":[],"parameters":{"a":%s}}' % nested(100_000),
+    "BYTES nested 5,000 deep": '{"inputs":[{"name":"INPUT0","shape":[1],"datatype":"BYTES","data":%s}]}'
+                               % nested(5000, '"a"'),
+}
+VALUES = {"priority 2**63": 2**63, "priority 2**31": 2**31, "timeout 2**63": 2**63, "timeout -2**63-1": -2**63 - 1}
+
+
+def test_every_client_mistake_is_a_4xx_with_a_message(guarded):
+    row = '{"name":"INPUT0","shape":[1,32],"datatype":"FP32","data":[%s]}' % ",".join(["0.1"] * 32)
+    for what, body in MISTAKES.items():
+        if what in VALUES:
+            body = body % (row, VALUES[what])
+        status, _, raw = guarded.request("POST", "/v2/models/mlp/infer", body.encode())
+        assert 400 <= status < 500, (what, status, raw[:300])
+        message = msgspec.json.decode(raw)["error"]
+        assert "(self" not in message and "incompatible function arguments" not in message, (what, message)
+    # The other JSON routes: nested bodies and bodies past their limits.
+    deep = ('{"a":%s}' % nested(5000)).encode()
+    for method, path in [("POST", "/v2/repository/index"), ("POST", "/v2/models/mlp/traffic"),
+                         ("POST", "/v2/models/mlp/feedback")]:
+        status, _, raw = guarded.request(method, path, deep, AUTH)
+        assert status == 400, (path, status, raw[:300])
+    big = b" " * (2 << 20)  # 2 MiB of JSON whitespace: these routes take a few bytes
+    for path in ("/v2/repository/index", "/v2/models/mlp/traffic"):
+        status, _, raw = guarded.request("POST", path, big, AUTH)
+        assert status == 413, (path, status, raw[:300])
+    assert guarded.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200

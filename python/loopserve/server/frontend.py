@@ -27,7 +27,7 @@ import numpy as np
 
 from loopserve import _core
 from loopserve.logs import configure_logging
-from loopserve.server.body import read_body
+from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
 from loopserve.server.protocol import decode_request, encode_response
@@ -207,7 +207,7 @@ class FrontendApp:
 
     async def forward(self, scope, receive, send) -> None:
         try:
-            body = await read_body(receive, self.max_body_bytes)
+            body = await read_body(receive, body_limit(scope["path"], self.max_body_bytes))
         except BodyTooLarge as exc:
             await send_response(send, 413, _JSON, error_body(str(exc)))
             return
