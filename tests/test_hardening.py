@@ -161,3 +161,90 @@ def test_every_client_mistake_is_a_4xx_with_a_message(guarded):
         status, _, raw = guarded.request("POST", path, big, AUTH)
         assert status == 413, (path, status, raw[:300])
     assert guarded.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200
+
+
+def open_socket(server, timeout=5.0):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    return sock
+
+
+def read_until_closed(sock) -> bytes:
+    """What the server sent before it closed the connection (a timeout here fails the test)."""
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_connection_limits_close_hostile_connections_and_the_server_serves_on(serve, mlp_repository):
+    """Issue 12 point 1: idle connections, heads that never end and bodies that never arrive
+    were held for as long as the client liked; past the connection limit, new ones 503."""
+    import socket
+    import time
+
+    from loopserve.server.config import HttpConfig
+
+    limits = HttpConfig(header_timeout_s=1.0, body_timeout_s=1.0, keep_alive_s=1.0, max_header_bytes=16 << 10,
+                        max_connections=20)
+    server = serve(LoopserveApp(mlp_repository), http=limits)
+    head = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
+
+    def served():
+        return server.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200
+
+    # A connection that sends nothing, one whose head stops halfway, one whose body stops halfway.
+    idle, slow_head, slow_body = open_socket(server), open_socket(server), open_socket(server)
+    slow_head.sendall(head)
+    slow_body.sendall(head + b"Content-Length: 1000\r\nContent-Type: application/json\r\n\r\n{\"inputs\"")
+    start = time.monotonic()
+    assert served()  # everyone else is served meanwhile
+    answers = {name: read_until_closed(sock) for name, sock in
+               [("idle", idle), ("slow_head", slow_head), ("slow_body", slow_body)]}
+    assert time.monotonic() - start < 4.0
+    assert answers["slow_head"].startswith(b"HTTP/1.1 408") and b"header_timeout_s" in answers["slow_head"], answers
+    assert answers["slow_body"].startswith(b"HTTP/1.1 408") and b"body_timeout_s" in answers["slow_body"], answers
+    assert answers["idle"] == b"" or answers["idle"].startswith(b"HTTP/1.1 408"), answers
+
+    # A head that never ends: 431 once past max_header_bytes, long before the client stops.
+    endless = open_socket(server)
+    sent = 0
+    try:
+        endless.sendall(head)
+        for i in range(10_000):
+            endless.sendall(b"X-Filler-%d: %s\r\n" % (i, b"a" * 100))
+            sent += 110
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert sent < 1 << 20
+    answer = read_until_closed(endless)
+    assert answer == b"" or answer.startswith(b"HTTP/1.1 431"), answer[:200]
+
+    # An idle keep-alive connection closes after keep_alive_s (uvicorn's timeout_keep_alive).
+    keep = open_socket(server)
+    body = infer_body()
+    keep.sendall(head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    first = keep.recv(65536)
+    assert first.startswith(b"HTTP/1.1 200"), first[:200]
+    time.sleep(1.5)
+    assert read_until_closed(keep) == b""
+
+    # Past max_connections (per process), a new connection is answered 503 and closed.
+    held = [open_socket(server, timeout=0.5) for _ in range(60)]
+    refused = 0
+    for sock in held:
+        try:
+            if sock.recv(65536).startswith(b"HTTP/1.1 503"):
+                refused += 1
+        except (socket.timeout, ConnectionResetError):
+            pass
+    assert refused >= 60 - limits.max_connections * server.workers, refused
+    for sock in held + [idle, slow_head, slow_body, endless, keep]:
+        sock.close()
+    assert served()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loopserve.server.http_errors import BodyTooLarge
+from loopserve.server.http_errors import BodyTooLarge, ClientDisconnected
 
 # Routes whose bodies are a few bytes of JSON (repository index, traffic changes): a larger
 # body is refused as soon as it passes this, whatever http.max_body_bytes allows infer.
@@ -21,6 +21,8 @@ async def read_body(receive, limit: int) -> bytes:
     size = 0
     while True:
         message = await receive()
+        if message["type"] == "http.disconnect":  # a partial body is no request
+            raise ClientDisconnected("the connection closed before the request's body arrived")
         chunk = message.get("body", b"")
         if chunk:
             size += len(chunk)
