@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,11 +20,15 @@ class ServerView:
         self.base = base_url.rstrip("/")
         self.model = urllib.parse.quote(model, safe="")
         self.timeout_s = timeout_s
+        # A server with a management token guards its drift reports: the pipeline sends the
+        # token from the environment (kept out of config files).
+        token = os.environ.get("LOOPSERVE_MANAGEMENT_TOKEN")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _get(self, path: str) -> dict:
         url = f"{self.base}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=self.timeout_s) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
             body = e.read().decode(errors="replace")
