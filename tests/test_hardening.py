@@ -82,7 +82,7 @@ def guarded(serve, mlp_repository):
     return serve(LoopserveApp(mlp_repository, management_token=TOKEN))
 
 
-def test_feedback_drift_and_sketch_need_the_management_token(guarded):
+def test_feedback_drift_and_sketch_need_the_management_token(guarded, monkeypatch):
     status, _, raw = guarded.request("POST", "/v2/models/mlp/infer", infer_body())
     assert status == 200, raw
     request_id = msgspec.json.decode(raw)["id"]
@@ -94,6 +94,14 @@ def test_feedback_drift_and_sketch_need_the_management_token(guarded):
     for path in ("/v2/models/mlp/drift", "/v2/models/mlp/drift/sketch", "/v2/models/mlp/versions/1/drift"):
         assert guarded.request("GET", path)[0] == 401, path
         assert guarded.request("GET", path, headers=AUTH)[0] != 401, path  # 404: mlp has no drift profile
+    # The pipeline reads drift with the token from its environment.
+    from loopserve.pipeline.server_view import ServerUnavailable, ServerView
+
+    for token, expected in ((None, "HTTP 401"), (TOKEN, "HTTP 404")):  # 404: no drift profile, but let in
+        if token:
+            monkeypatch.setenv("LOOPSERVE_MANAGEMENT_TOKEN", token)
+        with pytest.raises(ServerUnavailable, match=expected):
+            ServerView(f"http://{guarded.url}", "mlp").drift()
 
 
 def test_generated_request_ids_are_128_random_bits(guarded):

@@ -27,7 +27,8 @@ async def read_body(receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise BodyTooLarge(f"request body is over the limit of {limit} bytes for this route")
+                setting = "" if limit == SMALL_BODY_BYTES else " (http.max_body_bytes)"
+                raise BodyTooLarge(f"request body is over this route's limit of {limit} bytes{setting}")
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
