@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench clean
+.PHONY: setup system-packages demo test bench ui-vendor clean
 
 setup: $(STAMP)
 
@@ -20,14 +20,41 @@ $(STAMP): pyproject.toml CMakeLists.txt
 	$(BIN)/pip install -q --no-build-isolation -e ".[$(EXTRAS)]" -Ceditable.rebuild=true -Cbuild-dir=build/editable
 	touch $@
 
+# What the tests start or run themselves: PostgreSQL (the shared store), Prometheus (scraping a
+# server), kubectl (rendering the kustomize manifests). Installed only when missing, and only as
+# root on a Debian-like machine (elsewhere the tests that need them say why they skip).
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v kubectl >/dev/null 2>&1 || missing="$$missing kubernetes-client"; \
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium chromium-driver"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		else \
+			echo "not installed (needs root and apt-get):$$missing"; \
+		fi; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/loopserve demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/batching.py
+
+# uPlot is committed under the package's static folder (about 53 KB, MIT): a clean clone and a
+# pip-installed wheel serve the UI with no npm and no CDN. This refreshes it from the npm registry.
+UPLOT ?= 1.6.32
+UPLOT_DIR := python/loopserve/ui/static/vendor/uplot
+ui-vendor:
+	rm -rf build/uplot && mkdir -p build/uplot
+	cd build/uplot && npm pack --silent uplot@$(UPLOT) && tar xzf uplot-$(UPLOT).tgz
+	cp build/uplot/package/dist/uPlot.iife.min.js build/uplot/package/dist/uPlot.min.css build/uplot/package/LICENSE $(UPLOT_DIR)/
 
 clean:
 	rm -rf $(VENV) build demo-run

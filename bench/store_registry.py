@@ -1,20 +1,23 @@
-"""Registry operations per second, with 1 and 2 concurrent writer processes.
+"""Registry operations per second on SQLite and on PostgreSQL, with 1, 2 and 4 writer processes.
 
-    .venv/bin/python bench/store_registry.py [--quick] [--json results.json]
+    .venv/bin/python bench/store_registry.py [--quick] [--backend sqlite|postgresql ...] [--json results.json]
 
-Each case runs N processes (spawn) against one store in a fresh temporary directory, started
-together behind a barrier, each doing one operation in a loop for a fixed time:
+Each case runs N processes (spawn) against one fresh store, started together behind a barrier,
+each doing one operation in a loop for a fixed time. The store is a temporary directory (SQLite,
+WAL, synchronous=FULL) or a fresh database on a PostgreSQL server this script starts on loopback
+(`LocalPostgres(durable=True)`: fsync and synchronous_commit on, so a commit is as durable as
+SQLite's), with its blobs in a temporary directory:
 
-- `sqlite_commit` (the baseline): one BEGIN IMMEDIATE / INSERT / COMMIT with the store's own
-  settings (WAL, synchronous=FULL), the floor under any committed change;
+- `commit` (the floor under any committed change): one write transaction inserting one row;
 - `register`: `register_model` of a unique 1 KiB file (blob write + fsync + rename, then one
-  transaction);
+  transaction that takes the model's write lock);
 - `set_alias`: move `production` between two versions (one transaction + history row);
 - `get_version`: resolve `production` and read the version with its artifacts, tags, aliases;
 - `current_version`: the one-lookup poll the server runs every second.
 
-Reported: total operations per second over all processes, and the ratio to `sqlite_commit` with
-the same number of processes. `bench/store.py` imports `run(quick)`.
+Reported: total operations per second over all processes, the ratio to `commit` on the same
+backend with the same number of processes, and PostgreSQL ÷ SQLite for the same case (when both
+ran). `bench/store.py` imports `run(quick)` (SQLite only).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import queue
 import sys
 import tempfile
 import time
@@ -29,13 +33,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-OPS = ("sqlite_commit", "register", "set_alias", "get_version", "current_version")
+OPS = ("commit", "register", "set_alias", "get_version", "current_version")
+WRITERS = (1, 2, 4)
 MODEL = "bench"
 
 
-def _setup(root: Path) -> None:
+def _setup(root: str) -> None:
     from loopserve.registry import register_model, set_alias
-    from loopserve.store import Store, transaction
+    from loopserve.store import Store
 
     with Store(root) as s, tempfile.TemporaryDirectory() as d:
         for k in (1, 2):
@@ -43,8 +48,7 @@ def _setup(root: Path) -> None:
             f.write_bytes(bytes([k]) * 1024)
             register_model(MODEL, f, store=s)
         set_alias(MODEL, "production", 1, store=s)
-        with transaction(s.db):
-            s.db.execute("CREATE TABLE IF NOT EXISTS bench_commits (id INTEGER PRIMARY KEY, worker INTEGER)")
+        s.db.ensure_schema("CREATE TABLE IF NOT EXISTS bench_commits (id INTEGER PRIMARY KEY, worker INTEGER)")
 
 
 def _worker(root: str, op: str, worker: int, seconds: float, barrier, results) -> None:
@@ -60,7 +64,7 @@ def _worker(root: str, op: str, worker: int, seconds: float, barrier, results) -
         start = time.perf_counter()
         deadline = start + seconds
         while time.perf_counter() < deadline:
-            if op == "sqlite_commit":
+            if op == "commit":
                 with transaction(s.db):
                     s.db.execute("INSERT INTO bench_commits (worker) VALUES (?)", (worker,))
             elif op == "register":
@@ -76,54 +80,83 @@ def _worker(root: str, op: str, worker: int, seconds: float, barrier, results) -
         results.put((n, time.perf_counter() - start))
 
 
-def measure(op: str, writers: int, seconds: float) -> dict:
+def measure(op: str, writers: int, seconds: float, backend: str = "sqlite", postgres=None) -> dict:
     """One case: `writers` processes doing `op` for `seconds` against a fresh store."""
+    import uuid
+
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory() as d:
-        root = Path(d) / "store"
+        root = str(Path(d) / "store")
+        if backend == "postgresql":
+            root = postgres.create_database(f"bench_{uuid.uuid4().hex[:10]}") + f"?dir={root}"
         _setup(root)
         barrier = ctx.Barrier(writers)
         results = ctx.Queue()
-        procs = [ctx.Process(target=_worker, args=(str(root), op, w, seconds, barrier, results))
+        procs = [ctx.Process(target=_worker, args=(root, op, w, seconds, barrier, results))
                  for w in range(writers)]
         for p in procs:
             p.start()
-        got = [results.get(timeout=120) for _ in procs]
+        got = []
+        while len(got) < len(procs):
+            try:
+                got.append(results.get(timeout=1))
+            except queue.Empty:
+                if any(p.exitcode not in (None, 0) for p in procs):
+                    for p in procs:
+                        p.kill()
+                    raise RuntimeError(f"a {op} worker on {backend} failed (its traceback is above)") from None
         for p in procs:
             p.join(60)
-            if p.exitcode != 0:
-                raise RuntimeError(f"{op} worker exited with {p.exitcode}")
     ops = sum(n for n, _ in got)
     wall = max(t for _, t in got)
-    return {"op": op, "writers": writers, "ops": ops, "seconds": round(wall, 3), "ops_per_s": round(ops / wall, 1)}
+    return {"backend": backend, "op": op, "writers": writers, "ops": ops, "seconds": round(wall, 3),
+            "ops_per_s": round(ops / wall, 1)}
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Every operation with 1 and 2 processes; each row has `ops_per_s` and `vs_sqlite_commit`."""
+def run(quick: bool = False, backends: tuple[str, ...] = ("sqlite",), writers: tuple[int, ...] = WRITERS) -> list[dict]:
+    """Every operation on each backend with each number of processes, the backends interleaved case by
+    case (so load on the machine hits both alike); each row has `ops_per_s` and `vs_commit`, and
+    PostgreSQL rows `vs_sqlite` when SQLite ran too."""
+    import contextlib
+
     seconds = 0.5 if quick else 3.0
     rows = []
-    for writers in (1, 2):
-        base = measure("sqlite_commit", writers, seconds)
-        for op in OPS:
-            row = base if op == "sqlite_commit" else measure(op, writers, seconds)
-            row["vs_sqlite_commit"] = round(row["ops_per_s"] / base["ops_per_s"], 3)
-            rows.append(row)
+    with contextlib.ExitStack() as stack:
+        postgres = None
+        if "postgresql" in backends:
+            from loopserve.store.local_postgres import LocalPostgres
+
+            postgres = stack.enter_context(LocalPostgres(durable=True))
+        for n in writers:
+            base = {b: measure("commit", n, seconds, b, postgres) for b in backends}
+            for op in OPS:
+                case = {b: base[b] if op == "commit" else measure(op, n, seconds, b, postgres) for b in backends}
+                for b, row in case.items():
+                    row["vs_commit"] = round(row["ops_per_s"] / base[b]["ops_per_s"], 3)
+                    if b != "sqlite" and "sqlite" in case:
+                        row["vs_sqlite"] = round(row["ops_per_s"] / case["sqlite"]["ops_per_s"], 3)
+                    rows.append(row)
     return rows
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="0.5 s per case instead of 3 s")
+    p.add_argument("--backend", action="append", choices=("sqlite", "postgresql"),
+                   help="a backend to measure (repeatable; default both)")
+    p.add_argument("--writers", type=int, action="append", help=f"processes per case (repeatable; default {WRITERS})")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = p.parse_args()
     from runinfo import machine
 
     info = machine()
     print(" ".join(f"{k}={v}" for k, v in info.items()))
-    rows = run(args.quick)
-    print(f"{'op':<16} {'writers':>7} {'ops':>8} {'ops/s':>10} {'vs sqlite_commit':>17}")
+    rows = run(args.quick, tuple(args.backend or ("sqlite", "postgresql")), tuple(args.writers or WRITERS))
+    print(f"{'backend':<11} {'op':<16} {'writers':>7} {'ops':>8} {'ops/s':>10} {'vs commit':>10} {'pg/sqlite':>10}")
     for r in rows:
-        print(f"{r['op']:<16} {r['writers']:>7} {r['ops']:>8} {r['ops_per_s']:>10.1f} {r['vs_sqlite_commit']:>17.3f}")
+        vs = f"{r['vs_sqlite']:>10.3f}" if "vs_sqlite" in r else f"{'':>10}"
+        print(f"{r['backend']:<11} {r['op']:<16} {r['writers']:>7} {r['ops']:>8} {r['ops_per_s']:>10.1f} "
+              f"{r['vs_commit']:>10.3f} {vs}")
     if args.json:
         args.json.write_text(json.dumps({"machine": info, "results": rows}, indent=2))
     return 0

@@ -154,17 +154,17 @@ void bind_drift(py::module_& m) {
           py::arg("inputs"), py::arg("outputs") = std::nullopt)
       .def(
           "windows",
-          [](const DriftMonitor& self, bool include_open) {
+          [](const DriftMonitor& self, bool include_open, size_t last) {
             std::vector<drift::Window> windows;
             {
               py::gil_scoped_release release;
-              windows = self.windows(include_open);
+              windows = self.windows(include_open, last);
             }
             py::list out;
             for (const auto& w : windows) out.append(window_dict(w));
             return out;
           },
-          py::arg("include_open") = true)
+          py::arg("include_open") = true, py::arg("last") = 0)
       .def("stats",
            [](const DriftMonitor& self) {
              const drift::MonitorStats s = self.stats();

@@ -129,3 +129,53 @@ def serve(request):
     yield start
     for s in servers:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session, started here (initdb + pg_ctl in a temp dir) and
+    stopped at the end; skipped only where no server binaries exist."""
+    from loopserve.store.local_postgres import LocalPostgres, find_bindir
+
+    if find_bindir() is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: `make setup` installs the Debian "
+                    "package `postgresql`")
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_store_url(postgres, tmp_path):
+    """The URL of a fresh store on the session's PostgreSQL (its own database), blobs under tmp_path."""
+    import uuid
+
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}") + f"?dir={tmp_path / 'store'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request, tmp_path):
+    """A fresh store's location on each backend: a directory (SQLite), then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store")
+    return request.getfixturevalue("postgres_store_url")
+
+
+@pytest.fixture(scope="session")
+def drift_model_root(tmp_path_factory):
+    """A repository with `mlp`, the tiny MLP (32 inputs, 2 logits), with a reference profile of
+    standard normal inputs in its version directory: drift windows of at most 100,000 rows closed
+    by hand (window_seconds 0), min_rows 1000; feedback by argmax in windows of 100 labels."""
+    import torch
+
+    from loopserve.monitor.profile import build_profile
+
+    root = tmp_path_factory.mktemp("drift-models")
+    module = zoo.tiny_mlp()
+    reference = np.random.default_rng(0).standard_normal((20_000, 32)).astype(np.float32)
+    with torch.no_grad():
+        outputs = module(torch.from_numpy(reference)).numpy()
+    model_dir = zoo.write_model_dir(root, "mlp", module, max_batch_size=256, extra_config=(
+        "drift:\n  window_rows: 100000\n  window_seconds: 0\n  policy: {min_rows: 1000}\n"
+        "feedback: {threshold: null, window_labels: 100}\n"))
+    build_profile(reference, outputs=outputs, output_names=["y0", "y1"]).save(model_dir / "1")
+    return root

@@ -226,14 +226,30 @@ def test_csv_whose_later_rows_change_a_type_is_read_whole(tmp_path):
     assert back.schema.field("v").type == pa.float64() and back.column("v")[-1].as_py() == 0.5
 
 
-def test_a_name_resolves_to_the_snapshot_given_it_last(tmp_path):
+def test_a_name_resolves_to_the_snapshot_given_it_last(store_location):
     import numpy as np
 
     from loopserve.data import read_manifest, snapshot
 
-    store = tmp_path / "store"
+    store = store_location
     a = snapshot({"x": np.arange(10)}, store=store, name="train")
     b = snapshot({"x": np.arange(20)}, store=store, name="train")
     assert read_manifest("train", store=store).id == b.id
     again = snapshot({"x": np.arange(10)}, store=store, name="train")  # the same data as a, named again
     assert again.id == a.id and read_manifest("train", store=store).id == a.id
+
+
+def test_the_catalog_lists_resolves_prefixes_and_keeps_parents(store_location):
+    import numpy as np
+
+    from loopserve.data import list_snapshots, load_snapshot, read_manifest, snapshot, snapshot_append
+
+    base = snapshot({"x": np.arange(10.0)}, store=store_location, name="base")
+    grown = snapshot_append("base", {"x": np.arange(5.0)}, store=store_location)
+    assert grown.parent == base.id and grown.rows == 15
+    assert [s.id for s in list_snapshots(store=store_location)] == [base.id, grown.id]
+    assert read_manifest(grown.id[:8], store=store_location).id == grown.id
+    assert isinstance(list_snapshots(store=store_location)[0].created_at, float)  # a double, not PostgreSQL's REAL
+    assert load_snapshot(grown.id, store=store_location).column("x").to_pylist()[-1] == 4.0
+    with pytest.raises(data.SnapshotNotFound, match="no snapshot 'nope'"):
+        read_manifest("nope", store=store_location)

@@ -2,6 +2,7 @@
 
 import time
 
+import msgspec
 import numpy as np
 import pytest
 from scipy import stats
@@ -90,14 +91,18 @@ def test_serialization_is_lossless_and_merge_equals_one_stream():
 
 
 @pytest.mark.parametrize("shift", [0.1, 0.3, 1.0])
-def test_ks_within_the_bound_and_wasserstein_within_two_percent(shift):
+def test_ks_within_the_bound_and_wasserstein_within_two_percent_of_a_clear_shift(shift):
     rng = np.random.default_rng(2)
     a, b = rng.standard_normal(200_000), rng.standard_normal(200_000) * 1.1 + shift
     ra, rb = _core.KllSketch(400), _core.KllSketch(400)  # the drift sketches' k
     ra.update(a)
     rb.update(b)
-    assert abs(st.ks_distance(ra, rb) - stats.ks_2samp(a, b).statistic) <= st.ks_margin(ra, rb)
-    assert st.wasserstein(ra, rb) == pytest.approx(stats.wasserstein_distance(a, b), rel=0.02)
+    assert abs(st.ks_distance(ra, rb) - stats.ks_2samp(a, b).statistic) <= st.ks_margin(ra, rb, b.size)
+    w, low, high = st.wasserstein_bounds(st.Sketched(ra, a.size, a.mean(), a.min(), a.max()),
+                                         st.Sketched(rb, b.size, b.mean(), b.min(), b.max()))
+    exact = stats.wasserstein_distance(a, b)
+    assert low <= exact <= high
+    assert w == pytest.approx(exact, rel=0.02)
 
 
 def drifting(rng, rows, features=20, shift=0.0, column=3):
@@ -118,6 +123,27 @@ def test_a_tenth_of_a_standard_deviation_in_one_of_twenty_features_is_flagged_wi
     assert len(windows) == 5
     assert any(w.drifted_features == ["f3"] for w in windows)
     assert all(set(w.drifted_features) <= {"f3"} for w in windows)
+    monitor.stop()
+
+
+def test_a_clear_shift_under_the_effect_floors_is_reported_as_significant_below_the_floor():
+    # 200,000 rows make a 0.03-sd shift statistically clear, but its PSI (~0.001) and KS (~0.012)
+    # are under the floors (0.005, 0.02): reported as such, neither "drift" nor "no drift".
+    rng = np.random.default_rng(14)
+    profile = build_profile(drifting(rng, 200_000, features=2))
+    monitor = DriftMonitor(profile, DriftConfig(window_rows=200_000, window_seconds=0, queue_rows=200_000))
+    monitor.offer(drifting(rng, 200_000, features=2, shift=0.03, column=0))
+    monitor.flush()
+    monitor.offer(drifting(rng, 200_000, features=2))
+    monitor.flush()
+    shifted, quiet = monitor.windows(include_open=False)
+    assert shifted.verdict == "significant, below the floor" and shifted.drifted_features == []
+    assert shifted.below_floor_features == ["f0"]
+    f0 = shifted.features[0]
+    assert not f0.drifted and f0.psi < 0.005 and f0.chi2_pvalue < shifted.alpha_per_test
+    assert any("psi" in why and "< 0.005" in why for why in f0.below_floor)
+    assert f0.ks_low < 0.02 <= f0.ks + f0.ks_margin
+    assert quiet.verdict == "no drift" and quiet.below_floor_features == []
     monitor.stop()
 
 
@@ -186,6 +212,14 @@ def test_prediction_drift_from_outputs():
     monitor.stop()
 
 
+def wait_for(condition, timeout=10.0):
+    """Waits until condition() holds (the monitor's own thread acts on its own clock)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
 def test_windows_close_by_rows_exactly_and_by_time():
     rng = np.random.default_rng(8)
     profile = build_profile(drifting(rng, 5_000, features=2))
@@ -194,16 +228,37 @@ def test_windows_close_by_rows_exactly_and_by_time():
     monitor.flush()
     assert [w["inputs"].rows for w in monitor.native.windows()] == [1000, 1000, 500]
     monitor.stop()
+    opened = time.monotonic()  # before the window opens
     timed = DriftMonitor(profile, DriftConfig(window_rows=1_000_000, window_seconds=0.2))
     timed.offer(drifting(rng, 100, features=2))
     timed.flush()
-    time.sleep(0.5)
+    wait_for(lambda: timed.native.stats()["windows_closed"] == 1)
+    assert time.monotonic() - opened >= 0.2, "closed by its time, not before"
     closed = timed.native.windows(False)
     assert len(closed) == 1 and closed[0]["inputs"].rows == 100 and closed[0]["closed"]
     timed.stop()
 
 
-def test_a_monitor_that_falls_behind_skips_and_counts():
+def test_a_batch_the_full_hand_off_cannot_take_is_skipped_and_counted():
+    rng = np.random.default_rng(9)
+    profile = build_profile(drifting(rng, 5_000, features=2))
+    monitor = DriftMonitor(profile, DriftConfig(window_rows=10_000, window_seconds=0, queue_rows=1_000))
+    monitor.offer(drifting(rng, 1_500, features=2))  # more than the hand-off holds: skipped whatever the timing
+    monitor.offer(drifting(rng, 800, features=2))
+    monitor.flush()
+    monitor.offer(drifting(rng, 700, features=2))
+    monitor.flush()
+    s = monitor.native.stats()
+    assert (s["rows_skipped"], s["batches_skipped"], s["rows_seen"]) == (1_500, 1, 1_500)
+    assert monitor.native.windows()[-1]["inputs"].rows == 1_500
+    assert monitor.report().monitor.rows_skipped == 1_500
+    monitor.stop()
+    monitor.offer(drifting(rng, 10, features=2))  # a stopped monitor takes nothing, and says so
+    assert monitor.native.stats()["rows_skipped"] == 1_510
+
+
+def test_a_monitor_that_falls_behind_skips_and_counts_every_row():
+    # A burst faster than the monitor's thread: every row is either seen or counted as skipped.
     rng = np.random.default_rng(9)
     profile = build_profile(drifting(rng, 5_000, features=2))
     monitor = DriftMonitor(profile, DriftConfig(window_rows=10_000, window_seconds=0, queue_rows=1_000))
@@ -211,8 +266,9 @@ def test_a_monitor_that_falls_behind_skips_and_counts():
         monitor.offer(drifting(rng, 800, features=2))
     monitor.flush()
     s = monitor.native.stats()
-    assert s["rows_skipped"] > 0 and s["rows_seen"] + s["rows_skipped"] == 50 * 800
-    assert monitor.report().monitor.rows_skipped == s["rows_skipped"]
+    assert s["rows_seen"] + s["rows_skipped"] == 50 * 800
+    assert s["rows_skipped"] == 800 * s["batches_skipped"]
+    assert sum(w["inputs"].rows for w in monitor.native.windows()) == s["rows_seen"]
     monitor.stop()
 
 
@@ -301,4 +357,28 @@ def test_the_alert_is_the_latest_closed_window_whatever_the_slice():
     monitor.offer(drifting(rng, 100, features=2))
     monitor.flush()
     assert monitor.report().alert and monitor.report(last=1).alert
+    monitor.stop()
+
+
+def test_the_last_n_windows_are_the_tail_of_all_and_closed_statistics_are_made_once():
+    rng = np.random.default_rng(3)
+    profile = build_profile(rng.normal(size=(4000, 3)))
+    monitor = DriftMonitor(profile, DriftConfig(window_rows=100, window_seconds=0, history=50,
+                                                policy=DriftPolicy(min_rows=50)))
+    monitor.offer(rng.normal(size=(1050, 3)).astype(np.float32))
+    monitor.flush()
+    every = monitor.native.windows(True)
+    assert len(every) == 11 and not every[-1]["closed"]
+    for last in (1, 2, 5, 11, 40):
+        tail = monitor.native.windows(True, last)
+        assert [(w["start"], w["inputs"].rows) for w in tail] == [(w["start"], w["inputs"].rows)
+                                                                  for w in every[-last:]]
+    assert [w["start"] for w in monitor.native.windows(False, 3)] == [w["start"] for w in every[-4:-1]]
+    first = monitor.report(True, 4)
+    again = monitor.report(True, 4)
+    assert [w.start for w in first.windows] == [w["start"] for w in every[-4:]]
+    assert all(a is b for a, b in zip(first.windows[:-1], again.windows[:-1]))  # closed: made once
+    assert first.windows[-1] is not again.windows[-1]  # the open window is made fresh each time
+    fresh = monitor.windows(include_open=False)[-3:]  # made without the cache
+    assert msgspec.json.encode(again.windows[:-1]) == msgspec.json.encode(fresh)
     monitor.stop()

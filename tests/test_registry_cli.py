@@ -12,9 +12,9 @@ from loopserve.tracking import get_run, list_runs, start_run
 
 
 @pytest.fixture
-def store_root(tmp_path, monkeypatch):
-    root = tmp_path / "store"
-    monkeypatch.setenv("LOOPSERVE_STORE", str(root))
+def store_root(store_location, monkeypatch):
+    root = store_location  # a directory, then a postgresql:// URL: the CLI reads either from the variable
+    monkeypatch.setenv("LOOPSERVE_STORE", root)
     monkeypatch.setenv("COLUMNS", "220")  # rich tables wide enough to keep ids on one line
     return root
 

@@ -14,8 +14,8 @@ from loopserve.tracking import (InvalidTimestamp, RunNotFound, TrackingError, co
 
 
 @pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "store") as s:
+def store(store_location):  # each test on SQLite and on PostgreSQL
+    with Store(store_location) as s:
         yield s
 
 

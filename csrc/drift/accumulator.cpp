@@ -13,6 +13,7 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // rows per block: a block of one column's doubles stays in L1
 constexpr uint8_t kFormat = 1;
+constexpr size_t kSampleFlush = 512;  // sampled values a feature gathers before they go into its sketch
 
 void put_blob(sketches::Writer& w, const std::vector<uint8_t>& bytes) {
   w.put(static_cast<uint64_t>(bytes.size()));
@@ -35,6 +36,16 @@ std::vector<C> edges_for(const std::vector<double>& edges) {
   return out;
 }
 
+// Rows to pass over before the next sampled one: Geometric(1 / kll_every) on {0, 1, ...}.
+uint64_t TensorAccumulator::kll_gap() {
+  if (spec_->kll_every == 1) return 0;
+  kll_rng_ ^= kll_rng_ << 13;
+  kll_rng_ ^= kll_rng_ >> 7;
+  kll_rng_ ^= kll_rng_ << 17;
+  const double u = static_cast<double>((kll_rng_ >> 11) + 1) * 0x1.0p-53;  // in (0, 1]
+  return static_cast<uint64_t>(std::min(std::floor(std::log(u) / kll_log_skip_), 1e15));
+}
+
 int64_t AccumulatorSpec::min_columns() const {
   int64_t n = 0;
   for (const auto& c : numeric) n = std::max(n, c.column + 1);
@@ -42,14 +53,18 @@ int64_t AccumulatorSpec::min_columns() const {
   return n;
 }
 
-TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec) : spec_(std::move(spec)) {
+TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec)
+    : spec_(std::move(spec)), kll_rng_(0x2545F4914F6CDD1Dull) {
   if (spec_->kll_every == 0) throw std::invalid_argument("drift accumulator: kll_every must be at least 1");
+  kll_log_skip_ = std::log1p(-1.0 / spec_->kll_every);
+  kll_skip_ = kll_gap();
   uint64_t seed = 0x9E3779B97F4A7C15ull;
   for (const auto& c : spec_->numeric) {
     if (c.column < 0) throw std::invalid_argument("drift accumulator: negative column index");
     histograms_.emplace_back(c.edges);
     edges_f32_.push_back(edges_for<float>(c.edges));
     at_least_.emplace_back(c.edges.size());
+    sampled_.emplace_back();
     moments_.emplace_back();
     quantiles_.emplace_back(spec_->kll_k, seed += 0x632BE59BD9B4E019ull);  // independent coins per feature
   }
@@ -186,7 +201,6 @@ template <typename T>
 void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) {
   using C = CompareType<T>;
   C values[kBlock];
-  const uint32_t kll_every = spec_->kll_every;
   const size_t features = spec_->numeric.size();
 
   // Per feature: its edges in the compare type (made once, in the constructor), and this
@@ -206,6 +220,15 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
     const int64_t m = std::min(kBlock, rows - r0);
     const T* block = data + r0 * cols;
 
+    // The block's sampled rows, drawn once for all features (a row is sampled whole): the gaps
+    // between sampled rows of a Bernoulli(1 / kll_every) sample are geometric, so one random
+    // draw per sampled row, not per row.
+    uint16_t picked[kBlock];
+    size_t n_picked = 0;
+    uint64_t i = kll_skip_;
+    for (; i < static_cast<uint64_t>(m); i += 1 + kll_gap()) picked[n_picked++] = static_cast<uint16_t>(i);
+    kll_skip_ = i - static_cast<uint64_t>(m);
+
     for (size_t f = 0; f < features; ++f) {
       const T* p = block + spec_->numeric[f].column;
       for (int64_t i = 0; i < m; ++i) values[i] = static_cast<C>(p[i * cols]);
@@ -219,14 +242,21 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       seen[f] += static_cast<uint64_t>(m);
       moments_[f].merge(sketches::MomentsSketch::from_parts(n, static_cast<uint64_t>(m) - n, mean, m2, lo, hi));
 
-      double sampled[kBlock];
-      size_t n_sampled = 0;
-      for (int64_t i = static_cast<int64_t>(kll_phase_); i < m; i += kll_every) {
-        const double v = static_cast<double>(values[i]);
+      // Gathered over the call and fed to the sketch once: a few values a block would pay the
+      // sketch's per-call cost each time.
+      std::vector<double>& sampled = sampled_[f];
+      size_t n_sampled = sampled.size();
+      sampled.resize(n_sampled + n_picked);
+      for (size_t j = 0; j < n_picked; ++j) {
+        const double v = static_cast<double>(values[picked[j]]);
         sampled[n_sampled] = v;
         n_sampled += v - v == 0.0;  // finite values only
       }
-      quantiles_[f].update(sampled, n_sampled);
+      sampled.resize(n_sampled);
+      if (n_sampled >= kSampleFlush) {
+        quantiles_[f].update(sampled.data(), n_sampled);
+        sampled.clear();
+      }
     }
 
     for (size_t c = 0; c < spec_->categorical.size(); ++c) {
@@ -245,9 +275,12 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       }
     }
 
-    // Where the next block's first sampled row is.
-    kll_phase_ = (kll_phase_ + kll_every - static_cast<uint64_t>(m) % kll_every) % kll_every;
     rows_ += static_cast<uint64_t>(m);
+  }
+
+  for (size_t f = 0; f < features; ++f) {
+    quantiles_[f].update(sampled_[f].data(), sampled_[f].size());
+    sampled_[f].clear();
   }
 
   // Bin b holds the finite values with exactly b edges at or below them:

@@ -5,9 +5,11 @@
 // Speed is the point: the monitor sees every row the server serves. Rows are taken in
 // blocks that stay in L1; per block each numeric column is binned by comparing against all
 // edges (branch-free, vectorizable), and its moments are reduced in two passes. The KLL
-// sketch, the one costly update, sees every `kll_every`-th row only: KS and Wasserstein then
-// come from that sample (their p-values use its size), while the binned statistics count
-// every row exactly.
+// sketch, the one costly update, takes each row with probability 1 / `kll_every` (a Bernoulli
+// sample, drawn independently of the values and of their order, so periodic traffic cannot
+// bias it): KS and Wasserstein then come from that sample, and their error bounds count its
+// sampling error (see loopserve/monitor/statistics.py), while the binned statistics count every
+// row exactly.
 #pragma once
 
 #include <cstddef>
@@ -37,9 +39,9 @@ struct CategoricalColumn {
 struct AccumulatorSpec {
   std::vector<NumericColumn> numeric;
   std::vector<CategoricalColumn> categorical;
-  uint32_t kll_every = 1;  // feed the quantile sketches every n-th row
-  // k = 400 (rank error ~0.67%) rather than the sketch's default 200: Wasserstein integrates the
-  // rank error over the feature's range, and at 200 it is off by ~3% for small shifts.
+  uint32_t kll_every = 1;  // the quantile sketches take each row with probability 1 / kll_every
+  // k = 400 (rank error ~0.67%) rather than the sketch's default 200: KS's margin and
+  // Wasserstein's bounds grow with the rank error.
   static constexpr uint16_t kDefaultKllK = 400;
   uint16_t kll_k = kDefaultKllK;
 
@@ -69,15 +71,19 @@ class TensorAccumulator {
  private:
   template <typename T>
   void update_typed(const T* data, int64_t rows, int64_t cols);
+  uint64_t kll_gap();  // rows to pass over before the next sampled one
 
   std::shared_ptr<const AccumulatorSpec> spec_;
   uint64_t rows_ = 0;
-  uint64_t kll_phase_ = 0;  // rows until the next row the quantile sketches take
+  uint64_t kll_rng_;  // xorshift64 state of the quantile sketches' row sample
+  double kll_log_skip_ = 0.0;  // ln(1 - 1 / kll_every)
+  uint64_t kll_skip_ = 0;  // rows to pass over before the next sampled one
   std::vector<sketches::BinnedHistogram> histograms_;
   std::vector<std::vector<float>> edges_f32_;  // each feature's edges rounded up to float32, for FP32 batches
   // Per-call scratch, kept so an update of a small batch allocates nothing.
   std::vector<std::vector<uint64_t>> at_least_;
   std::vector<uint64_t> finite_, pos_inf_, seen_;
+  std::vector<std::vector<double>> sampled_;  // per feature: this call's sampled finite values
   std::vector<sketches::MomentsSketch> moments_;
   std::vector<sketches::KllSketch> quantiles_;
   std::vector<sketches::CategoryCounts> categories_;

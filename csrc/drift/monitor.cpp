@@ -196,9 +196,11 @@ void DriftMonitor::rotate_locked() {
   open_since_ = Clock::now();
 }
 
-std::vector<Window> DriftMonitor::windows(bool include_open) const {
+std::vector<Window> DriftMonitor::windows(bool include_open, size_t last) const {
   std::lock_guard<std::mutex> lock(windows_mu_);
-  std::vector<Window> out(closed_.begin(), closed_.end());
+  size_t closed = closed_.size();
+  if (last > 0) closed = std::min(closed, include_open ? last - 1 : last);
+  std::vector<Window> out(closed_.end() - static_cast<std::ptrdiff_t>(closed), closed_.end());
   if (include_open) {
     out.push_back(open_);
     out.back().end_unix = unix_now();

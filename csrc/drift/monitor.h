@@ -66,8 +66,9 @@ class DriftMonitor final : public BatchObserver {
   void offer(DType in_dtype, const void* in, int64_t in_cols, DType out_dtype, const void* out, int64_t out_cols,
              int64_t rows);
 
-  // Closed windows, oldest first, then the open one (if it has rows or include_empty).
-  std::vector<Window> windows(bool include_open = true) const;
+  // Closed windows, oldest first, then the open one (if it has rows or include_empty); with
+  // last > 0 only the newest `last` of them (a poller should not copy a long history each time).
+  std::vector<Window> windows(bool include_open = true, size_t last = 0) const;
   MonitorStats stats() const;
   void flush();         // returns once everything handed off so far is accumulated
   void close_window();  // closes the open window now (if it has rows)

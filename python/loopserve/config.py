@@ -47,7 +47,7 @@ class DynamicBatching(Struct, forbid_unknown_fields=True, frozen=True):
     # Past saturation a request that would wait longer than this behind the batches already
     # queued (from the recent batch time) is refused at once (HTTP 429, Retry-After) instead of
     # queueing: answers stay fast for the requests taken, and clients learn to back off. 0: off.
-    max_queue_wait_us: NonNegative = 100_000
+    max_queue_wait_us: NonNegative = 1_000_000
     # A request that waits longer than this is answered TimedOut and never run; 0: no limit.
     default_timeout_us: NonNegative = 0
     # Priority 1 is served first; requests that name none get default_priority_level.
@@ -108,7 +108,7 @@ class DriftConfig(Struct, forbid_unknown_fields=True, frozen=True):
     window_seconds: Annotated[float, Meta(ge=0, le=1e9)] = 60.0  # ...or this long (0: rows only)
     history: Positive = 20  # closed windows kept
     queue_rows: Positive = 65536  # hand-off bound: past it, batches are skipped and counted
-    quantile_sample_every: NonNegative = 0  # KLL takes every n-th row; 0: about 8k rows per window
+    quantile_sample_every: NonNegative = 0  # KLL takes each row with probability 1/n; 0: about 8k rows per window
     policy: DriftPolicy = DriftPolicy()
 
 

@@ -13,4 +13,5 @@ COMMAND_MODULES = (
     "loopserve.commands.reproduce",
     "loopserve.commands.train",
     "loopserve.commands.pipeline",
+    "loopserve.commands.drift",
 )

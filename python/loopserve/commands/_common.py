@@ -11,8 +11,9 @@ import msgspec
 
 
 def add_store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--store", metavar="DIR",
-                        help="store root (default: $LOOPSERVE_STORE, else ./.loopserve)")
+    parser.add_argument("--store", metavar="DIR|URL",
+                        help="the store: a directory (SQLite) or a postgresql:// URL "
+                             "(default: $LOOPSERVE_STORE, else ./.loopserve)")
 
 
 def store_command(prog: str) -> Callable[[Callable[..., int]], Callable[[argparse.Namespace], int]]:

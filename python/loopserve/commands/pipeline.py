@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     watch = commands.add_parser("watch", help="read the server every poll_s and run the pipeline when a trigger fires")
     watch.add_argument("config", help="pipeline config file (YAML, TOML or JSON)")
     watch.add_argument("--for", dest="seconds", type=float, help="stop after this many seconds (default: never)")
+    watch.add_argument("--metrics-port", type=int, help="serve the pipeline's Prometheus metrics on this port")
     watch.set_defaults(handler=_watch)
 
     status = commands.add_parser("status", help="recent pipeline runs and where each one is")
@@ -66,6 +67,10 @@ def _watch(args) -> int:
     import time
 
     def watch(pipeline) -> int:
+        if args.metrics_port is not None:
+            from loopserve.pipeline.metrics import serve_metrics
+
+            serve_metrics(pipeline.store.location, args.metrics_port)
         try:
             pipeline.watch(None if args.seconds is None else time.time() + args.seconds)
         except KeyboardInterrupt:

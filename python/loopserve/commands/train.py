@@ -74,5 +74,6 @@ def register(subparsers) -> None:
     p.add_argument("--nproc", type=int, default=1, help="data-parallel processes on this machine (via torchrun)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the TrainResult as JSON")
-    p.add_argument("--store", metavar="DIR", help="store root (overrides the config's `store`)")
+    p.add_argument("--store", metavar="DIR|URL", help="the store, a directory or a postgresql:// URL "
+                   "(overrides the config's `store`)")
     p.set_defaults(handler=_run)

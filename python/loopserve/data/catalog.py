@@ -1,14 +1,13 @@
-"""The SQLite index of snapshots (the manifests themselves are blobs)."""
+"""The store's index of snapshots (the manifests themselves are blobs)."""
 
 from __future__ import annotations
 
-import sqlite3
 import string
 import time
 
 from loopserve.data.errors import SnapshotNotFound
 from loopserve.data.manifest import SnapshotInfo
-from loopserve.store.db import ensure_schema, transaction
+from loopserve.store.db import Database, ensure_schema, transaction
 
 DDL = """
 CREATE TABLE IF NOT EXISTS data_snapshots (
@@ -28,15 +27,14 @@ CREATE INDEX IF NOT EXISTS data_snapshots_name ON data_snapshots (name, created_
 MIN_PREFIX = 6  # hex digits of an id prefix accepted where an id is expected
 
 
-def ensure(conn: sqlite3.Connection) -> None:
+def ensure(conn: Database) -> None:
     ensure_schema(conn, DDL)
-    columns = {r["name"] for r in conn.execute("PRAGMA table_info(data_snapshots)")}
-    if "named_at" not in columns:  # a store made before the column existed
+    if "named_at" not in conn.columns("data_snapshots"):  # a store made before the column existed
         with transaction(conn):
             conn.execute("ALTER TABLE data_snapshots ADD COLUMN named_at REAL")
 
 
-def record(conn: sqlite3.Connection, snapshot_id: str, *, name: str | None, parent: str | None, rows: int,
+def record(conn: Database, snapshot_id: str, *, name: str | None, parent: str | None, rows: int,
            nbytes: int, chunks: int, manifest_digest: str) -> tuple[float, str | None, str | None]:
     """Index a snapshot (one transaction). The same data snapshotted again keeps its first
     creation time; a new name replaces the old one. Returns (created_at, name, parent)."""
@@ -45,8 +43,9 @@ def record(conn: sqlite3.Connection, snapshot_id: str, *, name: str | None, pare
         conn.execute(
             "INSERT INTO data_snapshots (id, created_at, name, parent, rows, bytes, chunks, manifest_digest, named_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-            "name = COALESCE(excluded.name, name), parent = COALESCE(parent, excluded.parent), "
-            "named_at = COALESCE(excluded.named_at, named_at)",
+            "name = COALESCE(excluded.name, data_snapshots.name), "
+            "parent = COALESCE(data_snapshots.parent, excluded.parent), "
+            "named_at = COALESCE(excluded.named_at, data_snapshots.named_at)",
             (snapshot_id, time.time(), name, parent, rows, nbytes, chunks, manifest_digest,
              time.time() if name else None))
         row = conn.execute("SELECT created_at, name, parent FROM data_snapshots WHERE id = ?",
@@ -54,18 +53,18 @@ def record(conn: sqlite3.Connection, snapshot_id: str, *, name: str | None, pare
     return row["created_at"], row["name"], row["parent"]
 
 
-def _info(row: sqlite3.Row) -> SnapshotInfo:
+def _info(row) -> SnapshotInfo:
     return SnapshotInfo(id=row["id"], rows=row["rows"], bytes=row["bytes"], chunks=row["chunks"], chunks_reused=0,
                         name=row["name"], parent=row["parent"], created_at=row["created_at"],
                         manifest_digest=row["manifest_digest"])
 
 
-def list_all(conn: sqlite3.Connection) -> list[SnapshotInfo]:
+def list_all(conn: Database) -> list[SnapshotInfo]:
     ensure(conn)
     return [_info(r) for r in conn.execute("SELECT * FROM data_snapshots ORDER BY created_at, id")]
 
 
-def resolve(conn: sqlite3.Connection, ref: str) -> SnapshotInfo:
+def resolve(conn: Database, ref: str) -> SnapshotInfo:
     """A snapshot by full id, unique id prefix (>= 6 hex digits) or name (the one given it last)."""
     ensure(conn)
     if not isinstance(ref, str) or not ref:

@@ -19,6 +19,10 @@ from pathlib import Path
 
 from loopserve.demo.setup import MODEL, DemoSizes
 
+# How long the demo keeps going once v2 is promoted: long enough for v2's drift windows to go
+# quiet and its live accuracy to come back up, in the UI and in the report.
+AFTER_PROMOTION_S = 20.0
+
 QUICK = DemoSizes(train_rows=12_000, holdout_rows=4_000, epochs=3, drift_at=3_000, window_rows=1_000,
                   retrain_min_rows=5_000, canary_min_requests=250, canary_min_labels=250, rows_per_s=400.0,
                   max_seconds=100.0)
@@ -29,7 +33,7 @@ def _say(message: str) -> None:
 
 
 def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = DemoSizes(), seed: int = 0,
-                    echo=print) -> dict:
+                    echo=print, after_promotion_s: float = AFTER_PROMOTION_S) -> dict:
     """Runs the demo; returns its summary (also written into the report)."""
     from loopserve.datasets import FraudStream
     from loopserve.demo import setup
@@ -59,6 +63,7 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
     pipeline = traffic = None
     try:
         wait_ready(port, server)
+        echo(f"watch it live: http://127.0.0.1:{port}/ui/ (models, drift, accuracy, registry, runs, pipeline)")
         pipeline = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "pipeline", "watch", str(pipeline_config)],
                                     cwd=workdir, env=env, stdout=open(workdir / "pipeline.log", "w"),
                                     stderr=subprocess.STDOUT)
@@ -88,7 +93,13 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
             if pipeline.poll() is not None:
                 timeline.say(f"the pipeline process exited with status {pipeline.returncode}")
                 break
-        time.sleep(2 * sizes.label_delay_s)  # the last labels, and a look at v2 serving alone
+        if timeline.promoted_at is not None:
+            timeline.say(f"v2 serves alone: {after_promotion_s:.0f} s more, to watch drift go quiet and accuracy recover")
+            until = time.monotonic() + after_promotion_s
+            while time.monotonic() < until:
+                time.sleep(0.5)
+                timeline.poll()
+        time.sleep(2 * sizes.label_delay_s)  # the last labels
         traffic.stop()
         timeline.poll()
     finally:

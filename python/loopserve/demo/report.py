@@ -24,15 +24,19 @@ def _mark(ax, drift_at: float | None, promoted_at: float | None) -> None:
         ax.axvline(promoted_at, color="tab:green", linestyle="--", linewidth=1, label="v2 promoted")
 
 
-def write_report(path: Path, series: Series, summary: dict, drift_at: float | None,
-                 promoted_at: float | None) -> Path:
+def _legend_outside(ax, **kwargs) -> None:
+    """The legend right of the plot, where it covers no data (savefig's tight box keeps it)."""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, **kwargs)
+
+
+def figures(series: Series, summary: dict, drift_at: float | None, promoted_at: float | None) -> list:
+    """[(title, matplotlib figure)] of the report, each legend outside its plot."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = []
-
+    out = []
     fig, ax = plt.subplots(figsize=(9, 4))
     features = sorted({name for w in series.drift for name in w["psi"]})
     for name in features:
@@ -44,9 +48,8 @@ def write_report(path: Path, series: Series, summary: dict, drift_at: float | No
         ax.scatter(drifted, [0] * len(drifted), marker="^", color="tab:red", zorder=5, label="window verdict: drift")
     _mark(ax, drift_at, promoted_at)
     ax.set(xlabel="seconds", ylabel="PSI vs the serving version's reference", title="Drift per feature, per window")
-    ax.legend(fontsize=7, ncol=3)
-    images.append(("Drift per feature over time", _png(fig)))
-    plt.close(fig)
+    _legend_outside(ax, fontsize=8)
+    out.append(("Drift per feature over time", fig))
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
     for version, points in sorted(series.accuracy.items()):
@@ -55,9 +58,8 @@ def write_report(path: Path, series: Series, summary: dict, drift_at: float | No
             ax.plot(t, acc, marker=".", label=f"v{version}")
     _mark(ax, drift_at, promoted_at)
     ax.set(xlabel="seconds", ylabel="accuracy (latest label window)", title="Live accuracy per version, from feedback")
-    ax.legend(fontsize=8)
-    images.append(("Live accuracy per version", _png(fig)))
-    plt.close(fig)
+    _legend_outside(ax, fontsize=8)
+    out.append(("Live accuracy per version", fig))
 
     fig, ax = plt.subplots(figsize=(9, 2.8))
     versions = sorted({v for _, w in series.weights for v in w}, key=int)
@@ -68,15 +70,25 @@ def write_report(path: Path, series: Series, summary: dict, drift_at: float | No
             ax.barh(f"v{v}", until - t, left=t, height=0.5 * share + 0.1, color=f"C{versions.index(v)}")
     _mark(ax, drift_at, promoted_at)
     ax.set(xlabel="seconds", title="Which version served (bar height: share of traffic)")
-    images.append(("Versions serving", _png(fig)))
-    plt.close(fig)
+    out.append(("Versions serving", fig))
+    return out
+
+
+def write_report(path: Path, series: Series, summary: dict, drift_at: float | None,
+                 promoted_at: float | None) -> Path:
+    import matplotlib.pyplot as plt
+
+    images = []
+    for title, fig in figures(series, summary, drift_at, promoted_at):
+        images.append((title, _png(fig)))
+        plt.close(fig)
 
     rows = "".join(f"<tr><td>{t:.1f}</td><td>{html.escape(m)}</td></tr>" for t, m in series.events)
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in summary.items())
-    figures = "".join(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>" for title, data in images)
+    plots = "".join(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}'>" for title, data in images)
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>loopserve closed-loop demo</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}} td,th{{padding:2px 8px;text-align:left}}
 table{{border-collapse:collapse}} tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
-<h1>loopserve: the closed loop</h1><table>{facts}</table>{figures}
+<h1>loopserve: the closed loop</h1><table>{facts}</table>{plots}
 <h2>Timeline</h2><table><tr><th>s</th><th>event</th></tr>{rows}</table></body></html>""")
     return path

@@ -8,6 +8,8 @@ window. This module builds it from a reference profile and turns its windows int
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 
 import msgspec
 import numpy as np
@@ -20,6 +22,7 @@ from loopserve.monitor.report import DriftReport, MonitorCounters, WindowDrift
 from loopserve.monitor.verdict import window_drift
 
 QUANTILE_SAMPLE_TARGET = 8192  # rows per window the quantile sketches take, when automatic
+CLOSED_DRIFTS_KEPT = 256  # statistics of closed windows kept, so a page polling recent windows pays once per window
 
 
 def native_spec(features) -> tuple[list, list]:
@@ -64,6 +67,9 @@ class DriftMonitor:
             window_seconds=config.window_seconds, history=config.history, queue_rows=config.queue_rows,
             input_index=input_index, output_index=output_index if output_index is not None else -1)
         self._latest: tuple[int, WindowDrift | None] = (-1, None)
+        # A closed window never changes: its statistics (milliseconds per window) are made once.
+        self._closed_drifts: OrderedDict[tuple, WindowDrift] = OrderedDict()
+        self._closed_lock = threading.Lock()
 
     @classmethod
     def for_model(cls, model, profile: ReferenceProfile, config: DriftConfig) -> "DriftMonitor":
@@ -101,16 +107,29 @@ class DriftMonitor:
         """The most recent closed window's drift, computed once per window (for scrapes)."""
         closed_so_far = self.native.stats()["windows_closed"]
         if self._latest[0] != closed_so_far:
-            windows = self.native.windows(False)
-            self._latest = (closed_so_far,
-                            window_drift(windows[-1], self.profile, self.config.policy) if windows else None)
+            windows = self.native.windows(False, 1)
+            self._latest = (closed_so_far, self._drift(windows[-1]) if windows else None)
         return self._latest[1]
 
+    def _drift(self, window: dict) -> WindowDrift:
+        if not window["closed"]:
+            return window_drift(window, self.profile, self.config.policy)
+        key = (window["start"], window["end"], window["inputs"].rows)
+        with self._closed_lock:
+            drift = self._closed_drifts.get(key)
+            if drift is not None:
+                self._closed_drifts.move_to_end(key)
+        if drift is None:
+            drift = window_drift(window, self.profile, self.config.policy)
+            with self._closed_lock:
+                self._closed_drifts[key] = drift
+                while len(self._closed_drifts) > CLOSED_DRIFTS_KEPT:
+                    self._closed_drifts.popitem(last=False)
+        return drift
+
     def report(self, include_open: bool = True, last: int | None = None) -> DriftReport:
-        windows = self.native.windows(include_open)
-        if last is not None:
-            windows = windows[-last:]
-        drifts = [window_drift(w, self.profile, self.config.policy) for w in windows]
+        windows = self.native.windows(include_open, last or 0)
+        drifts = [self._drift(w) for w in windows]
         latest = self.latest_closed()  # whatever the slice: the alert is the latest closed window's
         return DriftReport(model=self.model, version=self.version, reference_rows=self.profile.rows,
                            alert=latest is not None and latest.verdict == "drift",

@@ -22,11 +22,17 @@ class FeatureDrift(msgspec.Struct, omit_defaults=True):
     chi2_df: int
     drifted: bool
     reasons: list[str] = []
+    below_floor: list[str] = []  # significant tests whose effect is under the policy's floor
     ks: float | None = None
-    ks_margin: float | None = None  # the true KS lies within ks +- ks_margin (sketch error)
+    # The exact KS (all rows) lies within ks +- ks_margin (rank errors and the window sample's
+    # sampling error; with probability >= 97%); ks_low: the larger of ks - margin and the exact
+    # KS at the bin edges.
+    ks_margin: float | None = None
+    ks_low: float | None = None
     ks_pvalue: float | None = None
-    ks_sample: int | None = None  # rows the window's quantile sketch took
+    ks_sample: int | None = None  # rows the window's quantile sketch took (a random sample)
     wasserstein: float | None = None
+    wasserstein_bounds: list[float] | None = None  # [low, high]: the exact W1 lies within (>= 97%)
     mean: float | None = None
     reference_mean: float | None = None
     std: float | None = None
@@ -38,11 +44,12 @@ class WindowDrift(msgspec.Struct):
     end: float
     closed: bool
     rows: int
-    verdict: str  # "drift", "no drift" or "insufficient data"
+    verdict: str  # "drift", "no drift", "significant, below the floor" or "insufficient data"
     drifted_features: list[str]
     tests: int  # tests run in this window (the multiple-testing correction divides alpha by it)
     alpha_per_test: float
     features: list[FeatureDrift]
+    below_floor_features: list[str] = []  # significant, but every effect under its floor
 
 
 class MonitorCounters(msgspec.Struct):

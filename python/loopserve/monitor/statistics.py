@@ -18,22 +18,43 @@ edges for numeric features, category codes for categorical ones):
   X = sum_i (sqrt(C/R) r_i - sqrt(R/C) c_i)^2 / (r_i + c_i) over bins where r_i + c_i > 0,
   with (those bins - 1) degrees of freedom (Press et al., Numerical Recipes, chstwo).
 
-Sketch statistics take two KLL sketches (loopserve._core.KllSketch), each read as the weighted
-distribution of the items it retains:
+Sketch statistics (KS, Wasserstein-1) compare the reference's KLL sketch (loopserve._core.
+KllSketch, fed every reference row) with the window's, which may have seen a random sample of the
+window's rows (each row with probability 1 / kll_every, independently of the values and their
+order). Each sketch is read as the weighted distribution of the items it retains. Error bounds
+(each part holds with probability >= 99%, so a bound with three parts holds with >= 97%):
 
-- Kolmogorov-Smirnov distance D = sup_x |F_r(x) - F_c(x)|, exact between the two sketched
-  distributions; each sketch's rank error adds to it, so the true D lies within
-  D +- (eps_r + eps_c) (`ks_margin`). Its p-value is the exact two-sample distribution
-  (scipy.stats.kstwo) at the effective size n_r * n_c / (n_r + n_c), computed at D minus the
-  margin, so sketch noise alone does not make a small p-value. When a sketch saw a sample of
-  the rows (every k-th), n is the sample's size.
-- Wasserstein-1 = integral of |F_r(x) - F_c(x)| dx, exact between the two sketched
-  distributions, in the feature's units.
+- Rank error: a sketch's CDF is within eps = KllSketch.normalized_rank_error(k) of the CDF of the
+  values it was fed, everywhere (KLL's bound; 0.67% at the drift sketches' k = 400).
+- Sampling error: the CDF of a random sample of m of the window's n values is within
+  sqrt(ln(2 / 0.01) / (2 m)) of the window's CDF, everywhere (the Dvoretzky-Kiefer-Wolfowitz
+  inequality with Massart's constant; a sample without replacement is at least as concentrated as
+  the i.i.d. one the inequality is stated for). 0 when the sketch saw every row.
+
+- Kolmogorov-Smirnov distance D = sup_x |F_r(x) - F_c(x)| between the two sketched distributions;
+  the exact D over all rows lies within D +- `ks_margin` (both rank errors plus the sampling error).
+  The bin counts are exact, so D at the bin edges (`ks_at_edges`) is an exact lower bound too.
+  The p-value is the two-sample KS test (scipy.stats.kstwo) of the reference against the window's
+  sample, at the sample's size: the sample is itself a random draw from the window, so this test
+  needs no sampling correction; it is taken at D minus the two rank errors, the smallest D the
+  reference and the sample can have, so sketch noise alone does not make a small p-value.
+- Wasserstein-1 W = integral of |F_r - F_c| dx, estimated as |mean_c - mean_r| (exact, from the
+  moments) + 2 min(integral of g+, integral of g-) with g = F_r - F_c between the sketches (the
+  part of W that the exact means do not give: where the CDFs cross). `wasserstein_bounds` gives an
+  interval that holds whenever the rank and sampling bounds do: each true CDF lies in a band of
+  the sketch's CDF +- its error, clipped to [0, 1], 0 below the exact minimum and 1 from the exact
+  maximum; W is at least the exact |mean_c - mean_r| and at least what the bands force apart, and
+  at most |mean_c - mean_r| + 2 min(integrals of the largest g+ and g- the bands allow). The
+  estimate is clamped into that interval. The interval is tight where the shift is large against
+  the bands (a location or scale shift of light-tailed data); it is wide for heavy tails, where
+  a few extreme rows that no fixed-size sketch keeps make most of W.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import stats as _scipy_stats
@@ -95,6 +116,8 @@ def two_proportions_pvalue(hits_a: int, n_a: int, hits_b: int, n_b: int) -> floa
 
 def sorted_view(sketch) -> tuple[np.ndarray, np.ndarray]:
     """The sketch's retained items, sorted, and their cumulative weight fractions (its CDF)."""
+    if isinstance(sketch, Sketched):
+        return sketch.view
     values, weights = sketch.sorted_view()
     values = np.asarray(values, dtype=np.float64)
     cdf = np.cumsum(np.asarray(weights, dtype=np.float64))
@@ -110,19 +133,79 @@ def _cdfs_on_union(reference, current):
     return points, f_r, f_c
 
 
+CONFIDENCE_DELTA = 0.01  # each part of an error bound fails with probability <= 1%
+
+
+@dataclass(frozen=True)
+class Sketched:
+    """A feature's finite values as the sketch statistics see them: a KLL sketch of all of them
+    or of a random sample, and the exact count, mean, minimum and maximum of all of them."""
+
+    sketch: object  # loopserve._core.KllSketch
+    rows: int
+    mean: float
+    min: float
+    max: float
+
+    @property
+    def count(self) -> int:
+        return self.sketch.count
+
+    @cached_property
+    def view(self) -> tuple[np.ndarray, np.ndarray]:
+        """sorted_view(sketch), made once."""
+        return sorted_view(self.sketch)
+
+    @property
+    def rank_error(self) -> float:
+        return self.sketch.normalized_rank_error(self.sketch.k) if self.sketch.count else 0.0
+
+    @property
+    def sampling_error(self) -> float:
+        return sampling_error(self.sketch.count, self.rows)
+
+    @property
+    def cdf_error(self) -> float:
+        """How far the sketch's CDF may be from the CDF of all the values it stands for."""
+        return self.rank_error + self.sampling_error
+
+
+def sampling_error(sample: int, rows: int, delta: float = CONFIDENCE_DELTA) -> float:
+    """The DKW bound on sup |F_sample - F_rows| for a random sample of `sample` of `rows` values."""
+    if sample >= rows:
+        return 0.0
+    if sample <= 0:
+        return 1.0
+    return math.sqrt(math.log(2 / delta) / (2 * sample))
+
+
 def ks_distance(reference, current) -> float:
+    """D between two sketches (or Sketched)."""
     if reference.count == 0 or current.count == 0:
         return float("nan")
     _, f_r, f_c = _cdfs_on_union(reference, current)
     return float(np.max(np.abs(f_r - f_c)))
 
 
-def ks_margin(reference, current) -> float:
-    """How far the sketched D may be from the exact one."""
-    return reference.normalized_rank_error(reference.k) + current.normalized_rank_error(current.k)
+def ks_margin(reference, current, current_rows: int | None = None) -> float:
+    """How far the sketched D may be from the exact D over all rows: both rank errors, plus the
+    sampling error when the window's sketch saw a sample of its `current_rows` values."""
+    eps = reference.normalized_rank_error(reference.k) + current.normalized_rank_error(current.k)
+    return eps + (sampling_error(current.count, current_rows) if current_rows is not None else 0.0)
+
+
+def ks_at_edges(reference_counts, current_counts) -> float:
+    """The exact KS distance at the bin edges (from exact bin counts): a lower bound of D."""
+    r = np.cumsum(np.asarray(reference_counts, dtype=np.float64))
+    c = np.cumsum(np.asarray(current_counts, dtype=np.float64))
+    if r[-1] == 0 or c[-1] == 0:
+        return 0.0
+    return float(np.max(np.abs(r[:-1] / r[-1] - c[:-1] / c[-1]), initial=0.0))
 
 
 def ks_pvalue(reference, current, distance: float | None = None) -> float:
+    """Two-sample KS p-value of the reference against what the window's sketch saw, at D minus
+    the rank errors (see the module docstring)."""
     d = ks_distance(reference, current) if distance is None else distance
     if not np.isfinite(d):
         return 1.0
@@ -130,11 +213,43 @@ def ks_pvalue(reference, current, distance: float | None = None) -> float:
     return float(_scipy_stats.kstwo.sf(max(d - ks_margin(reference, current), 0.0), max(int(round(n)), 1)))
 
 
-def wasserstein(reference, current) -> float:
-    if reference.count == 0 or current.count == 0:
-        return float("nan")
-    points, f_r, f_c = _cdfs_on_union(reference, current)
-    return float(np.sum(np.abs(f_r - f_c)[:-1] * np.diff(points)))
+def wasserstein_bounds(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
+    """(estimate, low, high) of W1 between all the reference's and all the window's values
+    (see the module docstring)."""
+    if reference.sketch.count == 0 or current.sketch.count == 0:
+        return float("nan"), float("nan"), float("nan")
+    rv, rc = reference.view
+    cv, cc = current.view
+    points = np.union1d(np.union1d(rv, cv), [reference.min, reference.max, current.min, current.max])
+    dx = np.diff(points)
+    x = points[:-1]  # each segment [x, x + dx) has constant sketch CDFs
+    f_r = np.concatenate([[0.0], rc])[np.searchsorted(rv, x, side="right")]
+    f_c = np.concatenate([[0.0], cc])[np.searchsorted(cv, x, side="right")]
+    lo_r, hi_r = _band(f_r, x, reference.cdf_error, reference.min, reference.max)
+    lo_c, hi_c = _band(f_c, x, current.cdf_error, current.min, current.max)
+    shift = abs(current.mean - reference.mean)  # = |integral of (F_r - F_c) dx|, exact
+
+    g = f_r - f_c
+    estimate = shift + 2 * min(np.sum(np.maximum(g, 0) * dx), np.sum(np.maximum(-g, 0) * dx))
+    forced_pos = np.sum(np.maximum(lo_r - hi_c, 0) * dx)  # g+ and g- at least
+    forced_neg = np.sum(np.maximum(lo_c - hi_r, 0) * dx)
+    allowed_pos = np.sum(np.maximum(hi_r - lo_c, 0) * dx)  # g+ and g- at most
+    allowed_neg = np.sum(np.maximum(hi_c - lo_r, 0) * dx)
+    low = max(shift + 2 * min(forced_pos, forced_neg), forced_pos + forced_neg)
+    high = min(shift + 2 * min(allowed_pos, allowed_neg),
+               float(np.sum(np.maximum(hi_r - lo_c, hi_c - lo_r).clip(min=0) * dx)))
+    high = max(high, low)  # float rounding only
+    return float(min(max(estimate, low), high)), float(low), float(high)
+
+
+def _band(f: np.ndarray, x: np.ndarray, error: float, lowest: float, highest: float):
+    """Where the true CDF lies at x, given the sketch's CDF f and its error."""
+    lo = np.clip(f - error, 0.0, 1.0)
+    hi = np.clip(f + error, 0.0, 1.0)
+    below, above = x < lowest, x >= highest
+    lo[below] = hi[below] = 0.0
+    lo[above] = hi[above] = 1.0
+    return lo, hi
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

@@ -7,7 +7,12 @@ The verdict is built to be trusted in both directions:
 - The family of tests in a window (every feature x every test) is corrected with Bonferroni:
   each test runs at alpha / tests, so a window without drift alarms with probability <= alpha.
 - A significant test also needs an effect a user would care about (PSI, KS distance or a
-  change in the missing rate over a floor), so a huge window does not alarm on a trivial shift.
+  change in the missing rate over a floor), so a huge window does not alarm on a trivial shift:
+  significance says a shift is real, the floor says it is large enough to matter (practical
+  significance). A window whose only significant tests are under their floors is not called
+  "no drift": its verdict is "significant, below the floor", and each such feature lists why in
+  `below_floor`. KS is held to its floor by its exact lower bound (the larger of ks - margin and
+  the exact distance at the bin edges), so a sketch error cannot lift it over.
 - A window with fewer than `min_rows` rows gets no verdict ("insufficient data").
 - Categories whose expected count in the window is below `min_expected` are pooled with
   "other" before the chi-square, so a high-cardinality feature with no drift stays quiet
@@ -25,6 +30,8 @@ from loopserve.config import DriftPolicy
 from loopserve.monitor import statistics as st
 from loopserve.monitor.profile import CategoricalProfile, NumericProfile, ReferenceProfile
 from loopserve.monitor.report import FeatureDrift, WindowDrift
+
+SIGNIFICANT_BELOW_FLOOR = "significant, below the floor"
 
 
 def tests_per_window(profile: ReferenceProfile, with_outputs: bool) -> int:
@@ -45,15 +52,18 @@ def window_drift(window: dict, profile: ReferenceProfile, policy: DriftPolicy) -
     if with_outputs:
         features += _tensor_features(outputs, profile.outputs, "output", policy, alpha)
     drifted = [f.name for f in features if f.drifted]
+    below_floor = [f.name for f in features if f.below_floor and not f.drifted]
     if rows < policy.min_rows:
         verdict = "insufficient data"
-        drifted = []
-        features = [msgspec.structs.replace(f, drifted=False, reasons=[]) for f in features]
+        drifted, below_floor = [], []
+        features = [msgspec.structs.replace(f, drifted=False, reasons=[], below_floor=[]) for f in features]
+    elif drifted:
+        verdict = "drift"
     else:
-        verdict = "drift" if drifted else "no drift"
+        verdict = SIGNIFICANT_BELOW_FLOOR if below_floor else "no drift"
     return WindowDrift(start=window["start"], end=window["end"], closed=window["closed"], rows=rows,
                        verdict=verdict, drifted_features=drifted, tests=tests, alpha_per_test=alpha,
-                       features=features)
+                       features=features, below_floor_features=below_floor)
 
 
 def _tensor_features(acc, profiles, role: str, policy: DriftPolicy, alpha: float) -> list[FeatureDrift]:
@@ -84,28 +94,44 @@ def _numeric(acc, i: int, p: NumericProfile, role: str, policy: DriftPolicy, alp
     psi = st.psi(ref_counts, counts) if counts.sum() else 0.0
     js = st.js_distance(ref_counts, counts) if counts.sum() else 0.0
     rate, ref_rate, missing_p = _missing(missing, rows, p.missing, p.count + p.missing)
-    sketch, reference = acc.quantiles(i), p.kll()
+    sketch = acc.quantiles(i)
     moments = acc.moments(i)
-    ks = ks_p = margin = w1 = None
+    ks = ks_p = margin = ks_low = w1 = w1_bounds = None
     if sketch.count > 0:
-        ks = st.ks_distance(reference, sketch)
-        margin = st.ks_margin(reference, sketch)
-        ks_p = st.ks_pvalue(reference, sketch, ks)
-        w1 = st.wasserstein(reference, sketch)
-    reasons = []
-    if chi2_p < alpha and psi >= policy.min_psi:
-        reasons.append(f"binned distribution: chi2 p={chi2_p:.2g} < {alpha:.2g}, psi {psi:.3g} >= {policy.min_psi}")
-    if ks_p is not None and ks_p < alpha and ks - margin >= policy.min_ks:
-        reasons.append(f"ks {ks:.3g} (+-{margin:.2g}) p={ks_p:.2g} < {alpha:.2g}")
-    if missing_p < alpha and abs(rate - ref_rate) >= policy.min_missing_change:
-        reasons.append(f"missing rate {rate:.3g} vs {ref_rate:.3g} (p={missing_p:.2g})")
+        reference = st.Sketched(p.kll(), p.count, p.mean, p.min, p.max)
+        window = st.Sketched(sketch, int(moments.count), moments.mean, moments.min, moments.max)
+        ks = st.ks_distance(reference, window)
+        margin = st.ks_margin(reference.sketch, sketch, window.rows)
+        ks_low = max(ks - margin, st.ks_at_edges(ref_counts, counts))
+        ks_p = st.ks_pvalue(reference.sketch, sketch, ks)
+        w1, w1_low, w1_high = st.wasserstein_bounds(reference, window)
+        w1_bounds = [w1_low, w1_high]
+    reasons, below_floor = [], []
+    if chi2_p < alpha:
+        (reasons if psi >= policy.min_psi else below_floor).append(
+            f"binned distribution: chi2 p={chi2_p:.2g} < {alpha:.2g}, psi {psi:.3g} "
+            f"{'>=' if psi >= policy.min_psi else '<'} {policy.min_psi}")
+    if ks_p is not None and ks_p < alpha:
+        (reasons if ks_low >= policy.min_ks else below_floor).append(
+            f"ks {ks:.3g} (+-{margin:.2g}, at least {ks_low:.3g} "
+            f"{'>=' if ks_low >= policy.min_ks else '<'} {policy.min_ks}) p={ks_p:.2g} < {alpha:.2g}")
+    _missing_reason(reasons, below_floor, rate, ref_rate, missing_p, alpha, policy)
     return FeatureDrift(
         name=p.name, kind="numeric", role=role, rows=rows, missing_rate=rate, reference_missing_rate=ref_rate,
         missing_pvalue=missing_p, psi=psi, js_distance=js, chi2=chi2, chi2_pvalue=chi2_p, chi2_df=df,
-        drifted=bool(reasons), reasons=reasons, ks=ks, ks_margin=margin, ks_pvalue=ks_p,
-        ks_sample=int(sketch.count), wasserstein=w1,
+        drifted=bool(reasons), reasons=reasons, below_floor=below_floor, ks=ks, ks_margin=margin,
+        ks_low=ks_low, ks_pvalue=ks_p, ks_sample=int(sketch.count), wasserstein=w1, wasserstein_bounds=w1_bounds,
         mean=_finite(moments.mean), reference_mean=p.mean,
         std=_finite(math.sqrt(moments.variance)) if moments.count else None, reference_std=p.std)
+
+
+def _missing_reason(reasons: list, below_floor: list, rate: float, ref_rate: float, p: float, alpha: float,
+                    policy: DriftPolicy) -> None:
+    if p < alpha:
+        over = abs(rate - ref_rate) >= policy.min_missing_change
+        (reasons if over else below_floor).append(
+            f"missing rate {rate:.3g} vs {ref_rate:.3g} (p={p:.2g}), change "
+            f"{'>=' if over else '<'} {policy.min_missing_change}")
 
 
 def _categorical(acc, i: int, p: CategoricalProfile, role: str, policy: DriftPolicy,
@@ -119,15 +145,16 @@ def _categorical(acc, i: int, p: CategoricalProfile, role: str, policy: DriftPol
     psi = st.psi(ref_pooled, cur_pooled) if cur_pooled.sum() else 0.0
     js = st.js_distance(ref_pooled, cur_pooled) if cur_pooled.sum() else 0.0
     rate, ref_rate, missing_p = _missing(missing, rows, p.missing, p.count + p.missing)
-    reasons = []
-    if chi2_p < alpha and psi >= policy.min_psi:
-        reasons.append(f"category mix: chi2 p={chi2_p:.2g} < {alpha:.2g}, psi {psi:.3g} >= {policy.min_psi}")
-    if missing_p < alpha and abs(rate - ref_rate) >= policy.min_missing_change:
-        reasons.append(f"missing rate {rate:.3g} vs {ref_rate:.3g} (p={missing_p:.2g})")
+    reasons, below_floor = [], []
+    if chi2_p < alpha:
+        (reasons if psi >= policy.min_psi else below_floor).append(
+            f"category mix: chi2 p={chi2_p:.2g} < {alpha:.2g}, psi {psi:.3g} "
+            f"{'>=' if psi >= policy.min_psi else '<'} {policy.min_psi}")
+    _missing_reason(reasons, below_floor, rate, ref_rate, missing_p, alpha, policy)
     return FeatureDrift(
         name=p.name, kind="categorical", role=role, rows=rows, missing_rate=rate,
         reference_missing_rate=ref_rate, missing_pvalue=missing_p, psi=psi, js_distance=js, chi2=chi2,
-        chi2_pvalue=chi2_p, chi2_df=df, drifted=bool(reasons), reasons=reasons)
+        chi2_pvalue=chi2_p, chi2_df=df, drifted=bool(reasons), reasons=reasons, below_floor=below_floor)
 
 
 def pool_rare(reference: np.ndarray, current: np.ndarray, min_expected: float) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
     model: fraud                       # the served name and the registry name
     server: http://127.0.0.1:8000      # the server it reads drift, feedback and traffic from
+    # replicas: [dns://loopserve-replicas:8000]   # or a fleet, merged (then `server` is unused)
     train: train_fraud.yaml            # the training template (data and holdout are replaced)
     retrain_data: {feedback_dir: feedback, min_rows: 2000}
     triggers: {drift_windows: 2, accuracy_floor: 0.9, cooldown_s: 120}
@@ -63,7 +64,10 @@ class PipelineConfig(Struct, forbid_unknown_fields=True, frozen=True):
     model: str
     train: str
     server: str = "http://127.0.0.1:8000"
-    store: str | None = None
+    # A fleet: the replicas whose drift and live accuracy are merged for the triggers and the
+    # canary (base URLs and/or dns://NAME:PORT, see loopserve.fleet); `server` is then unused.
+    replicas: list[str] | None = None
+    store: str | None = None  # a directory or a postgresql:// URL (default $LOOPSERVE_STORE)
     production_alias: str = "production"
     retrain_data: RetrainData = RetrainData()
     validation: Validation = Validation()
@@ -83,7 +87,7 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     base = path.parent
 
     def rel(p: str | None) -> str | None:
-        return p if p is None or Path(p).is_absolute() else str(base / p)
+        return p if p is None or "://" in p or Path(p).is_absolute() else str(base / p)
 
     data = msgspec.structs.replace(config.retrain_data, feedback_dir=rel(config.retrain_data.feedback_dir))
     return msgspec.structs.replace(config, train=rel(config.train), store=rel(config.store) if config.store else None,

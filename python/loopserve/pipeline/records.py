@@ -1,4 +1,4 @@
-"""What the pipeline did, in the store's SQLite: runs, their steps, and trigger decisions.
+"""What the pipeline did, in the store's database: runs, their steps, and trigger decisions.
 
 A run is a row per attempt (model, why it started, status); each step is a row with its
 status, times and a JSON detail. `loopserve pipeline status` reads them; a step that failed
@@ -54,12 +54,14 @@ KEEP_DECISIONS = 10_000  # per model: a watch loop decides every few seconds, fo
 
 
 class PipelineRecords:
-    """Not shared between threads (one SQLite connection); any number of processes."""
+    """Not shared between threads (one database connection); any number of processes."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, create: bool = True):
+        """`create=False` for a reader that knows the tables exist: no write transaction."""
         self.store = store
         self._decisions_recorded = 0
-        ensure_schema(store.db, SCHEMA)
+        if create:
+            ensure_schema(store.db, SCHEMA)
 
     def start_run(self, model: str, reason: str) -> str:
         run_id = uuid.uuid4().hex[:12]
@@ -70,8 +72,10 @@ class PipelineRecords:
 
     def start_step(self, run_id: str, step: str, position: int) -> None:
         with transaction(self.store.db) as db:
-            db.execute("INSERT OR REPLACE INTO pipeline_steps (run_id, step, position, status, started_at) "
-                       "VALUES (?, ?, ?, ?, ?)", (run_id, step, position, "running", time.time()))
+            db.execute("INSERT INTO pipeline_steps (run_id, step, position, status, started_at) VALUES (?, ?, ?, ?, ?) "
+                       "ON CONFLICT (run_id, step) DO UPDATE SET position = excluded.position, status = excluded.status, "
+                       "started_at = excluded.started_at, finished_at = NULL, detail = NULL",
+                       (run_id, step, position, "running", time.time()))
 
     def finish_step(self, run_id: str, step: str, status: str, detail: dict) -> None:
         with transaction(self.store.db) as db:
@@ -93,9 +97,11 @@ class PipelineRecords:
                 db.execute("DELETE FROM pipeline_decisions WHERE model = ? AND at < (SELECT at FROM pipeline_decisions "
                            "WHERE model = ? ORDER BY at DESC LIMIT 1 OFFSET ?)", (model, model, KEEP_DECISIONS))
 
-    def decisions(self, model: str, limit: int = 50) -> list[dict]:
+    def decisions(self, model: str, limit: int = 50, fired_only: bool = False) -> list[dict]:
+        """The newest decisions first; `fired_only`: those that started a run."""
         rows = self.store.db.execute("SELECT at, fire, reasons, evidence FROM pipeline_decisions WHERE model = ? "
-                                     "ORDER BY at DESC LIMIT ?", (model, limit)).fetchall()
+                                     + ("AND fire = 1 " if fired_only else "") + "ORDER BY at DESC LIMIT ?",
+                                     (model, limit)).fetchall()
         return [{"at": r["at"], "fire": bool(r["fire"]), "reasons": json.loads(r["reasons"]),
                  "evidence": json.loads(r["evidence"])} for r in rows]
 

@@ -43,8 +43,16 @@ class Pipeline:
         self.config = config
         self.store = Store(config.store)
         self.records = PipelineRecords(self.store)
-        self.view = view or ServerView(config.server, config.model)
+        self.view = view or self._view(config)
         self._labels_at_last_run = 0
+
+    @staticmethod
+    def _view(config: PipelineConfig):
+        if config.replicas:
+            from loopserve.fleet import FleetView
+
+            return FleetView(config.replicas, config.model)
+        return ServerView(config.server, config.model)
 
     def close(self) -> None:
         self.store.close()

@@ -15,15 +15,19 @@ class ServerUnavailable(LoopserveError):
     pass
 
 
+def management_headers() -> dict[str, str]:
+    """A server with a management token guards its drift and sketch routes: readers send the
+    token from $LOOPSERVE_MANAGEMENT_TOKEN (kept out of config files)."""
+    token = os.environ.get("LOOPSERVE_MANAGEMENT_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class ServerView:
     def __init__(self, base_url: str, model: str, timeout_s: float = 10.0):
         self.base = base_url.rstrip("/")
         self.model = urllib.parse.quote(model, safe="")
         self.timeout_s = timeout_s
-        # A server with a management token guards its drift reports: the pipeline sends the
-        # token from the environment (kept out of config files).
-        token = os.environ.get("LOOPSERVE_MANAGEMENT_TOKEN")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.headers = management_headers()
 
     def _get(self, path: str) -> dict:
         url = f"{self.base}{path}"

@@ -135,7 +135,7 @@ def train(ctx: RunContext) -> dict:
                                      version="next")
     train_config = msgspec.structs.replace(
         template, data=spec(ctx.train_snapshot), holdout=spec(ctx.holdout_snapshot), output=output,
-        production_model=str(ctx.production_dir), store=str(ctx.store.root),
+        production_model=str(ctx.production_dir), store=ctx.store.location,
         registry=RegistrySpec(enabled=True, alias=None, parent=ctx.production_version))
     result = train_model(train_config, quiet=True)
     detail = {"run_id": result.run_id, "metrics": result.metrics, "gates_passed": result.gates_passed,

@@ -9,13 +9,13 @@ time), so "the last move at or before T" is well defined.
 from __future__ import annotations
 
 import getpass
-import sqlite3
 
 from loopserve.registry.errors import RegistryError, UnknownAlias
 from loopserve.registry.records import AliasEvent
 from loopserve.registry.refs import check_model, resolve_version
-from loopserve.registry.schema import opened
+from loopserve.registry.schema import opened, registry_scope
 from loopserve.store import Store, transaction, validate_name
+from loopserve.store.db import Database
 from loopserve.tracking.times import now, parse_time
 
 
@@ -26,9 +26,10 @@ def default_actor() -> str | None:
         return None
 
 
-def move_alias(db: sqlite3.Connection, name: str, alias: str, version: int, action: str,
+def move_alias(db: Database, name: str, alias: str, version: int, action: str,
                actor: str | None, reason: str | None) -> AliasEvent | None:
-    """Point `alias` at `version` and record it; call inside a write transaction. None if it already did."""
+    """Point `alias` at `version` and record it; call inside a write transaction in the model's
+    `registry_scope`. None if it already did."""
     row = db.execute("SELECT version FROM registry_aliases WHERE name=? AND alias=?", (name, alias)).fetchone()
     previous = row[0] if row else None
     if previous == version:
@@ -38,7 +39,8 @@ def move_alias(db: sqlite3.Connection, name: str, alias: str, version: int, acti
                          (name, alias)).fetchone()
     if last is not None and last > stamp:
         stamp = last
-    db.execute("INSERT OR REPLACE INTO registry_aliases (name, alias, version, set_at) VALUES (?, ?, ?, ?)",
+    db.execute("INSERT INTO registry_aliases (name, alias, version, set_at) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version, set_at = excluded.set_at",
                (name, alias, version, stamp))
     db.execute("INSERT INTO registry_alias_history (name, alias, version, previous_version, action, set_at, actor, "
                "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -55,7 +57,7 @@ def set_alias(name: str, alias: str, version: int | str, reason: str | None = No
     """
     validate_name("model", name)
     validate_name("alias", alias)
-    with opened(store) as s, transaction(s.db):
+    with opened(store) as s, transaction(s.db, registry_scope(name)):
         target = resolve_version(s.db, name, version)
         return move_alias(s.db, name, alias, target, "set", actor or default_actor(), reason)
 
@@ -76,7 +78,7 @@ def rollback(name: str, alias: str = "production", reason: str | None = None, ac
     """Move `alias` back to the version it held before its last move (again: one move further back)."""
     validate_name("model", name)
     validate_name("alias", alias)
-    with opened(store) as s, transaction(s.db):
+    with opened(store) as s, transaction(s.db, registry_scope(name)):
         db = s.db
         check_model(db, name)
         events = db.execute("SELECT action, version FROM registry_alias_history WHERE name=? AND alias=? "

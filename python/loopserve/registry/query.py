@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from loopserve.registry.errors import RegistryError
 from loopserve.registry.records import ArtifactFile, Lineage, ModelSummary, ModelVersion
 from loopserve.registry.refs import LATEST, check_model, resolve_version
 from loopserve.registry.schema import opened, snapshot_read
 from loopserve.store import Store, transaction, validate_name
+from loopserve.store.db import Database
 from loopserve.tracking.errors import RunNotFound
 from loopserve.tracking.query import get_run
 
 
-def _version(db: sqlite3.Connection, name: str, version: int) -> ModelVersion:
+def _version(db: Database, name: str, version: int) -> ModelVersion:
     row = db.execute("SELECT * FROM registry_versions WHERE name=? AND version=?", (name, version)).fetchone()
     key = (name, version)
     return ModelVersion(
@@ -94,7 +93,8 @@ def set_version_tag(name: str, ref: int | str, key: str, value: str, store: Stor
     validate_name("tag", key)
     with opened(store) as s, transaction(s.db):
         version = resolve_version(s.db, name, ref)
-        s.db.execute("INSERT OR REPLACE INTO registry_version_tags (name, version, key, value) VALUES (?, ?, ?, ?)",
+        s.db.execute("INSERT INTO registry_version_tags (name, version, key, value) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
                      (name, version, key, str(value)))
 
 
@@ -107,5 +107,6 @@ def set_version_metric(name: str, ref: int | str, key: str, value: float, store:
         raise RegistryError(f"metric {key!r}: value {value!r} is not a number") from None
     with opened(store) as s, transaction(s.db):
         version = resolve_version(s.db, name, ref)
-        s.db.execute("INSERT OR REPLACE INTO registry_version_metrics (name, version, key, value) "
-                     "VALUES (?, ?, ?, ?)", (name, version, key, number))
+        s.db.execute("INSERT INTO registry_version_metrics (name, version, key, value) VALUES (?, ?, ?, ?) "
+                     "ON CONFLICT (name, version, key) DO UPDATE SET value = excluded.value",
+                     (name, version, key, number))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from loopserve.registry.errors import RegistryError, UnknownAlias, UnknownModel, UnknownVersion
 from loopserve.store import validate_name
+from loopserve.store.db import Database
 
 URI_SCHEME = "registry://"
 LATEST = "latest"
@@ -39,13 +38,13 @@ def normalize_ref(ref: str | int) -> str | int:
     return validate_name("alias", ref)
 
 
-def check_model(db: sqlite3.Connection, name: str) -> None:
+def check_model(db: Database, name: str) -> None:
     validate_name("model", name)
     if db.execute("SELECT 1 FROM registry_models WHERE name=?", (name,)).fetchone() is None:
         raise UnknownModel(f"no registered model named {name!r} (`loopserve registry list` shows the models)")
 
 
-def resolve_version(db: sqlite3.Connection, name: str, ref: str | int) -> int:
+def resolve_version(db: Database, name: str, ref: str | int) -> int:
     """The version number `ref` stands for now. One or two indexed lookups: cheap enough to poll."""
     ref = normalize_ref(ref)
     if isinstance(ref, int):

@@ -2,8 +2,9 @@
 
 Artifacts are copied into the blob store before the transaction (slow I/O outside the write
 lock); the version, artifact, tag and metric rows are then committed together, with the next
-version number read inside the same BEGIN IMMEDIATE transaction. A process killed at any point
-leaves either the whole version or none of it (at most an unreferenced blob).
+version number read inside the same write transaction, serialized with every other writer of
+this model's registry rows (see store.db). A process killed at any point leaves either the whole
+version or none of it (at most an unreferenced blob).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from loopserve.registry.aliases import default_actor, move_alias
 from loopserve.registry.errors import RegistryError, UnknownVersion
 from loopserve.registry.query import get_version
 from loopserve.registry.records import ArtifactFile, ModelVersion
-from loopserve.registry.schema import opened
+from loopserve.registry.schema import opened, registry_scope
 from loopserve.store import Store, transaction, validate_name
 from loopserve.tracking.query import resolve_run_id
 from loopserve.tracking.times import now
@@ -114,12 +115,13 @@ def register_model(name: str, artifact_paths: ArtifactPaths, run_id: str | None 
         total = sum(f.size for f in stored)
         _test_pause("after_blobs")
         db = s.db
-        with transaction(db):
+        with transaction(db, registry_scope(name)):
             if run_id is not None:
                 run_id = resolve_run_id(db, run_id)
                 if data_snapshot is None:
                     (data_snapshot,) = db.execute("SELECT data_snapshot FROM runs WHERE id=?", (run_id,)).fetchone()
-            db.execute("INSERT OR IGNORE INTO registry_models (name, created_at) VALUES (?, ?)", (name, now()))
+            db.execute("INSERT INTO registry_models (name, created_at) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                       (name, now()))
             (last,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM registry_versions WHERE name=?",
                                  (name,)).fetchone()
             if parent_version is not None and not 1 <= parent_version <= last:

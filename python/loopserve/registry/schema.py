@@ -97,8 +97,11 @@ def opened(store: Store | None):
 @contextlib.contextmanager
 def snapshot_read(store: Store) -> Iterator[Store]:
     """Several SELECTs that see one consistent state (one read transaction)."""
-    store.db.execute("BEGIN")
-    try:
+    with store.db.read():
         yield store
-    finally:
-        store.db.execute("COMMIT")
+
+
+def registry_scope(name: str) -> str:
+    """The write scope of one model's registry rows: its version numbers and its aliases' moves
+    are read-then-written under it (on PostgreSQL other models' writers go on meanwhile)."""
+    return f"registry/{name}"

@@ -29,6 +29,7 @@ from loopserve.server.http_errors import error_body, status_of
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.protocol import ProtocolError
+from loopserve.server.ui_routes import UiRoutes
 from loopserve.server.wire import INFER_PATH
 from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
@@ -93,6 +94,7 @@ class LoopserveApp:
             Route("/v2/repository/models/{model}/load", self.repository_load, methods=["POST"]),
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
+            *UiRoutes(repository, self.metrics, self._authorize, self.before_metrics).routes(),
         ]
         # Every refusal is a LoopserveError carrying its status: one handler answers them all.
         # Only an unexpected exception reaches the `Exception` handler (which Starlette also

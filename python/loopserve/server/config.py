@@ -45,8 +45,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Models to load at start: names in the repository, or {name, source: registry://NAME@ALIAS}
     # (served from the registry, following its aliases). Empty: every model in the repository.
     models: list[str | ModelSource] = []
-    # The lifecycle store (registry, tracking, data); default $LOOPSERVE_STORE, else ./.loopserve.
-    # A relative path is taken from the config file's directory.
+    # The lifecycle store (registry, tracking, data): a directory or a postgresql:// URL; default
+    # $LOOPSERVE_STORE, else ./.loopserve. A relative path is taken from the config file's directory.
     store: str | None = None
     http: HttpConfig = HttpConfig()
     # HTTP front-end processes. 1: one process serves everything (as the in-process API does).
@@ -82,6 +82,6 @@ def load_server_config(path: str | Path) -> ServerConfig:
 
     if config.model_repository and not Path(config.model_repository).is_absolute():
         config = msgspec.structs.replace(config, model_repository=str(path.parent / config.model_repository))
-    if config.store and not Path(config.store).is_absolute():
+    if config.store and "://" not in config.store and not Path(config.store).is_absolute():
         config = msgspec.structs.replace(config, store=str(path.parent / config.store))
     return config

@@ -1,5 +1,6 @@
-"""Drift routes: `GET /v2/models/{m}[/versions/{v}]/drift` (the report) and `.../drift/sketch`
-(the serialized accumulators, to merge the windows of several replicas)."""
+"""Drift routes: `GET /v2/models/{m}[/versions/{v}]/drift` (the report), `.../drift/sketch`
+(the serialized accumulators, to merge the windows of several replicas) and `.../drift/profile`
+(the reference profile and policy a fleet view judges the merged windows with)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ class DriftRoutes:
         out = []
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             out += [Route(prefix + "/drift", self.report, methods=["GET"]),
-                    Route(prefix + "/drift/sketch", self.sketch, methods=["GET"])]
+                    Route(prefix + "/drift/sketch", self.sketch, methods=["GET"]),
+                    Route(prefix + "/drift/profile", self.profile, methods=["GET"])]
         return out
 
     def _monitored(self, request: Request) -> Model:
@@ -60,6 +62,16 @@ class DriftRoutes:
         if "application/msgpack" in request.headers.get("accept", ""):
             return Response(msgspec.msgpack.encode(payload), media_type="application/msgpack")
         return Response(msgspec.json.encode(payload), media_type="application/json")
+
+
+    async def profile(self, request: Request) -> Response:
+        """{model, version, profile, policy, window_seconds, window_rows}: all a fleet view needs to
+        give merged windows the verdict this replica gives its own."""
+        model = self._monitored(request)
+        config = model.drift.config
+        body = {"model": model.name, "version": str(model.version), "profile": model.drift.profile,
+                "policy": config.policy, "window_seconds": config.window_seconds, "window_rows": config.window_rows}
+        return Response(msgspec.json.encode(body), media_type="application/json")
 
 
 def _windows_param(value: str | None) -> int | None:

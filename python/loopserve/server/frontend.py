@@ -31,7 +31,7 @@ from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
 from loopserve.server.protocol import decode_request, encode_response
-from loopserve.server.wire import INFER_PATH, headers_of, scheduling_of, send_response
+from loopserve.server.wire import INFER_PATH, answer_headers, headers_of, scheduling_of, send_response
 
 log = logging.getLogger("loopserve.frontend")
 
@@ -186,17 +186,12 @@ class FrontendApp:
             return
         status, answered_by, text, outputs = await pending
         if status != 200:
-            await send_response(send, status, _JSON + _RETRY.get(status, []), error_body(text))
+            await send_response(send, status, [*_JSON, *_RETRY.get(status, ())], error_body(text))
             return
         binary_default = bool(params.get("binary_data_output", False)) if params else False
         payload, json_length = encode_response(name, str(answered_by), text or None, outputs,
                                                request.outputs if request is not None else None, binary_default)
-        if json_length is None:
-            headers = _JSON
-        else:
-            headers = [(b"content-type", b"application/octet-stream"),
-                       (b"inference-header-content-length", str(json_length).encode())]
-        await send_response(send, 200, headers, payload)
+        await send_response(send, 200, answer_headers(json_length), payload)
         key = (name, str(answered_by))
         histogram = self.latency.get(key)
         if histogram is None:

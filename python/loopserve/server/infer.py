@@ -17,7 +17,7 @@ from loopserve.errors import InvalidInput, LoopserveError, ModelError
 from loopserve.server.body import read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
-from loopserve.server.wire import headers_of, scheduling_of, send_response
+from loopserve.server.wire import answer_headers, headers_of, scheduling_of, send_response
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
 from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
@@ -114,12 +114,7 @@ class InferEndpoint:
         finally:
             if model is not None:
                 router.release(model)
-        if json_length is None:
-            headers = _JSON
-        else:
-            headers = [(b"content-type", b"application/octet-stream"),
-                       (b"inference-header-content-length", str(json_length).encode())]
-        await send_response(send, 200, headers, payload)
+        await send_response(send, 200, answer_headers(json_length), payload)
         self.metrics.latency(model.name, str(model.version)).observe(time.perf_counter() - start)
 
 

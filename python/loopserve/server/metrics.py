@@ -112,6 +112,27 @@ class DriftCollector(Collector):
         yield from (drift, alert, rows, skipped)
 
 
+class TrafficCollector(Collector):
+    """Each model's routing: the share of requests each version answers, and which is stable."""
+
+    def __init__(self, repository: ModelRepository):
+        self.repository = repository
+
+    def collect(self) -> Iterable:
+        weight = GaugeMetricFamily("loopserve_traffic_weight", "Share of the model's requests a version answers "
+                                   "(0 for a loaded version that only shadows or waits)", labels=["model", "version"])
+        stable = GaugeMetricFamily("loopserve_stable_version", "The version a rollback returns to", labels=["model"])
+        for name, router in sorted(self.repository.routers.items()):
+            if not router.versions:
+                continue
+            state = router.state()
+            for version in state.versions:
+                weight.add_metric([name, str(version)], float(state.weights.get(version, 0.0)))
+            stable.add_metric([name], float(state.stable))
+        yield weight
+        yield stable
+
+
 class FeedbackCollector(Collector):
     """Live metrics per version (`window` = "cumulative": every label so far; "last": the
     latest closed window) and label counts per status."""
@@ -172,6 +193,7 @@ class ServerMetrics:
         self.registry.register(BatcherCollector(repository))
         self.registry.register(DriftCollector(repository))
         self.registry.register(FeedbackCollector(repository))
+        self.registry.register(TrafficCollector(repository))
         # Observed per request by the in-process infer route, or read from the front ends.
         self.latency_histograms: dict[tuple[str, str], LatencyHistogram] = {}
         self.registry.register(LatencyCollector(self.latency_histograms))

@@ -37,6 +37,7 @@ class Frontend:
     channel: object  # loopserve._core.ChannelHandle
     lifeline: int    # the engine's end of the pipe whose closing tells the front end the engine is gone
     control_uds: str
+    client: object = None  # httpx.AsyncClient on control_uds, made once (a new client costs milliseconds of CPU)
     latency: dict = field(default_factory=dict)  # its histograms as last read
 
 
@@ -91,13 +92,18 @@ class FrontendSupervisor:
             "--gil-switch-interval-us", str(self.gil_switch_interval_us), "--log-level", self.log_level,
             pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         os.close(read_end)
-        frontend = Frontend(index, process, channel, write_end, control)
+        import httpx
+
+        client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=control), base_url="http://frontend",
+                                   timeout=2.0)
+        frontend = Frontend(index, process, channel, write_end, control, client)
         self.frontends[index] = frontend
         log.info("front end started", extra={"index": index, "pid": process.pid})
         self._keep(asyncio.ensure_future(self._watch(frontend)))
 
     async def _watch(self, frontend: Frontend) -> None:
         code = await frontend.process.wait()
+        await frontend.client.aclose()
         self.ingress.close_channel(frontend.channel)
         os.close(frontend.lifeline)
         for key, (counts, total) in frontend.latency.items():
@@ -140,12 +146,8 @@ class FrontendSupervisor:
         self.refresh_latency()
 
     async def _read_latency(self, frontend: Frontend) -> bool:
-        import httpx
-
         try:
-            async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=frontend.control_uds),
-                                         base_url="http://frontend", timeout=2.0) as client:
-                response = await client.get(LATENCY_PATH)
+            response = await frontend.client.get(LATENCY_PATH)
             if response.status_code != 200:
                 return False
             frontend.latency = {tuple(k.split("\t")): (v[0], v[1])

@@ -12,6 +12,14 @@ INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
+def answer_headers(json_length: int | None) -> list[tuple[bytes, bytes]]:
+    """The headers of an infer answer: JSON, or Triton's binary form with the JSON part's length."""
+    if json_length is None:
+        return JSON_HEADERS
+    return [(b"content-type", b"application/octet-stream"),
+            (b"inference-header-content-length", str(json_length).encode())]
+
+
 def headers_of(scope) -> tuple[int | None, int | None]:
     """(Content-Length, Inference-Header-Content-Length), either None when absent."""
     content_length = header_length = None

@@ -1,18 +1,19 @@
-"""The embedded lifecycle store: one directory holds SQLite metadata and content-addressed blobs.
+"""The lifecycle store: metadata (snapshots, runs, registry) in a database, blobs in a directory.
 
-Layout of a store root::
+Embedded (the default), one directory holds both::
 
     ROOT/loopserve.db        SQLite (WAL): snapshots, runs, registry metadata
     ROOT/blobs/ab/cdef...    content-addressed files (sha256), written atomically
 
-The root is, in order: the path passed in, `$LOOPSERVE_STORE`, or `.loopserve` in the current
-directory (the embedded default: the store lives with the project, no server to run).
+Shared by a fleet, the metadata is on PostgreSQL (`postgresql://...?dir=/shared/loopserve`) and
+the blobs in that URL's `dir`, a directory every replica mounts. The location is, in order: the
+one passed in, `$LOOPSERVE_STORE`, or `.loopserve` in the current directory.
 """
 
 from loopserve.store.blobs import BlobStore, IntegrityError
 from loopserve.store.db import connect, transaction
 from loopserve.store.names import validate_name
-from loopserve.store.root import Store, open_store, store_root
+from loopserve.store.root import Store, open_store, store_location, store_root
 
-__all__ = ["BlobStore", "IntegrityError", "Store", "connect", "open_store", "store_root", "transaction",
-           "validate_name"]
+__all__ = ["BlobStore", "IntegrityError", "Store", "connect", "open_store", "store_location", "store_root",
+           "transaction", "validate_name"]

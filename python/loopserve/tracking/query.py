@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Iterable
 
 import msgspec
 
 from loopserve.store import Store
+from loopserve.store.db import Database
 from loopserve.tracking.errors import RunNotFound
 from loopserve.tracking.records import CodeVersion, MetricPoint, Run, RunArtifact, RunComparison
 from loopserve.tracking.schema import opened
@@ -15,7 +15,7 @@ from loopserve.tracking.schema import opened
 _MIN_PREFIX = 4
 
 
-def resolve_run_id(db: sqlite3.Connection, run_id: str) -> str:
+def resolve_run_id(db: Database, run_id: str) -> str:
     """The full id of `run_id`, which may be a unique prefix of at least 4 characters."""
     if not isinstance(run_id, str) or not run_id:
         raise RunNotFound(f"invalid run id {run_id!r}: expected a run id (or a unique prefix of it)")
@@ -31,7 +31,7 @@ def resolve_run_id(db: sqlite3.Connection, run_id: str) -> str:
     raise RunNotFound(f"no run with id {run_id!r} (`loopserve runs list` shows the runs)")
 
 
-def _run_from_row(db: sqlite3.Connection, row: sqlite3.Row) -> Run:
+def _run_from_row(db: Database, row) -> Run:
     run_id = row["id"]
     params = {k: msgspec.json.decode(v) for k, v in
               db.execute("SELECT key, value FROM run_params WHERE run_id=? ORDER BY key", (run_id,))}

@@ -64,7 +64,8 @@ class ActiveRun:
                 raise TrackingError(f"run {self.id}: param {key!r} is already {row[0]}, cannot change it to "
                                     f"{text}; params are fixed once logged (use a metric or a tag for values "
                                     f"that change)")
-            db.execute("INSERT OR IGNORE INTO run_params (run_id, key, value) VALUES (?, ?, ?)", (self.id, key, text))
+            db.execute("INSERT INTO run_params (run_id, key, value) VALUES (?, ?, ?) ON CONFLICT (run_id, key) DO NOTHING",
+                       (self.id, key, text))
         self.params[key] = value
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -95,7 +96,8 @@ class ActiveRun:
     def set_tag(self, key: str, value: Any) -> None:
         """Set a tag (free text; a later value replaces an earlier one)."""
         validate_name("tag", key)
-        self._store.db.execute("INSERT OR REPLACE INTO run_tags (run_id, key, value) VALUES (?, ?, ?)",
+        self._store.db.execute("INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?) "
+                               "ON CONFLICT (run_id, key) DO UPDATE SET value = excluded.value",
                                (self.id, key, str(value)))
 
     def log_artifact(self, path: str | os.PathLike, name: str | None = None) -> list[str]:
@@ -118,8 +120,9 @@ class ActiveRun:
         recorded = []
         for artifact_name, file in files:
             digest = self._store.blobs.put_file(file)
-            self._store.db.execute("INSERT OR REPLACE INTO run_artifacts (run_id, name, sha256, size) "
-                                   "VALUES (?, ?, ?, ?)", (self.id, artifact_name, digest, file.stat().st_size))
+            self._store.db.execute("INSERT INTO run_artifacts (run_id, name, sha256, size) VALUES (?, ?, ?, ?) "
+                                   "ON CONFLICT (run_id, name) DO UPDATE SET sha256 = excluded.sha256, "
+                                   "size = excluded.size", (self.id, artifact_name, digest, file.stat().st_size))
             recorded.append(artifact_name)
         return recorded
 

@@ -138,7 +138,7 @@ class TrainConfig(Struct, forbid_unknown_fields=True, frozen=True):
     production_model: str | None = None  # a model directory to beat (relative to the config file)
     tracking: TrackingSpec = TrackingSpec()
     registry: RegistrySpec = RegistrySpec()
-    store: str | None = None  # the lifecycle store root; default $LOOPSERVE_STORE, else ./.loopserve
+    store: str | None = None  # the store (a directory or a postgresql:// URL); default $LOOPSERVE_STORE, else ./.loopserve
     profile_bins: Annotated[int, Meta(ge=2)] = 10
 
 
@@ -181,8 +181,9 @@ def resolve_paths(config: TrainConfig, base: Path) -> TrainConfig:
         return None if p is None else os.path.normpath(base / Path(p).expanduser())
 
     output = msgspec.structs.replace(config.output, dir=rel(config.output.dir))
+    store = config.store if config.store and "://" in config.store else rel(config.store)  # a URL stays
     return msgspec.structs.replace(config, output=output, production_model=rel(config.production_model),
-                                   store=rel(config.store))
+                                   store=store)
 
 
 def config_from_dict(params: dict, source: str = "train config") -> TrainConfig:

@@ -1,0 +1,150 @@
+"""Every drift statistic against its exact value from all rows (scipy, numpy), on heavy-tailed,
+skewed, discrete, zero-inflated, bimodal and NaN-heavy features, several seeds and shifts, with
+the window's quantile sketch fed a random sample as the monitor feeds it: each statistic within
+the error bound it states (see loopserve/monitor/statistics.py)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from loopserve import _core
+from loopserve.monitor import statistics as st
+from loopserve.monitor.profile import build_profile
+
+REFERENCE_ROWS, WINDOW_ROWS, SAMPLE_EVERY = 40_000, 16_000, 4  # the window's sketch sees ~4,000 rows
+
+
+def draw(rng, family: str, n: int, shift: float) -> np.ndarray:
+    """n values of a family, moved by `shift` (0: the reference's distribution)."""
+    if family == "normal":
+        return rng.standard_normal(n) * (1 + shift) + shift
+    if family == "lognormal":
+        return rng.lognormal(shift, 1.5, n)
+    if family == "student_t2":
+        return rng.standard_t(2, n) + shift
+    if family == "pareto":
+        return (rng.pareto(1.5, n) + 1) * (1 + shift)
+    if family == "poisson":
+        return rng.poisson(3 * (1 + shift), n).astype(np.float64)
+    if family == "zero_inflated":
+        return np.where(rng.random(n) < 0.6 - shift / 2, 0.0, rng.exponential(2.0, n))
+    if family == "mixture":
+        return np.where(rng.random(n) < 0.3 + shift / 3, rng.normal(-2, 0.5, n), rng.normal(2, 1, n))
+    if family == "nan_heavy":
+        x = rng.standard_normal(n) + shift
+        x[rng.random(n) < 0.5 + shift / 2] = np.nan
+        return x
+    raise ValueError(family)
+
+
+FAMILIES = ["normal", "lognormal", "student_t2", "pareto", "poisson", "zero_inflated", "mixture", "nan_heavy"]
+
+
+def window_statistics(reference: np.ndarray, window: np.ndarray, every: int):
+    """The monitor's statistics of one numeric feature: profile, native accumulator, sketches."""
+    feature = build_profile(reference[:, None], ["x"]).features[0]
+    acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=every)
+    acc.update(np.ascontiguousarray(window[:, None]))
+    moments, sketch = acc.moments(0), acc.quantiles(0)
+    ref = st.Sketched(feature.kll(), feature.count, feature.mean, feature.min, feature.max)
+    cur = st.Sketched(sketch, int(moments.count), moments.mean, moments.min, moments.max)
+    return feature, acc, ref, cur
+
+
+def exact_reference_values(reference, window, edges):
+    """PSI, JS, KS and W1 from all rows, by numpy and scipy, with no loopserve code."""
+    r, c = reference[np.isfinite(reference)], window[np.isfinite(window)]
+    bins = np.concatenate([[-np.inf], edges, [np.inf]])
+    r_counts = np.array([np.count_nonzero((r >= lo) & (r < hi)) for lo, hi in zip(bins[:-1], bins[1:])])
+    c_counts = np.array([np.count_nonzero((c >= lo) & (c < hi)) for lo, hi in zip(bins[:-1], bins[1:])])
+    r_share = (r_counts + 0.5) / (r_counts.sum() + 0.5 * r_counts.size)
+    c_share = (c_counts + 0.5) / (c_counts.sum() + 0.5 * c_counts.size)
+    # PSI is the symmetrised Kullback-Leibler divergence: KL(c || r) + KL(r || c).
+    psi = stats.entropy(c_share, r_share) + stats.entropy(r_share, c_share)
+    js = jensenshannon(r_counts / r_counts.sum(), c_counts / c_counts.sum(), base=2)
+    return (r_counts, c_counts, psi, js, stats.ks_2samp(r, c).statistic, stats.wasserstein_distance(r, c))
+
+
+def check_every_statistic(reference, window, every):
+    feature, acc, ref, cur = window_statistics(reference, window, every)
+    r_counts, c_counts, psi, js, ks_exact, w_exact = exact_reference_values(reference, window, feature.edges)
+    counts = acc.bin_counts(0)
+    assert counts.tolist() == c_counts.tolist() and feature.counts == r_counts.tolist()
+    assert st.psi(feature.counts, counts) == pytest.approx(psi, rel=1e-9, abs=1e-12)
+    assert st.js_distance(feature.counts, counts) == pytest.approx(js, rel=1e-9, abs=1e-12)
+
+    if cur.sketch.count == 0:  # the sample took no row: no sketch statistic, rather than a wrong one
+        assert np.isnan(st.ks_distance(ref.sketch, cur.sketch)) and np.isnan(st.wasserstein_bounds(ref, cur)[0])
+        return None
+    ks = st.ks_distance(ref.sketch, cur.sketch)
+    margin = st.ks_margin(ref.sketch, cur.sketch, cur.rows)
+    assert abs(ks - ks_exact) <= margin
+    assert st.ks_at_edges(feature.counts, counts) <= ks_exact + 1e-12, "the edges give a lower bound"
+
+    w, low, high = st.wasserstein_bounds(ref, cur)
+    assert low <= w <= high
+    assert low * (1 - 1e-9) <= w_exact <= high * (1 + 1e-9) + 1e-12
+    return {"ks_error": abs(ks - ks_exact), "ks_margin": margin, "w_error": abs(w - w_exact) / w_exact,
+            "w_width": (high - low) / w_exact}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("shift", [0.0, 0.05, 0.3])
+def test_every_statistic_within_its_bound_against_the_exact_value(family, shift):
+    for seed in range(3):
+        rng = np.random.default_rng([seed, FAMILIES.index(family), int(shift * 100)])
+        reference = draw(rng, family, REFERENCE_ROWS, 0.0)
+        window = draw(rng, family, WINDOW_ROWS, shift)
+        check_every_statistic(reference, window, SAMPLE_EVERY)
+
+
+def test_a_window_fed_whole_has_no_sampling_error_and_a_sample_has_its_dkw_bound():
+    rng = np.random.default_rng(1)
+    reference, window = rng.standard_normal(20_000), rng.standard_normal(8_000)
+    _, _, ref, whole = window_statistics(reference, window, every=1)
+    _, _, _, sampled = window_statistics(reference, window, every=8)
+    assert whole.sketch.count == 8_000 and whole.sampling_error == 0.0
+    assert 800 < sampled.sketch.count < 1_200, "each row with probability 1/8"
+    assert sampled.sampling_error == pytest.approx(np.sqrt(np.log(200) / (2 * sampled.sketch.count)))
+    assert st.ks_margin(ref.sketch, sampled.sketch, sampled.rows) > st.ks_margin(ref.sketch, whole.sketch, whole.rows)
+
+
+def test_the_sample_is_random_so_traffic_with_a_period_does_not_bias_it():
+    # Every 4th row is 10: a sample of every 4th row would see only 10s, or none.
+    window = np.zeros(40_000)
+    window[::4] = 10.0
+    _, _, _, cur = window_statistics(np.arange(100.0), window, every=4)
+    share = cur.sketch.rank(5.0)  # the sample's share of zeros
+    assert abs(share - 0.75) <= cur.cdf_error
+
+
+def test_the_p_value_is_uniform_under_no_drift_so_the_false_alarm_rate_holds():
+    # A p-value that is too small under the null would alarm more often than alpha says.
+    rng = np.random.default_rng(5)
+    reference = rng.standard_normal(40_000)
+    feature = build_profile(reference[:, None], ["x"]).features[0]
+    pvalues = []
+    for _ in range(40):
+        acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=4)
+        acc.update(rng.standard_normal((8_000, 1)))
+        pvalues.append(st.ks_pvalue(feature.kll(), acc.quantiles(0)))
+    pvalues = np.array(pvalues)
+    assert np.mean(pvalues < 0.1) <= 0.1 + 0.15, "at most about 10% below 0.1 (40 draws)"
+    shifted = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=4)
+    shifted.update(rng.standard_normal((8_000, 1)) + 0.3)
+    assert st.ks_pvalue(feature.kll(), shifted.quantiles(0)) < 1e-6
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(family=hs.sampled_from(FAMILIES), shift=hs.floats(0.0, 1.0), rows=hs.integers(200, 12_000),
+       every=hs.sampled_from([1, 2, 5, 20]), seed=hs.integers(0, 2**32 - 1))
+def test_property_bounds_hold_for_random_distributions_and_window_sizes(family, shift, rows, every, seed):
+    rng = np.random.default_rng(seed)
+    reference = draw(rng, family, 10_000, 0.0)
+    window = draw(rng, family, rows, shift)
+    if np.count_nonzero(np.isfinite(window)) == 0:
+        return
+    check_every_statistic(reference, window, every)
