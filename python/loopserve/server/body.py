@@ -28,7 +28,7 @@ async def read_body(receive, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 setting = "" if limit == SMALL_BODY_BYTES else " (http.max_body_bytes)"
-                raise BodyTooLarge(f"request body is over this route's limit of {limit} bytes{setting}")
+                raise BodyTooLarge(f"request body is over the limit of {limit} bytes for this route{setting}")
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
