@@ -271,20 +271,23 @@ def main() -> int:
             table[name.strip()] = {"us": t * 1e6, "rows_per_s": rows / t, "gbps": gbps, "of_copy_bw": gbps * 1e9 / bw}
             print(f"{name:<48} {t * 1e6:>10.1f} {rows / t / 1e6:>9.1f} {gbps:>10.0f} {gbps * 1e9 / bw:>10.0%}")
         if not args.quick:  # tile shape and warps: the compiled kernel's occupancy is not known here
-            print("sweep, fused kernel from a CUDA graph (block_rows, num_warps):")
-            for br, nw in ((16, 4), (32, 4), (64, 4), (32, 8), (64, 8), (128, 8)):
-                fn = lambda x, br=br, nw=nw: drift.drift_update_(
+            print("sweep, fused kernel from a CUDA graph (block_rows, num_warps, maxnreg):")
+            for br, nw, mr in ((8, 4, None), (16, 4, None), (16, 4, 128), (16, 4, 96), (32, 4, None), (64, 4, None),
+                               (32, 8, None), (64, 8, None), (128, 8, None)):
+                fn = lambda x, br=br, nw=nw, mr=mr: drift.drift_update_(
                     x, numeric_cols=st["numeric_cols"], with_moments=True, check=False, block_rows=br, num_warps=nw,
+                    maxnreg=mr,
                     edges=st["edges"], n_edges=st["n_edges"], counts=st["counts"], missing=st["missing"],
                     edges_f32=ef, **{k: st[k] for k in ("cat_cols", "luts", "lut_sizes", "n_other", "cat_counts",
                                                         "cat_missing")})
                 try:
                     t = per_update(fn, xs, windows, True)
                 except Exception as e:
-                    print(f"  {br:>4} x {nw}: failed: {type(e).__name__}: {e}"[:200])
+                    print(f"  {br:>4} x {nw} x {mr}: failed: {type(e).__name__}: {e}"[:200])
                     continue
-                table[f"sweep {br}x{nw}"] = {"us": t * 1e6, "gbps": nbytes / t / 1e9, "of_copy_bw": nbytes / t / bw}
-                print(f"  {br:>4} rows x {nw} warps: {t * 1e6:8.1f} µs  {nbytes / t / 1e9:6.0f} GB/s  {nbytes / t / bw:5.0%}")
+                table[f"sweep {br}x{nw}x{mr}"] = {"us": t * 1e6, "gbps": nbytes / t / 1e9, "of_copy_bw": nbytes / t / bw}
+                print(f"  {br:>4} rows x {nw} warps, maxnreg {mr}: {t * 1e6:8.1f} µs  {nbytes / t / 1e9:6.0f} GB/s"
+                      f"  {nbytes / t / bw:5.0%}")
         k_graph, k_eager = table.get("kernel, graph"), table.get("kernel, eager")
         native = table.get("torch native (bucketize + bincount), eager")
         print("ratios:")

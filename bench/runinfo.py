@@ -18,10 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def source_digest() -> str:
-    """A short sha256 of the package's sources (csrc/, python/loopserve/): results belong to
+    """A short sha256 of the package's sources (csrc/, python/loopserve/, kernels/): results belong to
     a tree, and the tree may be uncommitted."""
     h = hashlib.sha256()
-    for folder in ("csrc", "python/loopserve"):
+    for folder in ("csrc", "python/loopserve", "kernels"):
         for f in sorted((ROOT / folder).rglob("*")):
             if f.is_file() and f.suffix in {".cpp", ".h", ".py"}:
                 h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes())

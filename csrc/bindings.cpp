@@ -270,9 +270,10 @@ PYBIND11_MODULE(_core, m) {
   py::class_<EchoExecutor, Executor, std::shared_ptr<EchoExecutor>>(m, "EchoExecutor").def(py::init<>());
   py::class_<PyExecutor, Executor, std::shared_ptr<PyExecutor>>(m, "PyExecutor")
       .def(py::init<py::object, const std::vector<TensorSpec>&, const std::vector<TensorSpec>&,
-                    std::vector<std::vector<std::pair<uintptr_t, size_t>>>>(),
+                    std::vector<std::vector<std::pair<uintptr_t, size_t>>>, bool>(),
            py::arg("fn"), py::arg("inputs"), py::arg("outputs"),
-           py::arg("staging") = std::vector<std::vector<std::pair<uintptr_t, size_t>>>{});
+           py::arg("staging") = std::vector<std::vector<std::pair<uintptr_t, size_t>>>{},
+           py::arg("pass_instance") = false);
 
   py::class_<CompletionQueue, std::shared_ptr<CompletionQueue>>(m, "CompletionQueue")
       .def(py::init<>())

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
@@ -57,6 +58,9 @@ Table table_of(const py::array& a) {
   return {dtype, a.data(), static_cast<int64_t>(a.shape(0)), cols};
 }
 
+using I64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F64Array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
 template <typename T>
 py::array_t<T> to_numpy(const std::vector<T>& v) {
   return py::array_t<T>(static_cast<py::ssize_t>(v.size()), v.data());
@@ -98,6 +102,55 @@ void bind_drift(py::module_& m) {
           },
           py::arg("values"), "Adds the rows of a C-contiguous [rows, columns] array")
       .def("merge", &TensorAccumulator::merge, py::arg("other"))
+      .def(
+          "absorb",
+          [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const I64Array& missing, const I64Array& n,
+             const F64Array& mean, const F64Array& m2, const F64Array& lo, const F64Array& hi, const F64Array& samples,
+             const I64Array& cat_counts, const I64Array& cat_missing) {
+            const size_t F = self.spec().numeric.size(), C = self.spec().categorical.size();
+            size_t width = 0;
+            for (const auto& c : self.spec().numeric) width = std::max(width, c.edges.size() + 1);
+            size_t slots = 0;
+            for (size_t c = 0; c < C; ++c) slots = std::max<size_t>(slots, self.categories(c).other_slot() + 1);
+            auto check = [](const py::array& a, size_t rows_, size_t cols, const char* name) {
+              const bool ok = (a.ndim() == 1 && cols == 0 && static_cast<size_t>(a.shape(0)) == rows_) ||
+                              (a.ndim() == 2 && static_cast<size_t>(a.shape(0)) == rows_ && static_cast<size_t>(a.shape(1)) >= cols);
+              if (!ok) throw std::invalid_argument(std::string("absorb: ") + name + " has the wrong shape");
+            };
+            check(bins, F, width, "bins");
+            check(cat_counts, C, slots, "cat_counts");
+            for (const auto* a : {&missing, &n}) check(*a, F, 0, "a per-feature count");
+            for (const auto* a : {&mean, &m2, &lo, &hi}) check(*a, F, 0, "a per-feature moment");
+            check(cat_missing, C, 0, "cat_missing");
+            if (samples.ndim() != 2 || (samples.shape(0) > 0 && static_cast<size_t>(samples.shape(1)) != F))
+              throw std::invalid_argument("absorb: samples must be [rows, numeric features]");
+            TensorAccumulator::Parts p;
+            p.rows = rows;
+            p.bins = bins.data();
+            p.bins_stride = bins.ndim() == 2 ? static_cast<size_t>(bins.shape(1)) : 0;
+            p.missing = missing.data();
+            p.n = n.data();
+            p.mean = mean.data(), p.m2 = m2.data(), p.min = lo.data(), p.max = hi.data();
+            p.samples = samples.data();
+            p.n_samples = static_cast<size_t>(samples.shape(0));
+            p.cat_counts = cat_counts.data();
+            p.cat_stride = cat_counts.ndim() == 2 ? static_cast<size_t>(cat_counts.shape(1)) : 0;
+            p.cat_missing = cat_missing.data();
+            py::gil_scoped_release release;
+            self.absorb(p);
+          },
+          py::arg("rows"), py::arg("bins"), py::arg("missing"), py::arg("n"), py::arg("mean"), py::arg("m2"),
+          py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
+          "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], missing/n/mean/m2/min/max [F], "
+          "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C]")
+      .def(
+          "sample_rows",
+          [](TensorAccumulator& self, uint64_t rows) {
+            const std::vector<uint64_t> picked = self.sample_rows(rows);
+            return py::array_t<int64_t>(static_cast<py::ssize_t>(picked.size()),
+                                        reinterpret_cast<const int64_t*>(picked.data()));
+          },
+          py::arg("rows"), "Indices of the rows among the next `rows` the quantile sketches take (as update())")
       .def_property_readonly("rows", &TensorAccumulator::rows)
       .def_property_readonly("numeric_count", [](const TensorAccumulator& a) { return a.spec().numeric.size(); })
       .def_property_readonly("categorical_count", [](const TensorAccumulator& a) { return a.spec().categorical.size(); })
@@ -177,6 +230,16 @@ void bind_drift(py::module_& m) {
              d["queued_rows"] = s.queued_rows;
              return d;
            })
+      .def(
+          "push_closed",
+          [](DriftMonitor& self, const TensorAccumulator& inputs, std::optional<TensorAccumulator> outputs,
+             double start, double end) {
+            drift::Window w{start, end, true, inputs, std::move(outputs)};
+            py::gil_scoped_release release;
+            self.push_closed(std::move(w));
+          },
+          py::arg("inputs"), py::arg("outputs"), py::arg("start"), py::arg("end"),
+          "Adds a window accumulated elsewhere (the GPU path) as the newest closed window")
       .def("flush", &DriftMonitor::flush, py::call_guard<py::gil_scoped_release>())
       .def("close_window", &DriftMonitor::close_window, py::call_guard<py::gil_scoped_release>())
       .def("stop", &DriftMonitor::stop, py::call_guard<py::gil_scoped_release>());

@@ -100,8 +100,8 @@ Buffer array_to_bytes(const py::array& array) {
 }
 
 PyExecutor::PyExecutor(py::object fn, const std::vector<TensorSpec>& inputs, const std::vector<TensorSpec>& outputs,
-                       std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging)
-    : fn_(std::move(fn)), outputs_(outputs), staging_(std::move(staging)) {
+                       std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging, bool pass_instance)
+    : fn_(std::move(fn)), outputs_(outputs), staging_(std::move(staging)), pass_instance_(pass_instance) {
   for (const TensorSpec& t : inputs) input_names_.emplace_back(t.name);
   for (const TensorSpec& t : outputs) output_names_.emplace_back(t.name);
 }
@@ -126,7 +126,7 @@ void PyExecutor::run(const Batch& batch, BatchResult& out) {
       // A base object makes numpy view the memory instead of copying it.
       args[input_names_[i]] = py::array(numpy_dtype(in.dtype), in.shape, in.data, py::none());
     }
-    py::object result = fn_(args);
+    py::object result = pass_instance_ ? fn_(args, batch.instance) : fn_(args);
 
     const size_t n = outputs_.size();
     std::vector<py::object> values(n);

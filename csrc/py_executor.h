@@ -33,8 +33,10 @@ class PyExecutor final : public Executor {
  public:
   // staging[instance][input] = (address, capacity): buffers the callable owns (pinned host
   // memory for a GPU copy) and keeps alive; empty for none.
+  // pass_instance: call `fn(inputs, instance)` (the batch's instance index, -1 for the submitting
+  // thread), so a backend can keep per-instance state (a CUDA stream, staging buffers).
   PyExecutor(py::object fn, const std::vector<TensorSpec>& inputs, const std::vector<TensorSpec>& outputs,
-             std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging);
+             std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging, bool pass_instance = false);
 
   void run(const Batch& batch, BatchResult& out) override;
   std::byte* staging(int instance, size_t input, size_t nbytes) override;
@@ -45,6 +47,7 @@ class PyExecutor final : public Executor {
   std::vector<py::str> output_names_;
   std::vector<TensorSpec> outputs_;
   std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging_;
+  bool pass_instance_ = false;
 };
 
 }  // namespace loopserve

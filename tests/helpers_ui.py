@@ -18,7 +18,7 @@ from loopserve import zoo
 from loopserve.config import DriftConfig, DriftPolicy, FeedbackConfig
 from loopserve.monitor.profile import build_profile
 from loopserve.pipeline.records import PipelineRecords
-from loopserve.pipeline.trigger import Evidence, TriggerConfig, decide
+from loopserve.pipeline.trigger import AccuracyWindow, DriftWindow, Evidence, TriggerConfig, decide
 from loopserve.registry import register_model, set_alias
 from loopserve.server.config import ServerConfig
 from loopserve.serving.registry_source import ModelSource
@@ -66,8 +66,9 @@ def build_store(root: Path, work: Path) -> dict:
         records = PipelineRecords(store)
         now = time.time()
         decision = decide(TriggerConfig(drift_windows=2), Evidence(
-            now=now - 30, drift_verdicts=["no drift", "drift", "drift"], drifted_features=["amount"],
-            drift_since=now - 60, live_accuracy=0.81, live_labels=400, labels_total=900))
+            now=now - 30, drift_windows=[DriftWindow(now - 90 + 20 * i, now - 70 + 20 * i, verdict) for i, verdict
+                                         in enumerate(["no drift", "drift", "drift"])], drifted_features=["amount"],
+            accuracy_windows=[AccuracyWindow(now - 50, now - 40, 0.81, 400)], labels_total=900))
         records.record_decision("fraud", decision)
         run_id = records.start_run("fraud", "; ".join(decision.reasons))
         for position, (step, detail) in enumerate([("collect", {"rows": 5200}), ("validate", {"rules_checked": 14}),

@@ -204,3 +204,13 @@ def test_a_single_version_directory_loads_as_the_registry_materializes_it(tmp_pa
         assert model.version == 7
         out = model.infer_sync({zoo.INPUT: np.zeros((2, 32), np.float32)})
         assert out[zoo.OUTPUT].shape == (2, 2)
+
+
+def test_cuda_graphs_on_a_cpu_model_are_refused_clearly():
+    import msgspec
+
+    from conftest import vector_config
+
+    config = msgspec.structs.replace(vector_config(width=32, out_width=2), cuda_graphs=True)
+    with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
+        Model.from_module(zoo.tiny_mlp(), config)

@@ -36,7 +36,27 @@ def test_drift_triggers_a_retrain_that_is_canaried_and_promoted(tmp_path):
         trace = lineage("fraud", "production", store=store)
         assert trace.run.id == v2.run_id and trace.data_snapshot == v2.data_snapshot
     assert "pipeline run" in log and "promoted" in log
-    assert (tmp_path / "report.html").stat().st_size > 10_000
+    assert summary["timeline errors"] == []
+    assert_report_shows(tmp_path / "report.html", lines)
+
+
+def assert_report_shows(path, lines):
+    """The report by its content: its three plots as real PNG images, and every timeline event."""
+    import base64
+    import html
+    import re
+
+    text = path.read_text()
+    figures = re.findall(r"<h2>([^<]+)</h2><img src='data:image/png;base64,([^']+)'>", text)
+    assert [title for title, _ in figures] == ["Drift per feature over time", "Live accuracy per version",
+                                               "Versions serving"]
+    for title, data in figures:
+        png = base64.b64decode(data)
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 5_000, title
+    events = [re.sub(r"^\[\s*-?[\d.]+ s\] ", "", line) for line in lines if line.startswith("[")]
+    assert any("DRIFT in" in e for e in events) and any("pipeline run" in e for e in events)
+    for event in events:
+        assert html.escape(event) in text, event
 
 
 def test_a_worse_candidate_is_stopped_by_its_gates_and_v1_keeps_serving(tmp_path, serve, monkeypatch):

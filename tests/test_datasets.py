@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from loopserve.datasets import CATEGORICAL, FEATURES, FraudStream
+from loopserve.datasets import CATEGORICAL, FEATURES, FraudStream, LabelDelay
 from loopserve.datasets.fraud import BLOCK
 from loopserve.training.config import ModelSpec
 from loopserve.training.metrics import roc_auc
@@ -106,6 +106,23 @@ def test_a_model_fitted_before_concept_drift_loses_auc_after_it():
     assert auc_before > 0.8
     assert auc_after < auc_before - 0.2, (auc_before, auc_after)
     assert roc_auc(after.labels, after.fraud_probability) > 0.85  # the new pattern is learnable
+
+
+def test_label_delays_follow_their_distribution_and_are_a_function_of_the_row():
+    stream = FraudStream(seed=4)
+    delay = LabelDelay(median_s=5.0, sigma=0.6, never=0.2)
+    delays = stream.label_delays(1000, 3 * BLOCK, delay)
+    # Any slice gives the same delays, and drawing them leaves the rows as they were.
+    assert np.array_equal(delays[BLOCK - 7:BLOCK + 50], stream.label_delays(1000 + BLOCK - 7, 57, delay))
+    same(stream.batch(1000, 100), FraudStream(seed=4).batch(1000, 100))
+    never = np.isinf(delays)
+    assert abs(never.mean() - 0.2) < 0.02
+    logs = np.log(delays[~never])  # log-normal: the log is normal with mean log(5) and sd 0.6
+    assert np.median(delays[~never]) == pytest.approx(5.0, rel=0.05)
+    assert logs.std() == pytest.approx(0.6, rel=0.05)
+    assert np.all(stream.label_delays(0, 10, LabelDelay(median_s=1.0)) == 1.0)
+    with pytest.raises(ValueError, match="never in"):
+        LabelDelay(never=1.5)
 
 
 def test_snapshot_round_trip(tmp_path):

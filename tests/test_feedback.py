@@ -137,6 +137,32 @@ def test_live_metrics_equal_numpy_per_window_and_cumulative(clock):
     assert len(store.window_metrics("m", 1, last=1).windows) == 1
 
 
+def test_live_metrics_by_prediction_time_place_late_labels_where_their_predictions_were(clock):
+    """Predictions over 6 s (1 s windows); labels come later, in shuffled order, some never:
+    each window holds exactly the labelled predictions made in it, whatever the label order."""
+    store = FeedbackStore(clock)
+    rng = np.random.default_rng(2)
+    n = 600
+    scores = rng.random(n, dtype=np.float32)
+    labels = (rng.random(n) < 0.5).astype(np.int64)
+    times = 1_000_000.0 + np.sort(rng.random(n) * 6.0)  # prediction times
+    with score_model(threshold=0.5, window_s=1.0, history=4) as model:
+        for i in range(n):
+            clock.t = times[i]
+            predict(store, model, f"r{i}", np.array([[scores[i], 0, 0, 0]], np.float32))
+        clock.t += 30.0
+        labelled = rng.permutation(n)[: int(0.8 * n)]  # a fifth never labelled
+        for chunk in np.array_split(labelled, 7):
+            assert store.feedback("m", [(f"r{i}", int(labels[i])) for i in chunk]).joined == len(chunk)
+    fb = store.window_metrics("m", 1)
+    assert fb.window_s == 1.0 and [w.start for w in fb.by_prediction_time] == [1_000_002.0 + k for k in range(4)]
+    correct = (scores >= np.float32(0.5)).astype(np.int64) == labels
+    for w in fb.by_prediction_time:  # the last 4 of the 6 windows are kept
+        rows = [i for i in labelled if w.start <= times[i] < w.end]
+        assert w.end == w.start + 1.0 and w.labels == len(rows)
+        assert w.accuracy == pytest.approx(correct[rows].mean())
+
+
 def test_prediction_rules_two_columns_and_multiclass(clock):
     store = FeedbackStore(clock)
     x = np.array([[0.2, 0.6, 0.1, 0], [0.7, 0.4, 0.3, 0], [0.1, 0.2, 0.9, 0]], np.float32)

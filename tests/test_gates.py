@@ -56,21 +56,66 @@ def holdout():
     return FraudStream(seed=11).batch(200_000, 6000)
 
 
-def test_good_model_passes_every_gate(models, holdout):
+def test_good_model_passes_every_gate_against_a_worse_production(models, holdout):
     gates = GateConfig(min_auc=0.75, min_accuracy=0.9, decision_threshold=THRESHOLD,
                        max_demographic_parity_difference=0.1, max_equal_opportunity_difference=0.35,
-                       max_p99_latency_ms=50.0, latency_calls=100)
-    report = evaluate_gates(models["good"], holdout, gates, production_model_dir=models["good"])
+                       fairness_vs_production={"demographic_parity_difference": 0.05},
+                       max_p99_latency_ms=1000.0, latency_calls=100)  # a loose budget: bench/ has the figures
+    report = evaluate_gates(models["good"], holdout, gates, production_model_dir=models["shuffled"])
     assert report.passed, report.summary()
     assert {g.name for g in report.gates} == {"auc_min", "auc_vs_production", "accuracy_min",
                                               "accuracy_vs_production", "demographic_parity_difference",
+                                              "demographic_parity_difference_vs_production",
                                               "equal_opportunity_difference", "latency_p99_ms"}
-    assert report.metrics["candidate_auc"] == report.metrics["production_auc"]  # the same model, the same rows
+    # Two different models on the same rows: each gate carries production's value beside the candidate's.
+    assert report.metrics["candidate_auc"] > report.metrics["production_auc"] + 0.1
+    by_name = {g.name: g for g in report.gates}
+    assert by_name["auc_vs_production"].production == report.metrics["production_auc"]
+    assert by_name["auc_min"].production == report.metrics["production_auc"]
+    assert by_name["demographic_parity_difference_vs_production"].production is not None
     assert report.rows == 6000 and report.positives == int(holdout.labels.sum())
     assert [g.name for g in report.groups] == ["18-34", "35-59", "60+"]
     # The report is JSON and comes back equal (it is stored with the version).
     assert GateReport.load(report.save(models["good"] + "/gates-test.json")) == report
     msgspec.json.decode(report.to_json())
+
+
+def test_fairness_no_worse_than_production_on_the_same_rows(models, holdout):
+    gates = GateConfig(decision_threshold=THRESHOLD, compare_to_production=[],
+                       fairness_vs_production={"demographic_parity_difference": 0.02})
+    unfair = evaluate_gates(models["unfair"], holdout, gates, production_model_dir=models["good"])
+    (failure,) = unfair.failures()
+    assert failure.name == "demographic_parity_difference_vs_production"
+    assert failure.value > failure.production + 0.02 and failure.threshold == pytest.approx(failure.production + 0.02)
+    assert re.fullmatch(r"demographic parity difference 0\.\d+ > production 0\.\d+ \+ margin 0\.02 on the same "
+                        r"rows \(positive rate .*\)", failure.reason), failure.reason
+    # The other way round, the fairer candidate passes against the unfair production.
+    fair = evaluate_gates(models["good"], holdout, gates, production_model_dir=models["unfair"])
+    assert fair.passed, fair.summary()
+
+
+def test_production_failing_its_own_floors_is_reported_and_the_policy_decides(models, holdout):
+    """Both models fail a floor of 0.99 AUC. "alert": recorded, the candidate is still rejected;
+    "promote_if_better": the gate is waived for a candidate that beats production on it, never
+    for one that does worse."""
+    alert = evaluate_gates(models["good"], holdout, GateConfig(min_auc=0.99, compare_to_production=["auc"]),
+                           production_model_dir=models["shuffled"])
+    assert not alert.passed and [g.name for g in alert.failures()] == ["auc_min"]
+    (failing,) = alert.production_failing
+    assert failing.name == "auc_min" and failing.value == alert.metrics["production_auc"]
+    assert failing.reason.startswith("production auc 0.") and alert.metrics["production_failing_gates"] == 1
+
+    policy = GateConfig(min_auc=0.99, compare_to_production=["auc"], when_production_fails="promote_if_better")
+    better = evaluate_gates(models["good"], holdout, policy, production_model_dir=models["shuffled"])
+    assert better.passed, better.summary()
+    waived = {g.name: g for g in better.gates if g.waived}
+    assert list(waived) == ["auc_min"] and "waived: production fails this gate too" in waived["auc_min"].reason
+    worse = evaluate_gates(models["shuffled"], holdout, policy, production_model_dir=models["good"])
+    assert not worse.passed and not any(g.waived for g in worse.gates)
+    assert {g.name for g in worse.failures()} == {"auc_min", "auc_vs_production"}
+    # A production model that meets the floors is not reported.
+    fine = evaluate_gates(models["good"], holdout, GateConfig(min_auc=0.6), production_model_dir=models["good"])
+    assert fine.production_failing == [] and fine.metrics["production_failing_gates"] == 0
 
 
 def test_worse_candidate_fails_against_production(models, holdout):

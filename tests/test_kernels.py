@@ -342,4 +342,38 @@ def test_kernels_compile_for_h100():
     out = subprocess.run([sys.executable, "-m", "loopserve.kernels.aot", "90"], capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.count("compiled") == len(aot.VARIANTS) + 1
+    assert out.stdout.count("compiled") == len(aot.variants()) + 1
+
+
+def test_many_edges_and_long_programs():
+    """20 edges (two edge windows: two launches) and one program walking 258 tiles (its packed
+    8-bit lanes are emptied after 255): counts still equal numpy, moments to 1e-9."""
+    rng = np.random.default_rng(8)
+    edges = np.sort(rng.normal(size=(2, 20)), axis=1)
+    n_edges = np.array([20, 17], dtype=np.int32)
+    x = rng.normal(size=(516, 3)).astype(np.float32)
+    x[::11, 0] = np.nan
+    cols = torch.tensor([0, 2], dtype=torch.int32)
+    counts, missing = torch.zeros((2, 21), dtype=torch.int64), torch.zeros(2, dtype=torch.int64)
+    mom = drift.drift_update_(torch.from_numpy(x), numeric_cols=cols, edges=torch.from_numpy(edges),
+                              n_edges=torch.from_numpy(n_edges), counts=counts, missing=missing, with_moments=True,
+                              block_rows=2, max_programs=1)
+    want_counts, want_missing = numpy_bin_counts(x, (0, 2), edges, n_edges)
+    np.testing.assert_array_equal(counts.numpy(), want_counts)
+    np.testing.assert_array_equal(missing.numpy(), want_missing)
+    assert_moments(mom, numpy_moments(x, (0, 2)))
+
+
+def test_moments_merge_into_running_ones_in_the_same_launch():
+    """moments_into: the batch's moments merged (Chan) into running ones in place, as
+    merge_moments would; an all-NaN batch leaves them as they were."""
+    rng = np.random.default_rng(9)
+    a = rng.normal(size=(70, 3)) + 50.0
+    b = rng.normal(scale=2.0, size=(45, 3))
+    icol = torch.arange(3, dtype=torch.int32)
+    n = torch.zeros(3, dtype=torch.int64)
+    planes = torch.zeros((4, 3), dtype=torch.float64)
+    planes[2], planes[3] = INF, -INF
+    for part in (a, np.full((5, 3), np.nan), b):
+        assert drift.moments(torch.from_numpy(part), icol, moments_into=(n, planes), **SMALL) is None
+    assert_moments((n, *planes), numpy_moments(np.concatenate([a, b]), range(3)))

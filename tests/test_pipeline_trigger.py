@@ -1,27 +1,64 @@
 """Retrain triggers: each rule, the cooldown, and the evidence kept with every decision."""
 
-from loopserve.pipeline.trigger import Evidence, TriggerConfig, decide
+from loopserve.pipeline.trigger import AccuracyWindow, DriftWindow, Evidence, TriggerConfig, decide
 
 
 def evidence(**kw):
     return Evidence(now=1000.0, **kw)
 
 
-def test_drift_for_k_consecutive_windows_fires():
+def drift(*verdicts):
+    """Drift windows of 10 s each, from t=100."""
+    return [DriftWindow(100.0 + 10 * i, 110.0 + 10 * i, v) for i, v in enumerate(verdicts)]
+
+
+def accuracy(*windows):
+    """Accuracy windows of 1 s each from t=500: (accuracy, labels)."""
+    return [AccuracyWindow(500.0 + i, 501.0 + i, a, n) for i, (a, n) in enumerate(windows)]
+
+
+def test_drift_for_k_consecutive_windows_fires_from_the_end_of_the_runs_first_window():
     config = TriggerConfig(drift_windows=2)
-    assert not decide(config, evidence(drift_verdicts=["no drift", "drift"])).fire
-    assert not decide(config, evidence(drift_verdicts=["drift"])).fire
-    d = decide(config, evidence(drift_verdicts=["no drift", "drift", "drift"], drifted_features=["amount"]))
+    assert not decide(config, evidence(drift_windows=drift("no drift", "drift"))).fire
+    assert not decide(config, evidence(drift_windows=drift("drift"))).fire
+    d = decide(config, evidence(drift_windows=drift("no drift", "drift", "drift", "drift"),
+                                drifted_features=["amount"]))
     assert d.fire and "drift in the last 2 windows (features: amount)" in d.reasons[0]
-    assert not decide(config, evidence(drift_verdicts=["drift", "insufficient data"])).fire
+    # The run began in the window [110, 120): it may hold the change itself, so rows count from its end.
+    assert d.since == 120.0
+    assert not decide(config, evidence(drift_windows=drift("drift", "insufficient data"))).fire
 
 
-def test_accuracy_below_the_floor_needs_enough_labels():
-    config = TriggerConfig(drift_windows=None, accuracy_floor=0.9, min_labels=100)
-    assert not decide(config, evidence(live_accuracy=0.5, live_labels=99)).fire
-    assert not decide(config, evidence(live_accuracy=0.95, live_labels=500)).fire
-    d = decide(config, evidence(live_accuracy=0.8, live_labels=100))
-    assert d.fire and "live accuracy 0.800 < floor 0.9 over 100 labels" in d.reasons
+def test_accuracy_under_the_floor_over_complete_windows_with_enough_labels():
+    config = TriggerConfig(drift_windows=None, accuracy_floor=0.9, accuracy_windows=2, min_labels=100)
+    assert not decide(config, evidence(accuracy_windows=accuracy((0.95, 500), (0.5, 99), (0.5, 99)))).fire
+    assert not decide(config, evidence(accuracy_windows=accuracy((0.95, 500), (0.8, 100)))).fire
+    d = decide(config, evidence(accuracy_windows=accuracy((0.95, 500), (0.85, 300), (0.8, 100), (0.7, 200))))
+    assert d.fire and d.reasons == ["live accuracy 0.800, 0.700 < floor 0.9 in the last 2 complete windows of "
+                                    "prediction time (300 labels)"]
+    assert d.since == 502.0  # the run under the floor began in [501, 502)
+    # A window with too few labels is no evidence either way: it neither breaks nor joins the run.
+    d = decide(config, evidence(accuracy_windows=accuracy((0.95, 500), (0.8, 300), (0.99, 10), (0.7, 200))))
+    assert d.fire and d.since == 502.0
+
+
+def test_both_signals_take_the_later_change_point():
+    config = TriggerConfig(drift_windows=1, accuracy_floor=0.9, accuracy_windows=1, min_labels=1)
+    d = decide(config, evidence(drift_windows=drift("drift"), accuracy_windows=accuracy((0.5, 10))))
+    assert d.fire and len(d.reasons) == 2 and d.since == 501.0
+
+
+def test_accuracy_windows_are_those_complete_by_prediction_time():
+    from loopserve.pipeline.retrain_data import complete_accuracy_windows
+
+    window = {"labels": 10, "accuracy": 0.5}
+    report = {"labels": {"1": {"joined": 25}, "2": {"joined": 5}},
+              "versions": [{"version": 1, "by_prediction_time": [
+                  window | {"start": 90.0, "end": 95.0}, window | {"start": 95.0, "end": 100.0},
+                  {"labels": 0, "accuracy": None, "start": 85.0, "end": 90.0}]}]}
+    windows, total = complete_accuracy_windows(report, "1", now=103.0, label_wait_s=5.0)
+    assert total == 30 and windows == [AccuracyWindow(90.0, 95.0, 0.5, 10)]
+    assert complete_accuracy_windows(report, "2", now=103.0, label_wait_s=0.0) == ([], 30)
 
 
 def test_new_labels_and_schedule():
@@ -38,9 +75,9 @@ def test_new_labels_and_schedule():
 
 def test_cooldown_holds_a_rule_back_and_says_so():
     config = TriggerConfig(drift_windows=1, cooldown_s=300)
-    d = decide(config, evidence(drift_verdicts=["drift"], last_run_at=900.0))
+    d = decide(config, evidence(drift_windows=drift("drift"), last_run_at=900.0))
     assert not d.fire and d.reasons[0].startswith("cooldown: 100 s since the last run < 300 s")
-    assert decide(config, evidence(drift_verdicts=["drift"], last_run_at=600.0)).fire
+    assert decide(config, evidence(drift_windows=drift("drift"), last_run_at=600.0)).fire
 
 
 def test_decisions_are_recorded_with_their_evidence_and_kept_bounded(tmp_path, monkeypatch):
@@ -53,8 +90,9 @@ def test_decisions_are_recorded_with_their_evidence_and_kept_bounded(tmp_path, m
     with Store(tmp_path) as store:
         records = PipelineRecords(store)
         for i in range(300):
-            records.record_decision("fraud", decide(config, Evidence(now=float(i), drift_verdicts=["no drift"])))
+            records.record_decision("fraud", decide(config, Evidence(now=float(i), drift_windows=drift("no drift"))))
         kept = records.decisions("fraud", limit=1000)
     assert 150 <= len(kept) <= 250 and kept[0]["at"] == 299.0
     assert kept[0]["fire"] is False and kept[0]["reasons"] == ["no rule holds"]
-    assert kept[0]["evidence"]["drift_verdicts"] == ["no drift"]
+    assert kept[0]["evidence"]["drift_windows"] == [[100.0, 110.0, "no drift"]]
+    assert kept[0]["evidence"]["since"] is None

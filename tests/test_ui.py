@@ -179,6 +179,7 @@ def test_every_page_shows_the_servers_data(demo_server, browser):
     open_page(browser, server, "pipeline")
     card = text(browser, f"[data-pipeline-run='{ids['pipeline_run']}']")
     assert "drift in the last 2 windows" in card and "collect" in card and "compare" in card and "5200" in card
+    assert "last verdicts no drift, drift, drift" in card and "over 400 labels (latest complete window)" in card
     shot(browser, "pipeline")
 
 

@@ -314,6 +314,42 @@ void TensorAccumulator::merge(const TensorAccumulator& other) {
   rows_ += other.rows_;
 }
 
+void TensorAccumulator::absorb(const Parts& p) {
+  const size_t features = spec_->numeric.size();
+  std::vector<double> sampled(p.n_samples);
+  for (size_t f = 0; f < features; ++f) {
+    sketches::BinnedHistogram& h = histograms_[f];
+    for (size_t b = 0; b <= spec_->numeric[f].edges.size(); ++b)
+      h.add(b, static_cast<uint64_t>(p.bins[f * p.bins_stride + b]));
+    h.add_missing(static_cast<uint64_t>(p.missing[f]));
+    moments_[f].merge(sketches::MomentsSketch::from_parts(static_cast<uint64_t>(p.n[f]),
+                                                          static_cast<uint64_t>(p.missing[f]), p.mean[f], p.m2[f],
+                                                          p.min[f], p.max[f]));
+    size_t kept = 0;
+    for (size_t i = 0; i < p.n_samples; ++i) {
+      const double v = p.samples[i * features + f];
+      sampled[kept] = v;
+      kept += v - v == 0.0;  // finite values only, as update() feeds them
+    }
+    quantiles_[f].update(sampled.data(), kept);
+  }
+  for (size_t c = 0; c < categories_.size(); ++c) {
+    for (uint32_t slot = 0; slot <= categories_[c].other_slot(); ++slot)
+      categories_[c].add(slot, static_cast<uint64_t>(p.cat_counts[c * p.cat_stride + slot]));
+    categories_[c].add_missing(static_cast<uint64_t>(p.cat_missing[c]));
+  }
+  sample_rows(p.rows);  // the sample moves on past these rows, as update() would have moved it
+  rows_ += p.rows;
+}
+
+std::vector<uint64_t> TensorAccumulator::sample_rows(uint64_t rows) {
+  std::vector<uint64_t> picked;
+  uint64_t i = kll_skip_;
+  for (; i < rows; i += 1 + kll_gap()) picked.push_back(i);
+  kll_skip_ = i - rows;
+  return picked;
+}
+
 std::vector<uint8_t> TensorAccumulator::serialize() const {
   sketches::Writer w;
   w.put(kFormat);

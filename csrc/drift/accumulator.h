@@ -58,6 +58,30 @@ class TensorAccumulator {
   void update(DType dtype, const void* data, int64_t rows, int64_t cols);
   void merge(const TensorAccumulator& other);
 
+  // Adds `rows` rows summarized elsewhere (the GPU kernels), with the same result as update()
+  // on them except for the moments' rounding: per numeric feature f its bin counts
+  // (bins[f * bins_stride + b], b <= its edges), non-finite count, moments (n, mean, m2, min,
+  // max), and the rows its quantile sketch samples, in row order (samples[i * numeric + f],
+  // `n_samples` rows; non-finite values are passed over as update() does); per categorical
+  // column c its slot counts (cat_counts[c * cat_stride + slot]) and missing count.
+  struct Parts {
+    uint64_t rows = 0;
+    const int64_t* bins = nullptr;
+    size_t bins_stride = 0;
+    const int64_t* missing = nullptr;
+    const int64_t* n = nullptr;
+    const double *mean = nullptr, *m2 = nullptr, *min = nullptr, *max = nullptr;
+    const double* samples = nullptr;
+    size_t n_samples = 0;
+    const int64_t* cat_counts = nullptr;
+    size_t cat_stride = 0;
+    const int64_t* cat_missing = nullptr;
+  };
+  void absorb(const Parts& parts);
+  // The rows among the next `rows` that the quantile sketches take (indices from 0), drawn as
+  // update() draws them, moving the sample on: the GPU path gathers exactly these rows.
+  std::vector<uint64_t> sample_rows(uint64_t rows);
+
   uint64_t rows() const { return rows_; }
   const AccumulatorSpec& spec() const { return *spec_; }
   const sketches::BinnedHistogram& histogram(size_t i) const { return histograms_.at(i); }

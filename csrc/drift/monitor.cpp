@@ -208,6 +208,15 @@ std::vector<Window> DriftMonitor::windows(bool include_open, size_t last) const 
   return out;
 }
 
+void DriftMonitor::push_closed(Window window) {
+  std::lock_guard<std::mutex> lock(windows_mu_);
+  window.closed = true;
+  rows_seen_ += window.inputs.rows();
+  closed_.push_back(std::move(window));
+  while (closed_.size() > config_.history) closed_.pop_front();
+  ++windows_closed_;
+}
+
 MonitorStats DriftMonitor::stats() const {
   MonitorStats s;
   {

@@ -73,6 +73,9 @@ class DriftMonitor final : public BatchObserver {
   void flush();         // returns once everything handed off so far is accumulated
   void close_window();  // closes the open window now (if it has rows)
   void stop();          // accumulates what is queued and joins the thread
+  // Adds a window accumulated elsewhere (the GPU path) as the newest closed one; its rows count
+  // as seen.
+  void push_closed(Window window);
   const MonitorConfig& config() const { return config_; }
 
  private:

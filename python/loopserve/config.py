@@ -127,6 +127,9 @@ class FeedbackConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Live metrics tumble every this many labels (per version); closed windows kept.
     window_labels: Positive = 1000
     history: Positive = 20
+    # Live metrics also by when the prediction was made: tumbling windows of this many seconds of
+    # prediction time (a late label lands in its prediction's window); `history` of them are kept.
+    window_s: Annotated[float, Meta(gt=0)] = 10.0
     # The output holding the prediction; default the first.
     output: str | None = None
     # Class names: a string label is its index here (otherwise "0"/"1"/"true"/"false" or numbers).
@@ -154,8 +157,15 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Batches run at once, each on its own native worker thread.
     instances: Positive = 1
     device: Device = "cpu"
-    # Intra-op threads of the runtime (onnxruntime per session; torch process-wide); 0: default.
-    threads: NonNegative = 0
+    # Intra-op threads per instance: "auto" divides the cores the front end leaves among the
+    # executors (see loopserve.thread_budget); a count; 0: the runtime's own default.
+    threads: str | NonNegative = "auto"
+    # Let idle onnxruntime threads spin (lower latency, at the price of cores the front end
+    # needs). null: off, except with threads 0 (the runtime's default).
+    thread_spinning: bool | None = None
+    # torch on a CUDA device: capture the model as a CUDA graph per instance for each preferred
+    # batch size (batches of those sizes replay it); a model that cannot be captured fails to load.
+    cuda_graphs: bool = False
     version_policy: VersionPolicy = VersionPolicy()
     traffic: Traffic = Traffic()
     # Before a version takes traffic it runs zero-filled requests of these row counts (its
@@ -165,6 +175,11 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     warmup_file: str | None = None
     drift: DriftConfig = DriftConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+
+    def __post_init__(self):
+        if isinstance(self.threads, str) and self.threads != "auto":
+            raise ValueError(f"expected 'auto', a thread count, or 0 (the runtime's own default); "
+                             f"got {self.threads!r} - at `$.threads`")
 
 
 def decode_config(data: bytes, fmt: str, source: str, type_: type = ModelConfig):

@@ -9,6 +9,7 @@ import numpy as np
 
 from loopserve.config import ModelConfig, TensorConfig
 from loopserve.errors import ConfigError
+from loopserve.thread_budget import ThreadBudget
 
 NUMPY_DTYPES = {
     "BOOL": np.dtype(np.bool_),
@@ -32,9 +33,12 @@ class Backend(ABC):
     and implement __call__."""
 
     kind: str  # the runtime: onnxruntime, pytorch, python
+    # True: called as backend(inputs, instance), instance = the batch's instance (-1: the submitting thread)
+    takes_instance: bool = False
     platform: str  # Triton's platform name, for model metadata
     inputs: list[TensorConfig]
     outputs: list[TensorConfig]
+    thread_budget: ThreadBudget | None = None  # the runtime's threads (None: not a threaded runtime)
 
     def __init__(self, config: ModelConfig):
         self.config = config

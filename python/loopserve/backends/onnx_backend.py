@@ -7,6 +7,7 @@ from pathlib import Path
 from loopserve.backends.base import Backend
 from loopserve.config import ModelConfig, TensorConfig
 from loopserve.errors import ConfigError
+from loopserve.thread_budget import budget_for
 
 # onnxruntime's type strings, as the protocol names them.
 ORT_DATATYPES = {
@@ -34,9 +35,14 @@ class OnnxBackend(Backend):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        if config.threads:
-            options.intra_op_num_threads = config.threads
-            options.inter_op_num_threads = 1
+        self.thread_budget = budget_for(config)
+        if self.thread_budget.intra_op:
+            options.intra_op_num_threads = self.thread_budget.intra_op
+            options.inter_op_num_threads = 1  # nodes run one at a time (sequential execution) anyway
+        if self.thread_budget.spinning is not None:
+            spin = str(int(self.thread_budget.spinning))
+            options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         if config.device.startswith("cuda"):
             device_id = int(config.device.partition(":")[2] or 0)
             providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]

@@ -11,6 +11,7 @@ import torch
 from loopserve.backends.base import NUMPY_DTYPES, Backend
 from loopserve.config import ModelConfig
 from loopserve.errors import ConfigError
+from loopserve.thread_budget import budget_for
 
 
 class TorchBackend(Backend):
@@ -23,13 +24,18 @@ class TorchBackend(Backend):
 
     kind = "pytorch"
     platform = "pytorch_libtorch"  # as Triton names it in model metadata
+    takes_instance = True  # on a GPU each instance runs on its own stream (cuda_lane.py)
 
     def __init__(self, config: ModelConfig, module, source: str):
         super().__init__(config)
         self.require_declared(source)
         self.device = torch.device(config.device)
-        if config.threads:
-            torch.set_num_threads(config.threads)  # process-wide: torch has no per-module setting
+        if config.thread_spinning is not None:
+            raise ConfigError(f"{source}: thread_spinning applies to onnxruntime only; torch's threads spin as "
+                              "OMP_WAIT_POLICY in the environment says")
+        self.thread_budget = budget_for(config)
+        if self.thread_budget.intra_op:  # process-wide: how torch models share it is in thread_budget
+            torch.set_num_threads(self.thread_budget.intra_op)
         if isinstance(module, torch.nn.Module):
             module = module.to(self.device)
             if not isinstance(module, torch.fx.GraphModule):  # torch.export programs refuse eval()
@@ -39,8 +45,13 @@ class TorchBackend(Backend):
         self._output_names = [t.name for t in self.outputs]
         self._pinned: dict[int, torch.Tensor] = {}
         self._staging: list[list[tuple[int, int]]] = []
+        self.drift_observer = None  # the drift monitor's kernel path: shown each batch's device tensors
+        self._lanes = []
         if self.device.type == "cuda":
             self._allocate_pinned()
+            self._lanes = self._make_lanes()
+        elif config.cuda_graphs:
+            raise ConfigError(f"{source}: cuda_graphs needs a CUDA device; this model runs on {config.device}")
 
     @classmethod
     def from_file(cls, config: ModelConfig, model_file: Path) -> "TorchBackend":
@@ -80,14 +91,35 @@ class TorchBackend(Backend):
         t = torch.from_numpy(array)
         return t if self.device.type == "cpu" else t.to(self.device)
 
-    def __call__(self, inputs):
+    def _make_lanes(self) -> list:
+        """One CUDA stream per instance, with its pinned output buffers (and CUDA graphs)."""
+        from loopserve.backends.cuda_lane import CudaLane
+
+        lanes = [CudaLane(self.device) for _ in range(self.config.instances)]
+        if self.config.cuda_graphs:
+            sizes = sorted(set(self.config.dynamic_batching.preferred_batch_sizes or [self.config.max_batch_size]))
+            with torch.inference_mode():
+                for lane in lanes:
+                    lane.capture(self.module, self.inputs, sizes)
+        return lanes
+
+    def __call__(self, inputs, instance: int = -1):
         with torch.inference_mode():
-            result = self.module(*(self._to_device(inputs[n]) for n in self._input_names))
+            if 0 <= instance < len(self._lanes):
+                return self._lanes[instance].run(self, inputs)
+            tensors = [self._to_device(inputs[n]) for n in self._input_names]
+            outputs = self.named_outputs(self.module(*tensors))
+            if self.drift_observer is not None:
+                self.drift_observer.observe_batch(tensors, [outputs.get(n) for n in self._output_names])
+        return {k: _numpy(v) for k, v in outputs.items()}
+
+    def named_outputs(self, result) -> dict:
+        """The module's result (a tensor, a sequence in declared order, or a dict) by output name."""
         if isinstance(result, torch.Tensor):
             result = (result,)
         if isinstance(result, dict):
-            return {k: _numpy(v) for k, v in result.items()}
-        return {n: _numpy(v) for n, v in zip(self._output_names, result)}
+            return dict(result)
+        return dict(zip(self._output_names, result))
 
 
 def _numpy(value) -> np.ndarray:

@@ -38,6 +38,10 @@ to ~5.5%: larger amounts and more foreign transactions). Two fraud patterns ("co
       of its ranking power on B.
 
 Drift can be abrupt (the default) or ramp linearly over `drift_ramp` rows from its start row.
+
+Labels come late, as chargebacks do: `label_delays(start, n, LabelDelay(median_s=5, sigma=0.6,
+never=0.2))` gives each row's delay in seconds after its prediction, log-normal around the median,
+and infinity for the share whose label never comes; like the rows, a function of the row index.
 """
 
 from __future__ import annotations
@@ -121,6 +125,20 @@ class FraudBatch:
         return pa.table(self.to_columns())
 
 
+@dataclass(frozen=True)
+class LabelDelay:
+    """How late labels come: log-normal with this median and spread (sigma of the log; 0: every
+    label exactly median_s late), and the share of rows whose label never comes."""
+
+    median_s: float = 1.0
+    sigma: float = 0.0
+    never: float = 0.0
+
+    def __post_init__(self):
+        if self.median_s < 0 or self.sigma < 0 or not 0 <= self.never <= 1:
+            raise ValueError(f"a label delay needs median_s >= 0, sigma >= 0 and never in [0, 1], got {self}")
+
+
 class FraudStream:
     """The stream: `batch(start, n)` gives rows `start .. start + n - 1` (see the module doc).
 
@@ -172,7 +190,21 @@ class FraudStream:
                else np.empty(0) for k in _DRAWS}
         return self._assemble(start, n, raw)
 
+    def label_delays(self, start: int, n: int, delay: LabelDelay) -> np.ndarray:
+        """Seconds from each row's prediction to its label (inf: never labelled), rows
+        `start .. start + n - 1`; drawn per block like the rows, apart from them."""
+        first, last = start // BLOCK, (start + n - 1) // BLOCK
+        u_never, z = (np.concatenate(parts)[start - first * BLOCK:][:n] if n else np.empty(0)
+                      for parts in zip(*(self._delay_block(b) for b in range(first, last + 1))))
+        delays = delay.median_s * np.exp(delay.sigma * z)
+        return np.where(u_never < delay.never, np.inf, delays)
+
     # -- internals ------------------------------------------------------------------------
+
+    @functools.lru_cache(maxsize=32)
+    def _delay_block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng([self.seed, block, 1])  # a stream of its own: the rows stay as they were
+        return rng.random(BLOCK), rng.standard_normal(BLOCK)
 
     def _weight(self, rows: np.ndarray, at: int | None) -> np.ndarray:
         """How far a drift has phased in at each row: 0 before, 1 after (linear over the ramp)."""

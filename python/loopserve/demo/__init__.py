@@ -25,7 +25,7 @@ AFTER_PROMOTION_S = 20.0
 
 QUICK = DemoSizes(train_rows=12_000, holdout_rows=4_000, epochs=3, drift_at=3_000, window_rows=1_000,
                   retrain_min_rows=5_000, canary_min_requests=250, canary_min_labels=250, rows_per_s=400.0,
-                  max_seconds=100.0)
+                  max_seconds=100.0, max_p99_latency_ms=250.0)  # a bound a loaded 2-core test machine keeps
 
 
 def _say(message: str) -> None:
@@ -35,7 +35,7 @@ def _say(message: str) -> None:
 def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = DemoSizes(), seed: int = 0,
                     echo=print, after_promotion_s: float = AFTER_PROMOTION_S) -> dict:
     """Runs the demo; returns its summary (also written into the report)."""
-    from loopserve.datasets import FraudStream
+    from loopserve.datasets import FraudStream, LabelDelay
     from loopserve.demo import setup
     from loopserve.demo.hotswap import wait_ready
     from loopserve.demo.report import write_report
@@ -73,8 +73,10 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
         stream = FraudStream(seed=seed, data_drift_at=first + sizes.drift_at, concept_drift_at=first + sizes.drift_at,
                              fraud_rate=sizes.fraud_rate)
         batch = stream.batch(first, total)
-        traffic = Traffic(port, MODEL, batch.features, batch.labels, batch.groups, "features",
-                          sizes.rows_per_s, sizes.label_delay_s)
+        delays = stream.label_delays(first, total, LabelDelay(sizes.label_delay_s, sizes.label_delay_sigma,
+                                                              sizes.labels_never))
+        traffic = Traffic(port, MODEL, batch.features, batch.labels, batch.groups, "features", sizes.rows_per_s,
+                          delays)
         t0 = time.time()
         timeline = Timeline(port, MODEL, workdir / "store", t0, echo=echo)
         echo(f"serving registry://{MODEL}@production on http://127.0.0.1:{port}; pipeline watching "
@@ -126,6 +128,7 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
         "drift onset to promoted v2 (s)": None if timeline.promoted_at is None
         else round(timeline.promoted_at - drift_t, 1),
         "server exit status": server_code, "seconds": round(time.monotonic() - started, 1),
+        "timeline errors": timeline.errors,
     }
     report = write_report(workdir / "report.html", timeline.series, summary, drift_t, timeline.promoted_at)
     summary["report"] = str(report)

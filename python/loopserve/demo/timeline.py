@@ -4,9 +4,19 @@ steps, which versions serve with what weight, live accuracy per version."""
 from __future__ import annotations
 
 import json
+import logging
+import sqlite3
 import time
+import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
+
+log = logging.getLogger("loopserve.demo")
+
+# What a poll may meet while the loop runs: a busy or restarting server, a half-written answer, a
+# store write in progress. Looked at again next time; anything else is a bug, counted and logged.
+EXPECTED = (urllib.error.URLError, OSError, json.JSONDecodeError, sqlite3.OperationalError)
 
 
 @dataclass
@@ -29,10 +39,12 @@ class Timeline:
         self.series = Series()
         self._windows_seen: set[tuple[str, float]] = set()
         self._steps_seen: set[tuple[str, str, str]] = set()
-        self._runs_seen: dict[str, str] = {}
+        self.run_status: dict[str, str] = {}  # run id -> its status, as last seen
         self._weights: dict | None = None
         self.promoted_at: float | None = None
         self.first_drift_at: float | None = None
+        self.poll_misses: Counter[str] = Counter()  # expected failures, by kind
+        self.errors: list[str] = []  # unexpected ones
 
     def now(self) -> float:
         return time.time() - self.t0
@@ -50,8 +62,11 @@ class Timeline:
         for what in (self._traffic, self._drift, self._feedback, self._pipeline):
             try:
                 what()
-            except Exception:  # noqa: BLE001  # busy server, a store write in progress: look again next time
-                pass
+            except EXPECTED as e:
+                self.poll_misses[type(e).__name__] += 1
+            except Exception as e:  # noqa: BLE001  # a bug: the demo goes on, the count says so
+                self.errors.append(f"{what.__name__}: {type(e).__name__}: {e}")
+                log.exception("timeline poll failed", extra={"part": what.__name__})
 
     def _traffic(self) -> None:
         state = self._get(f"/v2/models/{self.model}/traffic")
@@ -96,38 +111,39 @@ class Timeline:
         with Store(self.store_root) as store:
             runs = PipelineRecords(store).runs(self.model, limit=3)
         for run in reversed(runs):
-            if run.id not in self._runs_seen:
-                self._runs_seen[run.id] = "running"
+            if run.id not in self.run_status:
+                self.run_status[run.id] = "running"
                 self.say(f"pipeline run {run.id} started: {run.reason}", at=run.started_at - self.t0)
             for step in run.steps:
                 key = (run.id, step.step, step.status)
                 if step.status in ("running",) or key in self._steps_seen:
                     continue
                 self._steps_seen.add(key)
-                self.say(f"  {step.step}: {step.status}{_summary(step.detail)}",
+                self.say(f"  {step.step}: {step.status}{self._summary(step.detail)}",
                          at=(step.finished_at or time.time()) - self.t0)
-            if run.status != "running" and self._runs_seen[run.id] == "running":
-                self._runs_seen[run.id] = run.status
+            if run.status != "running" and self.run_status[run.id] == "running":
+                self.run_status[run.id] = run.status
                 self.say(f"pipeline run {run.id}: {run.status} ({run.outcome})", at=(run.finished_at or 0) - self.t0)
                 if run.status == "promoted":
                     self.promoted_at = (run.finished_at or time.time()) - self.t0
 
-
-def _summary(detail: dict) -> str:
-    if "error" in detail:
-        return f" - {detail['error'][:200]}"
-    if "registered_version" in detail:
-        auc = detail.get("metrics", {}).get("gate_auc")
-        return f" - registered v{detail['registered_version']}" + (f", holdout auc {auc:.3f}" if auc else "")
-    if "rows" in detail:
-        return f" - {detail['rows']} labelled rows"
-    if "canary" in detail and "production" in detail:
-        c, p = detail["canary"], detail["production"]
-        acc = (f", accuracy {c['accuracy']:.3f} vs {p['accuracy']:.3f}"
-               if c.get("accuracy") is not None and p.get("accuracy") is not None else "")
-        return f" - canary {c['requests']} requests, {c['errors']} errors{acc}"
-    if "weights" in detail:
-        return f" - weights {detail['weights']}"
-    if "rules_checked" in detail:
-        return f" - {detail['rules_checked']} rules checked"
-    return ""
+    def _summary(self, detail: dict) -> str:
+        if "error" in detail:
+            return f" - {detail['error'][:300]}"
+        if "registered_version" in detail:
+            auc = detail.get("metrics", {}).get("gate_auc")
+            return f" - registered v{detail['registered_version']}" + (f", holdout auc {auc:.3f}" if auc else "")
+        if "rows" in detail:
+            since = "" if detail.get("since") is None else \
+                f" predicted after the change point at {detail['since'] - self.t0:.1f} s"
+            return f" - {detail['rows']} labelled rows{since}"
+        if "canary" in detail and "production" in detail:
+            c, p = detail["canary"], detail["production"]
+            acc = (f", accuracy {c['accuracy']:.3f} vs {p['accuracy']:.3f}"
+                   if c.get("accuracy") is not None and p.get("accuracy") is not None else "")
+            return f" - canary {c['requests']} requests, {c['errors']} errors{acc}"
+        if "weights" in detail:
+            return f" - weights {detail['weights']}"
+        if "rules_checked" in detail:
+            return f" - {detail['rules_checked']} rules checked"
+        return ""

@@ -1,14 +1,16 @@
 """Traffic for the closed-loop demo: clients send the fraud stream's rows, in order, at a set
 pace, one row per request (the request id names the row, its age band rides along as the
-`group` parameter); a labeller sends each row's true label back a moment later, as a bank's
-chargebacks would."""
+`group` parameter); a labeller sends each row's true label back later, as a bank's chargebacks
+would: after a fixed delay, or after each row's own delay (infinite: never labelled)."""
 
 from __future__ import annotations
 
+import heapq
 import http.client
+import math
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 
 import msgspec
 import numpy as np
@@ -18,11 +20,13 @@ class Traffic:
     """Runs until stop(); thread-safe counters for the timeline."""
 
     def __init__(self, port: int, model: str, features: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                 input_name: str, rows_per_s: float, label_delay_s: float, clients: int = 4):
+                 input_name: str, rows_per_s: float, label_delay_s: float | np.ndarray, clients: int = 4):
+        """`label_delay_s`: seconds from a row's answer to its label, one for all rows or one per
+        row (inf: never labelled)."""
         self.port, self.model, self.input_name = port, model, input_name
         self.features, self.labels, self.groups = features, labels, groups
         self.interval = 1.0 / rows_per_s
-        self.label_delay_s = label_delay_s
+        self.label_delays = np.broadcast_to(np.asarray(label_delay_s, np.float64), labels.shape)
         self.clients = clients
         self._lock = threading.Lock()
         self._next_row = 0
@@ -32,8 +36,10 @@ class Traffic:
         self.failed: list[str] = []
         self.by_version: Counter[str] = Counter()
         self.labels_sent = 0
+        self.labels_withheld = 0  # rows answered whose label never comes
         self.label_answers: Counter[str] = Counter()
-        self._to_label: deque[tuple[float, int]] = deque()  # (answered at, row)
+        self.answered_at = np.full(len(labels), np.nan)  # per row: when its answer came (unix seconds)
+        self._to_label: list[tuple[float, int]] = []  # heap of (label due, monotonic; row)
         self._threads: list[threading.Thread] = []
 
     @property
@@ -94,18 +100,23 @@ class Traffic:
             with self._lock:
                 self.sent += 1
                 self.by_version[version] += 1
-                self._to_label.append((time.monotonic(), row))
+                self.answered_at[row] = time.time()
+                delay = self.label_delays[row]
+                if math.isfinite(delay):
+                    heapq.heappush(self._to_label, (time.monotonic() + delay, row))
+                else:
+                    self.labels_withheld += 1
         conn.close()
 
     def _labeller(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         path = f"/v2/models/{self.model}/feedback"
-        while not self._stop.wait(0.25):
-            due = time.monotonic() - self.label_delay_s
+        while not self._stop.wait(0.1):
+            now = time.monotonic()
             batch = []
             with self._lock:
-                while self._to_label and self._to_label[0][0] <= due:
-                    batch.append(self._to_label.popleft()[1])
+                while self._to_label and self._to_label[0][0] <= now:
+                    batch.append(heapq.heappop(self._to_label)[1])
             if not batch:
                 continue
             body = msgspec.json.encode({"labels": [{"id": f"r{r}", "label": int(self.labels[r])} for r in batch]})

@@ -188,7 +188,8 @@ class ModelFeedback:
                 result.items.append(ItemStatus(request_id, status, version, reason))
             for track, seqs, truths, metas in batches.values():  # one numpy pass per version
                 X, Y = track.rec.rows(seqs)
-                self._metrics(track).add(track.rule.predict(Y), np.concatenate(truths), now)
+                predicted_at = np.repeat([meta[1] for meta in metas], [len(t) for t in truths])
+                self._metrics(track).add(track.rule.predict(Y), np.concatenate(truths), now, predicted_at)
                 offset = 0
                 for (request_id, predicted_at, group), truth in zip(metas, truths):
                     end = offset + len(truth)
@@ -212,11 +213,13 @@ class ModelFeedback:
     def _metrics(self, track: VersionTrack) -> LiveMetrics:
         live = self.live.get(track.version)
         if live is None or live.kind != track.rule.kind:
-            live = self.live[track.version] = LiveMetrics(track.version, track.rule.kind,
-                                                          track.config.window_labels, track.config.history)
+            live = self.live[track.version] = LiveMetrics(track.version, track.rule.kind, track.config.window_labels,
+                                                          track.config.history, track.config.window_s)
             for old in sorted(self.live)[:-MAX_VERSIONS]:
                 del self.live[old]
         live.window_labels = track.config.window_labels
+        if live.window_s != track.config.window_s:  # windows of another width: start again
+            live.window_s, live.by_time = track.config.window_s, {}
         return live
 
     def _prune(self, now: float) -> None:

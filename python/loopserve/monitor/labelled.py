@@ -208,10 +208,10 @@ def _spill_files(directory: Path) -> list[Path]:
 
 
 def read_spill(directory: str | Path, model: str, since: float | None = None,
-               version: int | None = None) -> LabelledExamples:
+               version: int | None = None, predicted_after: float | None = None) -> LabelledExamples:
     """Every example spilled for `model` under `directory` (the model's `feedback.spill_dir`),
-    oldest file first: labelled after `since` and of `version` when given. An incomplete last
-    line (being written) is skipped."""
+    oldest file first: labelled after `since`, predicted after `predicted_after` and of `version`
+    when given. An incomplete last line (being written) is skipped."""
     items = []
     for path in _spill_files(spill_path(directory, model)):
         with open(path, "rb") as f:
@@ -222,7 +222,8 @@ def read_spill(directory: str | Path, model: str, since: float | None = None,
                     line = _decoder.decode(raw)
                 except msgspec.DecodeError:
                     continue
-                if (since is not None and line.labelled_at <= since) or (version is not None and line.version != version):
+                if (since is not None and line.labelled_at <= since) or (version is not None and line.version != version) \
+                        or (predicted_after is not None and line.predicted_at <= predicted_after):
                     continue
                 width = len(line.x[0]) if line.x else 0
                 items.append(Joined(line.labelled_at, line.predicted_at, line.id, line.version, line.group,

@@ -1,5 +1,8 @@
 """Live metrics from ground-truth labels: accuracy, precision and recall per model version,
-cumulative and over tumbling windows of a fixed number of labels.
+cumulative, over tumbling windows of a fixed number of labels (in the order labels arrive), and
+over windows of prediction time (`window_s` seconds, by when the prediction was made: a label
+that comes late still counts where its prediction belongs, so a window's accuracy describes the
+model at that time, whatever the label delays).
 
 How a prediction row becomes a class (the rule, by the width of the recorded output):
 
@@ -37,13 +40,16 @@ class WindowMetrics(msgspec.Struct, frozen=True):
     fp: int = 0
     fn: int = 0
     tn: int = 0
-    start: float = 0.0  # when its first and last labels were joined (unix seconds)
+    # Label windows: when their first and last labels were joined. Prediction-time windows:
+    # the window's bounds, [start, end) in prediction time (unix seconds).
+    start: float = 0.0
     end: float = 0.0
 
 
 class VersionFeedback(msgspec.Struct, frozen=True):
-    """One version's live metrics: every label so far, the window filling now, and recent
-    closed windows (oldest first)."""
+    """One version's live metrics: every label so far, the window filling now, recent closed
+    windows (oldest first), and the recent windows of prediction time (oldest first; the newest
+    still get labels as they come)."""
 
     version: int
     kind: str  # "binary" or "multiclass"
@@ -51,6 +57,8 @@ class VersionFeedback(msgspec.Struct, frozen=True):
     cumulative: WindowMetrics
     current: WindowMetrics
     windows: list[WindowMetrics]
+    window_s: float = 0.0
+    by_prediction_time: list[WindowMetrics] = []
 
 
 class PredictionRule:
@@ -148,17 +156,25 @@ class _Counts:
 class LiveMetrics:
     """One version's metrics. Not thread-safe by itself: its owner holds a lock."""
 
-    def __init__(self, version: int, kind: str, window_labels: int, history: int):
+    def __init__(self, version: int, kind: str, window_labels: int, history: int, window_s: float = 10.0):
         self.version = version
         self.kind = kind
         self.window_labels = window_labels
+        self.window_s = window_s
+        self.history = history
         self.cumulative = _Counts()
         self.current = _Counts()
         self.closed: deque[WindowMetrics] = deque(maxlen=history)
+        self.by_time: dict[int, _Counts] = {}  # floor(predicted_at / window_s) -> counts
 
-    def add(self, predicted: np.ndarray, truth: np.ndarray, now: float) -> None:
+    def add(self, predicted: np.ndarray, truth: np.ndarray, now: float,
+            predicted_at: np.ndarray | None = None) -> None:
+        """Labels `truth` for predictions `predicted` (classes), joined at `now`; `predicted_at`
+        (one per row) places them in their prediction-time windows."""
         binary = self.kind == BINARY
         self.cumulative.add(predicted, truth, binary, now)
+        if predicted_at is not None:
+            self._add_by_time(predicted, truth, predicted_at, binary)
         while len(truth):
             room = self.window_labels - self.current.labels
             self.current.add(predicted[:room], truth[:room], binary, now)
@@ -167,10 +183,26 @@ class LiveMetrics:
                 self.closed.append(self.current.metrics(binary))
                 self.current = _Counts()
 
+    def _add_by_time(self, predicted: np.ndarray, truth: np.ndarray, predicted_at: np.ndarray, binary: bool) -> None:
+        buckets = np.floor(np.asarray(predicted_at, np.float64) / self.window_s).astype(np.int64)
+        oldest_kept = max(self.by_time, default=int(buckets.max())) - self.history + 1
+        for bucket in np.unique(buckets):
+            if bucket < oldest_kept:
+                continue  # a label for a window already dropped
+            rows = buckets == bucket
+            counts = self.by_time.setdefault(int(bucket), _Counts())
+            counts.add(predicted[rows], truth[rows], binary, 0.0)
+        for old in sorted(self.by_time)[:-self.history]:
+            del self.by_time[old]
+
     def snapshot(self, last: int | None = None) -> VersionFeedback:
         binary = self.kind == BINARY
         windows = list(self.closed)
+        by_time = [msgspec.structs.replace(counts.metrics(binary), start=bucket * self.window_s,
+                                           end=(bucket + 1) * self.window_s)
+                   for bucket, counts in sorted(self.by_time.items())]
         if last is not None:
             windows = windows[-last:] if last > 0 else []
+            by_time = by_time[-last:] if last > 0 else []
         return VersionFeedback(self.version, self.kind, self.window_labels, self.cumulative.metrics(binary),
-                               self.current.metrics(binary), windows)
+                               self.current.metrics(binary), windows, self.window_s, by_time)

@@ -49,7 +49,12 @@ class DriftMonitor:
     any thread."""
 
     def __init__(self, profile: ReferenceProfile, config: DriftConfig = DriftConfig(), *,
-                 input_index: int = 0, output_index: int | None = 0, model: str = "", version: str = ""):
+                 input_index: int = 0, output_index: int | None = 0, model: str = "", version: str = "",
+                 device: str | None = None):
+        """`device`: where the monitored tensors live when they come from a model on a GPU ("cuda:0"):
+        the accumulators then live there too, updated by the Triton kernels (monitor/device.py).
+        None: the native C++ path (host arrays). "cpu" runs the kernel path on CPU tensors, which
+        only the interpreter (TRITON_INTERPRET=1) can do: for tests."""
         self.profile = profile
         self.config = config
         self.model = model
@@ -70,38 +75,74 @@ class DriftMonitor:
         # A closed window never changes: its statistics (milliseconds per window) are made once.
         self._closed_drifts: OrderedDict[tuple, WindowDrift] = OrderedDict()
         self._closed_lock = threading.Lock()
+        self.device_path = None
+        if device is not None:
+            from loopserve.monitor.device import DeviceDriftPath
+
+            self.device_path = DeviceDriftPath(self.native, profile, config, kll_every=every, device=device,
+                                               watch_outputs=outputs is not None, input_index=input_index,
+                                               output_index=output_index if outputs is not None else None)
 
     @classmethod
-    def for_model(cls, model, profile: ReferenceProfile, config: DriftConfig) -> "DriftMonitor":
+    def for_model(cls, model, profile: ReferenceProfile, config: DriftConfig, *,
+                  use_kernels: bool | None = None) -> "DriftMonitor":
         """A monitor for a loopserve Model's input (and output) tensors, checked against its
-        declared shapes, and attached to its batcher."""
+        declared shapes, and attached to its batcher, or, for a torch model on a CUDA device, to
+        its backend's device tensors (the kernel path). `use_kernels` forces the choice (tests)."""
         input_index = _tensor_index(model.inputs, config.input, "input", model.name)
         _check_width(model, model.inputs[input_index], profile.features, "monitors column", "input")
         output_index = None
         if profile.outputs:
             output_index = _tensor_index(model.outputs, config.output, "output", model.name)
             _check_width(model, model.outputs[output_index], profile.outputs, "watches output column", "output")
+        if use_kernels and not hasattr(model.backend, "drift_observer"):
+            raise ConfigError(f"model '{model.name}': only torch models hand their tensors to the drift kernels")
+        device = _kernel_device(model.backend) if use_kernels is None else (
+            str(getattr(model.backend, "device", "cpu")) if use_kernels else None)
         monitor = cls(profile, config, input_index=input_index, output_index=output_index,
-                      model=model.name, version=str(model.version))
-        model.attach_observer(monitor.native)
+                      model=model.name, version=str(model.version), device=device)
+        if monitor.device_path is not None:
+            model.backend.drift_observer = monitor.device_path  # the backend hands over its device tensors
+        else:
+            model.attach_observer(monitor.native)
         return monitor
 
     def offer(self, inputs: np.ndarray, outputs: np.ndarray | None = None) -> None:
         """Hands rows to the monitor directly (for data that does not come through a batcher)."""
+        if self.device_path is not None:
+            import torch
+
+            dev = self.device_path.device
+            self.device_path.observe(torch.as_tensor(np.ascontiguousarray(inputs)).to(dev),
+                                     None if outputs is None else torch.as_tensor(np.ascontiguousarray(outputs)).to(dev))
+            return
         self.native.offer(np.ascontiguousarray(inputs), None if outputs is None else np.ascontiguousarray(outputs))
 
     def flush(self) -> None:
-        self.native.flush()
+        (self.device_path or self.native).flush()
 
     def close_window(self) -> None:
-        self.native.close_window()
+        (self.device_path or self.native).close_window()
 
     def stop(self) -> None:
+        if self.device_path is not None:
+            self.device_path.stop()
         self.native.stop()
+
+    def raw_windows(self, include_open: bool = True, last: int = 0) -> list[dict]:
+        """The native windows ({start, end, closed, inputs, outputs}, accumulators live), oldest first,
+        the `last` ones only when > 0; on the kernel path the open one is read back from the device."""
+        if self.device_path is None:
+            return self.native.windows(include_open, last)
+        windows = self.native.windows(False, last) + ([self.device_path.open_window()] if include_open else [])
+        return windows[-last:] if last > 0 else windows
+
+    def stats(self) -> dict:
+        return self.device_path.stats() if self.device_path is not None else self.native.stats()
 
     def windows(self, policy: DriftPolicy | None = None, include_open: bool = True) -> list[WindowDrift]:
         policy = policy or self.config.policy
-        return [window_drift(w, self.profile, policy) for w in self.native.windows(include_open)]
+        return [window_drift(w, self.profile, policy) for w in self.raw_windows(include_open)]
 
     def latest_closed(self) -> WindowDrift | None:
         """The most recent closed window's drift, computed once per window (for scrapes)."""
@@ -128,16 +169,16 @@ class DriftMonitor:
         return drift
 
     def report(self, include_open: bool = True, last: int | None = None) -> DriftReport:
-        windows = self.native.windows(include_open, last or 0)
+        windows = self.raw_windows(include_open, last or 0)
         drifts = [self._drift(w) for w in windows]
         latest = self.latest_closed()  # whatever the slice: the alert is the latest closed window's
         return DriftReport(model=self.model, version=self.version, reference_rows=self.profile.rows,
                            alert=latest is not None and latest.verdict == "drift",
-                           monitor=MonitorCounters(**self.native.stats()), windows=drifts)
+                           monitor=MonitorCounters(**self.stats()), windows=drifts)
 
     def sketch(self) -> SketchPayload:
         windows = []
-        for w in self.native.windows(True):
+        for w in self.raw_windows(True):
             windows.append({"start": w["start"], "end": w["end"], "closed": w["closed"],
                             "inputs": w["inputs"].serialize(),
                             "outputs": w["outputs"].serialize() if w["outputs"] is not None else None})
@@ -163,6 +204,16 @@ def merge_windows(windows: list[dict]) -> dict:
             outputs.merge(live(w["outputs"]))
     return {"start": min(w["start"] for w in windows), "end": max(w["end"] for w in windows),
             "closed": all(w["closed"] for w in windows), "inputs": inputs, "outputs": outputs}
+
+
+def _kernel_device(backend) -> str | None:
+    """The CUDA device of a torch model whose drift the kernels can follow there, else None."""
+    device = getattr(backend, "device", None)
+    if getattr(device, "type", None) != "cuda" or not hasattr(backend, "drift_observer"):
+        return None
+    from loopserve import kernels
+
+    return str(device) if kernels.available() else None
 
 
 def _tensor_index(tensors, name: str | None, kind: str, model: str) -> int:

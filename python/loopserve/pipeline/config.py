@@ -30,9 +30,10 @@ class RetrainData(Struct, forbid_unknown_fields=True, frozen=True):
     min_rows: Annotated[int, Meta(ge=10)] = 2000  # fewer labelled rows: the collect step fails
     max_rows: Annotated[int, Meta(ge=10)] = 50_000  # the most recent ones
     holdout_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.25  # the newest rows, held out for the gates
-    # When drift fired the run, only rows labelled since the drift began: the world the new
-    # model must fit. The collect step waits up to wait_s for min_rows of them.
-    since_drift: bool = True
+    # When drift or accuracy fired the run, only rows predicted after the change point: the world
+    # the new model must fit. Their labels come late: the collect step waits up to wait_s (the
+    # label horizon) for min_rows of them.
+    since_change: bool = True
     wait_s: Annotated[float, Meta(ge=0)] = 120.0
 
 

@@ -91,7 +91,7 @@ class PipelineRecords:
         with transaction(self.store.db) as db:
             db.execute("INSERT INTO pipeline_decisions (model, at, fire, reasons, evidence) VALUES (?, ?, ?, ?, ?)",
                        (model, decision.evidence.now, int(decision.fire), json.dumps(decision.reasons),
-                        msgspec.json.encode(decision.evidence).decode()))
+                        json.dumps(msgspec.to_builtins(decision.evidence) | {"since": decision.since})))
             self._decisions_recorded += 1
             if self._decisions_recorded % 100 == 0:  # keep the newest KEEP_DECISIONS
                 db.execute("DELETE FROM pipeline_decisions WHERE model = ? AND at < (SELECT at FROM pipeline_decisions "

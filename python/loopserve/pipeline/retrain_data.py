@@ -7,25 +7,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from loopserve.pipeline.trigger import AccuracyWindow
+
 
 @dataclass(frozen=True)
 class Examples:
     features: np.ndarray  # [rows, width] float32
     labels: np.ndarray  # [rows] int64
     groups: np.ndarray  # [rows] int64 (-1 where the request named no group)
-    times: np.ndarray  # [rows] float64: when the label came
+    predicted_at: np.ndarray  # [rows] float64: when the prediction was made
+    labelled_at: np.ndarray  # [rows] float64: when its label came
 
 
-def read_labelled_examples(feedback_dir: str, model: str, max_rows: int, since: float | None = None) -> Examples:
-    """The most recent `max_rows` labelled rows the server spilled for `model` (labelled after
-    `since`, when given)."""
+def read_labelled_examples(feedback_dir: str, model: str, max_rows: int,
+                           predicted_after: float | None = None) -> Examples:
+    """The `max_rows` most recently predicted labelled rows the server spilled for `model`
+    (predicted after `predicted_after`, when given), oldest prediction first."""
     from loopserve.monitor.labelled import read_spill
 
-    spilled = read_spill(feedback_dir, model, since=since)
-    keep = slice(max(0, len(spilled) - max_rows), None)
-    groups = np.array([-1 if g is None else int(g) for g in spilled.groups[keep]], dtype=np.int64)
-    return Examples(np.asarray(spilled.X[keep], np.float32), np.asarray(spilled.y[keep], np.int64), groups,
-                    np.asarray(spilled.times[keep], np.float64))
+    spilled = read_spill(feedback_dir, model, predicted_after=predicted_after)
+    order = np.argsort(spilled.predicted_at, kind="stable")[-max_rows:] if len(spilled) else np.empty(0, np.int64)
+    groups = np.array([-1 if g is None else int(g) for g in spilled.groups[order]], dtype=np.int64)
+    return Examples(np.asarray(spilled.X[order], np.float32), np.asarray(spilled.y[order], np.int64), groups,
+                    np.asarray(spilled.predicted_at[order], np.float64), np.asarray(spilled.times[order], np.float64))
 
 
 def version_accuracy(report: dict) -> dict[str, tuple[float | None, int]]:
@@ -34,12 +38,15 @@ def version_accuracy(report: dict) -> dict[str, tuple[float | None, int]]:
             for v in report.get("versions", [])}
 
 
-def live_accuracy(report: dict, version: str | None) -> tuple[float | None, int, int]:
-    """(accuracy, labels) of `version`'s latest closed label window (else the one filling), and
-    the labels joined so far for every version."""
+def complete_accuracy_windows(report: dict, version: str | None, now: float,
+                              label_wait_s: float) -> tuple[list[AccuracyWindow], int]:
+    """`version`'s prediction-time accuracy windows that are complete (ended at least
+    `label_wait_s` ago: the labels still to come would not change them much), oldest first;
+    and the labels joined so far for every version."""
     total = sum(counts.get("joined", 0) for counts in report.get("labels", {}).values())
     for v in report.get("versions", []):
         if str(v["version"]) == str(version):
-            window = v["windows"][-1] if v["windows"] else v["current"]
-            return window["accuracy"], window["labels"], total
-    return None, 0, total
+            return [AccuracyWindow(w["start"], w["end"], w["accuracy"], w["labels"])
+                    for w in v.get("by_prediction_time", [])
+                    if w["end"] + label_wait_s <= now and w["accuracy"] is not None], total
+    return [], total

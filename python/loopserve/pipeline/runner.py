@@ -34,6 +34,10 @@ def yield_to_serving(config: PipelineConfig) -> None:
     torch.set_num_threads(config.train_threads or max(1, (os.cpu_count() or 2) // 2))
 
 
+def _with_alerts(outcome: str, ctx: steps.RunContext) -> str:
+    return "; ".join([outcome, *ctx.alerts])
+
+
 class Pipeline:
     """Not thread-safe: one pipeline per process (it holds one store connection)."""
 
@@ -59,7 +63,7 @@ class Pipeline:
 
     def run(self, reason: str, since: float | None = None) -> RunRecord:
         """One pass through the steps; returns what was recorded. `since`: retrain only on rows
-        labelled after this time (say, when drift began)."""
+        predicted after this time (where the change began)."""
         run_id = self.records.start_run(self.config.model, reason)
         log.info("pipeline run started", extra={"model": self.config.model, "run": run_id, "reason": reason})
         ctx = steps.RunContext(run_id, self.config, self.store, self.view, since=since)
@@ -69,16 +73,17 @@ class Pipeline:
                 if name in ("canary", "compare"):  # the canary alias moved: put it back on production
                     outcome = ctx.outcome
                     rolled_back = self._step(ctx, position + 1, "rollback", steps.roll_back)
-                    self.records.finish_run(run_id, "rolled back" if rolled_back else "failed",
-                                            outcome if rolled_back else f"{outcome}; then {ctx.outcome}")
+                    self.records.finish_run(run_id, "rolled back" if rolled_back else "failed", _with_alerts(
+                        outcome if rolled_back else f"{outcome}; then {ctx.outcome}", ctx))
                 else:
                     for later, skipped in enumerate(names[position + 1:], position + 1):
                         self.records.start_step(run_id, skipped, later)
                         self.records.finish_step(run_id, skipped, "skipped", {})
-                    self.records.finish_run(run_id, "stopped", ctx.outcome)
+                    self.records.finish_run(run_id, "stopped", _with_alerts(ctx.outcome, ctx))
                 return self._finished(run_id)
         if self._step(ctx, len(STEPS), "promote", steps.promote):
-            self.records.finish_run(run_id, "promoted", f"version {ctx.candidate} is {self.config.production_alias}")
+            self.records.finish_run(run_id, "promoted", _with_alerts(
+                f"version {ctx.candidate} is {self.config.production_alias}", ctx))
         else:
             self.records.finish_run(run_id, "failed", ctx.outcome)
         return self._finished(run_id)
@@ -109,21 +114,18 @@ class Pipeline:
 
     def evidence(self) -> Evidence:
         """What the trigger rules look at, read from the server now."""
-        from loopserve.pipeline.retrain_data import live_accuracy
+        from loopserve.pipeline.retrain_data import complete_accuracy_windows
+        from loopserve.pipeline.trigger import DriftWindow
 
         drift = self.view.drift()
         closed = [w for w in drift.get("windows", []) if w.get("closed")]
-        since = None
-        for w in reversed(closed):  # the trailing run of drifted windows
-            if w["verdict"] != "drift":
-                break
-            since = w["start"]
-        accuracy, labels, total = live_accuracy(self.view.feedback(), drift.get("version"))
+        now = time.time()
+        accuracy, total = complete_accuracy_windows(self.view.feedback(), drift.get("version"), now,
+                                                    self.config.triggers.label_wait_s)
         last = self.records.last_run(self.config.model)
-        return Evidence(now=time.time(), drift_verdicts=[w["verdict"] for w in closed],
-                        drifted_features=closed[-1]["drifted_features"] if closed else [], drift_since=since,
-                        live_accuracy=accuracy, live_labels=labels, labels_total=total,
-                        labels_at_last_run=self._labels_at_last_run,
+        return Evidence(now=now, drift_windows=[DriftWindow(w["start"], w["end"], w["verdict"]) for w in closed],
+                        drifted_features=closed[-1]["drifted_features"] if closed else [],
+                        accuracy_windows=accuracy, labels_total=total, labels_at_last_run=self._labels_at_last_run,
                         last_run_at=None if last is None else last.started_at)
 
     def check(self) -> Decision:
@@ -131,18 +133,21 @@ class Pipeline:
         decision = decide(self.config.triggers, self.evidence())
         self.records.record_decision(self.config.model, decision)
         log.info("trigger decision", extra={"model": self.config.model, "fire": decision.fire,
-                                            "reasons": decision.reasons})
+                                            "reasons": decision.reasons, "since": decision.since})
         if decision.fire:
             self._labels_at_last_run = decision.evidence.labels_total
-            drifting = decision.evidence.drift_since if self.config.retrain_data.since_drift else None
-            self.run("; ".join(decision.reasons), since=drifting)
+            since = decision.since if self.config.retrain_data.since_change else None
+            self.run("; ".join(decision.reasons), since=since)
         return decision
 
     def watch(self, until: float | None = None) -> None:
-        """check() every poll_s until `until` (a time.time() value) or forever."""
+        """check() every poll_s, from the start of one check to the start of the next (a check
+        that runs longer is followed at once), until `until` (a time.time() value) or forever."""
+        next_check = time.monotonic()
         while until is None or time.time() < until:
             try:
                 self.check()
             except ServerUnavailable as e:
                 log.warning("server unavailable", extra={"reason": str(e)})
-            time.sleep(self.config.poll_s)
+            next_check = max(next_check + self.config.poll_s, time.monotonic())
+            time.sleep(max(0.0, next_check - time.monotonic()))

@@ -49,4 +49,6 @@ class ServerView:
         return self._get(f"/v2/models/{self.model}/traffic")
 
     def feedback(self) -> dict:
-        return self._get(f"/v2/models/{self.model}/feedback")
+        """Live metrics per version, with every window kept (the accuracy trigger looks at the
+        prediction-time windows that are complete, which may be far from the newest)."""
+        return self._get(f"/v2/models/{self.model}/feedback?windows=all")

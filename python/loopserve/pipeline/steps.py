@@ -7,6 +7,7 @@ last step, so a failed step leaves it as it was.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 from loopserve.errors import LoopserveError
 from loopserve.pipeline.config import PipelineConfig
 from loopserve.pipeline.server_view import ServerView
+
+log = logging.getLogger("loopserve.pipeline")
 
 
 class StepFailed(LoopserveError):
@@ -39,13 +42,15 @@ class RunContext:
     train_snapshot: str | None = None
     holdout_snapshot: str | None = None
     candidate: int | None = None
-    since: float | None = None  # only rows labelled after this
+    since: float | None = None  # only rows predicted after this (the change point)
     outcome: str = ""
     facts: dict = field(default_factory=dict)
+    alerts: list[str] = field(default_factory=list)  # for the run's outcome (production failing its gates)
 
 
 def collect(ctx: RunContext) -> dict:
-    """Labelled examples from live feedback, split by time: the newest rows are held out."""
+    """Labelled examples from live feedback, predicted after the change point (when the run has
+    one), split by prediction time: the newest predictions are held out."""
     from loopserve.data import snapshot
     from loopserve.pipeline.retrain_data import read_labelled_examples
     from loopserve.registry import current_version, materialize
@@ -60,24 +65,28 @@ def collect(ctx: RunContext) -> dict:
                          f"feature columns (train it with `loopserve train`)")
     ctx.signature = msgspec.json.decode(sig_path.read_bytes(), type=Signature)
     wanted = config.retrain_data
-    deadline = time.monotonic() + wanted.wait_s
-    while True:  # labels come later than predictions: wait a while for enough of them
+    started = time.monotonic()
+    while True:  # labels come later than predictions: wait up to wait_s for enough of them
         examples = read_labelled_examples(wanted.feedback_dir, config.model, wanted.max_rows, ctx.since)
         rows = len(examples.labels)
-        if rows >= wanted.min_rows or time.monotonic() >= deadline:
+        if rows >= wanted.min_rows or time.monotonic() - started >= wanted.wait_s:
             break
         time.sleep(min(1.0, wanted.wait_s))
+    have = _what_collect_has(examples, ctx.since, time.monotonic() - started)
     if rows < wanted.min_rows:
-        since = "" if ctx.since is None else " labelled since the drift began"
-        raise StepFailed(f"{rows} rows{since} in {wanted.feedback_dir} after waiting {wanted.wait_s:.0f} s; "
-                         f"retraining needs at least {wanted.min_rows}", {"rows": rows})
+        after = "" if ctx.since is None else f" predicted after the change point ({_utc(ctx.since)})"
+        older = _labelled_but_older(wanted.feedback_dir, config.model, ctx.since)
+        raise StepFailed(f"{rows} labelled rows{after} in {wanted.feedback_dir} after waiting {wanted.wait_s:.0f} s "
+                         f"for their labels; retraining needs at least {wanted.min_rows}"
+                         + (f" ({older} rows labelled since then were predicted before the change and are left out)"
+                            if older else ""), have | {"labelled_before_change": older})
     width = len(ctx.signature.feature_names)
     if examples.features.shape[1] != width:
         raise StepFailed(f"labelled rows have {examples.features.shape[1]} features, the production model "
                          f"{width} ({ctx.signature.feature_names})")
-    order = np.argsort(examples.times, kind="stable")
+    # The rows come in prediction order: the newest predictions are held out for the gates.
     cut = int(rows * (1 - config.retrain_data.holdout_fraction))
-    parts = {"train": order[:cut], "holdout": order[cut:]}
+    parts = {"train": slice(0, cut), "holdout": slice(cut, rows)}
     ids = {}
     for part, index in parts.items():
         columns = {name: examples.features[index, i] for i, name in enumerate(ctx.signature.feature_names)}
@@ -86,9 +95,33 @@ def collect(ctx: RunContext) -> dict:
             columns[ctx.signature.group] = examples.groups[index].astype(np.int64)
         ids[part] = snapshot(columns, store=ctx.store, name=f"{config.model}-{part}-{ctx.run_id}").id
     ctx.train_snapshot, ctx.holdout_snapshot = ids["train"], ids["holdout"]
-    return {"rows": rows, "since": ctx.since, "train_rows": int(cut), "holdout_rows": int(rows - cut),
-            "positive_rate": float(examples.labels.mean()), "train_snapshot": ids["train"],
-            "holdout_snapshot": ids["holdout"], "production_version": ctx.production_version}
+    return have | {"train_rows": int(cut), "holdout_rows": int(rows - cut),
+                   "positive_rate": float(examples.labels.mean()), "train_snapshot": ids["train"],
+                   "holdout_snapshot": ids["holdout"], "production_version": ctx.production_version}
+
+
+def _what_collect_has(examples, since: float | None, waited_s: float) -> dict:
+    """Exactly what collect found: how many rows, predicted when, labelled how late."""
+    have = {"rows": len(examples.labels), "since": since, "waited_s": round(waited_s, 3)}
+    if len(examples.labels):
+        delays = examples.labelled_at - examples.predicted_at
+        have |= {"predicted_from": float(examples.predicted_at.min()), "predicted_to": float(examples.predicted_at.max()),
+                 "label_delay_s": {"median": float(np.median(delays)), "p90": float(np.percentile(delays, 90)),
+                                   "max": float(delays.max())}}
+    return have
+
+
+def _labelled_but_older(feedback_dir: str, model: str, since: float | None) -> int:
+    """Rows labelled after `since` whose predictions were made before it."""
+    from loopserve.monitor.labelled import read_spill
+
+    if since is None:
+        return 0
+    return int(np.count_nonzero(read_spill(feedback_dir, model, since=since).predicted_at <= since))
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d} UTC"
 
 
 def validate(ctx: RunContext) -> dict:
@@ -119,6 +152,7 @@ def train(ctx: RunContext) -> dict:
     """Train on the new rows; gates (against production) and registration happen inside."""
     from loopserve.training import train as train_model
     from loopserve.training.config import DataSpec, RegistrySpec, load_train_config
+    from loopserve.training.gates import GateReport
 
     config = ctx.config
     template = load_train_config(config.train)
@@ -140,6 +174,17 @@ def train(ctx: RunContext) -> dict:
     result = train_model(train_config, quiet=True)
     detail = {"run_id": result.run_id, "metrics": result.metrics, "gates_passed": result.gates_passed,
               "gate_failures": result.gate_failures, "gate_report": result.gate_report}
+    if result.gate_report is not None:  # every gate with what it was compared with, kept with the run
+        report = GateReport.load(result.gate_report)
+        detail["gates"] = [msgspec.to_builtins(g) for g in report.gates]
+        detail["production_failing"] = [msgspec.to_builtins(g) for g in report.production_failing]
+        detail["waived"] = [g.name for g in report.gates if g.waived]
+        if report.production_failing:
+            failing = "; ".join(g.reason for g in report.production_failing)
+            log.warning("production fails its own gates", extra={
+                "model": config.model, "run": ctx.run_id, "production": ctx.production_version,
+                "gates": [g.name for g in report.production_failing], "policy": report.when_production_fails})
+            ctx.alerts.append(f"production v{ctx.production_version} fails its own gates: {failing}")
     if not result.published:
         raise StepFailed("the candidate failed its gates: " + "; ".join(result.gate_failures), detail)
     ctx.candidate = result.registered_version

@@ -56,12 +56,6 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # at most 8: 1 on a 2-core machine, 8 on a 16-core GPU host (README, "Several cores").
     workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = "auto"
 
-    def worker_count(self) -> int:
-        if self.workers != "auto":
-            return self.workers
-        import os
-
-        return max(1, min(8, len(os.sched_getaffinity(0)) // 2))
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # How often the repository is checked for changed or new models (loaded without a
     # restart); 0: never.
@@ -73,6 +67,13 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # lets a busy event loop keep the batcher's workers from starting and finishing batches
     # (the heavy MLP served at 128 clients: 0.52 of the direct rows/s at 5 ms, 0.69 at 200 us).
     gil_switch_interval_us: Annotated[int, Meta(ge=1)] = 200
+
+    def worker_count(self) -> int:
+        if self.workers != "auto":
+            return self.workers
+        from loopserve.thread_budget import usable_cores
+
+        return max(1, min(8, usable_cores().usable // 2))
 
 
 def load_server_config(path: str | Path) -> ServerConfig:

@@ -106,7 +106,8 @@ class FeedbackRoutes:
         return Response(msgspec.json.encode(result), media_type="application/json")
 
     async def get(self, request: Request) -> Response:
-        """Query: windows=N (the last N closed windows per version, default 5) or windows=all."""
+        """Query: windows=N (the last N closed windows per version, default 5, and as many
+        prediction-time windows) or windows=all."""
         name = request.path_params["model"]
         self._model(name)
         report = self.store.report(name, _windows(request.query_params.get("windows")))

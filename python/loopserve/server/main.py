@@ -20,6 +20,7 @@ from loopserve.server.limits import uvicorn_settings
 from loopserve.server.supervisor import MultiProcessServer
 from loopserve.serving.registry_source import ModelSource, RegistryModels
 from loopserve.serving.repository import ModelRepository
+from loopserve.thread_budget import expect_repository_models
 
 log = logging.getLogger("loopserve.server")
 
@@ -31,8 +32,12 @@ def build_app(config: ServerConfig) -> LoopserveApp:
     named = [m for m in config.models if isinstance(m, str)]
     registry = RegistryModels(sources, config.store) if sources else None
     repository = ModelRepository(config.model_repository, registry)
+    on_disk = named or ([] if sources else repository.names_on_disk())
+    # With workers > 1 this process is the engine and the front ends are processes of their own.
+    expect_repository_models(config.model_repository, on_disk, [s.name for s in sources],
+                             front_ends=config.worker_count())
     try:
-        for name in (named or ([] if sources else repository.names_on_disk())) + [s.name for s in sources]:
+        for name in on_disk + [s.name for s in sources]:
             repository.load(name)
     except Exception:
         repository.close()

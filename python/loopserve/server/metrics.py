@@ -97,7 +97,7 @@ class DriftCollector(Collector):
             if model.drift is None:
                 continue
             values = [model.name, str(model.version)]
-            stats = model.drift.native.stats()
+            stats = model.drift.stats()
             rows.add_metric(values, stats["rows_seen"])
             skipped.add_metric(values, stats["rows_skipped"])
             window = model.drift.latest_closed()

@@ -41,6 +41,8 @@ def model_config(model: Model) -> dict:
             "gpus": [int(c.device.partition(":")[2] or 0)] if gpu else [],
         }],
     }
+    if model.backend.thread_budget is not None:  # what the executors run with, and why
+        config["parameters"] = model.backend.thread_budget.parameters()
     if c.max_batch_size > 0:
         config["dynamic_batching"] = {
             "preferred_batch_size": list(batching.preferred_batch_sizes),

@@ -171,7 +171,8 @@ class Model:
         bc.instances = config.instances
         bc.inline_budget_us = batching.inline_budget_us
         self.drift = None  # a loopserve.monitor.DriftMonitor, when the version has a reference profile
-        executor = _core.PyExecutor(backend, bc.inputs, bc.outputs, backend.staging())
+        executor = _core.PyExecutor(backend, bc.inputs, bc.outputs, backend.staging(),
+                                    pass_instance=backend.takes_instance)
         try:
             self._batcher = _core.Batcher(bc, executor)
         except ValueError as e:  # the core's own check of the batching settings

@@ -92,6 +92,15 @@ class GateConfig(Struct, forbid_unknown_fields=True, frozen=True):
     decision_threshold: Annotated[float, Meta(gt=0.0, lt=1.0)] = 0.5
     max_demographic_parity_difference: Fraction | None = None
     max_equal_opportunity_difference: Fraction | None = None
+    # Non-inferiority: with a production model, the candidate's difference <= production's on the
+    # same rows + this margin, for each fairness gate named.
+    fairness_vs_production: dict[Literal["demographic_parity_difference", "equal_opportunity_difference"],
+                                 Annotated[float, Meta(ge=0.0)]] = {}
+    # When production itself fails a floor or ceiling above (it is measured on the same rows):
+    # "alert" records it in the report (and the pipeline logs it) and the candidate must still
+    # pass; "promote_if_better" also lets through a candidate whose only failures are gates that
+    # production fails too, where the candidate does better than production.
+    when_production_fails: Literal["alert", "promote_if_better"] = "alert"
     # Groups with fewer positives than this are left out of equal opportunity (their TPR is noise).
     min_group_positives: Positive = 20
     max_p99_latency_ms: Annotated[float, Meta(gt=0.0)] | None = None

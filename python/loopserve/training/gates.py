@@ -8,8 +8,15 @@ Both models are run the way they will be served: loaded from their model directo
 `loopserve.Model` (the native batcher and the model's own backend), on the same held-out rows.
 Gates: AUC and accuracy over thresholds and not below production's (less a margin); fairness
 across the group attribute (demographic parity and equal opportunity differences at the
-decision threshold); p99 latency of single-row requests. A gate that cannot be evaluated (no
-groups in the holdout, one class only) fails, saying why: a gate never passes by default.
+decision threshold), under a ceiling and, per gate, no worse than production's on the same rows
+(plus a margin); p99 latency of single-row requests. A gate that cannot be evaluated (no groups
+in the holdout, one class only) fails, saying why: a gate never passes by default. Every result
+carries production's value on the same rows, so a rejection says what it was compared with.
+
+Production is held to the same floors and ceilings (not latency: it is measured serving). When
+it fails some (`production_failing` in the report), `when_production_fails` decides: "alert"
+only records it; "promote_if_better" waives, for the candidate, each of those gates on which the
+candidate does better than production (recorded as `waived`); every other gate must pass.
 """
 
 from __future__ import annotations
@@ -36,10 +43,12 @@ class GateError(LoopserveError):
 
 class GateResult(msgspec.Struct, frozen=True):
     name: str
-    value: float | None
+    value: float | None  # the candidate's
     threshold: float | None
     passed: bool
     reason: str
+    production: float | None = None  # production's value on the same rows, when it was measured
+    waived: bool = False  # failed, but passed by the when_production_fails policy
 
 
 class GateReport(msgspec.Struct, frozen=True):
@@ -53,6 +62,8 @@ class GateReport(msgspec.Struct, frozen=True):
     groups: list[m.GroupStats]
     decision_threshold: float
     evaluated_at: str
+    production_failing: list[GateResult] = []  # production against the same floors and ceilings
+    when_production_fails: str = "alert"
 
     def failures(self) -> list[GateResult]:
         return [g for g in self.gates if not g.passed]
@@ -135,14 +146,17 @@ def _fmt(x: float) -> str:
 
 
 def _metric_gates(name: str, value: float, minimum: float | None, production: float | None, margin: float,
-                  rows: int) -> list[GateResult]:
+                  rows: int, measured: float | None) -> list[GateResult]:
+    """`production`: compare with it (None: no such gate); `measured`: production's value, shown."""
     where = f"on {rows:,} held-out rows"
     out = []
     if minimum is not None:
         ok = value >= minimum
+        shown = "" if measured is None else f" (production {_fmt(measured)})"
         out.append(GateResult(f"{name}_min", value, minimum, bool(ok),
-                              f"{name} {_fmt(value)} {'>=' if ok else '<'} {_fmt(minimum)} {where}"
-                              if math.isfinite(value) else f"{name} is undefined {where} (one class only)"))
+                              f"{name} {_fmt(value)} {'>=' if ok else '<'} {_fmt(minimum)} {where}{shown}"
+                              if math.isfinite(value) else f"{name} is undefined {where} (one class only)",
+                              _finite(measured)))
     if production is not None:
         bar = production - margin
         ok = value >= bar
@@ -150,42 +164,111 @@ def _metric_gates(name: str, value: float, minimum: float | None, production: fl
         out.append(GateResult(f"{name}_vs_production", value, bar, bool(ok),
                               f"{name} {_fmt(value)} {'>=' if ok else '<'} {against} {where}"
                               if math.isfinite(value) and math.isfinite(production)
-                              else f"{name} is undefined {where} (one class only)"))
+                              else f"{name} is undefined {where} (one class only)", _finite(production)))
     return out
 
 
-def _fairness_gates(gates: GateConfig, groups: np.ndarray | None, stats: list[m.GroupStats]) -> list[GateResult]:
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+_FAIRNESS = ("demographic_parity_difference", "equal_opportunity_difference")
+
+
+def _fairness_value(key: str, gates: GateConfig, groups: np.ndarray | None,
+                    stats: list[m.GroupStats]) -> tuple[float | None, str]:
+    """(the difference, what it is made of), or (None, why it cannot be measured)."""
+    if groups is None:
+        return None, f"{key.replace('_', ' ')} cannot be measured: the holdout has no group attribute"
+    at = f"at threshold {_fmt(gates.decision_threshold)}"
+    if key == "demographic_parity_difference":
+        value, hi, lo = m.demographic_parity_difference(stats)
+        return value, (f"positive rate {_fmt(hi.positive_rate)} for group {hi.name!r} vs {_fmt(lo.positive_rate)} "
+                       f"for {lo.name!r} {at}")
+    found = m.equal_opportunity_difference(stats, gates.min_group_positives)
+    if found is None:
+        return None, (f"equal opportunity difference cannot be measured: fewer than two groups have "
+                      f"{gates.min_group_positives}+ positive rows "
+                      f"({', '.join(f'{s.name!r}: {s.positives}' for s in stats)})")
+    value, hi, lo = found
+    skipped = [s.name for s in stats if s.positives < gates.min_group_positives]
+    return value, (f"true positive rate {_fmt(hi.true_positive_rate)} for group {hi.name!r} vs "
+                   f"{_fmt(lo.true_positive_rate)} for {lo.name!r} {at}"
+                   + (f"; groups with under {gates.min_group_positives} positives left out: {skipped}" if skipped else ""))
+
+
+def _fairness_gates(gates: GateConfig, groups: np.ndarray | None, stats: list[m.GroupStats],
+                    production: list[m.GroupStats] | None) -> list[GateResult]:
+    """Ceilings, and non-inferiority against production (`production`: its group stats on the
+    same rows, None without a production model)."""
     out = []
-    wanted = [(k, t) for k, t in (("demographic_parity_difference", gates.max_demographic_parity_difference),
-                                  ("equal_opportunity_difference", gates.max_equal_opportunity_difference))
-              if t is not None]
-    for key, limit in wanted:
-        if groups is None:
-            out.append(GateResult(key, None, limit, False, f"{key.replace('_', ' ')} cannot be measured: the "
-                                                           f"holdout has no group attribute"))
+    limits = {"demographic_parity_difference": gates.max_demographic_parity_difference,
+              "equal_opportunity_difference": gates.max_equal_opportunity_difference}
+    for key in _FAIRNESS:
+        limit, margin = limits[key], gates.fairness_vs_production.get(key)
+        if limit is None and (margin is None or production is None):
             continue
-        at = f"at threshold {_fmt(gates.decision_threshold)}"
-        if key == "demographic_parity_difference":
-            value, hi, lo = m.demographic_parity_difference(stats)
-            detail = (f"positive rate {_fmt(hi.positive_rate)} for group {hi.name!r} vs {_fmt(lo.positive_rate)} "
-                      f"for {lo.name!r} {at}")
-        else:
-            found = m.equal_opportunity_difference(stats, gates.min_group_positives)
-            if found is None:
-                out.append(GateResult(key, None, limit, False,
-                                      f"equal opportunity difference cannot be measured: fewer than two groups "
-                                      f"have {gates.min_group_positives}+ positive rows "
-                                      f"({', '.join(f'{s.name!r}: {s.positives}' for s in stats)})"))
+        value, detail = _fairness_value(key, gates, groups, stats)
+        prod = None if production is None else _fairness_value(key, gates, groups, production)[0]
+        words = key.replace("_", " ")
+        if limit is not None:
+            if value is None:
+                out.append(GateResult(key, None, limit, False, detail, prod))
+            else:
+                ok = value <= limit
+                shown = "" if prod is None else f"; production {_fmt(prod)}"
+                out.append(GateResult(key, value, limit, bool(ok),
+                                      f"{words} {_fmt(value)} {'<=' if ok else '>'} {_fmt(limit)} ({detail}{shown})",
+                                      prod))
+        if margin is not None and production is not None:
+            name = f"{key}_vs_production"
+            if value is None or prod is None:
+                out.append(GateResult(name, value, None, False, f"{words} cannot be compared with production: "
+                                      + (detail if value is None else "production's cannot be measured"), prod))
                 continue
-            value, hi, lo = found
-            skipped = [s.name for s in stats if s.positives < gates.min_group_positives]
-            detail = (f"true positive rate {_fmt(hi.true_positive_rate)} for group {hi.name!r} vs "
-                      f"{_fmt(lo.true_positive_rate)} for {lo.name!r} {at}"
-                      + (f"; groups with under {gates.min_group_positives} positives left out: {skipped}"
-                         if skipped else ""))
-        ok = value <= limit
-        out.append(GateResult(key, value, limit, bool(ok), f"{key.replace('_', ' ')} {_fmt(value)} "
-                                                           f"{'<=' if ok else '>'} {_fmt(limit)} ({detail})"))
+            bar = prod + margin
+            ok = value <= bar
+            out.append(GateResult(name, value, bar, bool(ok),
+                                  f"{words} {_fmt(value)} {'<=' if ok else '>'} production {_fmt(prod)}"
+                                  + (f" + margin {_fmt(margin)}" if margin else "") + f" on the same rows ({detail})",
+                                  prod))
+    return out
+
+
+def _production_failing(gates: GateConfig, prod: dict, prod_stats: list[m.GroupStats] | None,
+                        groups: np.ndarray | None, rows: int) -> list[GateResult]:
+    """Production against the candidate's floors and ceilings, on the same rows: the ones it fails."""
+    out = []
+    for name, minimum in (("auc", gates.min_auc), ("accuracy", gates.min_accuracy)):
+        value = prod[name]
+        if minimum is not None and value is not None and math.isfinite(value) and value < minimum:
+            out.append(GateResult(f"{name}_min", value, minimum, False,
+                                  f"production {name} {_fmt(value)} < {_fmt(minimum)} on {rows:,} held-out rows"))
+    limits = {"demographic_parity_difference": gates.max_demographic_parity_difference,
+              "equal_opportunity_difference": gates.max_equal_opportunity_difference}
+    for key, limit in limits.items():
+        if limit is None or prod_stats is None:
+            continue
+        value, detail = _fairness_value(key, gates, groups, prod_stats)
+        if value is not None and value > limit:
+            out.append(GateResult(key, value, limit, False,
+                                  f"production {key.replace('_', ' ')} {_fmt(value)} > {_fmt(limit)} ({detail})"))
+    return out
+
+
+def _waive(results: list[GateResult], failing: list[GateResult]) -> list[GateResult]:
+    """The promote_if_better policy: a failed gate that production fails too, where the
+    candidate does better than production, passes as waived."""
+    prod = {g.name: g.value for g in failing}
+    out = []
+    for r in results:
+        p = prod.get(r.name)
+        better = r.value is not None and p is not None and (r.value > p if r.name.endswith("_min") else r.value < p)
+        if not r.passed and better:
+            r = msgspec.structs.replace(r, passed=True, waived=True,
+                                        reason=f"{r.reason}; waived: production fails this gate too "
+                                               f"({_fmt(p)}) and the candidate does better")
+        out.append(r)
     return out
 
 
@@ -213,6 +296,7 @@ def evaluate_gates(candidate_model_dir: str | Path, holdout: Any, gates: GateCon
         results_metrics = {"candidate_auc": m.roc_auc(labels, scores),
                            "candidate_accuracy": m.accuracy(labels, scores, gates.decision_threshold)}
         prod = {"auc": None, "accuracy": None}
+        prod_scores = None
         if production_model_dir is not None:
             production = _Served(production_model_dir, production_version, "production")
             production.check_width(features.shape[1], "production")
@@ -224,10 +308,18 @@ def evaluate_gates(candidate_model_dir: str | Path, holdout: Any, gates: GateCon
         for name, minimum in (("auc", gates.min_auc), ("accuracy", gates.min_accuracy)):
             versus = prod[name] if name in gates.compare_to_production else None
             results += _metric_gates(name, results_metrics[f"candidate_{name}"], minimum, versus,
-                                     gates.production_margin, rows)
-        stats = [] if groups is None else m.group_stats(labels, scores, groups, gates.decision_threshold,
-                                                        getattr(holdout, "group_names", None))
-        results += _fairness_gates(gates, groups, stats)
+                                     gates.production_margin, rows, prod[name])
+        names = getattr(holdout, "group_names", None)
+        stats = [] if groups is None else m.group_stats(labels, scores, groups, gates.decision_threshold, names)
+        prod_stats = None
+        if prod_scores is not None:
+            prod_stats = [] if groups is None else m.group_stats(labels, prod_scores, groups,
+                                                                 gates.decision_threshold, names)
+        results += _fairness_gates(gates, groups, stats, prod_stats)
+        failing = [] if prod_scores is None else _production_failing(gates, prod, prod_stats, groups, rows)
+        results_metrics["production_failing_gates"] = len(failing) if prod_scores is not None else None
+        if gates.when_production_fails == "promote_if_better":
+            results = _waive(results, failing)
         if gates.max_p99_latency_ms is not None:
             p99 = candidate.p99_latency_ms(features, gates.latency_calls, gates.latency_warmup)
             results_metrics["latency_p99_ms"] = p99
@@ -247,4 +339,5 @@ def evaluate_gates(candidate_model_dir: str | Path, holdout: Any, gates: GateCon
                       production=None if production is None else production.label,
                       metrics={k: float(v) for k, v in results_metrics.items() if v is not None and math.isfinite(v)},
                       groups=stats, decision_threshold=gates.decision_threshold,
-                      evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                      evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                      production_failing=failing, when_production_fails=gates.when_production_fails)

@@ -7,11 +7,16 @@ let root, shown;
 function evidence(trigger) {
   if (!trigger) return h("span", { class: "muted" }, "started by hand (no trigger decision)");
   const e = trigger.evidence;
+  // drift_windows: [start, end, verdict]; accuracy_windows: complete prediction-time windows [start, end, accuracy, labels]
+  const verdicts = (e.drift_windows || []).map(w => w[2]);
+  const accuracy = (e.accuracy_windows || []).slice(-1)[0];
   return h("div", {},
     h("ul", { class: "reasons" }, trigger.reasons.map(r => h("li", {}, r))),
     h("div", { class: "muted", style: "font-size:0.88em" },
-      `decided ${time(trigger.at)}: last verdicts ${(e.drift_verdicts || []).join(", ") || "–"}; `
-      + `drifted ${(e.drifted_features || []).join(", ") || "–"}; live accuracy ${pct(e.live_accuracy)} over ${fmt(e.live_labels)} labels`));
+      `decided ${time(trigger.at)}: last verdicts ${verdicts.join(", ") || "–"}; `
+      + `drifted ${(e.drifted_features || []).join(", ") || "–"}; live accuracy `
+      + (accuracy ? `${pct(accuracy[2])} over ${fmt(accuracy[3])} labels (latest complete window)` : "–")
+      + (e.since ? `; change point ${time(e.since)}` : "")));
 }
 
 function stepDetail(step) {

@@ -27,22 +27,25 @@ How the counts stay exact:
   when finite) first, so tile means differ at the scale of the spread rather than of the mean:
   this matches a two-pass over the batch to ~1e-12 even for |mean| / std ~ 1e11.
 
-How it reaches memory bandwidth (design target: >= 50% of an H100's, `bench/drift_gpu.py`):
-- one pass over x: a [BLOCK_R, BLOCK_F] tile of all numeric columns per step, so the reads of a
-  row-major batch are nearly contiguous; categorical columns come from the same rows;
-- a persistent grid (about 4 programs per SM) walking row tiles; histograms, missing counts and
-  moments live in registers and go out once per program (int64 atomics only for non-zero cells;
-  moments as per-program partials), never one atomic per value;
-- the cumulative-count form of the bins costs one compare and one add per (value, edge);
+How it is meant to reach memory bandwidth (target: >= 50% of the copy bandwidth, `bench/drift_gpu.py`):
+- one pass over x: a [BLOCK_R, BLOCK_F] tile of all numeric columns per step (the rows' bytes
+  are read contiguously), the categorical columns of the same rows next to it;
+- a persistent grid (about 4 programs per SM) walking row tiles, with no reduction across
+  threads and no atomic per tile: counts are kept per element of the tile, cumulative (finite,
+  >= each edge: one compare and one add per value and edge) and packed four 8-bit lanes to an
+  int32; moments as per-element shifted sums. Each program writes its partial counts and moments
+  once, and `drift_finalize` reduces them (no global atomics for the numeric part);
 - categorical slots are counted with `tl.histogram` per tile into a register histogram when
   (columns x slots) fits (<= 4096 cells: K = 1000 with two columns), else with one atomic per
   value spread over the K slots.
+What each choice did to registers and spills is in the README ("Drift kernels on the GPU").
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -51,10 +54,49 @@ from loopserve.kernels.reference import (  # noqa: F401  (re-exported)
 
 SUPPORTED = (torch.float32, torch.float64, torch.int32, torch.int64)
 CAT_HIST_MAX_CELLS = 4096  # register histogram up to this many (column, slot) cells
-TILE_VALUES = 1024  # values per tile on a GPU: BLOCK_R * BLOCK_F. With 4 warps the fused fp32 kernel
-# then needs 168 registers and does not spill on sm_90 (`python -m loopserve.kernels.aot`); 2048 spills
-# for fp64 input. The best tile on a real H100 is what `bench/drift_gpu.py` sweeps.
+TILE_VALUES = 512  # values per tile on a GPU (BLOCK_R * BLOCK_F): 4 per thread with 4 warps. Every
+# per-element accumulator costs (values per thread) registers, so the tile sets the register bill:
+# see the README's "Drift kernels on the GPU" for the sm_90 figures; `bench/drift_gpu.py` sweeps it.
 MAX_BLOCK_F = 64
+FINALIZE_BLOCK_G = 32
+_LANES = 16  # count lanes per launch: finite + 15 edges (_drift_jit.LANES_PER_LAUNCH)
+
+
+class LaunchConfig(NamedTuple):
+    block_f: int
+    n_fblocks: int
+    block_rows: int
+    n_tiles: int
+    programs: int
+    block_c: int
+    k_pad: int
+    cat_hist: bool
+
+
+def launch_config(F: int, C: int, rows: int, x: torch.Tensor | None = None, block_rows: int | None = None,
+                  max_programs: int | None = None, cat_slots: int = 0, cat_mode: str = "auto",
+                  on_gpu: bool | None = None) -> LaunchConfig:
+    """Tile shape and grid of `drift_update_` (also what `aot` compiles, so the report is of the
+    kernel that runs). `cat_slots`: the width of cat_counts (K_max + 1)."""
+    gpu = on_gpu if on_gpu is not None else (x is not None and x.is_cuda and not _interpreted())
+    fb = min(_pow2(max(F, 2)), MAX_BLOCK_F)
+    n_fblocks = max(1, -(-F // fb)) if F else 1
+    if block_rows is None:
+        block_rows = max(16, TILE_VALUES // fb) if gpu else 256
+    block_rows = _pow2(block_rows)
+    n_tiles = -(-rows // block_rows)
+    if max_programs is None:
+        max_programs = _default_programs(x) if x is not None else 4
+    programs = max(1, min(n_tiles, max_programs))
+    block_c = _pow2(max(C, 2))
+    k_pad = _pow2(max(cat_slots, 32))
+    if cat_mode == "auto":
+        cat_hist = block_c * k_pad <= CAT_HIST_MAX_CELLS
+    elif cat_mode in ("hist", "atomic"):
+        cat_hist = cat_mode == "hist"
+    else:
+        raise ValueError(f"cat_mode must be 'auto', 'hist' or 'atomic', got {cat_mode!r}")
+    return LaunchConfig(fb, n_fblocks, block_rows, n_tiles, programs, block_c, k_pad, cat_hist)
 
 
 @functools.lru_cache(maxsize=1)
@@ -92,6 +134,14 @@ def _edges_f32(edges: torch.Tensor) -> torch.Tensor:
     return torch.where(low, torch.nextafter(e32, torch.full_like(e32, torch.inf)), e32).contiguous()
 
 
+@functools.lru_cache(maxsize=16)
+def _placeholders(device: torch.device):
+    """One-element tensors the kernels get for the parts they skip (never read or written), made
+    once per device so that a launch allocates only its scratch."""
+    return (torch.zeros(1, dtype=torch.int32, device=device), torch.zeros(1, dtype=torch.int64, device=device),
+            torch.zeros(1, dtype=torch.float64, device=device))
+
+
 def _check_x(x: torch.Tensor):
     if x.dim() != 2:
         raise ValueError(f"x must be 2-D [rows, cols], got shape {tuple(x.shape)}")
@@ -122,7 +172,7 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
                   with_moments: bool = False, cat_cols=None, luts=None, lut_sizes=None, n_other=None,
                   cat_counts=None, cat_missing=None, edges_f32=None, check: bool = True,
                   block_rows: int | None = None, max_programs: int | None = None, num_warps: int = 4,
-                  cat_mode: str = "auto"):
+                  cat_mode: str = "auto", moments_into=None, maxnreg: int | None = None):
     """Every accumulator of one batch in one pass over x; returns the moments (or None).
 
     Numeric part (F features): `numeric_cols` int32 [F]; for bins also `edges` float64 [F, E_max]
@@ -134,6 +184,11 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     [C, K_max + 1], `cat_missing` int64 [C] (both +=).
     `check` validates index ranges (one device sync on a GPU); the kernel never reads or writes out
     of bounds for valid index tensors. `cat_mode`: "auto", "hist" or "atomic".
+    `maxnreg` caps the main kernel's registers per thread (more programs per SM; ptxas spills past
+    what it needs), for the benchmark's sweep.
+    `moments_into=(n int64 [F], planes float64 [4, F])`: running moments (mean, m2, min, max planes)
+    the batch's are merged into in place, by the same launch (nothing is returned): a monitor's
+    window then costs no extra launches (start from n = 0, mean = m2 = 0, min = +inf, max = -inf).
     """
     _check_x(x)
     dev = x.device
@@ -141,10 +196,7 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     do_bins = edges is not None
     do_num = do_bins or with_moments
     do_cats = cat_cols is not None
-    empty_i32 = torch.zeros(1, dtype=torch.int32, device=dev)
-    dummy = {"ncols": empty_i32, "F": 0, "edges": torch.zeros(1, dtype=torch.float64, device=dev), "es": 0,
-             "nedges": empty_i32, "counts": torch.zeros(1, dtype=torch.int64, device=dev), "cs": 0,
-             "missing": torch.zeros(1, dtype=torch.int64, device=dev), "E": 0}
+    empty_i32, dummy_i64, dummy_f64 = _placeholders(dev)
     F = 0
     if do_num:
         _check_index("numeric_cols", numeric_cols, 1, torch.int32, dev)
@@ -193,58 +245,58 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     if C == 0 and not do_num:
         return None
 
-    fb = min(_pow2(max(F, 2)), MAX_BLOCK_F)
-    n_fblocks = max(1, -(-F // fb)) if do_num else 1
-    if block_rows is None:
-        block_rows = 256 if _interpreted() or not x.is_cuda else max(16, TILE_VALUES // fb)
-    block_rows = _pow2(block_rows)
-    n_tiles = -(-rows // block_rows)
-    G = max(1, min(n_tiles, max_programs or _default_programs(x)))
-
-    if with_moments:
-        part_stride = n_fblocks * fb
-        pn = torch.empty((G, part_stride), dtype=torch.int64, device=dev)
-        pf = torch.empty((5, G, part_stride), dtype=torch.float64, device=dev)
-    else:
-        part_stride = 0
-        pn, pf = dummy["counts"], dummy["edges"]
-    block_c = _pow2(max(C, 2))
-    k_pad = _pow2(max(cat_counts.shape[1], 32)) if do_cats else 32
-    if cat_mode == "auto":
-        cat_hist = block_c * k_pad <= CAT_HIST_MAX_CELLS
-    elif cat_mode in ("hist", "atomic"):
-        cat_hist = cat_mode == "hist"
-    else:
-        raise ValueError(f"cat_mode must be 'auto', 'hist' or 'atomic', got {cat_mode!r}")
-
-    if n_tiles and (do_bins or with_moments or C):
-        num = dict(ncols=numeric_cols if do_num else empty_i32, F=F,
-                   edges=cmp_edges if do_bins else dummy["edges"], es=cmp_edges.stride(0) if do_bins else 0,
-                   nedges=n_edges if do_bins else empty_i32, counts=counts if do_bins else dummy["counts"],
-                   cs=counts.stride(0) if do_bins else 0, missing=missing if do_bins else dummy["missing"],
-                   E=e_max if do_bins else 0)
-        lut_arg = luts if C and luts.numel() else empty_i32  # never hand the kernel an empty allocation
-        cat = (cat_cols, C, lut_arg, luts.stride(0), lut_sizes, n_other, cat_counts, cat_counts.stride(0),
-               cat_missing) if C else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32, dummy["counts"], 0,
-                                       dummy["missing"])
-        _jit().drift_kernel[(G, n_fblocks)](
-            x, rows, x.stride(0), x.stride(1), n_tiles,
-            num["ncols"], F, num["edges"], num["es"], num["nedges"], num["counts"], num["cs"], num["missing"],
-            pn, pf, part_stride, G * part_stride,
-            *cat,
-            E_MAX=num["E"], NB_PAD=_pow2(num["E"] + 1), BLOCK_R=block_rows, BLOCK_F=fb, BLOCK_C=block_c,
-            K_PAD=k_pad, DO_BINS=do_bins, DO_MOMENTS=with_moments, DO_CATS=C > 0,
-            CMP_F32=x.dtype == torch.float32, CAT_FLOAT=x.is_floating_point(), CAT_HIST=cat_hist,
-            num_warps=num_warps,
-        )
-    if not with_moments:
+    cfg = launch_config(F, C, rows, x, block_rows, max_programs, cat_counts.shape[1] if do_cats else 0, cat_mode)
+    fb, n_fblocks, block_rows, n_tiles, G = cfg.block_f, cfg.n_fblocks, cfg.block_rows, cfg.n_tiles, cfg.programs
+    part_stride = n_fblocks * fb if do_num else 0
+    if not do_bins:
+        e_max = 0
+    n_lanes = 1 + e_max
+    # Per-program partials: lane counts int32 [n_lanes, G, part_stride]; moments fp64 [5, G, part_stride].
+    pc = torch.empty((n_lanes, G, part_stride) if do_num else 1, dtype=torch.int32, device=dev)
+    pf = torch.empty((5, G, part_stride) if with_moments else 1, dtype=torch.float64, device=dev)
+    cat = (cat_cols, C, luts if luts.numel() else empty_i32, luts.stride(0), lut_sizes, n_other, cat_counts,
+           cat_counts.stride(0), cat_missing) if C else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32,
+                                                          dummy_i64, 0, dummy_i64)
+    if n_tiles:
+        # Edges in windows of LANES_PER_LAUNCH - 1: every launch reads x again, so only profiles with
+        # more than 16 bins pay for a second pass (the first launch does the moments and categories).
+        e0 = 0
+        while True:
+            e_launch = min(e_max - e0, _LANES - 1)
+            first = e0 == 0
+            _jit().drift_kernel[(G, n_fblocks)](
+                x, rows, x.stride(0), x.stride(1), n_tiles,
+                numeric_cols if do_num else empty_i32, F, cmp_edges if do_bins else dummy_f64,
+                cmp_edges.stride(0) if do_bins else 0, n_edges if do_bins else empty_i32, e0, e0, e_launch + 1,
+                pc, G * part_stride, pf, part_stride, G * part_stride,
+                *(cat if first else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32, dummy_i64, 0, dummy_i64)),
+                E_LAUNCH=e_launch, BLOCK_R=block_rows, BLOCK_F=fb, BLOCK_C=cfg.block_c, K_PAD=cfg.k_pad,
+                DO_BINS=do_bins, DO_MOMENTS=with_moments and first, DO_CATS=C > 0 and first,
+                CMP_F32=x.dtype == torch.float32, CAT_FLOAT=x.is_floating_point(), CAT_HIST=cfg.cat_hist,
+                num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
+            )
+            e0 += e_launch
+            if e0 >= e_max:
+                break
+    if not do_num:
         return None
-    out_n = torch.empty(F, dtype=torch.int64, device=dev)
-    out_f = torch.empty((4, F), dtype=torch.float64, device=dev)
+    if moments_into is not None:
+        out_n, out_f = moments_into
+        _check_index("moments_into[0]", out_n, 1, torch.int64, dev, (F,))
+        _check_index("moments_into[1]", out_f, 2, torch.float64, dev, (4, F))
+        if not out_f.is_contiguous():
+            raise ValueError("moments_into[1] must be contiguous")
+    else:
+        out_n = torch.empty(F, dtype=torch.int64, device=dev) if with_moments else dummy_i64
+        out_f = torch.empty((4, F), dtype=torch.float64, device=dev) if with_moments else dummy_f64
     if F:
-        g_used = G if n_tiles else 0
-        _jit().moments_finalize[(-(-F // fb),)](pn, pf, g_used, F, part_stride, G * part_stride, out_n, out_f,
-                                                BLOCK_G=32, BLOCK_F=fb, num_warps=num_warps)
+        _jit().drift_finalize[(n_fblocks, n_lanes if do_bins else 1)](
+            pc, G * part_stride, pf, G if n_tiles else 0, F, rows, part_stride, G * part_stride, e_max,
+            counts if do_bins else dummy_i64, counts.stride(0) if do_bins else 0, missing if do_bins else dummy_i64,
+            out_n, out_f, BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=fb, DO_BINS=do_bins, DO_MOMENTS=with_moments,
+            MERGE=moments_into is not None, num_warps=num_warps)
+    if not with_moments or moments_into is not None:
+        return None
     return out_n, out_f[0], out_f[1], out_f[2], out_f[3]
 
 

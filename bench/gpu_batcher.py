@@ -1,0 +1,139 @@
+"""The batcher on a GPU: served rows/s through the in-process API against the direct limit
+(the module called at batch 256 with host->device->host copies), for a heavy MLP
+(512->2048->2048->2) and a wide one (1024->4096->4096->1024), instances 1 and 2, c = 256 and
+1024 concurrent single-row clients; and the cost of drift monitoring (the kernel path) on vs
+off for the wide MLP. One table of ratios, all measured in this run.
+
+    python bench/gpu_batcher.py [--seconds S] [--json out.json]
+    python bench/gpu_batcher.py --cpu   # tiny shapes on the CPU: checks the script, not the GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+from loopserve import DynamicBatching, Model, ModelConfig, TensorConfig
+from loopserve.config import DriftConfig
+from loopserve.monitor.monitor import DriftMonitor
+from loopserve.monitor.profile import build_profile
+
+MODELS = {"heavy": (512, 2048, 2048, 2), "wide": (1024, 4096, 4096, 1024)}
+CPU_MODELS = {"heavy": (16, 32, 32, 2), "wide": (32, 64, 64, 32)}
+MAX_BATCH = 256
+
+
+def mlp(sizes) -> torch.nn.Module:
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).eval()
+
+
+def direct_rows_per_s(module, n_in, device, seconds) -> float:
+    """The module at batch MAX_BATCH, the batch from pinned host memory and back: the limit."""
+    x = torch.randn(MAX_BATCH, n_in).pin_memory() if device != "cpu" else torch.randn(MAX_BATCH, n_in)
+    rows, start = 0, time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - start < seconds:
+            module(x.to(device, non_blocking=True)).cpu()
+            rows += MAX_BATCH
+    return rows / (time.perf_counter() - start)
+
+
+async def served_rows_per_s(model: Model, n_in: int, clients: int, seconds: float) -> float:
+    """Rows/s over `seconds` of `clients` closed-loop single-row clients, after a warm-up."""
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.standard_normal((1, n_in), dtype=np.float32)} for _ in range(clients)]
+    done, running, measuring = 0, True, False
+
+    async def client(feed):
+        nonlocal done
+        while running:
+            await model.infer(feed)
+            done += measuring
+
+    tasks = [asyncio.ensure_future(client(f)) for f in feeds]
+    await asyncio.sleep(min(1.0, seconds / 2))  # warm up
+    measuring, t0 = True, time.perf_counter()
+    await asyncio.sleep(seconds)
+    rate = done / (time.perf_counter() - t0)
+    running = False
+    await asyncio.gather(*tasks)
+    return rate
+
+
+def serve(name, sizes, device, instances, monitored=False) -> Model:
+    config = ModelConfig(name=name, max_batch_size=MAX_BATCH, device=device, instances=instances,
+                         inputs=[TensorConfig("x", "FP32", [sizes[0]])],
+                         outputs=[TensorConfig("y", "FP32", [sizes[-1]])],
+                         dynamic_batching=DynamicBatching(max_queue_delay_us=200))
+    model = Model.from_module(mlp(sizes), config)
+    if monitored:
+        ref = np.random.default_rng(1).standard_normal((5000, sizes[0]), dtype=np.float32)
+        model.drift = DriftMonitor.for_model(model, build_profile(ref[:, :22]), DriftConfig(window_seconds=0),
+                                             use_kernels=None if device != "cpu" else False)
+    return model
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cpu", action="store_true", help="tiny models on the CPU (a check of the script)")
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    if not args.cpu and not torch.cuda.is_available():
+        print("gpu_batcher: SKIPPED: no CUDA device (use --cpu to check the script)")
+        return 0
+    device, models = ("cpu", CPU_MODELS) if args.cpu else ("cuda:0", MODELS)
+    seconds = 0.5 if args.cpu else args.seconds
+    results = []
+    runner = asyncio.Runner()
+    print(f"{'model':<6} {'inst':>4} {'c':>5} {'served rows/s':>14} {'direct rows/s':>14} {'served/direct':>13}")
+    for name, sizes in models.items():
+        module = mlp(sizes).to(device)
+        direct = direct_rows_per_s(module, sizes[0], device, seconds)
+        for instances in (1, 2):
+            model = serve(name, sizes, device, instances)
+            try:
+                for clients in (256, 1024):
+                    rate = runner.run(served_rows_per_s(model, sizes[0], clients, seconds))
+                    results.append(dict(model=name, instances=instances, clients=clients, served=rate, direct=direct))
+                    print(f"{name:<6} {instances:>4} {clients:>5} {rate:>14,.0f} {direct:>14,.0f} {rate / direct:>13.2f}")
+            finally:
+                model.close()
+    by = {(r["model"], r["instances"], r["clients"]): r["served"] for r in results}
+    for name in models:
+        for clients in (256, 1024):
+            one = by[(name, 1, clients)]
+            print(f"instances 2 / 1, {name}, c={clients}: {by[(name, 2, clients)] / one if one else float('nan'):.2f}"
+                  f"   (target >= 1.3 for wide at batch 256)")
+    sizes = models["wide"]
+    rates = {}
+    for monitored in (False, True):
+        model = serve("wide", sizes, device, 2, monitored)
+        try:
+            rates[monitored] = runner.run(served_rows_per_s(model, sizes[0], 1024, seconds))
+            if monitored and model.drift is not None:
+                model.drift.flush()
+                path = "kernels" if model.drift.device_path is not None else "native"
+                print(f"drift monitor ({path}): {model.drift.stats()}")
+        finally:
+            model.close()
+    on_off = rates[True] / rates[False] if rates[False] else float("nan")
+    print(f"monitoring on / off, wide, instances 2, c=1024: {on_off:.3f}   (target >= 0.97)")
+    runner.close()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"serving": results, "monitoring_on_off": on_off}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
