@@ -53,22 +53,26 @@ class RunningServer:
     workers > 1: this process is the engine (its routes on a Unix socket, in the thread), and
     `workers` front-end processes share the port, as `loopserve serve --workers N` runs them."""
 
-    def __init__(self, app, workers: int = 1):
+    def __init__(self, app, workers: int = 1, http=None):
         import socket
         import threading
 
+        import msgspec
         import uvicorn
+
+        from loopserve.server.config import HttpConfig
+        from loopserve.server.limits import uvicorn_settings
 
         self.app = app
         self.workers = workers
         self.engine = None
+        # The connection limits of `http` (a test's own, or the defaults) apply as `loopserve serve` applies them.
+        http = msgspec.structs.replace(http or HttpConfig(), max_body_bytes=app.infer.max_body_bytes,
+                                       graceful_shutdown_s=10)
         if workers > 1:
-            from loopserve.server.config import HttpConfig
             from loopserve.server.supervisor import MultiProcessServer
 
-            self.engine = MultiProcessServer(app, workers=workers, host="127.0.0.1", port=0,
-                                             http=HttpConfig(max_body_bytes=app.infer.max_body_bytes,
-                                                             graceful_shutdown_s=10),
+            self.engine = MultiProcessServer(app, workers=workers, host="127.0.0.1", port=0, http=http,
                                              gil_switch_interval_us=200, log_level="warning")
             self.port = self.engine.port
             where = {"uds": self.engine.engine_uds}
@@ -81,8 +85,10 @@ class RunningServer:
             where, sockets = {}, [sock]
         self.url = f"127.0.0.1:{self.port}"
         self.base_url = f"http://{self.url}"
-        self.server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", http="httptools", lifespan="on",
-                                                    log_config=None, access_log=False, **where))
+        # The engine's Unix socket (workers > 1) keeps uvicorn's defaults: only the front ends face clients.
+        limits = uvicorn_settings(http) if workers == 1 else {"http": "httptools"}
+        self.server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", lifespan="on", log_config=None,
+                                                    access_log=False, **limits, **where))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": sockets}, daemon=True)
         self.thread.start()
         import time
@@ -117,8 +123,8 @@ def serve(request):
     twice: one process, and an engine with two HTTP front-end processes."""
     servers = []
 
-    def start(app):
-        servers.append(RunningServer(app, workers=request.param))
+    def start(app, http=None):
+        servers.append(RunningServer(app, workers=request.param, http=http))
         return servers[-1]
 
     yield start

@@ -112,7 +112,8 @@ def drive(server, requests: int = 300, rows: int = 8, shift_after: int = 150, se
         labels.append({"id": f"req-{seed}-{i}", "label": (x[:, 0] > 0.5).astype(int).tolist()})
     for start in range(0, len(labels), 100):
         status, _, _ = server.request("POST", "/v2/models/fraud/feedback",
-                                      msgspec.json.encode({"labels": labels[start:start + 100]}))
+                                      msgspec.json.encode({"labels": labels[start:start + 100]}),
+                                      {"Authorization": f"Bearer {TOKEN}"})  # feedback needs the token
         failed += status != 200
     return failed
 

@@ -142,6 +142,9 @@ def test_every_page_shows_the_servers_data(demo_server, browser):
     assert browser.find_elements("css selector", "[data-chart=rps] canvas")
     shot(browser, "models")
 
+    # The drift report needs the management token on a server that sets one: the page reads it
+    # from the tab's token box.
+    browser.execute_script("document.getElementById('token').value = arguments[0]", TOKEN)
     open_page(browser, server, "drift")
     wait_for(lambda: browser.find_elements("css selector", "[data-chart=histogram] canvas"), what="histogram")
     assert browser.find_element("css selector", "[data-chart=drift]").get_attribute("data-series") == "8"

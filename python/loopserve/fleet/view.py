@@ -21,7 +21,7 @@ from loopserve.config import DriftPolicy
 from loopserve.fleet.merge import fleet_drift, merge_feedback, merge_traffic
 from loopserve.fleet.replicas import resolve_replicas
 from loopserve.monitor.profile import ReferenceProfile
-from loopserve.pipeline.server_view import ServerUnavailable
+from loopserve.pipeline.server_view import ServerUnavailable, management_headers
 
 
 class _Profile(msgspec.Struct):
@@ -47,7 +47,8 @@ class FleetView:
     # -- reading replicas ------------------------------------------------------------------
 
     def _get(self, url: str, msgpack: bool = False):
-        request = urllib.request.Request(url, headers={"Accept": "application/msgpack"} if msgpack else {})
+        headers = management_headers() | ({"Accept": "application/msgpack"} if msgpack else {})
+        request = urllib.request.Request(url, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as r:
                 body = r.read()

@@ -24,7 +24,6 @@ them outside the model's lock.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import secrets
 import threading
@@ -240,8 +239,6 @@ class FeedbackStore:
         self.models: dict[str, ModelFeedback] = {}
         self._fast: dict[int, tuple[weakref.ref, VersionTrack | None]] = {}  # id(Model) -> its track
         self._lock = threading.Lock()
-        self._prefix = secrets.token_hex(4)
-        self._ids = itertools.count(1)
         # Called before labels join: predictions recorded elsewhere first (with workers > 1, the
         # engine's native taps), so that a label never arrives ahead of its own prediction.
         self.catch_up: list = []
@@ -263,10 +260,11 @@ class FeedbackStore:
             if cached is not None and cached[0]() is model:
                 del self._fast[id(model)]
 
-    def new_id(self) -> str:
-        """A request id for a request that sent none: unique in this process and unlikely to
-        repeat across processes (a random prefix)."""
-        return f"{self._prefix}-{next(self._ids):x}"
+    @staticmethod
+    def new_id() -> str:
+        """A request id for a request that sent none: 128 random bits (as the engine's native
+        path makes them), so that no client can guess another's id and label it first."""
+        return secrets.token_hex(16)
 
     def _track(self, model) -> VersionTrack | None:
         config = model.config.feedback

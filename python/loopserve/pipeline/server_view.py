@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,16 +15,24 @@ class ServerUnavailable(LoopserveError):
     pass
 
 
+def management_headers() -> dict[str, str]:
+    """A server with a management token guards its drift and sketch routes: readers send the
+    token from $LOOPSERVE_MANAGEMENT_TOKEN (kept out of config files)."""
+    token = os.environ.get("LOOPSERVE_MANAGEMENT_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 class ServerView:
     def __init__(self, base_url: str, model: str, timeout_s: float = 10.0):
         self.base = base_url.rstrip("/")
         self.model = urllib.parse.quote(model, safe="")
         self.timeout_s = timeout_s
+        self.headers = management_headers()
 
     def _get(self, path: str) -> dict:
         url = f"{self.base}{path}"
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as r:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers), timeout=self.timeout_s) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
             body = e.read().decode(errors="replace")

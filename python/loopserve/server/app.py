@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import re
 
@@ -24,7 +23,9 @@ from loopserve.errors import LoopserveError, ModelNotFound
 from loopserve.server import triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
-from loopserve.server.http_errors import Unauthorized, error_body, status_of
+from loopserve.server.auth import ManagementToken
+from loopserve.server.body import SMALL_BODY_BYTES, read_body
+from loopserve.server.http_errors import error_body, status_of
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.protocol import ProtocolError
@@ -63,6 +64,7 @@ class LoopserveApp:
                  management_token: str | None = None, poll_s: float = 0.0, load_new_models: bool = True):
         self.repository = repository
         self.management_token = management_token
+        self._authorize = ManagementToken(management_token).check
         self.watcher = (RepositoryWatcher(repository, poll_s, load_new_models)
                         if poll_s > 0 and (repository.root is not None or repository.registry) else None)
         self.metrics = ServerMetrics(repository)
@@ -84,8 +86,8 @@ class LoopserveApp:
             Route("/v2", self.server_metadata),
             Route("/v2/models/stats", self.model_stats),
             *traffic,
-            *DriftRoutes(repository).routes(),
-            *FeedbackRoutes(repository).routes(),
+            *DriftRoutes(repository, self._authorize).routes(),
+            *FeedbackRoutes(repository, self._authorize).routes(),
             *[Route("/v2/models/{model}" + path, endpoint) for path, endpoint in per_model],
             *[Route("/v2/models/{model}/versions/{version}" + path, endpoint) for path, endpoint in per_model],
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
@@ -178,12 +180,12 @@ class LoopserveApp:
     # -- repository -----------------------------------------------------------------------
 
     async def repository_index(self, request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request.receive, SMALL_BODY_BYTES)
         ready_only = False
         if body.strip():
             try:
                 ready_only = bool(msgspec.json.decode(body).get("ready", False))
-            except (msgspec.DecodeError, AttributeError):
+            except (msgspec.DecodeError, AttributeError, RecursionError):
                 return json_response({"error": "repository index body must be a JSON object like "
                                                '{"ready": true}, or empty'}, 400)
         states = self.repository.index()
@@ -194,13 +196,12 @@ class LoopserveApp:
     async def repository_load(self, request: Request) -> Response:
         self._authorize(request)
         # Built and warmed up off the loop; swapped in on it, at once for every request.
-        prepared = await asyncio.to_thread(self.repository.prepare, request.path_params["model"])
-        self.repository.install(prepared)
+        await self.repository.load_async(request.path_params["model"])
         return json_response({})
 
     async def repository_unload(self, request: Request) -> Response:
         self._authorize(request)
-        self.repository.unload(request.path_params["model"])
+        await self.repository.unload_async(request.path_params["model"])
         return json_response({})
 
     # -- traffic --------------------------------------------------------------------------
@@ -219,8 +220,8 @@ class LoopserveApp:
         self._authorize(request)
         router = self.repository.router(request.path_params["model"])
         try:
-            change = msgspec.json.decode(await request.body(), type=TrafficChange)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            change = msgspec.json.decode(await read_body(request.receive, SMALL_BODY_BYTES), type=TrafficChange)
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
             raise ProtocolError(f"traffic change: {e}; expected a JSON object with any of weights "
                                 '({"version": share}), shadow ([versions]), promote (version), rollback (true)') from None
         if change.weights is not None or change.shadow is not None:
@@ -230,16 +231,6 @@ class LoopserveApp:
         if change.rollback:
             router.rollback()
         return json_response(router.state())
-
-    def _authorize(self, request: Request) -> None:
-        """Management routes need `Authorization: Bearer <management_token>` when the server
-        config sets one."""
-        if self.management_token is None:
-            return
-        header = request.headers.get("authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {self.management_token}".encode()):
-            raise Unauthorized("this route needs the header 'Authorization: Bearer <management_token>' "
-                               "with the token from the server config")
 
     async def prometheus(self, request: Request) -> Response:
         # On the loop thread, which alone writes the latency histograms: a consistent read.

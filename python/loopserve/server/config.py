@@ -22,6 +22,17 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # the engine (requests one way, responses the other). A request or response may take up to
     # half of it; 0: twice max_body_bytes plus 1 MiB, so that any accepted body fits.
     channel_bytes: Annotated[int, Meta(ge=0)] = 0
+    # What a client on a public port may hold (server/limits.py). A request's head (request line
+    # and headers) must arrive within header_timeout_s of the connection opening or of its first
+    # byte, and be at most max_header_bytes (else 431); its body within body_timeout_s of the
+    # head (else 408, and the connection closes). An idle keep-alive connection closes after
+    # keep_alive_s. Past max_connections open connections (per process), a new one is answered
+    # 503 and closed.
+    header_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
+    body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
+    keep_alive_s: Annotated[float, Meta(gt=0)] = 5.0
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 << 10
+    max_connections: Annotated[int, Meta(ge=1)] = 2048
 
     def channel_size(self) -> int:
         return self.channel_bytes or 2 * self.max_body_bytes + (1 << 20)

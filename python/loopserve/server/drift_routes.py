@@ -23,8 +23,9 @@ class NoDriftMonitor(ModelNotFound):
 
 
 class DriftRoutes:
-    def __init__(self, repository: ModelRepository):
+    def __init__(self, repository: ModelRepository, authorize=lambda request: None):
         self.repository = repository
+        self.authorize = authorize  # the management token (server/auth.py): the data served is the clients'
 
     def routes(self) -> list[Route]:
         out = []
@@ -35,6 +36,7 @@ class DriftRoutes:
         return out
 
     def _monitored(self, request: Request) -> Model:
+        self.authorize(request)
         model = self.repository.get(request.path_params["model"], request.path_params.get("version"))
         if model.drift is None:
             raise NoDriftMonitor(f"model '{model.name}' version {model.version} has no drift monitor: its version "

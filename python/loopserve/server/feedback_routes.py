@@ -11,7 +11,7 @@ one, attached to its versions through the repository's hooks (loopserve.serving.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Annotated, Union
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +22,7 @@ from starlette.routing import Route
 from loopserve.errors import ModelNotFound
 from loopserve.monitor.feedback import ModelFeedback
 from loopserve.server.body import read_body
-from loopserve.server.protocol import ProtocolError
+from loopserve.server.protocol import MAX_REQUEST_ID_LENGTH, TOO_DEEP, ProtocolError
 
 MAX_FEEDBACK_BYTES = 64 << 20
 
@@ -30,14 +30,17 @@ MAX_FEEDBACK_BYTES = 64 << 20
 Scalar = Union[bool, int, float, str]
 
 
+RequestId = Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID_LENGTH)]
+
+
 class LabelItem(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: RequestId
     label: Union[Scalar, list[Scalar]]
 
 
 class FeedbackBody(msgspec.Struct, forbid_unknown_fields=True):
     labels: list[LabelItem] | None = None
-    id: str | None = None
+    id: RequestId | None = None
     label: Union[Scalar, list[Scalar], None] = None
 
 
@@ -57,6 +60,8 @@ def decode_feedback(body: bytes) -> list[tuple[str, object]]:
         parsed = _decoder.decode(body)
     except (msgspec.DecodeError, msgspec.ValidationError) as e:
         raise ProtocolError(f"feedback body: {e}; {EXPECTED}") from None
+    except RecursionError:
+        raise ProtocolError(f"feedback body: {TOO_DEEP}") from None
     if parsed.labels is not None:
         if parsed.id is not None or parsed.label is not None:
             raise ProtocolError(f"feedback body has both 'labels' and 'id'/'label': send one form; {EXPECTED}")
@@ -69,8 +74,11 @@ def decode_feedback(body: bytes) -> list[tuple[str, object]]:
 
 
 class FeedbackRoutes:
-    def __init__(self, repository):
+    def __init__(self, repository, authorize=lambda request: None):
         self.repository = repository
+        # The management token (server/auth.py): anyone who could post labels could skew live
+        # accuracy and the data the pipeline retrains on.
+        self.authorize = authorize
         self.store = repository.services.feedback
 
     def routes(self) -> list[Route]:
@@ -87,6 +95,7 @@ class FeedbackRoutes:
         raise NoFeedback(f"model '{name}' has feedback off: its config says feedback.enabled: false")
 
     async def post(self, request: Request) -> Response:
+        self.authorize(request)
         name = request.path_params["model"]
         mf = self._model(name)
         # Bounded as infer bodies are (64 MiB; refused with 413 past it).

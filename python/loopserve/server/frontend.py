@@ -27,7 +27,7 @@ import numpy as np
 
 from loopserve import _core
 from loopserve.logs import configure_logging
-from loopserve.server.body import read_body
+from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
 from loopserve.server.protocol import decode_request, encode_response
@@ -202,7 +202,7 @@ class FrontendApp:
 
     async def forward(self, scope, receive, send) -> None:
         try:
-            body = await read_body(receive, self.max_body_bytes)
+            body = await read_body(receive, body_limit(scope["path"], self.max_body_bytes))
         except BodyTooLarge as exc:
             await send_response(send, 413, _JSON, error_body(str(exc)))
             return
@@ -254,6 +254,9 @@ def _unix_listen(path: str) -> socket.socket:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
+    from loopserve.server.config import HttpConfig
+    from loopserve.server.limits import uvicorn_settings
+
     p = argparse.ArgumentParser(prog="loopserve-frontend", description="an HTTP front end of loopserve (internal)")
     p.add_argument("--fds", required=True, help="memfd,request_efd,response_efd,lifeline")
     p.add_argument("--engine-uds", required=True)
@@ -262,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--max-body-bytes", type=int, required=True)
     p.add_argument("--graceful-shutdown-s", type=float, required=True)
+    p.add_argument("--http", required=True, help="the server's http config, JSON (its connection limits)")
     p.add_argument("--gil-switch-interval-us", type=int, required=True)
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
@@ -270,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     memfd, request_efd, response_efd, lifeline = (int(x) for x in args.fds.split(","))
     app = FrontendApp((memfd, request_efd, response_efd), lifeline, args.engine_uds, args.max_body_bytes)
     server = uvicorn.Server(uvicorn.Config(
-        app, loop="uvloop", http="httptools", lifespan="on", log_config=None, access_log=False,
-        timeout_graceful_shutdown=args.graceful_shutdown_s, proxy_headers=False, server_header=False))
+        app, loop="uvloop", lifespan="on", log_config=None, access_log=False,
+        timeout_graceful_shutdown=args.graceful_shutdown_s, proxy_headers=False, server_header=False,
+        **uvicorn_settings(msgspec.json.decode(args.http, type=HttpConfig))))
 
     async def watch_engine() -> None:
         await app.engine_gone.wait()

@@ -14,6 +14,12 @@ class BodyTooLarge(LoopserveError):
     status = 413
 
 
+class ClientDisconnected(LoopserveError):
+    """The connection closed before the request's body arrived (or a limit closed it)."""
+
+    status = 400
+
+
 class Unauthorized(LoopserveError):
     """A management route without the right bearer token."""
 

@@ -16,6 +16,7 @@ import uvicorn
 from loopserve.logs import configure_logging
 from loopserve.server.app import LoopserveApp
 from loopserve.server.config import ServerConfig
+from loopserve.server.limits import uvicorn_settings
 from loopserve.server.supervisor import MultiProcessServer
 from loopserve.serving.registry_source import ModelSource, RegistryModels
 from loopserve.serving.repository import ModelRepository
@@ -69,11 +70,12 @@ def serve(config: ServerConfig) -> int:
         engine = MultiProcessServer(app, workers=config.worker_count(), host=config.http.host, port=config.http.port,
                                     http=config.http, gil_switch_interval_us=config.gil_switch_interval_us,
                                     log_level=config.log_level)
-        where = {"uds": engine.engine_uds}
+        where = {"uds": engine.engine_uds, "http": "httptools"}  # only our front ends connect to it
     else:
-        where = {"host": config.http.host, "port": config.http.port}
+        # The public port: the connection limits of the config (server/limits.py).
+        where = {"host": config.http.host, "port": config.http.port, **uvicorn_settings(config.http)}
     server = uvicorn.Server(uvicorn.Config(
-        app, **where, loop="uvloop", http="httptools", lifespan="on",
+        app, **where, loop="uvloop", lifespan="on",
         log_config=None, access_log=False, timeout_graceful_shutdown=config.http.graceful_shutdown_s,
         # Not behind a proxy by default: skip the per-request X-Forwarded-* middleware.
         proxy_headers=False, server_header=False,

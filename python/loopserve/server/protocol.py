@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import numpy as np
@@ -55,9 +55,21 @@ class RequestOutput(msgspec.Struct):
     parameters: dict[str, Any] | None = None
 
 
+# A request id is kept with its prediction until a label comes (feedback): bounded, so that ids
+# cannot be a way to fill the server's memory.
+MAX_REQUEST_ID_LENGTH = 256
+# numpy's own limit is 64 dimensions; no model input has more than a few.
+MAX_DIMS = 32
+# A shape whose nonzero dimensions multiply past this is no array any machine can address.
+_MAX_ELEMENTS = 2**62
+
+
+TOO_DEEP = "invalid request body: JSON nested too deeply (msgspec's limit is about 1000 levels)"
+
+
 class InferRequest(msgspec.Struct):
     inputs: list[RequestInput]
-    id: str | None = None
+    id: Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID_LENGTH)] | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[RequestOutput] | None = None
 
@@ -127,8 +139,13 @@ def _dtype(datatype: str, name: str) -> np.dtype:
 
 
 def _count(shape: list[int], name: str) -> int:
+    if len(shape) > MAX_DIMS:
+        raise ProtocolError(f"input '{name}': shape has {len(shape)} dimensions; at most {MAX_DIMS} are allowed")
     if shape and min(shape) < 0:
         raise ProtocolError(f"input '{name}': shape {shape} has a negative dimension")
+    if math.prod(d for d in shape if d) > _MAX_ELEMENTS:  # [2**63, 0] is empty, yet not a shape numpy takes
+        raise ProtocolError(f"input '{name}': shape {shape} is too large (its nonzero dimensions multiply "
+                            f"past {_MAX_ELEMENTS})")
     return math.prod(shape)
 
 
@@ -152,6 +169,8 @@ def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple
         raise ProtocolError(f"invalid inference request: {e}") from None
     except msgspec.DecodeError as e:
         raise ProtocolError(f"invalid request body: {e}") from None
+    except RecursionError:
+        raise ProtocolError(TOO_DEEP) from None
 
     binary = view[header_length:]
     offset = 0

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from loopserve.server.config import HttpConfig
 from loopserve.server.frontend import LATENCY_PATH
 from loopserve.server.latency import LatencyHistogram
 
@@ -42,7 +43,7 @@ class Frontend:
 
 class FrontendSupervisor:
     def __init__(self, *, workers: int, ingress, host: str, port: int, engine_uds: str, workdir: str,
-                 max_body_bytes: int, channel_bytes: int, graceful_shutdown_s: float,
+                 max_body_bytes: int, channel_bytes: int, graceful_shutdown_s: float, http: HttpConfig,
                  gil_switch_interval_us: int, log_level: str, latency: dict[tuple[str, str], LatencyHistogram]):
         self.workers = workers
         self.ingress = ingress
@@ -52,6 +53,7 @@ class FrontendSupervisor:
         self.max_body_bytes = max_body_bytes
         self.channel_bytes = channel_bytes
         self.graceful_shutdown_s = graceful_shutdown_s
+        self.http = http  # its connection limits apply in every front end
         self.gil_switch_interval_us = gil_switch_interval_us
         self.log_level = log_level
         self.latency = latency  # the engine's ServerMetrics histograms, refreshed from the front ends
@@ -86,7 +88,7 @@ class FrontendSupervisor:
             sys.executable, "-m", "loopserve.server.frontend",
             "--fds", ",".join(map(str, fds)), "--engine-uds", self.engine_uds, "--control-uds", control,
             "--host", self.host, "--port", str(self.port), "--max-body-bytes", str(self.max_body_bytes),
-            "--graceful-shutdown-s", str(self.graceful_shutdown_s),
+            "--graceful-shutdown-s", str(self.graceful_shutdown_s), "--http", msgspec.json.encode(self.http).decode(),
             "--gil-switch-interval-us", str(self.gil_switch_interval_us), "--log-level", self.log_level,
             pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         os.close(read_end)
@@ -204,7 +206,7 @@ class MultiProcessServer:
         self.supervisor = FrontendSupervisor(
             workers=workers, ingress=self.native.ingress, host=host, port=self.port, engine_uds=self.engine_uds,
             workdir=self.workdir, max_body_bytes=http.max_body_bytes, channel_bytes=http.channel_size(),
-            graceful_shutdown_s=http.graceful_shutdown_s, gil_switch_interval_us=gil_switch_interval_us,
+            graceful_shutdown_s=http.graceful_shutdown_s, http=http, gil_switch_interval_us=gil_switch_interval_us,
             log_level=log_level, latency=app.metrics.latency_histograms)
         app.on_startup.append(self.supervisor.start)
         app.before_metrics.append(self.supervisor.collect_latency)

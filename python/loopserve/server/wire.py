@@ -46,10 +46,12 @@ def scheduling_of(params) -> tuple[int, int, str | None]:
     key = params.get("routing_key")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"parameter 'routing_key' must be a string, got {key!r}")
-    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
-        raise ProtocolError(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
-    if not isinstance(timeout, int) or isinstance(timeout, bool):
-        raise ProtocolError(f"parameter 'timeout' must be an integer number of microseconds, got {timeout!r}")
+    # The batcher takes a C int and int64: larger values are the client's mistake, answered 400.
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority < 2**31:
+        raise ProtocolError(f"parameter 'priority' must be an integer from 0 to {2**31 - 1}, got {priority!r}")
+    if not isinstance(timeout, int) or isinstance(timeout, bool) or not -2**63 <= timeout < 2**63:
+        raise ProtocolError(f"parameter 'timeout' must be an integer number of microseconds that fits "
+                            f"64 bits, got {timeout!r}")
     return priority, timeout, key
 
 

@@ -8,6 +8,7 @@ once for every request. A load that fails anywhere leaves what serves untouched.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from pathlib import Path
@@ -67,6 +68,8 @@ class ModelRepository:
         self.on_route_change: list = []
         self._configs: dict[str, ModelConfig] = {}
         self._failures: dict[str, str] = {}  # name -> why its last load failed
+        # One change at a time per model (see load_async): created on the loop's thread.
+        self._changing: dict[str, asyncio.Lock] = {}
 
     def names_on_disk(self) -> list[str]:
         if self.root is None:
@@ -202,6 +205,24 @@ class ModelRepository:
     def load(self, name: str) -> VersionRouter:
         """prepare + install, for callers on the loop's thread or before it runs."""
         return self.install(self.prepare(name))
+
+    async def load_async(self, name: str) -> VersionRouter:
+        """prepare (in a thread) + install (on the loop), one change of `name` at a time.
+
+        Serialized because `prepare` reuses the versions serving when it started: an unload
+        between it and `install` would close them, and install would put closed versions back
+        (READY, yet every request refused). On the loop's thread."""
+        async with self._lock(name):
+            prepared = await asyncio.to_thread(self.prepare, name)
+            return self.install(prepared)
+
+    async def unload_async(self, name: str) -> None:
+        """unload, after any load of `name` in progress has installed. On the loop's thread."""
+        async with self._lock(name):
+            self.unload(name)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._changing.setdefault(name, asyncio.Lock())
 
     def unload(self, name: str) -> None:
         """Stops serving `name`; requests in flight still finish."""

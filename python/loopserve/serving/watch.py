@@ -69,11 +69,9 @@ class RepositoryWatcher:
     async def _reload(self, name: str) -> None:
         """Builds the model's versions in a thread, then swaps them in on the loop."""
         try:
-            prepared = await asyncio.to_thread(self.repository.prepare, name)
+            await self.repository.load_async(name)
         except Exception as e:  # recorded by prepare; what served serves on
             log.error("reload failed", extra={"model": name, "reason": str(e)})
-            return
-        self.repository.install(prepared)
 
     async def check_registry(self) -> None:
         """Registry-sourced models follow their aliases: a moved alias is a hot swap."""

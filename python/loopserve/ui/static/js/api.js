@@ -11,7 +11,10 @@ async function answer(response) {
 }
 
 export async function get(path) {
-  return answer(await fetch(path, { headers: { Accept: "application/json" } }));
+  // The token too when one is entered: drift reports need it on a server that sets one.
+  const headers = { Accept: "application/json" };
+  if (token()) headers.Authorization = `Bearer ${token()}`;
+  return answer(await fetch(path, { headers }));
 }
 
 export function token() {

@@ -1,0 +1,80 @@
+"""Fuzzing the request decoders (issue 12): whatever bytes a client sends, decode_request and
+decode_raw return tensors or raise ProtocolError (a 400 with a message), never anything else.
+Bounded: a few hundred examples each, no deadline (the machine is shared)."""
+
+import struct
+
+import msgspec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request
+
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DATATYPES = sorted(NUMPY_DTYPES) + ["FP8", ""]
+dims = st.one_of(st.integers(0, 4), st.integers(-2, 2**64 - 1))
+shapes = st.lists(dims, max_size=5) | st.lists(st.integers(0, 2), min_size=30, max_size=70)
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=4),
+                           lambda inner: st.lists(inner, max_size=4), max_leaves=20)
+
+
+def decodes_or_refuses(body: bytes, header_length):
+    try:
+        request, arrays = decode_request(body, header_length)
+    except ProtocolError as e:
+        assert str(e)
+        return
+    for name, array in arrays.items():
+        assert array.shape == tuple(next(i.shape for i in request.inputs if i.name == name))
+
+
+@SETTINGS
+@given(body=st.binary(max_size=512), header_length=st.none() | st.integers(-4, 600))
+def test_arbitrary_bytes(body, header_length):
+    decodes_or_refuses(body, header_length)
+
+
+def bytes_elements(items):
+    return b"".join(struct.pack("<I", len(x)) + x for x in items)
+
+
+@st.composite
+def binary_requests(draw):
+    """A well-formed JSON header with binary inputs whose sizes, shapes and data may disagree."""
+    inputs, binary = [], b""
+    for i in range(draw(st.integers(1, 3))):
+        datatype = draw(st.sampled_from(DATATYPES))
+        if datatype == "BYTES" and draw(st.booleans()):
+            raw = bytes_elements(draw(st.lists(st.binary(max_size=8), max_size=6)))
+            raw = raw[:draw(st.integers(0, len(raw)))]  # perhaps truncated
+        else:
+            raw = draw(st.binary(max_size=64))
+        size = draw(st.sampled_from([len(raw), len(raw) + 1, max(len(raw) - 1, 0), 2**63]))
+        parameters = draw(st.sampled_from([{"binary_data_size": size}, {}, {"binary_data_size": "8"}]))
+        entry = {"name": draw(st.sampled_from(["x", "y", f"in{i}"])), "shape": draw(shapes), "datatype": datatype,
+                 "parameters": parameters}
+        if not parameters or draw(st.booleans()) and draw(st.booleans()):
+            entry["data"] = draw(json_values)
+        inputs.append(entry)
+        binary += raw
+    header = msgspec.json.encode({"inputs": inputs, "parameters": draw(st.dictionaries(st.text(max_size=3),
+                                                                                         json_values, max_size=2))})
+    return header + binary, len(header)
+
+
+@SETTINGS
+@given(binary_requests())
+def test_binary_and_bytes_requests(request):
+    body, header_length = request
+    decodes_or_refuses(body, header_length)
+
+
+@SETTINGS
+@given(body=st.binary(max_size=256), datatype=st.sampled_from(DATATYPES), shape=shapes)
+def test_raw_bodies(body, datatype, shape):
+    try:
+        array = decode_raw(body, "x", datatype, shape)
+    except ProtocolError as e:
+        assert str(e)
+        return
+    assert array.shape == tuple(shape)
