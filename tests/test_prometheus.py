@@ -22,7 +22,7 @@ from helpers_traffic import label, send
 from loopserve import zoo
 from loopserve.pipeline.metrics import serve_metrics
 from loopserve.pipeline.records import PipelineRecords
-from loopserve.pipeline.trigger import Evidence, TriggerConfig, decide
+from loopserve.pipeline.trigger import DriftWindow, Evidence, TriggerConfig, decide
 from loopserve.server.app import LoopserveApp
 from loopserve.serving.repository import ModelRepository
 from loopserve.store import Store
@@ -127,7 +127,9 @@ def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheu
     server = RunningServer(LoopserveApp(repo))
     with Store(tmp_path / "store") as store:  # a pipeline that ran once
         records = PipelineRecords(store)
-        records.record_decision("mlp", decide(TriggerConfig(drift_windows=1), Evidence(time.time(), ["drift"])))
+        now = time.time()
+        evidence = Evidence(now, drift_windows=[DriftWindow(now - 10, now, "drift")])
+        records.record_decision("mlp", decide(TriggerConfig(drift_windows=1), evidence))
         records.finish_run(records.start_run("mlp", "drift in the last window"), "promoted", "version 2")
     pipeline_metrics = serve_metrics(str(tmp_path / "store"), free_port(), host="127.0.0.1")
     stop = threading.Event()
