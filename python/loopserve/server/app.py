@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
