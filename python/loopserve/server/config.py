@@ -52,8 +52,8 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # HTTP front-end processes. 1: one process serves everything (as the in-process API does).
     # N > 1: N front ends parse and encode, one engine process holds the models, batchers,
     # routing, monitors and feedback, and requests travel between them through shared memory.
-    # auto: half the cores this process may use (the other half for the engine's executors),
-    # at most 8: 1 on a 2-core machine, 8 on a 16-core GPU host (README, "Several cores").
+    # auto: one per core this process may use (affinity and cgroup quota), at most 8 (README,
+    # "Several cores", says how that was measured).
     workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = "auto"
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -73,7 +73,7 @@ class ServerConfig(Struct, forbid_unknown_fields=True, frozen=True):
             return self.workers
         from loopserve.thread_budget import usable_cores
 
-        return max(1, min(8, usable_cores().usable // 2))
+        return max(1, min(8, usable_cores().usable))
 
 
 def load_server_config(path: str | Path) -> ServerConfig:
