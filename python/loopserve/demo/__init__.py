@@ -107,14 +107,7 @@ def run_closed_loop(workdir: str | Path, port: int = 8000, sizes: DemoSizes = De
     finally:
         if traffic is not None:
             traffic.stop()
-        for proc in (pipeline, server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        setup.stop_processes(pipeline, server)
         server_code = server.returncode
 
     drift_t = sizes.drift_at / sizes.rows_per_s

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from loopserve.datasets import FraudStream, LabelDelay
-from loopserve.demo.setup import MODEL, DemoSizes
+from loopserve.demo.setup import MODEL, DemoSizes, stop_processes
 
 
 @dataclass(frozen=True)
@@ -159,14 +159,7 @@ def run_world(workdir: str | Path, world: World, loop: Loop, sizes: DemoSizes, p
     finally:
         if traffic is not None:
             traffic.stop()
-        for proc in (pipeline, server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        stop_processes(pipeline, server)
     with Store(workdir / "store") as store:
         records = PipelineRecords(store)
         runs = records.runs(MODEL, limit=100)[::-1]

@@ -120,3 +120,18 @@ canary:
 poll_s: 1.0
 """)
     return path
+
+
+def stop_processes(*procs) -> None:
+    """Stops the demo's server and pipeline processes that still run (SIGTERM, then SIGKILL after
+    a minute); None stands for one that never started."""
+    import subprocess
+
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
