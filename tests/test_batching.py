@@ -34,9 +34,16 @@ async def burst(model, n, rows=1, **kw):
     return outs
 
 
+# Tests that pin batch sizes give the batcher a delay far longer than the burst takes to submit
+# (one event-loop turn): a full batch dispatches at once whatever the delay, and a partial one
+# waits it out, so a thread descheduled mid-burst on a loaded machine cannot split a batch.
+LONG_DELAY_US = 60_000_000  # never waited out: every batch in the test is full or preferred
+PARTIAL_DELAY_US = 500_000  # waited out once by the test's last, partial batch
+
+
 def test_64_concurrent_requests_form_batches_of_32():
     seen = []
-    with Model.from_callable(doubling(seen), vector_config(max_batch_size=32, max_queue_delay_us=200_000)) as m:
+    with Model.from_callable(doubling(seen), vector_config(max_batch_size=32, max_queue_delay_us=LONG_DELAY_US)) as m:
         asyncio.run(burst(m, 64))
         assert seen == [32, 32]
         stats = m.stats()
@@ -46,7 +53,7 @@ def test_64_concurrent_requests_form_batches_of_32():
 
 def test_partial_batch_runs_when_the_delay_elapses():
     seen = []
-    with Model.from_callable(doubling(seen), vector_config(max_batch_size=32, max_queue_delay_us=50_000)) as m:
+    with Model.from_callable(doubling(seen), vector_config(max_batch_size=32, max_queue_delay_us=PARTIAL_DELAY_US)) as m:
         asyncio.run(burst(m, 5))
         stats = m.stats()
     assert seen == [5]
@@ -65,7 +72,7 @@ def test_preferred_batch_size_dispatches_without_waiting():
 
 def test_a_batch_never_splits_a_request_and_rows_go_back_to_their_owner():
     seen = []
-    with Model.from_callable(doubling(seen), vector_config(max_batch_size=10, max_queue_delay_us=100_000)) as m:
+    with Model.from_callable(doubling(seen), vector_config(max_batch_size=10, max_queue_delay_us=PARTIAL_DELAY_US)) as m:
 
         async def main():
             xs = [np.random.rand(r, 4).astype(np.float32) for r in [3, 4, 5, 2, 6, 1]]
@@ -104,7 +111,7 @@ def test_higher_priority_runs_first():
 
 def test_adaptive_delay_stops_charging_a_lone_client():
     # inline_budget_us=0: every batch goes through a worker, which is where the delay applies.
-    config = vector_config(max_batch_size=32, max_queue_delay_us=30_000, inline_budget_us=0)
+    config = vector_config(max_batch_size=32, max_queue_delay_us=300_000, inline_budget_us=0)
     with Model.from_callable(doubling(), config) as m:
 
         async def lone_client():
@@ -197,7 +204,7 @@ def test_the_event_loop_is_free_while_requests_wait():
 def test_one_wakeup_per_batch():
     from loopserve.serving.model import _channels
 
-    with Model.from_callable(doubling(), vector_config(max_batch_size=32, max_queue_delay_us=200_000)) as m:
+    with Model.from_callable(doubling(), vector_config(max_batch_size=32, max_queue_delay_us=LONG_DELAY_US)) as m:
 
         async def main():
             await burst(m, 64)
@@ -228,7 +235,10 @@ def test_a_lone_request_to_a_quick_model_runs_on_the_callers_thread():
         threads.append(threading.get_ident())
         return {"y": inputs["x"] * 2}
 
-    with Model.from_callable(fn, vector_config(max_batch_size=32, max_queue_delay_us=5_000)) as m:
+    # Quick against a budget of 1 s: a call of microseconds descheduled for a while on a loaded
+    # machine is still quick (the default budget, 100 us, is one preemption away from "slow").
+    with Model.from_callable(fn, vector_config(max_batch_size=32, max_queue_delay_us=5_000,
+                                               inline_budget_us=1_000_000)) as m:
 
         async def lone_client():
             for i in range(20):
@@ -267,7 +277,7 @@ def test_bytes_tensors_batch_and_scatter_to_their_owners():
 
     config = ModelConfig(name="shout", max_batch_size=16, inputs=[TensorConfig("s", "BYTES", [2])],
                          outputs=[TensorConfig("u", "BYTES", [2])],
-                         dynamic_batching=DynamicBatching(max_queue_delay_us=50_000))
+                         dynamic_batching=DynamicBatching(max_queue_delay_us=PARTIAL_DELAY_US))
     with Model.from_callable(shout, config) as m:
 
         async def main():
