@@ -171,7 +171,7 @@ def test_every_client_mistake_is_a_4xx_with_a_message(guarded):
     assert guarded.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200
 
 
-def open_socket(server, timeout=5.0):
+def open_socket(server, timeout=60.0):
     import socket
 
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
@@ -179,7 +179,8 @@ def open_socket(server, timeout=5.0):
 
 
 def read_until_closed(sock) -> bytes:
-    """What the server sent before it closed the connection (a timeout here fails the test)."""
+    """What the server sent before it closed the connection (a timeout here fails the test: the
+    server held the connection; the socket's timeout is generous, the limits under test are 1 s)."""
     out = b""
     while True:
         try:
@@ -194,7 +195,6 @@ def read_until_closed(sock) -> bytes:
 def test_connection_limits_close_hostile_connections_and_the_server_serves_on(serve, mlp_repository):
     """Issue 12 point 1: idle connections, heads that never end and bodies that never arrive
     were held for as long as the client liked; past the connection limit, new ones 503."""
-    import socket
     import time
 
     from loopserve.server.config import HttpConfig
@@ -215,7 +215,7 @@ def test_connection_limits_close_hostile_connections_and_the_server_serves_on(se
     assert served()  # everyone else is served meanwhile
     answers = {name: read_until_closed(sock) for name, sock in
                [("idle", idle), ("slow_head", slow_head), ("slow_body", slow_body)]}
-    assert time.monotonic() - start < 4.0
+    assert time.monotonic() - start < 30.0  # closed by the 1 s limits, not held (a loaded machine is slow)
     assert answers["slow_head"].startswith(b"HTTP/1.1 408") and b"header_timeout_s" in answers["slow_head"], answers
     assert answers["slow_body"].startswith(b"HTTP/1.1 408") and b"body_timeout_s" in answers["slow_body"], answers
     assert answers["idle"] == b"" or answers["idle"].startswith(b"HTTP/1.1 408"), answers
@@ -241,17 +241,15 @@ def test_connection_limits_close_hostile_connections_and_the_server_serves_on(se
     start = time.monotonic()
     answer = read_until_closed(keep)  # the answer, then the close
     assert answer.startswith(b"HTTP/1.1 200") and b"OUTPUT0" in answer, answer[:200]
-    assert 0.9 < time.monotonic() - start < 4.0
+    assert 0.9 < time.monotonic() - start < 30.0
 
-    # Past max_connections (per process), a new connection is answered 503 and closed.
-    held = [open_socket(server, timeout=0.5) for _ in range(60)]
+    # Past max_connections (per process), a new connection is answered 503 and closed. Every
+    # connection ends by itself: refused at once, or taken and closed by header_timeout_s (idle),
+    # so each is read to its end instead of for a guessed while.
+    held = [open_socket(server) for _ in range(60)]
     refused = 0
     for sock in held:
-        try:
-            if sock.recv(65536).startswith(b"HTTP/1.1 503"):
-                refused += 1
-        except (socket.timeout, ConnectionResetError):
-            pass
+        refused += read_until_closed(sock).startswith(b"HTTP/1.1 503")
     assert refused >= 60 - limits.max_connections * server.workers, refused
     for sock in held + [idle, slow_head, slow_body, endless, keep]:
         sock.close()
