@@ -162,7 +162,9 @@ def test_concept_drift_with_late_labels_fires_on_accuracy_and_retrains_on_new_ro
 
 def test_the_watcher_keeps_its_period_when_checks_take_time(workdir, serve, monkeypatch):
     """poll_s runs from the start of one check to the next: a check that takes 0.3 s of a 0.5 s
-    period leaves 0.2 s of sleep (sleeping poll_s after each check would make the period 0.8 s)."""
+    period leaves at most 0.2 s of sleep (sleeping poll_s after each check would leave 0.5 s).
+    Judged by the sleeps between checks, which do not depend on how long a check takes on a
+    loaded machine, over a fixed number of checks."""
     import time
 
     from loopserve.demo.scenario import write_configs
@@ -176,20 +178,32 @@ def test_the_watcher_keeps_its_period_when_checks_take_time(workdir, serve, monk
     server_config, _ = write_configs(workdir, Loop(), QUICK, 0)
     server = serve(build_app(load_server_config(server_config)))
     _, pipeline_config = write_configs(workdir, Loop(poll_s=0.5), QUICK, server.port)
-    starts = []
+    starts, ends = [], []
+
+    class Enough(Exception):
+        pass
 
     class BusyServerPipeline(Pipeline):
         def check(self):
+            if len(ends) == 6:
+                raise Enough
             starts.append(time.monotonic())
             time.sleep(0.3)  # as a slow answer from a busy server would
-            return super().check()
+            try:
+                return super().check()
+            finally:
+                ends.append(time.monotonic())
 
     pipeline = BusyServerPipeline(load_pipeline_config(pipeline_config))
     try:
-        pipeline.watch(until=time.time() + 3.0)
+        with pytest.raises(Enough):
+            pipeline.watch(until=time.time() + 600)
     finally:
         pipeline.close()
-    periods = np.diff(starts)
-    assert len(starts) >= 5 and np.median(periods) == pytest.approx(0.5, abs=0.08), periods
+    sleeps = np.array(starts[1:]) - np.array(ends[:-1])
+    # Sleeping poll_s after each check: every sleep >= 0.5 s. Keeping the period: at most 0.2 s
+    # plus the wake-up's lateness (checks slower than the period are followed at once).
+    assert np.median(sleeps) < 0.4, sleeps
+    assert starts[-1] - starts[0] >= 5 * 0.5 - 0.05, np.diff(starts)  # and never sooner than the period
     with Store(workdir / "store") as store:  # each check decided and recorded as usual
-        assert len(PipelineRecords(store).decisions("fraud")) == len(starts)
+        assert len(PipelineRecords(store).decisions("fraud")) == len(ends) == 6
