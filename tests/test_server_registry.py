@@ -31,7 +31,7 @@ def body():
                                             "data": [0.1] * 32}]})
 
 
-def wait_for(predicate, timeout=15.0):
+def wait_for(predicate, timeout=60.0):  # generous: the registry poll is 0.05 s, loading is what takes time
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
