@@ -2,7 +2,6 @@
 lineage -> canary -> promoted, with no failed request; and a worse candidate stopped by the
 gates while v1 keeps serving."""
 
-import socket
 import time
 
 import msgspec
@@ -12,11 +11,7 @@ from loopserve.demo import setup as demo_setup
 from loopserve.registry import current_version, get_version, lineage
 from loopserve.store import Store
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port
 
 
 def test_drift_triggers_a_retrain_that_is_canaried_and_promoted(tmp_path):

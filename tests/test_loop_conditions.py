@@ -14,7 +14,6 @@ what serves at the end, and that no request failed.
 """
 
 import shutil
-import socket
 
 import numpy as np
 import pytest
@@ -25,14 +24,10 @@ from loopserve.demo.scenario import Loop, World, prepare, run_world, stream_rows
 from loopserve.registry import current_version
 from loopserve.store import Store
 
+from conftest import free_port
+
 ACCURACY = {"drift_windows": 2, "accuracy_floor": 0.74, "accuracy_windows": 2, "min_labels": 150,
             "label_wait_s": 2.5, "cooldown_s": 600}  # v1: accuracy ~0.79 before the change, ~0.69 after
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

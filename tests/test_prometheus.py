@@ -4,7 +4,6 @@ Grafana dashboard and of the alert rules must return data, and `promtool check r
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import RunningServer
+from conftest import RunningServer, free_port
 from helpers_traffic import label, send
 from loopserve import zoo
 from loopserve.pipeline.metrics import serve_metrics
@@ -40,12 +39,6 @@ def prometheus_binary(name="prometheus"):
 
 needs_prometheus = pytest.mark.skipif(prometheus_binary() is None, reason="the prometheus binary is not installed "
                                       "(`make setup` installs the Debian package `prometheus`)")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def dashboard_expressions():

@@ -16,16 +16,12 @@ import pytest
 
 from loopserve.demo.hotswap import wait_ready
 
+from conftest import free_port
+
 
 def loopserve(*args, **kw):
     return subprocess.Popen([sys.executable, "-m", "loopserve.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,8 @@ from loopserve.errors import ConfigError
 from loopserve.thread_budget import (Cores, CpuQuota, ExecutorCensus, cgroup_cpu_quota, plan, usable_cores)
 from loopserve.demo.hotswap import wait_ready
 
+from conftest import free_port
+
 # -- cgroup files -------------------------------------------------------------------------
 
 V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n"
@@ -265,9 +267,7 @@ def test_the_served_config_and_the_start_up_log_show_the_budget(tmp_path, model_
     shutil.copytree(model_repo / "mlp_onnx", repo / "one")
     shutil.copytree(model_repo / "mlp_onnx", repo / "two")
     (repo / "two" / "config.yaml").write_text((repo / "two" / "config.yaml").read_text() + "instances: 2\n")
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--model-repository", str(repo),
                              "--port", str(port), "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

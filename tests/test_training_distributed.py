@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from loopserve.training.distributed import free_port
+from conftest import free_port
 
 CONFIG = """
 data:

@@ -18,11 +18,7 @@ import pytest
 
 from loopserve.demo.hotswap import wait_ready
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import free_port
 
 
 def children(pid: int) -> set[int]:
