@@ -21,6 +21,7 @@ from loopserve import zoo
 from loopserve.loadgen import ClientLoops, Tally
 
 CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+SWAP_WAIT_S = 120.0  # how long the clients go on past --seconds for the new version to answer
 
 
 def _say(message: str) -> None:
@@ -61,9 +62,12 @@ class Traffic(msgspec.Struct):
     tally: Tally  # every request sent, and what became of it
     latencies: list[float]  # of the requests answered 200
     versions: list[tuple[float, int]]  # (seconds since start, version that answered)
+    seconds: float  # how long the clients ran
 
 
-def _drive(port: int, seconds: float, clients: int) -> Traffic:
+def _drive(port: int, seconds: float, clients: int, until_swapped: bool = False) -> Traffic:
+    """`clients` clients for `seconds`; with until_swapped, on for at most SWAP_WAIT_S more
+    until a version after 1 has answered, so that a slow machine shows the swap too."""
     begin = time.monotonic()
     latencies: list[list[float]] = [[] for _ in range(clients)]  # per client: no lock needed
     versions: list[list[tuple[float, int]]] = [[] for _ in range(clients)]
@@ -77,9 +81,18 @@ def _drive(port: int, seconds: float, clients: int) -> Traffic:
         latencies[client].append(latency)
         versions[client].append((time.monotonic() - begin, int(msgspec.json.decode(answer)["model_version"])))
 
+    def swapped() -> bool:
+        return any(v and v[-1][1] > 1 for v in versions)
+
     with ClientLoops(f"http://127.0.0.1:{port}", "/v2/models/mlp/infer", body, clients, on_answer=record) as loops:
         time.sleep(seconds)
-    return Traffic(loops.tally, [x for c in latencies for x in c], [v for c in versions for v in c])
+        if until_swapped and not swapped():
+            _say(f"version 2 is not serving yet after {seconds:.0f} s: driving on until it answers")
+            give_up = time.monotonic() + SWAP_WAIT_S
+            while not swapped() and time.monotonic() < give_up:
+                time.sleep(0.05)
+    return Traffic(loops.tally, [x for c in latencies for x in c], [v for c in versions for v in c],
+                   time.monotonic() - begin)
 
 
 def _swap_midway(repo: Path, after_s: float) -> threading.Timer:
@@ -111,7 +124,7 @@ def run_demo(workdir: str, seconds: float, concurrency: int, port: int = 8000) -
         _say(f"serving on http://127.0.0.1:{port} (logs: {workdir_path / 'server.log'}); "
              f"{concurrency} HTTP clients for {seconds:.0f} s")
         swap = _swap_midway(repo, seconds / 2)
-        traffic = _drive(port, seconds, concurrency)
+        traffic = _drive(port, seconds, concurrency, until_swapped=True)
         swap.join()
         stats = _get_json(port, "/v2/models/mlp/stats")["model_stats"]
     finally:
@@ -119,7 +132,7 @@ def run_demo(workdir: str, seconds: float, concurrency: int, port: int = 8000) -
         code = proc.wait(timeout=60)
     tally = traffic.tally
     lat_ms = np.array(traffic.latencies or [np.nan]) * 1e3
-    _say(f"{tally.summary()}: {tally.ok / seconds:,.0f} req/s answered, "
+    _say(f"{tally.summary()}: {tally.ok / traffic.seconds:,.0f} req/s answered, "
          f"latency p50 {np.percentile(lat_ms, 50):.2f} ms, p99 {np.percentile(lat_ms, 99):.2f} ms")
     for failure in tally.failures:
         _say(f"failed: {failure}")
