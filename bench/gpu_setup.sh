@@ -69,17 +69,23 @@ DIST = {"yaml": "PyYAML", "prometheus_client": "prometheus-client"}
 import loopserve, loopserve._core, loopserve.kernels  # noqa: E401
 if not loopserve.__file__.startswith(site):
     sys.exit(f"loopserve imported from {loopserve.__file__}, not from the build in {site}")
-versions = []
-for name in ("torch", "triton", "numpy", "msgspec", "starlette", "uvicorn", "httptools", "httpx", "uvloop", "scipy",
-             "pyarrow", "yaml", "prometheus_client", "onnxruntime", "onnxscript", "pytest"):
+versions, missing = [], []
+NEEDED = ("torch", "triton", "numpy", "msgspec", "starlette", "uvicorn", "httptools", "httpx", "uvloop", "scipy",
+          "pyarrow", "yaml", "prometheus_client", "pytest")  # every step imports these
+for name in NEEDED + ("onnxruntime", "onnxscript"):  # the last two: only the serving step's tiny ONNX MLP
     try:
         module = importlib.import_module(name)
         versions.append(f"{name} {getattr(module, '__version__', None) or importlib.metadata.version(DIST[name])}")
-    except Exception as e:  # every one of them is imported by a later step: say which is missing, now
-        sys.exit(f"{name} does not import: {type(e).__name__}: {e}")
+    except Exception as e:
+        missing.append(f"{name} does not import: {type(e).__name__}: {e}"[:200])
+        if name in NEEDED:
+            print("\n".join(missing))
+            sys.exit(f"{name} is needed by the steps that follow: carry its wheel in .gpu/whl")
 import torch
 cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
 print(f"python {sys.version.split()[0]}; loopserve from {loopserve.__file__}; {cuda}\n  " + ", ".join(versions))
+for line in missing:
+    print(f"  warning: {line}")
 PY
 if [[ $MODE == gpu ]]; then nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true; fi
 echo "setup done in ${SECONDS}s"
