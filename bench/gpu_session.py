@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-setup", action="store_true",
                    help="skip setup: the steps import the loopserve this Python has (the dev venv here)")
     p.add_argument("--budget", type=float, help="seconds for the whole session (default 480 on the GPU, 900 --cpu)")
-    p.add_argument("--out", type=Path, help="where the table and log go (default $OUT, else ./gpu-session-out)")
+    p.add_argument("--out", type=Path, help="where the table and log go (default $OUT, else /tmp/gpu-session-out)")
     p.add_argument("--work", type=Path, help="build and intermediate results (default /tmp/gpu-session)")
     p.add_argument("--carry", default=".gpu", help="the carried wheels and .debs (bench/gpu_prepare.sh)")
     p.add_argument("--python", help="the Python the steps run (default: this one; --cpu: .venv/bin/python)")
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     mode = "cpu" if args.cpu else "gpu"
     budget = args.budget or (900 if args.cpu else 480)
-    out = args.out or Path(os.environ.get("OUT") or REPO / "gpu-session-out")
+    out = args.out or Path(os.environ.get("OUT") or "/tmp/gpu-session-out")
     work = args.work or Path("/tmp/gpu-session")
     py = args.python or (str(REPO / ".venv" / "bin" / "python") if args.cpu else sys.executable)
     out.mkdir(parents=True, exist_ok=True)

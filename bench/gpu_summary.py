@@ -18,8 +18,15 @@ TARGETS = {  # issue 13 (drift, instances, monitoring, spills) and issue 11 (wor
 
 
 def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started: str) -> dict:
+    """The figures of the steps in `steps` (this session's records: an earlier session's results
+    left in `work` are not read)."""
     figures: list[dict] = []
     raw: dict = {}
+    this_run = {st["name"] for st in steps if not st["status"].startswith("skipped")}
+
+    def result(step: str, name: str, read):
+        return read(work / name) if step in this_run else None
+
     gpu = mode == "gpu"  # the CPU dry run's speeds are no figures: their targets are not judged
 
     def fig(group, name, value, target=None, met=None, fmt="{:.2f}"):
@@ -27,7 +34,7 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
         figures.append({"group": group, "figure": name, "value": value, "shown": shown,
                         "target": target, "met": met})
 
-    tests = _tests(work / "tests.xml")
+    tests = result("tests", "tests.xml", _tests)
     if tests:
         raw["tests"] = tests
         ran = tests["tests"] - tests["skipped"]
@@ -37,7 +44,7 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
         for name in tests["not_passed"]:
             fig("tests", f"  {name}", "did not pass")
 
-    drift = _json(work / "drift.json")
+    drift = result("drift", "drift.json", _json)
     if drift:
         raw["drift"] = drift
         fig("drift (13)", "copy bandwidth, GB/s (read + write)", drift["copy_gbps"], fmt="{:,.0f}")
@@ -60,7 +67,7 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
             if parts:
                 fig("drift (13)", f"parts, ÷ copy GB/s, {rows}", "; ".join(parts))
 
-    batcher = _json(work / "batcher.json")
+    batcher = result("batcher", "batcher.json", _json)
     if batcher:
         raw["batcher"] = batcher
         by = {(r["model"], r["instances"], r["clients"]): r for r in batcher.get("serving", [])}
@@ -90,7 +97,7 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
                 f"{stats['rows_seen']:,} / {stats['rows_skipped']:,}", "0 skipped" if gpu else None,
                 stats["rows_skipped"] == 0 if gpu else None)
 
-    compiled = _compile_report(work / "compile.log")
+    compiled = result("compile", "compile.log", _compile_report)
     if compiled:
         raw["compile"] = compiled
         spilled = [v for v in compiled if v["spill_bytes"]]
@@ -99,7 +106,7 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
         fig("compile (13)", "registers per variant",
             ", ".join(f"{v['variant']} {v['registers']}" for v in compiled))
 
-    serving = _json(work / "serving.json")
+    serving = result("serving", "serving.json", _json)
     table = []
     if serving:
         raw["serving"] = serving
@@ -116,7 +123,7 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
                 fig("workers (11)", f"workers {top} ÷ {first}, heavy MLP, binary, c={r['c']}", r["scale"],
                     f"≥ {target}" if target else None, r["scale"] >= target if target and gpu else None)
 
-    sweep = _json(work / "sweep.json")
+    sweep = result("sweep", "sweep.json", _json)
     if sweep:
         raw["sweep"] = sweep
         for case in sweep.get("cases", []):

@@ -82,7 +82,8 @@ def write_results(work: Path) -> None:
 
 def test_the_table_states_each_figure_against_its_target(tmp_path):
     write_results(tmp_path)
-    steps = [{"name": "drift", "status": "ok", "seconds": 41.0, "cap_s": 120}]
+    steps = [{"name": n, "status": "ok", "seconds": 41.0, "cap_s": 120}
+             for n in ("tests", "drift", "batcher", "compile", "serving")]
     summary = gpu_summary.summarize(tmp_path, steps, "gpu", 480, "now")
     met = {f["figure"]: f["met"] for f in summary["figures"]}
     assert met["kernel, graph: GB/s ÷ copy GB/s, 200,000 rows"] is True  # 0.62 >= 0.50
@@ -99,6 +100,9 @@ def test_the_table_states_each_figure_against_its_target(tmp_path):
     assert "| drift (13) | kernel speed ÷ torch native, 200,000 rows | 3.3× |" in md
     assert "fused-f64 (16 B)" in md and "| heavy | binary | 64 | 8 | 30,000 |" in md
     assert json.loads((tmp_path / "summary.json").read_text())["raw"]["batcher"]["monitoring_on_off"] == 0.981
+    # a rerun of one step states that step's figures alone, not results an earlier run left behind
+    rerun = gpu_summary.summarize(tmp_path, [dict(steps[0], name="serving")], "gpu", 200, "later")
+    assert {f["group"] for f in rerun["figures"]} == {"workers (11)"}
 
 
 def test_the_tests_step_runs_end_to_end_and_writes_the_table(tmp_path):
