@@ -89,7 +89,7 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
                 f"≥ {TARGETS['monitoring_on_off']}", on_off >= TARGETS["monitoring_on_off"] if gpu else None,
                 "{:.3f}")
         if "monitor_path" in batcher:
-            fig("monitoring (13)", "the monitor's path for a torch model (CPU dry run: interpreted)",
+            fig("monitoring (13)", "the monitor's path for a torch model" + ("" if gpu else " (interpreted)"),
                 batcher["monitor_path"], "kernels", batcher["monitor_path"] == "kernels")
         stats = batcher.get("monitor_stats")
         if stats:

@@ -49,11 +49,11 @@ def main() -> int:
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    rows = []
+    rows, machine = [], harness.machine()
 
     def save():  # after each wrk run: a run stopped part way keeps its rows
         if args.json:
-            Path(args.json).write_text(json.dumps({"machine": harness.machine(), "rows": rows}, indent=2))
+            Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
 
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         work = Path(tmp)

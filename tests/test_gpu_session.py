@@ -90,7 +90,7 @@ def test_the_table_states_each_figure_against_its_target(tmp_path):
     assert met["kernel, eager: GB/s ÷ copy GB/s, 200,000 rows"] is None  # shown, not the target
     assert met["instances 2 ÷ 1, wide MLP, c=256"] is True and met["instances 2 ÷ 1, wide MLP, c=1024"] is False
     assert met["monitoring on ÷ off, wide, 2 instances, c=1024 (median of 3)"] is True
-    assert met["the monitor's path for a torch model (CPU dry run: interpreted)"] is True
+    assert met["the monitor's path for a torch model"] is True
     assert met["monitor rows seen / skipped (queue full)"] is False  # the monitor fell behind
     assert met["sm_90 variants with spills, triton 3.6.0"] is False
     assert met["workers 8 ÷ 1, heavy MLP, binary, c=64"] is False  # 4.05 < 5
