@@ -120,10 +120,11 @@ def test_a_replica_down_is_named_and_the_others_still_answer(fleet):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    view = FleetView([f"http://{servers[0].url}", dead], "mlp", timeout_s=2)
+    # The dead one refuses at once; the live one has 30 s to answer (a loaded machine is slow).
+    view = FleetView([f"http://{servers[0].url}", dead], "mlp", timeout_s=30)
     assert view.traffic()["versions"] == [1] and list(view.unreachable) == [dead]
     with pytest.raises(ServerUnavailable, match="no replica"):
-        FleetView([dead], "mlp", timeout_s=2).traffic()
+        FleetView([dead], "mlp", timeout_s=30).traffic()
 
 
 def test_replicas_from_urls_and_from_dns():
@@ -160,7 +161,7 @@ def test_replicas_on_a_postgresql_store_follow_its_aliases_together(postgres_sto
         v2 = register(2)
         with Store(postgres_store_url) as store:
             set_alias("fraud", "production", v2, store=store)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while view.traffic()["weights"] != {str(v2): 1.0} and time.monotonic() < deadline:
             time.sleep(0.1)
         traffic = view.traffic()
