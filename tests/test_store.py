@@ -78,7 +78,7 @@ def test_write_transactions_serialize_read_then_write_across_processes(store_loc
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(300)  # spawned processes start slowly on a loaded machine
         assert p.exitcode == 0
     with Store(store_location) as store:
         rows = [r[0] for r in store.db.execute("SELECT n FROM counter ORDER BY n")]
