@@ -20,8 +20,12 @@ def affine(inputs):
     return {"y": x * 3 + 1}  # exact in float32 for the small integers used here
 
 
+# These tests check answers, not admission: max_queue_wait_us=0 turns off the refusals that
+# follow from the measured batch time, which GIL contention among the clients on a loaded
+# machine can stretch past the default 1 s of queued work (test_admission tests those).
 def test_20000_requests_from_64_tasks_and_4_threads_each_get_their_own_answer():
-    config = vector_config(max_batch_size=32, max_queue_delay_us=500, queue_capacity=256, instances=2)
+    config = vector_config(max_batch_size=32, max_queue_delay_us=500, queue_capacity=256, instances=2,
+                           max_queue_wait_us=0)
     per_thread = TOTAL // 2 // THREADS
     per_task = (TOTAL - per_thread * THREADS) // TASKS
     wrong = []
@@ -68,7 +72,7 @@ def test_20000_requests_from_64_tasks_and_4_threads_each_get_their_own_answer():
 
 
 def test_several_event_loops_in_several_threads():
-    with Model.from_callable(affine, vector_config(max_batch_size=16, max_queue_delay_us=200)) as m:
+    with Model.from_callable(affine, vector_config(max_batch_size=16, max_queue_delay_us=200, max_queue_wait_us=0)) as m:
         errors = []
 
         def loop_thread(seed):
