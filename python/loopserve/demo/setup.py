@@ -32,6 +32,7 @@ class DemoSizes:
     # train and gate a model on, so the demo closes its loop in a minute or two.
     fraud_rate: float = 0.10
     max_p99_latency_ms: float = 20.0  # the candidate's gate, at batch 1
+    canary_max_p99_ratio: float = 3.0  # the canary's p99 against production's, on live traffic
 
 
 def write_train_template(workdir: Path, sizes: DemoSizes, seed: int) -> Path:
@@ -117,6 +118,7 @@ canary:
   min_requests: {sizes.canary_min_requests}
   min_labels: {sizes.canary_min_labels}
   accuracy_margin: 0.01
+  max_p99_ratio: {sizes.canary_max_p99_ratio:g}
 poll_s: 1.0
 """)
     return path
