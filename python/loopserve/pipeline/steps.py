@@ -111,7 +111,7 @@ def _what_collect_has(examples, since: float | None, waited_s: float) -> dict:
     return have
 
 
-def _labelled_but_older(feedback_dir: str, model: str, since: float | None) -> int:
+def _labelled_but_older(feedback_dir: str | list[str], model: str, since: float | None) -> int:
     """Rows labelled after `since` whose predictions were made before it."""
     from loopserve.monitor.labelled import read_spill
 
