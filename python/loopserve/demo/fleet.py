@@ -105,3 +105,27 @@ def serving(replicas: list[Replica]) -> dict[str, dict]:
         except ServerUnavailable as e:
             out[url] = {"unavailable": str(e)}
     return out
+
+
+def promoted_rows(store_path, features, feature_names: list[str], replicas: list[Replica]) -> dict:
+    """Where the promoted version's training and holdout rows came from: each found by its exact
+    inputs in the live stream, whose row r went to replica r mod n; and how many were read twice."""
+    import numpy as np
+
+    from loopserve.demo.scenario import stream_rows_of
+    from loopserve.pipeline.records import PipelineRecords
+    from loopserve.registry import current_version
+    from loopserve.store import Store
+
+    with Store(store_path) as store:
+        out = {"production at the end": current_version(MODEL, "production", store=store)}
+        promoted = [run for run in PipelineRecords(store).runs(MODEL, limit=20) if run.status == "promoted"]
+        if not promoted:
+            return out
+        collect = next(step.detail for step in promoted[0].steps if step.step == "collect")
+        rows = stream_rows_of([collect["train_snapshot"], collect["holdout_snapshot"]], features, feature_names, store)
+    found = rows[rows >= 0]
+    by_replica = np.bincount(found % len(replicas), minlength=len(replicas))
+    return out | {"retrained on rows by replica": {url: int(n) for url, n in zip(urls(replicas), by_replica)},
+                  "retrained on rows read twice": int(len(found) - len(np.unique(found))),
+                  "retrained on rows not in the stream": int(np.count_nonzero(rows < 0))}
