@@ -60,7 +60,7 @@ def test_the_fleet_demo_detects_on_the_merged_view_and_promotes_on_every_replica
     # (v2; v3 where a loaded machine's p99 made v2's canary lose and the next run won); all serve
     # it alone now.
     promoted = summary["production at the end"]
-    assert promoted >= 2, log
+    assert promoted >= 2, (summary["pipeline runs"], log)
     by_replica = summary["answered by replica"]
     assert sorted(by_replica) == replicas
     for url, versions in by_replica.items():

@@ -154,7 +154,7 @@ def _run(workdir: Path, port: int, sizes: DemoSizes, seed: int, echo, after_prom
         summary["answered by replica"] = {f"http://127.0.0.1:{p}": dict(sorted(c.items()))
                                           for p, c in traffic.by_replica.items()}
         summary["each replica alone at the fleet's first drift"] = alone_at_first_drift
-        summary |= fleet.promoted_rows(store.path, batch.features, batch.feature_names, members)
+    summary |= fleet.outcome_from_store(store.path, batch.features, batch.feature_names, members)
     report = write_report(workdir / "report.html", timeline.series, summary, drift_t, timeline.promoted_at)
     summary["report"] = str(report)
     summary["first failures"] = traffic.failed[:3]

@@ -107,9 +107,10 @@ def serving(replicas: list[Replica]) -> dict[str, dict]:
     return out
 
 
-def promoted_rows(store_path, features, feature_names: list[str], replicas: list[Replica]) -> dict:
-    """Where the promoted version's training and holdout rows came from: each found by its exact
-    inputs in the live stream, whose row r went to replica r mod n; and how many were read twice."""
+def outcome_from_store(store_path, features, feature_names: list[str], replicas: list[Replica]) -> dict:
+    """The pipeline's runs and the version in production at the end; where the promoted version's
+    training and holdout rows came from: each found by its exact inputs in the live stream, whose
+    row r went to replica r mod n; and how many were read twice."""
     import numpy as np
 
     from loopserve.demo.scenario import stream_rows_of
@@ -118,8 +119,10 @@ def promoted_rows(store_path, features, feature_names: list[str], replicas: list
     from loopserve.store import Store
 
     with Store(store_path) as store:
-        out = {"production at the end": current_version(MODEL, "production", store=store)}
-        promoted = [run for run in PipelineRecords(store).runs(MODEL, limit=20) if run.status == "promoted"]
+        runs = PipelineRecords(store).runs(MODEL, limit=20)
+        out = {"production at the end": current_version(MODEL, "production", store=store),
+               "pipeline runs": [f"{run.status}: {run.outcome}" for run in reversed(runs)]}
+        promoted = [run for run in runs if run.status == "promoted"]
         if not promoted:
             return out
         collect = next(step.detail for step in promoted[0].steps if step.step == "collect")
