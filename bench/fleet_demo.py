@@ -53,7 +53,8 @@ def one_run(replicas: int, sizes) -> dict:
             "onset to detected (s)": None if s["drift detected (s)"] is None else round(s["drift detected (s)"] - onset, 1),
             "onset to promoted (s)": s["drift onset to promoted v2 (s)"],
             "promoted version": s.get("production at the end"),
-            "failed requests": s["failed requests"], "requests": s["requests"], "seconds": s["seconds"]}
+            "failed requests": s["failed requests"], "requests": s["requests"], "seconds": s["seconds"],
+            "pipeline runs": s.get("pipeline runs", [])}
 
 
 def main() -> int:
@@ -78,6 +79,8 @@ def main() -> int:
             print(f"{r:>5} {replicas:>8} {run['store']:>10} {run['onset to detected (s)']!s:>18} "
                   f"{run['onset to promoted (s)']!s:>18} {run['promoted version']!s:>7} {run['failed requests']:>6} "
                   f"{run['seconds']:>6}", flush=True)
+            for outcome in run["pipeline runs"][:-1]:  # the runs before the one that promoted
+                print(f"{'':>15} an earlier run: {outcome}", flush=True)
 
     def median(replicas, key):
         values = [x[key] for x in runs if x["replicas"] == replicas and x[key] is not None]
