@@ -51,6 +51,7 @@ class _TensorState:
         self.edges_f32 = drift._edges_f32(self.edges)
         self.n_edges = torch.tensor([len(f.edges) for f in numeric], dtype=torch.int32, device=device)
         self.counts = torch.zeros((F, e_max + 1), dtype=torch.int64, device=device)
+        self.sums = torch.zeros((F, e_max + 1), dtype=torch.float64, device=device)
         self.missing = torch.zeros(F, dtype=torch.int64, device=device)
         self.cat = None
         if C:
@@ -72,6 +73,7 @@ class _TensorState:
 
     def reset(self) -> None:
         self.counts.zero_()
+        self.sums.zero_()
         self.missing.zero_()
         if self.cat:
             self.cat["cat_counts"].zero_()
@@ -101,6 +103,7 @@ class _TensorState:
                       missing=self.missing, with_moments=True, moments_into=(self.moment_n, self.moment_planes),
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
+            self._add_bin_sums(x)
             picked = self.sampler.sample_rows(rows)
             if picked.size:
                 idx = torch.from_numpy(picked).to(self.device, non_blocking=True)
@@ -108,6 +111,15 @@ class _TensorState:
         elif self.cat:
             kernels.drift_update_(x, **kw)
         self.rows += rows
+
+    def _add_bin_sums(self, x: torch.Tensor) -> None:
+        """The sum of each bin's values (for Wasserstein-1), with torch ops on the device: bins as the
+        kernels count them (searchsorted, right; padding edges are +inf), in float64.
+        TODO(kernels): fold into drift_kernel beside the cumulative counts, as the native update does."""
+        v = x[:, self.cols_long].to(torch.float64).T.contiguous()  # [F, rows]
+        finite = torch.isfinite(v)
+        bins = torch.searchsorted(self.edges, torch.where(finite, v, 0.0), right=True)
+        self.sums.scatter_add_(1, bins, torch.where(finite, v, 0.0))
 
     def accumulator(self) -> "_core.TensorAccumulator":
         """The window so far as a native accumulator: reads back kilobytes (and the sampled rows)."""
@@ -119,7 +131,8 @@ class _TensorState:
         C = len(self.spec[1])
         cat_counts = self.cat["cat_counts"].cpu().numpy() if self.cat else np.zeros((0, 1), dtype=np.int64)
         cat_missing = self.cat["cat_missing"].cpu().numpy() if self.cat else np.zeros(C, dtype=np.int64)
-        acc.absorb(self.rows, self.counts.cpu().numpy(), self.missing.cpu().numpy(), n, mean, m2, lo, hi,
+        acc.absorb(self.rows, self.counts.cpu().numpy(), self.sums.cpu().numpy(), self.missing.cpu().numpy(), n, mean,
+                   m2, lo, hi,
                    samples.cpu().numpy(), cat_counts, cat_missing)
         return acc
 
