@@ -38,16 +38,22 @@ order). Each sketch is read as the weighted distribution of the items it retains
   sample, at the sample's size: the sample is itself a random draw from the window, so this test
   needs no sampling correction; it is taken at D minus the two rank errors, the smallest D the
   reference and the sample can have, so sketch noise alone does not make a small p-value.
-- Wasserstein-1 W = integral of |F_r - F_c| dx, estimated as |mean_c - mean_r| (exact, from the
-  moments) + 2 min(integral of g+, integral of g-) with g = F_r - F_c between the sketches (the
-  part of W that the exact means do not give: where the CDFs cross). `wasserstein_bounds` gives an
-  interval that holds whenever the rank and sampling bounds do: each true CDF lies in a band of
-  the sketch's CDF +- its error, clipped to [0, 1], 0 below the exact minimum and 1 from the exact
-  maximum; W is at least the exact |mean_c - mean_r| and at least what the bands force apart, and
-  at most |mean_c - mean_r| + 2 min(integrals of the largest g+ and g- the bands allow). The
-  estimate is clamped into that interval. The interval is tight where the shift is large against
-  the bands (a location or scale shift of light-tailed data); it is wide for heavy tails, where
-  a few extreme rows that no fixed-size sketch keeps make most of W.
+- Wasserstein-1 W = integral of |F_r - F_c| dx = the sum over the profile's bins of the integral of
+  |g|, g = F_r - F_c. Both sides keep exact per-bin counts and sums of their values (the profile
+  from all reference rows, the accumulators from every window row), so the integral of g over each
+  bin is exact: over [a, b), integral of F = F(a) (b - a) + sum over the bin's values of (b - v) / n
+  (the outer bins end at the overall min and max, exact from the moments). The estimate is the sum
+  of |integral of g| per bin, raised where the sketches' bands force the CDFs to cross inside a bin;
+  it equals W wherever g keeps one sign inside each bin (any location, scale or mixture-weight shift
+  of these families) and is low by the part of W made by crossings inside a bin that the sketches
+  cannot resolve (noise between two samples, and a heavy tail's few extreme rows: see the README).
+  `wasserstein_bounds` gives [low, high] that holds whenever the rank and sampling bounds do and the
+  bin sums are within SUM_TOLERANCE: per bin, low = |integral of g| or what the bands force apart,
+  high = the least of |integral of g| + 2 min(largest g+, g- the bands allow), the bands' own bound,
+  and |g(a)| (b - a) + the within-bin parts of both CDFs (exact, from the sums; from either end).
+  Without bin sums (a profile made before they were kept) it falls back to the exact mean shift
+  plus the sketches' crossing part, 2 min(integral of g+, integral of g-), clamped into the
+  sketch-only interval.
 """
 
 from __future__ import annotations
