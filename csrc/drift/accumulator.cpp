@@ -14,7 +14,7 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // rows per block: a block of one column's doubles stays in L1
 constexpr uint8_t kFormat = 1;
-constexpr size_t kSampleFlush = 512;  // sampled values a feature gathers before they go into its sketch
+constexpr size_t kSampleFlush = 1 << 16;  // sampled values a feature gathers before they go into its sketch
 
 void put_blob(sketches::Writer& w, const std::vector<uint8_t>& bytes) {
   w.put(static_cast<uint64_t>(bytes.size()));

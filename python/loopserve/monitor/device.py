@@ -100,10 +100,9 @@ class _TensorState:
             kw.update(self.cat)
         if F:
             kw.update(numeric_cols=self.cols, edges=self.edges, n_edges=self.n_edges, counts=self.counts,
-                      missing=self.missing, with_moments=True, moments_into=(self.moment_n, self.moment_planes),
+                      missing=self.missing, sums=self.sums, with_moments=True, moments_into=(self.moment_n, self.moment_planes),
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
-            self._add_bin_sums(x)
             picked = self.sampler.sample_rows(rows)
             if picked.size:
                 idx = torch.from_numpy(picked).to(self.device, non_blocking=True)
@@ -111,15 +110,6 @@ class _TensorState:
         elif self.cat:
             kernels.drift_update_(x, **kw)
         self.rows += rows
-
-    def _add_bin_sums(self, x: torch.Tensor) -> None:
-        """The sum of each bin's values (for Wasserstein-1), with torch ops on the device: bins as the
-        kernels count them (searchsorted, right; padding edges are +inf), in float64.
-        TODO(kernels): fold into drift_kernel beside the cumulative counts, as the native update does."""
-        v = x[:, self.cols_long].to(torch.float64).T.contiguous()  # [F, rows]
-        finite = torch.isfinite(v)
-        bins = torch.searchsorted(self.edges, torch.where(finite, v, 0.0), right=True)
-        self.sums.scatter_add_(1, bins, torch.where(finite, v, 0.0))
 
     def accumulator(self) -> "_core.TensorAccumulator":
         """The window so far as a native accumulator: reads back kilobytes (and the sampled rows)."""
