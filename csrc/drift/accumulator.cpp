@@ -14,7 +14,7 @@ namespace {
 
 constexpr int64_t kBlock = 256;  // rows per block: a block of one column's doubles stays in L1
 constexpr uint8_t kFormat = 1;
-constexpr size_t kSampleFlush = 1 << 16;  // sampled values a feature gathers before they go into its sketch
+constexpr size_t kSampleFlush = 4096;  // sampled values a feature gathers before they go into its sketch
 
 void put_blob(sketches::Writer& w, const std::vector<uint8_t>& bytes) {
   w.put(static_cast<uint64_t>(bytes.size()));
@@ -68,7 +68,8 @@ TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec
     block_sums_.resize(std::max(block_sums_.size(), c.edges.size()));
     at_least_.emplace_back(c.edges.size());
     bin_sums_.emplace_back(c.edges.size() + 1);
-    sampled_.emplace_back();
+    sampled_.emplace_back(kSampleFlush + kBlock);
+    sampled_count_.push_back(0);
     moments_.emplace_back();
     quantiles_.emplace_back(spec_->kll_k, seed += 0x632BE59BD9B4E019ull);  // independent coins per feature
   }
@@ -324,19 +325,19 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
 
       // Gathered over the call and fed to the sketch once: a few values a block would pay the
       // sketch's per-call cost each time.
-      std::vector<double>& sampled = sampled_[f];
-      size_t n_sampled = sampled.size();
-      sampled.resize(n_sampled + n_picked);
+      // (A buffer of fixed size: room for kSampleFlush values and one more block.)
+      double* sampled = sampled_[f].data();
+      size_t n_sampled = sampled_count_[f];
       for (size_t j = 0; j < n_picked; ++j) {
         const double v = static_cast<double>(values[picked[j]]);
         sampled[n_sampled] = v;
         n_sampled += v - v == 0.0;  // finite values only
       }
-      sampled.resize(n_sampled);
       if (n_sampled >= kSampleFlush) {
-        quantiles_[f].update(sampled.data(), n_sampled);
-        sampled.clear();
+        quantiles_[f].update(sampled, n_sampled);
+        n_sampled = 0;
       }
+      sampled_count_[f] = n_sampled;
     }
 
     for (size_t c = 0; c < spec_->categorical.size(); ++c) {
@@ -359,8 +360,8 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
   }
 
   for (size_t f = 0; f < features; ++f) {
-    quantiles_[f].update(sampled_[f].data(), sampled_[f].size());
-    sampled_[f].clear();
+    quantiles_[f].update(sampled_[f].data(), sampled_count_[f]);
+    sampled_count_[f] = 0;
   }
 
   for (size_t f = 0; f < features; ++f) {

@@ -113,6 +113,7 @@ class TensorAccumulator {
   std::vector<double> block_sums_;
   std::vector<uint64_t> finite_, pos_inf_, seen_;
   std::vector<std::vector<double>> sampled_;  // per feature: this call's sampled finite values
+  std::vector<size_t> sampled_count_;         // how many of sampled_[f] are filled
   std::vector<sketches::MomentsSketch> moments_;
   std::vector<sketches::KllSketch> quantiles_;
   std::vector<sketches::CategoryCounts> categories_;
