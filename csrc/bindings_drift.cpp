@@ -104,9 +104,8 @@ void bind_drift(py::module_& m) {
       .def("merge", &TensorAccumulator::merge, py::arg("other"))
       .def(
           "absorb",
-          [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const F64Array& sums, const I64Array& missing,
-             const I64Array& n,
-             const F64Array& mean, const F64Array& m2, const F64Array& lo, const F64Array& hi, const F64Array& samples,
+          [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const F64Array& sums,
+             const I64Array& missing, const I64Array& n, const F64Array& mean, const F64Array& m2, const F64Array& lo, const F64Array& hi, const F64Array& samples,
              const I64Array& cat_counts, const I64Array& cat_missing) {
             const size_t F = self.spec().numeric.size(), C = self.spec().categorical.size();
             size_t width = 0;
@@ -144,9 +143,10 @@ void bind_drift(py::module_& m) {
             py::gil_scoped_release release;
             self.absorb(p);
           },
-          py::arg("rows"), py::arg("bins"), py::arg("sums"), py::arg("missing"), py::arg("n"), py::arg("mean"), py::arg("m2"),
-          py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
-          "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], sums (of each bin's values, as bins), missing/n/mean/m2/min/max [F], "
+          py::arg("rows"), py::arg("bins"), py::arg("sums"), py::arg("missing"), py::arg("n"), py::arg("mean"),
+          py::arg("m2"), py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
+          "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], sums (of each bin's values, as "
+          "bins), missing/n/mean/m2/min/max [F], "
           "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C]")
       .def(
           "sample_rows",

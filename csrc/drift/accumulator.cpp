@@ -111,13 +111,13 @@ template <typename T>
 using CompareType = std::conditional_t<std::is_same_v<T, float>, float, double>;
 
 // For each edge, how many of the m values are >= it (NaN never is; +inf always is), and the sum
-// of their `d` (the value less the block's pivot; 0 for a value that is not finite). These
+// of their `d` (the value less the feature's sum pivot; 0 for a value that is not finite). These
 // cumulative counts and sums give each bin's by differences, with no per-value scatter. Written
 // with GCC vector extensions (32-byte vectors: AVX2 in the AVX2 clone, two SSE registers in the
 // baseline one) since a float sum is a reduction the compiler may not reorder by itself: one
 // compare, a subtract (the count) and an and-add (the sum) per vector of values. Sums of d are in
 // the compare type, each vector lane over at most kBlock / lanes terms (float for FP32 input:
-// relative error ~1e-6 of the block's spread about its pivot, far below what the Wasserstein
+// relative error ~1e-6 of the values' distances from the pivot, far below what the Wasserstein
 // estimate needs), added up in double per block.
 constexpr int kSumLanes = 8;  // blocks are padded to a multiple of this (NaN values, d = 0)
 
@@ -174,18 +174,18 @@ void count_and_sum_at_least(const C* values, const C* d, int64_t m, const C* edg
 // were +inf, the pivot, and in `d` each value less `sum_pivot` in the compare type (0 where
 // not finite), for the bin sums: a fixed pivot per feature (the reference's middle edge), so the
 // float difference is off by at most half an ulp of the value's own distance from the median
-// (a block's first value may be an outlier). `values` is padded to a multiple of kLanes with NaN. Written as
-// simple loops the compiler vectorizes: masks instead of branches, and sums in kLanes
-// independent partial sums (a fixed order, so results are reproducible; one running sum is a
-// chain of dependent adds that cannot be vectorized).
+// (a block's first value may be an outlier). `values` is padded to a multiple of kLanes with
+// NaN. Written as simple loops the compiler vectorizes: masks instead of branches, and sums in
+// kLanes independent partial sums (a fixed order, so results are reproducible; one running sum
+// is a chain of dependent adds that cannot be vectorized).
 constexpr int kLanes = 8;
 static_assert(kBlock % kLanes == 0 && kLanes == kSumLanes, "blocks are padded to whole lanes");
 static_assert(kSumLanes % Vectors<float>::kWidth == 0 && kSumLanes % Vectors<double>::kWidth == 0);
 
 template <typename C>
 LOOPSERVE_WITH_AVX2
-uint64_t block_moments(const C* values, int64_t m, C sum_pivot, C* d, double* pivot_out, double* shifted_sum_out, uint64_t* n_out,
-                       double* mean_out, double* m2_out, double* lo_out, double* hi_out) {
+uint64_t block_moments(const C* values, int64_t m, C sum_pivot, C* d, double* pivot_out, double* shifted_sum_out,
+                       uint64_t* n_out, double* mean_out, double* m2_out, double* lo_out, double* hi_out) {
   constexpr C kInf = std::numeric_limits<C>::infinity();
   const int64_t padded = (m + kLanes - 1) / kLanes * kLanes;
   C pivot_c = C(0);
@@ -313,19 +313,19 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       std::vector<uint64_t>& cumulative = at_least[f];
       std::vector<double>& sums = bin_sums_[f];
       uint64_t above = n;
-      double above_sum = shifted_sum + static_cast<double>(n) * (pivot - static_cast<double>(sum_pivot));
+      const double pivot_at = static_cast<double>(sum_pivot);
+      double above_sum = shifted_sum + static_cast<double>(n) * (pivot - pivot_at);
       for (size_t k = 0; k < n_edges; ++k) {
         cumulative[k] += block_at_least[k];
         const uint64_t next = block_at_least[k] - block_pos_inf;
-        sums[k] += (above_sum - block_sums[k]) + static_cast<double>(above - next) * static_cast<double>(sum_pivot);
+        sums[k] += (above_sum - block_sums[k]) + static_cast<double>(above - next) * pivot_at;
         above = next;
         above_sum = block_sums[k];
       }
-      sums[n_edges] += above_sum + static_cast<double>(above) * static_cast<double>(sum_pivot);
+      sums[n_edges] += above_sum + static_cast<double>(above) * pivot_at;
 
-      // Gathered over the call and fed to the sketch once: a few values a block would pay the
-      // sketch's per-call cost each time.
-      // (A buffer of fixed size: room for kSampleFlush values and one more block.)
+      // Gathered in a fixed buffer (room for kSampleFlush values and one more block) and fed to
+      // the sketch in stretches: a few values a block would pay the sketch's per-call cost each time.
       double* sampled = sampled_[f].data();
       size_t n_sampled = sampled_count_[f];
       for (size_t j = 0; j < n_picked; ++j) {

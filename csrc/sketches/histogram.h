@@ -23,7 +23,8 @@ class BinnedHistogram {
  public:
   static constexpr uint8_t kFormat = 2;  // 1: without sums
 
-  explicit BinnedHistogram(std::vector<double> edges = {}) : edges_(std::move(edges)), counts_(edges_.size() + 1), sums_(edges_.size() + 1) {
+  explicit BinnedHistogram(std::vector<double> edges = {})
+      : edges_(std::move(edges)), counts_(edges_.size() + 1), sums_(edges_.size() + 1) {
     for (size_t i = 0; i < edges_.size(); ++i) {
       if (!std::isfinite(edges_[i])) throw std::invalid_argument("BinnedHistogram: bin edges must be finite");
       if (i > 0 && !(edges_[i - 1] < edges_[i]))

@@ -100,7 +100,8 @@ class _TensorState:
             kw.update(self.cat)
         if F:
             kw.update(numeric_cols=self.cols, edges=self.edges, n_edges=self.n_edges, counts=self.counts,
-                      missing=self.missing, sums=self.sums, with_moments=True, moments_into=(self.moment_n, self.moment_planes),
+                      missing=self.missing, sums=self.sums, with_moments=True,
+                      moments_into=(self.moment_n, self.moment_planes),
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
             picked = self.sampler.sample_rows(rows)
