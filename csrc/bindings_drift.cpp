@@ -105,8 +105,8 @@ void bind_drift(py::module_& m) {
       .def(
           "absorb",
           [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const F64Array& sums,
-             const I64Array& missing, const I64Array& n, const F64Array& mean, const F64Array& m2, const F64Array& lo, const F64Array& hi, const F64Array& samples,
-             const I64Array& cat_counts, const I64Array& cat_missing) {
+             const I64Array& missing, const I64Array& n, const F64Array& mean, const F64Array& m2, const F64Array& lo,
+             const F64Array& hi, const F64Array& samples, const I64Array& cat_counts, const I64Array& cat_missing) {
             const size_t F = self.spec().numeric.size(), C = self.spec().categorical.size();
             size_t width = 0;
             for (const auto& c : self.spec().numeric) width = std::max(width, c.edges.size() + 1);
