@@ -12,6 +12,10 @@ Register budget (sm_90, 4 warps, a [BLOCK_R, BLOCK_F] tile of 512 values: 4 per 
   counts the finite values, lane 1 + e the values >= edge e. 16 lanes (4 words, 15 edges) cost 4
   registers per element; a word is emptied into the per-program totals every 255 tiles, before
   any 8-bit lane can overflow.
+- bin sums (for Wasserstein-1, optional): per lane the sum of v - the feature's middle edge over
+  the values the lane counts, reduced per tile over the rows ([rows, features, 16 lanes] masked
+  sums, in the compare type) into float64 [features, 16] per program: one reduction per tile,
+  which the counts avoid, so it costs registers (see the README) but not a second pass.
 - moments are shifted sums per element (sum of d and of d^2, d = v - pivot, float64) with
   min/max in the input's compare type; mean and m2 of the program come from them once, at the
   end. The pivot is the feature's first finite value in the batch's first tile (the same in
@@ -259,24 +263,14 @@ def drift_kernel(
 
 
 @triton.jit
-def _lane_sum(pc_ptr, pc_plane, lane, G, part_stride, f_off, fmask, BLOCK_G: tl.constexpr):
-    """sum over the G programs of lane `lane` [BLOCK_F] (int64)."""
-    acc = tl.zeros([BLOCK_G, f_off.shape[0]], dtype=tl.int64)
+def _lane_sum(pc_ptr, pc_plane, lane, G, part_stride, f_off, fmask, BLOCK_G: tl.constexpr,
+              DTYPE: tl.constexpr = tl.int64):
+    """sum over the G programs of lane `lane` [BLOCK_F] (int64 counts, or float64 sums)."""
+    acc = tl.zeros([BLOCK_G, f_off.shape[0]], dtype=DTYPE)
     for g0 in range(0, G, BLOCK_G):
         g = g0 + tl.arange(0, BLOCK_G)
         p = lane.to(tl.int64) * pc_plane + g[:, None].to(tl.int64) * part_stride + f_off[None, :]
-        acc += tl.load(pc_ptr + p, mask=(g < G)[:, None] & fmask[None, :], other=0).to(tl.int64)
-    return tl.sum(acc, axis=0)
-
-
-@triton.jit
-def _lane_total(ps_ptr, plane, lane, G, part_stride, f_off, fmask, BLOCK_G: tl.constexpr):
-    """sum over the G programs of sum lane `lane` [BLOCK_F] (float64)."""
-    acc = tl.zeros([BLOCK_G, f_off.shape[0]], dtype=tl.float64)
-    for g0 in range(0, G, BLOCK_G):
-        g = g0 + tl.arange(0, BLOCK_G)
-        p = lane.to(tl.int64) * plane + g[:, None].to(tl.int64) * part_stride + f_off[None, :]
-        acc += tl.load(ps_ptr + p, mask=(g < G)[:, None] & fmask[None, :], other=0.0)
+        acc += tl.load(pc_ptr + p, mask=(g < G)[:, None] & fmask[None, :], other=0).to(DTYPE)
     return tl.sum(acc, axis=0)
 
 
@@ -313,9 +307,9 @@ def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_pla
         if DO_SUMS:
             nedge = tl.load(nedges_ptr + f_off, mask=fmask, other=0)
             spivot = tl.load(edges_ptr + f_off * edges_stride + nedge // 2, mask=fmask & (nedge > 0), other=0)
-            s_b = _lane_total(ps_ptr, pc_plane, b, G, part_stride, f_off, fmask, BLOCK_G)
-            s_next = _lane_total(ps_ptr, pc_plane, b + 1, G, part_stride, f_off, fmask & (f_off * 0 + b < e_max),
-                                 BLOCK_G)
+            s_b = _lane_sum(ps_ptr, pc_plane, b, G, part_stride, f_off, fmask, BLOCK_G, tl.float64)
+            s_next = _lane_sum(ps_ptr, pc_plane, b + 1, G, part_stride, f_off, fmask & (f_off * 0 + b < e_max),
+                               BLOCK_G, tl.float64)
             sptr = sums_ptr + f_off.to(tl.int64) * counts_stride + b
             add = (s_b - s_next) + (lane_b - lane_next).to(tl.float64) * spivot.to(tl.float64)
             tl.store(sptr, tl.load(sptr, mask=fmask, other=0.0) + add, mask=fmask)
