@@ -55,6 +55,7 @@ class EngineChannel:
         self.pending: dict[int, asyncio.Future] = {}
         self.tokens = itertools.count(1)
         self.gone = False
+        self.flush_scheduled = False
         loop.add_reader(self.native.fd, self._on_readable)
         self._on_readable()
 
@@ -63,7 +64,12 @@ class EngineChannel:
         if self.gone:
             raise EngineGone()
         token = next(self.tokens)
-        sent = self.native.submit(token, model, version, key, request_id, group, priority, timeout_us, raw, inputs)
+        sent = self.native.submit(token, model, version, key, request_id, group, priority, timeout_us, raw, inputs,
+                                  True)
+        if not self.flush_scheduled:
+            # One wake-up of the engine per loop turn, after this turn's reads, not one per request.
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
         if sent == 1:
             return _answered(self.loop, (503, 0, "the server is at capacity (its channel to the engine is full); "
                                                  "retry later", None))
@@ -74,6 +80,10 @@ class EngineChannel:
         future = self.loop.create_future()
         self.pending[token] = future
         return future
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        self.native.flush()
 
     def _on_readable(self) -> None:
         pending = self.pending
