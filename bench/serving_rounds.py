@@ -24,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving as harness  # noqa: E402
 
+ASGI_MODEL = "ml%70"  # the model's name with a %-escape: the same route, through ASGI
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,6 +33,9 @@ def main() -> int:
     parser.add_argument("--concurrency", default="64")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--asgi", action="store_true",
+                        help="also drive each loopserve server through its ASGI infer route (a %%-escaped path, "
+                             "which the fast path leaves to ASGI), reported as loopserve-wN-asgi")
     args = parser.parse_args()
     names = args.servers.split(",")
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -63,6 +68,9 @@ def main() -> int:
                     for c in concurrency:
                         res = harness.run_wrk(s, c, args.seconds, script)
                         results.setdefault((s.name, c), []).append(res)
+                        if args.asgi and s.name.startswith("loopserve"):
+                            res = harness.run_wrk(s, c, args.seconds, script, model=ASGI_MODEL)
+                            results.setdefault((s.name + "-asgi", c), []).append(res)
                 print(f"round {r + 1}: " + ", ".join(
                     f"{s.name} {harness.fmt(results[(s.name, concurrency[0])][-1].req_s, '.0f')}" for s in servers),
                     flush=True)
@@ -72,7 +80,7 @@ def main() -> int:
     print(f"\n{'server':<14}{'c':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu µs/req':>11}{'÷ Triton':>10}"
           f"{'÷ echo':>9}{'p50 ÷ baseline':>16}")
     for c in concurrency:
-        for name in [s for s in names]:
+        for name in [n for s in names for n in ([s, s + "-asgi"] if args.asgi and s.startswith("loopserve") else [s])]:
             rs = results.get((name, c), [])
             ok = [r for r in rs if r.req_s]
             if not ok:
