@@ -83,7 +83,7 @@ def main() -> int:
         for line in raw.read_text().splitlines():
             stack, _, n = line.rpartition(" ")
             frames = stack.split(";")
-            process = "front ends" if "loopserve.server.frontend" in frames[0] else "engine"
+            process = "front ends" if "loopserve.server.frontend" in " ".join(frames[:2]) else "engine"
             for step, keys in STEPS:
                 if any(k in f for f in frames for k in keys):
                     by_process[process][step] += int(n)
