@@ -137,7 +137,10 @@ class InferCycle:
             pending.add_done_callback(self.completed)
 
     def completed(self, pending) -> None:
-        answer = self.finish(pending)  # also when disconnected: it releases what the request held
+        try:
+            answer = self.finish(pending)  # also when disconnected: it releases what the request held
+        except Exception as exc:  # a bug of ours: answered 500 (and logged), as ASGI would
+            answer = self.protocol.fast_infer.refusal(exc, self.name)
         if answer is not None:
             self.answer(answer)
 
