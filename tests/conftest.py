@@ -53,29 +53,33 @@ def tiny_reference():
 _ports = random.Random()  # its own generator: a test seeding `random` must not replay ports
 
 
-def free_port() -> int:
-    """A loopback TCP port free now, for a server that a test starts in another process. Taken
-    below the kernel's ephemeral range (ip_local_port_range), where no outgoing connection and no
-    bind to port 0 can take it between this check and the server's own bind; a port found by
-    binding port 0 is in that range, and any of the suite's client connections could take it."""
+def free_port(count: int = 1) -> int:
+    """A loopback TCP port free now (the first of `count` consecutive ones), for a server that a
+    test starts in another process. Taken below the kernel's ephemeral range
+    (ip_local_port_range), where no outgoing connection and no bind to port 0 can take it between
+    this check and the server's own bind; a port found by binding port 0 is in that range, and any
+    of the suite's client connections could take it."""
     try:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
     low = max(1024, ephemeral_low - 12_000)
-    if ephemeral_low - low < 1_000:  # no room below the range: the kernel's choice, as usual
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    if ephemeral_low - low < 1_000:  # no room below the range: from the kernel's choice, as usual
+        low, ephemeral_low = ephemeral_low, 65536
     for _ in range(200):
-        port = _ports.randrange(low, ephemeral_low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue  # in use: another
+        port = _ports.randrange(low, ephemeral_low - count + 1)
+        sockets = []
+        try:
+            for p in range(port, port + count):
+                sockets.append(socket.socket())
+                sockets[-1].bind(("127.0.0.1", p))
+        except OSError:
+            continue  # one is in use: another run
+        finally:
+            for sock in sockets:
+                sock.close()
         return port
-    raise RuntimeError(f"no free port in [{low}, {ephemeral_low})")
+    raise RuntimeError(f"no {count} free consecutive ports in [{low}, {ephemeral_low})")
 
 
 class RunningServer:
