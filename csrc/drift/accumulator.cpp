@@ -236,15 +236,21 @@ uint64_t block_moments(const C* values, int64_t m, C sum_pivot, C* d, double* pi
       count[j] += static_cast<double>(mask[i + j]);
     }
   // Min and max over the raw values: a NaN compares false and is passed over; an infinity
-  // would win, so the rare block that holds one is redone below on its finite values.
-  C lo[kLanes], hi[kLanes];
-  for (int j = 0; j < kLanes; ++j) lo[j] = kInf, hi[j] = -kInf;
+  // would win, so the rare block that holds one is redone below on its finite values. In vector
+  // selects: written per lane, the compiler keeps this loop scalar (a NaN must not win).
+  using V = typename Vectors<C>::Value;
+  constexpr int W = Vectors<C>::kWidth;
+  V lo_v[kLanes / W], hi_v[kLanes / W];
+  for (int u = 0; u < kLanes / W; ++u) lo_v[u] = V{} + kInf, hi_v[u] = V{} - kInf;
   for (int64_t i = 0; i < padded; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const C v = values[i + j];
-      lo[j] = v < lo[j] ? v : lo[j];
-      hi[j] = v > hi[j] ? v : hi[j];
+    for (int u = 0; u < kLanes / W; ++u) {
+      V v;
+      std::memcpy(&v, values + i + u * W, sizeof v);
+      lo_v[u] = v < lo_v[u] ? v : lo_v[u];
+      hi_v[u] = v > hi_v[u] ? v : hi_v[u];
     }
+  C lo[kLanes], hi[kLanes];
+  for (int j = 0; j < kLanes; ++j) lo[j] = lo_v[j / W][j % W], hi[j] = hi_v[j / W][j % W];
   double total = 0.0, sq = 0.0, n = 0.0;
   C low = kInf, high = -kInf;
   for (int j = 0; j < kLanes; ++j) {
