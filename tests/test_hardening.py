@@ -91,7 +91,8 @@ def test_feedback_drift_and_sketch_need_the_management_token(guarded, monkeypatc
     assert guarded.request("POST", "/v2/models/mlp/feedback", label, {"Authorization": "Bearer wrong"})[0] == 401
     status, _, raw = guarded.request("POST", "/v2/models/mlp/feedback", label, AUTH)
     assert status == 200 and msgspec.json.decode(raw)["joined"] == 1, raw
-    for path in ("/v2/models/mlp/drift", "/v2/models/mlp/drift/sketch", "/v2/models/mlp/versions/1/drift"):
+    for path in ("/v2/models/mlp/drift", "/v2/models/mlp/drift/sketch", "/v2/models/mlp/versions/1/drift",
+                 "/v2/models/mlp/drift/profile", "/ui/api/models/mlp/histogram?feature=x0"):
         assert guarded.request("GET", path)[0] == 401, path
         assert guarded.request("GET", path, headers=AUTH)[0] != 401, path  # 404: mlp has no drift profile
     # The pipeline reads drift with the token from its environment.
