@@ -30,7 +30,7 @@ from loopserve.logs import configure_logging
 from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
-from loopserve.server.protocol import decode_request, encode_response
+from loopserve.server.protocol import decode_request_async, encode_response
 from loopserve.server.wire import INFER_PATH, answer_headers, headers_of, scheduling_of, send_response
 
 log = logging.getLogger("loopserve.frontend")
@@ -166,7 +166,7 @@ class FrontendApp:
             if header_length == 0:
                 request, inputs, raw = None, [("", np.frombuffer(body, np.uint8))], True
             else:
-                request, arrays = decode_request(body, header_length)
+                request, arrays = await decode_request_async(body, header_length)
                 inputs, raw = list(arrays.items()), False
             params = request.parameters if request is not None else None
             priority, timeout_us, key = scheduling_of(params)

@@ -18,7 +18,7 @@ from loopserve.server.body import read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.wire import answer_headers, headers_of, scheduling_of, send_response
-from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
+from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request_async, encode_response
 from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
 
@@ -76,7 +76,7 @@ class InferEndpoint:
             if header_length == 0:
                 request, arrays = None, _raw_input(self.repository.get(name, version), body)
             else:
-                request, arrays = decode_request(body, header_length)
+                request, arrays = await decode_request_async(body, header_length)
             params = request.parameters if request is not None else None
             priority, timeout_us, key = scheduling_of(params)
             # From here to the submit nothing awaits: the version chosen is still loaded.
