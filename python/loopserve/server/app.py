@@ -19,7 +19,7 @@ from starlette.routing import Route
 
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
-from loopserve.server import triton_json
+from loopserve.server import openapi, triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.auth import ManagementToken
@@ -83,6 +83,7 @@ class LoopserveApp:
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.server_ready),
             Route("/v2", self.server_metadata),
+            Route("/v2/openapi.json", self.openapi),
             Route("/v2/models/stats", self.model_stats),
             *traffic,
             *DriftRoutes(repository, self._authorize).routes(),
@@ -151,6 +152,9 @@ class LoopserveApp:
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "loopserve", "version": loopserve.__version__, "extensions": EXTENSIONS})
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(openapi.encoded(), media_type="application/json")
 
     def _model(self, request: Request) -> Model:
         return self.repository.get(request.path_params["model"], request.path_params.get("version"))

@@ -201,15 +201,23 @@ class FrontendApp:
     # -- everything else: forwarded to the engine -------------------------------------------
 
     async def forward(self, scope, receive, send) -> None:
+        import httpx
+
         try:
             body = await read_body(receive, body_limit(scope["path"], self.max_body_bytes))
         except BodyTooLarge as exc:
             await send_response(send, 413, _JSON, error_body(str(exc)))
             return
-        path = scope["path"] + (("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
+        # The path as the client sent it (still percent-encoded): decoded, %0D or %01 is no URL.
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1") + (("?" + scope["query_string"].decode("latin-1"))
+                                             if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_HEADERS]
         try:
             response = await self._request(scope["method"], path, headers, body)
+        except httpx.InvalidURL as exc:  # raw bytes a URL cannot carry: the client's mistake
+            await send_response(send, 400, _JSON, error_body(f"the request's path or query is not a valid URL: {exc}"))
+            return
         except Exception as exc:  # the engine is gone
             await send_response(send, 503, _JSON + _RETRY[503],
                                 error_body(f"the server's engine process did not answer: {exc}"))
