@@ -4,8 +4,10 @@ loopback port, one process and an engine with two front ends (fixture `serve`)."
 import random
 import shutil
 import threading
+import time
 
 import msgspec
+import numpy as np
 import pytest
 
 from loopserve import zoo
@@ -257,3 +259,41 @@ def test_connection_limits_close_hostile_connections_and_the_server_serves_on(se
     for sock in held + [idle, slow_head, slow_body, endless, keep]:
         sock.close()
     assert served()
+
+
+def held_bytes(array) -> int:
+    """The memory an array keeps alive: its own, or the whole buffer it is a view of."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    base = array.base.obj if isinstance(array.base, memoryview) else array.base
+    return len(base) if isinstance(base, (bytes, bytearray)) else array.nbytes
+
+
+def test_the_feedback_record_keeps_copies_of_just_its_rows(serve, mlp_repository):
+    """Point 5: binary inputs were held as views of the whole request body (here 4 MiB of
+    padding in the JSON part) until 64 more requests came; the record now copies its rows."""
+    server = serve(LoopserveApp(mlp_repository))
+    row = np.arange(32, dtype=np.float32).tobytes()
+    header = msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [1, 32], "datatype": "FP32",
+                                              "parameters": {"binary_data_size": len(row)}}],
+                                  "parameters": {"pad": "x" * (4 << 20)}})
+    for _ in range(5):
+        status, _, raw = server.request("POST", "/v2/models/mlp/infer", header + row,
+                                        {"Inference-Header-Content-Length": str(len(header))})
+        assert status == 200, raw[:300]
+    feedback = mlp_repository.services.feedback
+    record = feedback.models["mlp"].tracks[1].rec
+
+    def recorded():
+        for catch_up in feedback.catch_up:  # workers 2: the engine's taps hand their rows over
+            catch_up()
+        return record.seq
+
+    deadline = time.monotonic() + 30
+    while recorded() < 5:
+        assert time.monotonic() < deadline, record.seq
+        time.sleep(0.05)
+    held = [held_bytes(a) for x in record._pending_x for a in x.values()] + [held_bytes(y) for y in record._pending_y]
+    assert held and max(held) <= 32 * 8, held  # a row of inputs or outputs, never the 4 MiB body
+    x, _ = record.rows([record.seq - 1])
+    assert np.array_equal(x[0], np.arange(32, dtype=np.float32))
