@@ -80,6 +80,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head, self._head_bytes = True, 0  # the next request's head (keep-alive)
         super().on_message_complete()
 
+    def shutdown(self) -> None:
+        """On SIGTERM: a request whose body is still arriving has not started; refused at once
+        (503), so that a client stalled mid-body does not hold the drain for graceful_shutdown_s."""
+        cycle = self.cycle
+        if cycle is not None and not self._in_head and not cycle.response_started:
+            self._refuse(503, "Service Unavailable", "the server is shutting down; retry the request")
+            return
+        super().shutdown()
+
     def _head_timed_out(self) -> None:
         self._timer = None
         self._refuse(408, "Request Timeout", f"the request's head did not arrive within "
