@@ -297,3 +297,19 @@ def test_the_feedback_record_keeps_copies_of_just_its_rows(serve, mlp_repository
     assert held and max(held) <= 32 * 8, held  # a row of inputs or outputs, never the 4 MiB body
     x, _ = record.rows([record.seq - 1])
     assert np.array_equal(x[0], np.arange(32, dtype=np.float32))
+
+
+def test_error_messages_to_clients_name_no_server_directory(serve, mlp_repository):
+    """Point 8: refusals showed the repository's absolute path; they name its setting instead
+    (the server's log keeps the path)."""
+    root = str(mlp_repository.root)
+    (mlp_repository.root / "broken").mkdir()
+    (mlp_repository.root / "broken" / "config.yaml").write_text("max_batch_size: many\n")
+    (mlp_repository.root / "empty").mkdir()
+    server = serve(LoopserveApp(mlp_repository))
+    answers = [server.request("POST", f"/v2/repository/models/{name}/load") for name in ("nope", "broken", "empty")]
+    assert [status for status, _, _ in answers] == [404, 400, 400], answers
+    answers.append(server.request("POST", "/v2/repository/index"))
+    for status, _, raw in answers:
+        assert root not in raw.decode() and "/models" not in raw.decode(), raw
+    assert b"<model_repository>/broken" in answers[1][2] and b"<model_repository>" in answers[0][2], answers

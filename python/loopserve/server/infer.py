@@ -62,6 +62,7 @@ class InferEndpoint:
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.feedback = repository.services.feedback  # feedback: predictions recorded by request id
+        self.hide_paths = str  # the app's: error messages name no server directory (http_errors.path_hider)
 
     async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
         start = time.perf_counter()
@@ -109,7 +110,7 @@ class InferEndpoint:
             if status == 500:
                 log.error("infer failed", extra={"model": name, "error": str(exc)},
                           exc_info=not isinstance(exc, ModelError))
-            await send_response(send, status, [*_JSON, *extra], error_body(str(exc)))
+            await send_response(send, status, [*_JSON, *extra], error_body(self.hide_paths(str(exc))))
             return
         finally:
             if model is not None:
