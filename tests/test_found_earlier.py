@@ -18,3 +18,34 @@ def test_a_category_code_in_minus_one_to_zero_is_not_missing_in_the_profile_and_
     profile = build_profile({"c": np.array([0, 1, 2, 1, -1, -7, np.nan], dtype=np.float32)}, categorical=["c"])
     (feature,) = profile.features
     assert feature.missing == 3 and sorted(feature.categories) == [0, 1, 2]
+
+
+def test_a_late_label_for_a_version_below_the_newest_32_still_counts():
+    """Live metrics are kept for at most MAX_VERSIONS (32) versions. A late label for an older
+    version made its metrics, then evicted them at once (the lowest version went first), so the
+    label answered "joined" and counted nowhere. Now the lowest *other* version makes room."""
+    import msgspec
+    from conftest import vector_config
+    from loopserve import Model
+    from loopserve.config import FeedbackConfig
+    from loopserve.monitor.feedback import MAX_VERSIONS, FeedbackStore
+
+    config = msgspec.structs.replace(vector_config(name="m", width=2, out_width=1, max_batch_size=8),
+                                     feedback=FeedbackConfig())
+    store = FeedbackStore()
+
+    def predict(model, request_id):
+        x = np.array([[0.9, 0]], np.float32)
+        store.track(model).record(request_id, {"x": x}, model.infer_sync({"x": x}), None)
+
+    with Model.from_callable(lambda inputs: {"y": inputs["x"][:, :1].copy()}, config, 1) as old:
+        predict(old, "late")
+        for version in range(2, MAX_VERSIONS + 2):  # 32 newer versions, each labelled
+            with Model.from_callable(lambda inputs: {"y": inputs["x"][:, :1].copy()}, config, version) as model:
+                predict(model, f"r{version}")
+                assert store.feedback("m", [(f"r{version}", 1)]).joined == 1
+        result = store.feedback("m", [("late", 1)])
+        assert result.joined == 1 and result.items[0].version == "1"
+        metrics = store.window_metrics("m", 1)
+        assert metrics is not None and metrics.cumulative.labels == 1
+        assert len(store.live_metrics("m")) == MAX_VERSIONS and store.window_metrics("m", MAX_VERSIONS + 1)

@@ -43,7 +43,7 @@ log = logging.getLogger("loopserve.feedback")
 
 JOINED, INVALID = "joined", "invalid"
 STATUSES = (JOINED, UNKNOWN, DUPLICATE, EXPIRED, INVALID)
-MAX_VERSIONS = 32  # versions whose live metrics a model keeps (the highest)
+MAX_VERSIONS = 32  # versions whose live metrics a model keeps (the highest, and the one last labelled)
 _SCALARS = (str, int, float, bool)
 
 
@@ -215,7 +215,8 @@ class ModelFeedback:
         if live is None or live.kind != track.rule.kind:
             live = self.live[track.version] = LiveMetrics(track.version, track.rule.kind, track.config.window_labels,
                                                           track.config.history, track.config.window_s)
-            for old in sorted(self.live)[:-MAX_VERSIONS]:
+            # The lowest *other* versions make room: a late label for an old version must count.
+            for old in sorted(v for v in self.live if v != track.version)[:-(MAX_VERSIONS - 1)]:
                 del self.live[old]
         live.window_labels = track.config.window_labels
         if live.window_s != track.config.window_s:  # windows of another width: start again
