@@ -49,3 +49,38 @@ def test_a_late_label_for_a_version_below_the_newest_32_still_counts():
         metrics = store.window_metrics("m", 1)
         assert metrics is not None and metrics.cumulative.labels == 1
         assert len(store.live_metrics("m")) == MAX_VERSIONS and store.window_metrics("m", MAX_VERSIONS + 1)
+
+
+def test_a_spill_writer_closed_during_a_write_does_not_reopen_its_file(tmp_path):
+    """A feedback post read the model's spill writer, then wrote off the event loop; a config
+    change closed that writer meanwhile and made a new one, and the write reopened the old
+    writer's file: two writers appending to one file, one of them never closed. A closed
+    writer now refuses, and the new one takes the lines."""
+    import msgspec
+    from conftest import vector_config
+    from loopserve import Model
+    from loopserve.config import FeedbackConfig
+    from loopserve.monitor.feedback import FeedbackStore
+    from loopserve.monitor.labelled import read_spill
+
+    def config(max_bytes):
+        return msgspec.structs.replace(vector_config(name="m", width=2, out_width=1, max_batch_size=8),
+                                       feedback=FeedbackConfig(spill_dir=str(tmp_path), spill_max_bytes=max_bytes))
+
+    store = FeedbackStore()
+    with Model.from_callable(lambda inputs: {"y": inputs["x"][:, :1].copy()}, config(1 << 20), 1) as model:
+        x = np.array([[0.9, 0]], np.float32)
+        for request_id in ("a", "b"):
+            store.track(model).record(request_id, {"x": x}, model.infer_sync({"x": x}), None)
+        mf = store.model("m")
+        _, first = mf.join([("a", 1)])
+        store.spill("m", first)
+        old = mf.spill  # what a post holds while its write waits for a worker thread
+        mf.configure(config(2 << 20).feedback)  # a reload with another spill size: a new writer
+        assert mf.spill is not old
+        _, joined = mf.join([("b", 0)])
+        assert not old.write(joined) and old._file is None  # refused: no file reopened
+        store.spill("m", joined)  # the route's way: the current writer takes them
+        mf.spill.close()
+    ids = sorted(read_spill(str(tmp_path), "m").ids.tolist())
+    assert ids == ["a", "b"]

@@ -316,9 +316,11 @@ class FeedbackStore:
 
     def spill(self, name: str, joined: list[Joined]) -> None:
         """Appends joined examples to the model's spill files, if it has a spill_dir. Any thread."""
-        writer = self.model(name).spill
-        if writer is not None and joined:
-            writer.write(joined)
+        mf = self.model(name)
+        writer = mf.spill
+        # A writer closed meanwhile (a config change replaced it) refuses: its successor writes.
+        while writer is not None and joined and not writer.write(joined):
+            writer = mf.spill if mf.spill is not writer else None
 
     def feedback(self, name: str, items: list[tuple[str, object]]) -> FeedbackResult:
         """join + spill, for Python callers."""
