@@ -31,26 +31,38 @@ class RawInput(msgspec.Struct):
 def data_of(raw: msgspec.Raw, datatype: str) -> Any:
     """An input's data: an ndarray decoded in slices where that is safe, else the decoded JSON
     (a list, None, or anything else the tensor decoder then refuses with its own message)."""
-    text = bytes(raw)
-    if datatype != "BYTES" and len(text) > SLICE_BYTES and b'"' not in text:
-        values = _sliced(text.strip())
+    view = memoryview(raw)  # never copied whole: a copy of 50 MB holds the GIL too
+    if datatype != "BYTES" and len(view) > SLICE_BYTES:
+        values = _sliced(view)
         if values is not None:
             return values
-    return msgspec.json.decode(text)
+    return msgspec.json.decode(view)
 
 
-def _sliced(text: bytes) -> np.ndarray | None:
+_SPACE = b" \t\r\n"
+_EDGE = 64  # whitespace around the array longer than this: decoded whole
+
+
+def _sliced(view: memoryview) -> np.ndarray | None:
     """A flat JSON array of numbers or booleans as one ndarray, or None where slices cannot stand for
-    the whole."""
-    if not (text.startswith(b"[") and text.endswith(b"]")) or text[1:].lstrip().startswith(b"["):
-        return None  # nested (or not an array): decoded whole
+    the whole (nested, strings, mixed types, not an array)."""
+    head = bytes(view[:_EDGE])
+    tail = bytes(view[-_EDGE:])
+    first = len(head) - len(head.lstrip(_SPACE))
+    last = len(view) - 1 - (len(tail) - len(tail.rstrip(_SPACE)))
+    if first >= _EDGE or last < len(view) - _EDGE or view[first] != ord("[") or view[last] != ord("]") or \
+            bytes(view[first + 1:first + 1 + _EDGE]).lstrip(_SPACE).startswith(b"["):
+        return None
     parts = []
-    start, end = 1, len(text) - 1
+    start, end = first + 1, last
     while start < end:
-        cut = text.find(b",", start + SLICE_BYTES, end)
+        cut = _next_comma(view, min(start + SLICE_BYTES, end), end)
         stop = end if cut < 0 else cut
+        piece = bytes(view[start:stop])
+        if b'"' in piece:
+            return None
         try:
-            part = np.asarray(msgspec.json.decode(b"[" + text[start:stop] + b"]"))
+            part = np.asarray(msgspec.json.decode(b"[" + piece + b"]"))
         except (msgspec.DecodeError, ValueError):
             return None
         same = not parts or part.dtype == parts[0].dtype  # else np.asarray(whole) may infer otherwise
@@ -59,3 +71,12 @@ def _sliced(text: bytes) -> np.ndarray | None:
         parts.append(part)
         start = stop + 1
     return np.concatenate(parts) if parts else None
+
+
+def _next_comma(view: memoryview, pos: int, end: int, window: int = 256) -> int:
+    while pos < end:
+        found = bytes(view[pos:min(pos + window, end)]).find(b",")
+        if found >= 0:
+            return pos + found
+        pos += window
+    return -1
