@@ -2,7 +2,6 @@
 loopback port, one process and an engine with two front ends (fixture `serve`)."""
 
 import random
-import shutil
 import threading
 import time
 
@@ -12,7 +11,6 @@ import pytest
 
 from loopserve import zoo
 from loopserve.server.app import LoopserveApp
-from loopserve.serving.repository import ModelRepository
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -23,15 +21,6 @@ def infer_body(rows=1, **parameters):
     if parameters:
         request["parameters"] = parameters
     return msgspec.json.encode(request)
-
-
-@pytest.fixture
-def mlp_repository(model_repo, tmp_path):
-    root = tmp_path / "models"
-    shutil.copytree(model_repo / "mlp_onnx", root / "mlp")
-    repository = ModelRepository(root)
-    repository.load("mlp")
-    return repository
 
 
 def model_state(server):

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from loopserve.demo.hotswap import wait_ready
-from test_server_process import free_port, loopserve, wait_until
+from test_server_process import free_port, loopserve
 
 HEAD = b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
 

@@ -13,10 +13,10 @@ import numpy as np
 
 from loopserve import zoo
 from loopserve.server.app import LoopserveApp
-from test_hardening import infer_body, mlp_repository  # noqa: F401 (a fixture)
+from test_hardening import infer_body
 
 
-def test_a_large_json_body_decodes_while_small_requests_are_answered(serve, mlp_repository):  # noqa: F811
+def test_a_large_json_body_decodes_while_small_requests_are_answered(serve, mlp_repository):
     """Point 6: decoding ran on the event loop; a 51 MB JSON body stalled every client of that
     process for as long as it took (1.3 s). Now a body past protocol.OFF_LOOP_BYTES decodes on a
     worker thread, its data in slices: small requests on other connections of the same process
@@ -121,7 +121,7 @@ def hostile_round(server, connections=40):
             sock.close()
 
 
-def test_descriptors_and_memory_return_after_hostile_clients(serve, mlp_repository):  # noqa: F811
+def test_descriptors_and_memory_return_after_hostile_clients(serve, mlp_repository):
     """Point 1's measure: after a run of hostile connections closes, every server process holds
     the file descriptors it held before, and its memory has not grown by what the clients sent
     (about 50 MB a round here)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -58,8 +59,6 @@ def error_response(exc: BaseException, hide_paths=str) -> Response:
 
 def _server_directories(repository: ModelRepository) -> dict[str, str]:
     """The directories whose absolute paths error messages may name, by the setting clients know them by."""
-    import os
-
     out = {}
     for path, name in ((repository.root, "<model_repository>"),
                        (repository.registry.store_root if repository.registry is not None else None, "<store>")):
