@@ -84,3 +84,33 @@ def test_a_spill_writer_closed_during_a_write_does_not_reopen_its_file(tmp_path)
         mf.spill.close()
     ids = sorted(read_spill(str(tmp_path), "m").ids.tolist())
     assert ids == ["a", "b"]
+
+
+def test_equal_data_with_decimal_and_nested_nulls_gets_one_snapshot_id(tmp_path):
+    """Slots under nulls were zeroed for numbers and strings only: a decimal column, or a list or
+    struct column, with anything under its nulls wrote other bytes, so equal data got another
+    snapshot id (and stored its chunks again)."""
+    import decimal
+
+    import pyarrow as pa
+
+    from loopserve import data
+
+    dec = pa.decimal128(10, 2)
+    plain = pa.table({
+        "d": pa.array([decimal.Decimal("1.50"), None, decimal.Decimal("2.00")], dec),
+        "l": pa.array([[1.0, None], None, [2.0]], pa.list_(pa.float64())),
+        "s": pa.array([{"a": 1}, None, {"a": 3}], pa.struct([("a", pa.int64())])),
+    })
+    junk_decimals = pa.array([decimal.Decimal("1.50"), decimal.Decimal("9.99"), decimal.Decimal("2.00")], dec)
+    junk_floats = pa.array([1.0, 42.0, 7.0, 2.0])
+    values = pa.Array.from_buffers(pa.float64(), 4, [pa.array([True, False, True, True]).buffers()[1],
+                                                     junk_floats.buffers()[1]], null_count=1)
+    junk = pa.table({
+        "d": pa.Array.from_buffers(dec, 3, [plain["d"].chunk(0).buffers()[0], junk_decimals.buffers()[1]], null_count=1),
+        "l": pa.ListArray.from_arrays(pa.array([0, 2, 3, 4], pa.int32()), values, mask=pa.array([False, True, False])),
+        "s": pa.StructArray.from_arrays([pa.array([1, 5, 3])], names=["a"], mask=pa.array([False, True, False])),
+    })
+    assert plain.equals(junk)
+    store = tmp_path / "store"
+    assert data.snapshot(plain, store=store).id == data.snapshot(junk, store=store).id
