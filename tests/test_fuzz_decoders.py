@@ -111,11 +111,11 @@ data_lists = st.lists(numbers, max_size=40) | st.lists(st.integers(-300, 300), m
 def test_large_body_path_decodes_as_the_small_one(data, datatype, shape_delta, spaces, monkeypatch_slices):
     """Off the event loop a large body's JSON data is decoded in slices (server/json_slices.py):
     the tensors, or the refusal and its message, are those of the whole decode."""
-    from loopserve.server.protocol import _decode_large
+    from loopserve.server.protocol import decode_request_in_slices
 
     count = len(data) + shape_delta
     request = {"inputs": [{"name": "x", "shape": [max(count, 0)], "datatype": datatype, "data": data}]}
     body = msgspec.json.encode(request)
     if spaces:
         body = body.replace(b",", b" , ").replace(b"[", b"[ ")
-    assert outcome(_decode_large, body) == outcome(decode_request, body)
+    assert outcome(decode_request_in_slices, body) == outcome(decode_request, body)

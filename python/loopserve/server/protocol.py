@@ -20,7 +20,6 @@ Everything here is a pure function of bytes and arrays; HTTP lives in ``infer.py
 
 from __future__ import annotations
 
-import asyncio
 import math
 import struct
 from typing import Annotated, Any
@@ -38,7 +37,7 @@ except ImportError:  # BF16 is optional; without it a BF16 tensor is refused by 
     ml_dtypes = None
 
 __all__ = ["RequestInput", "RequestOutput", "InferRequest", "ResponseOutput", "InferResponse", "ProtocolError",
-           "NUMPY_DTYPES", "datatype_of", "decode_request", "decode_request_async", "decode_raw", "encode_response"]
+           "NUMPY_DTYPES", "datatype_of", "decode_request", "decode_request_in_slices", "decode_raw", "encode_response"]
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -106,7 +105,7 @@ class _RawDataRequest(msgspec.Struct):
     outputs: list[RequestOutput] | None = None
 
 
-# Bodies this large are decoded on a worker thread (decode_request_async).
+# Bodies this large are decoded on a worker thread (wire.decode_and_submit).
 OFF_LOOP_BYTES = 1 << 20
 
 _request_decoder = msgspec.json.Decoder(InferRequest)
@@ -177,17 +176,11 @@ def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple
     return request, _tensors(request, view[header_length:])
 
 
-async def decode_request_async(body: bytes | memoryview,
-                               header_length: int | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
-    """decode_request for a route on an event loop: a body of OFF_LOOP_BYTES or more is decoded on
-    a worker thread, its JSON tensor data in slices (server/json_slices.py), so that one large
-    request does not stall every other connection while it decodes; a smaller one inline."""
-    if len(body) < OFF_LOOP_BYTES:
-        return decode_request(body, header_length)
-    return await asyncio.to_thread(_decode_large, body, header_length)
-
-
-def _decode_large(body: bytes | memoryview, header_length: int | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+def decode_request_in_slices(body: bytes | memoryview,
+                             header_length: int | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """decode_request for a worker thread (wire.decode_and_submit sends bodies of OFF_LOOP_BYTES
+    or more there): the same answer, with each input's JSON data decoded in slices
+    (server/json_slices.py), so the GIL comes back to the event loop between them."""
     view, header_length = _split(body, header_length)
     raw = _decode_json(_raw_request_decoder, view[:header_length])
     inputs = [RequestInput(i.name, i.shape, i.datatype, i.parameters, json_slices.data_of(i.data, i.datatype))
