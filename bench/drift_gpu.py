@@ -20,9 +20,14 @@ together) are cycled so that every update reads x from memory, not from L2. Befo
 kernel's counts are checked to equal the torch reference exactly (moments to 1e-9).
 
 Without a CUDA device it says so, runs a tiny interpreted smoke check (TRITON_INTERPRET=1) of
-the same update against the reference, and exits 0.
+the same update against the reference, and exits 0. `--cpu` runs the whole benchmark instead on
+the CPU, interpreted, at a tiny size (wall-clock timing, no CUDA graphs): a check of the script
+and of its JSON, not a figure (bench/gpu_session.py's dry run uses it).
 
     .venv/bin/python bench/drift_gpu.py [--quick] [--json results.json] [--rows N ...]
+        [--no-sweep | --sweep-only] [--no-compile-report] [--cpu]
+
+The JSON is rewritten after each batch size, so a run stopped part way keeps what it measured.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import math
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -134,9 +140,16 @@ def check(case, drift, kernels, edges_f32) -> list[str]:
     return bad
 
 
-def time_windows(run, windows: int) -> float:
-    """Median over windows of the seconds one `run()` takes (CUDA events)."""
+def time_windows(run, windows: int, cuda: bool = True) -> float:
+    """Median over windows of the seconds one `run()` takes (CUDA events; wall clock on the CPU)."""
     run()
+    if not cuda:
+        times = []
+        for _ in range(windows):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
     torch.cuda.synchronize()
     times = []
     for _ in range(windows):
@@ -151,8 +164,11 @@ def time_windows(run, windows: int) -> float:
 
 def per_update(fn, xs, windows: int, graph: bool) -> float:
     """Seconds per update, cycling through the copies of x; from Python or from a CUDA graph."""
+    cuda = xs[0].is_cuda
+    if graph and not cuda:
+        raise RuntimeError("CUDA graphs need a CUDA device")
     if not graph:
-        return time_windows(lambda: [fn(x) for x in xs], windows) / len(xs)
+        return time_windows(lambda: [fn(x) for x in xs], windows, cuda) / len(xs)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -166,13 +182,14 @@ def per_update(fn, xs, windows: int, graph: bool) -> float:
     return time_windows(g.replay, windows) / len(xs)
 
 
-def copy_bandwidth(windows: int) -> float:
-    n = 1 << 28  # 1 GiB of float32
-    src = torch.empty(n, dtype=torch.float32, device="cuda").uniform_()
+def copy_bandwidth(windows: int, device: str = "cuda") -> float:
+    n = 1 << 28 if device == "cuda" else 1 << 24  # 1 GiB of float32 (64 MiB on the CPU)
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    t = time_windows(lambda: dst.copy_(src), windows)
+    t = time_windows(lambda: dst.copy_(src), windows, device == "cuda")
     del src, dst
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return 2 * n * 4 / t
 
 
@@ -198,58 +215,77 @@ def smoke() -> int:
     return 1 if bad else 0
 
 
+SWEEP = ((8, 4, None), (16, 4, None), (16, 4, 128), (16, 4, 96), (32, 4, None), (64, 4, None), (32, 8, None),
+         (64, 8, None), (128, 8, None))  # (block_rows, num_warps, maxnreg)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="200,000 rows only, fewer windows")
+    p.add_argument("--quick", action="store_true", help="200,000 rows only, fewer windows, no sweep")
     p.add_argument("--rows", type=int, nargs="+", help="batch sizes (default 200000 and 2000000)")
     p.add_argument("--json", type=Path, help="also write the results here as JSON")
     p.add_argument("--no-smoke", action="store_true", help="without CUDA, skip the interpreted smoke check")
+    part = p.add_mutually_exclusive_group()
+    part.add_argument("--no-sweep", action="store_true", help="skip the tile/warps/maxnreg sweep")
+    part.add_argument("--sweep-only", action="store_true", help="only the sweep (after the exactness check)")
+    p.add_argument("--no-compile-report", action="store_true", help="skip the registers/spills report")
+    p.add_argument("--cpu", action="store_true",
+                   help="no GPU: the whole benchmark interpreted on the CPU at a tiny size (checks the script)")
     args = p.parse_args()
 
-    if not torch.cuda.is_available():
+    if args.cpu:
+        os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels module is first imported (below)
+        device = "cpu"
+    elif not torch.cuda.is_available():
         print("drift_gpu: SKIPPED: no CUDA device here (torch.cuda.is_available() is False); "
               "the throughput figures need an NVIDIA GPU.")
         return 0 if args.no_smoke else smoke()
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("drift_gpu: unset TRITON_INTERPRET to benchmark the compiled kernels")
-        return 2
+    else:
+        device = "cuda"
+        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+            print("drift_gpu: unset TRITON_INTERPRET to benchmark the compiled kernels")
+            return 2
 
     import triton
 
     from loopserve import kernels
     from loopserve.kernels import drift
 
-    props = torch.cuda.get_device_properties(0)
-    info = machine(torch=torch.__version__, triton=triton.__version__)
-    info.update(gpu=props.name, sms=props.multi_processor_count, l2_mib=getattr(props, "L2_cache_size", 0) / 2**20)
+    info = machine(torch=torch.__version__, triton=triton.__version__, device=device)
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, sms=props.multi_processor_count, l2_mib=getattr(props, "L2_cache_size", 0) / 2**20)
     print("machine:", json.dumps(info))
-    try:  # registers and spills of the compiled variants (ptxas -v), for reading the figures below
-        from loopserve.kernels import aot
+    if device == "cuda" and not args.no_compile_report:
+        try:  # registers and spills of the compiled variants (ptxas -v), for reading the figures below
+            from loopserve.kernels import aot
 
-        arch = props.major * 10 + props.minor
-        for name, regs in aot.compile_variants(arch).items():
-            print(f"  sm_{arch} {name}: {regs}")
-    except Exception as e:
-        print(f"  (compile report unavailable: {type(e).__name__}: {e})"[:200])
-    windows = 5 if args.quick else 15
-    rows_list = args.rows or ([200_000] if args.quick else [200_000, 2_000_000])
+            arch = props.major * 10 + props.minor
+            for name, regs in aot.compile_variants(arch).items():
+                print(f"  sm_{arch} {name}: {regs}")
+        except Exception as e:
+            print(f"  (compile report unavailable: {type(e).__name__}: {e})"[:200])
+    windows = 1 if args.cpu else 5 if args.quick else 15
+    rows_list = args.rows or ([2_000] if args.cpu else [200_000] if args.quick else [200_000, 2_000_000])
+    graph = device == "cuda"  # CUDA graphs: GPU time without Triton's launch overhead
+    sweep = () if args.no_sweep or args.quick else SWEEP[-1:] if args.cpu else SWEEP  # interpreted: few programs
 
-    bw = copy_bandwidth(windows)
-    print(f"\ncopy baseline: dst.copy_(src) of 1 GiB: {bw / 1e9:.0f} GB/s (read + write)")
+    bw = copy_bandwidth(windows, device)
+    print(f"\ncopy baseline: dst.copy_(src) of {'1 GiB' if graph else '64 MiB'}: {bw / 1e9:.0f} GB/s (read + write)")
     results = {"machine": info, "copy_gbps": bw / 1e9, "cases": []}
 
     for rows in rows_list:
-        case = build_case(rows, "cuda")
+        case = build_case(rows, device)
         st = case["state"]
         ef = drift._edges_f32(st["edges"])
         bad = check(case, drift, kernels, ef)
         print(f"\n{rows:,} rows x 22 columns, float32: kernel vs torch reference: "
               f"{'equal' if not bad else 'MISMATCH: ' + ', '.join(bad)}")
         nbytes = case["x"].numel() * case["x"].element_size()
-        l2 = getattr(props, "L2_cache_size", 50 << 20) or (50 << 20)
+        l2 = (getattr(props, "L2_cache_size", 50 << 20) or (50 << 20)) if graph else 0
         xs = [case["x"]] + [case["x"].clone() for _ in range(max(1, math.ceil(3 * l2 / nbytes)) - 1)]
 
-        runs = [
+        runs = [] if args.sweep_only else [
             ("kernel, graph", lambda x: kernel_update(x, st, drift, ef), True),
             ("kernel, eager", lambda x: kernel_update(x, st, drift, ef), False),
             ("  bins only, graph", lambda x: kernel_update(x, st, drift, ef, ("bins",)), True),
@@ -259,21 +295,22 @@ def main() -> int:
             ("torch native (bucketize + bincount), eager", lambda x: torch_native_update(x, st), False),
             ("torch batched reference (searchsorted), eager", lambda x: torch_reference_update(x, st, kernels), False),
         ]
+        if not graph:  # on the CPU every path runs eager: the parts keep their names with "eager"
+            runs = [(n.replace(", graph", ", eager"), fn, False) for n, fn, _ in runs if n != "kernel, graph"]
         table = {}
         print(f"{'path':<48} {'µs/update':>10} {'Mrows/s':>9} {'GB/s of x':>10} {'of copy bw':>11}")
-        for name, fn, graph in runs:
+        for name, fn, use_graph in runs:
             try:
-                t = per_update(fn, xs, windows, graph)
+                t = per_update(fn, xs, windows, use_graph)
             except Exception as e:  # one failing path (e.g. capture) must not hide the others
                 print(f"{name:<48} failed: {type(e).__name__}: {e}"[:200])
                 continue
             gbps = nbytes / t / 1e9
             table[name.strip()] = {"us": t * 1e6, "rows_per_s": rows / t, "gbps": gbps, "of_copy_bw": gbps * 1e9 / bw}
             print(f"{name:<48} {t * 1e6:>10.1f} {rows / t / 1e6:>9.1f} {gbps:>10.0f} {gbps * 1e9 / bw:>10.0%}")
-        if not args.quick:  # tile shape and warps: the compiled kernel's occupancy is not known here
-            print("sweep, fused kernel from a CUDA graph (block_rows, num_warps, maxnreg):")
-            for br, nw, mr in ((8, 4, None), (16, 4, None), (16, 4, 128), (16, 4, 96), (32, 4, None), (64, 4, None),
-                               (32, 8, None), (64, 8, None), (128, 8, None)):
+        if sweep:  # tile shape and warps: the compiled kernel's occupancy is not known here
+            print(f"sweep, fused kernel {'from a CUDA graph' if graph else 'eager'} (block_rows, num_warps, maxnreg):")
+            for br, nw, mr in sweep:
                 fn = lambda x, br=br, nw=nw, mr=mr: drift.drift_update_(
                     x, numeric_cols=st["numeric_cols"], with_moments=True, check=False, block_rows=br, num_warps=nw,
                     maxnreg=mr,
@@ -281,7 +318,7 @@ def main() -> int:
                     edges_f32=ef, **{k: st[k] for k in ("cat_cols", "luts", "lut_sizes", "n_other", "cat_counts",
                                                         "cat_missing")})
                 try:
-                    t = per_update(fn, xs, windows, True)
+                    t = per_update(fn, xs, windows, graph)
                 except Exception as e:
                     print(f"  {br:>4} x {nw} x {mr}: failed: {type(e).__name__}: {e}"[:200])
                     continue
@@ -301,11 +338,13 @@ def main() -> int:
             print(f"  kernel (graph) / torch native speed  = {native['us'] / k_graph['us']:.1f}x")
         results["cases"].append({"rows": rows, "x_bytes": nbytes, "copies": len(xs), "equal": not bad,
                                  "mismatch": bad, "paths": table})
+        if args.json:  # after each batch size: a run stopped part way keeps what it measured
+            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
         del case, xs
-        torch.cuda.empty_cache()
+        if graph:
+            torch.cuda.empty_cache()
 
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
         print(f"\nresults written to {args.json}")
     return 0 if all(c["equal"] for c in results["cases"]) else 1
 

@@ -338,9 +338,10 @@ def wrk_binary_script(work: Path, n_in: int = N_IN, name: str = "infer-binary.lu
     return path
 
 
-def run_wrk(server: Server, concurrency: int, duration_s: float, script: Path, model: str = MODEL) -> Result:
+def run_wrk(server: Server, concurrency: int, duration_s: float, script: Path, model: str = MODEL,
+            threads: int = 2) -> Result:
     res = Result(server.name, "wrk", concurrency)
-    threads = min(2, concurrency)
+    threads = min(threads, concurrency)
     argv = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, round(duration_s))}s", "--latency",
             "--timeout", "5s", "-s", str(script), f"{server.url}/v2/models/{model}/infer"]
     cpu_before = server_cpu_s(server)

@@ -7,7 +7,8 @@ GPU host's target is workers=8 >= 5x workers=1 for the heavy model with binary b
     python bench/workers_scaling.py [--workers 1,2,4,8] [--seconds 5] [--json out.json]
     python bench/workers_scaling.py --cpu    # the heavy model on the CPU too: a check of the script
 
-Run on a GPU host by bench/gpu_serving.sh, which builds the project there first.
+Run on a GPU host by bench/gpu_session.sh (or bench/gpu_serving.sh), which builds the project
+there first. The JSON is rewritten after each wrk run, so a run stopped part way keeps its rows.
 """
 
 from __future__ import annotations
@@ -43,11 +44,17 @@ def main() -> int:
     parser.add_argument("--concurrency", default="64,256")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--cpu", action="store_true", help="no GPU: the heavy model on the CPU, short windows")
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk's threads (a 16-core host: 4)")
     parser.add_argument("--json")
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    rows = []
+    rows, machine = [], harness.machine()
+
+    def save():  # after each wrk run: a run stopped part way keeps its rows
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
         work = Path(tmp)
         log_dir = work / "logs"
@@ -68,10 +75,11 @@ def main() -> int:
                     harness.warm_up(server, scripts["json"], model)
                     for body, script in scripts.items():
                         for c in concurrency:
-                            r = harness.run_wrk(server, c, args.seconds, script, model)
+                            r = harness.run_wrk(server, c, args.seconds, script, model, args.wrk_threads)
                             rows.append({"model": model, "workers": w, "body": body, "c": c, "req_s": r.req_s,
                                          "p50_ms": r.p50_ms, "p99_ms": r.p99_ms, "errors": r.errors,
                                          "cpu_us_per_req": r.extra.get("server_cpu_us_per_req")})
+                            save()
                             print(f"  {model:<6} workers={w} {body:<6} c={c:<4} req/s {harness.fmt(r.req_s, '8.0f')} "
                                   f"p50 {harness.fmt(r.p50_ms, '.2f')} ms p99 {harness.fmt(r.p99_ms, '.2f')} ms {r.note}",
                                   flush=True)
@@ -84,8 +92,7 @@ def main() -> int:
         scale = r["req_s"] / b if b and r["req_s"] else None
         print(f"{r['model']:<7}{r['body']:<8}{r['c']:>5}{r['workers']:>9}{harness.fmt(r['req_s'], '10.0f')}"
               f"{harness.fmt(r['p50_ms'], '9.2f')}{harness.fmt(r['p99_ms'], '9.2f')}{harness.fmt(scale, '8.2f')}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": harness.machine(), "rows": rows}, indent=2))
+    save()
     return 0
 
 
