@@ -26,8 +26,10 @@ The box is shared, so the run measures its own noise: two servers with the same 
 and the fixed count it chose, or auto and auto' with --twin) differ only by noise, and a row whose
 twins differ by more than 5% cannot separate 5% at all. The run also draws its rounds again
 (bootstrap) for a 90% interval of auto ÷ best: a row whose interval reaches 0.95 cannot show auto
-more than 5% below either. The table marks such rows. Beside each row: the CPU the front-end processes and the engine used during auto's windows (cores busy), which
-is what the front ends actually take from the executors.
+more than 5% below either. The table marks such rows. "pooled" sets auto's settings (the windows
+of auto and its twins together) against the best of the other settings. Beside each row: the CPU
+the front-end processes and the engine used during auto's windows (cores busy), which is what the
+front ends actually take from the executors.
 
     apt-get install -y wrk
     .venv/bin/python bench/threads.py                           # 16 rounds, ~16 min
@@ -264,15 +266,16 @@ def summary(rounds: list[dict], variants: list[str], pairs: list[tuple[str, str]
             auto = medians.get("auto")
             noise = max((abs(medians[a] - medians[b]) / max(medians[a], medians[b]) for a, b in pairs), default=None)
             ok = auto is not None and auto >= (1 - WITHIN) * best
-            # Paired: each variant against auto's window of the same round (seconds apart), which
-            # cancels the box's slower swings; the median of those ratios.
-            paired = {v: statistics.median(share(w) / share(a) for w, a in zip(cell(v), cell("auto")) if share(a))
-                      for v in medians}
+            # auto's settings, every server that ran them pooled (twice the windows or more where
+            # auto has twins), against the best of the other settings.
+            same = {"auto"} | {b for a, b in pairs if a == "auto"} | {a for a, b in pairs if b == "auto"}
+            others = [medians[v] for v in medians if v not in same]
+            pooled = statistics.median(share(w) for v in same for w in cell(v))
             low, high = bootstrap_auto_vs_best({v: [share(w) for w in cell(v)] for v in medians})
             rows.append({"concurrency": c, "body": body, "share": medians, "spread": spread,
                          "auto_vs_best_interval": [low, high],
                          "auto_vs_best": auto / best if best and auto is not None else None,
-                         "auto_vs_best_paired": 1 / max(paired.values()), "paired_vs_auto": paired,
+                         "auto_settings_vs_best_other": pooled / max(others) if others else None,
                          "best": max(medians, key=medians.get), "twin_gap": noise, "ok": ok,
                          # Below by more than 5%, but the same settings differ by more than that,
                          # or the interval reaches 0.95: the run cannot tell that from noise.
@@ -287,7 +290,7 @@ def print_summary(result: dict, rounds: int) -> None:
     print(f"\n{model} MLP, workers {result['workers']}, instances {result['instances']}: served rows/s ÷ "
           f"in-process batch-{BATCH} rows/s (1 thread), median of {rounds} rounds [25th-75th percentile]")
     print(f"{'conc':>4} {'body':<6} " + " ".join(f"{v:>22}" for v in variants)
-          + f" {'auto/best':>9} {'90% interval':>12} {'paired':>6} {'twins':>6} {'FE/eng cores':>12}")
+          + f" {'auto/best':>9} {'90% interval':>12} {'pooled':>6} {'twins':>6} {'FE/eng cores':>12}")
     for row in result["summary"]:
         cells = " ".join(f"{row['share'][v]:>7.3g} [{row['spread'][v][0]:.3g}-{row['spread'][v][2]:.3g}]".rjust(22)
                          for v in variants)
@@ -301,7 +304,7 @@ def print_summary(result: dict, rounds: int) -> None:
             mark = f"AUTO MORE THAN {WITHIN:.0%} BELOW {row['best']}"
         low, high = row["auto_vs_best_interval"]
         print(f"{row['concurrency']:>4} {row['body']:<6} {cells} {row['auto_vs_best']:9.2f} {low:5.2f}-{high:<6.2f} "
-              f"{row['auto_vs_best_paired']:6.2f} {gap} "
+              f"{row['auto_settings_vs_best_other'] or float('nan'):6.2f} {gap} "
               f"{row['front_end_cores']:5.2f}/{row['engine_cores']:.2f}  {mark}")
     auto = result["budgets"].get("auto", {})
     print(f"auto chose {auto.get('intra_op_thread_count', '?')} intra-op thread(s): {auto.get('thread_budget.why')}")
@@ -312,7 +315,7 @@ def print_summary(result: dict, rounds: int) -> None:
         print("no two variants ran with the same settings: --twin measures the noise")
     print("90% interval: of auto/best, the rounds resampled (bootstrap); its top under 0.95 would mean auto is "
           "really more than 5% below the best")
-    print("paired: auto ÷ the best variant, each as the median of its ratios to auto's window of the same round")
+    print("pooled: auto's settings (auto and its twins' windows together) ÷ the best other setting")
     print("FE/eng cores: CPU the front-end processes / the engine used during auto's windows (median)")
 
 

@@ -131,7 +131,7 @@ def cores(n: int, quota: float | None = None) -> Cores:
 
 @pytest.mark.parametrize("usable, front_ends, executors, expected", [
     (2, 1, 1, 2),
-    (2, 2, 1, 2),  # two front-end processes keep no core either (bench/threads.py: 2 threads beat 1)
+    (2, 2, 1, 2),  # two front-end processes keep no core either (bench/threads.py: 2 threads no worse than 1)
     (2, 1, 2, 1),  # two instances on two cores: one thread each
     (16, 1, 3, 5),  # three instances (of one model or several) share the cores
     (16, 8, 2, 8),  # eight front-end processes: the executors still share all sixteen
