@@ -12,15 +12,15 @@ Cores usable: the CPUs in the process's affinity mask, capped by the cgroup CPU 
 1.5 cores gives 1, since a second busy thread would be throttled. Versions of one model share its
 traffic, so they count once.
 
-Front ends keep no core, however many there are. What a front end uses follows the load: when the
-executors are the bottleneck (a model heavy enough for its batches to be split across threads at
-all) the front ends mostly wait on them, and when the front ends are the bottleneck (a tiny model)
-onnxruntime runs each operator on the calling thread alone and the helpers sleep. Where both are
-busy, a helper that gets no core costs little: the calling thread runs the batch's shares itself
-and takes back the ones no helper has started (onnxruntime's thread pool revokes them). Measured
-on 2 cores with two front-end processes (bench/threads.py, README): 2 intra-op threads served the
-heavy MLP as well as 1 or better in every row, where keeping a core per front end (1 thread) lost
-up to a quarter of the rows.
+Front ends keep no core, however many there are. What a front end uses follows its load, and a
+core set aside for it sits idle whenever it waits on the executors; an intra-op helper that finds
+no free core costs little, since the calling thread runs the batch's shares itself and takes back
+those no helper has started (onnxruntime's thread pool revokes them). A tiny model's operators are
+mostly too small to split at all. Measured on 2 cores with two front-end processes
+(bench/threads.py; README, Threads): on a quiet box 2 intra-op threads served the heavy MLP 18-32%
+more rows than 1 at 64 clients and as many at 128; on the same box loaded by other work, 1 was
+never ahead of 2 by more than the noise. With two instances, 1 thread each (this rule) was the best
+or within 5% of it in every row, 2 each no better.
 
 What did cost cores is spinning: onnxruntime's idle threads spin by default, burning the cores
 the front end needs. Spinning is off unless the config asks for it.
