@@ -316,7 +316,8 @@ def print_summary(result: dict, rounds: int) -> None:
     print("90% interval: of auto/best, the rounds resampled (bootstrap); its top under 0.95 would mean auto is "
           "really more than 5% below the best")
     print("pooled: auto's settings (auto and its twins' windows together) ÷ the best other setting")
-    print("FE/eng cores: CPU the front-end processes / the engine used during auto's windows (median)")
+    print("FE/eng cores: CPU the front-end processes / the engine used during auto's windows (median)"
+          + ("; workers 1 is one process, all of it counted as the engine" if result["workers"] == "1" else ""))
 
 
 def verdict(results: list[dict]) -> int:
