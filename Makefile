@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo test bench ui-vendor clean
+.PHONY: setup system-packages demo demo-fleet test bench ui-vendor clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ system-packages:
 
 demo: $(STAMP)
 	$(BIN)/loopserve demo
+
+# The same loop on three servers sharing one store (PostgreSQL when it is installed) and the traffic.
+demo-fleet: $(STAMP) system-packages
+	$(BIN)/loopserve demo --replicas 3
 
 test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q

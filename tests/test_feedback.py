@@ -295,3 +295,33 @@ def test_a_spill_file_cut_mid_line_by_a_crash_loses_only_that_line(tmp_path):
     writer.write([item(2), item(3)])
     writer.close()
     assert list(read_spill(tmp_path, "m").ids) == ["r0", "r2", "r3"]
+
+
+def test_a_fleets_spill_directories_are_read_together_once_each(tmp_path):
+    """Each replica spills into its own directory; the pipeline reads them as a list or a glob,
+    and a directory named twice (or a pattern and a name for the same one) adds no row twice."""
+    from loopserve.monitor.labelled import Joined, SpillWriter, read_spill, spill_dirs
+    from loopserve.pipeline.retrain_data import read_labelled_examples
+
+    def item(i):
+        return Joined(100.0 + i, float(i), f"r{i}", 1, i % 3, np.full((1, 2), i, np.float32), np.array([i % 2]),
+                      np.zeros((1, 1), np.float32))
+
+    for replica in range(3):  # row i answered by replica i % 3, as the fleet demo spreads its traffic
+        writer = SpillWriter(tmp_path / "feedback" / f"replica-{replica}", "m", 1 << 20)
+        writer.write([item(i) for i in range(replica, 30, 3)])
+        writer.close()
+    names = [tmp_path / "feedback" / f"replica-{r}" for r in range(3)]
+    pattern = str(tmp_path / "feedback" / "replica-*")
+    assert spill_dirs(pattern) == names
+    assert spill_dirs([pattern, str(names[1]), names[1]]) == names
+    for spec in ([str(p) for p in names], pattern, [pattern, str(names[0]), pattern]):
+        spilled = read_spill(spec, "m")
+        assert sorted(spilled.ids.tolist(), key=lambda r: int(r[1:])) == [f"r{i}" for i in range(30)], spec
+    # The pipeline's read: every replica's rows, newest predictions, in prediction order.
+    examples = read_labelled_examples([pattern, str(names[2])], "m", max_rows=12, predicted_after=5.0)
+    assert examples.predicted_at.tolist() == [float(i) for i in range(18, 30)]
+    assert examples.features[:, 0].tolist() == [float(i) for i in range(18, 30)]
+    assert examples.groups.tolist() == [i % 3 for i in range(18, 30)]
+    # A replica's directory that does not exist yet (a pod still starting) reads as empty.
+    assert len(read_spill([str(names[0]), str(tmp_path / "feedback" / "replica-9")], "m")) == 10

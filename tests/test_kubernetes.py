@@ -111,6 +111,24 @@ def test_the_pipeline_reads_every_replica_through_the_headless_service(tmp_path)
     headless = find(objects, "Service", "loopserve-replicas")
     assert headless["spec"]["ports"][0]["port"] == 8000
 
+    # Each replica spills labelled rows into its own directory on the shared volume
+    # (feedback/<pod name>), and the pipeline's feedback_dir pattern covers every one of them.
+    import fnmatch
+
+    from loopserve.server.config import load_server_config
+
+    (tmp_path / "server.yaml").write_text(config_map["data"]["server.yaml"])
+    spill_dir = load_server_config(tmp_path / "server.yaml").models[0].feedback.spill_dir
+    server = container(find(objects, "Deployment", "loopserve"), "server")
+    own = next(m for m in server["volumeMounts"] if m["mountPath"] == spill_dir)
+    assert own["name"] == "shared" and own["subPathExpr"] == "feedback/$(POD_NAME)"
+    pod_name = next(e for e in server["env"] if e["name"] == "POD_NAME")["valueFrom"]["fieldRef"]
+    assert pod_name == {"fieldPath": "metadata.name"}
+    shared = {m["name"]: m["mountPath"] for m in container(pipeline, "pipeline")["volumeMounts"]}["shared"]
+    for pod in ("loopserve-7d9f-abcde", "loopserve-7d9f-fghij"):
+        on_the_volume = f"{shared}/feedback/{pod}"
+        assert any(fnmatch.fnmatch(on_the_volume, pattern) for pattern in config.retrain_data.feedback_dir), pod
+
 
 @needs_kubectl
 def test_the_gpu_overlay_asks_for_gpus_and_runs_the_cuda_image():

@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--workdir", default="demo-run", help="where the demo writes its store, models and report")
     demo.add_argument("--port", type=int, default=8000, help="port to serve on")
     demo.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    demo.add_argument("--replicas", type=int, default=1,
+                      help="run the loop as a fleet: this many servers on --port, --port+1, ... sharing one "
+                           "lifecycle store (PostgreSQL when one can be started here, else SQLite)")
     demo.add_argument("--hotswap", action="store_true", help="the serving-only demo: a new version swapped in under load")
     demo.add_argument("--seconds", type=float, default=8.0, help="--hotswap: how long to drive traffic")
     demo.add_argument("--concurrency", type=int, default=16, help="--hotswap: concurrent HTTP clients")
@@ -50,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_hotswap_demo(args.workdir, args.seconds, args.concurrency, args.port)
         from loopserve.demo import run_demo
 
-        return run_demo(args.workdir, args.port, args.quick)
+        if args.replicas < 1:
+            parser.error(f"--replicas {args.replicas}: expected 1 or more servers")
+        return run_demo(args.workdir, args.port, args.quick, args.replicas)
     return 2
 
 

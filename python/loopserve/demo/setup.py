@@ -34,8 +34,9 @@ class DemoSizes:
     max_p99_latency_ms: float = 20.0  # the candidate's gate, at batch 1
 
 
-def write_train_template(workdir: Path, sizes: DemoSizes, seed: int) -> Path:
-    """Trains on the stream's first rows; the pipeline swaps data and holdout for live labels."""
+def write_train_template(workdir: Path, sizes: DemoSizes, seed: int, store: str = "store") -> Path:
+    """Trains on the stream's first rows; the pipeline swaps data and holdout for live labels.
+    `store`: a directory (relative to `workdir`) or a postgresql:// URL."""
     path = workdir / "train_fraud.yaml"
     path.write_text(f"""\
 # The fraud model's training: v1 from the stream's first rows, later versions from live labels.
@@ -69,7 +70,7 @@ gates:
   max_p99_latency_ms: {sizes.max_p99_latency_ms:g}
 tracking: {{enabled: true, experiment: {MODEL}}}
 registry: {{enabled: true, alias: production}}
-store: store
+store: '{store}'
 """)
     return path
 
@@ -83,8 +84,23 @@ def train_v1(template: Path):
     return result
 
 
-def write_server_config(workdir: Path, sizes: DemoSizes, port: int) -> Path:
-    path = workdir / "server.yaml"
+@dataclass(frozen=True)
+class Replica:
+    """One server of the demo: the single server, or one replica of a fleet that shares the
+    traffic (each closes its windows on its share of the rows, so the fleet's merged windows are
+    as large as the single server's)."""
+
+    port: int
+    config: str = "server.yaml"
+    spill_dir: str = "feedback"  # relative to the working directory
+    replicas: int = 1  # how many share the traffic
+    workers: str = "auto"
+
+
+def write_server_config(workdir: Path, sizes: DemoSizes, port: int, store: str = "store",
+                        replica: Replica | None = None) -> Path:
+    replica = replica or Replica(port)
+    path = workdir / replica.config
     path.write_text(f"""\
 # The demo server: the fraud model from the registry, following its aliases.
 models:
@@ -92,25 +108,30 @@ models:
     source: registry://{MODEL}@production
     canary_alias: canary
     canary_weight: {sizes.canary_weight}
-    drift: {{window_rows: {sizes.window_rows}, window_seconds: 0}}
-    feedback: {{spill_dir: feedback, threshold: 0.2, window_labels: 500, horizon_s: 600}}
-store: store
-http: {{host: 127.0.0.1, port: {port}}}
+    drift: {{window_rows: {-(-sizes.window_rows // replica.replicas)}, window_seconds: 0}}
+    feedback: {{spill_dir: {replica.spill_dir}, threshold: 0.2, window_labels: {-(-500 // replica.replicas)}, horizon_s: 600}}
+store: '{store}'
+http: {{host: 127.0.0.1, port: {replica.port}}}
+workers: {replica.workers}
 repository_poll_s: 0.5
 log_level: info
 """)
     return path
 
 
-def write_pipeline_config(workdir: Path, sizes: DemoSizes, port: int) -> Path:
+def write_pipeline_config(workdir: Path, sizes: DemoSizes, port: int, store: str = "store",
+                          replicas: list[str] | None = None, feedback: str = "feedback") -> Path:
+    """Watches the server on `port`, or the `replicas` (base URLs) as one fleet: their drift
+    and accuracy merged, their spill directories (`feedback`: a glob for them all) read together."""
     path = workdir / "pipeline.yaml"
+    watched = f"replicas: [{', '.join(replicas)}]" if replicas else f"server: http://127.0.0.1:{port}"
     path.write_text(f"""\
 # Continuous training for the fraud model: retrain when drift holds for 2 windows.
 model: {MODEL}
-server: http://127.0.0.1:{port}
-store: store
+{watched}
+store: '{store}'
 train: train_fraud.yaml
-retrain_data: {{feedback_dir: feedback, min_rows: {sizes.retrain_min_rows}, max_rows: 20000, holdout_fraction: 0.3}}
+retrain_data: {{feedback_dir: '{feedback}', min_rows: {sizes.retrain_min_rows}, max_rows: 20000, holdout_fraction: 0.3}}
 triggers: {{drift_windows: 2, cooldown_s: 30}}
 canary:
   window_s: 60

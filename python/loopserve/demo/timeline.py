@@ -1,5 +1,6 @@
 """What the demo prints as it happens, and keeps for the report: drift windows, pipeline
-steps, which versions serve with what weight, live accuracy per version."""
+steps, which versions serve with what weight, live accuracy per version. It reads what the
+pipeline reads: one server (ServerView) or a fleet's merged view (FleetView)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import logging
 import sqlite3
 import time
 import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
+
+from loopserve.pipeline.server_view import ServerUnavailable
 
 log = logging.getLogger("loopserve.demo")
 
 # What a poll may meet while the loop runs: a busy or restarting server, a half-written answer, a
 # store write in progress. Looked at again next time; anything else is a bug, counted and logged.
-EXPECTED = (urllib.error.URLError, OSError, json.JSONDecodeError, sqlite3.OperationalError)
+EXPECTED = (ServerUnavailable, urllib.error.URLError, OSError, json.JSONDecodeError, sqlite3.OperationalError)
 
 
 @dataclass
@@ -30,8 +32,13 @@ class Series:
 
 
 class Timeline:
-    def __init__(self, port: int, model: str, store_root, t0: float, echo=print):
-        self.base = f"http://127.0.0.1:{port}"
+    def __init__(self, view, model: str, store_root, t0: float, echo=print):
+        """`view`: a ServerView or FleetView of `model` (or a port on this machine: its ServerView)."""
+        if isinstance(view, int):
+            from loopserve.pipeline.server_view import ServerView
+
+            view = ServerView(f"http://127.0.0.1:{view}", model)
+        self.view = view
         self.model = model
         self.store_root = store_root
         self.t0 = t0  # wall clock (time.time()) when traffic began
@@ -54,10 +61,6 @@ class Timeline:
         self.series.events.append((t, message))
         self.echo(f"[{t:6.1f} s] {message}")
 
-    def _get(self, path: str):
-        with urllib.request.urlopen(self.base + path, timeout=10) as r:
-            return json.load(r)
-
     def poll(self) -> None:
         for what in (self._traffic, self._drift, self._feedback, self._pipeline):
             try:
@@ -69,7 +72,7 @@ class Timeline:
                 log.exception("timeline poll failed", extra={"part": what.__name__})
 
     def _traffic(self) -> None:
-        state = self._get(f"/v2/models/{self.model}/traffic")
+        state = self.view.traffic()
         weights = {str(k): round(v, 3) for k, v in state["weights"].items()}
         if weights != self._weights:
             self._weights = weights
@@ -78,7 +81,7 @@ class Timeline:
             self.say(f"serving: {shares}")
 
     def _drift(self) -> None:
-        report = self._get(f"/v2/models/{self.model}/drift?open=false&windows=3")
+        report = self.view.drift(windows=3)
         for w in report["windows"]:
             key = (report["version"], w["start"])
             if key in self._windows_seen:
@@ -95,7 +98,7 @@ class Timeline:
                          + ", ".join(f"{n} (psi {p:.2f})" for p, n in top), at=end)
 
     def _feedback(self) -> None:
-        report = self._get(f"/v2/models/{self.model}/feedback")
+        report = self.view.feedback()
         for v in report["versions"]:
             cumulative = v["cumulative"]
             if cumulative["labels"] and cumulative["accuracy"] is not None:

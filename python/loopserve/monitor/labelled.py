@@ -16,6 +16,7 @@ is its numeric inputs as float32 rows (empty rows when inputs are not kept).
 
 from __future__ import annotations
 
+import glob
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -207,30 +208,56 @@ def _spill_files(directory: Path) -> list[Path]:
                   if p.name[len(_PREFIX):-len(_SUFFIX)].isdigit())
 
 
-def read_spill(directory: str | Path, model: str, since: float | None = None,
+def spill_dirs(directories: str | Path | list) -> list[Path]:
+    """The spill directories named by `directories`: one, or a list, each entry a directory or a
+    glob pattern (`feedback/replica-*`: one directory per replica of a fleet), expanded now so
+    replicas that come later are read too. A directory named twice (or matched by two patterns)
+    is listed once."""
+    entries = [directories] if isinstance(directories, (str, Path)) else list(directories)
+    found: list[Path] = []
+    seen: set[Path] = set()
+    for entry in entries:
+        text = str(entry)
+        matches = sorted(Path(p) for p in glob.glob(text)) if glob.has_magic(text) else [Path(text)]
+        for path in matches:
+            key = path.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(path)
+    return found
+
+
+def read_spill(directory: str | Path | list, model: str, since: float | None = None,
                version: int | None = None, predicted_after: float | None = None) -> LabelledExamples:
-    """Every example spilled for `model` under `directory` (the model's `feedback.spill_dir`),
-    oldest file first: labelled after `since`, predicted after `predicted_after` and of `version`
-    when given. An incomplete last line (being written) is skipped."""
+    """Every example spilled for `model` under `directory` (the model's `feedback.spill_dir`; or
+    several, see spill_dirs: a fleet's replicas each spill into their own), oldest file first:
+    labelled after `since`, predicted after `predicted_after` and of `version` when given. An
+    incomplete last line (being written) is skipped; a prediction (request id and prediction
+    time) found in two directories is read once."""
     items = []
-    for path in _spill_files(spill_path(directory, model)):
-        with open(path, "rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break
-                try:
-                    line = _decoder.decode(raw)
-                except msgspec.DecodeError:
-                    continue
-                if (since is not None and line.labelled_at <= since) or (version is not None and line.version != version) \
-                        or (predicted_after is not None and line.predicted_at <= predicted_after):
-                    continue
-                width = len(line.x[0]) if line.x else 0
-                items.append(Joined(line.labelled_at, line.predicted_at, line.id, line.version, line.group,
-                                     np.asarray(line.x, np.float32).reshape(len(line.label), width),
-                                     np.asarray(line.label, np.int64),
-                                     np.asarray(line.prediction, np.float32).reshape(len(line.label), -1)))
+    seen: set[tuple[str, float]] = set()
+    for root in spill_dirs(directory):
+        for path in _spill_files(spill_path(root, model)):
+            with open(path, "rb") as f:
+                for raw in f:
+                    if not raw.endswith(b"\n"):
+                        break
+                    try:
+                        line = _decoder.decode(raw)
+                    except msgspec.DecodeError:
+                        continue
+                    if (since is not None and line.labelled_at <= since) \
+                            or (version is not None and line.version != version) \
+                            or (predicted_after is not None and line.predicted_at <= predicted_after) \
+                            or (line.id, line.predicted_at) in seen:
+                        continue
+                    seen.add((line.id, line.predicted_at))
+                    width = len(line.x[0]) if line.x else 0
+                    items.append(Joined(line.labelled_at, line.predicted_at, line.id, line.version, line.group,
+                                        np.asarray(line.x, np.float32).reshape(len(line.label), width),
+                                        np.asarray(line.label, np.int64),
+                                        np.asarray(line.prediction, np.float32).reshape(len(line.label), -1)))
     return examples_from(items, f"spill of model '{model}' in {directory}")
 
 
-__all__ = ["LabelledExamples", "LabelledBuffer", "SpillWriter", "read_spill", "spill_path"]
+__all__ = ["LabelledExamples", "LabelledBuffer", "SpillWriter", "read_spill", "spill_dirs", "spill_path"]

@@ -4,7 +4,7 @@
     server: http://127.0.0.1:8000      # the server it reads drift, feedback and traffic from
     # replicas: [dns://loopserve-replicas:8000]   # or a fleet, merged (then `server` is unused)
     train: train_fraud.yaml            # the training template (data and holdout are replaced)
-    retrain_data: {feedback_dir: feedback, min_rows: 2000}
+    retrain_data: {feedback_dir: feedback, min_rows: 2000}   # or [feedback/replica-*] for a fleet
     triggers: {drift_windows: 2, accuracy_floor: 0.9, cooldown_s: 120}
     canary: {window_s: 30, min_requests: 300}
 
@@ -27,7 +27,9 @@ from loopserve.serving.canary import CanaryRule
 class RetrainData(Struct, forbid_unknown_fields=True, frozen=True):
     """Where retraining rows come from: the labelled examples the server spills from feedback."""
 
-    feedback_dir: str = "feedback"
+    # The server's feedback.spill_dir, or a fleet's: a list of directories and/or glob patterns
+    # (`feedback/replica-*`), read together (see loopserve.monitor.labelled.spill_dirs).
+    feedback_dir: str | list[str] = "feedback"
     min_rows: Annotated[int, Meta(ge=10)] = 2000  # fewer labelled rows: the collect step fails
     max_rows: Annotated[int, Meta(ge=10)] = 50_000  # the most recent ones
     holdout_fraction: Annotated[float, Meta(gt=0, lt=1)] = 0.25  # the newest rows, held out for the gates
@@ -100,6 +102,8 @@ def load_pipeline_config(path: str | Path) -> PipelineConfig:
     def rel(p: str | None) -> str | None:
         return p if p is None or "://" in p or Path(p).is_absolute() else str(base / p)
 
-    data = msgspec.structs.replace(config.retrain_data, feedback_dir=rel(config.retrain_data.feedback_dir))
+    feedback = config.retrain_data.feedback_dir
+    feedback = rel(feedback) if isinstance(feedback, str) else [rel(p) for p in feedback]
+    data = msgspec.structs.replace(config.retrain_data, feedback_dir=feedback)
     return msgspec.structs.replace(config, train=rel(config.train), store=rel(config.store) if config.store else None,
                                    work_dir=rel(config.work_dir), retrain_data=data)

@@ -19,9 +19,10 @@ class Examples:
     labelled_at: np.ndarray  # [rows] float64: when its label came
 
 
-def read_labelled_examples(feedback_dir: str, model: str, max_rows: int,
+def read_labelled_examples(feedback_dir: str | list[str], model: str, max_rows: int,
                            predicted_after: float | None = None) -> Examples:
-    """The `max_rows` most recently predicted labelled rows the server spilled for `model`
+    """The `max_rows` most recently predicted labelled rows the server (or every replica, from
+    several directories) spilled for `model`
     (predicted after `predicted_after`, when given), oldest prediction first."""
     from loopserve.monitor.labelled import read_spill
 

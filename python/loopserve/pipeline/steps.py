@@ -111,7 +111,7 @@ def _what_collect_has(examples, since: float | None, waited_s: float) -> dict:
     return have
 
 
-def _labelled_but_older(feedback_dir: str, model: str, since: float | None) -> int:
+def _labelled_but_older(feedback_dir: str | list[str], model: str, since: float | None) -> int:
     """Rows labelled after `since` whose predictions were made before it."""
     from loopserve.monitor.labelled import read_spill
 
@@ -192,7 +192,8 @@ def train(ctx: RunContext) -> dict:
 
 
 def canary(ctx: RunContext) -> dict:
-    """Point the canary alias at the candidate; the server loads it beside production."""
+    """Point the canary alias at the candidate; the server (every replica of a fleet) loads it
+    beside production."""
     from loopserve.registry import set_alias
 
     c = ctx.config.canary
@@ -201,7 +202,9 @@ def canary(ctx: RunContext) -> dict:
     deadline = time.monotonic() + c.load_timeout_s
     while time.monotonic() < deadline:
         state = ctx.view.traffic()
-        if str(ctx.candidate) in {str(v) for v in state.get("weights", {})}:
+        # A fleet's view is settled once every replica serves the same versions: the canary is
+        # compared on all of them, not on the first replica that loaded it.
+        if str(ctx.candidate) in {str(v) for v in state.get("weights", {})} and state.get("settled", True):
             return {"weights": state["weights"]}
         time.sleep(c.poll_s)
     raise StepFailed(f"the server did not start serving version {ctx.candidate} as a canary within "
