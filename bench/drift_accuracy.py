@@ -31,9 +31,8 @@ def one(reference, window):
     every = max(1, math.ceil(len(window) / QUANTILE_SAMPLE_TARGET))
     acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=every)
     acc.update(np.ascontiguousarray(window[:, None]))
-    m, sketch = acc.moments(0), acc.quantiles(0)
-    ref = st.Sketched(feature.kll(), feature.count, feature.mean, feature.min, feature.max)
-    cur = st.Sketched(sketch, int(m.count), m.mean, m.min, m.max)
+    sketch = acc.quantiles(0)
+    ref, cur = st.Sketched.of_profile(feature), st.Sketched.of_window(acc, 0)
     r, c = reference[np.isfinite(reference)], window[np.isfinite(window)]
     edges = np.asarray(feature.edges)
     rc = np.bincount(np.digitize(r, edges), minlength=edges.size + 1)

@@ -64,6 +64,7 @@ def build_case(rows: int, device, seed: int = 0) -> dict:
         numeric_cols=torch.arange(NUMERIC, dtype=torch.int32), edges=edges,
         n_edges=torch.full((NUMERIC,), BINS - 1, dtype=torch.int32),
         counts=torch.zeros(NUMERIC, BINS, dtype=torch.int64), missing=torch.zeros(NUMERIC, dtype=torch.int64),
+        sums=torch.zeros(NUMERIC, BINS, dtype=torch.float64),  # per-bin value sums, as the monitor keeps them
         cat_cols=torch.arange(NUMERIC, NUMERIC + len(CATS), dtype=torch.int32), luts=luts,
         lut_sizes=torch.tensor([L for L, _ in CATS], dtype=torch.int32),
         n_other=torch.tensor([K for _, K in CATS], dtype=torch.int32),
@@ -78,7 +79,7 @@ def kernel_update(x, st, drift, edges_f32, parts=("bins", "moments", "cats"), ca
     kw = dict(check=False, cat_mode=cat_mode)
     if "bins" in parts:
         kw.update(edges=st["edges"], n_edges=st["n_edges"], counts=st["counts"], missing=st["missing"],
-                  edges_f32=edges_f32)
+                  sums=st["sums"], edges_f32=edges_f32)
     if "cats" in parts:
         kw.update({k: st[k] for k in ("cat_cols", "luts", "lut_sizes", "n_other", "cat_counts", "cat_missing")})
     return drift.drift_update_(x, numeric_cols=st["numeric_cols"], with_moments="moments" in parts, **kw)
@@ -315,7 +316,7 @@ def main() -> int:
                     x, numeric_cols=st["numeric_cols"], with_moments=True, check=False, block_rows=br, num_warps=nw,
                     maxnreg=mr,
                     edges=st["edges"], n_edges=st["n_edges"], counts=st["counts"], missing=st["missing"],
-                    edges_f32=ef, **{k: st[k] for k in ("cat_cols", "luts", "lut_sizes", "n_other", "cat_counts",
+                    sums=st["sums"], edges_f32=ef, **{k: st[k] for k in ("cat_cols", "luts", "lut_sizes", "n_other", "cat_counts",
                                                         "cat_missing")})
                 try:
                     t = per_update(fn, xs, windows, graph)

@@ -5,8 +5,9 @@ bench/serving.py measures one server after another; on a shared machine whose lo
 the bare uvicorn echo, the Starlette baseline and loopserve at several `workers` counts are all
 started (each idle while another is measured), then each round gives every server one wrk
 window per concurrency, in a rotating order; the report is the median per server and the
-median of the per-round ratios to Triton and to the echo. Also each server's CPU µs per request
-(all of its processes, from /proc).
+median of the per-round ratios to Triton and to the echo (req/s) and to the hand-written Starlette
+baseline (p50 latency, the c=1 target). Also each server's CPU µs per request (all of its
+processes, from /proc).
 
     .venv/bin/python bench/serving_rounds.py [--servers triton,echo,loopserve-w1,loopserve-w2]
                                              [--concurrency 64] [--rounds 5] [--seconds 3]
@@ -23,6 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving as harness  # noqa: E402
 
+ASGI_MODEL = "ml%70"  # the model's name with a %-escape: the same route, through ASGI
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,6 +33,9 @@ def main() -> int:
     parser.add_argument("--concurrency", default="64")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--asgi", action="store_true",
+                        help="also drive each loopserve server through its ASGI infer route (a %%-escaped path, "
+                             "which the fast path leaves to ASGI), reported as loopserve-wN-asgi")
     args = parser.parse_args()
     names = args.servers.split(",")
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -62,30 +68,35 @@ def main() -> int:
                     for c in concurrency:
                         res = harness.run_wrk(s, c, args.seconds, script)
                         results.setdefault((s.name, c), []).append(res)
+                        if args.asgi and s.name.startswith("loopserve"):
+                            res = harness.run_wrk(s, c, args.seconds, script, model=ASGI_MODEL)
+                            results.setdefault((s.name + "-asgi", c), []).append(res)
                 print(f"round {r + 1}: " + ", ".join(
                     f"{s.name} {harness.fmt(results[(s.name, concurrency[0])][-1].req_s, '.0f')}" for s in servers),
                     flush=True)
         finally:
             for s in servers:
                 s.stop()
-    print(f"\n{'server':<14}{'c':>5}{'req/s':>9}{'p99 ms':>9}{'cpu µs/req':>11}{'÷ Triton':>10}{'÷ echo':>9}")
+    print(f"\n{'server':<14}{'c':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu µs/req':>11}{'÷ Triton':>10}"
+          f"{'÷ echo':>9}{'p50 ÷ baseline':>16}")
     for c in concurrency:
-        for name in [s for s in names]:
+        for name in [n for s in names for n in ([s, s + "-asgi"] if args.asgi and s.startswith("loopserve") else [s])]:
             rs = results.get((name, c), [])
             ok = [r for r in rs if r.req_s]
             if not ok:
                 continue
 
-            def per_round(peer: str) -> float | None:
+            def per_round(peer: str, of=lambda r: r.req_s) -> float | None:
                 peers = results.get((peer, c), [])
-                ratios = [a.req_s / b.req_s for a, b in zip(rs, peers) if a.req_s and b.req_s]
+                ratios = [of(a) / of(b) for a, b in zip(rs, peers) if a.req_s and b.req_s and of(b)]
                 return statistics.median(ratios) if ratios else None
 
             cpu = [r.extra.get("server_cpu_us_per_req") for r in ok if r.extra.get("server_cpu_us_per_req")]
             print(f"{name:<14}{c:>5}{statistics.median(r.req_s for r in ok):>9.0f}"
-                  f"{statistics.median(r.p99_ms for r in ok):>9.2f}"
+                  f"{statistics.median(r.p50_ms for r in ok):>9.2f}{statistics.median(r.p99_ms for r in ok):>9.2f}"
                   f"{harness.fmt(statistics.median(cpu) if cpu else None, '11.0f')}"
-                  f"{harness.fmt(per_round('triton'), '10.2f')}{harness.fmt(per_round('echo'), '9.2f')}")
+                  f"{harness.fmt(per_round('triton'), '10.2f')}{harness.fmt(per_round('echo'), '9.2f')}"
+                  f"{harness.fmt(per_round('baseline', lambda r: r.p50_ms), '16.2f')}")
     return 0
 
 

@@ -104,9 +104,9 @@ void bind_drift(py::module_& m) {
       .def("merge", &TensorAccumulator::merge, py::arg("other"))
       .def(
           "absorb",
-          [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const I64Array& missing, const I64Array& n,
-             const F64Array& mean, const F64Array& m2, const F64Array& lo, const F64Array& hi, const F64Array& samples,
-             const I64Array& cat_counts, const I64Array& cat_missing) {
+          [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const F64Array& sums,
+             const I64Array& missing, const I64Array& n, const F64Array& mean, const F64Array& m2, const F64Array& lo,
+             const F64Array& hi, const F64Array& samples, const I64Array& cat_counts, const I64Array& cat_missing) {
             const size_t F = self.spec().numeric.size(), C = self.spec().categorical.size();
             size_t width = 0;
             for (const auto& c : self.spec().numeric) width = std::max(width, c.edges.size() + 1);
@@ -118,6 +118,9 @@ void bind_drift(py::module_& m) {
               if (!ok) throw std::invalid_argument(std::string("absorb: ") + name + " has the wrong shape");
             };
             check(bins, F, width, "bins");
+            check(sums, F, width, "sums");
+            if (sums.ndim() != bins.ndim() || (bins.ndim() == 2 && sums.shape(1) != bins.shape(1)))
+              throw std::invalid_argument("absorb: sums must have the shape of bins");
             check(cat_counts, C, slots, "cat_counts");
             for (const auto* a : {&missing, &n}) check(*a, F, 0, "a per-feature count");
             for (const auto* a : {&mean, &m2, &lo, &hi}) check(*a, F, 0, "a per-feature moment");
@@ -127,6 +130,7 @@ void bind_drift(py::module_& m) {
             TensorAccumulator::Parts p;
             p.rows = rows;
             p.bins = bins.data();
+            p.sums = sums.data();
             p.bins_stride = bins.ndim() == 2 ? static_cast<size_t>(bins.shape(1)) : 0;
             p.missing = missing.data();
             p.n = n.data();
@@ -139,9 +143,10 @@ void bind_drift(py::module_& m) {
             py::gil_scoped_release release;
             self.absorb(p);
           },
-          py::arg("rows"), py::arg("bins"), py::arg("missing"), py::arg("n"), py::arg("mean"), py::arg("m2"),
-          py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
-          "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], missing/n/mean/m2/min/max [F], "
+          py::arg("rows"), py::arg("bins"), py::arg("sums"), py::arg("missing"), py::arg("n"), py::arg("mean"),
+          py::arg("m2"), py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
+          "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], sums (of each bin's values, as "
+          "bins), missing/n/mean/m2/min/max [F], "
           "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C]")
       .def(
           "sample_rows",
@@ -155,6 +160,8 @@ void bind_drift(py::module_& m) {
       .def_property_readonly("numeric_count", [](const TensorAccumulator& a) { return a.spec().numeric.size(); })
       .def_property_readonly("categorical_count", [](const TensorAccumulator& a) { return a.spec().categorical.size(); })
       .def("bin_counts", [](const TensorAccumulator& a, size_t i) { return to_numpy(a.histogram(i).counts()); })
+      .def("bin_sums", [](const TensorAccumulator& a, size_t i) { return to_numpy(a.histogram(i).sums()); },
+           "The sum of the values in each bin (NaN where read from a format without sums)")
       .def("bin_edges", [](const TensorAccumulator& a, size_t i) { return to_numpy(a.histogram(i).edges()); })
       .def("numeric_missing", [](const TensorAccumulator& a, size_t i) { return a.histogram(i).missing(); })
       .def("moments", [](const TensorAccumulator& a, size_t i) { return a.moments(i); })

@@ -43,9 +43,11 @@ class FrontendChannel {
         requests_(region_->request_control(), region_->request_slots()),
         responses_(region_->response_control(), region_->response_slots()) {}
 
+  // defer_wake: an engine that sleeps is woken by the next flush() rather than at once, so a
+  // loop turn's requests cost one wake-up (and the ingress takes them in one round).
   int submit(uint64_t token, const std::string& model, const std::string& version, const std::string& key,
              const std::string& id, const std::string& group, int priority, int64_t timeout_us, bool raw,
-             const py::list& inputs) {
+             const py::list& inputs, bool defer_wake) {
     if (inputs.size() > ipc::kMaxTensors) throw std::invalid_argument("too many input tensors");
     std::vector<std::string> names;
     std::vector<py::array> arrays;
@@ -109,8 +111,21 @@ class FrontendChannel {
       if (total > (1u << 20)) release = std::make_unique<py::gil_scoped_release>();  // big bodies: let others run
       for (size_t i = 0; i < tensors.size(); ++i) std::memcpy(payload + layout.data_at[i], sources[i], tensors[i].nbytes);
     }
-    if (requests_.publish()) ChannelRegion::wake(region_->request_efd());
+    if (requests_.publish()) {
+      if (defer_wake)
+        wake_pending_ = true;
+      else
+        ChannelRegion::wake(region_->request_efd());
+    }
     return kSent;
+  }
+
+  // Wakes the engine if a deferred submit found it asleep; true when it did.
+  bool flush() {
+    if (!wake_pending_) return false;
+    wake_pending_ = false;
+    ChannelRegion::wake(region_->request_efd());
+    return true;
   }
 
   // [(token, status, version, text, {name: array} or None)] for every response there.
@@ -144,6 +159,7 @@ class FrontendChannel {
   std::shared_ptr<ChannelRegion> region_;
   ipc::RingProducer requests_;
   ipc::RingConsumer responses_;
+  bool wake_pending_ = false;  // a deferred submit found the engine asleep: flush() wakes it
 };
 
 // A channel as the engine hands it out: its descriptors go to the front end.
@@ -162,8 +178,10 @@ void bind_ipc(py::module_& m) {
       .def(py::init<int, int, int>(), py::arg("memfd"), py::arg("request_efd"), py::arg("response_efd"))
       .def("submit", &FrontendChannel::submit, py::arg("token"), py::arg("model"), py::arg("version"),
            py::arg("key"), py::arg("id"), py::arg("group"), py::arg("priority"), py::arg("timeout_us"),
-           py::arg("raw"), py::arg("inputs"),
-           "Sends one request: 0 sent, 1 the channel is full now, 2 the request is over the channel's size")
+           py::arg("raw"), py::arg("inputs"), py::arg("defer_wake") = false,
+           "Sends one request: 0 sent, 1 the channel is full now, 2 the request is over the channel's size; "
+           "with defer_wake, a sleeping engine is woken by the next flush()")
+      .def("flush", &FrontendChannel::flush, "Wakes the engine if a deferred submit found it asleep")
       .def("drain", &FrontendChannel::drain)
       .def("prepare_sleep", &FrontendChannel::prepare_sleep,
            "Announces that the caller waits on fd; False when a response is there already")

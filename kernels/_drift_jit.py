@@ -12,6 +12,10 @@ Register budget (sm_90, 4 warps, a [BLOCK_R, BLOCK_F] tile of 512 values: 4 per 
   counts the finite values, lane 1 + e the values >= edge e. 16 lanes (4 words, 15 edges) cost 4
   registers per element; a word is emptied into the per-program totals every 255 tiles, before
   any 8-bit lane can overflow.
+- bin sums (for Wasserstein-1, optional): per lane the sum of v - the feature's middle edge over
+  the values the lane counts, reduced per tile over the rows ([rows, features, 16 lanes] masked
+  sums, in the compare type) into float64 [features, 16] per program: one reduction per tile,
+  which the counts avoid, so it costs registers (see the README) but not a second pass.
 - moments are shifted sums per element (sum of d and of d^2, d = v - pivot, float64) with
   min/max in the input's compare type; mean and m2 of the program come from them once, at the
   end. The pivot is the feature's first finite value in the batch's first tile (the same in
@@ -64,13 +68,13 @@ def drift_kernel(
     x_ptr, n_rows, stride_r, stride_c, n_tiles,
     # numeric features
     ncols_ptr, F, edges_ptr, edges_stride, nedges_ptr, e0, lane_base, n_lanes, pc_ptr, pc_plane,
-    pf_ptr, part_stride, part_plane,
+    pf_ptr, part_stride, part_plane, ps_ptr,
     # categorical columns
     ccols_ptr, C, lut_ptr, lut_stride, lut_len_ptr, other_ptr, ccounts_ptr, ccounts_stride, cmissing_ptr,
     E_LAUNCH: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_F: tl.constexpr,
     BLOCK_C: tl.constexpr, K_PAD: tl.constexpr,
     DO_BINS: tl.constexpr, DO_MOMENTS: tl.constexpr, DO_CATS: tl.constexpr,
-    CMP_F32: tl.constexpr, CAT_FLOAT: tl.constexpr, CAT_HIST: tl.constexpr,
+    CMP_F32: tl.constexpr, CAT_FLOAT: tl.constexpr, CAT_HIST: tl.constexpr, DO_SUMS: tl.constexpr = False,
 ):
     # Grid: (programs over row tiles, feature blocks). Each program walks row tiles pid, pid+G, ...
     # Numeric counts (finite, >= each edge) go to pc_ptr[lane, pid, f] for lanes lane_base ..
@@ -94,6 +98,17 @@ def drift_kernel(
         w2 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
         w3 = tl.zeros([BLOCK_R, BLOCK_F], dtype=tl.int32)
         nedge = tl.load(nedges_ptr + f_off, mask=fmask, other=0)
+    if DO_SUMS:
+        # Bin sums: per lane (0: every finite value, 1 + e: those >= edge e) the sum of d = v - the
+        # feature's middle edge (as the native accumulator: the difference stays at the value's own
+        # distance from the median), per tile in the compare type, across tiles in float64.
+        spivot = tl.load(edges_ptr + f_off * edges_stride + nedge // 2, mask=fmask & (nedge > 0), other=0)
+        le = lane_off[None, :] - 1 + e0 + f_off[:, None] * 0  # the edge of each lane
+        lane_real = (lane_off[None, :] >= 1) & (lane_off[None, :] - 1 < E_LAUNCH) & (le < nedge[:, None])
+        lane_edge = tl.load(edges_ptr + f_off[:, None] * edges_stride + le, mask=fmask[:, None] & lane_real,
+                            other=INF)
+        lane_edge = tl.where(lane_off[None, :] == 0, -INF, lane_edge)
+        ssum = tl.zeros([BLOCK_F, 16], dtype=tl.float64)
     if DO_MOMENTS:
         # The pivot: the first finite value of tile 0 per feature (0 when it has none).
         m0 = (r_off < n_rows)[:, None] & fmask[None, :]
@@ -150,6 +165,10 @@ def drift_kernel(
                     w3 += _word(fin, vc, edges_ptr, f_off, edges_stride, e0, nedge, fmask, 3, E_LAUNCH)
             else:
                 w0 += fin.to(tl.int32)
+            if DO_SUMS:
+                d = tl.where(fin, vc - spivot[None, :], 0.0)
+                ge = vc[:, :, None] >= lane_edge[None, :, :]
+                ssum += tl.sum(tl.where(ge, d[:, :, None], 0.0), axis=0).to(tl.float64)
             if E_LAUNCH > 0:  # with lane 0 alone, w0 is a plain count that cannot overflow
                 k += 1
                 if k == 255:  # emptied before an 8-bit lane can overflow
@@ -218,6 +237,8 @@ def drift_kernel(
         lmask = (lane_off < n_lanes) & ((lane_off > 0) | (lane_off + lane_base == 0))
         p = lane_dst[None, :].to(tl.int64) * pc_plane + pid.to(tl.int64) * part_stride + f_off[:, None]
         tl.store(pc_ptr + p, totals, mask=fmask[:, None] & lmask[None, :])
+        if DO_SUMS:  # the same layout as the counts: lane, program, feature
+            tl.store(ps_ptr + p, ssum, mask=fmask[:, None] & lmask[None, :])
     if DO_MOMENTS:
         # Partials per program, relative to the pivot; `drift_finalize` merges them.
         nt = tl.sum(tl.where(lane_off == 0, totals, 0), axis=1).to(tl.float64)
@@ -242,21 +263,23 @@ def drift_kernel(
 
 
 @triton.jit
-def _lane_sum(pc_ptr, pc_plane, lane, G, part_stride, f_off, fmask, BLOCK_G: tl.constexpr):
-    """sum over the G programs of lane `lane` [BLOCK_F] (int64)."""
-    acc = tl.zeros([BLOCK_G, f_off.shape[0]], dtype=tl.int64)
+def _lane_sum(pc_ptr, pc_plane, lane, G, part_stride, f_off, fmask, BLOCK_G: tl.constexpr,
+              DTYPE: tl.constexpr = tl.int64):
+    """sum over the G programs of lane `lane` [BLOCK_F] (int64 counts, or float64 sums)."""
+    acc = tl.zeros([BLOCK_G, f_off.shape[0]], dtype=DTYPE)
     for g0 in range(0, G, BLOCK_G):
         g = g0 + tl.arange(0, BLOCK_G)
         p = lane.to(tl.int64) * pc_plane + g[:, None].to(tl.int64) * part_stride + f_off[None, :]
-        acc += tl.load(pc_ptr + p, mask=(g < G)[:, None] & fmask[None, :], other=0).to(tl.int64)
+        acc += tl.load(pc_ptr + p, mask=(g < G)[:, None] & fmask[None, :], other=0).to(DTYPE)
     return tl.sum(acc, axis=0)
 
 
 @triton.jit
 def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_plane, e_max,
                    counts_ptr, counts_stride, missing_ptr, out_n_ptr, out_f_ptr,
+                   ps_ptr, sums_ptr, edges_ptr, edges_stride, nedges_ptr,
                    BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, DO_BINS: tl.constexpr, DO_MOMENTS: tl.constexpr,
-                   MERGE: tl.constexpr):
+                   MERGE: tl.constexpr, DO_SUMS: tl.constexpr = False):
     """Reduces G programs' partials once per batch. Grid: (feature blocks, e_max + 1 lanes).
 
     Counts: lane 0 = finite values, lane 1 + e = finite values >= edge e (pc_ptr[lane, g, f]);
@@ -266,7 +289,10 @@ def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_pla
     n_i mean_i / N, m2 = sum m2_i + sum n_i (mean_i - mean)^2, all terms >= 0), chunks into the
     running result with Chan's pairwise formula; partial means are of v - pivot (plane 4, the
     same in every program), added back at the end. Outputs: n int64 [F]; mean, m2, min, max fp64
-    planes [4, F]; with MERGE they hold running moments, and the batch's are merged into them."""
+    planes [4, F]; with MERGE they hold running moments, and the batch's are merged into them.
+    Sums (DO_SUMS): lane sums of v - pivot (ps_ptr, laid out as the counts); bin b gets lane b -
+    lane b+1 plus its count times the pivot (the feature's middle edge, read as the main kernel
+    read it), added to sums_ptr [F, e_max + 1] (float64)."""
     INF: tl.constexpr = float("inf")
     f_off = tl.program_id(0) * BLOCK_F + tl.arange(0, BLOCK_F)
     fmask = f_off < F
@@ -278,6 +304,15 @@ def drift_finalize(pc_ptr, pc_plane, pf_ptr, G, F, n_rows, part_stride, part_pla
         tl.store(cptr, tl.load(cptr, mask=fmask, other=0) + lane_b - lane_next, mask=fmask)
         tl.store(missing_ptr + f_off, tl.load(missing_ptr + f_off, mask=fmask, other=0) + (n_rows - lane_b),
                  mask=fmask & (f_off * 0 + b == 0))
+        if DO_SUMS:
+            nedge = tl.load(nedges_ptr + f_off, mask=fmask, other=0)
+            spivot = tl.load(edges_ptr + f_off * edges_stride + nedge // 2, mask=fmask & (nedge > 0), other=0)
+            s_b = _lane_sum(ps_ptr, pc_plane, b, G, part_stride, f_off, fmask, BLOCK_G, tl.float64)
+            s_next = _lane_sum(ps_ptr, pc_plane, b + 1, G, part_stride, f_off, fmask & (f_off * 0 + b < e_max),
+                               BLOCK_G, tl.float64)
+            sptr = sums_ptr + f_off.to(tl.int64) * counts_stride + b
+            add = (s_b - s_next) + (lane_b - lane_next).to(tl.float64) * spivot.to(tl.float64)
+            tl.store(sptr, tl.load(sptr, mask=fmask, other=0.0) + add, mask=fmask)
     if DO_MOMENTS:
         if b == 0:
             n = tl.zeros([BLOCK_F], dtype=tl.float64)

@@ -21,7 +21,7 @@ from pathlib import Path
 _NUMERIC_TYPES = dict(n_rows="i32", stride_r="i32", stride_c="i32", n_tiles="i32", ncols_ptr="*i32", F="i32",
                       edges_stride="i32", nedges_ptr="*i32", e0="i32", lane_base="i32", n_lanes="i32",
                       pc_ptr="*i32", pc_plane="i32", pf_ptr="*fp64", part_stride="i32", part_plane="i32",
-                      ccols_ptr="*i32", C="i32", lut_ptr="*i32", lut_stride="i32", lut_len_ptr="*i32",
+                      ps_ptr="*fp64", ccols_ptr="*i32", C="i32", lut_ptr="*i32", lut_stride="i32", lut_len_ptr="*i32",
                       other_ptr="*i32", ccounts_ptr="*i64", ccounts_stride="i32", cmissing_ptr="*i64")
 
 
@@ -35,7 +35,7 @@ def _base() -> dict:
                 CAT_FLOAT=True, CAT_HIST=cfg.cat_hist)
 
 
-_ALL = dict(DO_BINS=True, DO_MOMENTS=True, DO_CATS=True)
+_ALL = dict(DO_BINS=True, DO_MOMENTS=True, DO_CATS=True, DO_SUMS=True)
 
 
 def variants() -> dict:
@@ -49,7 +49,7 @@ def variants() -> dict:
         "fused-i64": ("i64", "fp64", dict(base, **_ALL, CMP_F32=False) | {"CAT_FLOAT": False}),
         "fused-f32-15-edges": ("fp32", "fp32", dict(base, **_ALL, CMP_F32=True) | {"E_LAUNCH": 15}),
         "bins-f32-no-edges": ("fp32", "fp32", dict(base, DO_BINS=True, DO_MOMENTS=False, DO_CATS=False,
-                                                   CMP_F32=True) | {"E_LAUNCH": 0}),
+                                                   CMP_F32=True, DO_SUMS=False) | {"E_LAUNCH": 0}),
     }
 
 
@@ -100,8 +100,9 @@ def compile_variants(arch: int = 90, num_warps: int = 4) -> dict[str, str]:
     jobs.append(("finalize", mod.drift_finalize,
                  dict(pc_ptr="*i32", pc_plane="i32", pf_ptr="*fp64", G="i32", F="i32", n_rows="i32",
                       part_stride="i32", part_plane="i32", e_max="i32", counts_ptr="*i64", counts_stride="i32",
-                      missing_ptr="*i64", out_n_ptr="*i64", out_f_ptr="*fp64"),
-                 dict(BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=32, DO_BINS=True, DO_MOMENTS=True, MERGE=True)))
+                      missing_ptr="*i64", out_n_ptr="*i64", out_f_ptr="*fp64", ps_ptr="*fp64", sums_ptr="*fp64",
+                      edges_ptr="*fp32", edges_stride="i32", nedges_ptr="*i32"),
+                 dict(BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=32, DO_BINS=True, DO_MOMENTS=True, MERGE=True, DO_SUMS=True)))
     for name, fn, types, consts in jobs:
         sig = {a: ("constexpr" if a in consts else types[a]) for a in fn.arg_names}
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=target,

@@ -3,7 +3,9 @@
 Semantics (the C++ accumulators in `loopserve._core` implement the same; counts are equal):
 
 - `bin_counts_`: per numeric feature f (column `numeric_cols[f]` of x), each value v as float64;
-  not finite -> `missing[f] += 1`; else `counts[f, #{real edges e : e <= v}] += 1`. Accumulates.
+  not finite -> `missing[f] += 1`; else `counts[f, #{real edges e : e <= v}] += 1` and, when
+  `sums` is given, `sums[f, that bin] += v` (float32 sums per tile for float32 input, of v less the
+  feature's middle edge, float64 across tiles, as the native accumulator; equal to rounding).
 - `moments`: per feature over its finite values: count, mean, m2 = sum (v - mean)^2, min, max
   (float64; count 0 gives 0, 0, +inf, -inf). Per batch; combine batches with `merge_moments`.
 - `category_counts_`: code = the value (floats: non-finite -> missing, else truncated toward
@@ -169,7 +171,7 @@ def _check_range(name: str, t: torch.Tensor, lo: int, hi: torch.Tensor | int):
 
 
 def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=None, counts=None, missing=None,
-                  with_moments: bool = False, cat_cols=None, luts=None, lut_sizes=None, n_other=None,
+                  sums=None, with_moments: bool = False, cat_cols=None, luts=None, lut_sizes=None, n_other=None,
                   cat_counts=None, cat_missing=None, edges_f32=None, check: bool = True,
                   block_rows: int | None = None, max_programs: int | None = None, num_warps: int = 4,
                   cat_mode: str = "auto", moments_into=None, maxnreg: int | None = None):
@@ -177,7 +179,8 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
 
     Numeric part (F features): `numeric_cols` int32 [F]; for bins also `edges` float64 [F, E_max]
     (sorted per row; entries past `n_edges[f]` are ignored), `n_edges` int32 [F], `counts` int64
-    [F, E_max + 1] and `missing` int64 [F] (both += ). `with_moments` returns (count, mean, m2,
+    [F, E_max + 1] and `missing` int64 [F] (both += ); `sums` float64 [F, E_max + 1], laid out as
+    `counts` (+= the sum of each bin's values, for Wasserstein-1; optional). `with_moments` returns (count, mean, m2,
     min, max) [F]. `edges_f32` may pass `_edges_f32(edges)` precomputed for fp32 batches.
     Categorical part (C columns): `cat_cols` int32 [C], `luts` int32 [C, L_max] (row c valid up to
     `lut_sizes[c]`, int32 [C]), `n_other` int32 [C] (K_c, the "other" slot), `cat_counts` int64
@@ -209,6 +212,10 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
         _check_index("n_edges", n_edges, 1, torch.int32, dev, (F,))
         _check_index("counts", counts, 2, torch.int64, dev, (F, e_max + 1))
         _check_index("missing", missing, 1, torch.int64, dev, (F,))
+        if sums is not None:
+            _check_index("sums", sums, 2, torch.float64, dev, (F, e_max + 1))
+            if sums.stride() != counts.stride():
+                raise ValueError("sums must be laid out as counts (the same strides)")
         if check:
             _check_range("n_edges", n_edges, 0, e_max)
             if e_max > 1:  # the cumulative counts rely on sorted edges
@@ -254,6 +261,8 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
     # Per-program partials: lane counts int32 [n_lanes, G, part_stride]; moments fp64 [5, G, part_stride].
     pc = torch.empty((n_lanes, G, part_stride) if do_num else 1, dtype=torch.int32, device=dev)
     pf = torch.empty((5, G, part_stride) if with_moments else 1, dtype=torch.float64, device=dev)
+    do_sums = do_bins and sums is not None
+    ps = torch.empty((n_lanes, G, part_stride) if do_sums else 1, dtype=torch.float64, device=dev)
     cat = (cat_cols, C, luts if luts.numel() else empty_i32, luts.stride(0), lut_sizes, n_other, cat_counts,
            cat_counts.stride(0), cat_missing) if C else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32,
                                                           dummy_i64, 0, dummy_i64)
@@ -268,12 +277,12 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
                 x, rows, x.stride(0), x.stride(1), n_tiles,
                 numeric_cols if do_num else empty_i32, F, cmp_edges if do_bins else dummy_f64,
                 cmp_edges.stride(0) if do_bins else 0, n_edges if do_bins else empty_i32, e0, e0, e_launch + 1,
-                pc, G * part_stride, pf, part_stride, G * part_stride,
+                pc, G * part_stride, pf, part_stride, G * part_stride, ps,
                 *(cat if first else (empty_i32, 0, empty_i32, 0, empty_i32, empty_i32, dummy_i64, 0, dummy_i64)),
                 E_LAUNCH=e_launch, BLOCK_R=block_rows, BLOCK_F=fb, BLOCK_C=cfg.block_c, K_PAD=cfg.k_pad,
                 DO_BINS=do_bins, DO_MOMENTS=with_moments and first, DO_CATS=C > 0 and first,
                 CMP_F32=x.dtype == torch.float32, CAT_FLOAT=x.is_floating_point(), CAT_HIST=cfg.cat_hist,
-                num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
+                DO_SUMS=do_sums, num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
             )
             e0 += e_launch
             if e0 >= e_max:
@@ -293,8 +302,10 @@ def drift_update_(x: torch.Tensor, *, numeric_cols=None, edges=None, n_edges=Non
         _jit().drift_finalize[(n_fblocks, n_lanes if do_bins else 1)](
             pc, G * part_stride, pf, G if n_tiles else 0, F, rows, part_stride, G * part_stride, e_max,
             counts if do_bins else dummy_i64, counts.stride(0) if do_bins else 0, missing if do_bins else dummy_i64,
-            out_n, out_f, BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=fb, DO_BINS=do_bins, DO_MOMENTS=with_moments,
-            MERGE=moments_into is not None, num_warps=num_warps)
+            out_n, out_f, ps, sums if do_sums else dummy_f64, cmp_edges if do_sums else dummy_f64,
+            cmp_edges.stride(0) if do_sums else 0, n_edges if do_sums else empty_i32,
+            BLOCK_G=FINALIZE_BLOCK_G, BLOCK_F=fb, DO_BINS=do_bins, DO_MOMENTS=with_moments,
+            MERGE=moments_into is not None, DO_SUMS=do_sums, num_warps=num_warps)
     if not with_moments or moments_into is not None:
         return None
     return out_n, out_f[0], out_f[1], out_f[2], out_f[3]

@@ -81,6 +81,7 @@ def test_serialization_is_lossless_and_merge_equals_one_stream():
     assert again.rows == 50000
     for j in range(2):
         assert again.bin_counts(j).tolist() == acc_ab.bin_counts(j).tolist()
+        assert again.bin_sums(j) == pytest.approx(acc_ab.bin_sums(j), rel=1e-12, abs=1e-9)
         merged, whole = again.quantiles(j), acc_ab.quantiles(j)
         eps = _core.KllSketch.normalized_rank_error(merged.k)
         for x in np.quantile(np.vstack([a, b])[:, j], [0.1, 0.5, 0.9]):

@@ -138,14 +138,18 @@ def test_a_killed_front_end_is_replaced_and_the_others_lose_nothing(tmp_path):
         os.kill(victim, signal.SIGKILL)
         until(lambda: len(children(proc.pid) - {victim}) == 2, what="a new front end")
         after = outcomes["ok"]
-        until(lambda: outcomes["ok"] > after + 200, what="traffic after the replacement")
+        until(lambda: outcomes["ok"] > after + 100, what="traffic after the replacement")
+        broken = outcomes["connection_error"]  # every client has reconnected by now
+        after = outcomes["ok"]
+        until(lambda: outcomes["ok"] > after + 200, what="more traffic")
         stop.set()
         for t in clients:
             t.join()
-        # Only connections to the killed front end broke (at most one per client); every answer
-        # that came back was right.
+        # Every answer that came back was right, and connections broke only while the killed front
+        # end was going, not once its replacement served. How many broke is the kernel's business:
+        # a client that reconnects at once can land in the dying socket's accept queue again.
         assert outcomes["http_error"] == 0, outcomes
-        assert outcomes["connection_error"] <= len(clients), outcomes
+        assert outcomes["connection_error"] == broken, f"connections broke after the replacement: {outcomes}"
         assert infer(port, "add", 41)[0] == 200
     finally:
         proc.send_signal(signal.SIGTERM)

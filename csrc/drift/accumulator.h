@@ -59,14 +59,16 @@ class TensorAccumulator {
   void merge(const TensorAccumulator& other);
 
   // Adds `rows` rows summarized elsewhere (the GPU kernels), with the same result as update()
-  // on them except for the moments' rounding: per numeric feature f its bin counts
-  // (bins[f * bins_stride + b], b <= its edges), non-finite count, moments (n, mean, m2, min,
+  // on them except for the moments' and bin sums' rounding: per numeric feature f its bin counts
+  // (bins[f * bins_stride + b], b <= its edges) and the sums of their values (sums, laid out
+  // the same), non-finite count, moments (n, mean, m2, min,
   // max), and the rows its quantile sketch samples, in row order (samples[i * numeric + f],
   // `n_samples` rows; non-finite values are passed over as update() does); per categorical
   // column c its slot counts (cat_counts[c * cat_stride + slot]) and missing count.
   struct Parts {
     uint64_t rows = 0;
     const int64_t* bins = nullptr;
+    const double* sums = nullptr;  // the sum of each bin's values, laid out as bins
     size_t bins_stride = 0;
     const int64_t* missing = nullptr;
     const int64_t* n = nullptr;
@@ -106,8 +108,12 @@ class TensorAccumulator {
   std::vector<std::vector<float>> edges_f32_;  // each feature's edges rounded up to float32, for FP32 batches
   // Per-call scratch, kept so an update of a small batch allocates nothing.
   std::vector<std::vector<uint64_t>> at_least_;
+  std::vector<std::vector<double>> bin_sums_;
+  std::vector<uint64_t> block_at_least_;  // one block's counts and sums of d at or above each edge
+  std::vector<double> block_sums_;
   std::vector<uint64_t> finite_, pos_inf_, seen_;
   std::vector<std::vector<double>> sampled_;  // per feature: this call's sampled finite values
+  std::vector<size_t> sampled_count_;         // how many of sampled_[f] are filled
   std::vector<sketches::MomentsSketch> moments_;
   std::vector<sketches::KllSketch> quantiles_;
   std::vector<sketches::CategoryCounts> categories_;

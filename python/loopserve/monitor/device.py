@@ -51,6 +51,7 @@ class _TensorState:
         self.edges_f32 = drift._edges_f32(self.edges)
         self.n_edges = torch.tensor([len(f.edges) for f in numeric], dtype=torch.int32, device=device)
         self.counts = torch.zeros((F, e_max + 1), dtype=torch.int64, device=device)
+        self.sums = torch.zeros((F, e_max + 1), dtype=torch.float64, device=device)
         self.missing = torch.zeros(F, dtype=torch.int64, device=device)
         self.cat = None
         if C:
@@ -72,6 +73,7 @@ class _TensorState:
 
     def reset(self) -> None:
         self.counts.zero_()
+        self.sums.zero_()
         self.missing.zero_()
         if self.cat:
             self.cat["cat_counts"].zero_()
@@ -98,7 +100,8 @@ class _TensorState:
             kw.update(self.cat)
         if F:
             kw.update(numeric_cols=self.cols, edges=self.edges, n_edges=self.n_edges, counts=self.counts,
-                      missing=self.missing, with_moments=True, moments_into=(self.moment_n, self.moment_planes),
+                      missing=self.missing, sums=self.sums, with_moments=True,
+                      moments_into=(self.moment_n, self.moment_planes),
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
             picked = self.sampler.sample_rows(rows)
@@ -119,7 +122,8 @@ class _TensorState:
         C = len(self.spec[1])
         cat_counts = self.cat["cat_counts"].cpu().numpy() if self.cat else np.zeros((0, 1), dtype=np.int64)
         cat_missing = self.cat["cat_missing"].cpu().numpy() if self.cat else np.zeros(C, dtype=np.int64)
-        acc.absorb(self.rows, self.counts.cpu().numpy(), self.missing.cpu().numpy(), n, mean, m2, lo, hi,
+        acc.absorb(self.rows, self.counts.cpu().numpy(), self.sums.cpu().numpy(), self.missing.cpu().numpy(), n, mean,
+                   m2, lo, hi,
                    samples.cpu().numpy(), cat_counts, cat_missing)
         return acc
 

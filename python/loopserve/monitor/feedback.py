@@ -25,6 +25,7 @@ them outside the model's lock.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import threading
 import time
@@ -231,6 +232,32 @@ class ModelFeedback:
                 del self.tracks[version]
 
 
+class _RandomIds:
+    """Request ids of 128 random bits from the OS's CSPRNG, fetched 256 at a time: one
+    getrandom call per 256 requests instead of one each (a syscall was 2% of a one-process
+    server's loop at c=64). Thread-safe (a lock around the buffer)."""
+
+    BATCH = 256
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._at = 0
+
+    def next(self) -> str:
+        with self._lock:
+            if self._at >= len(self._hex):
+                self._hex, self._at = secrets.token_hex(16 * self.BATCH), 0
+            start = self._at
+            self._at = start + 32
+            return self._hex[start:start + 32]
+
+
+_random_ids = _RandomIds()
+# A forked child must not hand out the ids left in its parent's buffer.
+os.register_at_fork(after_in_child=lambda: setattr(_random_ids, "_hex", ""))
+
+
 class FeedbackStore:
     """The feedback of every model of one server. `clock` (unix seconds) is injectable for tests."""
 
@@ -260,11 +287,7 @@ class FeedbackStore:
             if cached is not None and cached[0]() is model:
                 del self._fast[id(model)]
 
-    @staticmethod
-    def new_id() -> str:
-        """A request id for a request that sent none: 128 random bits (as the engine's native
-        path makes them), so that no client can guess another's id and label it first."""
-        return secrets.token_hex(16)
+    new_id = staticmethod(lambda: _random_ids.next())
 
     def _track(self, model) -> VersionTrack | None:
         config = model.config.feedback

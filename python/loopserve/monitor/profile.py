@@ -2,7 +2,8 @@
 
 A profile ships with a model version (`drift_profile.json` beside the model file) and is what
 live traffic is compared with. Per numeric feature: quantile bin edges (the bins PSI, JS and the
-binned chi-square use), the reference's counts in those bins, moments, missing count and a KLL
+binned chi-square use), the reference's counts and value sums in those bins (the sums for
+Wasserstein-1), moments, missing count and a KLL
 quantile sketch (for KS and Wasserstein). Per categorical feature: the top-k categories (one
 slot each) and an "other" slot for the rest and for anything unseen later.
 
@@ -50,6 +51,7 @@ class NumericProfile(msgspec.Struct, tag="numeric"):
     min: float
     max: float
     sketch: str  # base64 of the reference KllSketch's serialization
+    sums: list[float] = []  # the sum of the reference's values in each bin (empty in older profiles)
 
     @property
     def count(self) -> int:
@@ -194,13 +196,15 @@ def _numeric(name: str, column: int, values, bins: int) -> NumericProfile:
     edges = np.unique(np.quantile(finite, np.arange(1, bins) / bins))
     if edges.size == 1 and finite.min() == finite.max():  # constant: below / exactly / above
         edges = np.array([edges[0], np.nextafter(edges[0], math.inf)])
-    counts = np.bincount(np.searchsorted(edges, finite, side="right"), minlength=edges.size + 1)
+    bins = np.searchsorted(edges, finite, side="right")
+    counts = np.bincount(bins, minlength=edges.size + 1)
+    sums = np.bincount(bins, weights=finite, minlength=edges.size + 1)
     sketch = KllSketch(QUANTILE_K)
     sketch.update(finite)
     return NumericProfile(name=name, column=column, edges=edges.tolist(), counts=counts.tolist(),
                           missing=int(v.size - finite.size), mean=float(finite.mean()),
                           std=float(finite.std()), min=float(finite.min()), max=float(finite.max()),
-                          sketch=base64.b64encode(sketch.serialize()).decode())
+                          sketch=base64.b64encode(sketch.serialize()).decode(), sums=sums.tolist())
 
 
 def _categorical(name: str, column: int, values, top_k: int) -> CategoricalProfile:

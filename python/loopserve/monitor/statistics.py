@@ -38,16 +38,22 @@ order). Each sketch is read as the weighted distribution of the items it retains
   sample, at the sample's size: the sample is itself a random draw from the window, so this test
   needs no sampling correction; it is taken at D minus the two rank errors, the smallest D the
   reference and the sample can have, so sketch noise alone does not make a small p-value.
-- Wasserstein-1 W = integral of |F_r - F_c| dx, estimated as |mean_c - mean_r| (exact, from the
-  moments) + 2 min(integral of g+, integral of g-) with g = F_r - F_c between the sketches (the
-  part of W that the exact means do not give: where the CDFs cross). `wasserstein_bounds` gives an
-  interval that holds whenever the rank and sampling bounds do: each true CDF lies in a band of
-  the sketch's CDF +- its error, clipped to [0, 1], 0 below the exact minimum and 1 from the exact
-  maximum; W is at least the exact |mean_c - mean_r| and at least what the bands force apart, and
-  at most |mean_c - mean_r| + 2 min(integrals of the largest g+ and g- the bands allow). The
-  estimate is clamped into that interval. The interval is tight where the shift is large against
-  the bands (a location or scale shift of light-tailed data); it is wide for heavy tails, where
-  a few extreme rows that no fixed-size sketch keeps make most of W.
+- Wasserstein-1 W = integral of |F_r - F_c| dx = the sum over the profile's bins of the integral of
+  |g|, g = F_r - F_c. Both sides keep exact per-bin counts and sums of their values (the profile
+  from all reference rows, the accumulators from every window row), so the integral of g over each
+  bin is exact: over [a, b), integral of F = F(a) (b - a) + sum over the bin's values of (b - v) / n
+  (the outer bins end at the overall min and max, exact from the moments). The estimate is the sum
+  of |integral of g| per bin, raised where the sketches' bands force the CDFs to cross inside a bin;
+  it equals W wherever g keeps one sign inside each bin (any location, scale or mixture-weight shift
+  of these families) and is low by the part of W made by crossings inside a bin that the sketches
+  cannot resolve (noise between two samples, and a heavy tail's few extreme rows: see the README).
+  `wasserstein_bounds` gives [low, high] that holds whenever the rank and sampling bounds do and the
+  bin sums are within SUM_TOLERANCE: per bin, low = |integral of g| or what the bands force apart,
+  high = the least of |integral of g| + 2 min(largest g+, g- the bands allow), the bands' own bound,
+  and |g(a)| (b - a) + the within-bin parts of both CDFs (exact, from the sums; from either end).
+  Without bin sums (a profile made before they were kept) it falls back to the exact mean shift
+  plus the sketches' crossing part, 2 min(integral of g+, integral of g-), clamped into the
+  sketch-only interval.
 """
 
 from __future__ import annotations
@@ -146,6 +152,30 @@ class Sketched:
     mean: float
     min: float
     max: float
+    # Exact per-bin counts and sums of the values over the profile's edges (the bins' Wasserstein
+    # part, see the module docstring); None where unknown (a profile made before sums were kept).
+    edges: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    sums: np.ndarray | None = None
+
+    @classmethod
+    def of_profile(cls, feature) -> "Sketched":
+        """A reference profile's numeric feature (loopserve.monitor.profile.NumericProfile)."""
+        sums = np.asarray(feature.sums, dtype=np.float64) if feature.sums else None
+        return cls(feature.kll(), feature.count, feature.mean, feature.min, feature.max,
+                   np.asarray(feature.edges, dtype=np.float64), np.asarray(feature.counts, dtype=np.float64), sums)
+
+    @classmethod
+    def of_window(cls, accumulator, i: int) -> "Sketched":
+        """Numeric feature i of a window's accumulator (loopserve._core.TensorAccumulator)."""
+        moments = accumulator.moments(i)
+        return cls(accumulator.quantiles(i), int(moments.count), moments.mean, moments.min, moments.max,
+                   np.asarray(accumulator.bin_edges(i)), np.asarray(accumulator.bin_counts(i), dtype=np.float64),
+                   np.asarray(accumulator.bin_sums(i)))
+
+    @property
+    def binned(self) -> bool:
+        return self.sums is not None and self.counts is not None and bool(np.all(np.isfinite(self.sums)))
 
     @property
     def count(self) -> int:
@@ -218,17 +248,30 @@ def wasserstein_bounds(reference: Sketched, current: Sketched) -> tuple[float, f
     (see the module docstring)."""
     if reference.sketch.count == 0 or current.sketch.count == 0:
         return float("nan"), float("nan"), float("nan")
+    if reference.binned and current.binned and np.array_equal(reference.edges, current.edges):
+        return _wasserstein_binned(reference, current)
+    return _wasserstein_sketched(reference, current)
+
+
+def _segments(reference: Sketched, current: Sketched, extra=()):
+    """Segments [x, x + dx) on which both sketch CDFs are constant, with those CDFs and the
+    bands the true CDFs lie in."""
     rv, rc = reference.view
     cv, cc = current.view
-    points = np.union1d(np.union1d(rv, cv), [reference.min, reference.max, current.min, current.max])
+    points = np.union1d(np.union1d(rv, cv), [reference.min, reference.max, current.min, current.max, *extra])
     dx = np.diff(points)
-    x = points[:-1]  # each segment [x, x + dx) has constant sketch CDFs
+    x = points[:-1]
     f_r = np.concatenate([[0.0], rc])[np.searchsorted(rv, x, side="right")]
     f_c = np.concatenate([[0.0], cc])[np.searchsorted(cv, x, side="right")]
     lo_r, hi_r = _band(f_r, x, reference.cdf_error, reference.min, reference.max)
     lo_c, hi_c = _band(f_c, x, current.cdf_error, current.min, current.max)
-    shift = abs(current.mean - reference.mean)  # = |integral of (F_r - F_c) dx|, exact
+    return x, dx, f_r, f_c, lo_r, hi_r, lo_c, hi_c
 
+
+def _wasserstein_sketched(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
+    """W1 from the sketches and the exact means alone (no bin sums)."""
+    x, dx, f_r, f_c, lo_r, hi_r, lo_c, hi_c = _segments(reference, current)
+    shift = abs(current.mean - reference.mean)  # = |integral of (F_r - F_c) dx|, exact
     g = f_r - f_c
     estimate = shift + 2 * min(np.sum(np.maximum(g, 0) * dx), np.sum(np.maximum(-g, 0) * dx))
     forced_pos = np.sum(np.maximum(lo_r - hi_c, 0) * dx)  # g+ and g- at least
@@ -240,6 +283,57 @@ def wasserstein_bounds(reference: Sketched, current: Sketched) -> tuple[float, f
                float(np.sum(np.maximum(hi_r - lo_c, hi_c - lo_r).clip(min=0) * dx)))
     high = max(high, low)  # float rounding only
     return float(min(max(estimate, low), high)), float(low), float(high)
+
+
+SUM_TOLERANCE = 1e-5  # relative: bin sums are float64 totals of float32 block sums (see the accumulator)
+
+
+def _bin_integrals(side: Sketched, bounds: np.ndarray):
+    """Per bin [a, b): F(a), F(b-), and J = integral of (F - F(a)), K = integral of (F(b-) - F),
+    exact from the bin's count and sum: J = sum (b - v) / n, K = sum (v - a) / n."""
+    counts = np.asarray(side.counts, dtype=np.float64)
+    sums = np.asarray(side.sums, dtype=np.float64)
+    n = counts.sum()
+    a, b = bounds[:-1], bounds[1:]
+    below = np.concatenate([[0.0], np.cumsum(counts)[:-1]]) / n
+    j = np.maximum(counts * b - sums, 0.0) / n
+    k = np.maximum(sums - counts * a, 0.0) / n
+    return below, below + counts / n, j, k
+
+
+def _wasserstein_binned(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
+    """W1 = sum over bins of the integral of |g|, g = F_r - F_c. Per bin, the integral of g is
+    exact (from the exact counts and sums), so |integral of g| is a lower bound that is W1's
+    part there whenever g keeps one sign in the bin; the sketches' bands add what they force
+    beyond it (crossings they resolve) and bound what they allow."""
+    edges = np.asarray(reference.edges, dtype=np.float64)
+    lowest = min(reference.min, current.min, edges[0] if edges.size else np.inf)
+    highest = max(reference.max, current.max, edges[-1] if edges.size else -np.inf)
+    bounds = np.concatenate([[lowest], edges, [highest]])
+    width = np.diff(bounds)
+    ra, rb, rj, rk = _bin_integrals(reference, bounds)
+    ca, cb, cj, ck = _bin_integrals(current, bounds)
+    exact = (ra - ca) * width + rj - cj  # integral of g over each bin
+    # A bin sum is off by at most SUM_TOLERANCE of the sum of its values' distances from the
+    # accumulator's pivot (the middle edge): at most the bin's farthest end from it, per value.
+    pivot = edges[edges.size // 2] if edges.size else 0.0
+    reach = np.maximum(np.abs(bounds[:-1] - pivot), np.abs(bounds[1:] - pivot))
+    slack = SUM_TOLERANCE * reach * (rb - ra + cb - ca)
+    # Without the sketches: |g| <= |g(a)| + (F_r - F_r(a)) + (F_c - F_c(a)), and from the right end.
+    data_high = np.minimum(np.abs(ra - ca) * width + rj + cj, np.abs(rb - cb) * width + rk + ck)
+
+    x, dx, f_r, f_c, lo_r, hi_r, lo_c, hi_c = _segments(reference, current, bounds)
+    bin_of = np.clip(np.searchsorted(bounds, x, side="right") - 1, 0, width.size - 1)
+    per_bin = lambda v: np.bincount(bin_of, weights=v * dx, minlength=width.size)  # noqa: E731
+    forced_pos, forced_neg = per_bin(np.maximum(lo_r - hi_c, 0)), per_bin(np.maximum(lo_c - hi_r, 0))
+    allowed_pos, allowed_neg = per_bin(np.maximum(hi_r - lo_c, 0)), per_bin(np.maximum(hi_c - lo_r, 0))
+    net = np.maximum(np.abs(exact) - slack, 0.0)
+    low = np.maximum(net + 2 * np.minimum(forced_pos, forced_neg), forced_pos + forced_neg)
+    high = np.minimum(np.abs(exact) + slack + 2 * np.minimum(allowed_pos, allowed_neg),
+                      np.minimum(data_high + slack, per_bin(np.maximum(hi_r - lo_c, hi_c - lo_r).clip(min=0))))
+    high = np.maximum(high, low)
+    estimate = np.maximum(np.abs(exact), low)
+    return float(np.sum(estimate)), float(np.sum(low)), float(np.sum(high))
 
 
 def _band(f: np.ndarray, x: np.ndarray, error: float, lowest: float, highest: float):

@@ -98,8 +98,7 @@ def _numeric(acc, i: int, p: NumericProfile, role: str, policy: DriftPolicy, alp
     moments = acc.moments(i)
     ks = ks_p = margin = ks_low = w1 = w1_bounds = None
     if sketch.count > 0:
-        reference = st.Sketched(p.kll(), p.count, p.mean, p.min, p.max)
-        window = st.Sketched(sketch, int(moments.count), moments.mean, moments.min, moments.max)
+        reference, window = st.Sketched.of_profile(p), st.Sketched.of_window(acc, i)
         ks = st.ks_distance(reference, window)
         margin = st.ks_margin(reference.sketch, sketch, window.rows)
         ks_low = max(ks - margin, st.ks_at_edges(ref_counts, counts))

@@ -75,6 +75,7 @@ class LoopserveApp:
         self.before_metrics: list = []
         self.ready = False
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)
+        self.fast_infer = self.infer  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
                      ("/stats", self.model_stats)]
         traffic = [Route("/v2/models/{model}/traffic", self.traffic, methods=["GET"]),

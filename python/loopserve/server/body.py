@@ -16,6 +16,12 @@ def body_limit(path: str, max_body_bytes: int) -> int:
     return max_body_bytes if path.endswith(LARGE_BODY_ROUTES) else SMALL_BODY_BYTES
 
 
+def over_limit(limit: int) -> BodyTooLarge:
+    """The refusal of a body that passed `limit` bytes."""
+    setting = "" if limit == SMALL_BODY_BYTES else " (http.max_body_bytes)"
+    return BodyTooLarge(f"request body is over the limit of {limit} bytes for this route{setting}")
+
+
 async def read_body(receive, limit: int) -> bytes:
     chunks = []
     size = 0
@@ -27,8 +33,7 @@ async def read_body(receive, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                setting = "" if limit == SMALL_BODY_BYTES else " (http.max_body_bytes)"
-                raise BodyTooLarge(f"request body is over the limit of {limit} bytes for this route{setting}")
+                raise over_limit(limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             break

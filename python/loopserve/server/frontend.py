@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -31,7 +32,7 @@ from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
 from loopserve.server.protocol import decode_request, encode_response
-from loopserve.server.wire import INFER_PATH, answer_headers, headers_of, scheduling_of, send_response
+from loopserve.server.wire import INFER_PATH, answer_headers, headers_of, scheduling_of, send_response, serve_asgi
 
 log = logging.getLogger("loopserve.frontend")
 
@@ -54,6 +55,7 @@ class EngineChannel:
         self.pending: dict[int, asyncio.Future] = {}
         self.tokens = itertools.count(1)
         self.gone = False
+        self.flush_scheduled = False
         loop.add_reader(self.native.fd, self._on_readable)
         self._on_readable()
 
@@ -62,7 +64,12 @@ class EngineChannel:
         if self.gone:
             raise EngineGone()
         token = next(self.tokens)
-        sent = self.native.submit(token, model, version, key, request_id, group, priority, timeout_us, raw, inputs)
+        sent = self.native.submit(token, model, version, key, request_id, group, priority, timeout_us, raw, inputs,
+                                  True)
+        if not self.flush_scheduled:
+            # One wake-up of the engine per loop turn, after this turn's reads, not one per request.
+            self.flush_scheduled = True
+            self.loop.call_soon(self._flush)
         if sent == 1:
             return _answered(self.loop, (503, 0, "the server is at capacity (its channel to the engine is full); "
                                                  "retry later", None))
@@ -73,6 +80,10 @@ class EngineChannel:
         future = self.loop.create_future()
         self.pending[token] = future
         return future
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        self.native.flush()
 
     def _on_readable(self) -> None:
         pending = self.pending
@@ -110,6 +121,7 @@ class FrontendApp:
         self.latency: dict[tuple[str, str], LatencyHistogram] = {}
         self.client = None
         self.engine_gone = asyncio.Event()
+        self.fast_infer = self  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -155,48 +167,62 @@ class FrontendApp:
 
     # -- the data plane -------------------------------------------------------------------
 
+    # The infer route without I/O (the steps server/wire.py names): the ASGI route and the
+    # fast path (server/fastpath.py) both run it.
+
     async def infer(self, scope, receive, send, name: str, version: str | None) -> None:
-        start = time.perf_counter()
-        try:
-            content_length, header_length = headers_of(scope)
-            if content_length is not None and content_length > self.max_body_bytes:
-                raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
-                                   f"{self.max_body_bytes} bytes (http.max_body_bytes)")
-            body = await read_body(receive, self.max_body_bytes)
-            if header_length == 0:
-                request, inputs, raw = None, [("", np.frombuffer(body, np.uint8))], True
-            else:
-                request, arrays = decode_request(body, header_length)
-                inputs, raw = list(arrays.items()), False
-            params = request.parameters if request is not None else None
-            priority, timeout_us, key = scheduling_of(params)
-            group = params.get("group") if params else None
-            request_id = (request.id if request is not None else None) or ""
-            pending = self.channel.submit(name, version or "", key or "", request_id,
-                                          "" if group is None else msgspec.json.encode(group).decode(),
-                                          priority, timeout_us, raw, inputs)
-        except EngineGone:
-            await send_response(send, 503, _JSON + _RETRY[503], error_body("the server's engine process stopped"))
-            return
-        except Exception as exc:  # every refusal is answered; the server serves on
-            status, extra = status_of(exc)
-            if status == 500:
-                log.error("infer failed", exc_info=exc, extra={"model": name})
-            await send_response(send, status, [*_JSON, *extra], error_body(str(exc)))
-            return
-        status, answered_by, text, outputs = await pending
+        await serve_asgi(self, scope, receive, send, name, version)
+
+    def head(self, name: str, headers) -> int | None:
+        content_length, header_length = headers_of(headers)
+        if content_length is not None and content_length > self.max_body_bytes:
+            raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
+                               f"{self.max_body_bytes} bytes (http.max_body_bytes)")
+        return header_length
+
+    def submit(self, header_length: int | None, name: str, version: str | None, body: bytes, start: float):
+        if header_length == 0:
+            request, inputs, raw = None, [("", np.frombuffer(body, np.uint8))], True
+        else:
+            request, arrays = decode_request(body, header_length)
+            inputs, raw = list(arrays.items()), False
+        params = request.parameters if request is not None else None
+        priority, timeout_us, key = scheduling_of(params)
+        group = params.get("group") if params else None
+        request_id = (request.id if request is not None else None) or ""
+        pending = self.channel.submit(name, version or "", key or "", request_id,
+                                      "" if group is None else msgspec.json.encode(group).decode(),
+                                      priority, timeout_us, raw, inputs)
+        return pending, functools.partial(self._finish, name, request, start)
+
+    def _finish(self, name: str, request, start: float, pending):
+        if not pending.done() or pending.cancelled():  # the server stops: nobody to answer
+            pending.cancel()
+            return None
+        status, answered_by, text, outputs = pending.result()
         if status != 200:
-            await send_response(send, status, [*_JSON, *_RETRY.get(status, ())], error_body(text))
-            return
+            return status, [*_JSON, *_RETRY.get(status, ())], error_body(text)
+        params = request.parameters if request is not None else None
         binary_default = bool(params.get("binary_data_output", False)) if params else False
-        payload, json_length = encode_response(name, str(answered_by), text or None, outputs,
-                                               request.outputs if request is not None else None, binary_default)
-        await send_response(send, 200, answer_headers(json_length), payload)
+        try:
+            payload, json_length = encode_response(name, str(answered_by), text or None, outputs,
+                                                   request.outputs if request is not None else None, binary_default)
+        except Exception as exc:
+            return self.refusal(exc, name)
         key = (name, str(answered_by))
         histogram = self.latency.get(key)
         if histogram is None:
             histogram = self.latency[key] = LatencyHistogram()
         histogram.observe(time.perf_counter() - start)
+        return 200, answer_headers(json_length), payload
+
+    def refusal(self, exc: BaseException, name: str):
+        if isinstance(exc, EngineGone):
+            return 503, _JSON + _RETRY[503], error_body("the server's engine process stopped")
+        status, extra = status_of(exc)
+        if status == 500:
+            log.error("infer failed", exc_info=exc, extra={"model": name})
+        return status, [*_JSON, *extra], error_body(str(exc))
 
     # -- everything else: forwarded to the engine -------------------------------------------
 

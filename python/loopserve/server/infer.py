@@ -1,26 +1,27 @@
-"""The hot path: POST /v2/models/{m}[/versions/{v}]/infer as a lean ASGI endpoint.
+"""The hot path: POST /v2/models/{m}[/versions/{v}]/infer in a one-process server.
 
-Read the body, decode it (JSON, or JSON plus Triton's binary tensor data), submit to the
-model's native batcher, await the batch, encode the answer. No routing framework, no
-middleware, no per-request allocation we can avoid.
+Decode the body (JSON, or JSON plus Triton's binary tensor data), submit to the model's
+native batcher, and once the batch is done encode the answer. No routing framework, no
+middleware, no per-request allocation we can avoid. The HTTP around it is the fast path's
+(server/fastpath.py), or ASGI's for an app served by something else (server/wire.py).
 """
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import logging
 import time
 
 import numpy as np
 
 from loopserve.errors import InvalidInput, LoopserveError, ModelError
-from loopserve.server.body import read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
-from loopserve.server.wire import answer_headers, headers_of, scheduling_of, send_response
+from loopserve.server.wire import answer_headers, headers_of, scheduling_of, serve_asgi
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
 from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
+from loopserve.serving.router import VersionRouter
 
 log = logging.getLogger("loopserve.server")
 
@@ -57,6 +58,9 @@ def _check_datatypes(model: Model, request) -> None:
 
 
 class InferEndpoint:
+    """The infer route of a one-process server, without I/O (the steps server/wire.py names):
+    the ASGI route and the fast path (server/fastpath.py) both run it. On the loop's thread."""
+
     def __init__(self, repository: ModelRepository, metrics: ServerMetrics, max_body_bytes: int):
         self.repository = repository
         self.metrics = metrics
@@ -64,34 +68,46 @@ class InferEndpoint:
         self.feedback = repository.services.feedback  # feedback: predictions recorded by request id
 
     async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
-        start = time.perf_counter()
-        model = router = None
+        await serve_asgi(self, scope, receive, send, name, version)
+
+    def head(self, name: str, headers) -> tuple[VersionRouter, int | None]:
+        content_length, header_length = headers_of(headers)
+        if content_length is not None and content_length > self.max_body_bytes:
+            raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
+                               f"{self.max_body_bytes} bytes (http.max_body_bytes)")
+        return self.repository.router(name), header_length
+
+    def submit(self, context, name: str, version: str | None, body: bytes, start: float):
+        router, header_length = context
+        if header_length == 0:
+            request, arrays = None, _raw_input(self.repository.get(name, version), body)
+        else:
+            request, arrays = decode_request(body, header_length)
+        params = request.parameters if request is not None else None
+        priority, timeout_us, key = scheduling_of(params)
+        # From here to the submit nothing awaits: the version chosen is still loaded.
+        model = router.acquire(version, key)
         try:
-            content_length, header_length = headers_of(scope)
-            if content_length is not None and content_length > self.max_body_bytes:
-                raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
-                                   f"{self.max_body_bytes} bytes (http.max_body_bytes)")
-            router = self.repository.router(name)
-            body = await read_body(receive, self.max_body_bytes)
-            if header_length == 0:
-                request, arrays = None, _raw_input(self.repository.get(name, version), body)
-            else:
-                request, arrays = decode_request(body, header_length)
-            params = request.parameters if request is not None else None
-            priority, timeout_us, key = scheduling_of(params)
-            # From here to the submit nothing awaits: the version chosen is still loaded.
-            model = router.acquire(version, key)
             if request is not None:
                 _check_datatypes(model, request)
             pending = model.infer(arrays, priority=priority, timeout_us=timeout_us)
-            for shadow in router.shadows(model):
-                _send_shadow(router, shadow, arrays)
-            if not pending.done():
-                # A batch the loop runs itself is scheduled for the loop's next turn, ahead of
-                # this task's wake-up from sleep(0): so the answer is ready when the task
-                # resumes, one turn sooner than waiting on the future's own wake-up.
-                await asyncio.sleep(0)
-            outputs = await pending
+        except BaseException:
+            router.release(model)
+            raise
+        for shadow in router.shadows(model):
+            _send_shadow(router, shadow, arrays)
+        return pending, functools.partial(self._finish, router, model, request, arrays, start)
+
+    def _finish(self, router: VersionRouter, model: Model, request, arrays, start: float, pending):
+        try:
+            if not pending.done() or pending.cancelled():  # the server stops: nobody to answer
+                pending.cancel()
+                return None
+            error = pending.exception()
+            if error is not None:
+                return self.refusal(error, model.name)
+            outputs = pending.result()
+            params = request.parameters if request is not None else None
             binary_default = bool(params.get("binary_data_output", False)) if params else False
             # feedback: the prediction is recorded under the request id; a request that sent none
             # gets one made here, returned in the response's `id` (loopserve.monitor.feedback).
@@ -104,18 +120,19 @@ class InferEndpoint:
                 request.outputs if request is not None else None, binary_default)
             if track is not None:
                 track.record(request_id, arrays, outputs, params)  # feedback (never raises)
-        except Exception as exc:  # every refusal is answered; the server serves on
-            status, extra = status_of(exc)
-            if status == 500:
-                log.error("infer failed", extra={"model": name, "error": str(exc)},
-                          exc_info=not isinstance(exc, ModelError))
-            await send_response(send, status, [*_JSON, *extra], error_body(str(exc)))
-            return
+        except Exception as exc:
+            return self.refusal(exc, model.name)
         finally:
-            if model is not None:
-                router.release(model)
-        await send_response(send, 200, answer_headers(json_length), payload)
+            router.release(model)
         self.metrics.latency(model.name, str(model.version)).observe(time.perf_counter() - start)
+        return 200, answer_headers(json_length), payload
+
+    def refusal(self, exc: BaseException, name: str):
+        status, extra = status_of(exc)
+        if status == 500:
+            log.error("infer failed", extra={"model": name, "error": str(exc)},
+                      exc_info=not isinstance(exc, ModelError))
+        return status, [*_JSON, *extra], error_body(str(exc))
 
 
 def _send_shadow(router, model: Model, arrays) -> None:

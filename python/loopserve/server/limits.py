@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import functools
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
 from loopserve.server.config import HttpConfig
+from loopserve.server.fastpath import InferFastPath
 from loopserve.server.http_errors import error_body
 
 
@@ -31,8 +30,9 @@ def _response(status: int, reason: str, message: str) -> bytes:
             f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """Per connection, on the event loop's thread (as its base class)."""
+class LimitedHttpToolsProtocol(InferFastPath):
+    """Per connection, on the event loop's thread (as its base class). The limits apply to the
+    infer route's fast path beneath them (server/fastpath.py) as to every ASGI route."""
 
     def __init__(self, *args, limits: HttpConfig, **kwargs):
         super().__init__(*args, **kwargs)
