@@ -141,10 +141,10 @@ struct Vectors<double> {
   using Mask = I64x4;
 };
 
-// Edges [k0, k0 + G) at once: each vector of values is loaded once for G edges, whose
-// broadcasts, counts and sums stay in registers (G = 5: 17 of AVX2's 16, measured faster than
-// 4 on the 10-bin benchmark), rather than once per edge. Each lane adds its terms in the same order as one edge at a time would, so the sums are
-// the same bit for bit.
+// G edges at once: each vector of values is loaded once for G edges, whose broadcasts, counts
+// and sums stay in registers (G = 5 needs 17 of AVX2's 16, yet measured faster than 4 on the
+// 10-bin benchmark), rather than once per edge. Each lane adds its terms in the same order as
+// one edge at a time would, so the sums are the same bit for bit.
 template <int G, typename C>
 inline __attribute__((always_inline)) void count_and_sum_edges(const C* values, const C* d, int64_t m,
                                                                const C* edges, uint64_t* at_least,

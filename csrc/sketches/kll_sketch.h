@@ -57,7 +57,7 @@ class KllSketch {
   static constexpr uint16_t kDefaultK = 200;
   static constexpr uint32_t kMinWidth = 8;
   static constexpr uint32_t kLevel0Width = 96;  // level 0 never holds fewer (see above)
-  static constexpr uint32_t kLevel0Most = 128;   // nor, unless its capacity is more, more
+  static constexpr uint32_t kLevel0Most = 128;   // level 0 compacts at this size (or its capacity, if more)
 
   explicit KllSketch(uint16_t k = kDefaultK, uint64_t seed = 0x9E3779B97F4A7C15ull) : k_(k), rng_(seed | 1) {
     if (k < kMinWidth) throw std::invalid_argument("KllSketch: k must be at least 8");
