@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo demo-fleet test bench ui-vendor clean
+.PHONY: setup system-packages demo demo-fleet test bench fuzz-api ui-vendor clean
 
 setup: $(STAMP)
 
@@ -50,6 +50,12 @@ test: $(STAMP) system-packages
 
 bench: $(STAMP)
 	$(BIN)/python bench/batching.py
+
+# Schemathesis against a server it starts (two front ends), from GET /v2/openapi.json: no 5xx,
+# every answer as described. The suite runs it for seconds; this for ten minutes (FUZZ_S).
+FUZZ_S ?= 600
+fuzz-api: $(STAMP)
+	$(BIN)/python bench/fuzz_api.py --max-time $(FUZZ_S)
 
 # uPlot is committed under the package's static folder (about 53 KB, MIT): a clean clone and a
 # pip-installed wheel serve the UI with no npm and no CDN. This refreshes it from the npm registry.

@@ -33,6 +33,20 @@ def model_repo(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def mlp_repository(model_repo, tmp_path):
+    """A repository (under tmp_path/models) serving the tiny MLP as `mlp`, loaded."""
+    import shutil
+
+    from loopserve.serving.repository import ModelRepository
+
+    root = tmp_path / "models"
+    shutil.copytree(model_repo / "mlp_onnx", root / "mlp")
+    repository = ModelRepository(root)
+    repository.load("mlp")
+    return repository
+
+
 @pytest.fixture(scope="session")
 def tiny_reference():
     """f(x) of the tiny MLP, computed directly with torch."""

@@ -5,12 +5,14 @@ Bounded: a few hundred examples each, no deadline (the machine is shared)."""
 import struct
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request
 
-SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=200, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 DATATYPES = sorted(NUMPY_DTYPES) + ["FP8", ""]
 dims = st.one_of(st.integers(0, 4), st.integers(-2, 2**64 - 1))
 shapes = st.lists(dims, max_size=5) | st.lists(st.integers(0, 2), min_size=30, max_size=70)
@@ -78,3 +80,42 @@ def test_raw_bodies(body, datatype, shape):
         assert str(e)
         return
     assert array.shape == tuple(shape)
+
+
+@pytest.fixture
+def monkeypatch_slices(monkeypatch):
+    """Slices of a few bytes, so that small examples take the sliced path's every branch."""
+    from loopserve.server import json_slices
+
+    monkeypatch.setattr(json_slices, "SLICE_BYTES", 4)
+
+
+def outcome(decode, body):
+    try:
+        _, arrays = decode(body, None)
+    except ProtocolError as e:
+        return str(e)
+    return {name: (a.dtype, a.shape, a.tobytes()) for name, a in arrays.items()}
+
+
+numbers = st.one_of(st.integers(-2**65, 2**65), st.floats(allow_nan=False, allow_infinity=False), st.booleans())
+data_lists = st.lists(numbers, max_size=40) | st.lists(st.integers(-300, 300), max_size=40) | st.lists(
+    st.floats(-1e5, 1e5), max_size=40) | st.lists(st.recursive(numbers, lambda inner: st.lists(inner, max_size=3),
+                                                             max_leaves=12), max_size=4)
+
+
+@SETTINGS
+@given(data=data_lists, datatype=st.sampled_from(["FP32", "FP16", "FP64", "INT8", "INT32", "INT64", "UINT64", "BOOL",
+                                                  "BYTES"]),
+       shape_delta=st.sampled_from([0, 0, 1, -1]), spaces=st.booleans())
+def test_large_body_path_decodes_as_the_small_one(data, datatype, shape_delta, spaces, monkeypatch_slices):
+    """Off the event loop a large body's JSON data is decoded in slices (server/json_slices.py):
+    the tensors, or the refusal and its message, are those of the whole decode."""
+    from loopserve.server.protocol import decode_request_in_slices
+
+    count = len(data) + shape_delta
+    request = {"inputs": [{"name": "x", "shape": [max(count, 0)], "datatype": datatype, "data": data}]}
+    body = msgspec.json.encode(request)
+    if spaces:
+        body = body.replace(b",", b" , ").replace(b"[", b"[ ")
+    assert outcome(decode_request_in_slices, body) == outcome(decode_request, body)

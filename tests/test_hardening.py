@@ -2,15 +2,15 @@
 loopback port, one process and an engine with two front ends (fixture `serve`)."""
 
 import random
-import shutil
 import threading
+import time
 
 import msgspec
+import numpy as np
 import pytest
 
 from loopserve import zoo
 from loopserve.server.app import LoopserveApp
-from loopserve.serving.repository import ModelRepository
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -21,15 +21,6 @@ def infer_body(rows=1, **parameters):
     if parameters:
         request["parameters"] = parameters
     return msgspec.json.encode(request)
-
-
-@pytest.fixture
-def mlp_repository(model_repo, tmp_path):
-    root = tmp_path / "models"
-    shutil.copytree(model_repo / "mlp_onnx", root / "mlp")
-    repository = ModelRepository(root)
-    repository.load("mlp")
-    return repository
 
 
 def model_state(server):
@@ -91,7 +82,8 @@ def test_feedback_drift_and_sketch_need_the_management_token(guarded, monkeypatc
     assert guarded.request("POST", "/v2/models/mlp/feedback", label, {"Authorization": "Bearer wrong"})[0] == 401
     status, _, raw = guarded.request("POST", "/v2/models/mlp/feedback", label, AUTH)
     assert status == 200 and msgspec.json.decode(raw)["joined"] == 1, raw
-    for path in ("/v2/models/mlp/drift", "/v2/models/mlp/drift/sketch", "/v2/models/mlp/versions/1/drift"):
+    for path in ("/v2/models/mlp/drift", "/v2/models/mlp/drift/sketch", "/v2/models/mlp/versions/1/drift",
+                 "/v2/models/mlp/drift/profile", "/ui/api/models/mlp/histogram?feature=x0"):
         assert guarded.request("GET", path)[0] == 401, path
         assert guarded.request("GET", path, headers=AUTH)[0] != 401, path  # 404: mlp has no drift profile
     # The pipeline reads drift with the token from its environment.
@@ -256,3 +248,57 @@ def test_connection_limits_close_hostile_connections_and_the_server_serves_on(se
     for sock in held + [idle, slow_head, slow_body, endless, keep]:
         sock.close()
     assert served()
+
+
+def held_bytes(array) -> int:
+    """The memory an array keeps alive: its own, or the whole buffer it is a view of."""
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    base = array.base.obj if isinstance(array.base, memoryview) else array.base
+    return len(base) if isinstance(base, (bytes, bytearray)) else array.nbytes
+
+
+def test_the_feedback_record_keeps_copies_of_just_its_rows(serve, mlp_repository):
+    """Point 5: binary inputs were held as views of the whole request body (here 4 MiB of
+    padding in the JSON part) until 64 more requests came; the record now copies its rows."""
+    server = serve(LoopserveApp(mlp_repository))
+    row = np.arange(32, dtype=np.float32).tobytes()
+    header = msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [1, 32], "datatype": "FP32",
+                                              "parameters": {"binary_data_size": len(row)}}],
+                                  "parameters": {"pad": "x" * (4 << 20)}})
+    for _ in range(5):
+        status, _, raw = server.request("POST", "/v2/models/mlp/infer", header + row,
+                                        {"Inference-Header-Content-Length": str(len(header))})
+        assert status == 200, raw[:300]
+    feedback = mlp_repository.services.feedback
+    record = feedback.models["mlp"].tracks[1].rec
+
+    def recorded():
+        for catch_up in feedback.catch_up:  # workers 2: the engine's taps hand their rows over
+            catch_up()
+        return record.seq
+
+    deadline = time.monotonic() + 30
+    while recorded() < 5:
+        assert time.monotonic() < deadline, record.seq
+        time.sleep(0.05)
+    held = [held_bytes(a) for x in record._pending_x for a in x.values()] + [held_bytes(y) for y in record._pending_y]
+    assert held and max(held) <= 32 * 8, held  # a row of inputs or outputs, never the 4 MiB body
+    x, _ = record.rows([record.seq - 1])
+    assert np.array_equal(x[0], np.arange(32, dtype=np.float32))
+
+
+def test_error_messages_to_clients_name_no_server_directory(serve, mlp_repository):
+    """Point 8: refusals showed the repository's absolute path; they name its setting instead
+    (the server's log keeps the path)."""
+    root = str(mlp_repository.root)
+    (mlp_repository.root / "broken").mkdir()
+    (mlp_repository.root / "broken" / "config.yaml").write_text("max_batch_size: many\n")
+    (mlp_repository.root / "empty").mkdir()
+    server = serve(LoopserveApp(mlp_repository))
+    answers = [server.request("POST", f"/v2/repository/models/{name}/load") for name in ("nope", "broken", "empty")]
+    assert [status for status, _, _ in answers] == [404, 400, 400], answers
+    answers.append(server.request("POST", "/v2/repository/index"))
+    for status, _, raw in answers:
+        assert root not in raw.decode() and "/models" not in raw.decode(), raw
+    assert b"<model_repository>/broken" in answers[1][2] and b"<model_repository>" in answers[0][2], answers

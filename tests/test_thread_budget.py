@@ -130,25 +130,33 @@ def cores(n: int, quota: float | None = None) -> Cores:
 
 
 @pytest.mark.parametrize("usable, front_ends, executors, expected", [
-    (2, 1, 1, 2),  # a lone front end takes turns with the executors: it keeps no core
-    (2, 1, 2, 1),
+    (2, 1, 1, 2),
+    (2, 2, 1, 2),  # two front-end processes keep no core either (bench/threads.py: 2 threads no worse than 1)
+    (2, 1, 2, 1),  # two instances on two cores: one thread each
     (16, 1, 3, 5),  # three instances (of one model or several) share the cores
-    (16, 8, 2, 4),  # eight front-end processes keep eight cores
-    (16, 2, 1, 14),
+    (16, 8, 2, 8),  # eight front-end processes: the executors still share all sixteen
+    (16, 2, 1, 16),
     (16, 1, 40, 1),  # more executors than cores: one thread each, never zero
     (1, 1, 1, 1),
-    (2, 4, 1, 1),
+    (1, 4, 1, 1),
 ])
-def test_auto_divides_what_the_front_ends_leave_among_the_executors(usable, front_ends, executors, expected):
+def test_auto_divides_the_usable_cores_among_the_executors(usable, front_ends, executors, expected):
     budget = plan("auto", None, cores=cores(usable), front_ends=front_ends, executors=executors)
     assert budget.intra_op == expected == budget.auto_intra_op
     assert budget.spinning is False
-    assert f"auto: {expected} per executor" in budget.why()
+    assert f"auto: {expected} per executor = cores usable {usable} // executors {executors}" in budget.why()
+    assert f"{front_ends} front end(s) keep no core" in budget.why()
+
+
+def test_front_ends_are_reported_not_subtracted():
+    one, eight = (plan("auto", None, cores=cores(16), front_ends=n, executors=3) for n in (1, 8))
+    assert one.intra_op == eight.intra_op == 5
+    assert eight.parameters()["thread_budget.front_ends"] == {"string_value": "8"}
 
 
 def test_the_quota_caps_the_affinity():
     assert plan("auto", None, cores=cores(16, quota=4.0), front_ends=1).intra_op == 4
-    assert plan("auto", None, cores=cores(16, quota=4.5), front_ends=2).intra_op == 2
+    assert plan("auto", None, cores=cores(16, quota=4.5), front_ends=2).intra_op == 4
     assert "cgroup quota 4 cores (cpu.max)" in plan("auto", None, cores=cores(16, quota=4.0)).why()
 
 
@@ -279,16 +287,17 @@ def test_the_served_config_and_the_start_up_log_show_the_budget(tmp_path, model_
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     usable = usable_cores().usable
-    # A lone front end keeps no core, two front-end processes keep one each; the 1 + 2 instances
-    # are both counted from the start.
-    expected = max(1, max(1, usable - (0 if workers == 1 else workers)) // 3)
+    # Front ends keep no core, one or two of them; the 1 + 2 instances are both counted from the start.
+    expected = max(1, usable // 3)
     for name, config in configs.items():
         params = {k: v["string_value"] for k, v in config["parameters"].items()}
         assert params["intra_op_thread_count"] == str(expected)
         assert params["thread_budget"] == "auto" and params["thread_spinning"] == "false"
         assert params["thread_budget.cores_usable"] == str(usable)
         assert params["thread_budget.front_ends"] == str(workers) and params["thread_budget.executors"] == "3"
-        assert f"auto: {expected} per executor" in params["thread_budget.why"]
+        assert (f"auto: {expected} per executor = cores usable {usable} // executors 3"
+                in params["thread_budget.why"]), params["thread_budget.why"]
+        assert f"{workers} front end(s) keep no core" in params["thread_budget.why"]
         assert config["input"][0]["data_type"] == "TYPE_FP32"  # still Triton's shape
     logged = [msgspec.json.decode(line) for line in err.splitlines() if line.startswith("{")]
     budgets = {e["model"]: e for e in logged if e["msg"] == "thread budget"}

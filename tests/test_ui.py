@@ -14,6 +14,7 @@ from conftest import RunningServer
 from helpers_ui import TOKEN, build_store, drive, headless_chromium, server_config
 from loopserve.server.main import build_app
 
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ARTIFACTS = Path(os.environ.get("LOOPSERVE_UI_ARTIFACTS", Path(__file__).resolve().parents[1] / "build" / "ui-artifacts"))
 
 
@@ -29,8 +30,8 @@ def demo_server(tmp_path_factory):
         server.stop()
 
 
-def get(server, path):
-    status, _, body = server.request("GET", path)
+def get(server, path, headers=None):
+    status, _, body = server.request("GET", path, headers=headers)
     return status, msgspec.json.decode(body) if body else None
 
 
@@ -52,7 +53,9 @@ def test_json_routes_answer_what_the_pages_read(demo_server):
     assert {v["version"]: round(v["weight"], 2) for v in fraud["versions"]} == {1: 0.7, 2: 0.3}
     assert sum(v["requests"] for v in fraud["versions"]) == 300 and fraud["versions"][0]["p99_ms"] > 0
 
-    status, hist = get(server, "/ui/api/models/fraud/histogram?feature=amount&version=1")
+    # Drift data: the histogram needs the management token, as the drift report.
+    assert get(server, "/ui/api/models/fraud/histogram?feature=amount&version=1")[0] == 401
+    status, hist = get(server, "/ui/api/models/fraud/histogram?feature=amount&version=1", AUTH)
     assert status == 200 and len(hist["bins"]) == len(hist["reference"]) == len(hist["current"])
     assert abs(sum(hist["reference"]) - 1) < 1e-9 and hist["window"]["rows"] > 0
 
@@ -81,10 +84,10 @@ def test_bad_requests_get_clear_refusals(demo_server):
              ("GET", "/ui/api/models/nope/histogram?feature=amount", 404, "nope"),
              ("POST", "/ui/api/models/fraud/promote", 401, "Bearer")]
     for method, path, expected, says in cases:
-        status, _, body = server.request(method, path, b'{"version": 2}')
+        headers = AUTH if "histogram" in path else None
+        status, _, body = server.request(method, path, b'{"version": 2}', headers)
         assert status == expected and says in msgspec.json.decode(body)["error"], (path, status, body)
-    status, _, body = server.request("POST", "/ui/api/models/fraud/promote", b'{"version": "two"}',
-                                     {"Authorization": f"Bearer {TOKEN}"})
+    status, _, body = server.request("POST", "/ui/api/models/fraud/promote", b'{"version": "two"}', AUTH)
     assert status == 400 and "expected" in msgspec.json.decode(body)["error"]
     status, headers, _ = server.request("GET", "/ui")
     assert status == 308 and headers["location"] == "/ui/"

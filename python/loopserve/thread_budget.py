@@ -1,23 +1,26 @@
 """Thread budgets for the model executors: how many intra-op threads each runtime gets, so that
 executors and the HTTP front ends do not fight over the same cores.
 
-`threads: auto` (the default) divides the cores the process may use, less those the front-end
-processes keep, among the executors: every instance of every loaded model runs batches on a
-thread of its own, and each such batch may use `intra_op` threads. So
+`threads: auto` (the default) divides the cores the process may use among the executors: every
+instance of every loaded model runs batches on a thread of its own, and each such batch may use
+`intra_op` threads. So
 
-    intra_op = max(1, (cores usable - cores kept by front ends) // executors)
+    intra_op = max(1, cores usable // executors)
 
 Cores usable: the CPUs in the process's affinity mask, capped by the cgroup CPU quota (v2
 `cpu.max`, v1 `cpu.cfs_quota_us`, the tightest along the cgroup's path), rounded down: a quota of
 1.5 cores gives 1, since a second busy thread would be throttled. Versions of one model share its
 traffic, so they count once.
 
-Front ends: a lone front end (today's single process, `front_ends=1`) runs in the executors' own
-process and takes turns with them: its clients wait on the batches, so while a batch computes
-the event loop mostly waits too. It keeps no core: on 2 cores the heavy MLP served 1.0-1.8x the
-rows with 2 intra-op threads as with 1 in one run of bench/threads.py, and as many in another (the
-README has the table). Several front-end processes
-(`front_ends=N`, N > 1) work beside the executors at once; each keeps a core.
+Front ends keep no core, however many there are. What a front end uses follows its load, and a
+core set aside for it sits idle whenever it waits on the executors; an intra-op helper that finds
+no free core costs little, since the calling thread runs the batch's shares itself and takes back
+those no helper has started (onnxruntime's thread pool revokes them). A tiny model's operators are
+mostly too small to split at all. Measured on 2 cores with two front-end processes
+(bench/threads.py; README, Threads): on a quiet box 2 intra-op threads served the heavy MLP 18-32%
+more rows than 1 at 64 clients and as many at 128; on the same box loaded by other work, 1 was
+never ahead of 2 by more than the noise. With two instances, 1 thread each (this rule) was the best
+or within 5% of it in every row, 2 each no better.
 
 What did cost cores is spinning: onnxruntime's idle threads spin by default, burning the cores
 the front end needs. Spinning is off unless the config asks for it.
@@ -171,9 +174,9 @@ class ThreadBudget:
     model_instances: int
 
     def why(self) -> str:
-        auto = (f"(cores usable {self.cores.usable} - cores kept by {self.front_ends} front end(s) "
-                f"{cores_kept(self.front_ends)}) // executors {self.executors} "
-                f"(this model's instances: {self.model_instances})")
+        auto = (f"cores usable {self.cores.usable} // executors {self.executors} "
+                f"(this model's instances: {self.model_instances}); {self.front_ends} front end(s) "
+                f"keep no core (they take CPU as load brings it)")
         if self.requested == "auto":
             chosen = f"auto: {self.intra_op} per executor = {auto}"
         elif self.requested == 0:
@@ -199,17 +202,12 @@ class ThreadBudget:
         return {k: {"string_value": str(v)} for k, v in values.items()}
 
 
-def cores_kept(front_ends: int) -> int:
-    """Cores the front ends keep from the executors: none for a lone front end in the executors'
-    own process (it takes turns with the batches), one per front-end process when there are several."""
-    return front_ends if front_ends > 1 else 0
-
-
 def plan(threads: str | int, spinning: bool | None, *, cores: Cores, front_ends: int = 1, executors: int = 1,
          model_instances: int = 1) -> ThreadBudget:
     """The budget for a model whose config says `threads` and `thread_spinning`: the executors
-    get the cores the front ends leave, shared evenly (at least one thread each)."""
-    auto = max(1, max(1, cores.usable - cores_kept(front_ends)) // max(1, executors))
+    share the usable cores evenly (at least one thread each); `front_ends` is reported, not
+    subtracted (the module's docstring says why)."""
+    auto = max(1, cores.usable // max(1, executors))
     intra_op = auto if threads == "auto" else int(threads)
     if spinning is None and threads != 0:
         spinning = False  # 0 leaves everything to the runtime, spinning included

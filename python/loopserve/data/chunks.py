@@ -9,11 +9,13 @@ catalog entry: ~400 blobs for a 1 GB table of 40-byte rows) against the rewrite 
 A chunk is an Arrow IPC stream holding one record batch, uncompressed (the bytes must not
 depend on a codec's version) with a schema stripped of metadata and with every field
 nullable. Buffers that Arrow does not define are made canonical before writing: slots under
-nulls are zeroed, arrays start at offset 0, dictionaries are decoded to their values.
+nulls are zeroed (decimals too), nested columns (lists, structs) are built again from their
+values, arrays start at offset 0, dictionaries are decoded to their values.
 """
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 from typing import Iterable, Iterator
 
@@ -45,6 +47,8 @@ def _zero_value(t: pa.DataType):
         return pa.scalar(0, t)
     if pa.types.is_floating(t):
         return pa.scalar(0.0, t)
+    if pa.types.is_decimal(t):
+        return pa.scalar(decimal.Decimal(0)).cast(t)
     if pa.types.is_temporal(t):
         try:
             return pa.scalar(0, pa.int64()).cast(t)
@@ -61,6 +65,11 @@ def canonical_array(arr: pa.Array | pa.ChunkedArray, t: pa.DataType) -> pa.Array
         arr = arr.cast(arr.type.value_type)
     if arr.type != t:
         arr = arr.cast(t)
+    if pa.types.is_nested(t):
+        # Values under a null list or struct slot, or under a null inside one, are anything:
+        # built again from the values (through Python: slow, but nested columns are rare), every
+        # null holds nothing (a list) or nulls of its own (a struct's fields), zeroed.
+        return pa.array(arr.to_pylist(), type=t)
     if arr.null_count == 0:
         return arr  # the IPC writer slices buffers of an offset array itself; no validity is written
     zero = _zero_value(t)

@@ -44,7 +44,7 @@ log = logging.getLogger("loopserve.feedback")
 
 JOINED, INVALID = "joined", "invalid"
 STATUSES = (JOINED, UNKNOWN, DUPLICATE, EXPIRED, INVALID)
-MAX_VERSIONS = 32  # versions whose live metrics a model keeps (the highest)
+MAX_VERSIONS = 32  # versions whose live metrics a model keeps (the highest, and the one last labelled)
 _SCALARS = (str, int, float, bool)
 
 
@@ -216,7 +216,8 @@ class ModelFeedback:
         if live is None or live.kind != track.rule.kind:
             live = self.live[track.version] = LiveMetrics(track.version, track.rule.kind, track.config.window_labels,
                                                           track.config.history, track.config.window_s)
-            for old in sorted(self.live)[:-MAX_VERSIONS]:
+            # The lowest *other* versions make room: a late label for an old version must count.
+            for old in sorted(v for v in self.live if v != track.version)[:-(MAX_VERSIONS - 1)]:
                 del self.live[old]
         live.window_labels = track.config.window_labels
         if live.window_s != track.config.window_s:  # windows of another width: start again
@@ -338,9 +339,11 @@ class FeedbackStore:
 
     def spill(self, name: str, joined: list[Joined]) -> None:
         """Appends joined examples to the model's spill files, if it has a spill_dir. Any thread."""
-        writer = self.model(name).spill
-        if writer is not None and joined:
-            writer.write(joined)
+        mf = self.model(name)
+        writer = mf.spill
+        # A writer closed meanwhile (a config change replaced it) refuses: its successor writes.
+        while writer is not None and joined and not writer.write(joined):
+            writer = mf.spill if mf.spill is not writer else None
 
     def feedback(self, name: str, items: list[tuple[str, object]]) -> FeedbackResult:
         """join + spill, for Python callers."""

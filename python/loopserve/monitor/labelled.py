@@ -153,14 +153,19 @@ class SpillWriter:
         self._file = None
         self._size = 0
         self._seq = 0
+        self._closed = False
 
-    def write(self, items: list[Joined]) -> None:
+    def write(self, items: list[Joined]) -> bool:
+        """Appends the items; False (nothing written) once the writer is closed: the model's
+        new writer (a config change replaced this one) takes them, never a reopened file here."""
         if not items:
-            return
+            return True
         lines = [_encoder.encode(_Line(it.id, self.model, it.version, it.predicted_at, it.labelled_at,
                                        _plain(it.group), it.y.tolist(), it.x.tolist(), it.prediction.tolist()))
                  + b"\n" for it in items]
         with self._lock:
+            if self._closed:
+                return False
             if self._file is None:
                 self._open()
             for line in lines:
@@ -171,6 +176,7 @@ class SpillWriter:
                 self._file.write(line)
                 self._size += len(line)
             self._file.flush()
+        return True
 
     def _open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -188,6 +194,7 @@ class SpillWriter:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._file is not None:
                 self._file.close()
                 self._file = None

@@ -93,10 +93,10 @@ class PredictionRecord:
             pending = self._pending_y
         if not pending:
             self._pending_slot = slot
-        pending.append(y)
-        # Only the recorded inputs: a request's arrays are views of its body, which must not be
-        # kept alive (up to 64 MiB each) for inputs the record does not take.
-        self._pending_x.append({name: inputs[name] for name, _, _ in self.x_layout} if self.x_layout else None)
+        pending.append(_own(y))
+        # Only the recorded inputs, and copies of them: a request's arrays are views of its body
+        # (or a batch's outputs), which must not be kept alive (up to 64 MiB each) while they wait.
+        self._pending_x.append({name: _own(inputs[name]) for name, _, _ in self.x_layout} if self.x_layout else None)
         self._pending_rows += n
         seq = self.seq
         i = seq % capacity
@@ -181,6 +181,11 @@ class PredictionRecord:
     def __len__(self) -> int:
         """Ids held, in the current and previous generations (at most 2 x capacity)."""
         return len(self.index) + len(self.previous)
+
+
+def _own(array: np.ndarray) -> np.ndarray:
+    """The array itself when it owns its memory, else a copy of just its elements."""
+    return array if array.base is None else array.copy()
 
 
 def row_width(dims) -> int | None:

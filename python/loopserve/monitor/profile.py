@@ -216,7 +216,9 @@ def _categorical(name: str, column: int, values, top_k: int) -> CategoricalProfi
         cats = [str(c) for c in cats]
     else:
         v = np.asarray(values).astype(np.float64)
-        ok = np.isfinite(v) & (v >= 0)
+        # As the live accumulators read a code (truncated toward zero; below 0 after that, or not
+        # finite: missing), so that (-1, 0) is not missing here and category 0 live: a non-integer.
+        ok = np.isfinite(v) & (v > -1)
         codes = v[ok]
         if np.any(codes != np.floor(codes)):
             raise ProfileError(f"categorical feature {name!r} holds non-integer codes, e.g. "

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path, PurePosixPath
 
 from loopserve.registry.errors import RegistryError
@@ -103,7 +104,7 @@ def materialize(name: str, ref: int | str = "latest", dest_dir: str | os.PathLik
         if dest_dir is not None:
             dest = Path(dest_dir)
             dest.mkdir(parents=True, exist_ok=True)
-            _build(s, version, dest)
+            _build_into(s, version, dest)
             return dest
         cache = s.root.joinpath(*CACHE_DIR)
         if not _is_digest(version.content_digest):  # from the database: never trusted as a path
@@ -113,6 +114,7 @@ def materialize(name: str, ref: int | str = "latest", dest_dir: str | os.PathLik
         if final.is_dir() and _matches(version, final):
             return final
         cache.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(cache)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".tmp-"))
         try:
             _build(s, version, tmp)
@@ -134,6 +136,34 @@ def materialize(name: str, ref: int | str = "latest", dest_dir: str | os.PathLik
                                 f"files at {final}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_into(store: Store, version: ModelVersion, dest: Path) -> None:
+    """Every artifact verified in a temporary directory inside `dest`, then moved into place:
+    a version refused halfway (a tampered or missing blob) leaves `dest` as it was."""
+    _sweep_stale(dest)
+    tmp = Path(tempfile.mkdtemp(dir=dest, prefix=".tmp-"))
+    try:
+        _build(store, version, tmp)
+        for artifact in version.artifacts:
+            rel = _safe_relative(version, artifact.path)
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, dest / rel)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# A temporary directory older than this was left by a process killed mid-build (a build takes
+# seconds to minutes): removed when the next build there starts.
+STALE_TMP_S = 3600
+
+
+def _sweep_stale(directory: Path) -> None:
+    now = time.time()
+    for entry in directory.glob(".tmp-*"):
+        with contextlib.suppress(OSError):
+            if now - entry.lstat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _is_digest(value) -> bool:

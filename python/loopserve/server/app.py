@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,12 +20,12 @@ from starlette.routing import Route
 
 import loopserve
 from loopserve.errors import LoopserveError, ModelNotFound
-from loopserve.server import triton_json
+from loopserve.server import openapi, triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.auth import ManagementToken
 from loopserve.server.body import SMALL_BODY_BYTES, read_body
-from loopserve.server.http_errors import error_body, status_of
+from loopserve.server.http_errors import error_body, path_hider, status_of
 from loopserve.server.admission import LoopLag
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.metrics import ServerMetrics
@@ -51,10 +52,20 @@ def json_response(content, status: int = 200) -> Response:
     return Response(msgspec.json.encode(content), status_code=status, media_type="application/json")
 
 
-def error_response(exc: BaseException) -> Response:
+def error_response(exc: BaseException, hide_paths=str) -> Response:
     status, extra = status_of(exc)
-    return Response(error_body(str(exc)), status_code=status, media_type="application/json",
+    return Response(error_body(hide_paths(str(exc))), status_code=status, media_type="application/json",
                     headers={k.decode(): v.decode() for k, v in extra})
+
+
+def _server_directories(repository: ModelRepository) -> dict[str, str]:
+    """The directories whose absolute paths error messages may name, by the setting clients know them by."""
+    out = {}
+    for path, name in ((repository.root, "<model_repository>"),
+                       (repository.registry.store_root if repository.registry is not None else None, "<store>")):
+        if path:
+            out[str(path)] = out[os.path.realpath(path)] = name
+    return out
 
 
 class LoopserveApp:
@@ -79,6 +90,7 @@ class LoopserveApp:
         # Overload (server/admission.py; http.overload_wait_ms and overload_min_in_flight).
         admission = LoopLag(overload_wait_ms, overload_min_in_flight, self.metrics.overload_refused)
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes, admission)
+        self.infer.hide_paths = self.hide_paths = path_hider(_server_directories(repository))
         self.fast_infer = self.infer  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
                      ("/stats", self.model_stats)]
@@ -88,6 +100,7 @@ class LoopserveApp:
             Route("/v2/health/live", self.live),
             Route("/v2/health/ready", self.server_ready),
             Route("/v2", self.server_metadata),
+            Route("/v2/openapi.json", self.openapi),
             Route("/v2/models/stats", self.model_stats),
             *traffic,
             *DriftRoutes(repository, self._authorize).routes(),
@@ -135,7 +148,7 @@ class LoopserveApp:
         status, _ = status_of(exc)
         if status == 500:
             log.error("request failed", exc_info=exc, extra={"path": request.url.path})
-        return error_response(exc)
+        return error_response(exc, self.hide_paths)
 
     async def _not_found(self, request: Request, exc: Exception) -> Response:
         return json_response({"error": f"no route {request.method} {request.url.path}"}, 404)
@@ -157,6 +170,9 @@ class LoopserveApp:
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "loopserve", "version": loopserve.__version__, "extensions": EXTENSIONS})
 
+    async def openapi(self, request: Request) -> Response:
+        return Response(openapi.encoded(), media_type="application/json")
+
     def _model(self, request: Request) -> Model:
         return self.repository.get(request.path_params["model"], request.path_params.get("version"))
 
@@ -168,7 +184,7 @@ class LoopserveApp:
         try:
             model = self._model(request)
         except ModelNotFound as e:
-            return error_response(e)
+            return error_response(e, self.hide_paths)
         return json_response({"name": model.name, "ready": True})
 
     async def model_config(self, request: Request) -> Response:
@@ -192,7 +208,8 @@ class LoopserveApp:
             except (msgspec.DecodeError, AttributeError, RecursionError):
                 return json_response({"error": "repository index body must be a JSON object like "
                                                '{"ready": true}, or empty'}, 400)
-        states = self.repository.index()
+        states = [msgspec.structs.replace(s, reason=self.hide_paths(s.reason)) if s.reason else s
+                  for s in self.repository.index()]
         if ready_only:
             states = [s for s in states if s.state == "READY"]
         return json_response(states)

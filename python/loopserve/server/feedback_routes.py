@@ -102,7 +102,7 @@ class FeedbackRoutes:
         items = decode_feedback(await read_body(request.receive, MAX_FEEDBACK_BYTES))
         result, joined = mf.join(items)  # in memory, on the loop: microseconds per label
         if joined and mf.spill is not None:
-            await run_in_threadpool(mf.spill.write, joined)  # file appends, off the loop
+            await run_in_threadpool(self.store.spill, name, joined)  # file appends, off the loop
         return Response(msgspec.json.encode(result), media_type="application/json")
 
     async def get(self, request: Request) -> Response:

@@ -32,8 +32,9 @@ from loopserve.server.admission import LoopLag, Overloaded
 from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
-from loopserve.server.protocol import decode_request, encode_response
-from loopserve.server.wire import INFER_PATH, answer_headers, headers_of, scheduling_of, send_response, serve_asgi
+from loopserve.server.protocol import encode_response
+from loopserve.server.wire import (INFER_PATH, answer_headers, decode_and_submit, headers_of, scheduling_of,
+                                   send_response, serve_asgi)
 
 log = logging.getLogger("loopserve.frontend")
 
@@ -187,10 +188,12 @@ class FrontendApp:
 
     def submit(self, header_length: int | None, name: str, version: str | None, body: bytes, start: float):
         if header_length == 0:
-            request, inputs, raw = None, [("", np.frombuffer(body, np.uint8))], True
-        else:
-            request, arrays = decode_request(body, header_length)
-            inputs, raw = list(arrays.items()), False
+            return self._submit(name, version, start, None, {"": np.frombuffer(body, np.uint8)}, raw=True)
+        return decode_and_submit(body, header_length, functools.partial(self._submit, name, version, start),
+                                 lambda exc: self.refusal(exc, name))
+
+    def _submit(self, name: str, version: str | None, start: float, request, arrays, raw: bool = False):
+        inputs = list(arrays.items())
         params = request.parameters if request is not None else None
         priority, timeout_us, key = scheduling_of(params)
         group = params.get("group") if params else None
@@ -236,15 +239,23 @@ class FrontendApp:
     # -- everything else: forwarded to the engine -------------------------------------------
 
     async def forward(self, scope, receive, send) -> None:
+        import httpx
+
         try:
             body = await read_body(receive, body_limit(scope["path"], self.max_body_bytes))
         except BodyTooLarge as exc:
             await send_response(send, 413, _JSON, error_body(str(exc)))
             return
-        path = scope["path"] + (("?" + scope["query_string"].decode("latin-1")) if scope["query_string"] else "")
+        # The path as the client sent it (still percent-encoded): decoded, %0D or %01 is no URL.
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        path = raw_path.decode("latin-1") + (("?" + scope["query_string"].decode("latin-1"))
+                                             if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_HEADERS]
         try:
             response = await self._request(scope["method"], path, headers, body)
+        except httpx.InvalidURL as exc:  # raw bytes a URL cannot carry: the client's mistake
+            await send_response(send, 400, _JSON, error_body(f"the request's path or query is not a valid URL: {exc}"))
+            return
         except Exception as exc:  # the engine is gone
             await send_response(send, 503, _JSON + _RETRY[503],
                                 error_body(f"the server's engine process did not answer: {exc}"))

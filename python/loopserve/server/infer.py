@@ -18,8 +18,8 @@ from loopserve.errors import InvalidInput, LoopserveError, ModelError
 from loopserve.server.admission import LoopLag, Overloaded
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
-from loopserve.server.wire import answer_headers, headers_of, scheduling_of, serve_asgi
-from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, decode_request, encode_response
+from loopserve.server.wire import answer_headers, decode_and_submit, headers_of, scheduling_of, serve_asgi
+from loopserve.server.protocol import NUMPY_DTYPES, ProtocolError, decode_raw, encode_response
 from loopserve.serving.model import Model
 from loopserve.serving.repository import ModelRepository
 from loopserve.serving.router import VersionRouter
@@ -68,6 +68,7 @@ class InferEndpoint:
         self.max_body_bytes = max_body_bytes
         self.admission = admission
         self.feedback = repository.services.feedback  # feedback: predictions recorded by request id
+        self.hide_paths = str  # the app's: error messages name no server directory (http_errors.path_hider)
 
     async def __call__(self, scope, receive, send, name: str, version: str | None) -> None:
         await serve_asgi(self, scope, receive, send, name, version)
@@ -84,9 +85,11 @@ class InferEndpoint:
     def submit(self, context, name: str, version: str | None, body: bytes, start: float):
         router, header_length = context
         if header_length == 0:
-            request, arrays = None, _raw_input(self.repository.get(name, version), body)
-        else:
-            request, arrays = decode_request(body, header_length)
+            return self._submit(router, name, version, start, None, _raw_input(self.repository.get(name, version), body))
+        return decode_and_submit(body, header_length, functools.partial(self._submit, router, name, version, start),
+                                 lambda exc: self.refusal(exc, name))
+
+    def _submit(self, router: VersionRouter, name: str, version: str | None, start: float, request, arrays):
         params = request.parameters if request is not None else None
         priority, timeout_us, key = scheduling_of(params)
         # From here to the submit nothing awaits: the version chosen is still loaded.
@@ -140,7 +143,7 @@ class InferEndpoint:
         if status == 500:
             log.error("infer failed", extra={"model": name, "error": str(exc)},
                       exc_info=not isinstance(exc, ModelError))
-        return status, [*_JSON, *extra], error_body(str(exc))
+        return status, [*_JSON, *extra], error_body(self.hide_paths(str(exc)))
 
 
 def _send_shadow(router, model: Model, arrays) -> None:

@@ -40,6 +40,7 @@ class LimitedHttpToolsProtocol(InferFastPath):
         self._timer = None
         self._head_bytes = 0
         self._in_head = True  # reading a request's head (or waiting for its first byte)
+        self._idle = False  # the timer running is _idle_timed_out's
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -65,7 +66,7 @@ class LimitedHttpToolsProtocol(InferFastPath):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._timer is None:
+        if self._timer is None or self._idle:
             self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def on_headers_complete(self) -> None:
@@ -78,7 +79,26 @@ class LimitedHttpToolsProtocol(InferFastPath):
     def on_message_complete(self) -> None:
         self._disarm()
         self._in_head, self._head_bytes = True, 0  # the next request's head (keep-alive)
+        answered = self.cycle is not None and self.cycle.response_complete
         super().on_message_complete()
+        if answered and not self.transport.is_closing():
+            # Answered before its body had all arrived (413): the body's last bytes cancelled
+            # uvicorn's keep-alive timer, and nothing else would close the idle connection.
+            self._arm(self.limits.keep_alive_s, self._idle_timed_out)
+            self._idle = True
+
+    def shutdown(self) -> None:
+        """On SIGTERM: a request whose body is still arriving has not started; refused at once
+        (503), so that a client stalled mid-body does not hold the drain for graceful_shutdown_s."""
+        cycle = self.cycle
+        if cycle is not None and not self._in_head and not cycle.response_started:
+            self._refuse(503, "Service Unavailable", "the server is shutting down; retry the request")
+            return
+        super().shutdown()
+
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        self.transport.close()
 
     def _head_timed_out(self) -> None:
         self._timer = None
@@ -109,6 +129,7 @@ class LimitedHttpToolsProtocol(InferFastPath):
         self._timer = self.loop.call_later(seconds, callback)
 
     def _disarm(self) -> None:
+        self._idle = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

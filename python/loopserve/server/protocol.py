@@ -29,6 +29,7 @@ import numpy as np
 
 from loopserve.backends.base import NUMPY_DTYPES as _MODEL_DTYPES
 from loopserve.errors import LoopserveError
+from loopserve.server import json_slices
 
 try:
     import ml_dtypes
@@ -36,7 +37,7 @@ except ImportError:  # BF16 is optional; without it a BF16 tensor is refused by 
     ml_dtypes = None
 
 __all__ = ["RequestInput", "RequestOutput", "InferRequest", "ResponseOutput", "InferResponse", "ProtocolError",
-           "NUMPY_DTYPES", "datatype_of", "decode_request", "decode_raw", "encode_response"]
+           "NUMPY_DTYPES", "datatype_of", "decode_request", "decode_request_in_slices", "decode_raw", "encode_response"]
 
 
 # --- messages ---------------------------------------------------------------------------
@@ -96,7 +97,19 @@ class ProtocolError(LoopserveError):
     status = 400
 
 
+class _RawDataRequest(msgspec.Struct):
+    """InferRequest with each input's data left as raw JSON (decoded in slices off the loop)."""
+    inputs: list[json_slices.RawInput]
+    id: Annotated[str, msgspec.Meta(max_length=MAX_REQUEST_ID_LENGTH)] | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[RequestOutput] | None = None
+
+
+# Bodies this large are decoded on a worker thread (wire.decode_and_submit).
+OFF_LOOP_BYTES = 1 << 20
+
 _request_decoder = msgspec.json.Decoder(InferRequest)
+_raw_request_decoder = msgspec.json.Decoder(_RawDataRequest)
 _encoder = msgspec.json.Encoder()
 _u32 = struct.Struct("<I")
 
@@ -158,13 +171,36 @@ def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple
     from binary data are zero-copy views of ``body``: read-only when it is bytes, and not
     necessarily aligned (they start wherever the JSON ends).
     """
+    view, header_length = _split(body, header_length)
+    request = _decode_json(_request_decoder, view[:header_length] if header_length < len(view) else body)
+    return request, _tensors(request, view[header_length:])
+
+
+def decode_request_in_slices(body: bytes | memoryview,
+                             header_length: int | None) -> tuple[InferRequest, dict[str, np.ndarray]]:
+    """decode_request for a worker thread (wire.decode_and_submit sends bodies of OFF_LOOP_BYTES
+    or more there): the same answer, with each input's JSON data decoded in slices
+    (server/json_slices.py), so the GIL comes back to the event loop between them."""
+    view, header_length = _split(body, header_length)
+    raw = _decode_json(_raw_request_decoder, view[:header_length])
+    inputs = [RequestInput(i.name, i.shape, i.datatype, i.parameters, json_slices.data_of(i.data, i.datatype))
+              for i in raw.inputs]
+    request = InferRequest(inputs, raw.id, raw.parameters, raw.outputs)
+    return request, _tensors(request, view[header_length:])
+
+
+def _split(body: bytes | memoryview, header_length: int | None) -> tuple[memoryview, int]:
     view = memoryview(body)
     if header_length is None:
         header_length = len(view)
     elif not 0 <= header_length <= len(view):
         raise ProtocolError(f"Inference-Header-Content-Length {header_length} is outside the body of {len(view)} bytes")
+    return view, header_length
+
+
+def _decode_json(decoder: msgspec.json.Decoder, json_part):
     try:
-        request = _request_decoder.decode(view[:header_length] if header_length < len(view) else body)
+        return decoder.decode(json_part)
     except msgspec.ValidationError as e:
         raise ProtocolError(f"invalid inference request: {e}") from None
     except msgspec.DecodeError as e:
@@ -172,7 +208,8 @@ def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple
     except RecursionError:
         raise ProtocolError(TOO_DEEP) from None
 
-    binary = view[header_length:]
+
+def _tensors(request: InferRequest, binary: memoryview) -> dict[str, np.ndarray]:
     offset = 0
     arrays: dict[str, np.ndarray] = {}
     for inp in request.inputs:
@@ -193,7 +230,7 @@ def decode_request(body: bytes | memoryview, header_length: int | None) -> tuple
     if offset != len(binary):
         raise ProtocolError(f"the binary part has {len(binary)} bytes but the inputs' binary_data_size "
                             f"add up to {offset}; {len(binary) - offset} bytes are left over")
-    return request, arrays
+    return arrays
 
 
 def decode_raw(body: bytes | memoryview, name: str, datatype: str, shape: list[int]) -> np.ndarray:
@@ -268,15 +305,18 @@ _FOUND_TYPE = {bool: "booleans", float: "non-integer numbers", str: "strings", t
 
 def _from_json(inp: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
     name, datatype, shape, data = inp.name, inp.datatype, inp.shape, inp.data
-    if not isinstance(data, list):
+    if isinstance(data, np.ndarray):  # decoded in slices (json_slices): what np.asarray(data) gives
+        values = data
+    elif not isinstance(data, list):
         raise ProtocolError(f"input '{name}': data must be a JSON array, got {type(data).__name__}")
-    if datatype == "BYTES":
+    elif datatype == "BYTES":
         return _json_bytes(data, name, shape, count)
-    try:
-        # numpy infers bool, int64, uint64, float64, str or object: that tells us what the JSON held
-        values = np.asarray(data)
-    except ValueError as e:
-        raise ProtocolError(f"input '{name}': data is not a regular array of {datatype} values ({e})") from None
+    else:
+        try:
+            # numpy infers bool, int64, uint64, float64, str or object: that tells us what the JSON held
+            values = np.asarray(data)
+        except ValueError as e:
+            raise ProtocolError(f"input '{name}': data is not a regular array of {datatype} values ({e})") from None
     _check_count(name, shape, count, values.size)
     if count == 0:
         return np.empty(shape, dtype=dtype)
@@ -294,10 +334,11 @@ def _from_json(inp: RequestInput, dtype: np.dtype, count: int) -> np.ndarray:
     return values.astype(dtype, copy=False).reshape(shape)
 
 
-def _json_ints(values: np.ndarray, data: list, name: str, datatype: str, dtype: np.dtype) -> np.ndarray:
+def _json_ints(values: np.ndarray, data: list | np.ndarray, name: str, datatype: str, dtype: np.dtype) -> np.ndarray:
     if values.dtype.kind not in "iu":
         # numpy infers float64 (or object) for ints past int64 mixed with others, so look at each
-        return _exact_ints(_leaves(data), name, datatype, dtype)
+        items = data.tolist() if isinstance(data, np.ndarray) else _leaves(data)
+        return _exact_ints(items, name, datatype, dtype)
     if values.dtype != dtype:
         _check_range(values.min(), values.max(), name, datatype)
     return values.astype(dtype, copy=False)

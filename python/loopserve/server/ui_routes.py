@@ -1,7 +1,7 @@
 """The web UI: its pages at /ui (static files) and the JSON routes they read under /ui/api.
 
-Reading needs no token; promote and roll back need the management token, as the traffic
-route does. Pages also read the existing routes: /v2/models/{m}/drift, /v2/models/{m}/feedback,
+Reading needs no token, except the drift histogram (drift data, guarded as the drift report is);
+promote and roll back need the management token, as the traffic route does. Pages also read the existing routes: /v2/models/{m}/drift, /v2/models/{m}/feedback,
 and POST /v2/models/{m}/traffic (weights). README.md lists every route the pages read.
 """
 
@@ -68,7 +68,9 @@ class UiRoutes:
         return _json(live_views.models_view(self.repository, self.metrics, alerts))
 
     async def histogram(self, request: Request) -> Response:
-        """Query: feature=NAME (required), version=V (default: the stable version)."""
+        """Query: feature=NAME (required), version=V (default: the stable version). Drift data:
+        the management token, as the drift report."""
+        self.authorize(request)
         name = request.path_params["model"]
         feature = request.query_params.get("feature")
         if not feature:

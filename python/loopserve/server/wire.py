@@ -9,6 +9,7 @@ written without I/O, so that the ASGI route (`serve_asgi`) and the protocol-leve
   head(name, headers) -> context          the request's head; raises a refusal (4xx) early
   submit(context, name, version, body, start) -> (pending, finish)
                                           decode and hand off; raises a refusal
+                                          (decode_and_submit: large bodies decode off the loop)
   finish(pending) -> (status, headers, body)   once `pending` is done; never raises
   refusal(exc, name) -> (status, headers, body)
   max_body_bytes
@@ -21,7 +22,8 @@ import re
 import time
 
 from loopserve.server.body import read_body
-from loopserve.server.protocol import ProtocolError
+from loopserve.server import protocol
+from loopserve.server.protocol import ProtocolError, decode_request, decode_request_in_slices
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -100,3 +102,54 @@ async def serve_asgi(handler, scope, receive, send, name: str, version: str | No
             answer = finish(pending)
         status, headers, payload = answer
     await send_response(send, status, headers, payload)
+
+
+def decode_and_submit(body: bytes, header_length: int | None, submit, refusal):
+    """A handler's submit step for a JSON or binary-extension body: `submit(request, arrays)` ->
+    (pending, finish) once decoded. A body under protocol.OFF_LOOP_BYTES decodes inline; a larger
+    one on a worker thread, its JSON data in slices, so that one large request does not stall
+    every other connection of the process while it decodes (then `submit` runs on the loop, and
+    `refusal(exc)` answers what decoding or submit refused)."""
+    if len(body) < protocol.OFF_LOOP_BYTES:
+        return submit(*decode_request(body, header_length))
+    return _DecodedOffLoop(submit, refusal).start(body, header_length)
+
+
+class _DecodedOffLoop:
+    """One request decoded on a worker thread, then submitted. Its `pending` is done once the
+    submitted request's is; `finish` is the submitted request's (or the refusal). On the loop's thread."""
+
+    def __init__(self, submit, refusal):
+        self.submit, self.refusal = submit, refusal
+        self.pending = self.inner = self.inner_finish = self.error = None
+        self.abandoned = False
+
+    def start(self, body, header_length):
+        loop = asyncio.get_running_loop()
+        self.pending = loop.create_future()
+        decoding = loop.run_in_executor(None, decode_request_in_slices, body, header_length)
+        decoding.add_done_callback(self._decoded)
+        return self.pending, self.finish
+
+    def _decoded(self, decoding) -> None:
+        if self.abandoned:  # the server stopped meanwhile: nobody to answer, nothing submitted
+            return
+        try:
+            self.inner, self.inner_finish = self.submit(*decoding.result())
+        except Exception as exc:
+            self.error = exc
+            self._done()
+            return
+        self.inner.add_done_callback(self._done)
+
+    def _done(self, _=None) -> None:
+        if not self.pending.done():
+            self.pending.set_result(None)
+
+    def finish(self, _pending):
+        if self.inner_finish is not None:
+            return self.inner_finish(self.inner)
+        if self.error is not None:
+            return self.refusal(self.error)
+        self.abandoned = True
+        return None

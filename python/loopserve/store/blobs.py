@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from pathlib import Path
 
 from loopserve.errors import LoopserveError
@@ -22,12 +23,32 @@ class IntegrityError(LoopserveError):
     """A blob's bytes no longer match its sha256 (tampered, truncated or missing)."""
 
 
+# A temporary file untouched for this long was left by a writer killed mid-write (SIGKILL, power
+# loss): a live writer touches its file with every chunk.
+STALE_TMP_S = 3600
+_swept: set[Path] = set()  # the roots this process has swept (once each)
+
+
+def sweep_stale_temporaries(root: Path) -> int:
+    """Removes `.tmp-*` files older than STALE_TMP_S under a blob root; how many."""
+    now, removed = time.time(), 0
+    for tmp in [*root.glob(".tmp-*"), *root.glob("*/.tmp-*")]:
+        with contextlib.suppress(OSError):
+            if now - tmp.lstat().st_mtime > STALE_TMP_S:
+                tmp.unlink()
+                removed += 1
+    return removed
+
+
 class BlobStore:
     """Thread- and process-safe: blobs are immutable and every write is an atomic rename."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.root.resolve() not in _swept:
+            _swept.add(self.root.resolve())
+            sweep_stale_temporaries(self.root)
 
     def path(self, digest: str) -> Path:
         _check_digest(digest)

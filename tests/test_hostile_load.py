@@ -1,0 +1,154 @@
+"""Hardening (issue 12) under load a client makes on purpose: one large JSON body must not stall
+every other connection while it decodes. A real server on a loopback port, one process and an
+engine with two front ends (fixture `serve`)."""
+
+import http.client
+import os
+import socket
+import threading
+import time
+
+import msgspec
+import numpy as np
+
+from loopserve import zoo
+from loopserve.server.app import LoopserveApp
+from test_hardening import infer_body
+
+
+def test_a_large_json_body_decodes_while_small_requests_are_answered(serve, mlp_repository):
+    """Point 6: decoding ran on the event loop; a 51 MB JSON body stalled every client of that
+    process for as long as it took (1.3 s). Now a body past protocol.OFF_LOOP_BYTES decodes on a
+    worker thread, its data in slices: small requests on other connections of the same process
+    keep being answered until the large one is. Six connections, so that with two front ends
+    some share the large request's process."""
+    server = serve(LoopserveApp(mlp_repository))
+    rows = 100_000  # about 40 MB of JSON: the decode takes a good part of a second, or more
+    data = np.random.default_rng(6).standard_normal(rows * 32).astype(np.float32).tolist()
+    big = msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [rows, 32], "datatype": "FP32", "data": data}]})
+    del data
+    small = infer_body()
+    big_done = threading.Event()
+    answered_during: list[int] = []
+
+    def small_client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        conn.request("POST", "/v2/models/mlp/infer", small)  # connected (and a front end chosen) first
+        assert conn.getresponse().read()
+        sent_big.wait(120)
+        count = 0
+        while not big_done.is_set():
+            conn.request("POST", "/v2/models/mlp/infer", small)
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+            count += not big_done.is_set()
+        conn.close()
+        answered_during.append(count)
+
+    sent_big = threading.Event()
+    clients = [threading.Thread(target=small_client) for _ in range(6)]
+    for t in clients:
+        t.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    conn.putrequest("POST", "/v2/models/mlp/infer")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(big)))
+    conn.endheaders()
+    conn.send(big)
+    sent_big.set()
+    response = conn.getresponse()
+    raw = response.read()
+    big_done.set()
+    conn.close()
+    for t in clients:
+        t.join(120)
+    # It decoded (then the model refused 100,000 rows: its max_batch_size is 64, a 400 that names it).
+    assert response.status == 400 and b"batch" in raw, (response.status, raw[:300])
+    # Every connection, whichever process it reached, was answered again and again meanwhile.
+    assert len(answered_during) == 6 and min(answered_during) >= 10, answered_during
+    assert server.request("POST", "/v2/models/mlp/infer", small)[0] == 200
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def server_pids(server) -> list[int]:
+    """This process (the one-process server, or the engine) and the front ends."""
+    if server.engine is None:
+        return [os.getpid()]
+    return [os.getpid(), *(f.process.pid for f in server.engine.supervisor.frontends.values())]
+
+
+def hostile_round(server, connections=40):
+    """Idle connections, heads that never end, bodies that stall or run past the route's limit,
+    and more connections than the server takes; every socket closed at the end."""
+    head = b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\n"
+    socks = []
+    try:
+        for i in range(connections):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            socks.append(sock)
+            kind = i % 4
+            try:
+                if kind == 1:  # a head that never ends: 431 past max_header_bytes
+                    sock.sendall(head + b"".join(b"X-Pad-%d: %s\r\n" % (j, b"a" * 200) for j in range(400)))
+                elif kind == 2:  # a body that stops halfway: 408 after body_timeout_s
+                    sock.sendall(head + b"Content-Length: 1000000\r\n\r\n" + b" " * 1000)
+                elif kind == 3:  # a body far past the route's 64 KiB: 413
+                    sock.sendall(head + b"Content-Length: 4000000\r\n\r\n" + b" " * 4_000_000)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # refused and closed early, as it should be
+        for sock in socks:  # the server answers and closes every one (its limits are 1 s): none held
+            try:
+                while sock.recv(65536):
+                    pass
+            except ConnectionResetError:
+                pass
+            except socket.timeout:
+                raise AssertionError(f"the server held hostile connection {socks.index(sock)} open") from None
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_descriptors_and_memory_return_after_hostile_clients(serve, mlp_repository):
+    """Point 1's measure: after a run of hostile connections closes, every server process holds
+    the file descriptors it held before, and its memory has not grown by what the clients sent
+    (about 50 MB a round here)."""
+    from loopserve.server.config import HttpConfig
+
+    limits = HttpConfig(header_timeout_s=1.0, body_timeout_s=1.0, keep_alive_s=1.0, max_header_bytes=16 << 10,
+                        max_connections=16)
+    server = serve(LoopserveApp(mlp_repository), http=limits)
+    # The first round's and first request's one-time allocations (buffers, caches, threads) before the baseline.
+    hostile_round(server)
+    assert server.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200
+    pids = server_pids(server)
+
+    def fds_settle_at(expected) -> bool:
+        deadline = time.monotonic() + 60  # a server closes its side as it reads each close
+        while [fd_count(pid) for pid in pids] != expected:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    time.sleep(2.5)  # past the 1 s limits: the baseline holds no connection of the warm-up
+    baseline_fds = [fd_count(pid) for pid in pids]
+    baseline_rss = [rss_bytes(pid) for pid in pids]
+    for _ in range(3):
+        hostile_round(server)
+    assert server.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200
+    assert fds_settle_at(baseline_fds), (pids, baseline_fds, [fd_count(pid) for pid in pids])
+    grown = [rss_bytes(pid) - before for pid, before in zip(pids, baseline_rss)]
+    assert max(grown) < 48 << 20, grown  # the rounds sent about 150 MB
