@@ -11,9 +11,11 @@ request is answered 429 with `Retry-After` from its head, before its body is dec
 refusal costs a parse and one write, a fraction of a served request, so the turns shorten
 until the requests that are taken are served within the budget again.
 
-Refusing buys nothing when few requests are in flight (a stall of the machine, not a backlog
-of ours: the next turn drains them anyway), so a process refuses only while it holds at least
-`http.overload_min_in_flight` infer requests. Which request is refused is whichever arrives
+Refusing buys nothing when few clients are connected (a stall of the machine, not a backlog of
+ours: the next turn drains them anyway), so a process refuses only while it holds at least
+`http.overload_min_connections` open connections. (Not requests in flight: a quick model's
+requests run at once on the loop, so past saturation the backlog is in the sockets, and the
+process holds about one request at a time.) Which request is refused is whichever arrives
 while the loop is late, from any connection: no connection is favoured.
 
 Thread-safety: the event loop's thread.
@@ -37,11 +39,15 @@ class Overloaded(LoopserveError):
 class LoopLag:
     """How far the running event loop is behind, and whether to refuse an infer request now."""
 
-    def __init__(self, budget_ms: float, min_in_flight: int, refused: dict[str, int] | None = None):
+    def __init__(self, budget_ms: float, min_connections: int, refused: dict[str, int] | None = None):
         self.budget_s = budget_ms / 1e3
         self.period_s = self.budget_s / 2
-        self.min_in_flight = min_in_flight
-        self.in_flight = 0  # infer requests handed off and not yet finished (the handler counts them)
+        self.min_connections = min_connections
+        # The process's open connections: uvicorn's set, which the fast path's protocol hands
+        # over (server/fastpath.py); until then (an app served by something else), the infer
+        # requests handed off and not yet finished, which the handler counts.
+        self.connections = None
+        self.in_flight = 0
         self.refused = {} if refused is None else refused  # by model name (ServerMetrics exposes it)
         self.lag_s = 0.0  # how late the last tick ran
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -58,7 +64,8 @@ class LoopLag:
             self._loop = loop = asyncio.get_running_loop()
             self._due = loop.time() + self.period_s
             loop.call_at(self._due, self._tick)
-        if self.in_flight >= self.min_in_flight and max(self.lag_s, loop.time() - self._due) > self.budget_s:
+        busy = self.in_flight if self.connections is None else len(self.connections)
+        if busy >= self.min_connections and max(self.lag_s, loop.time() - self._due) > self.budget_s:
             self.refused[name] = self.refused.get(name, 0) + 1
             raise Overloaded(self._message)
 

@@ -73,7 +73,7 @@ class LoopserveApp:
 
     def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20,
                  management_token: str | None = None, poll_s: float = 0.0, load_new_models: bool = True,
-                 overload_wait_ms: float = 50.0, overload_min_in_flight: int = 16):
+                 overload_wait_ms: float = 50.0, overload_min_connections: int = 16):
         self.repository = repository
         self.management_token = management_token
         self._authorize = ManagementToken(management_token).check
@@ -87,8 +87,8 @@ class LoopserveApp:
         # Awaited before the latency histograms are read (the front ends hold theirs).
         self.before_metrics: list = []
         self.ready = False
-        # Overload (server/admission.py; http.overload_wait_ms and overload_min_in_flight).
-        admission = LoopLag(overload_wait_ms, overload_min_in_flight, self.metrics.overload_refused)
+        # Overload (server/admission.py; http.overload_wait_ms and overload_min_connections).
+        admission = LoopLag(overload_wait_ms, overload_min_connections, self.metrics.overload_refused)
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes, admission)
         self.infer.hide_paths = self.hide_paths = path_hider(_server_directories(repository))
         self.fast_infer = self.infer  # the HTTP protocol runs infer without ASGI (server/fastpath.py)

@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     memfd, request_efd, response_efd, lifeline = (int(x) for x in args.fds.split(","))
     http = msgspec.json.decode(args.http, type=HttpConfig)
     app = FrontendApp((memfd, request_efd, response_efd), lifeline, args.engine_uds, args.max_body_bytes,
-                      LoopLag(http.overload_wait_ms, http.overload_min_in_flight))
+                      LoopLag(http.overload_wait_ms, http.overload_min_connections))
     server = uvicorn.Server(uvicorn.Config(
         app, loop="uvloop", lifespan="on", log_config=None, access_log=False,
         timeout_graceful_shutdown=args.graceful_shutdown_s, proxy_headers=False, server_header=False,
