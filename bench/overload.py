@@ -2,7 +2,7 @@
 
 For each loopserve server (workers 1, 2 by default; the tiny MLP, wrk with JSON bodies; a name
 ending in "-off" is that server with its admission off, http.overload_wait_ms at 10^6, the peer
-that shows what the refusals change):
+that shows what the refusals change; "-N" sets http.overload_wait_ms to N):
   1. the saturating concurrency: wrk at c = 2, 4, 8, ... 128; the smallest c whose req/s is
      within 10% of the sweep's best;
   2. then, in alternating rounds, wrk at that c and at 8 times it, counting answers by status.
@@ -114,9 +114,9 @@ def main() -> int:
         for name in args.servers.split(","):
             workers, _, variant = name[len("loopserve-w"):].partition("-")
             cmd = harness.DEFAULT_LOOPSERVE_CMD
-            if variant == "off":
-                config = work / "admission-off.yaml"
-                config.write_text("http:\n  overload_wait_ms: 1000000\n")
+            if variant:
+                config = work / f"admission-{variant}.yaml"
+                config.write_text(f"http:\n  overload_wait_ms: {1000000 if variant == 'off' else float(variant)}\n")
                 cmd += f" --config {config}"
             server = harness.loopserve_server(work / "logs", work, cmd, int(workers))
             server.start()

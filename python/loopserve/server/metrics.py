@@ -186,7 +186,7 @@ class LatencyCollector(Collector):
 
 
 class OverloadCollector(Collector):
-    """Infer requests refused by a front end's admission (server/admission.py), per model:
+    """Infer requests refused by an HTTP process's admission (server/admission.py), per model:
     refused from their heads, before any version was chosen, so not in Triton's per-version
     nv_inference_request_failure{reason="REJECTED"}, which counts the batcher's refusals."""
 
