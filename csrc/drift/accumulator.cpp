@@ -141,30 +141,53 @@ struct Vectors<double> {
   using Mask = I64x4;
 };
 
+// G edges at once: each vector of values is loaded once for G edges, whose broadcasts, counts
+// and sums stay in registers (G = 5 needs 17 of AVX2's 16, yet measured faster than 4 on the
+// 10-bin benchmark), rather than once per edge. Each lane adds its terms in the same order as
+// one edge at a time would, so the sums are the same bit for bit.
+template <int G, typename C>
+inline __attribute__((always_inline)) void count_and_sum_edges(const C* values, const C* d, int64_t m,
+                                                               const C* edges, uint64_t* at_least,
+                                                               double* sum_at_least) {
+  using V = typename Vectors<C>::Value;
+  using M = typename Vectors<C>::Mask;
+  constexpr int W = Vectors<C>::kWidth;
+  V e[G], s[G];
+  M c[G];
+  for (int j = 0; j < G; ++j) e[j] = V{} + edges[j], s[j] = V{}, c[j] = M{};  // broadcast
+  for (int64_t i = 0; i < m; i += W) {
+    V v, x;
+    std::memcpy(&v, values + i, sizeof v);
+    std::memcpy(&x, d + i, sizeof x);
+    for (int j = 0; j < G; ++j) {
+      const M ge = v >= e[j];  // all ones where v >= e
+      c[j] -= ge;
+      s[j] += (V)((M)x & ge);  // vector casts reinterpret the bits
+    }
+  }
+  for (int j = 0; j < G; ++j) {
+    uint64_t count = 0;
+    double total = 0.0;
+    for (int l = 0; l < W; ++l) count += static_cast<uint64_t>(c[j][l]), total += static_cast<double>(s[j][l]);
+    at_least[j] = count;
+    sum_at_least[j] = total;
+  }
+}
+
 template <typename C>
 LOOPSERVE_WITH_AVX2
 void count_and_sum_at_least(const C* values, const C* d, int64_t m, const C* edges, size_t n_edges,
                             uint64_t* at_least, double* sum_at_least) {
-  using V = typename Vectors<C>::Value;
-  using M = typename Vectors<C>::Mask;
-  constexpr int W = Vectors<C>::kWidth;
-  for (size_t k = 0; k < n_edges; ++k) {
-    const V e = V{} + edges[k];  // broadcast
-    M c = {};
-    V s = {};
-    for (int64_t i = 0; i < m; i += W) {
-      V v, x;
-      std::memcpy(&v, values + i, sizeof v);
-      std::memcpy(&x, d + i, sizeof x);
-      const M ge = v >= e;  // all ones where v >= e
-      c -= ge;
-      s += (V)((M)x & ge);  // vector casts reinterpret the bits
-    }
-    uint64_t count = 0;
-    double total = 0.0;
-    for (int j = 0; j < W; ++j) count += static_cast<uint64_t>(c[j]), total += static_cast<double>(s[j]);
-    at_least[k] = count;
-    sum_at_least[k] = total;
+  constexpr int kGroup = 5;
+  size_t k = 0;
+  for (; k + kGroup <= n_edges; k += kGroup)
+    count_and_sum_edges<kGroup>(values, d, m, edges + k, at_least + k, sum_at_least + k);
+  switch (n_edges - k) {  // the rest, also in one pass
+    case 4: return count_and_sum_edges<4>(values, d, m, edges + k, at_least + k, sum_at_least + k);
+    case 3: return count_and_sum_edges<3>(values, d, m, edges + k, at_least + k, sum_at_least + k);
+    case 2: return count_and_sum_edges<2>(values, d, m, edges + k, at_least + k, sum_at_least + k);
+    case 1: return count_and_sum_edges<1>(values, d, m, edges + k, at_least + k, sum_at_least + k);
+    default: return;
   }
 }
 
@@ -213,15 +236,21 @@ uint64_t block_moments(const C* values, int64_t m, C sum_pivot, C* d, double* pi
       count[j] += static_cast<double>(mask[i + j]);
     }
   // Min and max over the raw values: a NaN compares false and is passed over; an infinity
-  // would win, so the rare block that holds one is redone below on its finite values.
-  C lo[kLanes], hi[kLanes];
-  for (int j = 0; j < kLanes; ++j) lo[j] = kInf, hi[j] = -kInf;
+  // would win, so the rare block that holds one is redone below on its finite values. In vector
+  // selects: written per lane, the compiler keeps this loop scalar (a NaN must not win).
+  using V = typename Vectors<C>::Value;
+  constexpr int W = Vectors<C>::kWidth;
+  V lo_v[kLanes / W], hi_v[kLanes / W];
+  for (int u = 0; u < kLanes / W; ++u) lo_v[u] = V{} + kInf, hi_v[u] = V{} - kInf;
   for (int64_t i = 0; i < padded; i += kLanes)
-    for (int j = 0; j < kLanes; ++j) {
-      const C v = values[i + j];
-      lo[j] = v < lo[j] ? v : lo[j];
-      hi[j] = v > hi[j] ? v : hi[j];
+    for (int u = 0; u < kLanes / W; ++u) {
+      V v;
+      std::memcpy(&v, values + i + u * W, sizeof v);
+      lo_v[u] = v < lo_v[u] ? v : lo_v[u];
+      hi_v[u] = v > hi_v[u] ? v : hi_v[u];
     }
+  C lo[kLanes], hi[kLanes];
+  for (int j = 0; j < kLanes; ++j) lo[j] = lo_v[j / W][j % W], hi[j] = hi_v[j / W][j % W];
   double total = 0.0, sq = 0.0, n = 0.0;
   C low = kInf, high = -kInf;
   for (int j = 0; j < kLanes; ++j) {

@@ -15,6 +15,12 @@
 //   level 0 only means fewer (weight-1) compactions, so the bound holds as before (measured:
 //   mean and 99th-percentile errors no worse) for about kLevel0Width more items. It also means
 //   fewer, larger compactions: deep sketches used to compact every ~14 values.
+// - Level 0 also compacts once it holds kLevel0Most items, even while the levels above have
+//   room (as KLL without lazy compaction would at its capacity): sorting level 0 is most of an
+//   update's cost, and growing n log n, it is cheaper in runs of ~128 than of the ~300 lazy
+//   compaction lets level 0 reach at k = 400 (measured: 10.4 -> 9.0 ns a value for 20 sketches
+//   of 8,000 values each). A compaction of weight 1 moves a rank by at most 1, and each still
+//   involves at least level 0's capacity, so the bound holds as before.
 // - update() only appends to level 0: the count and retained size follow from the level
 //   sizes, min and max are taken from level 0 as it is sorted (or from its items when asked),
 //   so the hot loop carries no running min, max or counters through memory.
@@ -51,6 +57,7 @@ class KllSketch {
   static constexpr uint16_t kDefaultK = 200;
   static constexpr uint32_t kMinWidth = 8;
   static constexpr uint32_t kLevel0Width = 96;  // level 0 never holds fewer (see above)
+  static constexpr uint32_t kLevel0Most = 128;   // level 0 compacts at this size (or its capacity, if more)
 
   explicit KllSketch(uint16_t k = kDefaultK, uint64_t seed = 0x9E3779B97F4A7C15ull) : k_(k), rng_(seed | 1) {
     if (k < kMinWidth) throw std::invalid_argument("KllSketch: k must be at least 8");
@@ -239,9 +246,11 @@ class KllSketch {
     return hi;
   }
 
-  // Compress when the retained items pass the total capacity: when level 0 reaches this size.
+  // Compress when the retained items pass the total capacity, or level 0 its most
+  // (kLevel0Most, or its capacity if more): when level 0 reaches this size.
   void set_level0_limit() {
-    level0_limit_ = total_capacity_ >= upper_retained_ ? total_capacity_ - upper_retained_ + 1 : 0;
+    const size_t lazy = total_capacity_ >= upper_retained_ ? total_capacity_ - upper_retained_ + 1 : 0;
+    level0_limit_ = std::min(lazy, std::max<size_t>(capacities_[0], kLevel0Most));
   }
 
   // Level h of H holds at most k * (2/3)^(H-1-h) items (the top level k), and never fewer
