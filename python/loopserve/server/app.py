@@ -73,7 +73,7 @@ class LoopserveApp:
 
     def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20,
                  management_token: str | None = None, poll_s: float = 0.0, load_new_models: bool = True,
-                 overload_wait_ms: float = 50.0, overload_min_connections: int = 16):
+                 overload_wait_ms: float = 50.0, overload_min_connections: int = 64):
         self.repository = repository
         self.management_token = management_token
         self._authorize = ManagementToken(management_token).check
