@@ -1,6 +1,8 @@
 """Overload (issue 11, point 3): past saturation, excess requests are refused fast.
 
-For each loopserve server (workers 1, 2 by default; the tiny MLP, wrk with JSON bodies):
+For each loopserve server (workers 1, 2 by default; the tiny MLP, wrk with JSON bodies; a name
+ending in "-off" is that server with its admission off, http.overload_wait_ms at 10^6, the peer
+that shows what the refusals change; "-N" sets http.overload_wait_ms to N):
   1. the saturating concurrency: wrk at c = 2, 4, 8, ... 128; the smallest c whose req/s is
      within 10% of the sweep's best;
   2. then, in alternating rounds, wrk at that c and at 8 times it, counting answers by status.
@@ -16,7 +18,7 @@ Reported per server (medians over the rounds):
                 dynamic_batching.max_queue_wait_us, 1 s by default); socket errors and timeouts
                 (wrk's 5 s) are counted too (must be 0)
 
-    .venv/bin/python bench/overload.py [--servers loopserve-w1,loopserve-w2] [--rounds 3] [--seconds 4]
+    .venv/bin/python bench/overload.py [--servers loopserve-w1,loopserve-w1-off,...] [--rounds 3] [--seconds 4]
 """
 
 from __future__ import annotations
@@ -110,8 +112,13 @@ def main() -> int:
         (work / "logs").mkdir()
         script = overload_script(work)
         for name in args.servers.split(","):
-            server = harness.loopserve_server(work / "logs", work, harness.DEFAULT_LOOPSERVE_CMD,
-                                              int(name[len("loopserve-w"):]))
+            workers, _, variant = name[len("loopserve-w"):].partition("-")
+            cmd = harness.DEFAULT_LOOPSERVE_CMD
+            if variant:
+                config = work / f"admission-{variant}.yaml"
+                config.write_text(f"http:\n  overload_wait_ms: {1000000 if variant == 'off' else float(variant)}\n")
+                cmd += f" --config {config}"
+            server = harness.loopserve_server(work / "logs", work, cmd, int(workers))
             server.start()
             try:
                 why = server.ready(120)
@@ -136,14 +143,15 @@ def main() -> int:
             if not sat or not over:
                 continue
             rows.append((name, c_sat, sat, over))
-    print(f"\n{'server':<14}{'c sat':>6}{'req/s sat':>10}{'p99 sat':>9}{'req/s 8x':>9}{'p99 200 @8x':>12}"
+    print(f"\n{'server':<18}{'c sat':>6}{'refused sat':>12}{'req/s sat':>10}{'p99 sat':>9}{'req/s 8x':>9}{'p99 200 @8x':>12}"
           f"{'ratio':>7}{'refused':>9}{'no R-A':>7}{'max ms':>8}{'errors':>7}")
     for name, c_sat, sat, over in rows:
         p99_sat = statistics.median(r["p99_us"] for r in sat) / 1e3
         p99_ok = statistics.median(r["p99_ok_bound_us"] for r in over) / 1e3
         ratios = [o["p99_ok_bound_us"] / s["p99_us"] for s, o in zip(sat, over) if s["p99_us"]]
         refused = sum(r["refused"] for r in over) / max(1, sum(r["requests"] for r in over))
-        print(f"{name:<14}{c_sat:>6}{statistics.median(r['req_s'] for r in sat):>10.0f}{p99_sat:>9.2f}"
+        refused_sat = sum(r["refused"] for r in sat) / max(1, sum(r["requests"] for r in sat))
+        print(f"{name:<18}{c_sat:>6}{refused_sat:>12.1%}{statistics.median(r['req_s'] for r in sat):>10.0f}{p99_sat:>9.2f}"
               f"{statistics.median(r['req_s'] for r in over):>9.0f}{p99_ok:>12.2f}"
               f"{statistics.median(ratios):>7.2f}{refused:>9.1%}{sum(r['no_retry_after'] for r in over):>7}"
               f"{max(r['max_us'] for r in over) / 1e3:>8.1f}"

@@ -26,6 +26,7 @@ from loopserve.server.feedback_routes import FeedbackRoutes
 from loopserve.server.auth import ManagementToken
 from loopserve.server.body import SMALL_BODY_BYTES, read_body
 from loopserve.server.http_errors import error_body, path_hider, status_of
+from loopserve.server.admission import LoopLag
 from loopserve.server.infer import InferEndpoint
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.protocol import ProtocolError
@@ -71,7 +72,8 @@ class LoopserveApp:
     """The ASGI application. Thread-safe as far as uvicorn needs: one event loop drives it."""
 
     def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20,
-                 management_token: str | None = None, poll_s: float = 0.0, load_new_models: bool = True):
+                 management_token: str | None = None, poll_s: float = 0.0, load_new_models: bool = True,
+                 overload_wait_ms: float = 50.0, overload_min_connections: int = 64):
         self.repository = repository
         self.management_token = management_token
         self._authorize = ManagementToken(management_token).check
@@ -85,7 +87,9 @@ class LoopserveApp:
         # Awaited before the latency histograms are read (the front ends hold theirs).
         self.before_metrics: list = []
         self.ready = False
-        self.infer = InferEndpoint(repository, self.metrics, max_body_bytes)
+        # Overload (server/admission.py; http.overload_wait_ms and overload_min_connections).
+        admission = LoopLag(overload_wait_ms, overload_min_connections, self.metrics.overload_refused)
+        self.infer = InferEndpoint(repository, self.metrics, max_body_bytes, admission)
         self.infer.hide_paths = self.hide_paths = path_hider(_server_directories(repository))
         self.fast_infer = self.infer  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),

@@ -33,6 +33,16 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     keep_alive_s: Annotated[float, Meta(gt=0)] = 5.0
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 << 10
     max_connections: Annotated[int, Meta(ge=1)] = 2048
+    # Overload (server/admission.py): while a process's event loop runs more than
+    # overload_wait_ms behind (how long a request waits before the process can read it), an
+    # infer request is refused at once with 429 and Retry-After, before its body is decoded;
+    # only while the process holds at least overload_min_connections open connections (a stall
+    # with fewer clients is no backlog to shed: a turn of 64 requests takes a few ms, so a loop
+    # later than the budget with fewer is a stall, such as a hot swap or a busy machine, not
+    # overload). 50 ms: well inside the batcher's 1 s queue timeout, and above how late the loop
+    # ran on a loaded 2-core box far past saturation (DESIGN.md, "Overload").
+    overload_wait_ms: Annotated[float, Meta(gt=0)] = 50.0
+    overload_min_connections: Annotated[int, Meta(ge=1)] = 64
 
     def channel_size(self) -> int:
         return self.channel_bytes or 2 * self.max_body_bytes + (1 << 20)

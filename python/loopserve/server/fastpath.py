@@ -187,6 +187,9 @@ class InferFastPath(HttpToolsProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.fast_infer = fast_infer_handler(self.app)
+        admission = getattr(self.fast_infer, "admission", None)
+        if admission is not None:  # overload (server/admission.py) counts this process's connections
+            admission.connections = self.connections
 
     def on_headers_complete(self) -> None:
         cycle = self._fast_cycle()

@@ -28,6 +28,7 @@ import numpy as np
 
 from loopserve import _core
 from loopserve.logs import configure_logging
+from loopserve.server.admission import LoopLag, Overloaded
 from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
@@ -113,8 +114,10 @@ def _answered(loop, result) -> asyncio.Future:
 class FrontendApp:
     """The ASGI application of a front-end process."""
 
-    def __init__(self, fds: tuple[int, int, int], lifeline: int, engine_uds: str, max_body_bytes: int):
+    def __init__(self, fds: tuple[int, int, int], lifeline: int, engine_uds: str, max_body_bytes: int,
+                 admission: LoopLag):
         self.fds = fds
+        self.admission = admission  # overload: refused from the head while this loop runs late
         self.lifeline = lifeline
         self.engine_uds = engine_uds
         self.max_body_bytes = max_body_bytes
@@ -134,7 +137,8 @@ class FrontendApp:
                     return
             if scope["path"] == LATENCY_PATH and (scope.get("server") or (None, None))[1] is None:  # Unix socket: the engine
                 await send_response(send, 200, _JSON, msgspec.json.encode(
-                    {f"{m}\t{v}": [h.counts, h.sum] for (m, v), h in self.latency.items()}))
+                    {"latency": {f"{m}\t{v}": [h.counts, h.sum] for (m, v), h in self.latency.items()},
+                     "overload_refused": self.admission.refused}))
                 return
             await self.forward(scope, receive, send)
         elif kind == "lifespan":
@@ -179,6 +183,7 @@ class FrontendApp:
         if content_length is not None and content_length > self.max_body_bytes:
             raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
                                f"{self.max_body_bytes} bytes (http.max_body_bytes)")
+        self.admission.check(name)
         return header_length
 
     def submit(self, header_length: int | None, name: str, version: str | None, body: bytes, start: float):
@@ -196,9 +201,11 @@ class FrontendApp:
         pending = self.channel.submit(name, version or "", key or "", request_id,
                                       "" if group is None else msgspec.json.encode(group).decode(),
                                       priority, timeout_us, raw, inputs)
+        self.admission.in_flight += 1
         return pending, functools.partial(self._finish, name, request, start)
 
     def _finish(self, name: str, request, start: float, pending):
+        self.admission.in_flight -= 1
         if not pending.done() or pending.cancelled():  # the server stops: nobody to answer
             pending.cancel()
             return None
@@ -220,6 +227,8 @@ class FrontendApp:
         return 200, answer_headers(json_length), payload
 
     def refusal(self, exc: BaseException, name: str):
+        if type(exc) is Overloaded:
+            return self.admission.answer
         if isinstance(exc, EngineGone):
             return 503, _JSON + _RETRY[503], error_body("the server's engine process stopped")
         status, extra = status_of(exc)
@@ -309,11 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_level)
     sys.setswitchinterval(args.gil_switch_interval_us / 1e6)
     memfd, request_efd, response_efd, lifeline = (int(x) for x in args.fds.split(","))
-    app = FrontendApp((memfd, request_efd, response_efd), lifeline, args.engine_uds, args.max_body_bytes)
+    http = msgspec.json.decode(args.http, type=HttpConfig)
+    app = FrontendApp((memfd, request_efd, response_efd), lifeline, args.engine_uds, args.max_body_bytes,
+                      LoopLag(http.overload_wait_ms, http.overload_min_connections))
     server = uvicorn.Server(uvicorn.Config(
         app, loop="uvloop", lifespan="on", log_config=None, access_log=False,
         timeout_graceful_shutdown=args.graceful_shutdown_s, proxy_headers=False, server_header=False,
-        **uvicorn_settings(msgspec.json.decode(args.http, type=HttpConfig))))
+        **uvicorn_settings(http)))
 
     async def watch_engine() -> None:
         await app.engine_gone.wait()

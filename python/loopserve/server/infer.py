@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from loopserve.errors import InvalidInput, LoopserveError, ModelError
+from loopserve.server.admission import LoopLag, Overloaded
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.metrics import ServerMetrics
 from loopserve.server.wire import answer_headers, decode_and_submit, headers_of, scheduling_of, serve_asgi
@@ -61,10 +62,11 @@ class InferEndpoint:
     """The infer route of a one-process server, without I/O (the steps server/wire.py names):
     the ASGI route and the fast path (server/fastpath.py) both run it. On the loop's thread."""
 
-    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, max_body_bytes: int):
+    def __init__(self, repository: ModelRepository, metrics: ServerMetrics, max_body_bytes: int, admission: LoopLag):
         self.repository = repository
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.admission = admission
         self.feedback = repository.services.feedback  # feedback: predictions recorded by request id
         self.hide_paths = str  # the app's: error messages name no server directory (http_errors.path_hider)
 
@@ -76,7 +78,9 @@ class InferEndpoint:
         if content_length is not None and content_length > self.max_body_bytes:
             raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
                                f"{self.max_body_bytes} bytes (http.max_body_bytes)")
-        return self.repository.router(name), header_length
+        router = self.repository.router(name)
+        self.admission.check(name)
+        return router, header_length
 
     def submit(self, context, name: str, version: str | None, body: bytes, start: float):
         router, header_length = context
@@ -99,9 +103,11 @@ class InferEndpoint:
             raise
         for shadow in router.shadows(model):
             _send_shadow(router, shadow, arrays)
+        self.admission.in_flight += 1
         return pending, functools.partial(self._finish, router, model, request, arrays, start)
 
     def _finish(self, router: VersionRouter, model: Model, request, arrays, start: float, pending):
+        self.admission.in_flight -= 1
         try:
             if not pending.done() or pending.cancelled():  # the server stops: nobody to answer
                 pending.cancel()
@@ -131,6 +137,8 @@ class InferEndpoint:
         return 200, answer_headers(json_length), payload
 
     def refusal(self, exc: BaseException, name: str):
+        if type(exc) is Overloaded:
+            return self.admission.answer
         status, extra = status_of(exc)
         if status == 500:
             log.error("infer failed", extra={"model": name, "error": str(exc)},

@@ -185,6 +185,23 @@ class LatencyCollector(Collector):
         yield family
 
 
+class OverloadCollector(Collector):
+    """Infer requests refused by an HTTP process's admission (server/admission.py), per model:
+    refused from their heads, before any version was chosen, so not in Triton's per-version
+    nv_inference_request_failure{reason="REJECTED"}, which counts the batcher's refusals."""
+
+    def __init__(self, refused: dict[str, int]):
+        self.refused = refused
+
+    def collect(self) -> Iterable:
+        family = CounterMetricFamily("loopserve_overload_refused",
+                                     "Infer requests refused 429 because the server's event loop ran later than "
+                                     "http.overload_wait_ms", labels=["model"])
+        for model, n in sorted(self.refused.items()):
+            family.add_metric([model], n)
+        yield family
+
+
 class ServerMetrics:
     """The registry /metrics exposes: native statistics plus the server's own latency."""
 
@@ -197,6 +214,9 @@ class ServerMetrics:
         # Observed per request by the in-process infer route, or read from the front ends.
         self.latency_histograms: dict[tuple[str, str], LatencyHistogram] = {}
         self.registry.register(LatencyCollector(self.latency_histograms))
+        # Counted by the in-process admission, or summed from the front ends'.
+        self.overload_refused: dict[str, int] = {}
+        self.registry.register(OverloadCollector(self.overload_refused))
 
     def version_metrics(self, model) -> VersionMetrics:
         """What the rollback rule looks at for one loaded version."""

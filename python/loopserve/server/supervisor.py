@@ -39,12 +39,14 @@ class Frontend:
     control_uds: str
     client: object = None  # httpx.AsyncClient on control_uds, made once (a new client costs milliseconds of CPU)
     latency: dict = field(default_factory=dict)  # its histograms as last read
+    overload_refused: dict = field(default_factory=dict)  # its admission's refusals by model, as last read
 
 
 class FrontendSupervisor:
     def __init__(self, *, workers: int, ingress, host: str, port: int, engine_uds: str, workdir: str,
                  max_body_bytes: int, channel_bytes: int, graceful_shutdown_s: float, http: HttpConfig,
-                 gil_switch_interval_us: int, log_level: str, latency: dict[tuple[str, str], LatencyHistogram]):
+                 gil_switch_interval_us: int, log_level: str, latency: dict[tuple[str, str], LatencyHistogram],
+                 overload_refused: dict[str, int]):
         self.workers = workers
         self.ingress = ingress
         self.host, self.port = host, port
@@ -57,6 +59,8 @@ class FrontendSupervisor:
         self.gil_switch_interval_us = gil_switch_interval_us
         self.log_level = log_level
         self.latency = latency  # the engine's ServerMetrics histograms, refreshed from the front ends
+        self.overload_refused = overload_refused  # the engine's ServerMetrics counts, summed from the front ends
+        self._retired_refused: dict[str, int] = {}
         self.frontends: dict[int, Frontend] = {}
         self.restarts = 0
         self._retired: dict[tuple[str, str], tuple[list[int], float]] = {}  # counts of front ends gone
@@ -109,6 +113,8 @@ class FrontendSupervisor:
         for key, (counts, total) in frontend.latency.items():
             base = self._retired.setdefault(key, ([0] * len(counts), 0.0))
             self._retired[key] = ([a + b for a, b in zip(base[0], counts)], base[1] + total)
+        for model, n in frontend.overload_refused.items():
+            self._retired_refused[model] = self._retired_refused.get(model, 0) + n
         if self._stopping or self.frontends.get(frontend.index) is not frontend:
             return
         self.restarts += 1
@@ -150,8 +156,9 @@ class FrontendSupervisor:
             response = await frontend.client.get(LATENCY_PATH)
             if response.status_code != 200:
                 return False
-            frontend.latency = {tuple(k.split("\t")): (v[0], v[1])
-                                for k, v in msgspec.json.decode(response.content).items()}
+            state = msgspec.json.decode(response.content)
+            frontend.latency = {tuple(k.split("\t")): (v[0], v[1]) for k, v in state["latency"].items()}
+            frontend.overload_refused = state["overload_refused"]
             return True
         except Exception:  # starting or stopping: read it next time
             return False
@@ -169,6 +176,11 @@ class FrontendSupervisor:
                 histogram = self.latency[key] = LatencyHistogram()
             histogram.counts = list(counts)
             histogram.sum = total
+        refused = dict(self._retired_refused)
+        for f in self.frontends.values():
+            for model, n in f.overload_refused.items():
+                refused[model] = refused.get(model, 0) + n
+        self.overload_refused.update(refused)
 
     def _keep(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
@@ -207,7 +219,8 @@ class MultiProcessServer:
             workers=workers, ingress=self.native.ingress, host=host, port=self.port, engine_uds=self.engine_uds,
             workdir=self.workdir, max_body_bytes=http.max_body_bytes, channel_bytes=http.channel_size(),
             graceful_shutdown_s=http.graceful_shutdown_s, http=http, gil_switch_interval_us=gil_switch_interval_us,
-            log_level=log_level, latency=app.metrics.latency_histograms)
+            log_level=log_level, latency=app.metrics.latency_histograms,
+            overload_refused=app.metrics.overload_refused)
         app.on_startup.append(self.supervisor.start)
         app.before_metrics.append(self.supervisor.collect_latency)
         app.on_shutdown.append(self._stop)
