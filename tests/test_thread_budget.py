@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from loopserve import Model, zoo
+from loopserve import Model
 from loopserve.config import decode_config
 from loopserve.errors import ConfigError
 from loopserve.thread_budget import (Cores, CpuQuota, ExecutorCensus, cgroup_cpu_quota, plan, usable_cores)
