@@ -176,3 +176,32 @@ def test_when_the_engine_dies_front_ends_answer_503_and_exit(tmp_path):
     assert results and results[0][0] == 503, results  # answered at once, not left hanging
     assert "engine" in results[0][1]["error"]
     until(lambda: not any(alive(p) for p in front_ends), timeout_s=30, what="the front ends to exit")
+
+
+def test_a_start_that_times_out_names_each_front_end_and_its_state(mlp_repository):
+    """A start past its deadline says, per front end, whether it was still running and whether
+    it ever served its control socket: what tells a slow start from one that died unnoticed."""
+    import asyncio
+
+    from loopserve.server.app import LoopserveApp
+    from loopserve.server.config import HttpConfig
+    from loopserve.server.supervisor import MultiProcessServer
+
+    engine = MultiProcessServer(LoopserveApp(mlp_repository), workers=2, host="127.0.0.1", port=0, http=HttpConfig(),
+                                gil_switch_interval_us=200)
+
+    async def start_too_soon():
+        try:
+            with pytest.raises(RuntimeError) as refused:
+                await engine.supervisor.start(timeout_s=0.001)  # no Python process starts in 1 ms
+        finally:
+            await engine.supervisor.stop()
+        return str(refused.value)
+
+    try:
+        message = asyncio.run(start_too_soon())
+    finally:
+        engine.cleanup()
+    assert message.startswith("front ends not ready after 0 s: "), message
+    for index in (0, 1):
+        assert f"{index}: pid " in message and "returncode None" in message, message

@@ -72,8 +72,19 @@ class FrontendSupervisor:
         """Starts the front ends and returns once each accepts requests."""
         for i in range(self.workers):
             await self._spawn(i)
-        await asyncio.wait_for(asyncio.gather(*(self._ready(f) for f in self.frontends.values())), timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(self._ready(f) for f in self.frontends.values())), timeout_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"front ends not ready after {timeout_s:.0f} s: {self._states()}") from None
         self._keep(asyncio.ensure_future(self._poll_latency()))
+
+    def _states(self) -> str:
+        """Each front end's pid, exit code and whether its control socket exists: what a start
+        that timed out needs to be told apart (never started serving, or died unnoticed)."""
+        return "; ".join(f"{f.index}: pid {f.process.pid}, returncode {f.process.returncode}, "
+                         f"control socket {'present' if os.path.exists(f.control_uds) else 'absent'}, "
+                         f"/proc entry {'present' if os.path.exists(f'/proc/{f.process.pid}') else 'absent'}"
+                         for f in self.frontends.values())
 
     async def _ready(self, frontend: Frontend) -> None:
         while frontend.process.returncode is None:
