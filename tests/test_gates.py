@@ -118,6 +118,31 @@ def test_production_failing_its_own_floors_is_reported_and_the_policy_decides(mo
     assert fine.production_failing == [] and fine.metrics["production_failing_gates"] == 0
 
 
+def test_a_production_failing_its_floors_is_no_yardstick_under_promote_if_better(models, holdout):
+    """promote_if_better: once production fails a floor of its own, a failed comparison with it
+    (here fairness no worse than production's) is waived; the ceilings still hold, and a production
+    that meets its floors is still the bar."""
+    gates = dict(min_auc=0.6, decision_threshold=THRESHOLD, compare_to_production=[],
+                 fairness_vs_production={"demographic_parity_difference": 0.02})
+    alert = evaluate_gates(models["unfair"], holdout, GateConfig(**gates), production_model_dir=models["shuffled"])
+    assert [g.name for g in alert.production_failing] == ["auc_min"]
+    assert [g.name for g in alert.failures()] == ["demographic_parity_difference_vs_production"]
+    policy = GateConfig(**gates, when_production_fails="promote_if_better")
+    waived = evaluate_gates(models["unfair"], holdout, policy, production_model_dir=models["shuffled"])
+    assert waived.passed, waived.summary()
+    (gate,) = [g for g in waived.gates if g.waived]
+    assert gate.name == "demographic_parity_difference_vs_production"
+    assert gate.reason.endswith("waived: production fails its own gates (auc_min), so it is no yardstick")
+    # A ceiling is not a comparison: the same candidate over it still fails.
+    ceiling = GateConfig(**gates, max_demographic_parity_difference=0.01, when_production_fails="promote_if_better")
+    capped = evaluate_gates(models["unfair"], holdout, ceiling, production_model_dir=models["shuffled"])
+    assert [g.name for g in capped.failures()] == ["demographic_parity_difference"]
+    # A production that meets its floors stays the bar.
+    held = evaluate_gates(models["unfair"], holdout, policy, production_model_dir=models["good"])
+    assert [g.name for g in held.failures()] == ["demographic_parity_difference_vs_production"]
+    assert not any(g.waived for g in held.gates)
+
+
 def test_worse_candidate_fails_against_production(models, holdout):
     report = evaluate_gates(models["shuffled"], holdout, GateConfig(compare_to_production=["auc"]),
                             production_model_dir=models["good"])

@@ -16,7 +16,9 @@ carries production's value on the same rows, so a rejection says what it was com
 Production is held to the same floors and ceilings (not latency: it is measured serving). When
 it fails some (`production_failing` in the report), `when_production_fails` decides: "alert"
 only records it; "promote_if_better" waives, for the candidate, each of those gates on which the
-candidate does better than production (recorded as `waived`); every other gate must pass.
+candidate does better than production, and every comparison with production on the measures it
+does not fail (a failing production is no yardstick there), recorded as `waived`; every floor and
+ceiling must still pass.
 """
 
 from __future__ import annotations
@@ -258,7 +260,12 @@ def _production_failing(gates: GateConfig, prod: dict, prod_stats: list[m.GroupS
 
 def _waive(results: list[GateResult], failing: list[GateResult]) -> list[GateResult]:
     """The promote_if_better policy: a failed gate that production fails too, where the
-    candidate does better than production, passes as waived."""
+    candidate does better than production, passes as waived. And a production that fails any of
+    its own floors or ceilings is no yardstick on the other measures: a failed comparison with it
+    (`*_vs_production`) on a measure production does not fail itself passes as waived, while every
+    floor and ceiling still holds for the candidate. (Under concept
+    drift production ranks the new cases worse than chance: its recall is low in every group, so
+    its fairness gap looks small, and a sound candidate failed "no worse than production".)"""
     prod = {g.name: g.value for g in failing}
     out = []
     for r in results:
@@ -268,8 +275,19 @@ def _waive(results: list[GateResult], failing: list[GateResult]) -> list[GateRes
             r = msgspec.structs.replace(r, passed=True, waived=True,
                                         reason=f"{r.reason}; waived: production fails this gate too "
                                                f"({_fmt(p)}) and the candidate does better")
+        elif not r.passed and r.name.endswith("_vs_production") and r.value is not None \
+                and _no_yardstick(r.name.removesuffix("_vs_production"), prod):
+            r = msgspec.structs.replace(r, passed=True, waived=True,
+                                        reason=f"{r.reason}; waived: production fails its own gates "
+                                               f"({', '.join(prod)}), so it is no yardstick")
         out.append(r)
     return out
+
+
+def _no_yardstick(measure: str, production_fails: dict) -> bool:
+    """Production fails some gate of its own, none of them on `measure` (where the rule above,
+    better than production, decides instead)."""
+    return bool(production_fails) and not any(name.startswith(measure) for name in production_fails)
 
 
 def evaluate_gates(candidate_model_dir: str | Path, holdout: Any, gates: GateConfig,
