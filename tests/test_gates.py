@@ -119,9 +119,9 @@ def test_production_failing_its_own_floors_is_reported_and_the_policy_decides(mo
 
 
 def test_a_production_failing_its_floors_is_no_yardstick_under_promote_if_better(models, holdout):
-    """promote_if_better: once production fails a floor of its own, a failed comparison with it
-    (here fairness no worse than production's) is waived; the ceilings still hold, and a production
-    that meets its floors is still the bar."""
+    """promote_if_better: once production fails its own AUC floor, a failed fairness comparison
+    with it is waived; the ceilings still hold, a production that meets its floors is still the
+    bar, and one that fails a fairness ceiling is still the bar for AUC."""
     gates = dict(min_auc=0.6, decision_threshold=THRESHOLD, compare_to_production=[],
                  fairness_vs_production={"demographic_parity_difference": 0.02})
     alert = evaluate_gates(models["unfair"], holdout, GateConfig(**gates), production_model_dir=models["shuffled"])
@@ -141,6 +141,11 @@ def test_a_production_failing_its_floors_is_no_yardstick_under_promote_if_better
     held = evaluate_gates(models["unfair"], holdout, policy, production_model_dir=models["good"])
     assert [g.name for g in held.failures()] == ["demographic_parity_difference_vs_production"]
     assert not any(g.waived for g in held.gates)
+    unfair_production = GateConfig(compare_to_production=["auc"], decision_threshold=THRESHOLD,
+                                   max_demographic_parity_difference=0.01, when_production_fails="promote_if_better")
+    worse = evaluate_gates(models["shuffled"], holdout, unfair_production, production_model_dir=models["unfair"])
+    assert "demographic_parity_difference" in [g.name for g in worse.production_failing]
+    assert "auc_vs_production" in [g.name for g in worse.failures()]
 
 
 def test_worse_candidate_fails_against_production(models, holdout):

@@ -16,9 +16,9 @@ carries production's value on the same rows, so a rejection says what it was com
 Production is held to the same floors and ceilings (not latency: it is measured serving). When
 it fails some (`production_failing` in the report), `when_production_fails` decides: "alert"
 only records it; "promote_if_better" waives, for the candidate, each of those gates on which the
-candidate does better than production, and every comparison with production on the measures it
-does not fail (a failing production is no yardstick there), recorded as `waived`; every floor and
-ceiling must still pass.
+candidate does better than production, and, when production fails its AUC or accuracy floor, every
+fairness comparison with production (its fairness figures mean nothing then), recorded as `waived`;
+every floor and ceiling must still pass.
 """
 
 from __future__ import annotations
@@ -260,10 +260,10 @@ def _production_failing(gates: GateConfig, prod: dict, prod_stats: list[m.GroupS
 
 def _waive(results: list[GateResult], failing: list[GateResult]) -> list[GateResult]:
     """The promote_if_better policy: a failed gate that production fails too, where the
-    candidate does better than production, passes as waived. And a production that fails any of
-    its own floors or ceilings is no yardstick on the other measures: a failed comparison with it
-    (`*_vs_production`) on a measure production does not fail itself passes as waived, while every
-    floor and ceiling still holds for the candidate. (Under concept
+    candidate does better than production, passes as waived. And a production that fails its own
+    AUC or accuracy floor is no yardstick for fairness: a failed fairness comparison with it
+    (`*_vs_production`) passes as waived, while every floor and ceiling still holds for the
+    candidate. (Under concept
     drift production ranks the new cases worse than chance: its recall is low in every group, so
     its fairness gap looks small, and a sound candidate failed "no worse than production".)"""
     prod = {g.name: g.value for g in failing}
@@ -285,9 +285,10 @@ def _waive(results: list[GateResult], failing: list[GateResult]) -> list[GateRes
 
 
 def _no_yardstick(measure: str, production_fails: dict) -> bool:
-    """Production fails some gate of its own, none of them on `measure` (where the rule above,
-    better than production, decides instead)."""
-    return bool(production_fails) and not any(name.startswith(measure) for name in production_fails)
+    """`measure` is a fairness measure and production fails its own AUC or accuracy floor: its
+    predictions are too poor for its fairness figures to mean anything (a production failing a
+    fairness ceiling is still the bar for AUC, and on the measure it fails, "better" decides)."""
+    return measure in _FAIRNESS and any(name in ("auc_min", "accuracy_min") for name in production_fails)
 
 
 def evaluate_gates(candidate_model_dir: str | Path, holdout: Any, gates: GateConfig,
