@@ -137,7 +137,9 @@ def test_descriptors_and_memory_return_after_hostile_clients(serve, mlp_reposito
 
     def fds_settle_at(expected) -> bool:
         deadline = time.monotonic() + 60  # a server closes its side as it reads each close
-        while [fd_count(pid) for pid in pids] != expected:
+        # At most 4 above (a lazily opened file or thread's descriptor; a loaded CI run saw one):
+        # what leaked per hostile connection would be hundreds.
+        while any(fd_count(pid) > e + 4 for pid, e in zip(pids, expected)):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.2)
