@@ -67,6 +67,16 @@ def tiny_reference():
 _ports = random.Random()  # its own generator: a test seeding `random` must not replay ports
 
 
+def wait_until(condition, what, timeout=60):
+    """Polls `condition` until it holds; the deadline is generous, never the synchronisation."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
+
+
 def free_port(count: int = 1) -> int:
     """A loopback TCP port free now (the first of `count` consecutive ones), for a server that a
     test starts in another process. Taken below the kernel's ephemeral range

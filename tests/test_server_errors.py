@@ -12,7 +12,7 @@ from loopserve import Model
 from loopserve.server.app import LoopserveApp
 from loopserve.serving.repository import ModelRepository
 
-from conftest import vector_config
+from conftest import vector_config, wait_until
 
 GATE = threading.Event()
 ENTERED = threading.Event()  # the gated model is running a request
@@ -115,14 +115,6 @@ def test_model_failure_is_500_with_the_models_message(server):
                    "ValueError: picky model: negative inputs are not allowed")
     code, _, _ = server.request("POST", "/v2/models/picky/infer", infer_json([[1, 2, 3, 4]]))
     assert code == 200
-
-
-def wait_until(condition, what, timeout=60):
-    """Polls `condition` until it holds; the deadline is generous, never the synchronisation."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.005)
 
 
 def test_queue_full_is_429_with_retry_after_and_timeout_is_504(server):

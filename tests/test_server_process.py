@@ -9,14 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import msgspec
 import pytest
 
 from loopserve.demo.hotswap import wait_ready
 
-from conftest import free_port
+from conftest import free_port, wait_until
 
 
 def loopserve(*args, **kw):
@@ -45,14 +44,6 @@ def test_bad_config_stops_start_up_with_a_clear_message(tmp_path, model_repo, se
     assert proc.returncode == 2, err
     for f in fragments:
         assert f in err, err
-
-
-def wait_until(condition, what, timeout=60):
-    """Polls `condition` until it holds; the deadline is generous, never the synchronisation."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.01)
 
 
 def refuses_connections(port):
