@@ -157,21 +157,33 @@ class Sketched:
     edges: np.ndarray | None = None
     counts: np.ndarray | None = None
     sums: np.ndarray | None = None
+    # The smallest and largest values, exactly, increasing (above top[0] every value is in top,
+    # below bottom[-1] every value is in bottom); None where unknown (made before they were kept).
+    bottom: np.ndarray | None = None
+    top: np.ndarray | None = None
 
     @classmethod
     def of_profile(cls, feature) -> "Sketched":
         """A reference profile's numeric feature (loopserve.monitor.profile.NumericProfile)."""
         sums = np.asarray(feature.sums, dtype=np.float64) if feature.sums else None
+        extremes = (np.asarray(feature.bottom, dtype=np.float64), np.asarray(feature.top, dtype=np.float64)) \
+            if feature.top else (None, None)
         return cls(feature.kll(), feature.count, feature.mean, feature.min, feature.max,
-                   np.asarray(feature.edges, dtype=np.float64), np.asarray(feature.counts, dtype=np.float64), sums)
+                   np.asarray(feature.edges, dtype=np.float64), np.asarray(feature.counts, dtype=np.float64), sums,
+                   *extremes)
 
     @classmethod
     def of_window(cls, accumulator, i: int) -> "Sketched":
         """Numeric feature i of a window's accumulator (loopserve._core.TensorAccumulator)."""
         moments = accumulator.moments(i)
+        extremes = accumulator.extremes(i) or (None, None)
         return cls(accumulator.quantiles(i), int(moments.count), moments.mean, moments.min, moments.max,
                    np.asarray(accumulator.bin_edges(i)), np.asarray(accumulator.bin_counts(i), dtype=np.float64),
-                   np.asarray(accumulator.bin_sums(i)))
+                   np.asarray(accumulator.bin_sums(i)), *extremes)
+
+    @property
+    def has_extremes(self) -> bool:
+        return self.top is not None and self.bottom is not None and self.top.size > 0 and self.bottom.size > 0
 
     @property
     def binned(self) -> bool:
@@ -288,37 +300,85 @@ def _wasserstein_sketched(reference: Sketched, current: Sketched) -> tuple[float
 SUM_TOLERANCE = 1e-5  # relative: bin sums are float64 totals of float32 block sums (see the accumulator)
 
 
-def _bin_integrals(side: Sketched, bounds: np.ndarray):
-    """Per bin [a, b): F(a), F(b-), and J = integral of (F - F(a)), K = integral of (F(b-) - F),
-    exact from the bin's count and sum: J = sum (b - v) / n, K = sum (v - a) / n."""
+def _tail_cuts(reference: Sketched, current: Sketched) -> tuple[np.ndarray, float, float]:
+    """Cut points where both CDFs are exact, from both sides' kept extremes: every kept value at
+    or above t (the higher of the two sides' smallest kept top value: above it each side keeps
+    all its values) and at or below b (likewise at the bottom); with t and b. Empty, +inf and
+    -inf without extremes."""
+    if not (reference.has_extremes and current.has_extremes):
+        return np.empty(0), math.inf, -math.inf
+    t = max(reference.top[0], current.top[0])
+    b = min(reference.bottom[-1], current.bottom[-1])
+    cuts = [reference.top[reference.top >= t], current.top[current.top >= t],
+            reference.bottom[reference.bottom <= b], current.bottom[current.bottom <= b], [t, b]]
+    return np.concatenate(cuts), t, b
+
+
+def _cdf_at_cuts(side: Sketched, coarse: np.ndarray, cuts: np.ndarray, t: float, b: float):
+    """At each cut x (coarse bounds, and tail cuts at or beyond t or b): Phi(x), the integral of
+    F from the lowest bound to x; F's least value on [x, next cut) (or a lower bound of it); and
+    F's greatest value on [previous cut, x) (or an upper bound). Exact from the bin counts and
+    sums at the coarse bounds, and from the kept extremes in the tails."""
     counts = np.asarray(side.counts, dtype=np.float64)
     sums = np.asarray(side.sums, dtype=np.float64)
     n = counts.sum()
-    a, b = bounds[:-1], bounds[1:]
-    below = np.concatenate([[0.0], np.cumsum(counts)[:-1]]) / n
-    j = np.maximum(counts * b - sums, 0.0) / n
-    k = np.maximum(sums - counts * a, 0.0) / n
-    return below, below + counts / n, j, k
+    a_, b_ = coarse[:-1], coarse[1:]
+    before = np.concatenate([[0.0], np.cumsum(counts)]) / n  # F just below each coarse bound
+    before[-1] = 1.0
+    # Over bin [a, b): integral of F = F(a-) (b - a) + sum (b - v) / n.
+    phi_coarse = np.concatenate([[0.0], np.cumsum(before[:-1] * (b_ - a_) + np.maximum(counts * b_ - sums, 0.0) / n)])
+    j = np.clip(np.searchsorted(coarse, cuts), 0, coarse.size - 1)
+    phi, low, high = phi_coarse[j].copy(), before[j].copy(), before[j].copy()
+    if side.has_extremes:
+        top, bottom = side.top, side.bottom
+        upper = cuts >= t  # 1 - F(x) = #(v > x) / n; the integral of F above x = (highest - x) - sum (v - x) / n
+        if upper.any():
+            x = cuts[upper]
+            suffix = np.concatenate([np.cumsum(top[::-1])[::-1], [0.0]])
+            k = np.searchsorted(top, x, side="right")
+            above = top.size - k
+            phi[upper] = phi_coarse[-1] - (coarse[-1] - x) + (suffix[k] - above * x) / n
+            low[upper] = high[upper] = 1.0 - above / n
+        lower = (cuts <= b) & ~upper  # F(x-) = #(v < x) / n; the integral of F below x = sum (x - v) / n
+        if lower.any():
+            x = cuts[lower]
+            prefix = np.concatenate([[0.0], np.cumsum(bottom)])
+            k = np.searchsorted(bottom, x, side="left")
+            phi[lower] = (k * x - prefix[k]) / n
+            low[lower] = high[lower] = k / n
+    return phi, low, high
 
 
 def _wasserstein_binned(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
-    """W1 = sum over bins of the integral of |g|, g = F_r - F_c. Per bin, the integral of g is
-    exact (from the exact counts and sums), so |integral of g| is a lower bound that is W1's
-    part there whenever g keeps one sign in the bin; the sketches' bands add what they force
-    beyond it (crossings they resolve) and bound what they allow."""
+    """W1 = sum over cells of the integral of |g|, g = F_r - F_c. The cells are the profile's bins,
+    cut finer in the tails at the values both sides keep exactly. Per cell the integral of g is
+    exact (from the exact counts and sums, and the kept extremes), so |integral of g| is a lower
+    bound that is W1's part there whenever g keeps one sign in the cell (always, between two kept
+    tail values); the sketches' bands add what they force beyond it (crossings they resolve) and
+    bound what they allow."""
     edges = np.asarray(reference.edges, dtype=np.float64)
     lowest = min(reference.min, current.min, edges[0] if edges.size else np.inf)
     highest = max(reference.max, current.max, edges[-1] if edges.size else -np.inf)
-    bounds = np.concatenate([[lowest], edges, [highest]])
+    coarse = np.concatenate([[lowest], edges, [highest]])
+    tails, t, b = _tail_cuts(reference, current)
+    bounds = np.unique(np.concatenate([coarse, np.clip(tails, lowest, highest)]))
     width = np.diff(bounds)
-    ra, rb, rj, rk = _bin_integrals(reference, bounds)
-    ca, cb, cj, ck = _bin_integrals(current, bounds)
-    exact = (ra - ca) * width + rj - cj  # integral of g over each bin
+    phi_r, low_r, high_r = _cdf_at_cuts(reference, coarse, bounds, t, b)
+    phi_c, low_c, high_c = _cdf_at_cuts(current, coarse, bounds, t, b)
+    int_r, int_c = np.diff(phi_r), np.diff(phi_c)
+    exact = int_r - int_c  # integral of g over each cell
+    ra, ca, rb, cb = low_r[:-1], low_c[:-1], high_r[1:], high_c[1:]
+    rj, cj = np.maximum(int_r - ra * width, 0.0), np.maximum(int_c - ca * width, 0.0)
+    rk, ck = np.maximum(rb * width - int_r, 0.0), np.maximum(cb * width - int_c, 0.0)
     # A bin sum is off by at most SUM_TOLERANCE of the sum of its values' distances from the
-    # accumulator's pivot (the middle edge): at most the bin's farthest end from it, per value.
+    # accumulator's pivot (the middle edge): at most the bin's farthest end from it, per value. A
+    # cell's integral may take the errors of several bins' sums (the tail formulas start from the
+    # total): each cell is given all of them, except cells between kept values, which are exact.
     pivot = edges[edges.size // 2] if edges.size else 0.0
-    reach = np.maximum(np.abs(bounds[:-1] - pivot), np.abs(bounds[1:] - pivot))
-    slack = SUM_TOLERANCE * reach * (rb - ra + cb - ca)
+    reach = np.maximum(np.abs(coarse[:-1] - pivot), np.abs(coarse[1:] - pivot))
+    shares = lambda side: np.asarray(side.counts, dtype=np.float64) / np.sum(side.counts)  # noqa: E731
+    slack = np.full(width.size, SUM_TOLERANCE * float(np.sum(reach * (shares(reference) + shares(current)))))
+    slack[(bounds[:-1] >= t) | (bounds[1:] <= b)] = 0.0
     # Without the sketches: |g| <= |g(a)| + (F_r - F_r(a)) + (F_c - F_c(a)), and from the right end.
     data_high = np.minimum(np.abs(ra - ca) * width + rj + cj, np.abs(rb - cb) * width + rk + ck)
 
