@@ -150,3 +150,43 @@ def test_a_profile_without_bin_sums_falls_back_to_the_sketches_and_its_bounds_ho
     w, low, high = st.wasserstein_bounds(legacy, cur)
     exact = stats.wasserstein_distance(reference, window)
     assert low <= w <= high and low * (1 - 1e-9) <= exact <= high * (1 + 1e-9)
+
+
+def test_the_accumulator_keeps_the_exact_extremes_across_batches_and_merges():
+    """The k smallest and largest values, exactly, however the rows are split and merged; values
+    that are not finite are passed over. Above the smallest kept top value every value is kept,
+    which is what makes Wasserstein-1 exact in the tails."""
+    rng = np.random.default_rng(4)
+    x = draw(rng, "pareto", 30_000, 0.0)
+    x[::97] = np.nan
+    x[::101] = np.inf
+    feature = build_profile(x[:, None], ["x"]).features[0]
+    finite = np.sort(x[np.isfinite(x)])
+    assert feature.top == finite[-len(feature.top):].tolist() and feature.bottom == finite[:len(feature.bottom)].tolist()
+    parts = [_core.TensorAccumulator([(0, feature.edges)], [], kll_every=4) for _ in range(3)]
+    for part, rows in zip(parts, np.array_split(x.astype(np.float32), 3)):
+        for batch in np.array_split(rows, 7):
+            part.update(np.ascontiguousarray(batch[:, None]))
+    parts[0].merge(parts[1])
+    parts[0].merge(parts[2])
+    k = parts[0].extremes_k
+    exact = np.sort(x.astype(np.float32)[np.isfinite(x)].astype(np.float64))
+    bottom, top = parts[0].extremes(0)
+    assert top.tolist() == exact[-k:].tolist() and bottom.tolist() == exact[:k].tolist()
+    again = _core.TensorAccumulator.deserialize(parts[0].serialize())
+    assert [e.tolist() for e in again.extremes(0)] == [bottom.tolist(), top.tolist()]
+
+
+def test_a_profile_without_extremes_still_bounds_wasserstein():
+    rng = np.random.default_rng(6)
+    reference, window = draw(rng, "pareto", REFERENCE_ROWS, 0.0), draw(rng, "pareto", WINDOW_ROWS, 0.3)
+    feature, acc, ref, cur = window_statistics(reference, window, SAMPLE_EVERY)
+    old = build_profile(reference[:, None], ["x"]).features[0]
+    old.top, old.bottom = [], []  # as a profile written before extremes were kept reads
+    legacy = st.Sketched.of_profile(old)
+    assert ref.has_extremes and not legacy.has_extremes
+    exact = stats.wasserstein_distance(reference, window)
+    for side in (ref, legacy):
+        w, low, high = st.wasserstein_bounds(side, cur)
+        assert low <= w <= high and low * (1 - 1e-9) <= exact <= high * (1 + 1e-9)
+    assert abs(st.wasserstein_bounds(ref, cur)[0] - exact) <= abs(st.wasserstein_bounds(legacy, cur)[0] - exact) + 1e-9 * exact

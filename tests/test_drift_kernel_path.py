@@ -38,6 +38,7 @@ def assert_same_accumulator(a, b):
         assert ma.mean == pytest.approx(mb.mean, rel=1e-9, abs=1e-12)
         assert ma.variance == pytest.approx(mb.variance, rel=1e-9)
         assert a.quantiles(f).serialize() == b.quantiles(f).serialize()  # the same sampled rows, in order
+        assert [e.tolist() for e in a.extremes(f)] == [e.tolist() for e in b.extremes(f)]  # the same k extremes
     for c in range(a.categorical_count):
         assert a.category_counts(c).tolist() == b.category_counts(c).tolist()
         assert a.category_missing(c) == b.category_missing(c)

@@ -22,7 +22,7 @@ namespace loopserve::sketches {
 class Extremes {
  public:
   static constexpr uint8_t kFormat = 1;
-  static constexpr uint32_t kDefaultK = 32;
+  static constexpr uint32_t kDefaultK = 16;
 
   explicit Extremes(uint32_t k = kDefaultK) : k_(k) {
     if (k == 0) throw std::invalid_argument("Extremes: k must be at least 1");
