@@ -355,7 +355,13 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
     for (; i < static_cast<uint64_t>(m); i += 1 + kll_gap()) picked[n_picked++] = static_cast<uint16_t>(i);
     kll_skip_ = i - static_cast<uint64_t>(m);
 
+    // The next block's rows are fetched while this one is worked on, a share per feature: the
+    // first feature's strided gather would otherwise wait on memory for every row.
+    const char* next = reinterpret_cast<const char*>(block + m * cols);
+    const size_t next_bytes = static_cast<size_t>(std::min(kBlock, rows - r0 - m)) * static_cast<size_t>(cols) * sizeof(T);
+    const size_t share = (next_bytes / std::max<size_t>(features, 1) + 63) & ~size_t{63};
     for (size_t f = 0; f < features; ++f) {
+      for (size_t b = f * share; b < std::min(next_bytes, (f + 1) * share); b += 64) __builtin_prefetch(next + b);
       const T* p = block + spec_->numeric[f].column;
       for (int64_t i = 0; i < m; ++i) values[i] = static_cast<C>(p[i * cols]);
       for (int64_t i = m; i < padded; ++i) values[i] = std::numeric_limits<C>::quiet_NaN();
@@ -376,18 +382,13 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       // window has seen a few thousand rows) costs two comparisons.
       sketches::Extremes& extremes = extremes_[f];
       uint16_t candidates[kBlock];
-      if (hi > extremes.top_floor()) {
-        const size_t n_top = extreme_candidates<false>(values, padded, outward<C>(extremes.top_floor(), true), candidates);
-        for (size_t j = 0; j < n_top; ++j)
-          if (values[candidates[j]] - values[candidates[j]] == C(0)) extremes.add_top(static_cast<double>(values[candidates[j]]));
-      }
-      if (lo < extremes.bottom_floor()) {
-        const size_t n_bottom =
-            extreme_candidates<true>(values, padded, outward<C>(extremes.bottom_floor(), false), candidates);
-        for (size_t j = 0; j < n_bottom; ++j)
-          if (values[candidates[j]] - values[candidates[j]] == C(0))
-            extremes.add_bottom(static_cast<double>(values[candidates[j]]));
-      }
+      if (hi > extremes.top_floor())
+        extremes.add_top(values, candidates,
+                         extreme_candidates<false>(values, padded, outward<C>(extremes.top_floor(), true), candidates));
+      if (lo < extremes.bottom_floor())
+        extremes.add_bottom(
+            values, candidates,
+            extreme_candidates<true>(values, padded, outward<C>(extremes.bottom_floor(), false), candidates));
 
       // Bin b holds the finite values with exactly b edges at or below them: its count is
       // #(>= e_b) - #(>= e_{b+1}) (+inf, >= every edge but missing, taken out), its sum the

@@ -45,6 +45,25 @@ class Extremes {
     if (-v > bottom_floor_) push(bottom_, bottom_floor_, -v);
   }
 
+  // Values at the given indices (finite or not: others are passed over), one side, selecting
+  // the k kept once at the end rather than as they come.
+  template <typename C>
+  void add_top(const C* values, const uint16_t* index, size_t n) {
+    for (size_t j = 0; j < n; ++j) {
+      const double v = static_cast<double>(values[index[j]]);
+      if (v > top_floor_ && v - v == 0.0) top_.push_back(v);
+    }
+    if (top_.size() >= 2 * static_cast<size_t>(k_)) shrink(top_, top_floor_);
+  }
+  template <typename C>
+  void add_bottom(const C* values, const uint16_t* index, size_t n) {
+    for (size_t j = 0; j < n; ++j) {
+      const double v = -static_cast<double>(values[index[j]]);
+      if (v > bottom_floor_ && v - v == 0.0) bottom_.push_back(v);
+    }
+    if (bottom_.size() >= 2 * static_cast<size_t>(k_)) shrink(bottom_, bottom_floor_);
+  }
+
   void merge(const Extremes& other) {
     for (double v : other.top_) if (v > top_floor_) push(top_, top_floor_, v);
     for (double v : other.bottom_) if (v > bottom_floor_) push(bottom_, bottom_floor_, v);
