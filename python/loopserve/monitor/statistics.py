@@ -255,13 +255,14 @@ def ks_pvalue(reference, current, distance: float | None = None) -> float:
     return float(_scipy_stats.kstwo.sf(max(d - ks_margin(reference, current), 0.0), max(int(round(n)), 1)))
 
 
-def wasserstein_bounds(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
+def wasserstein_bounds(reference: Sketched, current: Sketched, crossings: bool = True) -> tuple[float, float, float]:
     """(estimate, low, high) of W1 between all the reference's and all the window's values
-    (see the module docstring)."""
+    (see the module docstring). crossings=False leaves out the within-cell model: the estimate is
+    then the sum of |integral of g| per cell (raised to the bands' forced part), for comparison."""
     if reference.sketch.count == 0 or current.sketch.count == 0:
         return float("nan"), float("nan"), float("nan")
     if reference.binned and current.binned and np.array_equal(reference.edges, current.edges):
-        return _wasserstein_binned(reference, current)
+        return _wasserstein_binned(reference, current, crossings)
     return _wasserstein_sketched(reference, current)
 
 
@@ -349,7 +350,7 @@ def _cdf_at_cuts(side: Sketched, coarse: np.ndarray, cuts: np.ndarray, t: float,
     return phi, low, high
 
 
-def _wasserstein_binned(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
+def _wasserstein_binned(reference: Sketched, current: Sketched, crossings: bool = True) -> tuple[float, float, float]:
     """W1 = sum over cells of the integral of |g|, g = F_r - F_c. The cells are the profile's bins,
     cut finer in the tails at the values both sides keep exactly. Per cell the integral of g is
     exact (from the exact counts and sums, and the kept extremes), so |integral of g| is a lower
@@ -392,7 +393,7 @@ def _wasserstein_binned(reference: Sketched, current: Sketched) -> tuple[float, 
     high = np.minimum(np.abs(exact) + slack + 2 * np.minimum(allowed_pos, allowed_neg),
                       np.minimum(data_high + slack, per_bin(np.maximum(hi_r - lo_c, hi_c - lo_r).clip(min=0))))
     high = np.maximum(high, low)
-    inexact = np.flatnonzero(slack > 0)
+    inexact = np.flatnonzero(slack > 0) if crossings else np.empty(0, dtype=np.int64)
     expected = np.abs(exact)
     expected[inexact] = _expected_abs_integral(reference, current, bounds, inexact, ra - ca, rb - cb, exact,
                                                rb - ra, cb - ca)
