@@ -3,8 +3,8 @@
 A profile ships with a model version (`drift_profile.json` beside the model file) and is what
 live traffic is compared with. Per numeric feature: quantile bin edges (the bins PSI, JS and the
 binned chi-square use), the reference's counts and value sums in those bins (the sums for
-Wasserstein-1), moments, missing count and a KLL
-quantile sketch (for KS and Wasserstein). Per categorical feature: the top-k categories (one
+Wasserstein-1), its PROFILE_EXTREMES smallest and largest values (Wasserstein-1's tails),
+moments, missing count and a KLL quantile sketch (for KS and Wasserstein). Per categorical feature: the top-k categories (one
 slot each) and an "other" slot for the rest and for anything unseen later.
 
 Missing means not finite: NaN and +-inf (and, for categoricals, a negative code or None).

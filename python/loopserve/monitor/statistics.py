@@ -38,22 +38,27 @@ order). Each sketch is read as the weighted distribution of the items it retains
   sample, at the sample's size: the sample is itself a random draw from the window, so this test
   needs no sampling correction; it is taken at D minus the two rank errors, the smallest D the
   reference and the sample can have, so sketch noise alone does not make a small p-value.
-- Wasserstein-1 W = integral of |F_r - F_c| dx = the sum over the profile's bins of the integral of
-  |g|, g = F_r - F_c. Both sides keep exact per-bin counts and sums of their values (the profile
-  from all reference rows, the accumulators from every window row), so the integral of g over each
-  bin is exact: over [a, b), integral of F = F(a) (b - a) + sum over the bin's values of (b - v) / n
-  (the outer bins end at the overall min and max, exact from the moments). The estimate is the sum
-  of |integral of g| per bin, raised where the sketches' bands force the CDFs to cross inside a bin;
-  it equals W wherever g keeps one sign inside each bin (any location, scale or mixture-weight shift
-  of these families) and is low by the part of W made by crossings inside a bin that the sketches
-  cannot resolve (noise between two samples, and a heavy tail's few extreme rows: see the README).
+- Wasserstein-1 W = integral of |F_r - F_c| dx = the sum over cells of the integral of |g|,
+  g = F_r - F_c. Both sides keep exact per-bin counts and sums of their values over the profile's
+  bins (the profile from all reference rows, the accumulators from every window row) and their
+  extremes exactly (the profile its PROFILE_EXTREMES smallest and largest values, a window its k):
+  above the smallest kept top value every value is kept, so both CDFs are exact above the higher
+  of the two sides' thresholds (and below the lower of the bottom ones). The cells are the bins,
+  with the tails cut at every kept value where both sides are exact. The integral of g over each
+  cell is exact: over [a, b), integral of F = F(a) (b - a) + sum over the cell's values of
+  (b - v) / n (the outer bins end at the overall min and max, exact from the moments; the tail
+  cells from the kept values). So W is exact wherever g keeps one sign inside each cell (any
+  clear location, scale or mixture-weight shift; between two kept tail values always). Where the
+  data leave g's sign open inside a cell, the estimate is E[integral of |g|] under a model of g
+  there (see _expected_abs_integral), conditioned on g at the cell's ends and its exact integral.
   `wasserstein_bounds` gives [low, high] that holds whenever the rank and sampling bounds do and the
-  bin sums are within SUM_TOLERANCE: per bin, low = |integral of g| or what the bands force apart,
-  high = the least of |integral of g| + 2 min(largest g+, g- the bands allow), the bands' own bound,
-  and |g(a)| (b - a) + the within-bin parts of both CDFs (exact, from the sums; from either end).
-  Without bin sums (a profile made before they were kept) it falls back to the exact mean shift
-  plus the sketches' crossing part, 2 min(integral of g+, integral of g-), clamped into the
-  sketch-only interval.
+  bin sums are within SUM_TOLERANCE, and the estimate is clipped into it: per cell, low = |integral
+  of g| or what the bands force apart, high = the least of |integral of g| + 2 min(largest g+, g-
+  the bands allow), the bands' own bound, and |g(a)| (b - a) + the within-cell parts of both CDFs
+  (exact, from the sums; from either end). Without extremes (a profile or window payload made
+  before they were kept) the cells are the bins alone; without bin sums it falls back to the exact
+  mean shift plus the sketches' crossing part, 2 min(integral of g+, integral of g-), clamped into
+  the sketch-only interval.
 """
 
 from __future__ import annotations
