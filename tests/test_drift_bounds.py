@@ -176,6 +176,11 @@ def test_the_accumulator_keeps_the_exact_extremes_across_batches_and_merges():
     assert top.tolist() == exact[-k:].tolist() and bottom.tolist() == exact[:k].tolist()
     again = _core.TensorAccumulator.deserialize(parts[0].serialize())
     assert [e.tolist() for e in again.extremes(0)] == [bottom.tolist(), top.tolist()]
+    # Merged with a smaller k, the smaller k is kept (the other side may have dropped values).
+    small = _core.TensorAccumulator([(0, feature.edges)], [], extremes_k=4)
+    small.update(np.ascontiguousarray(x.astype(np.float32)[:, None]))
+    again.merge(small)
+    assert again.extremes(0)[1].tolist() == np.sort(np.concatenate([exact, exact]))[-4:].tolist()
 
 
 def test_a_profile_without_extremes_still_bounds_wasserstein():

@@ -64,7 +64,14 @@ class Extremes {
     if (bottom_.size() >= 2 * static_cast<size_t>(k_)) shrink(bottom_, bottom_floor_);
   }
 
+  // With a smaller k the other side may have dropped values the union's k largest need: the
+  // merge keeps the smaller k, so every value above the kept ones is still kept.
   void merge(const Extremes& other) {
+    if (other.k_ < k_) {
+      k_ = other.k_;
+      if (top_.size() > k_) shrink(top_, top_floor_);
+      if (bottom_.size() > k_) shrink(bottom_, bottom_floor_);
+    }
     for (double v : other.top_) if (v > top_floor_) push(top_, top_floor_, v);
     for (double v : other.bottom_) if (v > bottom_floor_) push(bottom_, bottom_floor_, v);
   }
