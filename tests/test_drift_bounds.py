@@ -233,3 +233,39 @@ def test_a_profile_file_from_before_the_extremes_loads_and_falls_back(tmp_path):
     acc.update(np.ascontiguousarray(window[:, None]))
     w, low, high = st.wasserstein_bounds(st.Sketched.of_profile(feature), st.Sketched.of_window(acc, 0))
     assert low * (1 - 1e-9) <= stats.wasserstein_distance(reference, window) <= high * (1 + 1e-9)
+
+
+def _without_extremes(payload: bytes) -> bytes:
+    """An accumulator payload as the format before extremes (1) wrote it: the same fields, with
+    no extremes blob after each numeric feature's quantile sketch."""
+    import struct
+
+    out, at = bytearray(payload[:1 + 8 + 4 + 2]), 1 + 8 + 4 + 2
+    out[0] = 1
+    numeric = struct.unpack_from("<I", payload, at)[0]
+    out += payload[at:at + 4]
+    at += 4
+    for _ in range(numeric):
+        start = at
+        at += 8  # the column
+        for _ in range(3):  # histogram, moments, quantiles
+            at += 8 + struct.unpack_from("<Q", payload, at)[0]
+        out += payload[start:at]
+        at += 8 + struct.unpack_from("<Q", payload, at)[0]  # the extremes, dropped
+    return bytes(out + payload[at:])
+
+
+def test_a_window_payload_from_before_the_extremes_loads_and_falls_back():
+    rng = np.random.default_rng(9)
+    reference, window = draw(rng, "pareto", REFERENCE_ROWS, 0.0), draw(rng, "pareto", WINDOW_ROWS, 0.05)
+    feature, acc, ref, cur = window_statistics(reference, window, SAMPLE_EVERY)
+    old = _core.TensorAccumulator.deserialize(_without_extremes(acc.serialize()))
+    assert old.extremes(0) is None and old.bin_counts(0).tolist() == acc.bin_counts(0).tolist()
+    merged = _core.TensorAccumulator.deserialize(acc.serialize())
+    merged.merge(old)
+    assert merged.extremes(0) is None, "a merge with an old payload no longer knows its extremes"
+    legacy = st.Sketched.of_window(old, 0)
+    assert not legacy.has_extremes
+    w, low, high = st.wasserstein_bounds(ref, legacy)
+    exact = stats.wasserstein_distance(reference, window)
+    assert low <= w <= high and low * (1 - 1e-9) <= exact <= high * (1 + 1e-9)
