@@ -206,7 +206,7 @@ void bind_drift(py::module_& m) {
                        const std::vector<std::tuple<int64_t, uint32_t, std::vector<int32_t>>>& categorical,
                        std::optional<std::vector<std::pair<int64_t, std::vector<double>>>> output_numeric,
                        uint32_t kll_every, int64_t window_rows, double window_seconds, size_t history,
-                       int64_t queue_rows, int input_index, int output_index) {
+                       int64_t queue_rows, int input_index, int output_index, uint32_t extremes_k) {
              drift::MonitorConfig config;
              config.window_rows = window_rows;
              config.window_seconds = window_seconds;
@@ -214,16 +214,17 @@ void bind_drift(py::module_& m) {
              config.queue_rows = queue_rows;
              config.input_index = input_index;
              config.output_index = output_numeric ? output_index : -1;
-             auto outputs = output_numeric ? make_spec(*output_numeric, {}, kll_every, AccumulatorSpec::kDefaultKllK)
+             auto outputs = output_numeric ? make_spec(*output_numeric, {}, kll_every, AccumulatorSpec::kDefaultKllK,
+                                                       extremes_k)
                                            : nullptr;
              return std::make_shared<DriftMonitor>(config, make_spec(numeric, categorical, kll_every,
-                                                                     AccumulatorSpec::kDefaultKllK),
+                                                                     AccumulatorSpec::kDefaultKllK, extremes_k),
                                                    outputs);
            }),
            py::arg("numeric"), py::arg("categorical"), py::arg("output_numeric") = std::nullopt,
            py::arg("kll_every") = 1, py::arg("window_rows") = 10000, py::arg("window_seconds") = 60.0,
            py::arg("history") = 20, py::arg("queue_rows") = 1 << 16, py::arg("input_index") = 0,
-           py::arg("output_index") = 0)
+           py::arg("output_index") = 0, py::arg("extremes_k") = sketches::Extremes::kDefaultK)
       .def(
           "offer",
           [](DriftMonitor& self, const py::array& inputs, std::optional<py::array> outputs) {

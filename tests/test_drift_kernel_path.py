@@ -49,7 +49,7 @@ def test_the_same_traffic_gives_the_same_windows_on_both_paths():
     ref = traffic(rng, 2000)
     profile = build_profile(ref, ["a", "b", "c", "k"], categorical=["k"], outputs=ref[:, :1] * 2,
                             output_names=["score"])
-    config = DriftConfig(window_rows=300, window_seconds=0, quantile_sample_every=3)
+    config = DriftConfig(window_rows=300, window_seconds=0, quantile_sample_every=3, extremes=24)
     native = DriftMonitor(profile, config)
     device = DriftMonitor(profile, config, device="cpu")
     try:
