@@ -2,7 +2,7 @@
 (http.spin_us): the engine's ingress polls its rings for an adaptive window, a front end with
 few clients polls for its answer. What must hold whatever the machine's load: every answer is
 right; a poll never waits out a slow model again and again (the front end's window closes);
-an idle engine stops polling; spin_us 0 turns it all off. (Whether a poll catches a message
+an idle engine stops polling; by default (spin_us 0) nothing polls. (Whether a poll catches a message
 depends on the machine's load, and is measured in bench/, not asserted here.)"""
 
 import http.client
@@ -62,7 +62,7 @@ def stop(proc) -> None:
 
 def test_a_slow_model_closes_the_front_ends_poll_and_an_idle_engine_stops_polling(tmp_path):
     port = free_port()
-    proc = serve(tmp_path, port)
+    proc = serve(tmp_path, port, spin_us=100)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in range(12):  # one client, one request at a time: the front end polls for each answer
@@ -83,9 +83,9 @@ def test_a_slow_model_closes_the_front_ends_poll_and_an_idle_engine_stops_pollin
         stop(proc)
 
 
-def test_spin_us_0_never_polls(tmp_path):
+def test_by_default_nothing_polls(tmp_path):
     port = free_port()
-    proc = serve(tmp_path, port, spin_us=0)
+    proc = serve(tmp_path, port)
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for i in range(50):
