@@ -9,13 +9,14 @@
 // them in a single process: the round's requests form one batch), then sleeps on the
 // channels' eventfds when all are empty.
 //
-// Before it sleeps, the thread polls the rings for a while (adaptive, at most spin_us): on a
-// virtual machine a core that halts costs the next wake-up tens of µs (DESIGN.md, "The hop"),
-// more than a lone client's whole request takes in the engine. The window grows while the
-// next request keeps coming soon after the rings empty (a client waiting on each answer) and
-// shrinks to nothing when polling does not pay (idle, or rounds that keep finding many
-// requests: the front ends are busy and the cores are theirs). Each poll yields the core, so
-// a runnable front end on it is not kept waiting.
+// Before it sleeps, the thread may poll the rings for a while (adaptive, at most spin_us):
+// on a virtual machine a core that halts costs the next wake-up tens of µs (DESIGN.md, "The
+// hop to the engine"), more than a lone client's whole request takes in the engine. The
+// window grows while the next request keeps coming soon after the rings empty (a client
+// waiting on each answer) and shrinks to nothing when polling does not pay (idle, or rounds
+// that keep finding many requests: the front ends are busy and the cores are theirs). Each
+// poll yields the core, so a runnable thread on it is not kept waiting, and a yield that
+// returns late (another thread wanted the core) closes the window. Off by default (spin_us 0).
 //
 // Thread-safety: every public member may be called from any thread.
 #pragma once

@@ -98,7 +98,7 @@ class EngineChannel:
     def _flush(self) -> None:
         self.flush_scheduled = False
         self.native.flush()
-        if self.spin_us and len(self.pending) <= SPIN_MAX_PENDING and self.few_clients():
+        if self.spin_us and 0 < len(self.pending) <= SPIN_MAX_PENDING and self.few_clients():
             self._spin()
 
     def _spin(self) -> None:
