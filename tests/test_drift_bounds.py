@@ -3,6 +3,8 @@ skewed, discrete, zero-inflated, bimodal and NaN-heavy features, several seeds a
 the window's quantile sketch fed a random sample as the monitor feeds it: each statistic within
 the error bound it states (see loopserve/monitor/statistics.py)."""
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -181,6 +183,33 @@ def test_the_accumulator_keeps_the_exact_extremes_across_batches_and_merges():
     small.update(np.ascontiguousarray(x.astype(np.float32)[:, None]))
     again.merge(small)
     assert again.extremes(0)[1].tolist() == np.sort(np.concatenate([exact, exact]))[-4:].tolist()
+
+
+def test_a_payload_whose_kept_extremes_are_not_finite_is_refused():
+    """Payloads come from other replicas (the fleet's merge): a NaN among the kept values would
+    break the selection's ordering, so it is refused, not kept."""
+    x = np.random.default_rng(8).standard_normal(5_000)
+    x[123] = 987_654.321  # the largest value: a kept top extreme, found by its bytes
+    acc = _core.TensorAccumulator([(0, [0.0, 1.0])], [], extremes_k=16)
+    acc.update(np.ascontiguousarray(x[:, None]))
+    payload = acc.serialize()
+    at = payload.rindex(struct.pack("<d", 987_654.321))  # the extremes are the payload's last part
+    with pytest.raises(ValueError, match="Extremes: a kept value is not finite"):
+        _core.TensorAccumulator.deserialize(payload[:at] + struct.pack("<d", np.nan) + payload[at + 8:])
+
+
+@pytest.mark.parametrize("offset", [1e9, 1e13])
+def test_wasserstein_bounds_hold_for_a_feature_far_from_zero(offset):
+    """Timestamps and ids sit far from 0 next to their spread: the bin sums are taken from the
+    middle edge (in the profile as in the accumulators) and the bound counts their rounding."""
+    rng = np.random.default_rng(9)
+    for _ in range(3):
+        reference = offset + rng.standard_normal(20_000)
+        window = offset + rng.standard_normal(5_000) + 0.3
+        _, _, ref, cur = window_statistics(reference, window, 1)
+        exact = stats.wasserstein_distance(reference, window)
+        w, low, high = st.wasserstein_bounds(ref, cur)
+        assert low <= w <= high and low * (1 - 1e-9) <= exact <= high * (1 + 1e-9), (exact, w, low, high)
 
 
 def test_a_profile_without_extremes_still_bounds_wasserstein():

@@ -77,6 +77,26 @@ def test_the_same_traffic_gives_the_same_windows_on_both_paths():
         device.stop()
 
 
+def test_a_window_with_fewer_values_than_both_sides_keep_has_the_same_extremes_on_both_paths():
+    """15 rows against k = 16 a side: the device's top and bottom lists share every value, and
+    each must go to its own side only (both sides once held every value twice)."""
+    profile = build_profile(np.random.default_rng(0).normal(size=(2000, 2)).astype(np.float32), ["a", "b"])
+    config = DriftConfig(window_rows=1000, window_seconds=0, quantile_sample_every=1, extremes=16)
+    native, device = DriftMonitor(profile, config), DriftMonitor(profile, config, device="cpu")
+    try:
+        X = np.arange(30, dtype=np.float32).reshape(15, 2)
+        X[::4, 1] = np.nan
+        for m in (native, device):
+            m.offer(X)
+            m.flush()
+        a, b = native.raw_windows()[-1]["inputs"], device.raw_windows()[-1]["inputs"]
+        assert_same_accumulator(a, b)
+        assert [e.tolist() for e in b.extremes(0)] == [X[:, 0].tolist()] * 2  # each value once a side
+    finally:
+        native.stop()
+        device.stop()
+
+
 def test_a_served_model_feeds_the_kernel_path_from_its_backend():
     """A torch model's batches reach the kernel path from the backend's tensors (not the
     batcher's observer): the window equals a native monitor offered the same rows."""

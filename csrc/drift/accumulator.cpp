@@ -497,11 +497,14 @@ void TensorAccumulator::absorb(const Parts& p) {
       kept += v - v == 0.0;  // finite values only, as update() feeds them
     }
     quantiles_[f].update(sampled.data(), kept);
-    for (const double* side : {p.top, p.bottom})
-      for (size_t i = 0; side != nullptr && i < p.extremes_stride; ++i) {
-        const double v = side[f * p.extremes_stride + i];
-        if (v - v == 0.0) extremes_[f].add(v);
-      }
+    // Each list to its own side: with fewer than 2k finite values the two lists share values,
+    // which add() would keep twice.
+    for (size_t i = 0; i < p.extremes_stride; ++i) {
+      const double top = p.top ? p.top[f * p.extremes_stride + i] : NAN;
+      const double bottom = p.bottom ? p.bottom[f * p.extremes_stride + i] : NAN;
+      if (top - top == 0.0) extremes_[f].add_top(top);
+      if (bottom - bottom == 0.0) extremes_[f].add_bottom(bottom);
+    }
   }
   for (size_t c = 0; c < categories_.size(); ++c) {
     for (uint32_t slot = 0; slot <= categories_[c].other_slot(); ++slot)

@@ -101,6 +101,7 @@ class Extremes {
       if (n > e.k_ || n > size / sizeof(double)) throw std::invalid_argument("Extremes: corrupt count");
       for (uint32_t i = 0; i < n; ++i) {
         const double v = r.get<double>();
+        if (!(v - v == 0.0)) throw std::invalid_argument("Extremes: a kept value is not finite");
         side == 0 ? e.push(e.top_, e.top_floor_, v) : e.push(e.bottom_, e.bottom_floor_, -v);
       }
     }

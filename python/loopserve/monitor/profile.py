@@ -202,7 +202,10 @@ def _numeric(name: str, column: int, values, bins: int) -> NumericProfile:
         edges = np.array([edges[0], np.nextafter(edges[0], math.inf)])
     bins = np.searchsorted(edges, finite, side="right")
     counts = np.bincount(bins, minlength=edges.size + 1)
-    sums = np.bincount(bins, weights=finite, minlength=edges.size + 1)
+    # Summed as the accumulators sum (loopserve/monitor/wasserstein.py's tolerance assumes it):
+    # distances from the middle edge, so a feature far from 0 (timestamps, ids) keeps its spread.
+    pivot = edges[edges.size // 2]
+    sums = np.bincount(bins, weights=finite - pivot, minlength=edges.size + 1) + counts * pivot
     sketch = KllSketch(QUANTILE_K)
     sketch.update(finite)
     ordered = np.sort(finite)

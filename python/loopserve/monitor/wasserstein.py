@@ -160,7 +160,10 @@ def _wasserstein_binned(reference: Sketched, current: Sketched, crossings: bool 
     pivot = edges[edges.size // 2] if edges.size else 0.0
     reach = np.maximum(np.abs(coarse[:-1] - pivot), np.abs(coarse[1:] - pivot))
     shares = lambda side: np.asarray(side.counts, dtype=np.float64) / np.sum(side.counts)  # noqa: E731
-    slack = np.full(width.size, SUM_TOLERANCE * float(np.sum(reach * (shares(reference) + shares(current)))))
+    # Plus the rounding of the stored sums themselves (count x pivot added back in float64): a few
+    # ulps of the pivot per row, which counts for features far from 0 (timestamps, ids).
+    slack = np.full(width.size, SUM_TOLERANCE * float(np.sum(reach * (shares(reference) + shares(current))))
+                    + 4 * np.finfo(np.float64).eps * abs(float(pivot)))
     slack[(bounds[:-1] >= t) | (bounds[1:] <= b)] = 0.0
     # Without the sketches: |g| <= |g(a)| + (F_r - F_r(a)) + (F_c - F_c(a)), and from the right end.
     data_high = np.minimum(np.abs(ra - ca) * width + rj + cj, np.abs(rb - cb) * width + rk + ck)
