@@ -185,17 +185,26 @@ def test_the_accumulator_keeps_the_exact_extremes_across_batches_and_merges():
     assert again.extremes(0)[1].tolist() == np.sort(np.concatenate([exact, exact]))[-4:].tolist()
 
 
-def test_a_payload_whose_kept_extremes_are_not_finite_is_refused():
+def test_a_payload_holding_what_no_update_makes_is_refused():
     """Payloads come from other replicas (the fleet's merge): a NaN among the kept values would
-    break the selection's ordering, so it is refused, not kept."""
+    break the selection's ordering, a NaN maximum W1's outer bin, so each is refused."""
     x = np.random.default_rng(8).standard_normal(5_000)
     x[123] = 987_654.321  # the largest value: a kept top extreme, found by its bytes
     acc = _core.TensorAccumulator([(0, [0.0, 1.0])], [], extremes_k=16)
     acc.update(np.ascontiguousarray(x[:, None]))
     payload = acc.serialize()
-    at = payload.rindex(struct.pack("<d", 987_654.321))  # the extremes are the payload's last part
+    def corrupt(at):
+        return payload[:at] + struct.pack("<d", np.nan) + payload[at + 8:]
+
+    where = [i for i in range(len(payload)) if payload.startswith(struct.pack("<d", 987_654.321), i)]
+    assert len(where) == 4  # the moments' max, the KLL sketch's max and item, the top extreme (last)
     with pytest.raises(ValueError, match="Extremes: a kept value is not finite"):
-        _core.TensorAccumulator.deserialize(payload[:at] + struct.pack("<d", np.nan) + payload[at + 8:])
+        _core.TensorAccumulator.deserialize(corrupt(where[-1]))
+    with pytest.raises(ValueError, match="MomentsSketch: corrupt moments"):
+        _core.TensorAccumulator.deserialize(corrupt(where[0]))
+    for at in where[1:-1]:
+        with pytest.raises(ValueError, match="KllSketch"):
+            _core.TensorAccumulator.deserialize(corrupt(at))
 
 
 @pytest.mark.parametrize("offset", [1e9, 1e13])

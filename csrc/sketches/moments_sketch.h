@@ -93,6 +93,11 @@ class MomentsSketch {
     s.min_ = r.get<double>();
     s.max_ = r.get<double>();
     r.expect_end();
+    // Payloads come from other replicas: what update() can never produce is refused (its values
+    // are finite, so are min and max; m2 may overflow to +inf but is never negative or NaN).
+    if (s.n_ > 0 && !(std::isfinite(s.min_) && std::isfinite(s.max_) && s.min_ <= s.max_ && s.mean_ == s.mean_ &&
+                      s.m2_ >= 0.0))
+      throw std::invalid_argument("MomentsSketch: corrupt moments (min, max, mean or m2)");
     return s;
   }
 
