@@ -203,7 +203,9 @@ class ModelFeedback:
         return result, joined
 
     def _find(self, request_id: str, now: float):
-        """The best answer across versions: the newest prediction recorded with this id."""
+        """The answer of the most recent prediction recorded with this id, whichever version
+        made it and whether or not it is still held (an evicted one answers "expired" or
+        "duplicate": the label is not given to an older prediction of another version)."""
         best = (UNKNOWN, None, None, 0.0)
         for track in self.tracks.values():
             status, seq, predicted_at = track.rec.lookup(request_id, now)
