@@ -192,6 +192,6 @@ def _windows(value: str | None) -> int | None:
         return 5
     if value == "all":
         return None
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not '²', which isdigit() takes and int() refuses
         return int(value)
     raise ProtocolError(f"query parameter windows={value!r}: expected a number of windows or 'all'")
