@@ -53,8 +53,8 @@ _decoder = msgspec.json.Decoder(FeedbackBody)
 _items_decoder = msgspec.json.Decoder(list[LabelItem])
 # A large body (protocol.OFF_LOOP_BYTES or more) is decoded on a worker thread in slices, and
 # must be the labels form alone: its array is found without decoding the rest.
-_LABELS_HEAD = re.compile(rb'\s*\{\s*"labels"\s*:\s*\[')
-_LABELS_TAIL = re.compile(rb'\]\s*\}\s*$')
+_LABELS_HEAD = re.compile(rb'[ \t\r\n]*\{[ \t\r\n]*"labels"[ \t\r\n]*:[ \t\r\n]*\[')  # JSON's whitespace, not \s's
+_LABELS_TAIL = re.compile(rb'\][ \t\r\n]*\}[ \t\r\n]*\Z')
 _EDGE = 64
 LARGE_FORM = ('a feedback body of 1 MiB or more must be {"labels": [...]} with nothing else (it is decoded in '
               'slices)')

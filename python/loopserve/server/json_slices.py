@@ -128,3 +128,58 @@ def object_ends(window: memoryview) -> np.ndarray:
         quotes = quotes[run % 2 == 0]
     braces = np.flatnonzero(chars == ord("}"))
     return braces[np.searchsorted(quotes, braces) % 2 == 0]
+
+
+_TOKENS = b'"[]{}\\'
+
+
+def cut_out_arrays(view: memoryview, nonce: str) -> tuple[bytes, dict[bytes, memoryview]] | None:
+    """The JSON text `view` with each flat array of `SLICE_BYTES` or more (a `[` whose next token
+    outside strings is its `]`) replaced by a placeholder string, and the arrays by placeholder;
+    None when there is none. Found without decoding: a scan a slice at a time, so that msgspec's
+    pass over the rest (and the arrays' own decoding, `data_of`) is all that holds the GIL long.
+    The text is not validated here: decoding the rest does that."""
+    spans: list[tuple[int, int]] = []
+    last_pos, last_char = -1, 0  # the last token before the slice (outside strings, or a quote)
+    in_string = False
+    pos, end = 0, len(view)
+    while pos < end:
+        stop = min(pos + SLICE_BYTES, end)
+        while stop < end and view[stop - 1] == ord("\\"):  # a slice never ends inside an escape
+            stop += 1
+        window = view[pos:stop]
+        chunk = bytes(window)
+        if not any(c in chunk for c in (b'"', b"[", b"]", b"{", b"}", b"\\")):
+            pos = stop
+            continue
+        chars = np.frombuffer(window, np.uint8)
+        quotes = np.flatnonzero(chars == ord('"'))
+        backslash = chars == ord("\\")
+        if quotes.size and backslash.any():  # an odd run of backslashes escapes a quote
+            last_other = np.maximum.accumulate(np.where(backslash, -1, np.arange(chars.size)))
+            before = quotes - 1
+            run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
+            quotes = quotes[run % 2 == 0]
+        brackets = np.flatnonzero((chars == ord("[")) | (chars == ord("]")) | (chars == ord("{")) | (chars == ord("}")))
+        outside = (np.searchsorted(quotes, brackets) % 2 == 0) != in_string
+        tokens = np.concatenate([brackets[outside], quotes])
+        tokens.sort()
+        if tokens.size:
+            positions = np.concatenate([[last_pos], tokens + pos])
+            chars_at = np.concatenate([[last_char], chars[tokens]])
+            flat = (chars_at[:-1] == ord("[")) & (chars_at[1:] == ord("]")) & \
+                   (positions[1:] - positions[:-1] > SLICE_BYTES)
+            spans += [(int(a), int(b) + 1) for a, b in zip(positions[:-1][flat], positions[1:][flat])]
+            last_pos, last_char = int(positions[-1]), int(chars_at[-1])
+        in_string ^= bool(quotes.size % 2)
+        pos = stop
+    if not spans:
+        return None
+    parts, arrays, at = [], {}, 0
+    for k, (start, stop) in enumerate(spans):
+        placeholder = f'"@loopserve-slice-{k}-{nonce}"'.encode()
+        parts += [bytes(view[at:start]), placeholder]
+        arrays[placeholder] = view[start:stop]
+        at = stop
+    parts.append(bytes(view[at:]))
+    return b"".join(parts), arrays
