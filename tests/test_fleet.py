@@ -110,6 +110,7 @@ def test_live_accuracy_and_traffic_are_summed_over_replicas(fleet, capsys):
     assert [w["labels"] for w in version["windows"]] == [300]  # each replica's one closed 100-label window
     traffic = view.traffic()
     assert traffic["metrics"]["1"]["requests"] == 300 and traffic["settled"] and traffic["weights"] == {"1": 1.0}
+    assert sum(traffic["metrics"]["1"]["latency_counts"]) == 300  # every answer in one of the latency buckets
     assert main(["drift", "mlp", "--replicas", ",".join(f"http://{s.url}" for s in servers)]) == 0
     out = capsys.readouterr().out
     assert "3/3 replicas answered" in out and "live accuracy 0.700 over 300 labels (3 replicas)" in out

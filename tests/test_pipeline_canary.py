@@ -7,10 +7,13 @@ import textwrap
 import msgspec
 import pytest
 
+from conftest import wait_until
 from loopserve import zoo
 from loopserve.serving.canary import CanaryRule
 from loopserve.loadgen import ClientLoops
+from loopserve.pipeline import steps
 from loopserve.pipeline.config import CanaryConfig, PipelineConfig
+from loopserve.pipeline.server_view import ServerView
 from loopserve.pipeline.runner import Pipeline
 from loopserve.registry import current_version, register_model
 from loopserve.server.config import ServerConfig
@@ -24,13 +27,26 @@ BROKEN_MODEL = textwrap.dedent("""
 """)
 
 
-def register(store_root, build_dir, seed, alias=None, broken=False):
+def slow_when(flag):
+    """A Python model with the tiny MLP's signature that takes 200 ms a batch while `flag` exists."""
+    return textwrap.dedent(f"""
+        import os, time
+        import numpy as np
+
+        def infer(inputs):
+            if os.path.exists({str(flag)!r}):
+                time.sleep(0.2)
+            return {{"OUTPUT0": np.zeros((len(inputs["INPUT0"]), 2), np.float32)}}
+    """)
+
+
+def register(store_root, build_dir, seed, alias=None, broken=False, code=None):
     """The tiny MLP as ONNX; or, broken, a Python model with the same config that fails every batch."""
     model_dir = zoo.write_model_dir(build_dir, "fraud", zoo.tiny_mlp(seed=seed))
     files = [model_dir / "config.yaml", model_dir / "1" / "model.onnx"]
-    if broken:
+    if broken or code:
         files[1] = build_dir / "model.py"
-        files[1].write_text(BROKEN_MODEL)
+        files[1].write_text(code or BROKEN_MODEL)
     with Store(store_root) as store:
         return register_model("fraud", files, alias=alias, store=store).version
 
@@ -121,3 +137,39 @@ def test_rolling_out_the_production_version_is_refused(setup):
             pipeline.roll_out(v1, "test")
     finally:
         pipeline.close()
+
+
+def test_p99_is_compared_over_the_canary_window_only(serve, tmp_path):
+    """Production's p99 is taken over the same window as the canary's, not over its history: a
+    production fast for 1,500 requests, then as slow as the canary once the window opens (the
+    whole box slowed down), is no reason to roll a sound canary back. Over its history
+    production's p99 stays fast, and the default 3x rule would have rolled the canary back."""
+    flag = tmp_path / "slow"
+    store_root = tmp_path / "store"
+    v1 = register(store_root, tmp_path / "v1", seed=1, alias="production", code=slow_when(flag))
+    v2 = register(store_root, tmp_path / "v2", seed=2, code=slow_when(flag))
+    server = serve(build_app(ServerConfig(
+        models=[ModelSource(name="fraud", source="registry://fraud@production", canary_alias="canary",
+                            canary_weight=90)],
+        store=str(store_root), repository_poll_s=0.05)))
+    config = PipelineConfig(model="fraud", train="unused", server=server.base_url, store=str(store_root),
+                            canary=CanaryConfig(window_s=120, min_requests=40, min_labels=0, poll_s=0.05))
+    assert config.canary.max_p99_ratio == CanaryRule().max_p99_ratio  # the default rule
+
+    with ClientLoops(server.base_url, "/v2/models/fraud/infer", body(), clients=4) as loops:  # fast history
+        wait_until(lambda: sum(t.sent for t in loops.tallies) >= 1500, "1,500 fast requests", timeout=300)
+    loops.tally.assert_zero_loss()
+    with Store(store_root) as store:
+        ctx = steps.RunContext("t", config, store, ServerView(server.base_url, "fraud"),
+                               production_version=v1, candidate=v2)
+        steps.canary(ctx)  # v2 beside v1, 90% of the traffic
+        flag.touch()  # from here on every batch of either version takes 200 ms
+        with ClientLoops(server.base_url, "/v2/models/fraud/infer", body(), clients=4) as loops:
+            facts = steps.compare(ctx)
+    loops.tally.assert_zero_loss()
+    assert facts["rule"]["action"] == "promote", facts
+    # both p99s cover the slow window (production may have drawn no request in it: then 0, no verdict)
+    assert facts["canary"]["p99_s"] >= 0.2 and (facts["production"]["p99_s"] >= 0.2 or
+                                                 facts["production"]["requests"] == 0)
+    whole = msgspec.json.decode(server.request("GET", "/v2/models/fraud/traffic")[2])["metrics"][str(v1)]
+    assert whole["p99_s"] < 0.2  # what the rule used to read: production's history

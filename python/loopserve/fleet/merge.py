@@ -94,7 +94,7 @@ def merge_traffic(states: list[dict]) -> dict:
     """The replicas' routing states (`GET .../traffic`) as one. Weights: each version's mean share
     over the replicas (0 where a replica does not serve it), so a version is listed as soon as
     one replica serves it and a rollout is settled when every replica lists the same versions.
-    Per version: requests and errors added, p99 the worst replica's."""
+    Per version: requests, errors and latency bucket counts added, p99 the worst replica's."""
     versions = sorted({v for s in states for v in s.get("weights", {})}, key=int)
     weights = {v: sum(s.get("weights", {}).get(v, 0.0) for s in states) / len(states) for v in versions}
     metrics: dict[str, dict] = {}
@@ -104,6 +104,10 @@ def merge_traffic(states: list[dict]) -> dict:
             into["requests"] += m.get("requests", 0)
             into["errors"] += m.get("errors", 0)
             into["p99_s"] = max(into["p99_s"], m.get("p99_s", 0.0))
+            counts = m.get("latency_counts") or []
+            have = into.setdefault("latency_counts", [0] * len(counts))
+            if len(have) == len(counts):  # replicas of one release share the histogram's bounds
+                into["latency_counts"] = [a + b for a, b in zip(have, counts)]
     stable = {s.get("stable") for s in states}
     return {"versions": sorted({v for s in states for v in s.get("versions", [])}), "weights": weights,
             "shadow": sorted({v for s in states for v in s.get("shadow", [])}),

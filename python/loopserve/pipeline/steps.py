@@ -18,6 +18,7 @@ import numpy as np
 from loopserve.errors import LoopserveError
 from loopserve.pipeline.config import PipelineConfig
 from loopserve.pipeline.server_view import ServerView
+from loopserve.server.latency import bucket_quantile
 
 log = logging.getLogger("loopserve.pipeline")
 
@@ -295,8 +296,17 @@ def _window_accuracy(now: dict, then: dict, version: str) -> tuple[float | None,
 
 
 def _delta(metrics: dict, start: dict, version: str) -> dict:
+    """A version's requests, errors and p99 between two readings of the traffic route. The p99
+    is the window's: production's whole history would hold its cold start and every load spike
+    it ever saw, against a canary that saw only this window."""
     now, then = metrics.get(version, {}), start.get(version, {})
     requests = now.get("requests", 0) - then.get("requests", 0)
     errors = now.get("errors", 0) - then.get("errors", 0)
+    counts_now, counts_then = now.get("latency_counts") or [], then.get("latency_counts") or []
+    if counts_now:
+        counts_then = counts_then if len(counts_then) == len(counts_now) else [0] * len(counts_now)
+        p99 = bucket_quantile([a - b for a, b in zip(counts_now, counts_then)], 0.99)
+    else:  # a server from before the counts were published
+        p99 = now.get("p99_s", 0.0)
     return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else 0.0,
-            "p99_s": now.get("p99_s", 0.0)}
+            "p99_s": p99}

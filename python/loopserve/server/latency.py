@@ -25,15 +25,7 @@ class LatencyHistogram:
 
     def quantile(self, q: float) -> float:
         """The upper bound of the bucket holding the q-quantile (inf past the last bound)."""
-        total = sum(self.counts)
-        if total == 0:
-            return 0.0
-        seen = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts):
-            seen += count
-            if seen >= q * total:
-                return bound
-        return float("inf")
+        return bucket_quantile(self.counts, q, self.bounds)
 
     def buckets(self) -> list[tuple[str, int]]:
         out, total = [], 0
@@ -41,3 +33,18 @@ class LatencyHistogram:
             total += count
             out.append((bound, total))
         return out
+
+
+def bucket_quantile(counts, q: float, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> float:
+    """The upper bound of the bucket holding the q-quantile of per-bucket counts (the last
+    count is +Inf's); 0 when there are none. Counts may be the difference of two readings of
+    one histogram: the quantile of what happened between them."""
+    total = sum(counts)
+    if total <= 0:
+        return 0.0
+    seen = 0
+    for bound, count in zip((*bounds, float("inf")), counts):
+        seen += count
+        if seen >= q * total:
+            return bound
+    return float("inf")

@@ -221,8 +221,9 @@ class ServerMetrics:
     def version_metrics(self, model) -> VersionMetrics:
         """What the rollback rule looks at for one loaded version."""
         s = model.stats()
+        latency = self.latency(model.name, str(model.version))
         return VersionMetrics(model.version, s.success + s.failed + s.timed_out, s.failed + s.timed_out,
-                              self.latency(model.name, str(model.version)).quantile(0.99))
+                              latency.quantile(0.99), tuple(latency.counts))
 
     def latency(self, model: str, version: str) -> LatencyHistogram:
         key = (model, version)

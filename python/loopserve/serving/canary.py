@@ -15,6 +15,9 @@ class VersionMetrics(msgspec.Struct, frozen=True):
     requests: int
     errors: int  # failed in the model or timed out in the queue
     p99_s: float  # from the server's latency histogram (a bucket's upper bound)
+    # That histogram's per-bucket counts (server/latency.py's bounds, then +Inf): the pipeline
+    # takes the difference of two readings, so both versions' p99 cover the same window.
+    latency_counts: tuple[int, ...] = ()
 
     @property
     def error_rate(self) -> float:
