@@ -3,7 +3,7 @@ seconds, with what it gives now: the status the attacker got, how long another k
 stalled (the longest gap between its answers while the attack ran), and the server's memory
 (RSS of all its processes) and open file descriptors before and after.
 
-    .venv/bin/python bench/attacks.py [--workers 1] [--only idle,race,...] [--json out.json]
+    .venv/bin/python bench/attacks.py [--workers 1] [--only idle,race,...] [--repeat 3] [--json out.json]
 
 The server runs with a management token and shorter limits than the defaults, so that each attack
 takes seconds (header_timeout_s 2, body_timeout_s 3, keep_alive_s 2, max_connections 400). Sizes
@@ -11,7 +11,9 @@ are reduced where the issue's took long to send: 1,000 idle connections (20,000)
 headers (400 MB), 100 MB to the index and traffic routes (300 MB), 10 request ids of 4 MiB (40).
 The other client alternates a small infer and `GET /v2/models/mlp` (answered by the engine's own
 event loop when workers > 1); its gaps include the machine's own noise (tens of ms on a loaded
-2-core box): compare a row with the `baseline` row of the same run.
+2-core box): compare a row with the `baseline` row of the same run. With --repeat N each attack
+runs N times: the stall printed is the median (and the largest), memory and descriptors are
+before the first and after the last.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import select
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -368,6 +371,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--only", help="comma-separated attack keys: " + ",".join(ATTACKS))
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each attack (median stall reported)")
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     chosen = [k for k in ATTACKS if not args.only or k in args.only.split(",")]
@@ -395,23 +399,29 @@ def main() -> int:
                 post(port, "/v2/models/mlp/infer", SMALL)
             print(f"loopserve serve, workers {args.workers}; limits: header 2 s, body 3 s, keep-alive 2 s, "
                   f"400 connections per process")
-            print(f"{'attack':<40} {'stall ms':>9} {'RSS MB before':>14} {'after':>6} {'fds before':>11} "
+            print(f"{'attack':<40} {'stall ms':>11} {'RSS MB before':>14} {'after':>6} {'fds before':>11} "
                   f"{'after':>6}  attacker got")
             for key in chosen:
                 label, attack, prepare = ATTACKS[key]
                 payload = prepare() if prepare else ()
                 rss0, fds0 = footprint(pgid)
-                with Observer(port) as observer:
-                    try:
-                        outcome = attack(port, *payload)
-                    except Exception as exc:  # noqa: BLE001  (a bench reports, it does not stop)
-                        outcome = f"bench error: {exc!r}"[:120]
+                stalls, outcomes = [], []
+                for _ in range(args.repeat):
+                    with Observer(port) as observer:
+                        try:
+                            outcomes.append(attack(port, *payload))
+                        except Exception as exc:  # noqa: BLE001  (a bench reports, it does not stop)
+                            outcomes.append(f"bench error: {exc!r}"[:120])
+                    stalls.append(observer.longest_gap() * 1e3)
                 rss1, fds1 = settle(pgid, fds0)
-                row = {"attack": label, "key": key, "outcome": outcome, "stall_ms": round(observer.longest_gap() * 1e3),
+                outcome = outcomes[-1] if len(set(outcomes)) == 1 else " | ".join(outcomes)
+                row = {"attack": label, "key": key, "outcome": outcome, "stall_ms": round(statistics.median(stalls)),
+                       "stall_ms_max": round(max(stalls)), "stalls_ms": [round(x) for x in stalls],
                        "rss_before_mb": round(rss0 / 1e6), "rss_after_mb": round(rss1 / 1e6), "fds_before": fds0,
                        "fds_after": fds1, "observer": observer.statuses, "alive": server.proc.poll() is None}
                 rows.append(row)
-                print(f"{label:<40} {row['stall_ms']:>9} {row['rss_before_mb']:>14} {row['rss_after_mb']:>6} "
+                stall = f"{row['stall_ms']}" + (f" ({row['stall_ms_max']})" if args.repeat > 1 else "")
+                print(f"{label:<40} {stall:>11} {row['rss_before_mb']:>14} {row['rss_after_mb']:>6} "
                       f"{fds0:>11} {fds1:>6}  {outcome}", flush=True)
                 del payload
                 if not row["alive"]:
