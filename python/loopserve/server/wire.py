@@ -137,7 +137,9 @@ class _DecodedOffLoop:
         try:
             self.inner, self.inner_finish = self.submit(*decoding.result())
         except Exception as exc:
-            self.error = exc
+            # Without its traceback: its frames (the body among their locals) and this object
+            # make a cycle that only a collection frees, rare in a front end (a body each).
+            self.error = exc.with_traceback(None)
             self._done()
             return
         self.inner.add_done_callback(self._done)
