@@ -243,12 +243,13 @@ def test_a_large_feedback_body_is_decoded_and_joined_while_others_are_answered(s
 
 
 def test_memory_returns_after_many_large_bodies(serve, mlp_repository):
-    """Point 5's measure, under repetition: 30 infer bodies of 4 MiB on one keep-alive connection
-    (request ids far past the limit: each refused, 400) left the process that decoded them 70-130
-    MB larger for good. A body decoded off the loop and refused kept its refusal with its
-    traceback, whose frames (the body among their locals) made a cycle with the request: each
-    body waited for a garbage collection, rare in a front end, and the heap grew past what it
-    gave back. The refusal is now kept without its traceback: each body is freed at once."""
+    """Point 5's measure, under repetition: 30 infer bodies of 4 MiB, on one keep-alive connection
+    and on connections of their own (request ids far past the limit: each refused, 400), left the
+    process that decoded them 70-130 MB larger for good. A body decoded off the loop and refused
+    kept its exception, whose tracebacks' frames hold the body: in a cycle (the frame that took
+    the decoding's result), and held by the request's connection objects (themselves a cycle):
+    each body waited for a garbage collection, rare in a front end, and the heap grew past what
+    it gave back. The refusal is now answered at once and the exception let go of."""
     from conftest import wait_until
 
     server = serve(LoopserveApp(mlp_repository))
@@ -258,7 +259,10 @@ def test_memory_returns_after_many_large_bodies(serve, mlp_repository):
     conn.request("POST", "/v2/models/mlp/infer", body)  # the first: what one body leaves behind
     assert conn.getresponse().read()
     before = sum(rss_bytes(pid) for pid in pids)
-    for _ in range(30):
+    for i in range(30):
+        if i >= 15:  # then a connection each
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
         conn.request("POST", "/v2/models/mlp/infer", body)
         response = conn.getresponse()
         assert response.status == 400 and b"length <= 256" in response.read()
