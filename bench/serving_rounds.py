@@ -9,7 +9,10 @@ median of the per-round ratios to Triton and to the echo (req/s) and to the hand
 baseline (p50 latency, the c=1 target). Also each server's CPU µs per request (all of its
 processes, from /proc).
 
-    .venv/bin/python bench/serving_rounds.py [--servers triton,echo,loopserve-w1,loopserve-w2]
+loopserve-wN-spinU is loopserve at workers N with http.spin_us U (the hop between front end and
+engine polls up to U µs before sleeping; off by default), to measure the polling side by side.
+
+    .venv/bin/python bench/serving_rounds.py [--servers triton,echo,loopserve-w1,loopserve-w2,loopserve-w2-spin100]
                                              [--concurrency 64] [--rounds 5] [--seconds 3]
 """
 
@@ -49,7 +52,16 @@ def main() -> int:
         servers = []
         for name in names:
             if name.startswith("loopserve-w"):
-                s = harness.loopserve_server(log_dir, work, harness.DEFAULT_LOOPSERVE_CMD, int(name[len("loopserve-w"):]))
+                workers, _, variant = name[len("loopserve-w"):].partition("-")
+                cmd = harness.DEFAULT_LOOPSERVE_CMD
+                if variant.startswith("spin"):  # loopserve-w2-spin100: http.spin_us 100
+                    config = work / f"{name}.yaml"
+                    config.write_text(f"http:\n  spin_us: {int(variant[len('spin'):])}\n")
+                    cmd += f" --config {config}"
+                elif variant:
+                    raise SystemExit(f"unknown server {name!r}")
+                s = harness.loopserve_server(log_dir, work, cmd, int(workers))
+                s.name, s.log_path = name, log_dir / f"{name}.log"
             else:
                 s = {"triton": harness.triton_server, "echo": harness.echo_server,
                      "baseline": harness.baseline_server}[name](log_dir, work)

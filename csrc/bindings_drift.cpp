@@ -25,12 +25,15 @@ using drift::TensorAccumulator;
 // numeric: [(column, edges)], categorical: [(column, slots, lut)]
 std::shared_ptr<const AccumulatorSpec> make_spec(const std::vector<std::pair<int64_t, std::vector<double>>>& numeric,
                                                  const std::vector<std::tuple<int64_t, uint32_t, std::vector<int32_t>>>& categorical,
-                                                 uint32_t kll_every, uint16_t kll_k) {
+                                                 uint32_t kll_every, uint16_t kll_k,
+                                                 uint32_t extremes_k = sketches::Extremes::kDefaultK) {
   auto spec = std::make_shared<AccumulatorSpec>();
   for (const auto& [column, edges] : numeric) spec->numeric.push_back({column, edges});
   for (const auto& [column, slots, lut] : categorical) spec->categorical.push_back({column, slots, lut});
   spec->kll_every = kll_every;
   spec->kll_k = kll_k;
+  if (extremes_k == 0) throw std::invalid_argument("extremes_k must be at least 1");
+  spec->extremes_k = extremes_k;
   return spec;
 }
 
@@ -88,11 +91,11 @@ void bind_drift(py::module_& m) {
                                 "category counts; mergeable and serializable")
       .def(py::init([](const std::vector<std::pair<int64_t, std::vector<double>>>& numeric,
                        const std::vector<std::tuple<int64_t, uint32_t, std::vector<int32_t>>>& categorical,
-                       uint32_t kll_every, uint16_t kll_k) {
-             return TensorAccumulator(make_spec(numeric, categorical, kll_every, kll_k));
+                       uint32_t kll_every, uint16_t kll_k, uint32_t extremes_k) {
+             return TensorAccumulator(make_spec(numeric, categorical, kll_every, kll_k, extremes_k));
            }),
            py::arg("numeric"), py::arg("categorical"), py::arg("kll_every") = 1,
-           py::arg("kll_k") = AccumulatorSpec::kDefaultKllK)
+           py::arg("kll_k") = AccumulatorSpec::kDefaultKllK, py::arg("extremes_k") = sketches::Extremes::kDefaultK)
       .def(
           "update",
           [](TensorAccumulator& self, const py::array& values) {
@@ -106,7 +109,8 @@ void bind_drift(py::module_& m) {
           "absorb",
           [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const F64Array& sums,
              const I64Array& missing, const I64Array& n, const F64Array& mean, const F64Array& m2, const F64Array& lo,
-             const F64Array& hi, const F64Array& samples, const I64Array& cat_counts, const I64Array& cat_missing) {
+             const F64Array& hi, const F64Array& samples, const I64Array& cat_counts, const I64Array& cat_missing,
+             const std::optional<F64Array>& top, const std::optional<F64Array>& bottom) {
             const size_t F = self.spec().numeric.size(), C = self.spec().categorical.size();
             size_t width = 0;
             for (const auto& c : self.spec().numeric) width = std::max(width, c.edges.size() + 1);
@@ -140,14 +144,24 @@ void bind_drift(py::module_& m) {
             p.cat_counts = cat_counts.data();
             p.cat_stride = cat_counts.ndim() == 2 ? static_cast<size_t>(cat_counts.shape(1)) : 0;
             p.cat_missing = cat_missing.data();
+            if (top.has_value() != bottom.has_value()) throw std::invalid_argument("absorb: pass both top and bottom");
+            if (top) {
+              if (top->ndim() != 2 || static_cast<size_t>(top->shape(0)) != F || bottom->ndim() != 2 ||
+                  bottom->shape(0) != top->shape(0) || bottom->shape(1) != top->shape(1))
+                throw std::invalid_argument("absorb: top and bottom must be [numeric features, candidates]");
+              p.top = top->data(), p.bottom = bottom->data();
+              p.extremes_stride = static_cast<size_t>(top->shape(1));
+            }
             py::gil_scoped_release release;
             self.absorb(p);
           },
           py::arg("rows"), py::arg("bins"), py::arg("sums"), py::arg("missing"), py::arg("n"), py::arg("mean"),
           py::arg("m2"), py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
+          py::arg("top") = py::none(), py::arg("bottom") = py::none(),
           "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], sums (of each bin's values, as "
           "bins), missing/n/mean/m2/min/max [F], "
-          "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C]")
+          "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C], "
+          "top and bottom [F, >= k] (candidates holding each feature's k largest and k smallest values; NaN pads)")
       .def(
           "sample_rows",
           [](TensorAccumulator& self, uint64_t rows) {
@@ -166,6 +180,16 @@ void bind_drift(py::module_& m) {
       .def("numeric_missing", [](const TensorAccumulator& a, size_t i) { return a.histogram(i).missing(); })
       .def("moments", [](const TensorAccumulator& a, size_t i) { return a.moments(i); })
       .def("quantiles", [](const TensorAccumulator& a, size_t i) { return a.quantiles(i); })
+      .def(
+          "extremes",
+          [](const TensorAccumulator& a, size_t i) -> py::object {
+            if (!a.extremes_known()) return py::none();
+            return py::make_tuple(to_numpy(a.extremes(i).bottom()), to_numpy(a.extremes(i).top()));
+          },
+          py::arg("i"),
+          "(bottom, top): feature i's k smallest and k largest finite values, increasing; None where unknown "
+          "(read from a format before they were kept)")
+      .def_property_readonly("extremes_k", [](const TensorAccumulator& a) { return a.spec().extremes_k; })
       .def("category_counts", [](const TensorAccumulator& a, size_t i) { return to_numpy(a.categories(i).counts()); })
       .def("category_missing", [](const TensorAccumulator& a, size_t i) { return a.categories(i).missing(); })
       .def("serialize", [](const TensorAccumulator& a) { return to_bytes(a.serialize()); })
@@ -182,7 +206,7 @@ void bind_drift(py::module_& m) {
                        const std::vector<std::tuple<int64_t, uint32_t, std::vector<int32_t>>>& categorical,
                        std::optional<std::vector<std::pair<int64_t, std::vector<double>>>> output_numeric,
                        uint32_t kll_every, int64_t window_rows, double window_seconds, size_t history,
-                       int64_t queue_rows, int input_index, int output_index) {
+                       int64_t queue_rows, int input_index, int output_index, uint32_t extremes_k) {
              drift::MonitorConfig config;
              config.window_rows = window_rows;
              config.window_seconds = window_seconds;
@@ -190,16 +214,17 @@ void bind_drift(py::module_& m) {
              config.queue_rows = queue_rows;
              config.input_index = input_index;
              config.output_index = output_numeric ? output_index : -1;
-             auto outputs = output_numeric ? make_spec(*output_numeric, {}, kll_every, AccumulatorSpec::kDefaultKllK)
+             auto outputs = output_numeric ? make_spec(*output_numeric, {}, kll_every, AccumulatorSpec::kDefaultKllK,
+                                                       extremes_k)
                                            : nullptr;
              return std::make_shared<DriftMonitor>(config, make_spec(numeric, categorical, kll_every,
-                                                                     AccumulatorSpec::kDefaultKllK),
+                                                                     AccumulatorSpec::kDefaultKllK, extremes_k),
                                                    outputs);
            }),
            py::arg("numeric"), py::arg("categorical"), py::arg("output_numeric") = std::nullopt,
            py::arg("kll_every") = 1, py::arg("window_rows") = 10000, py::arg("window_seconds") = 60.0,
            py::arg("history") = 20, py::arg("queue_rows") = 1 << 16, py::arg("input_index") = 0,
-           py::arg("output_index") = 0)
+           py::arg("output_index") = 0, py::arg("extremes_k") = sketches::Extremes::kDefaultK)
       .def(
           "offer",
           [](DriftMonitor& self, const py::array& inputs, std::optional<py::array> outputs) {

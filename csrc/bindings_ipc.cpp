@@ -5,9 +5,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ipc/channel.h"
@@ -152,6 +154,27 @@ class FrontendChannel {
   }
 
   bool prepare_sleep() { return responses_.prepare_sleep(); }
+
+  // Polls the response ring for up to `us` microseconds, GIL released, yielding the core
+  // between looks; true when a response is there. For a front end with a lone client: the
+  // engine answers a quick model in less time than a halted core takes to wake up again.
+  // False at once when a yield shows another thread wanted the core (ipc::kYieldContended).
+  bool spin(int64_t us) {
+    if (responses_.ready()) return true;
+    py::gil_scoped_release release;
+    using Clock = std::chrono::steady_clock;
+    auto now = Clock::now();
+    const auto until = now + std::chrono::microseconds(us);
+    do {
+      std::this_thread::yield();
+      if (responses_.ready()) return true;
+      const auto before = now;
+      now = Clock::now();
+      if (now - before > ipc::kYieldContended) return false;
+    } while (now < until);
+    return false;
+  }
+
   int fd() const { return region_->response_efd(); }
   size_t max_payload() const { return requests_.max_payload(); }
 
@@ -183,6 +206,8 @@ void bind_ipc(py::module_& m) {
            "with defer_wake, a sleeping engine is woken by the next flush()")
       .def("flush", &FrontendChannel::flush, "Wakes the engine if a deferred submit found it asleep")
       .def("drain", &FrontendChannel::drain)
+      .def("spin", &FrontendChannel::spin, py::arg("us"),
+           "Polls the response ring up to `us` µs (GIL released); True when a response is there")
       .def("prepare_sleep", &FrontendChannel::prepare_sleep,
            "Announces that the caller waits on fd; False when a response is there already")
       .def_property_readonly("fd", &FrontendChannel::fd)
@@ -248,7 +273,7 @@ void bind_ipc(py::module_& m) {
       .def("wait_quiescent", &Router::wait_quiescent, py::call_guard<py::gil_scoped_release>());
 
   py::class_<Ingress>(m, "Ingress")
-      .def(py::init<std::shared_ptr<Router>>(), py::arg("router"))
+      .def(py::init<std::shared_ptr<Router>, int64_t>(), py::arg("router"), py::arg("spin_us") = 0)
       .def("open_channel",
            [](Ingress& ingress, size_t ring_bytes) { return ChannelHandle{ingress.open_channel(ring_bytes)}; },
            py::arg("ring_bytes"))
@@ -262,6 +287,8 @@ void bind_ipc(py::module_& m) {
         d["responses_dropped"] = s.responses_dropped;
         d["rounds"] = s.rounds;
         d["sleeps"] = s.sleeps;
+        d["spins"] = s.spins;
+        d["spin_window_us"] = s.spin_window_us;
         return d;
       });
 }

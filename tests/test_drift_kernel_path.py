@@ -38,6 +38,7 @@ def assert_same_accumulator(a, b):
         assert ma.mean == pytest.approx(mb.mean, rel=1e-9, abs=1e-12)
         assert ma.variance == pytest.approx(mb.variance, rel=1e-9)
         assert a.quantiles(f).serialize() == b.quantiles(f).serialize()  # the same sampled rows, in order
+        assert [e.tolist() for e in a.extremes(f)] == [e.tolist() for e in b.extremes(f)]  # the same k extremes
     for c in range(a.categorical_count):
         assert a.category_counts(c).tolist() == b.category_counts(c).tolist()
         assert a.category_missing(c) == b.category_missing(c)
@@ -48,7 +49,7 @@ def test_the_same_traffic_gives_the_same_windows_on_both_paths():
     ref = traffic(rng, 2000)
     profile = build_profile(ref, ["a", "b", "c", "k"], categorical=["k"], outputs=ref[:, :1] * 2,
                             output_names=["score"])
-    config = DriftConfig(window_rows=300, window_seconds=0, quantile_sample_every=3)
+    config = DriftConfig(window_rows=300, window_seconds=0, quantile_sample_every=3, extremes=24)
     native = DriftMonitor(profile, config)
     device = DriftMonitor(profile, config, device="cpu")
     try:

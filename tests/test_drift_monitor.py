@@ -383,3 +383,20 @@ def test_the_last_n_windows_are_the_tail_of_all_and_closed_statistics_are_made_o
     fresh = monitor.windows(include_open=False)[-3:]  # made without the cache
     assert msgspec.json.encode(again.windows[:-1]) == msgspec.json.encode(fresh)
     monitor.stop()
+
+
+def test_the_config_sets_how_many_extremes_a_window_keeps():
+    rng = np.random.default_rng(2)
+    reference = rng.standard_normal((5_000, 2))
+    profile = build_profile(reference, ["a", "b"])
+    X = rng.standard_normal((3_000, 2))
+    for k in (16, 64):
+        monitor = DriftMonitor(profile, DriftConfig(window_rows=1_000, window_seconds=0, extremes=k))
+        try:
+            monitor.offer(X)
+            monitor.flush()
+            window = monitor.raw_windows()[0]["inputs"]
+            bottom, top = window.extremes(0)
+            assert top.tolist() == np.sort(X[:1_000, 0])[-k:].tolist() and len(bottom) == k
+        finally:
+            monitor.stop()

@@ -13,7 +13,7 @@ namespace loopserve::drift {
 namespace {
 
 constexpr int64_t kBlock = 256;  // rows per block: a block of one column's doubles stays in L1
-constexpr uint8_t kFormat = 1;
+constexpr uint8_t kFormat = 2;  // 1: without extremes
 constexpr size_t kSampleFlush = 4096;  // sampled values a feature gathers before they go into its sketch
 
 void put_blob(sketches::Writer& w, const std::vector<uint8_t>& bytes) {
@@ -72,6 +72,7 @@ TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec
     sampled_count_.push_back(0);
     moments_.emplace_back();
     quantiles_.emplace_back(spec_->kll_k, seed += 0x632BE59BD9B4E019ull);  // independent coins per feature
+    extremes_.emplace_back(spec_->extremes_k);
   }
   for (const auto& c : spec_->categorical) {
     if (c.column < 0) throw std::invalid_argument("drift accumulator: negative column index");
@@ -280,6 +281,42 @@ uint64_t block_moments(const C* values, int64_t m, C sum_pivot, C* d, double* pi
   return pos_inf;
 }
 
+// Indices of the values among m (padded with NaN to whole vectors) above `bound` (or, with
+// `below`, under it): the candidates for one side of a feature's extremes. One compare per
+// vector; only a vector holding a candidate is looked at lane by lane.
+template <bool below, typename C>
+LOOPSERVE_WITH_AVX2
+size_t extreme_candidates(const C* values, int64_t padded, C bound, uint16_t* out) {
+  using V = typename Vectors<C>::Value;
+  using M = typename Vectors<C>::Mask;
+  constexpr int W = Vectors<C>::kWidth;
+  const V b = V{} + bound;
+  size_t n = 0;
+  for (int64_t i = 0; i < padded; i += W) {
+    V v;
+    std::memcpy(&v, values + i, sizeof v);
+    const M hit = below ? v < b : v > b;
+    uint64_t bits[sizeof(M) / 8];
+    std::memcpy(bits, &hit, sizeof bits);
+    uint64_t any = 0;
+    for (uint64_t x : bits) any |= x;
+    if (__builtin_expect(any != 0, 0))
+      for (int l = 0; l < W; ++l) out[n] = static_cast<uint16_t>(i + l), n += hit[l] != 0;
+  }
+  return n;
+}
+
+// `bound` in C, rounded outward (down for a lower bound, up for an upper one), so a value
+// beyond the double bound is beyond the C one too.
+template <typename C>
+C outward(double bound, bool down) {
+  C c = static_cast<C>(bound);
+  const C inf = std::numeric_limits<C>::infinity();
+  if (down && static_cast<double>(c) > bound) c = std::nextafter(c, -inf);
+  if (!down && static_cast<double>(c) < bound) c = std::nextafter(c, inf);
+  return c;
+}
+
 }  // namespace
 
 template <typename T>
@@ -318,7 +355,13 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
     for (; i < static_cast<uint64_t>(m); i += 1 + kll_gap()) picked[n_picked++] = static_cast<uint16_t>(i);
     kll_skip_ = i - static_cast<uint64_t>(m);
 
+    // The next block's rows are fetched while this one is worked on, a share per feature: the
+    // first feature's strided gather would otherwise wait on memory for every row.
+    const char* next = reinterpret_cast<const char*>(block + m * cols);
+    const size_t next_bytes = static_cast<size_t>(std::min(kBlock, rows - r0 - m)) * static_cast<size_t>(cols) * sizeof(T);
+    const size_t share = (next_bytes / std::max<size_t>(features, 1) + 63) & ~size_t{63};
     for (size_t f = 0; f < features; ++f) {
+      for (size_t b = f * share; b < std::min(next_bytes, (f + 1) * share); b += 64) __builtin_prefetch(next + b);
       const T* p = block + spec_->numeric[f].column;
       for (int64_t i = 0; i < m; ++i) values[i] = static_cast<C>(p[i * cols]);
       for (int64_t i = m; i < padded; ++i) values[i] = std::numeric_limits<C>::quiet_NaN();
@@ -334,6 +377,18 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
       finite[f] += n;
       seen[f] += static_cast<uint64_t>(m);
       moments_[f].merge(sketches::MomentsSketch::from_parts(n, static_cast<uint64_t>(m) - n, mean, m2, lo, hi));
+
+      // Extremes: a block whose max and min cannot change the kept values (most blocks, once a
+      // window has seen a few thousand rows) costs two comparisons.
+      sketches::Extremes& extremes = extremes_[f];
+      uint16_t candidates[kBlock];
+      if (hi > extremes.top_floor())
+        extremes.add_top(values, candidates,
+                         extreme_candidates<false>(values, padded, outward<C>(extremes.top_floor(), true), candidates));
+      if (lo < extremes.bottom_floor())
+        extremes.add_bottom(
+            values, candidates,
+            extreme_candidates<true>(values, padded, outward<C>(extremes.bottom_floor(), false), candidates));
 
       // Bin b holds the finite values with exactly b edges at or below them: its count is
       // #(>= e_b) - #(>= e_{b+1}) (+inf, >= every edge but missing, taken out), its sum the
@@ -417,7 +472,9 @@ void TensorAccumulator::merge(const TensorAccumulator& other) {
     histograms_[i].merge(other.histograms_[i]);
     moments_[i].merge(other.moments_[i]);
     quantiles_[i].merge(other.quantiles_[i]);
+    extremes_[i].merge(other.extremes_[i]);
   }
+  extremes_known_ = extremes_known_ && other.extremes_known_;
   for (size_t i = 0; i < categories_.size(); ++i) categories_[i].merge(other.categories_[i]);
   rows_ += other.rows_;
 }
@@ -440,6 +497,11 @@ void TensorAccumulator::absorb(const Parts& p) {
       kept += v - v == 0.0;  // finite values only, as update() feeds them
     }
     quantiles_[f].update(sampled.data(), kept);
+    for (const double* side : {p.top, p.bottom})
+      for (size_t i = 0; side != nullptr && i < p.extremes_stride; ++i) {
+        const double v = side[f * p.extremes_stride + i];
+        if (v - v == 0.0) extremes_[f].add(v);
+      }
   }
   for (size_t c = 0; c < categories_.size(); ++c) {
     for (uint32_t slot = 0; slot <= categories_[c].other_slot(); ++slot)
@@ -470,6 +532,7 @@ std::vector<uint8_t> TensorAccumulator::serialize() const {
     put_blob(w, histograms_[i].serialize());
     put_blob(w, moments_[i].serialize());
     put_blob(w, quantiles_[i].serialize());
+    put_blob(w, extremes_[i].serialize());
   }
   w.put(static_cast<uint32_t>(categories_.size()));
   for (size_t i = 0; i < categories_.size(); ++i) {
@@ -481,7 +544,8 @@ std::vector<uint8_t> TensorAccumulator::serialize() const {
 
 TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t size) {
   sketches::Reader r(data, size, "TensorAccumulator");
-  if (r.get<uint8_t>() != kFormat) throw std::invalid_argument("TensorAccumulator: unknown serialization format");
+  const uint8_t format = r.get<uint8_t>();
+  if (format != kFormat && format != 1) throw std::invalid_argument("TensorAccumulator: unknown serialization format");
   auto blob = [&](auto decode) {
     const uint64_t n = r.get<uint64_t>();
     if (n > size) throw std::invalid_argument("TensorAccumulator: corrupt length");
@@ -497,6 +561,7 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
   std::vector<sketches::MomentsSketch> moments;
   std::vector<sketches::KllSketch> quantiles;
   std::vector<sketches::CategoryCounts> categories;
+  std::vector<sketches::Extremes> extremes;
   const uint32_t numeric = r.get<uint32_t>();
   if (numeric > size) throw std::invalid_argument("TensorAccumulator: corrupt feature count");
   auto column_of = [&] {
@@ -510,6 +575,8 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
     histograms.push_back(blob(&sketches::BinnedHistogram::deserialize));
     moments.push_back(blob(&sketches::MomentsSketch::deserialize));
     quantiles.push_back(blob(&sketches::KllSketch::deserialize));
+    extremes.push_back(format == 1 ? sketches::Extremes() : blob(&sketches::Extremes::deserialize));
+    spec->extremes_k = extremes.back().k();
     spec->numeric.push_back({column, histograms.back().edges()});
   }
   const uint32_t categorical = r.get<uint32_t>();
@@ -526,6 +593,8 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
   acc.moments_ = std::move(moments);
   acc.quantiles_ = std::move(quantiles);
   acc.categories_ = std::move(categories);
+  acc.extremes_ = std::move(extremes);
+  acc.extremes_known_ = format != 1;
   return acc;
 }
 

@@ -1,6 +1,6 @@
 // Drift accumulators for one tensor: the monitored columns of a [rows, cols] batch go into
 // per-feature sketches: numeric columns into a BinnedHistogram (over the reference's edges),
-// MomentsSketch and KllSketch; categorical columns (integer codes) into CategoryCounts.
+// MomentsSketch, KllSketch and Extremes; categorical columns (integer codes) into CategoryCounts.
 //
 // Speed is the point: the monitor sees every row the server serves. Rows are taken in
 // blocks that stay in L1; per block each numeric column is binned by comparing against all
@@ -19,6 +19,7 @@
 
 #include "dtype.h"
 #include "sketches/category_counts.h"
+#include "sketches/extremes.h"
 #include "sketches/histogram.h"
 #include "sketches/kll_sketch.h"
 #include "sketches/moments_sketch.h"
@@ -44,6 +45,8 @@ struct AccumulatorSpec {
   // Wasserstein's bounds grow with the rank error.
   static constexpr uint16_t kDefaultKllK = 400;
   uint16_t kll_k = kDefaultKllK;
+  // Each numeric feature's largest and smallest values kept exactly (Wasserstein's tails).
+  uint32_t extremes_k = sketches::Extremes::kDefaultK;
 
   int64_t min_columns() const;  // a batch needs at least this many columns
 };
@@ -78,6 +81,11 @@ class TensorAccumulator {
     const int64_t* cat_counts = nullptr;
     size_t cat_stride = 0;
     const int64_t* cat_missing = nullptr;
+    // Per numeric feature f, candidates for its extremes (top[f * extremes_stride + i], i <
+    // extremes_stride, and bottom the same): at least its k largest and k smallest finite values
+    // among the rows (values not finite are passed over).
+    const double *top = nullptr, *bottom = nullptr;
+    size_t extremes_stride = 0;
   };
   void absorb(const Parts& parts);
   // The rows among the next `rows` that the quantile sketches take (indices from 0), drawn as
@@ -90,6 +98,9 @@ class TensorAccumulator {
   const sketches::MomentsSketch& moments(size_t i) const { return moments_.at(i); }
   const sketches::KllSketch& quantiles(size_t i) const { return quantiles_.at(i); }
   const sketches::CategoryCounts& categories(size_t i) const { return categories_.at(i); }
+  const sketches::Extremes& extremes(size_t i) const { return extremes_.at(i); }
+  // False for an accumulator read from the format before extremes were kept (or merged with one).
+  bool extremes_known() const { return extremes_known_; }
 
   std::vector<uint8_t> serialize() const;
   static TensorAccumulator deserialize(const uint8_t* data, size_t size);
@@ -117,6 +128,8 @@ class TensorAccumulator {
   std::vector<sketches::MomentsSketch> moments_;
   std::vector<sketches::KllSketch> quantiles_;
   std::vector<sketches::CategoryCounts> categories_;
+  std::vector<sketches::Extremes> extremes_;
+  bool extremes_known_ = true;
 };
 
 }  // namespace loopserve::drift

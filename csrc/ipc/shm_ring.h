@@ -22,6 +22,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -29,6 +30,11 @@
 namespace loopserve::ipc {
 
 constexpr size_t kSlotAlign = 64;
+// A side that polls a ring (ready()) before it sleeps yields the core between looks; a yield
+// that returns later than this means another thread wanted the core and ran: the poller then
+// stops polling, so it never takes CPU from a busy process (a yield with nothing else to run
+// returns in about a microsecond).
+constexpr std::chrono::microseconds kYieldContended{20};
 
 inline size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
@@ -161,6 +167,10 @@ class RingConsumer {
     return true;
   }
   void cancel_sleep() { c_->consumer_sleeping.store(0, std::memory_order_relaxed); }
+
+  // Whether a message (or padding) is there to read: a cheap look for a consumer that polls
+  // before it sleeps. The reading thread only.
+  bool ready() const { return read_ != c_->head.load(std::memory_order_acquire); }
 
  private:
   SlotHeader* slot(uint64_t offset) { return reinterpret_cast<SlotHeader*>(slots_ + offset); }

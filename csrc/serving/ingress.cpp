@@ -5,8 +5,10 @@
 #include <sys/random.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <system_error>
@@ -24,6 +26,10 @@ namespace {
 
 constexpr int kRoundMessages = 64;  // per channel per round: one busy front end cannot starve the rest
 constexpr auto kFullRingPatience = std::chrono::seconds(30);
+// Polling before sleep (see ingress.h): a round that takes more than this many requests means
+// busy front ends, and the window closes; a window that grows starts at kSpinStartUs.
+constexpr int kSpinFewMessages = 4;
+constexpr int64_t kSpinStartUs = 8;
 
 struct Refusal {
   uint16_t status;
@@ -91,6 +97,7 @@ class IngressLink final : public CompletionSink, public std::enable_shared_from_
 
   const std::shared_ptr<ChannelRegion>& region() const { return region_; }
   SlotHeader* next() { return requests_.next(); }
+  bool ready() const { return requests_.ready(); }
   bool prepare_sleep() { return requests_.prepare_sleep(); }
   void cancel_sleep() { requests_.cancel_sleep(); }
   void close() { closed_.store(true); }
@@ -289,7 +296,8 @@ bool parse_version(std::string_view text, int64_t* out) {
 
 }  // namespace
 
-Ingress::Ingress(std::shared_ptr<Router> router) : router_(std::move(router)) {
+Ingress::Ingress(std::shared_ptr<Router> router, int64_t spin_us)
+    : router_(std::move(router)), spin_max_us_(spin_us < 0 ? 0 : spin_us) {
   control_efd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (control_efd_ < 0 || epoll_fd_ < 0) throw std::system_error(errno, std::generic_category(), "ingress");
@@ -349,12 +357,15 @@ IngressStats Ingress::stats() const {
   s.refused = refused_.load();
   s.rounds = rounds_.load();
   s.sleeps = sleeps_.load();
+  s.spins = spins_.load();
+  s.spin_window_us = static_cast<uint64_t>(spin_window_shown_.load());
   std::lock_guard<std::mutex> lock(links_mu_);
   for (const auto& l : links_) s.responses_dropped += l->dropped();
   return s;
 }
 
 void Ingress::run() {
+  using Clock = std::chrono::steady_clock;
   std::vector<std::shared_ptr<IngressLink>> links;
   std::vector<std::shared_ptr<Batcher>> deferred;
   while (!stopping_.load()) {
@@ -362,14 +373,14 @@ void Ingress::run() {
       std::lock_guard<std::mutex> lock(links_mu_);
       links = links_;
     }
-    bool worked = false;
+    int taken = 0;
     {
       const std::shared_ptr<const RouteTable> table = router_->snapshot();
       for (const auto& link : links) {
         for (int n = 0; n < kRoundMessages; ++n) {
           SlotHeader* slot = link->next();
           if (slot == nullptr) break;
-          worked = true;
+          ++taken;
           requests_.fetch_add(1, std::memory_order_relaxed);
           handle(*table, link, slot, deferred);
         }
@@ -378,8 +389,16 @@ void Ingress::run() {
       for (const auto& b : deferred) b->run_deferred();
       deferred.clear();
     }
-    if (worked) {
+    if (taken > 0) {
       rounds_.fetch_add(1, std::memory_order_relaxed);
+      if (taken > kSpinFewMessages && spin_window_us_ > 0) {  // busy front ends: the cores are theirs
+        spin_window_us_ = 0;
+        spin_window_shown_.store(0, std::memory_order_relaxed);
+      }
+      continue;
+    }
+    if (spin_window_us_ > 0 && spin(links)) {
+      spins_.fetch_add(1, std::memory_order_relaxed);
       continue;
     }
     bool all_empty = true;
@@ -393,11 +412,45 @@ void Ingress::run() {
     if (all_empty) {
       sleeps_.fetch_add(1, std::memory_order_relaxed);
       epoll_event events[16];
+      const auto slept_from = Clock::now();
       int n = ::epoll_wait(epoll_fd_, events, 16, 200);
       for (int i = 0; i < n; ++i) ChannelRegion::clear(events[i].data.fd);
+      if (spin_max_us_ > 0)
+        adapt_after_sleep(n > 0 ? std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - slept_from).count()
+                                : INT64_MAX);
     }
     for (size_t i = 0; i < prepared; ++i) links[i]->cancel_sleep();
   }
+}
+
+bool Ingress::spin(const std::vector<std::shared_ptr<IngressLink>>& links) {
+  using Clock = std::chrono::steady_clock;
+  auto now = Clock::now();
+  const auto until = now + std::chrono::microseconds(spin_window_us_);
+  do {
+    for (const auto& link : links)
+      if (link->ready()) return true;
+    if (stopping_.load(std::memory_order_relaxed)) return false;
+    std::this_thread::yield();  // a runnable thread on this core goes first
+    const auto before = now;
+    now = Clock::now();
+    if (now - before > ipc::kYieldContended) {  // one did: the core is wanted, polling takes it from others
+      spin_window_us_ = 0;
+      spin_window_shown_.store(0, std::memory_order_relaxed);
+      return false;
+    }
+  } while (now < until);
+  return false;
+}
+
+void Ingress::adapt_after_sleep(int64_t slept_us) {
+  const int64_t waited = slept_us >= INT64_MAX - spin_window_us_ ? INT64_MAX : slept_us + spin_window_us_;
+  if (waited <= spin_max_us_)  // polling a little longer would have caught it
+    spin_window_us_ = std::min(spin_max_us_, std::max(kSpinStartUs, 2 * spin_window_us_));
+  else  // the rings stayed empty past the longest poll: polling does not pay now
+    spin_window_us_ /= 2;
+  if (spin_window_us_ < kSpinStartUs / 2) spin_window_us_ = 0;
+  spin_window_shown_.store(spin_window_us_, std::memory_order_relaxed);
 }
 
 void Ingress::handle(const RouteTable& table, const std::shared_ptr<IngressLink>& link, SlotHeader* slot,

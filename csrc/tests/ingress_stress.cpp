@@ -55,7 +55,7 @@ int main() {
   auto router = std::make_shared<Router>();
   auto batcher = echo_batcher();
   router->set_model(route_to(batcher, 1));
-  Ingress ingress(router);
+  Ingress ingress(router, 50);  // with polling before sleep, so its path runs under the sanitizers too
 
   std::atomic<bool> done{false};
   std::thread swapper([&] {  // hot swaps while the front ends send

@@ -31,12 +31,13 @@ from loopserve.monitor.profile import CategoricalProfile, NumericProfile
 class _TensorState:
     """Device accumulators of one monitored tensor for the open window."""
 
-    def __init__(self, features, kll_every: int, device: torch.device):
+    def __init__(self, features, kll_every: int, device: torch.device, extremes_k: int):
         numeric = [f for f in features if isinstance(f, NumericProfile)]
         categorical = [f for f in features if isinstance(f, CategoricalProfile)]
         self.spec = ([(f.column, list(f.edges)) for f in numeric],
                      [(f.column, len(f.categories), f.lookup_table().tolist()) for f in categorical])
         self.kll_every = kll_every
+        self.extremes_k = extremes_k
         self.device = device
         F, C = len(numeric), len(categorical)
         e_max = max((len(f.edges) for f in numeric), default=0)
@@ -85,9 +86,12 @@ class _TensorState:
         self.moment_planes[2].fill_(float("inf"))
         self.moment_planes[3].fill_(float("-inf"))
         self.samples: list[torch.Tensor] = []
+        # Each feature's k largest and k smallest values so far (the native Extremes), kept on the
+        # device: [F, <= k] each, -inf / +inf where fewer values were seen (torch.topk, exact).
+        self.top = self.bottom = None
         self.rows = 0
         # Draws the quantile sketches' row sample exactly as the native accumulator of a new window does.
-        self.sampler = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every)
+        self.sampler = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every, extremes_k=self.extremes_k)
 
     def update(self, x: torch.Tensor) -> None:
         """Adds a [rows, cols] device tensor (already checked)."""
@@ -104,6 +108,7 @@ class _TensorState:
                       moments_into=(self.moment_n, self.moment_planes),
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
+            self._update_extremes(x)
             picked = self.sampler.sample_rows(rows)
             if picked.size:
                 idx = torch.from_numpy(picked).to(self.device, non_blocking=True)
@@ -112,9 +117,21 @@ class _TensorState:
             kernels.drift_update_(x, **kw)
         self.rows += rows
 
+    def _update_extremes(self, x: torch.Tensor) -> None:
+        v = x[:, self.cols_long].to(torch.float64).T  # [F, rows]
+        finite = torch.isfinite(v)
+        inf = torch.tensor(float("inf"), dtype=torch.float64, device=v.device)
+        top = torch.where(finite, v, -inf)
+        bottom = torch.where(finite, v, inf)
+        if self.top is not None:
+            top, bottom = torch.cat([self.top, top], dim=1), torch.cat([self.bottom, bottom], dim=1)
+        k = min(self.extremes_k, top.shape[1])
+        self.top = torch.topk(top, k, dim=1).values
+        self.bottom = torch.topk(bottom, k, dim=1, largest=False).values
+
     def accumulator(self) -> "_core.TensorAccumulator":
         """The window so far as a native accumulator: reads back kilobytes (and the sampled rows)."""
-        acc = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every)
+        acc = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every, extremes_k=self.extremes_k)
         F = self.cols.shape[0]
         samples = torch.cat(self.samples) if self.samples else torch.zeros((0, F), dtype=torch.float64)
         n = self.moment_n.cpu().numpy()
@@ -122,9 +139,13 @@ class _TensorState:
         C = len(self.spec[1])
         cat_counts = self.cat["cat_counts"].cpu().numpy() if self.cat else np.zeros((0, 1), dtype=np.int64)
         cat_missing = self.cat["cat_missing"].cpu().numpy() if self.cat else np.zeros(C, dtype=np.int64)
+        extremes = {}
+        if self.top is not None:  # not finite (the padding) reads as NaN, which absorb passes over
+            extremes = {side: np.nan_to_num(t.cpu().numpy(), nan=np.nan, posinf=np.nan, neginf=np.nan)
+                        for side, t in (("top", self.top), ("bottom", self.bottom))}
         acc.absorb(self.rows, self.counts.cpu().numpy(), self.sums.cpu().numpy(), self.missing.cpu().numpy(), n, mean,
                    m2, lo, hi,
-                   samples.cpu().numpy(), cat_counts, cat_missing)
+                   samples.cpu().numpy(), cat_counts, cat_missing, **extremes)
         return acc
 
 
@@ -138,8 +159,8 @@ class DeviceDriftPath:
         self.input_index, self.output_index = input_index, output_index
         self.config = config
         self.device = torch.device(device)
-        self.inputs = _TensorState(profile.features, kll_every, self.device)
-        self.outputs = _TensorState(profile.outputs, kll_every, self.device) if watch_outputs else None
+        self.inputs = _TensorState(profile.features, kll_every, self.device, config.extremes)
+        self.outputs = _TensorState(profile.outputs, kll_every, self.device, config.extremes) if watch_outputs else None
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._queue: collections.deque = collections.deque()
         self._queued_rows = 0

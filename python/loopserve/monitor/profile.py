@@ -3,8 +3,8 @@
 A profile ships with a model version (`drift_profile.json` beside the model file) and is what
 live traffic is compared with. Per numeric feature: quantile bin edges (the bins PSI, JS and the
 binned chi-square use), the reference's counts and value sums in those bins (the sums for
-Wasserstein-1), moments, missing count and a KLL
-quantile sketch (for KS and Wasserstein). Per categorical feature: the top-k categories (one
+Wasserstein-1), its PROFILE_EXTREMES smallest and largest values (Wasserstein-1's tails),
+moments, missing count and a KLL quantile sketch (for KS and Wasserstein). Per categorical feature: the top-k categories (one
 slot each) and an "other" slot for the rest and for anything unseen later.
 
 Missing means not finite: NaN and +-inf (and, for categoricals, a negative code or None).
@@ -32,6 +32,7 @@ from loopserve.errors import LoopserveError
 PROFILE_FILE = "drift_profile.json"
 DEFAULT_BINS = 10
 DEFAULT_TOP_K = 1000
+PROFILE_EXTREMES = 2048  # reference values kept exactly at each end, for Wasserstein-1's tails
 QUANTILE_K = 400  # the KLL k of drift sketches (the native accumulators use the same)
 MAX_CODE = 1 << 20  # integer category codes index a lookup table; larger codes are an error
 
@@ -52,6 +53,9 @@ class NumericProfile(msgspec.Struct, tag="numeric"):
     max: float
     sketch: str  # base64 of the reference KllSketch's serialization
     sums: list[float] = []  # the sum of the reference's values in each bin (empty in older profiles)
+    # The reference's PROFILE_EXTREMES smallest and largest values, increasing (empty in older profiles)
+    bottom: list[float] = []
+    top: list[float] = []
 
     @property
     def count(self) -> int:
@@ -201,10 +205,13 @@ def _numeric(name: str, column: int, values, bins: int) -> NumericProfile:
     sums = np.bincount(bins, weights=finite, minlength=edges.size + 1)
     sketch = KllSketch(QUANTILE_K)
     sketch.update(finite)
+    ordered = np.sort(finite)
+    kept = min(PROFILE_EXTREMES, ordered.size)
     return NumericProfile(name=name, column=column, edges=edges.tolist(), counts=counts.tolist(),
                           missing=int(v.size - finite.size), mean=float(finite.mean()),
                           std=float(finite.std()), min=float(finite.min()), max=float(finite.max()),
-                          sketch=base64.b64encode(sketch.serialize()).decode(), sums=sums.tolist())
+                          sketch=base64.b64encode(sketch.serialize()).decode(), sums=sums.tolist(),
+                          bottom=ordered[:kept].tolist(), top=ordered[ordered.size - kept:].tolist())
 
 
 def _categorical(name: str, column: int, values, top_k: int) -> CategoricalProfile:

@@ -38,22 +38,8 @@ order). Each sketch is read as the weighted distribution of the items it retains
   sample, at the sample's size: the sample is itself a random draw from the window, so this test
   needs no sampling correction; it is taken at D minus the two rank errors, the smallest D the
   reference and the sample can have, so sketch noise alone does not make a small p-value.
-- Wasserstein-1 W = integral of |F_r - F_c| dx = the sum over the profile's bins of the integral of
-  |g|, g = F_r - F_c. Both sides keep exact per-bin counts and sums of their values (the profile
-  from all reference rows, the accumulators from every window row), so the integral of g over each
-  bin is exact: over [a, b), integral of F = F(a) (b - a) + sum over the bin's values of (b - v) / n
-  (the outer bins end at the overall min and max, exact from the moments). The estimate is the sum
-  of |integral of g| per bin, raised where the sketches' bands force the CDFs to cross inside a bin;
-  it equals W wherever g keeps one sign inside each bin (any location, scale or mixture-weight shift
-  of these families) and is low by the part of W made by crossings inside a bin that the sketches
-  cannot resolve (noise between two samples, and a heavy tail's few extreme rows: see the README).
-  `wasserstein_bounds` gives [low, high] that holds whenever the rank and sampling bounds do and the
-  bin sums are within SUM_TOLERANCE: per bin, low = |integral of g| or what the bands force apart,
-  high = the least of |integral of g| + 2 min(largest g+, g- the bands allow), the bands' own bound,
-  and |g(a)| (b - a) + the within-bin parts of both CDFs (exact, from the sums; from either end).
-  Without bin sums (a profile made before they were kept) it falls back to the exact mean shift
-  plus the sketches' crossing part, 2 min(integral of g+, integral of g-), clamped into the
-  sketch-only interval.
+- Wasserstein-1: see loopserve/monitor/wasserstein.py (its estimate, and bounds that hold
+  whenever the rank and sampling bounds above do).
 """
 
 from __future__ import annotations
@@ -157,21 +143,33 @@ class Sketched:
     edges: np.ndarray | None = None
     counts: np.ndarray | None = None
     sums: np.ndarray | None = None
+    # The smallest and largest values, exactly, increasing (above top[0] every value is in top,
+    # below bottom[-1] every value is in bottom); None where unknown (made before they were kept).
+    bottom: np.ndarray | None = None
+    top: np.ndarray | None = None
 
     @classmethod
     def of_profile(cls, feature) -> "Sketched":
         """A reference profile's numeric feature (loopserve.monitor.profile.NumericProfile)."""
         sums = np.asarray(feature.sums, dtype=np.float64) if feature.sums else None
+        extremes = (np.asarray(feature.bottom, dtype=np.float64), np.asarray(feature.top, dtype=np.float64)) \
+            if feature.top else (None, None)
         return cls(feature.kll(), feature.count, feature.mean, feature.min, feature.max,
-                   np.asarray(feature.edges, dtype=np.float64), np.asarray(feature.counts, dtype=np.float64), sums)
+                   np.asarray(feature.edges, dtype=np.float64), np.asarray(feature.counts, dtype=np.float64), sums,
+                   *extremes)
 
     @classmethod
     def of_window(cls, accumulator, i: int) -> "Sketched":
         """Numeric feature i of a window's accumulator (loopserve._core.TensorAccumulator)."""
         moments = accumulator.moments(i)
+        extremes = accumulator.extremes(i) or (None, None)
         return cls(accumulator.quantiles(i), int(moments.count), moments.mean, moments.min, moments.max,
                    np.asarray(accumulator.bin_edges(i)), np.asarray(accumulator.bin_counts(i), dtype=np.float64),
-                   np.asarray(accumulator.bin_sums(i)))
+                   np.asarray(accumulator.bin_sums(i)), *extremes)
+
+    @property
+    def has_extremes(self) -> bool:
+        return self.top is not None and self.bottom is not None and self.top.size > 0 and self.bottom.size > 0
 
     @property
     def binned(self) -> bool:
@@ -243,109 +241,6 @@ def ks_pvalue(reference, current, distance: float | None = None) -> float:
     return float(_scipy_stats.kstwo.sf(max(d - ks_margin(reference, current), 0.0), max(int(round(n)), 1)))
 
 
-def wasserstein_bounds(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
-    """(estimate, low, high) of W1 between all the reference's and all the window's values
-    (see the module docstring)."""
-    if reference.sketch.count == 0 or current.sketch.count == 0:
-        return float("nan"), float("nan"), float("nan")
-    if reference.binned and current.binned and np.array_equal(reference.edges, current.edges):
-        return _wasserstein_binned(reference, current)
-    return _wasserstein_sketched(reference, current)
-
-
-def _segments(reference: Sketched, current: Sketched, extra=()):
-    """Segments [x, x + dx) on which both sketch CDFs are constant, with those CDFs and the
-    bands the true CDFs lie in."""
-    rv, rc = reference.view
-    cv, cc = current.view
-    points = np.union1d(np.union1d(rv, cv), [reference.min, reference.max, current.min, current.max, *extra])
-    dx = np.diff(points)
-    x = points[:-1]
-    f_r = np.concatenate([[0.0], rc])[np.searchsorted(rv, x, side="right")]
-    f_c = np.concatenate([[0.0], cc])[np.searchsorted(cv, x, side="right")]
-    lo_r, hi_r = _band(f_r, x, reference.cdf_error, reference.min, reference.max)
-    lo_c, hi_c = _band(f_c, x, current.cdf_error, current.min, current.max)
-    return x, dx, f_r, f_c, lo_r, hi_r, lo_c, hi_c
-
-
-def _wasserstein_sketched(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
-    """W1 from the sketches and the exact means alone (no bin sums)."""
-    x, dx, f_r, f_c, lo_r, hi_r, lo_c, hi_c = _segments(reference, current)
-    shift = abs(current.mean - reference.mean)  # = |integral of (F_r - F_c) dx|, exact
-    g = f_r - f_c
-    estimate = shift + 2 * min(np.sum(np.maximum(g, 0) * dx), np.sum(np.maximum(-g, 0) * dx))
-    forced_pos = np.sum(np.maximum(lo_r - hi_c, 0) * dx)  # g+ and g- at least
-    forced_neg = np.sum(np.maximum(lo_c - hi_r, 0) * dx)
-    allowed_pos = np.sum(np.maximum(hi_r - lo_c, 0) * dx)  # g+ and g- at most
-    allowed_neg = np.sum(np.maximum(hi_c - lo_r, 0) * dx)
-    low = max(shift + 2 * min(forced_pos, forced_neg), forced_pos + forced_neg)
-    high = min(shift + 2 * min(allowed_pos, allowed_neg),
-               float(np.sum(np.maximum(hi_r - lo_c, hi_c - lo_r).clip(min=0) * dx)))
-    high = max(high, low)  # float rounding only
-    return float(min(max(estimate, low), high)), float(low), float(high)
-
-
-SUM_TOLERANCE = 1e-5  # relative: bin sums are float64 totals of float32 block sums (see the accumulator)
-
-
-def _bin_integrals(side: Sketched, bounds: np.ndarray):
-    """Per bin [a, b): F(a), F(b-), and J = integral of (F - F(a)), K = integral of (F(b-) - F),
-    exact from the bin's count and sum: J = sum (b - v) / n, K = sum (v - a) / n."""
-    counts = np.asarray(side.counts, dtype=np.float64)
-    sums = np.asarray(side.sums, dtype=np.float64)
-    n = counts.sum()
-    a, b = bounds[:-1], bounds[1:]
-    below = np.concatenate([[0.0], np.cumsum(counts)[:-1]]) / n
-    j = np.maximum(counts * b - sums, 0.0) / n
-    k = np.maximum(sums - counts * a, 0.0) / n
-    return below, below + counts / n, j, k
-
-
-def _wasserstein_binned(reference: Sketched, current: Sketched) -> tuple[float, float, float]:
-    """W1 = sum over bins of the integral of |g|, g = F_r - F_c. Per bin, the integral of g is
-    exact (from the exact counts and sums), so |integral of g| is a lower bound that is W1's
-    part there whenever g keeps one sign in the bin; the sketches' bands add what they force
-    beyond it (crossings they resolve) and bound what they allow."""
-    edges = np.asarray(reference.edges, dtype=np.float64)
-    lowest = min(reference.min, current.min, edges[0] if edges.size else np.inf)
-    highest = max(reference.max, current.max, edges[-1] if edges.size else -np.inf)
-    bounds = np.concatenate([[lowest], edges, [highest]])
-    width = np.diff(bounds)
-    ra, rb, rj, rk = _bin_integrals(reference, bounds)
-    ca, cb, cj, ck = _bin_integrals(current, bounds)
-    exact = (ra - ca) * width + rj - cj  # integral of g over each bin
-    # A bin sum is off by at most SUM_TOLERANCE of the sum of its values' distances from the
-    # accumulator's pivot (the middle edge): at most the bin's farthest end from it, per value.
-    pivot = edges[edges.size // 2] if edges.size else 0.0
-    reach = np.maximum(np.abs(bounds[:-1] - pivot), np.abs(bounds[1:] - pivot))
-    slack = SUM_TOLERANCE * reach * (rb - ra + cb - ca)
-    # Without the sketches: |g| <= |g(a)| + (F_r - F_r(a)) + (F_c - F_c(a)), and from the right end.
-    data_high = np.minimum(np.abs(ra - ca) * width + rj + cj, np.abs(rb - cb) * width + rk + ck)
-
-    x, dx, f_r, f_c, lo_r, hi_r, lo_c, hi_c = _segments(reference, current, bounds)
-    bin_of = np.clip(np.searchsorted(bounds, x, side="right") - 1, 0, width.size - 1)
-    per_bin = lambda v: np.bincount(bin_of, weights=v * dx, minlength=width.size)  # noqa: E731
-    forced_pos, forced_neg = per_bin(np.maximum(lo_r - hi_c, 0)), per_bin(np.maximum(lo_c - hi_r, 0))
-    allowed_pos, allowed_neg = per_bin(np.maximum(hi_r - lo_c, 0)), per_bin(np.maximum(hi_c - lo_r, 0))
-    net = np.maximum(np.abs(exact) - slack, 0.0)
-    low = np.maximum(net + 2 * np.minimum(forced_pos, forced_neg), forced_pos + forced_neg)
-    high = np.minimum(np.abs(exact) + slack + 2 * np.minimum(allowed_pos, allowed_neg),
-                      np.minimum(data_high + slack, per_bin(np.maximum(hi_r - lo_c, hi_c - lo_r).clip(min=0))))
-    high = np.maximum(high, low)
-    estimate = np.maximum(np.abs(exact), low)
-    return float(np.sum(estimate)), float(np.sum(low)), float(np.sum(high))
-
-
-def _band(f: np.ndarray, x: np.ndarray, error: float, lowest: float, highest: float):
-    """Where the true CDF lies at x, given the sketch's CDF f and its error."""
-    lo = np.clip(f - error, 0.0, 1.0)
-    hi = np.clip(f + error, 0.0, 1.0)
-    below, above = x < lowest, x >= highest
-    lo[below] = hi[below] = 0.0
-    lo[above] = hi[above] = 1.0
-    return lo, hi
-
-
 def _kl(p: np.ndarray, q: np.ndarray) -> float:
     mask = p > 0
     return float(np.sum(p[mask] * np.log2(p[mask] / q[mask])))
@@ -354,3 +249,7 @@ def _kl(p: np.ndarray, q: np.ndarray) -> float:
 def _same_bins(a: np.ndarray, b: np.ndarray) -> None:
     if a.shape != b.shape:
         raise ValueError(f"reference and current have {a.size} and {b.size} bins; they need the same bins")
+
+
+# Wasserstein-1 lives in its own module; these names stay part of this one's API.
+from loopserve.monitor.wasserstein import SUM_TOLERANCE, wasserstein_bounds  # noqa: E402,F401

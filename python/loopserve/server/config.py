@@ -43,6 +43,14 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # ran on a loaded 2-core box far past saturation (DESIGN.md, "Overload").
     overload_wait_ms: Annotated[float, Meta(gt=0)] = 50.0
     overload_min_connections: Annotated[int, Meta(ge=1)] = 64
+    # With workers > 1: how long (µs) the engine's ingress polls its rings before it sleeps, and
+    # a front end with few clients (at most 4 connections) polls for its answer, instead of
+    # waiting to be woken. On a virtual machine a halted core takes tens of µs to wake, more
+    # than a quick model's whole hop, so a host with idle cores may want 100; the ingress's
+    # window adapts (it closes when polling does not pay or the front ends are busy) and a
+    # poll ends when another thread wants its core. 0 (the default): never. Measured on a
+    # shared 2-core box, polling cost more than it saved (DESIGN.md, "The hop to the engine").
+    spin_us: Annotated[int, Meta(ge=0, le=10_000)] = 0
 
     def channel_size(self) -> int:
         return self.channel_bytes or 2 * self.max_body_bytes + (1 << 20)

@@ -42,6 +42,12 @@ _JSON = [(b"content-type", b"application/json")]
 _RETRY = {429: [(b"retry-after", b"1")], 503: [(b"retry-after", b"1")]}
 LATENCY_PATH = "/_frontend/latency"  # the engine's read of this process's histograms (Unix socket only)
 _HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length"}
+# Polling for the answer (http.spin_us) only with a few clients: a longer poll would hold up
+# the other connections' turn; after a poll that missed, the window halves, and a closed one
+# is tried again after SPIN_RETRY_FLUSHES turns.
+SPIN_MAX_CONNECTIONS = 4
+SPIN_MAX_PENDING = 2
+SPIN_RETRY_FLUSHES = 256
 
 
 class EngineGone(Exception):
@@ -51,13 +57,19 @@ class EngineGone(Exception):
 class EngineChannel:
     """This process's end of its channel to the engine. Thread-safety: the event loop's thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, memfd: int, request_efd: int, response_efd: int):
+    def __init__(self, loop: asyncio.AbstractEventLoop, memfd: int, request_efd: int, response_efd: int,
+                 spin_us: int = 0, few_clients=lambda: False):
         self.native = _core.FrontendChannel(memfd, request_efd, response_efd)
         self.loop = loop
         self.pending: dict[int, asyncio.Future] = {}
         self.tokens = itertools.count(1)
         self.gone = False
         self.flush_scheduled = False
+        self.spin_us = spin_us
+        self.spin_window = spin_us
+        self.spin_closed_flushes = 0
+        self.spins = [0, 0]  # polls that caught the answer, polls that missed it
+        self.few_clients = few_clients
         loop.add_reader(self.native.fd, self._on_readable)
         self._on_readable()
 
@@ -86,6 +98,23 @@ class EngineChannel:
     def _flush(self) -> None:
         self.flush_scheduled = False
         self.native.flush()
+        if self.spin_us and 0 < len(self.pending) <= SPIN_MAX_PENDING and self.few_clients():
+            self._spin()
+
+    def _spin(self) -> None:
+        """Polls for the answer a moment instead of sleeping until the engine wakes this loop."""
+        if not self.spin_window:
+            self.spin_closed_flushes += 1
+            if self.spin_closed_flushes < SPIN_RETRY_FLUSHES:
+                return
+            self.spin_closed_flushes, self.spin_window = 0, self.spin_us
+        if self.native.spin(self.spin_window):
+            self.spins[0] += 1
+            self.spin_window = self.spin_us
+            self._on_readable()
+        else:  # the engine takes longer than that (a slow model): polling costs more than it saves
+            self.spins[1] += 1
+            self.spin_window = self.spin_window // 2 if self.spin_window >= 16 else 0
 
     def _on_readable(self) -> None:
         pending = self.pending
@@ -115,8 +144,9 @@ class FrontendApp:
     """The ASGI application of a front-end process."""
 
     def __init__(self, fds: tuple[int, int, int], lifeline: int, engine_uds: str, max_body_bytes: int,
-                 admission: LoopLag):
+                 admission: LoopLag, spin_us: int = 0):
         self.fds = fds
+        self.spin_us = spin_us
         self.admission = admission  # overload: refused from the head while this loop runs late
         self.lifeline = lifeline
         self.engine_uds = engine_uds
@@ -138,7 +168,8 @@ class FrontendApp:
             if scope["path"] == LATENCY_PATH and (scope.get("server") or (None, None))[1] is None:  # Unix socket: the engine
                 await send_response(send, 200, _JSON, msgspec.json.encode(
                     {"latency": {f"{m}\t{v}": [h.counts, h.sum] for (m, v), h in self.latency.items()},
-                     "overload_refused": self.admission.refused}))
+                     "overload_refused": self.admission.refused,
+                     "spins": self.channel.spins if self.channel is not None else [0, 0]}))
                 return
             await self.forward(scope, receive, send)
         elif kind == "lifespan":
@@ -151,7 +182,7 @@ class FrontendApp:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 loop = asyncio.get_running_loop()
-                self.channel = EngineChannel(loop, *self.fds)
+                self.channel = EngineChannel(loop, *self.fds, spin_us=self.spin_us, few_clients=self._few_clients)
                 loop.add_reader(self.lifeline, self._on_lifeline)
                 self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.engine_uds),
                                                 base_url="http://engine", timeout=None)
@@ -160,6 +191,10 @@ class FrontendApp:
                 await self.client.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _few_clients(self) -> bool:
+        connections = self.admission.connections  # uvicorn's open connections (server/fastpath.py)
+        return connections is not None and len(connections) <= SPIN_MAX_CONNECTIONS
 
     def _on_lifeline(self) -> None:
         """The engine holds the other end of this pipe: end of file means it is gone."""
@@ -320,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     memfd, request_efd, response_efd, lifeline = (int(x) for x in args.fds.split(","))
     http = msgspec.json.decode(args.http, type=HttpConfig)
     app = FrontendApp((memfd, request_efd, response_efd), lifeline, args.engine_uds, args.max_body_bytes,
-                      LoopLag(http.overload_wait_ms, http.overload_min_connections))
+                      LoopLag(http.overload_wait_ms, http.overload_min_connections), http.spin_us)
     server = uvicorn.Server(uvicorn.Config(
         app, loop="uvloop", lifespan="on", log_config=None, access_log=False,
         timeout_graceful_shutdown=args.graceful_shutdown_s, proxy_headers=False, server_header=False,

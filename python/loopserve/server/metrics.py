@@ -202,6 +202,29 @@ class OverloadCollector(Collector):
         yield family
 
 
+class HopPollCollector(Collector):
+    """With workers > 1: how often polling a ring before sleeping (http.spin_us) caught the
+    message, per side: the engine's ingress (and its poll window now), and the front ends
+    (summed, with the polls that missed)."""
+
+    def __init__(self, ingress, frontends: dict[str, int]):
+        self.ingress = ingress
+        self.frontends = frontends
+
+    def collect(self) -> Iterable:
+        polls = CounterMetricFamily("loopserve_hop_polls", "Polls of a ring before sleeping, by side and outcome",
+                                    labels=["side", "outcome"])
+        stats = self.ingress.stats()
+        polls.add_metric(["engine", "caught"], stats["spins"])
+        for outcome in ("caught", "missed"):
+            polls.add_metric(["frontend", outcome], self.frontends.get(outcome, 0))
+        yield polls
+        window = GaugeMetricFamily("loopserve_hop_poll_window_us",
+                                   "How long the engine's ingress polls its rings before it sleeps now (adaptive)")
+        window.add_metric([], stats["spin_window_us"])
+        yield window
+
+
 class ServerMetrics:
     """The registry /metrics exposes: native statistics plus the server's own latency."""
 

@@ -26,6 +26,7 @@ import msgspec
 from loopserve.server.config import HttpConfig
 from loopserve.server.frontend import LATENCY_PATH
 from loopserve.server.latency import LatencyHistogram
+from loopserve.server.metrics import HopPollCollector
 
 log = logging.getLogger("loopserve.supervisor")
 
@@ -40,6 +41,7 @@ class Frontend:
     client: object = None  # httpx.AsyncClient on control_uds, made once (a new client costs milliseconds of CPU)
     latency: dict = field(default_factory=dict)  # its histograms as last read
     overload_refused: dict = field(default_factory=dict)  # its admission's refusals by model, as last read
+    spins: list = field(default_factory=lambda: [0, 0])  # its polls for answers: caught, missed
 
 
 class FrontendSupervisor:
@@ -61,6 +63,8 @@ class FrontendSupervisor:
         self.latency = latency  # the engine's ServerMetrics histograms, refreshed from the front ends
         self.overload_refused = overload_refused  # the engine's ServerMetrics counts, summed from the front ends
         self._retired_refused: dict[str, int] = {}
+        self._retired_spins = [0, 0]
+        self.hop_polls: dict[str, int] = {}  # the front ends' polls for answers, summed (HopPollCollector)
         self.frontends: dict[int, Frontend] = {}
         self.restarts = 0
         self._retired: dict[tuple[str, str], tuple[list[int], float]] = {}  # counts of front ends gone
@@ -126,6 +130,7 @@ class FrontendSupervisor:
             self._retired[key] = ([a + b for a, b in zip(base[0], counts)], base[1] + total)
         for model, n in frontend.overload_refused.items():
             self._retired_refused[model] = self._retired_refused.get(model, 0) + n
+        self._retired_spins = [a + b for a, b in zip(self._retired_spins, frontend.spins)]
         if self._stopping or self.frontends.get(frontend.index) is not frontend:
             return
         self.restarts += 1
@@ -170,6 +175,7 @@ class FrontendSupervisor:
             state = msgspec.json.decode(response.content)
             frontend.latency = {tuple(k.split("\t")): (v[0], v[1]) for k, v in state["latency"].items()}
             frontend.overload_refused = state["overload_refused"]
+            frontend.spins = state.get("spins", [0, 0])
             return True
         except Exception:  # starting or stopping: read it next time
             return False
@@ -192,6 +198,10 @@ class FrontendSupervisor:
             for model, n in f.overload_refused.items():
                 refused[model] = refused.get(model, 0) + n
         self.overload_refused.update(refused)
+        caught, missed = self._retired_spins
+        for f in self.frontends.values():
+            caught, missed = caught + f.spins[0], missed + f.spins[1]
+        self.hop_polls.update(caught=caught, missed=missed)
 
     def _keep(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
@@ -225,13 +235,14 @@ class MultiProcessServer:
         self._reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         self._reservation.bind((host, port))
         self.port = self._reservation.getsockname()[1]
-        self.native = NativeRoutes(app.repository)
+        self.native = NativeRoutes(app.repository, spin_us=http.spin_us)
         self.supervisor = FrontendSupervisor(
             workers=workers, ingress=self.native.ingress, host=host, port=self.port, engine_uds=self.engine_uds,
             workdir=self.workdir, max_body_bytes=http.max_body_bytes, channel_bytes=http.channel_size(),
             graceful_shutdown_s=http.graceful_shutdown_s, http=http, gil_switch_interval_us=gil_switch_interval_us,
             log_level=log_level, latency=app.metrics.latency_histograms,
             overload_refused=app.metrics.overload_refused)
+        app.metrics.registry.register(HopPollCollector(self.native.ingress, self.supervisor.hop_polls))
         app.on_startup.append(self.supervisor.start)
         app.before_metrics.append(self.supervisor.collect_latency)
         app.on_shutdown.append(self._stop)

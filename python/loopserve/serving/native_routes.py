@@ -36,10 +36,10 @@ FEEDBACK_DRAIN_S = 0.02
 
 
 class NativeRoutes:
-    def __init__(self, repository: ModelRepository):
+    def __init__(self, repository: ModelRepository, spin_us: int = 0):
         self.repository = repository
         self.router = _core.Router()
-        self.ingress = _core.Ingress(self.router)
+        self.ingress = _core.Ingress(self.router, spin_us)
         self._taps: "weakref.WeakKeyDictionary[Model, tuple]" = weakref.WeakKeyDictionary()
         self._taps_lock = threading.Lock()
         self._flush_lock = threading.Lock()
