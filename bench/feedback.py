@@ -11,7 +11,12 @@ Two measurements:
            (JSON body, no request id, so the "on" server also makes and returns an id) at each
            concurrency. Reported: the median over rounds of req/s on / req/s off, and p50/p99.
 
+  record A/B  PredictionRecord.add of this tree against the one at a git revision (`--against REV`,
+           its predictions.py loaded from git), alternating in one run: the ratio of the two costs
+           per request (the record full, as above). With --record-only, nothing else runs.
+
     .venv/bin/python bench/feedback.py [--quick] [--rounds N] [--window S] [--concurrency 1,64] [--json out.json]
+    .venv/bin/python bench/feedback.py --against main --record-only
 """
 
 from __future__ import annotations
@@ -74,6 +79,46 @@ def record_cost(calls: int) -> dict:
                     "ids_held": len(rec) + len(rec.tombstones), "calls": calls}
         finally:
             model.close()
+
+
+def record_ab(rev: str, calls: int, rounds: int = 7) -> dict:
+    """µs per PredictionRecord.add here and at `rev`, timed alternately; the ratio of the medians."""
+    import importlib.util
+    import subprocess
+
+    import numpy as np
+
+    from loopserve.monitor.feedback import FeedbackStore
+    from loopserve.monitor.predictions import PredictionRecord
+
+    source = subprocess.run(["git", "show", f"{rev}:python/loopserve/monitor/predictions.py"], check=True,
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]).stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "predictions_at_rev.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("predictions_at_rev", path)
+        old = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old)
+    capacity = 100_000
+    y = np.zeros((1, 2), np.float32)
+    inputs = {"x": np.zeros((1, 32), np.float32)}
+    records = {"here": PredictionRecord(capacity, 3600, 2, [("x", 0, 32)]),
+               rev: old.PredictionRecord(capacity, 3600, 2, [("x", 0, 32)])}
+    ids = [FeedbackStore.new_id() for _ in range(calls)]
+    for rec in records.values():  # full: every insert evicts, and generations turn over
+        for i in range(capacity + 1000):
+            rec.add(f"fill-{i}", float(i), y, inputs, None)
+    times: dict[str, list[float]] = {name: [] for name in records}
+    for r in range(rounds):
+        for name in (list(records) if r % 2 == 0 else list(records)[::-1]):
+            add = records[name].add
+            start = time.perf_counter()
+            for i, request_id in enumerate(ids):
+                add(request_id, 1e6 + i, y, inputs, None)
+            times[name].append((time.perf_counter() - start) / calls * 1e6)
+    here, before = statistics.median(times["here"]), statistics.median(times[rev])
+    return {"against": rev, "here_us": round(here, 3), "rev_us": round(before, 3), "ratio": round(here / before, 3),
+            "calls": calls, "rounds": rounds}
 
 
 def ab(args, work: Path) -> list[dict]:
@@ -139,6 +184,8 @@ def main() -> int:
     ap.add_argument("--concurrency", default="1,64", help="comma-separated (default 1,64)")
     ap.add_argument("--calls", type=int, help="in-process record calls per timing (default 200000)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--against", help="also time PredictionRecord.add against this git revision's")
+    ap.add_argument("--record-only", action="store_true", help="only the in-process measurements")
     args = ap.parse_args()
     args.rounds = args.rounds or (2 if args.quick else 6)
     args.window = args.window or (2.0 if args.quick else 3.0)
@@ -151,6 +198,14 @@ def main() -> int:
     print(f"record (in-process, tiny MLP batch 1, record full): {record['record_us']:.2f} µs per request "
           f"({record['record_with_group_us']:.2f} with a group parameter); join {record['join_per_label_us']:.2f} µs "
           f"per label; {record['entries']} entries held, {record['ids_held']} ids known")
+    if args.against:
+        rab = record["against"] = record_ab(args.against, args.calls)
+        print(f"PredictionRecord.add here vs {rab['against']} (alternating, median of {rab['rounds']} rounds of "
+              f"{rab['calls']}): {rab['here_us']:.3f} vs {rab['rev_us']:.3f} µs, ratio {rab['ratio']:.3f}")
+    if args.record_only:
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": info, "record": record}, indent=1))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         results = ab(args, Path(tmp))
     print(f"\nwrk A/B, JSON, no request id: feedback on vs off ({args.rounds} rounds of {args.window:g} s)")

@@ -74,7 +74,7 @@ def test_the_record_stays_bounded_and_evicts_oldest_first(clock):
             predict(store, model, f"r{i}", rng.random((1 + i % 3, 4), dtype=np.float32))
         rec = store.models["m"].tracks[1].rec
         assert len(rec.index) < 100 and len(rec.previous) <= 100 and len(rec.tombstones) <= 100
-        assert rec.X.shape == (100, 4) and rec.Y.shape == (100, 1) and len(rec.times) == 100 and rec.seq == 1000
+        assert rec.X.shape == (100, 4) and rec.Y.shape == (100, 1) and len(rec.times) == 300 and rec.seq == 1000
         held = [s for s in range(rec.seq - 100, rec.seq) if rec._held(s)]
         assert rec.live_entries() == len(held) and 33 <= len(held) and sum(rec.entry(s)[1] for s in held) <= 100
         assert store.feedback("m", [("r999", [0] * (1 + 999 % 3))]).joined == 1  # the newest is live
@@ -99,9 +99,11 @@ def test_record_rows_wrap_and_survive_reused_ids():
         x, y = rec.rows([rec.index[key]])
         assert (x == value).all() and (y == value).all()
     assert rec.lookup("id0", 4.0)[0] == "expired" and rec.lookup("id1", 4.0)[0] == "expired"
+    assert rec.lookup("id1", 4.0) == ("expired", None, 1.0)  # evicted: when it was predicted is still known
     rec.add("id3", 5.0, np.ones((1, 1), np.float32), {"x": np.ones((1, 2), np.float32)}, None)  # reused id
-    assert rec.entry(rec.index["id3"])[1] == 1 and rec.lookup("id3", 5.0)[0] == "live"
-    x, y = rec.rows([rec.index["id3"]])
+    status, seq, predicted_at = rec.lookup("id3", 5.0)
+    assert status == "live" and predicted_at == 5.0 and rec.entry(seq)[1] == 1
+    x, y = rec.rows([seq])
     assert x.tolist() == [[1, 1]] and y.ravel().tolist() == [1]
     assert rec.lookup("id2", 5.0)[0] == "expired"  # the new row took slot 0, which id2 held
 

@@ -1,5 +1,7 @@
 """Issue 12's "found earlier and left alone", each shown fixed."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,56 @@ def test_equal_data_with_decimal_and_nested_nulls_gets_one_snapshot_id(tmp_path)
     assert plain.equals(junk)
     store = tmp_path / "store"
     assert data.snapshot(plain, store=store).id == data.snapshot(junk, store=store).id
+
+
+@pytest.mark.parametrize("newer", [2, 1], ids=["newer-version-evicted", "older-version-evicted"])
+def test_a_label_joins_the_most_recent_prediction_of_its_id_not_an_older_one_of_another_version(serve, tmp_path,
+                                                                                               newer):
+    """Two versions serve one model and both predicted for request id "shared"; the more recent
+    prediction's version then evicted it (busy traffic), the other still holds its older one. An
+    evicted entry forgot when it was made (time 0), so the older prediction looked newest and the
+    label joined it: a label meant for one version's answer counted in another's metrics and
+    retraining data. The label now meets the most recent prediction, whichever version made it,
+    and is answered "expired" there."""
+    import http.client
+    import json
+
+    import msgspec
+    from conftest import vector_config
+    from loopserve import Model
+    from loopserve.config import FeedbackConfig
+    from loopserve.server.app import LoopserveApp
+    from loopserve.serving.repository import ModelRepository
+
+    config = msgspec.structs.replace(vector_config(name="m", width=2, out_width=1, max_batch_size=8),
+                                     feedback=FeedbackConfig(record_size=4, horizon_s=3600))
+    repository = ModelRepository(tmp_path / "models")
+    for version in (1, 2):
+        repository.add(Model.from_callable(lambda inputs: {"y": inputs["x"][:, :1].copy()}, config, version))
+    server = serve(LoopserveApp(repository))
+    older = 3 - newer
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+
+    def infer(version, request_id):
+        body = {"id": request_id, "inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [0.9, 0]}]}
+        conn.request("POST", f"/v2/models/m/versions/{version}/infer", json.dumps(body).encode())
+        response = conn.getresponse()
+        assert response.status == 200, response.read()
+        response.read()
+
+    try:
+        infer(older, "shared")
+        time.sleep(0.01)  # a later prediction, on any clock
+        infer(newer, "shared")
+        for i in range(8):  # twice the record's size: the newer version has evicted "shared"
+            infer(newer, f"busy-{i}")
+        status, _, raw = server.request("POST", "/v2/models/m/feedback", json.dumps({"id": "shared", "label": 1}).encode())
+        assert status == 200, raw
+        assert msgspec.json.decode(raw)["items"] == [{"id": "shared", "status": "expired", "version": str(newer)}]
+        # The older version's own ids still join there.
+        infer(older, "own")
+        status, _, raw = server.request("POST", "/v2/models/m/feedback", json.dumps({"id": "own", "label": 1}).encode())
+        assert msgspec.json.decode(raw)["items"] == [{"id": "own", "status": "joined", "version": str(older)}]
+    finally:
+        conn.close()
+        repository.close()

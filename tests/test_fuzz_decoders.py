@@ -119,3 +119,36 @@ def test_large_body_path_decodes_as_the_small_one(data, datatype, shape_delta, s
     if spaces:
         body = body.replace(b",", b" , ").replace(b"[", b"[ ")
     assert outcome(decode_request_in_slices, body) == outcome(decode_request, body)
+
+
+label_ids = st.text(alphabet=st.sampled_from('ab"}{,\\[] é'), max_size=12)
+labels = st.one_of(st.integers(-3, 3), st.floats(allow_nan=False), st.text(alphabet='0}"\\', max_size=3),
+                   st.lists(st.integers(0, 1), max_size=4))
+
+
+@SETTINGS
+@given(items=st.lists(st.fixed_dictionaries({"id": label_ids, "label": labels}), max_size=30),
+       indent=st.sampled_from([None, 0, 2]), cut=st.integers(0, 10**6), splice=st.binary(max_size=6))
+def test_feedback_decoded_in_slices_gives_the_whole_decoders_answer(monkeypatch, items, indent, cut, splice):
+    """A large feedback body is decoded a slice at a time, cut at closing braces outside strings
+    (ids full of quotes, braces and backslashes here): the same labels as one decode, and where
+    the body is broken (bytes spliced in), a 400 either way. Slices of 24 bytes, so that these
+    small bodies are cut many times."""
+    from loopserve.server import json_slices
+    from loopserve.server.feedback_routes import decode_feedback, decode_feedback_in_slices
+
+    monkeypatch.setattr(json_slices, "SLICE_BYTES", 24)
+    body = msgspec.json.encode({"labels": items})
+    if indent is not None:
+        body = msgspec.json.format(body, indent=indent)
+    for candidate in (body, body[:cut % (len(body) + 1)] + splice + body[cut % (len(body) + 1):]):
+        try:
+            whole = decode_feedback(candidate)
+        except ProtocolError:
+            whole = None
+        try:
+            sliced = decode_feedback_in_slices(candidate)
+        except ProtocolError as e:
+            assert str(e)
+            sliced = None
+        assert sliced == whole, (candidate, whole, sliced)

@@ -122,6 +122,13 @@ def test_drift_route_errors(serve, drift_repo):
     assert status == 400 and "expected true or false" in body["error"]
     status, _ = get_json(server, "/v2/models/mlp/drift?windows=all")
     assert status == 200
+    # Found by make fuzz-api: past 64 bits the native monitor refused the number with a 500 that
+    # showed its signature; more windows than any history holds are all of them.
+    status, body = get_json(server, "/v2/models/mlp/drift?windows=227532994516271620005112151912&open=0")
+    assert status == 200, body
+    for path in ("/v2/models/mlp/drift?windows=%C2%B2", "/v2/models/mlp/feedback?windows=%C2%B2"):  # '²'
+        status, body = get_json(server, path)
+        assert status == 400 and "expected a" in body["error"], (path, status, body)
 
 
 def test_a_bad_profile_fails_the_load_with_its_reason(tmp_path):

@@ -7,11 +7,15 @@ Bounded by count, O(1) per insert with no per-entry eviction work:
   float32 ring buffers of `capacity` rows; a request of n rows takes the next n slots. An
   entry whose rows have been overwritten, or whose metadata slot (its sequence number modulo
   `capacity`) has been reused, is gone: at most `capacity` entries can be labelled.
-- **ids**: the id index is generational. New ids go into the current dict; once it holds
-  `capacity` ids it becomes the previous one, and the previous becomes the tombstones (the
-  oldest generation is dropped whole). So at most 3 x `capacity` ids are held, an id evicted
-  less than `capacity` requests ago is still known, and its label is answered "expired" (or
-  "duplicate" when it was labelled), not "unknown".
+- **ids**: the id index is generational. New ids go into the current dict; once `capacity`
+  requests have gone into it, it becomes the previous one, and the previous becomes the
+  tombstones (the oldest generation is dropped whole). So at most 3 x `capacity` ids are held,
+  an id evicted less than `capacity` requests ago is still known, and its label is answered
+  "expired" (or "duplicate" when it was labelled), not "unknown".
+- **when**: every id held was recorded within the last 3 x `capacity` requests, so a ring of
+  that many prediction times, by sequence number, still knows when an evicted id was predicted:
+  across versions a label meets the most recent prediction of its id (an evicted one answers
+  "expired"), never an older one that another version still holds.
 - **age**: a lookup answers "expired" for an entry older than `horizon_s`, so the answer does
   not depend on traffic (memory is bounded by the counts above).
 
@@ -24,7 +28,8 @@ pending, when the ring wraps, or before any read. Dropping the oldest id generat
 `capacity` requests) frees its ids at once: about 1.5 ms for 100,000 ids.
 
 Memory: capacity x (input width + output width) x 4 bytes for the rings (pages are touched
-only as they fill), plus about 300 bytes of ids and metadata per entry.
+only as they fill), plus about 300 bytes of ids and metadata per entry, and 24 bytes for each
+of the 3 x capacity prediction times.
 
 Not thread-safe by itself: its owner (loopserve.monitor.feedback) holds a lock around every call.
 """
@@ -43,8 +48,9 @@ class PredictionRecord:
 
     `x_layout` is [(input name, column offset, width)]: the numeric inputs laid side by side
     as one float32 row per request row (empty: inputs are not kept). An entry is named by its
-    sequence number `seq`; its metadata sits at `seq % capacity` of the lists below. The id
-    dicts map id -> seq, or -1 - seq once the entry was labelled.
+    sequence number `seq`; its metadata sits at `seq % capacity` of the lists below, its
+    prediction time at `seq % (3 * capacity)` of `times`. The id dicts map id -> seq, or
+    -1 - seq once the entry was labelled.
     """
 
     def __init__(self, capacity: int, horizon_s: float, y_width: int, x_layout: list[tuple[str, int, int]],
@@ -58,7 +64,7 @@ class PredictionRecord:
         self.Y = np.empty((capacity, y_width), np.float32)
         self.X = np.empty((capacity, self.x_width), np.float32)
         # entry metadata, by seq % capacity
-        self.times: list = [0.0] * capacity
+        self.times: list = [0.0] * (3 * capacity)  # as long as the ids of the 3 generations below
         self.starts: list = [0] * capacity  # first row, counted from the first row ever written
         self.nrows: list = [0] * capacity
         self.groups: list = [None] * capacity
@@ -100,13 +106,13 @@ class PredictionRecord:
         self._pending_rows += n
         seq = self.seq
         i = seq % capacity
-        self.times[i] = now
+        self.times[seq % (3 * capacity)] = now
         self.starts[i] = start
         self.nrows[i] = n
         self.groups[i] = group
         index = self.index
         index[id] = seq
-        if len(index) >= capacity:
+        if i == capacity - 1:  # `capacity` requests into this generation (their ids may repeat)
             self.tombstones, self.previous, self.index = self.previous, index, {}
         self.seq = seq + 1
         self.head = start + n
@@ -138,7 +144,8 @@ class PredictionRecord:
     def lookup(self, id: str, now: float) -> tuple[str, int | None, float]:
         """(answer, seq, prediction time): LIVE when the id can be labelled now (seq names the
         entry); EXPIRED or DUPLICATE when it was recorded but is past the horizon, evicted or
-        already labelled; (UNKNOWN, None, 0.0) otherwise. The newest generation wins."""
+        already labelled (seq None when evicted, the time still known); (UNKNOWN, None, 0.0)
+        otherwise. The newest generation wins."""
         for generation in (self.index, self.previous, self.tombstones):
             value = generation.get(id)
             if value is not None:
@@ -147,9 +154,9 @@ class PredictionRecord:
             return UNKNOWN, None, 0.0
         labelled = value < 0
         seq = -1 - value if labelled else value
+        t = self.times[seq % (3 * self.capacity)]
         if not self._held(seq):
-            return (DUPLICATE if labelled else EXPIRED), None, 0.0
-        t = self.times[seq % self.capacity]
+            return (DUPLICATE if labelled else EXPIRED), None, t
         if labelled:
             return DUPLICATE, seq, t
         return (EXPIRED if t < now - self.horizon_s else LIVE), seq, t
@@ -157,7 +164,7 @@ class PredictionRecord:
     def entry(self, seq: int) -> tuple[float, int, object]:
         """(prediction time, rows, group) of a held entry."""
         i = seq % self.capacity
-        return self.times[i], self.nrows[i], self.groups[i]
+        return self.times[seq % (3 * self.capacity)], self.nrows[i], self.groups[i]
 
     def mark_labelled(self, id: str, seq: int) -> None:
         for generation in (self.index, self.previous, self.tombstones):

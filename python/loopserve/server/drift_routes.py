@@ -74,13 +74,16 @@ class DriftRoutes:
         return Response(msgspec.json.encode(body), media_type="application/json")
 
 
+MAX_WINDOWS = 2**31 - 1  # the native monitors take a C integer
+
+
 def _windows_param(value: str | None) -> int | None:
     if value is None:
         return DEFAULT_WINDOWS
     if value == "all":
         return None
     if value.isascii() and value.isdigit() and int(value) > 0:
-        return int(value)
+        return min(int(value), MAX_WINDOWS)  # more than any history holds: all of them
     raise ProtocolError(f"query parameter windows={value!r}: expected a positive number of windows or 'all'")
 
 

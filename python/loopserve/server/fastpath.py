@@ -27,7 +27,7 @@ import time
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from loopserve.server.body import over_limit
+from loopserve.server.body import add_chunk, over_limit, whole
 
 # On the raw URL: a %-escape, a query-less absolute form or anything unusual goes to ASGI,
 # which decodes the path as uvicorn does.
@@ -74,7 +74,7 @@ class InferCycle:
         self.protocol = protocol
         self.name, self.version = name, version
         self.context = None
-        self.body: list[bytes] | None = []  # None once refused or running: later bytes are dropped
+        self.body: list[bytes] | bytearray | None = []  # None once refused or running: later bytes are dropped
         self.size = 0
         self.more_body = True
         self.started = False  # its turn on the connection has come
@@ -101,7 +101,7 @@ class InferCycle:
     def add_body(self, chunk: bytes) -> None:
         if self.body is None:
             return
-        self.body.append(chunk)
+        self.body = add_chunk(self.body, self.size, chunk)
         self.size += len(chunk)
         limit = self.protocol.fast_infer.max_body_bytes
         if self.size > limit:
@@ -124,7 +124,7 @@ class InferCycle:
 
     def run(self) -> None:
         handler = self.protocol.fast_infer
-        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        body = whole(self.body)
         self.body = None
         try:
             pending, self.finish = handler.submit(self.context, self.name, self.version, body, self.start_time)

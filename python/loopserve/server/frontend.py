@@ -287,7 +287,7 @@ class FrontendApp:
                                              if scope["query_string"] else "")
         headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_HEADERS]
         try:
-            response = await self._request(scope["method"], path, headers, body)
+            response = await self._request(scope["method"], path, headers, bytes(body))  # httpx takes bytes
         except httpx.InvalidURL as exc:  # raw bytes a URL cannot carry: the client's mistake
             await send_response(send, 400, _JSON, error_body(f"the request's path or query is not a valid URL: {exc}"))
             return

@@ -1,5 +1,6 @@
-"""Large JSON tensor data decoded in slices, so that decoding one large request on a worker
-thread leaves the GIL (and with it the event loop, every other connection) free between slices.
+"""Large JSON tensor data (and feedback's labels: `objects_in_slices`) decoded in slices, so that
+decoding one large request on a worker thread leaves the GIL (and with it the event loop, every
+other connection) free between slices.
 
 msgspec and numpy's list conversion hold the GIL for a whole call: a 50 MB `data` array decoded
 in one call stalls the loop for a quarter of a second whatever thread runs it. Here the request
@@ -80,3 +81,105 @@ def _next_comma(view: memoryview, pos: int, end: int, window: int = 256) -> int:
             return pos + found
         pos += window
     return -1
+
+
+def objects_in_slices(view: memoryview, start: int, end: int, decode_piece) -> list:
+    """The items of a JSON array of objects whose members hold no object (feedback's labels),
+    the array's inside being view[start:end] (between its brackets), decoded a slice of about
+    `SLICE_BYTES` at a time: `decode_piece(piece, first)` decodes `[piece]` (`first`: the index
+    of its first item in the whole array) and raises what the client got wrong. A slice ends at
+    a closing brace outside strings, so every piece is whole items."""
+    items: list = []
+    pos = start
+    while pos < end:
+        size = SLICE_BYTES
+        while True:  # an item longer than the slice: a larger one
+            stop = min(pos + size, end)
+            if stop == end:
+                cut = end
+                break
+            ends = object_ends(view[pos:stop])
+            if ends.size:
+                cut = pos + int(ends[-1]) + 1
+                break
+            size *= 2
+        piece = bytes(view[pos:cut]).strip(_SPACE)
+        if pos != start and piece:  # after a cut: nothing but whitespace, or a comma then more items
+            if not piece.startswith(b",") or not piece[1:].strip(_SPACE):
+                raise msgspec.DecodeError(f"JSON is malformed: expected ',' and an item after item {len(items) - 1} "
+                                          f"(byte {pos})")
+            piece = piece[1:]
+        if piece:
+            items += decode_piece(piece, len(items))
+        pos = cut
+    return items
+
+
+def object_ends(window: memoryview) -> np.ndarray:
+    """Offsets of the closing braces outside strings in `window`, which starts outside a string:
+    those with an even number of unescaped quotes before them."""
+    chars = np.frombuffer(window, np.uint8)
+    quotes = np.flatnonzero(chars == ord('"'))
+    backslash = chars == ord("\\")
+    if quotes.size and backslash.any():  # a quote is escaped by an odd run of backslashes just before it
+        last_other = np.maximum.accumulate(np.where(backslash, -1, np.arange(chars.size)))
+        before = quotes - 1
+        run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
+        quotes = quotes[run % 2 == 0]
+    braces = np.flatnonzero(chars == ord("}"))
+    return braces[np.searchsorted(quotes, braces) % 2 == 0]
+
+
+_TOKENS = b'"[]{}\\'
+
+
+def cut_out_arrays(view: memoryview, nonce: str) -> tuple[bytes, dict[bytes, memoryview]] | None:
+    """The JSON text `view` with each flat array of `SLICE_BYTES` or more (a `[` whose next token
+    outside strings is its `]`) replaced by a placeholder string, and the arrays by placeholder;
+    None when there is none. Found without decoding: a scan a slice at a time, so that msgspec's
+    pass over the rest (and the arrays' own decoding, `data_of`) is all that holds the GIL long.
+    The text is not validated here: decoding the rest does that."""
+    spans: list[tuple[int, int]] = []
+    last_pos, last_char = -1, 0  # the last token before the slice (outside strings, or a quote)
+    in_string = False
+    pos, end = 0, len(view)
+    while pos < end:
+        stop = min(pos + SLICE_BYTES, end)
+        while stop < end and view[stop - 1] == ord("\\"):  # a slice never ends inside an escape
+            stop += 1
+        window = view[pos:stop]
+        chunk = bytes(window)
+        if not any(c in chunk for c in (b'"', b"[", b"]", b"{", b"}", b"\\")):
+            pos = stop
+            continue
+        chars = np.frombuffer(window, np.uint8)
+        quotes = np.flatnonzero(chars == ord('"'))
+        backslash = chars == ord("\\")
+        if quotes.size and backslash.any():  # an odd run of backslashes escapes a quote
+            last_other = np.maximum.accumulate(np.where(backslash, -1, np.arange(chars.size)))
+            before = quotes - 1
+            run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
+            quotes = quotes[run % 2 == 0]
+        brackets = np.flatnonzero((chars == ord("[")) | (chars == ord("]")) | (chars == ord("{")) | (chars == ord("}")))
+        outside = (np.searchsorted(quotes, brackets) % 2 == 0) != in_string
+        tokens = np.concatenate([brackets[outside], quotes])
+        tokens.sort()
+        if tokens.size:
+            positions = np.concatenate([[last_pos], tokens + pos])
+            chars_at = np.concatenate([[last_char], chars[tokens]])
+            flat = (chars_at[:-1] == ord("[")) & (chars_at[1:] == ord("]")) & \
+                   (positions[1:] - positions[:-1] > SLICE_BYTES)
+            spans += [(int(a), int(b) + 1) for a, b in zip(positions[:-1][flat], positions[1:][flat])]
+            last_pos, last_char = int(positions[-1]), int(chars_at[-1])
+        in_string ^= bool(quotes.size % 2)
+        pos = stop
+    if not spans:
+        return None
+    parts, arrays, at = [], {}, 0
+    for k, (start, stop) in enumerate(spans):
+        placeholder = f'"@loopserve-slice-{k}-{nonce}"'.encode()
+        parts += [bytes(view[at:start]), placeholder]
+        arrays[placeholder] = view[start:stop]
+        at = stop
+    parts.append(bytes(view[at:]))
+    return b"".join(parts), arrays

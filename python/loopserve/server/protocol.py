@@ -21,6 +21,7 @@ Everything here is a pure function of bytes and arrays; HTTP lives in ``infer.py
 from __future__ import annotations
 
 import math
+import secrets
 import struct
 from typing import Annotated, Any
 
@@ -182,11 +183,37 @@ def decode_request_in_slices(body: bytes | memoryview,
     or more there): the same answer, with each input's JSON data decoded in slices
     (server/json_slices.py), so the GIL comes back to the event loop between them."""
     view, header_length = _split(body, header_length)
-    raw = _decode_json(_raw_request_decoder, view[:header_length])
-    inputs = [RequestInput(i.name, i.shape, i.datatype, i.parameters, json_slices.data_of(i.data, i.datatype))
-              for i in raw.inputs]
-    request = InferRequest(inputs, raw.id, raw.parameters, raw.outputs)
+    request = _request_with_arrays_cut_out(view[:header_length])
+    if request is None:  # no large flat array, or something only the whole decode answers right
+        raw = _decode_json(_raw_request_decoder, view[:header_length])
+        inputs = [RequestInput(i.name, i.shape, i.datatype, i.parameters, json_slices.data_of(i.data, i.datatype))
+                  for i in raw.inputs]
+        request = InferRequest(inputs, raw.id, raw.parameters, raw.outputs)
     return request, _tensors(request, view[header_length:])
+
+
+def _request_with_arrays_cut_out(json_part: memoryview) -> InferRequest | None:
+    """The request with its large flat `data` arrays cut out before msgspec's pass over the rest
+    (json_slices.cut_out_arrays), then decoded in slices: no single call holds the GIL for the
+    whole body. None where the request has no such array, or where the rest or an array does not
+    decode as the whole body would (a placeholder anywhere but in an input's data, a malformed
+    array): the whole decode then gives the answer and its message, as for a small body."""
+    cut = json_slices.cut_out_arrays(json_part, secrets.token_hex(8))
+    if cut is None:
+        return None
+    skeleton, arrays = cut
+    try:
+        raw = _raw_request_decoder.decode(skeleton)
+        inputs = []
+        for i in raw.inputs:
+            span = arrays.pop(bytes(i.data), None)
+            data = json_slices.data_of(span if span is not None else i.data, i.datatype)
+            inputs.append(RequestInput(i.name, i.shape, i.datatype, i.parameters, data))
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    if arrays:  # a large array elsewhere (parameters, outputs): not one the sliced path knows
+        return None
+    return InferRequest(inputs, raw.id, raw.parameters, raw.outputs)
 
 
 def _split(body: bytes | memoryview, header_length: int | None) -> tuple[memoryview, int]:

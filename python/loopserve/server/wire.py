@@ -121,7 +121,7 @@ class _DecodedOffLoop:
 
     def __init__(self, submit, refusal):
         self.submit, self.refusal = submit, refusal
-        self.pending = self.inner = self.inner_finish = self.error = None
+        self.pending = self.inner = self.inner_finish = self.refused = None
         self.abandoned = False
 
     def start(self, body, header_length):
@@ -137,7 +137,11 @@ class _DecodedOffLoop:
         try:
             self.inner, self.inner_finish = self.submit(*decoding.result())
         except Exception as exc:
-            self.error = exc
+            # Answered now, and the exception let go of: its traceback (this frame, whose
+            # `decoding` holds the exception: a cycle) and its context's hold frames with the body
+            # among their locals, which only a garbage collection (rare in a front end) freed.
+            self.refused = self.refusal(exc)
+            exc.__traceback__ = None
             self._done()
             return
         self.inner.add_done_callback(self._done)
@@ -149,7 +153,7 @@ class _DecodedOffLoop:
     def finish(self, _pending):
         if self.inner_finish is not None:
             return self.inner_finish(self.inner)
-        if self.error is not None:
-            return self.refusal(self.error)
+        if self.refused is not None:
+            return self.refused
         self.abandoned = True
         return None
