@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from loopserve.server import heap
 from loopserve.server.http_errors import BodyTooLarge, ClientDisconnected
 
 # Routes whose bodies are a few bytes of JSON (repository index, traffic changes): a larger
@@ -20,6 +21,7 @@ def add_chunk(parts: list[bytes] | bytearray, size: int, chunk: bytes) -> list[b
     if type(parts) is list:
         parts.append(chunk)
         if size + len(chunk) >= GATHER_BYTES:
+            heap.trim_soon()  # what this body leaves behind goes back to the system
             return bytearray().join(parts)
     else:
         parts += chunk

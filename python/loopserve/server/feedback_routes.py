@@ -22,7 +22,7 @@ from starlette.routing import Route
 
 from loopserve.errors import ModelNotFound
 from loopserve.monitor.feedback import ModelFeedback
-from loopserve.server import json_slices, protocol
+from loopserve.server import heap, json_slices, protocol
 from loopserve.server.body import read_body
 from loopserve.server.protocol import MAX_REQUEST_ID_LENGTH, TOO_DEEP, ProtocolError
 
@@ -147,6 +147,7 @@ class FeedbackRoutes:
             answer = [msgspec.json.encode(result)]
         else:  # a large body (up to a million labels): decoded, joined and encoded off the loop
             answer, joined = await run_in_threadpool(_join_large, mf, body)
+            heap.trim_soon()  # the labels' memory goes back to the system once they are let go of
         if joined and mf.spill is not None:
             await run_in_threadpool(self.store.spill, name, joined)  # file appends, off the loop
         if len(answer) == 1:

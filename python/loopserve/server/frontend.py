@@ -28,6 +28,7 @@ import numpy as np
 
 from loopserve import _core
 from loopserve.logs import configure_logging
+from loopserve.server import heap
 from loopserve.server.admission import LoopLag, Overloaded
 from loopserve.server.body import body_limit, read_body
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
@@ -376,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
 
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)  # as the single-process server (server/main.py says why)
+    gc.set_threshold(50_000, 20, 100)
+    heap.large_buffers_from_mmap()  # server/heap.py: large bodies' memory goes back to the system
     with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
         runner.run(run())
     return 1 if app.engine_gone.is_set() else 0

@@ -23,6 +23,7 @@ import time
 
 from loopserve.server.body import read_body
 from loopserve.server import protocol
+from loopserve.server import heap
 from loopserve.server.protocol import ProtocolError, decode_request, decode_request_in_slices
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
@@ -147,6 +148,7 @@ class _DecodedOffLoop:
         self.inner.add_done_callback(self._done)
 
     def _done(self, _=None) -> None:
+        heap.trim_soon()  # the body's memory goes back to the system once it is let go of
         if not self.pending.done():
             self.pending.set_result(None)
 
