@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <memory>
@@ -164,13 +165,15 @@ class FrontendChannel {
     py::gil_scoped_release release;
     using Clock = std::chrono::steady_clock;
     auto now = Clock::now();
-    const auto until = now + std::chrono::microseconds(us);
+    const auto until = now + std::chrono::microseconds(std::clamp<int64_t>(us, 0, ipc::kMaxSpinUs));
     do {
       std::this_thread::yield();
-      if (responses_.ready()) return true;
       const auto before = now;
       now = Clock::now();
+      // Contention first: an answer found after this thread was off its core for long is no
+      // catch (the window would reopen in full on a busy box).
       if (now - before > ipc::kYieldContended) return false;
+      if (responses_.ready()) return true;
     } while (now < until);
     return false;
   }

@@ -35,6 +35,8 @@ constexpr size_t kSlotAlign = 64;
 // stops polling, so it never takes CPU from a busy process (a yield with nothing else to run
 // returns in about a microsecond).
 constexpr std::chrono::microseconds kYieldContended{20};
+// The longest poll either side runs (the config allows 10 ms; this bounds direct callers too).
+constexpr int64_t kMaxSpinUs = 1'000'000;
 
 inline size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 

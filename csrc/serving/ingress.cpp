@@ -297,7 +297,7 @@ bool parse_version(std::string_view text, int64_t* out) {
 }  // namespace
 
 Ingress::Ingress(std::shared_ptr<Router> router, int64_t spin_us)
-    : router_(std::move(router)), spin_max_us_(spin_us < 0 ? 0 : spin_us) {
+    : router_(std::move(router)), spin_max_us_(std::clamp<int64_t>(spin_us, 0, ipc::kMaxSpinUs)) {
   control_efd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (control_efd_ < 0 || epoll_fd_ < 0) throw std::system_error(errno, std::generic_category(), "ingress");
