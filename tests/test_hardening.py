@@ -127,6 +127,8 @@ def nested(depth, leaf="1"):
 MISTAKES = {
     "shape 2**63 by 0": '{"inputs":[{"name":"INPUT0","shape":[%d,0],"datatype":"FP32","data":[]}]}' % 2**63,
     "shape 2**62 by 4 by 0": '{"inputs":[{"name":"INPUT0","shape":[%d,4,0],"datatype":"FP32","data":[]}]}' % 2**62,
+    # within 2**62 elements, past numpy's 2**63 bytes at 4 a value (test_fuzz_decoders found it)
+    "shape 2**60 by 3 by 0": '{"inputs":[{"name":"INPUT0","shape":[%d,3,0],"datatype":"FP32","data":[]}]}' % 2**60,
     "shape 2**64": '{"inputs":[{"name":"INPUT0","shape":[%d],"datatype":"FP32","data":[1]}]}' % 2**64,
     "100,000 dims": '{"inputs":[{"name":"INPUT0","shape":[%s],"datatype":"FP32","data":[1]}]}' % ",".join(["1"] * 100_000),
     "priority 2**63": '{"inputs":[%s],"parameters":{"priority":%d}}',

@@ -62,8 +62,10 @@ class RequestOutput(msgspec.Struct):
 MAX_REQUEST_ID_LENGTH = 256
 # numpy's own limit is 64 dimensions; no model input has more than a few.
 MAX_DIMS = 32
-# A shape whose nonzero dimensions multiply past this is no array any machine can address.
-_MAX_ELEMENTS = 2**62
+# A shape whose nonzero dimensions multiply past this is no array any machine can address: numpy
+# refuses even an empty one whose nonzero dimensions times its item size (8 at most here) pass
+# 2**63 ([0, 4, 1486731, 193868545253] of INT64, found by test_fuzz_decoders).
+_MAX_ELEMENTS = 2**59
 
 
 TOO_DEEP = "invalid request body: JSON nested too deeply (msgspec's limit is about 1000 levels)"
