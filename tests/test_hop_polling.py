@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from loopserve.demo.hotswap import wait_ready
+from loopserve.demo.setup import stop_processes
 
 from conftest import free_port
 from test_workers import ADD_ONE, INT_IO, children, infer, until, write_model
@@ -51,15 +52,6 @@ def polls(port: int) -> dict[str, float]:
     return out
 
 
-def stop(proc) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def test_a_slow_model_closes_the_front_ends_poll_and_an_idle_engine_stops_polling(tmp_path):
     port = free_port()
     proc = serve(tmp_path, port, spin_us=100)
@@ -80,7 +72,7 @@ def test_a_slow_model_closes_the_front_ends_poll_and_an_idle_engine_stops_pollin
         # Idle: each 200 ms the ingress sleeps through halves its window, down to none.
         until(lambda: polls(port)["window_us"] == 0, what="the engine's poll window to close while idle")
     finally:
-        stop(proc)
+        stop_processes(proc)
 
 
 def test_by_default_nothing_polls(tmp_path):
@@ -94,4 +86,4 @@ def test_by_default_nothing_polls(tmp_path):
         conn.close()
         assert polls(port) == {"caught_engine": 0, "caught_frontend": 0, "missed_frontend": 0, "window_us": 0}
     finally:
-        stop(proc)
+        stop_processes(proc)

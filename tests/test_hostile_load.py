@@ -16,6 +16,56 @@ from loopserve.server.app import LoopserveApp
 from test_hardening import infer_body
 
 
+def post_while_others_ask(server, path, big, clients, metadata_too=False):
+    """POSTs `big` to `path` while `clients` keep-alive connections (each connected, and so given
+    a front end, first) keep asking for small infers, or infers and the model's metadata in
+    turn. (status, body) of the big request; how many answers each client got meanwhile; each
+    client's longest wait between answers, in seconds."""
+    small = infer_body()
+    sent_big, big_done = threading.Event(), threading.Event()
+    answered_during: list[int] = []
+    stamps: list[list[float]] = []
+
+    def small_client():
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
+        conn.request("POST", "/v2/models/mlp/infer", small)
+        assert conn.getresponse().read()
+        sent_big.wait(120)
+        count = 0
+        mine = [time.monotonic()]
+        while not big_done.is_set():
+            if metadata_too and count % 2:
+                conn.request("GET", "/v2/models/mlp")
+            else:
+                conn.request("POST", "/v2/models/mlp/infer", small)
+            response = conn.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+            count += not big_done.is_set()
+            mine.append(time.monotonic())
+        conn.close()
+        answered_during.append(count)
+        stamps.append(mine)
+
+    threads = [threading.Thread(target=small_client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+    conn.putrequest("POST", path)
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Content-Length", str(len(big)))
+    conn.endheaders()
+    conn.send(big)  # returns with the last few MB in the sockets' buffers: the server has it all moments later
+    sent_big.set()
+    response = conn.getresponse()  # once the server has answered (reading the answer takes a while)
+    big_done.set()
+    raw = response.read()
+    conn.close()
+    for t in threads:
+        t.join(120)
+    return response.status, raw, answered_during, [max(b - a for a, b in zip(m, m[1:])) for m in stamps]
+
+
 def test_a_large_json_body_decodes_while_small_requests_are_answered(serve, mlp_repository):
     """Point 6: decoding ran on the event loop; a 51 MB JSON body stalled every client of that
     process for as long as it took (1.3 s). Now a body past protocol.OFF_LOOP_BYTES decodes on a
@@ -27,47 +77,12 @@ def test_a_large_json_body_decodes_while_small_requests_are_answered(serve, mlp_
     data = np.random.default_rng(6).standard_normal(rows * 32).astype(np.float32).tolist()
     big = msgspec.json.encode({"inputs": [{"name": zoo.INPUT, "shape": [rows, 32], "datatype": "FP32", "data": data}]})
     del data
-    small = infer_body()
-    big_done = threading.Event()
-    answered_during: list[int] = []
-
-    def small_client():
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-        conn.request("POST", "/v2/models/mlp/infer", small)  # connected (and a front end chosen) first
-        assert conn.getresponse().read()
-        sent_big.wait(120)
-        count = 0
-        while not big_done.is_set():
-            conn.request("POST", "/v2/models/mlp/infer", small)
-            response = conn.getresponse()
-            assert response.status == 200, response.read()
-            response.read()
-            count += not big_done.is_set()
-        conn.close()
-        answered_during.append(count)
-
-    sent_big = threading.Event()
-    clients = [threading.Thread(target=small_client) for _ in range(6)]
-    for t in clients:
-        t.start()
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
-    conn.putrequest("POST", "/v2/models/mlp/infer")
-    conn.putheader("Content-Type", "application/json")
-    conn.putheader("Content-Length", str(len(big)))
-    conn.endheaders()
-    conn.send(big)
-    sent_big.set()
-    response = conn.getresponse()
-    raw = response.read()
-    big_done.set()
-    conn.close()
-    for t in clients:
-        t.join(120)
+    status, raw, answered_during, _ = post_while_others_ask(server, "/v2/models/mlp/infer", big, clients=6)
     # It decoded (then the model refused 100,000 rows: its max_batch_size is 64, a 400 that names it).
-    assert response.status == 400 and b"batch" in raw, (response.status, raw[:300])
+    assert status == 400 and b"batch" in raw, (status, raw[:300])
     # Every connection, whichever process it reached, was answered again and again meanwhile.
     assert len(answered_during) == 6 and min(answered_during) >= 10, answered_during
-    assert server.request("POST", "/v2/models/mlp/infer", small)[0] == 200
+    assert server.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200
 
 
 def fd_count(pid: int) -> int:
@@ -182,50 +197,9 @@ def test_a_large_feedback_body_is_decoded_and_joined_while_others_are_answered(s
     labels += [{"id": predicted[1], "label": 0}, {"id": predicted[0], "label": 0}]
     big = msgspec.json.encode({"labels": labels})
     del labels
-    small = infer_body()
-    sent_big, big_done = threading.Event(), threading.Event()
-    answered_during: list[int] = []
-    stamps: list[list[float]] = []
-
-    def small_client():
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
-        conn.request("POST", "/v2/models/mlp/infer", small)  # connected (and a front end chosen) first
-        assert conn.getresponse().read()
-        sent_big.wait(120)
-        count = 0
-        mine = [time.monotonic()]
-        while not big_done.is_set():
-            if count % 2:
-                conn.request("GET", "/v2/models/mlp")
-            else:
-                conn.request("POST", "/v2/models/mlp/infer", small)
-            response = conn.getresponse()
-            assert response.status == 200, response.read()
-            response.read()
-            count += not big_done.is_set()
-            mine.append(time.monotonic())
-        conn.close()
-        answered_during.append(count)
-        stamps.append(mine)
-
-    clients = [threading.Thread(target=small_client) for _ in range(4)]
-    for t in clients:
-        t.start()
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
-    conn.putrequest("POST", "/v2/models/mlp/feedback")
-    conn.putheader("Content-Type", "application/json")
-    conn.putheader("Content-Length", str(len(big)))
-    conn.endheaders()
-    conn.send(big)  # returns with the last few MB in the sockets' buffers: the server has it all moments later
-    sent_big.set()
-    response = conn.getresponse()  # once the server has answered (reading the answer takes a while)
-    big_done.set()
-    raw = response.read()
-    conn.close()
-    for t in clients:
-        t.join(120)
-    gaps = [max(b - a for a, b in zip(mine, mine[1:])) for mine in stamps]
-    assert response.status == 200, raw[:300]
+    status, raw, answered_during, gaps = post_while_others_ask(server, "/v2/models/mlp/feedback", big, clients=4,
+                                                               metadata_too=True)
+    assert status == 200, raw[:300]
     result = msgspec.json.decode(raw)
     assert (result["joined"], result["unknown"], result["duplicate"]) == (2, LABELS, 1)
     items = result["items"]
