@@ -115,22 +115,29 @@ def objects_in_slices(view: memoryview, start: int, end: int, decode_piece) -> l
     return items
 
 
-def object_ends(window: memoryview) -> np.ndarray:
-    """Offsets of the closing braces outside strings in `window`, which starts outside a string:
-    those with an even number of unescaped quotes before them."""
-    chars = np.frombuffer(window, np.uint8)
+def unescaped_quotes(chars: np.ndarray) -> np.ndarray:
+    """Offsets of the quotes in `chars` that no backslash escapes: a quote is escaped by an odd
+    run of backslashes just before it."""
     quotes = np.flatnonzero(chars == ord('"'))
     backslash = chars == ord("\\")
-    if quotes.size and backslash.any():  # a quote is escaped by an odd run of backslashes just before it
+    if quotes.size and backslash.any():
         last_other = np.maximum.accumulate(np.where(backslash, -1, np.arange(chars.size)))
         before = quotes - 1
         run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
         quotes = quotes[run % 2 == 0]
+    return quotes
+
+
+def object_ends(window: memoryview) -> np.ndarray:
+    """Offsets of the closing braces outside strings in `window`, which starts outside a string:
+    those with an even number of unescaped quotes before them."""
+    chars = np.frombuffer(window, np.uint8)
+    quotes = unescaped_quotes(chars)
     braces = np.flatnonzero(chars == ord("}"))
     return braces[np.searchsorted(quotes, braces) % 2 == 0]
 
 
-_TOKENS = b'"[]{}\\'
+_TOKENS = (b'"', b"[", b"]", b"{", b"}", b"\\")  # what a slice without any of them cannot change
 
 
 def cut_out_arrays(view: memoryview, nonce: str) -> tuple[bytes, dict[bytes, memoryview]] | None:
@@ -149,17 +156,11 @@ def cut_out_arrays(view: memoryview, nonce: str) -> tuple[bytes, dict[bytes, mem
             stop += 1
         window = view[pos:stop]
         chunk = bytes(window)
-        if not any(c in chunk for c in (b'"', b"[", b"]", b"{", b"}", b"\\")):
+        if not any(token in chunk for token in _TOKENS):
             pos = stop
             continue
         chars = np.frombuffer(window, np.uint8)
-        quotes = np.flatnonzero(chars == ord('"'))
-        backslash = chars == ord("\\")
-        if quotes.size and backslash.any():  # an odd run of backslashes escapes a quote
-            last_other = np.maximum.accumulate(np.where(backslash, -1, np.arange(chars.size)))
-            before = quotes - 1
-            run = np.where(before >= 0, before - last_other[np.maximum(before, 0)], 0)
-            quotes = quotes[run % 2 == 0]
+        quotes = unescaped_quotes(chars)
         brackets = np.flatnonzero((chars == ord("[")) | (chars == ord("]")) | (chars == ord("{")) | (chars == ord("}")))
         outside = (np.searchsorted(quotes, brackets) % 2 == 0) != in_string
         tokens = np.concatenate([brackets[outside], quotes])
