@@ -54,6 +54,7 @@ class Connection final : public CompletionSink, public std::enable_shared_from_t
   bool peer_closed = false;    // the client closed its side
   bool registered = false;     // in the loop's table
   bool fresh = true;           // no request read from it yet
+  bool read_capped = false;    // reading stopped at the buffer's cap: more may wait in the socket
   Clock::time_point since;     // when it went idle, or its partial request began
   int64_t seq = 0;             // the loop's table key
 

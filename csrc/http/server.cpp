@@ -31,6 +31,7 @@ constexpr size_t kMaxHeaders = 64;
 constexpr size_t kReadChunk = 64 << 10;
 constexpr int kMaxAcceptsPerTurn = 256;
 constexpr auto kScanEvery = std::chrono::milliseconds(50);
+constexpr int kRounds = 4;  // of deferred batches and answered connections per turn
 
 double seconds_since(Clock::time_point t, Clock::time_point now) {
   return std::chrono::duration<double>(now - t).count();
@@ -236,8 +237,9 @@ void HttpServer::run() {
   state_->set_loop_thread(std::this_thread::get_id());
   epoll_event events[256];
   auto last_scan = Clock::now();
+  bool work_left = false;  // deferred batches or answered connections the last turn did not get to
   while (!stopping_.load(std::memory_order_relaxed)) {
-    const int n = ::epoll_wait(epoll_fd_, events, 256, 50);
+    const int n = ::epoll_wait(epoll_fd_, events, 256, work_left ? 0 : 50);
     turn_start_ = Clock::now();
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
@@ -256,11 +258,16 @@ void HttpServer::run() {
     }
     // The turn's requests for quick models run here, one batch per model; their answers (and
     // those other threads completed meanwhile) let each connection's next request go.
-    for (int round = 0; round < 4; ++round) {
+    // At most kRounds: a client pipelining many requests waits for the others' next turn.
+    work_left = true;
+    for (int round = 0; round < kRounds; ++round) {
       for (const auto& b : deferred_) b->run_deferred();
       deferred_.clear();
       auto done = state_->take_done();
-      if (done.empty()) break;
+      if (done.empty()) {
+        work_left = false;
+        break;
+      }
       for (auto& conn : done) {
         conn->in_flight = false;
         if (!conn->registered) continue;
@@ -320,7 +327,12 @@ void HttpServer::add(const std::shared_ptr<Connection>& conn) {
 void HttpServer::read_from(Connection& conn) {
   if (conn.peer_closed) return;
   const size_t cap = options_.native_body_bytes + options_.max_head_bytes;
-  while (conn.in.size() - conn.consumed < cap) {
+  conn.read_capped = false;
+  while (true) {
+    if (conn.in.size() - conn.consumed >= cap) {  // the rest waits in the socket (no new event comes for it)
+      conn.read_capped = true;
+      return;
+    }
     const bool was_empty = conn.consumed == conn.in.size();
     if (was_empty) {
       conn.in.clear();
@@ -362,6 +374,10 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
     const int head = phr_parse_request(data, size, &method, &method_len, &path, &path_len, &minor, headers,
                                        &num_headers, 0);
     if (head == -2) {  // partial head
+      if (conn->read_capped) {
+        read_from(*conn);  // what stayed in the socket while the buffer was full
+        if (conn->in.size() - conn->consumed > size) continue;
+      }
       if (conn->peer_closed) close(conn);
       else if (size > options_.max_head_bytes) hand_off(conn);
       return;
@@ -399,6 +415,10 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
     }
     const size_t whole = static_cast<size_t>(head) + static_cast<size_t>(content_length);
     if (size < whole) {  // the body is still arriving
+      if (conn->read_capped) {
+        read_from(*conn);
+        if (conn->in.size() - conn->consumed > size) continue;
+      }
       if (conn->peer_closed) close(conn);
       return;
     }

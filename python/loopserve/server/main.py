@@ -67,6 +67,9 @@ def serve(config: ServerConfig) -> int:
     log.info("serving", extra={"host": config.http.host, "port": config.http.port, "workers": config.worker_count(),
                                "models": [f"{m.name}:{m.version}" for m in app.repository.models()]})
     engine = None
+    if config.http.native_infer and config.worker_count() == 1:
+        log.warning("http.native_infer needs workers > 1 (the native path hands what it does not take to the front "
+                    "ends); serving without it")
     if config.worker_count() > 1:
         # This process becomes the engine: the front ends take the public port, and the
         # engine's own routes (all but infer, which travels natively) answer on a Unix socket.
