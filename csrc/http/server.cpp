@@ -15,7 +15,7 @@
 
 #include "http/infer_codec.h"
 #include "http/response.h"
-#include "picohttpparser.h"
+#include "http/request_head.h"
 #include "serving/dispatch.h"
 #include "serving/feedback_tap.h"
 
@@ -27,7 +27,6 @@ using Clock = std::chrono::steady_clock;
 
 constexpr uint64_t kListenerKey = 0;
 constexpr uint64_t kWakeKey = 1;
-constexpr size_t kMaxHeaders = 64;
 constexpr size_t kReadChunk = 64 << 10;
 constexpr int kMaxAcceptsPerTurn = 256;
 constexpr auto kScanEvery = std::chrono::milliseconds(50);
@@ -37,147 +36,7 @@ double seconds_since(Clock::time_point t, Clock::time_point now) {
   return std::chrono::duration<double>(now - t).count();
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i)
-    if (std::tolower(static_cast<unsigned char>(a[i])) != std::tolower(static_cast<unsigned char>(b[i]))) return false;
-  return true;
-}
-
-// A path segment the native path takes as a model name or version: printable ASCII with no
-// %-escape, query or fragment (anything else goes to Python, which decodes as uvicorn does).
-bool plain_segment(std::string_view s) {
-  if (s.empty()) return false;
-  for (char ch : s)
-    if (ch <= 0x20 || ch >= 0x7f || ch == '%' || ch == '?' || ch == '#' || ch == '/') return false;
-  return true;
-}
-
-// POST /v2/models/{m}[/versions/{v}]/infer
-bool infer_path(std::string_view path, std::string_view* model, std::string_view* version) {
-  constexpr std::string_view kPrefix = "/v2/models/", kInfer = "/infer", kVersions = "/versions/";
-  if (path.size() <= kPrefix.size() + kInfer.size() || path.substr(0, kPrefix.size()) != kPrefix ||
-      path.substr(path.size() - kInfer.size()) != kInfer)
-    return false;
-  std::string_view middle = path.substr(kPrefix.size(), path.size() - kPrefix.size() - kInfer.size());
-  size_t slash = middle.find('/');
-  if (slash == std::string_view::npos) {
-    *model = middle;
-    *version = {};
-    return plain_segment(middle);
-  }
-  *model = middle.substr(0, slash);
-  std::string_view rest = middle.substr(slash);
-  if (rest.substr(0, kVersions.size()) != kVersions) return false;
-  *version = rest.substr(kVersions.size());
-  return plain_segment(*model) && plain_segment(*version);
-}
-
-// The infer request's parts, once the native path has said it takes it.
-struct Pending {
-  std::shared_ptr<Connection> conn;
-  std::shared_ptr<const VersionRoute> route;
-  std::shared_ptr<DecodedInfer> request;  // owns the inputs' memory, the id, the group
-  std::string model;
-  std::vector<InputView> inputs;  // kept only for feedback
-  std::vector<size_t> chosen;     // the outputs to answer with, in order
-  Clock::time_point start;
-  bool answers = true;  // false: a shadow's copy
-  bool keep_alive = true;
-};
-
 }  // namespace
-
-// -- ServerState -------------------------------------------------------------------------
-
-ServerState::ServerState(std::vector<double> latency_bounds) : bounds_(std::move(latency_bounds)) {
-  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
-}
-
-ServerState::~ServerState() { ::close(wake_fd_); }
-
-void ServerState::complete(Connection& conn, Completion& c) {
-  std::unique_ptr<Pending> p(reinterpret_cast<Pending*>(c.token));
-  if (!p->answers) return;
-  const VersionRoute& route = *p->route;
-  std::string body;
-  uint16_t status = 200;
-  if (c.status == Status::kOk) {
-    if (route.feedback) route.feedback->record(p->request->id, p->request->group, c, p->inputs);
-    const auto& specs = route.batcher->config().outputs;
-    std::vector<std::string_view> names;
-    names.reserve(specs.size());
-    for (const auto& s : specs) names.emplace_back(s.name);
-    if (!encode_answer(body, p->model, route.version, p->request->id, c, names, p->chosen)) {
-      status = 500;
-      body = error_body("the model's answer could not be encoded");
-    }
-  } else {
-    status = http_status(c.status);
-    body = error_body(c.error ? *c.error : "");
-  }
-  std::string out;
-  out.reserve(body.size() + 160);
-  append_answer(out, status, p->keep_alive && !stopping.load(std::memory_order_relaxed), body);
-  conn.write_answer(out);
-  served_.fetch_add(1, std::memory_order_relaxed);
-  if (status == 200) observe(p->model, route.version, seconds_since(p->start, Clock::now()));
-  post_done(std::move(p->conn));
-}
-
-void ServerState::post_done(std::shared_ptr<Connection> conn) {
-  if (stopping.load()) {  // the loop is gone: the answer (with `connection: close`) was the last
-    ::shutdown(conn->fd(), SHUT_RDWR);
-    return;
-  }
-  bool wake = false;
-  {
-    std::lock_guard<std::mutex> lock(done_mu_);
-    done_.push_back(std::move(conn));
-    // The loop drains after running its own batches: only another thread wakes it.
-    if (!signalled_ && std::this_thread::get_id() != loop_thread_) wake = signalled_ = true;
-  }
-  if (wake) {
-    uint64_t one = 1;
-    ssize_t n = ::write(wake_fd_, &one, sizeof one);
-    (void)n;
-  }
-}
-
-std::vector<std::shared_ptr<Connection>> ServerState::take_done() {
-  std::vector<std::shared_ptr<Connection>> out;
-  std::lock_guard<std::mutex> lock(done_mu_);
-  out.swap(done_);
-  if (signalled_) {
-    uint64_t value;
-    ssize_t n = ::read(wake_fd_, &value, sizeof value);
-    (void)n;
-    signalled_ = false;
-  }
-  return out;
-}
-
-void ServerState::count_overload(const std::string& model) {
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  ++overload_[model];
-}
-
-void ServerState::observe(const std::string& model, int64_t version, double seconds) {
-  const size_t bucket = static_cast<size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin());
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  LatencyCounts& h = latency_[{model, version}];
-  if (h.counts.empty()) h.counts.assign(bounds_.size() + 1, 0);
-  ++h.counts[bucket];
-  h.sum += seconds;
-}
-
-void ServerState::fill(ServerStats& s) const {
-  s.served = served_.load(std::memory_order_relaxed);
-  std::lock_guard<std::mutex> lock(stats_mu_);
-  s.overload_refused = overload_;
-  s.latency = latency_;
-}
 
 // -- HttpServer --------------------------------------------------------------------------
 
@@ -367,13 +226,9 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
       if (conn->peer_closed) close(conn);
       return;
     }
-    const char *method, *path;
-    size_t method_len, path_len, num_headers = kMaxHeaders;
-    int minor = 0;
-    phr_header headers[kMaxHeaders];
-    const int head = phr_parse_request(data, size, &method, &method_len, &path, &path_len, &minor, headers,
-                                       &num_headers, 0);
-    if (head == -2) {  // partial head
+    InferHead head;
+    const HeadVerdict verdict = read_infer_head(data, size, head);
+    if (verdict == HeadVerdict::kPartial) {
       if (conn->read_capped) {
         read_from(*conn);  // what stayed in the socket while the buffer was full
         if (conn->in.size() - conn->consumed > size) continue;
@@ -382,38 +237,12 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
       else if (size > options_.max_head_bytes) hand_off(conn);
       return;
     }
-    std::string_view model, version;
-    bool keep_alive = true;
-    bool ours = head > 0 && minor == 1 && std::string_view(method, method_len) == "POST" &&
-                infer_path({path, path_len}, &model, &version);
-    int64_t content_length = -1;
-    for (size_t i = 0; ours && i < num_headers; ++i) {
-      const std::string_view name(headers[i].name, headers[i].name_len);
-      const std::string_view value(headers[i].value, headers[i].value_len);
-      if (headers[i].name == nullptr) {
-        ours = false;  // a folded header line
-      } else if (iequals(name, "content-length")) {
-        if (content_length >= 0 || value.empty() || value.size() > 18) ours = false;
-        int64_t v = 0;
-        for (char ch : value) {
-          if (ch < '0' || ch > '9') ours = false;
-          v = v * 10 + (ch - '0');
-        }
-        content_length = v;
-      } else if (iequals(name, "connection")) {
-        if (iequals(value, "close")) keep_alive = false;
-        else if (!iequals(value, "keep-alive")) ours = false;
-      } else if (iequals(name, "transfer-encoding") || iequals(name, "expect") || iequals(name, "upgrade") ||
-                 iequals(name, "inference-header-content-length")) {
-        ours = false;  // chunked bodies, 100-continue, upgrades, binary tensors: the Python path's
-      }
-    }
-    if (!ours || content_length < 0 || static_cast<size_t>(content_length) > options_.native_body_bytes ||
-        static_cast<size_t>(content_length) > options_.max_body_bytes) {
+    if (verdict == HeadVerdict::kNotOurs || head.content_length > options_.native_body_bytes ||
+        head.content_length > options_.max_body_bytes) {
       hand_off(conn);
       return;
     }
-    const size_t whole = static_cast<size_t>(head) + static_cast<size_t>(content_length);
+    const size_t whole = head.head_bytes + head.content_length;
     if (size < whole) {  // the body is still arriving
       if (conn->read_capped) {
         read_from(*conn);
@@ -423,7 +252,8 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
       return;
     }
     conn->fresh = false;
-    const Served served = serve(conn, model, version, data + head, static_cast<size_t>(content_length), keep_alive);
+    const Served served = serve(conn, head.model, head.version, data + head.head_bytes, head.content_length,
+                                head.keep_alive);
     if (served == Served::kDeclined) {
       hand_off(conn);
       return;
@@ -433,7 +263,7 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
       conn->in.erase(0, conn->consumed);
       conn->consumed = 0;
     }
-    if (served == Served::kAnswered) conn->keep_alive = keep_alive;  // without: closed once written
+    if (served == Served::kAnswered) conn->keep_alive = head.keep_alive;  // without: closed once written
   }
 }
 

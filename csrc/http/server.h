@@ -18,8 +18,8 @@
 // loop runs more than `overload_wait_ms` behind with at least `overload_min_connections`
 // open; the batchers' own refusals (a full queue) answer 429 as through the ingress.
 //
-// Thread-safety: HttpServer's public members may be called from any thread. ServerState is
-// shared by the loop and every thread that completes a batch (see its members).
+// Thread-safety: HttpServer's public members may be called from any thread. The loop and the
+// threads that complete its requests share a ServerState (http/server_state.h).
 #pragma once
 
 #include <atomic>
@@ -35,6 +35,7 @@
 
 #include "http/connection.h"
 #include "http/handoff.h"
+#include "http/server_state.h"
 #include "serving/route_table.h"
 
 namespace loopserve::http {
@@ -50,57 +51,6 @@ struct ServerOptions {
   size_t overload_min_connections = 64;
   std::string overload_message;         // server/admission.py's, word for word
   std::vector<double> latency_bounds;   // server/latency.py's buckets (seconds)
-};
-
-struct LatencyCounts {
-  std::vector<uint64_t> counts;  // one per bound, then +Inf
-  double sum = 0;
-};
-
-struct ServerStats {
-  uint64_t accepted = 0;      // connections
-  uint64_t served = 0;        // infer requests answered natively (any status)
-  uint64_t handed_off = 0;    // connections handed to a front end
-  uint64_t handoff_failed = 0;
-  uint64_t connections = 0;   // open now (the loop's)
-  std::map<std::string, uint64_t> overload_refused;  // by model
-  std::map<std::pair<std::string, int64_t>, LatencyCounts> latency;  // 200s, by model and version
-};
-
-// What the loop and the completing threads share. Thread-safety: complete() and post_done()
-// from any thread; take_done() on the loop thread; stats under stats_mu_.
-class ServerState {
- public:
-  ServerState(std::vector<double> latency_bounds);
-  ~ServerState();
-
-  // A request's completion (on the thread that completed its batch): answers it.
-  void complete(Connection& conn, Completion& c);
-  // The connection's request is answered: the loop takes it up again.
-  void post_done(std::shared_ptr<Connection> conn);
-  std::vector<std::shared_ptr<Connection>> take_done();
-  int wake_fd() const { return wake_fd_; }
-  void set_loop_thread(std::thread::id id) { loop_thread_ = id; }
-
-  void count_overload(const std::string& model);
-  void count_served() { served_.fetch_add(1, std::memory_order_relaxed); }
-  void fill(ServerStats& s) const;
-
-  std::atomic<bool> stopping{false};  // answers say `connection: close` from now on
-
- private:
-  void observe(const std::string& model, int64_t version, double seconds);
-
-  const std::vector<double> bounds_;
-  int wake_fd_ = -1;
-  std::thread::id loop_thread_;
-  std::mutex done_mu_;  // guards done_, signalled_
-  std::vector<std::shared_ptr<Connection>> done_;
-  bool signalled_ = false;
-  mutable std::mutex stats_mu_;  // guards overload_, latency_
-  std::map<std::string, uint64_t> overload_;
-  std::map<std::pair<std::string, int64_t>, LatencyCounts> latency_;
-  std::atomic<uint64_t> served_{0};
 };
 
 class HttpServer {

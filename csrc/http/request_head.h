@@ -1,0 +1,28 @@
+// A request's head as the native HTTP path reads it (picohttpparser): is it the infer route,
+// in a form the native path takes? Anything else is the Python front end's (http/server.h).
+//
+// Thread-safety: a pure function.
+#pragma once
+
+#include <cstddef>
+#include <string_view>
+
+namespace loopserve::http {
+
+struct InferHead {
+  size_t head_bytes = 0;           // the head's length; the body follows
+  std::string_view model, version; // from the path; version empty when not named
+  size_t content_length = 0;
+  bool keep_alive = true;          // false: `Connection: close`
+};
+
+enum class HeadVerdict {
+  kPartial,  // the head has not all arrived
+  kInfer,    // POST /v2/models/{m}[/versions/{v}]/infer, HTTP/1.1, Content-Length, nothing unusual
+  kNotOurs,  // any other route or form (HTTP/1.0, chunked, Expect, upgrade, binary tensors,
+             // a %-escaped path, a malformed head): the Python path's
+};
+
+HeadVerdict read_infer_head(const char* data, size_t size, InferHead& out);
+
+}  // namespace loopserve::http
