@@ -113,7 +113,8 @@ void bind_drift(py::module_& m) {
           [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const F64Array& sums,
              const I64Array& missing, const I64Array& n, const F64Array& mean, const F64Array& m2, const F64Array& lo,
              const F64Array& hi, const F64Array& samples, const I64Array& cat_counts, const I64Array& cat_missing,
-             const std::optional<F64Array>& top, const std::optional<F64Array>& bottom) {
+             const std::optional<F64Array>& top, const std::optional<F64Array>& bottom,
+             const std::optional<py::array>& values) {
             const size_t F = self.spec().numeric.size(), C = self.spec().categorical.size();
             size_t width = 0;
             for (const auto& c : self.spec().numeric) width = std::max(width, c.edges.size() + 1);
@@ -155,16 +156,25 @@ void bind_drift(py::module_& m) {
               p.top = top->data(), p.bottom = bottom->data();
               p.extremes_stride = static_cast<size_t>(top->shape(1));
             }
+            if (values) {
+              const Table t = table_of(*values);
+              if (static_cast<uint64_t>(t.rows) != rows || static_cast<size_t>(t.cols) != F)
+                throw std::invalid_argument("absorb: values must be [rows, numeric features]");
+              if (t.dtype == DType::kFP32) p.values_f32 = static_cast<const float*>(t.data);
+              else if (t.dtype == DType::kFP64) p.values_f64 = static_cast<const double*>(t.data);
+              else throw std::invalid_argument("absorb: values must be FP32 or FP64");
+            }
             py::gil_scoped_release release;
             self.absorb(p);
           },
           py::arg("rows"), py::arg("bins"), py::arg("sums"), py::arg("missing"), py::arg("n"), py::arg("mean"),
           py::arg("m2"), py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
-          py::arg("top") = py::none(), py::arg("bottom") = py::none(),
+          py::arg("top") = py::none(), py::arg("bottom") = py::none(), py::arg("values") = py::none(),
           "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], sums (of each bin's values, as "
           "bins), missing/n/mean/m2/min/max [F], "
           "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C], "
-          "top and bottom [F, >= k] (candidates holding each feature's k largest and k smallest values; NaN pads)")
+          "top and bottom [F, >= k] (candidates holding each feature's k largest and k smallest values; NaN pads), "
+          "values [rows, F] (FP32 or FP64: every row's features, kept exactly while they fit; else None)")
       .def(
           "sample_rows",
           [](TensorAccumulator& self, uint64_t rows) {

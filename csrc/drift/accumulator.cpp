@@ -501,7 +501,15 @@ void TensorAccumulator::merge(const TensorAccumulator& other) {
 
 void TensorAccumulator::absorb(const Parts& p) {
   const size_t features = spec_->numeric.size();
-  drop_exact_values();  // the parts carry a sample of their rows, not every value
+  const bool with_values = (p.values_f32 || p.values_f64) && features > 0 && exact_[0].fits(p.rows);
+  if (with_values) {
+    for (size_t f = 0; f < features; ++f) {
+      if (p.values_f32) keep_column(f, p.values_f32, p.rows, features);
+      else keep_column(f, p.values_f64, p.rows, features);
+    }
+  } else {
+    drop_exact_values();  // kept values go into the sample, which the parts' samples continue
+  }
   std::vector<double> sampled(p.n_samples);
   for (size_t f = 0; f < features; ++f) {
     sketches::BinnedHistogram& h = histograms_[f];
@@ -512,7 +520,7 @@ void TensorAccumulator::absorb(const Parts& p) {
                                                           static_cast<uint64_t>(p.missing[f]), p.mean[f], p.m2[f],
                                                           p.min[f], p.max[f]));
     size_t kept = 0;
-    for (size_t i = 0; i < p.n_samples; ++i) {
+    for (size_t i = 0; !with_values && i < p.n_samples; ++i) {
       const double v = p.samples[i * features + f];
       sampled[kept] = v;
       kept += v - v == 0.0;  // finite values only, as update() feeds them
@@ -534,6 +542,13 @@ void TensorAccumulator::absorb(const Parts& p) {
   }
   sample_rows(p.rows);  // the sample moves on past these rows, as update() would have moved it
   rows_ += p.rows;
+}
+
+template <typename C>
+void TensorAccumulator::keep_column(size_t f, const C* values, uint64_t rows, size_t stride) {
+  C* out = exact_[f].template next<C>(rows, 0);
+  for (uint64_t r = 0; r < rows; ++r) out[r] = values[r * stride + f];
+  exact_[f].template added<C>(rows);
 }
 
 void TensorAccumulator::drop_exact_values() {

@@ -93,6 +93,11 @@ class TensorAccumulator {
     // among the rows (values not finite are passed over).
     const double *top = nullptr, *bottom = nullptr;
     size_t extremes_stride = 0;
+    // Every row's numeric features (values[r * numeric + f], in row order; one of the two, in the
+    // type update() would keep them in), or neither: with them the window keeps its values as
+    // update() would, while they fit, and the samples are not needed.
+    const float* values_f32 = nullptr;
+    const double* values_f64 = nullptr;
   };
   void absorb(const Parts& parts);
   // The rows among the next `rows` that the quantile sketches take (indices from 0), drawn as
@@ -124,6 +129,8 @@ class TensorAccumulator {
   // Feature f's kept values go into its KLL sample and are dropped.
   void spill_exact_values(size_t f);
   void sample_into_quantiles(size_t f, const sketches::ExactValues& values);
+  template <typename C>
+  void keep_column(size_t f, const C* values, uint64_t rows, size_t stride);  // absorb()'s values
 
   std::shared_ptr<const AccumulatorSpec> spec_;
   uint64_t rows_ = 0;

@@ -231,14 +231,19 @@ def ks_at_edges(reference_counts, current_counts) -> float:
     return float(np.max(np.abs(r[:-1] / r[-1] - c[:-1] / c[-1]), initial=0.0))
 
 
+def ks_test_pvalue(distance: float, reference_rows: int, current_rows: int) -> float:
+    """The two-sample KS test's p-value at `distance` between samples of these sizes."""
+    n = reference_rows * current_rows / (reference_rows + current_rows)
+    return float(_scipy_stats.kstwo.sf(distance, max(int(round(n)), 1)))
+
+
 def ks_pvalue(reference, current, distance: float | None = None) -> float:
     """Two-sample KS p-value of the reference against what the window's sketch saw, at D minus
     the rank errors (see the module docstring)."""
     d = ks_distance(reference, current) if distance is None else distance
     if not np.isfinite(d):
         return 1.0
-    n = reference.count * current.count / (reference.count + current.count)
-    return float(_scipy_stats.kstwo.sf(max(d - ks_margin(reference, current), 0.0), max(int(round(n)), 1)))
+    return ks_test_pvalue(max(d - ks_margin(reference, current), 0.0), reference.count, current.count)
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:
