@@ -77,27 +77,26 @@ def compare(reference: ReferenceCdf, values: np.ndarray) -> ExactComparison:
         return ExactComparison(nan, nan, nan, nan, nan)
     k, n = reference.knots, float(reference.n)
     x = np.union1d(k, values)  # every point where either CDF may bend or jump
-    left, right = x[:-1], x[1:]
-    width = right - left
-    f_c = np.searchsorted(values, left, side="right") / values.size  # constant on [left, right)
+    left, width = x[:-1], np.diff(x)
+    f_c = np.searchsorted(values, left, side="right") / values.size  # constant on [left, left + width)
 
-    # The knot cell [k_j, k_j+1) each interval lies in (j = -1 below the reference's minimum,
-    # j = last at and above its maximum, where F_r is 0 and 1).
-    j = np.searchsorted(k, left, side="right") - 1
-    inside = (j >= 0) & (j < k.size - 1)
-    jj = np.clip(j, 0, k.size - 2) if k.size > 1 else np.zeros_like(j)
-    start, end = reference.at_most[jj] / n, reference.below[np.minimum(jj + 1, k.size - 1)] / n
-    span = k[np.minimum(jj + 1, k.size - 1)] - k[jj]
+    # F_r on each interval: linear within the knot cell [k_s, k_s+1) it lies in, 0 below the
+    # reference's minimum and 1 from its maximum on (cells -1 and last: slope 0, origin 0).
+    start = np.concatenate([[0.0], reference.at_most[:-1] / n, [1.0]])
+    end = np.concatenate([[0.0], reference.below[1:] / n, [1.0]])
+    span = np.concatenate([[1.0], np.diff(k), [1.0]])
     slope = np.divide(end - start, span, out=np.zeros_like(span), where=span > 0)
-    r0 = np.where(inside, start + slope * (left - k[jj]), np.where(j < 0, 0.0, 1.0))
-    r1 = np.where(inside, start + slope * (right - k[jj]), np.where(j < 0, 0.0, 1.0))
+    origin = np.concatenate([[0.0], k[:-1], [0.0]])
+    s = np.searchsorted(k, left, side="right")  # the cell, counted from the one below the minimum
+    g0 = start[s] + slope[s] * (left - origin[s]) - f_c  # F_r - F_c at the interval's start...
+    g1 = g0 + slope[s] * width                          # ...and its end (both linear inside it)
 
-    g0, g1 = r0 - f_c, r1 - f_c
     a0, a1 = np.abs(g0), np.abs(g1)
-    same_sign = g0 * g1 >= 0
     total = a0 + a1
-    area = np.where(same_sign, total / 2, np.divide(g0 * g0 + g1 * g1, 2 * total, out=np.zeros_like(total),
-                                                     where=total > 0)) * width
+    # The integral of |g| for g linear from g0 to g1: w (a0 + a1) / 2 when they share a sign, else
+    # w (a0^2 + a1^2) / (2 (a0 + a1)): in one expression, w (a0^2 + a1^2 + 2 max(g0 g1, 0)) / (2 (a0 + a1)).
+    area = np.divide(a0 * a0 + a1 * a1 + 2 * np.maximum(g0 * g1, 0.0), 2 * total, out=np.zeros_like(total),
+                     where=total > 0) * width
     w1 = float(area.sum())
     ks = float(max(a0.max(initial=0.0), a1.max(initial=0.0)))
 
