@@ -143,3 +143,26 @@ def test_the_monitor_reports_every_value_for_recent_windows_and_a_sample_for_old
         assert newest.ks_sample == 2_000 and newest.ks_margin < 1e-3
     finally:
         monitor.stop()
+
+
+def test_a_profile_from_before_the_grid_compares_with_the_window_sketched_whole():
+    """A profile made before grids has nothing to hold a window's values against: the values
+    are sketched whole (no sampling error), and KS and W1 come with the sketch's bounds."""
+    import msgspec
+
+    rng = np.random.default_rng(8)
+    reference, window = rng.standard_normal(30_000), rng.standard_normal(10_000) + 0.2
+    profile = build_profile(reference[:, None], ["x"])
+    old = msgspec.structs.replace(profile, features=[msgspec.structs.replace(profile.features[0], grid=[],
+                                                                             grid_below=[], grid_at_most=[])])
+    monitor = DriftMonitor(old, DriftConfig(window_rows=10_000, window_seconds=0))
+    try:
+        monitor.offer(window[:, None])
+        monitor.flush()
+        f = monitor.windows(include_open=False)[0].features[0]
+    finally:
+        monitor.stop()
+    assert f.distribution_from == "every value" and f.ks_sample == 10_000
+    assert abs(f.ks - stats.ks_2samp(reference, window).statistic) <= f.ks_margin
+    low, high = f.wasserstein_bounds
+    assert low <= stats.wasserstein_distance(reference, window) <= high

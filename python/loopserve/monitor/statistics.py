@@ -160,10 +160,19 @@ class Sketched:
 
     @classmethod
     def of_window(cls, accumulator, i: int) -> "Sketched":
-        """Numeric feature i of a window's accumulator (loopserve._core.TensorAccumulator)."""
+        """Numeric feature i of a window's accumulator (loopserve._core.TensorAccumulator). A window
+        that kept every value (its KLL sketch then holds none) is sketched from all of them here,
+        for a reference that has no grid to compare them with (a profile from before grids)."""
         moments = accumulator.moments(i)
         extremes = accumulator.extremes(i) or (None, None)
-        return cls(accumulator.quantiles(i), int(moments.count), moments.mean, moments.min, moments.max,
+        sketch, values = accumulator.quantiles(i), accumulator.exact_values(i)
+        if values is not None:
+            from loopserve._core import KllSketch
+            from loopserve.monitor.profile import QUANTILE_K
+
+            sketch = KllSketch(QUANTILE_K)
+            sketch.update(values)
+        return cls(sketch, int(moments.count), moments.mean, moments.min, moments.max,
                    np.asarray(accumulator.bin_edges(i)), np.asarray(accumulator.bin_counts(i), dtype=np.float64),
                    np.asarray(accumulator.bin_sums(i)), *extremes)
 

@@ -106,13 +106,15 @@ def _numeric(acc, i: int, p: NumericProfile, role: str, policy: DriftPolicy, alp
             ks, margin, ks_sample, source = exact.ks, exact.ks_margin, int(values.size), EVERY_VALUE
             ks_p = st.ks_test_pvalue(max(ks - margin, 0.0), grid.n, values.size)
             w1, w1_bounds = exact.wasserstein, [exact.wasserstein_low, exact.wasserstein_high]
-    elif acc.quantiles(i).count > 0:  # a sample of the window (it outgrew exact_values, or is old)
-        sketch = acc.quantiles(i)
+    elif values is not None and values.size or acc.quantiles(i).count > 0:
+        # A sample of the window (it outgrew exact_values, or is older than exact_windows), or its
+        # values sketched whole for a profile without a grid (made before grids were kept).
         reference, window = st.Sketched.of_profile(p), st.Sketched.of_window(acc, i)
+        sketch = window.sketch
         ks = st.ks_distance(reference, window)
         margin = st.ks_margin(reference.sketch, sketch, window.rows)
         ks_p = st.ks_pvalue(reference.sketch, sketch, ks)
-        ks_sample, source = int(sketch.count), SAMPLE
+        ks_sample, source = int(sketch.count), EVERY_VALUE if values is not None else SAMPLE
         w1, w1_low, w1_high = st.wasserstein_bounds(reference, window)
         w1_bounds = [w1_low, w1_high]
     if ks is not None:
