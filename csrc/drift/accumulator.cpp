@@ -501,7 +501,8 @@ void TensorAccumulator::merge(const TensorAccumulator& other) {
 
 void TensorAccumulator::absorb(const Parts& p) {
   const size_t features = spec_->numeric.size();
-  const bool with_values = (p.values_f32 || p.values_f64) && features > 0 && exact_[0].fits(p.rows);
+  bool with_values = (p.values_f32 || p.values_f64) && features > 0;
+  for (size_t f = 0; with_values && f < features; ++f) with_values = exact_[f].fits(p.rows);
   if (with_values) {
     for (size_t f = 0; f < features; ++f) {
       if (p.values_f32) keep_column(f, p.values_f32, p.rows, features);
@@ -547,6 +548,7 @@ void TensorAccumulator::absorb(const Parts& p) {
 template <typename C>
 void TensorAccumulator::keep_column(size_t f, const C* values, uint64_t rows, size_t stride) {
   C* out = exact_[f].template next<C>(rows, 0);
+  if (!out) throw std::logic_error("drift accumulator: no room for the values absorb() checked");
   for (uint64_t r = 0; r < rows; ++r) out[r] = values[r * stride + f];
   exact_[f].template added<C>(rows);
 }
@@ -653,6 +655,12 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
     spec->categorical.push_back({column, categories.back().other_slot(), categories.back().lut()});
   }
   r.expect_end();
+  // Every update and merge keeps or lets go of all features' values together, each holding one
+  // value a row: a payload where they disagree was not made by one.
+  for (const auto& values : exact)
+    if (values.complete() != exact.front().complete() || values.size() != exact.front().size() ||
+        values.capacity() != exact.front().capacity())
+      throw std::invalid_argument("TensorAccumulator: features disagree on the values they keep");
   TensorAccumulator acc(std::move(spec));
   acc.rows_ = rows;
   acc.histograms_ = std::move(histograms);

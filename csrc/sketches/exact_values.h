@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <type_traits>
@@ -45,8 +46,11 @@ class ExactValues {
   C* next(size_t n, size_t slack) {
     if (!fits(n)) return nullptr;
     Buffer<C>& b = buffer<C>();
-    if (b.room < b.size + n + slack)  // grow by doubling, to the capacity at most (plus slack)
-      b.reserve(std::min<size_t>(std::max(b.room * 2, b.size + n + slack), capacity_ + slack));
+    if (b.room < b.size + n + slack) {  // grow by doubling, to the capacity at most (plus slack)
+      const size_t most = capacity_ > std::numeric_limits<size_t>::max() - slack ? std::numeric_limits<size_t>::max()
+                                                                                 : capacity_ + slack;
+      b.reserve(std::min<size_t>(std::max(b.room * 2, b.size + n + slack), most));
+    }
     return b.data.get() + b.size;
   }
   template <typename C>

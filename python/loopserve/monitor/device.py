@@ -11,7 +11,10 @@ for FP32, read once a window) and the quantile sketches' sampled rows (drawn as 
 accumulator draws them: `TensorAccumulator.sample_rows`), builds a `_core.TensorAccumulator` from them
 (`absorb`) and hands it to the native monitor (`push_closed`), so reports, the sketch payload
 and merging are the same on both paths. Counts equal the native path's bit for bit, and so do
-the quantile sketches (same rows, same order); moments agree to rounding.
+the kept values and, while a window keeps them or with exact_values 0, the quantile sketches (same
+rows, same order); past exact_values both sketches hold a Bernoulli(1 / kll_every) sample of the
+whole window, drawn apart (the native path draws again over the values it lets go). Moments agree
+to rounding.
 
 Without a GPU the same path runs on CPU tensors under TRITON_INTERPRET=1 (tests force it).
 """

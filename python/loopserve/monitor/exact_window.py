@@ -2,12 +2,13 @@
 of a window up to `drift.exact_values` rows) against the reference profile's quantile grid.
 
 The window's CDF F_c is then exact. The reference's F_r is known exactly at its knots: the
-profile's grid (order statistics at GRID_CELLS + 1 evenly spaced ranks) and its kept extremes,
-each with the exact counts of reference values below it and at or below it. Between two
-consecutive knots F_r is taken as linear, from F_r(knot) to F_r(next knot -); it is exact where
-no reference value lies strictly between them (everywhere in the kept tails, and wherever ties
-fill a cell: discrete data), and elsewhere the true F_r lies in the cell's band
-[F_r(knot), F_r(next knot -)], of height at most 1 / GRID_CELLS.
+profile's grid (loopserve.monitor.profile.reference_grid: order statistics at GRID_CELLS + 1
+evenly spaced ranks, the values next to them, and both sides of each cell's widest gap) and its
+kept extremes, each with the exact counts of reference values below it and at or below it.
+Between two consecutive knots F_r is taken as linear, from F_r(knot) to F_r(next knot -); it is
+exact where no reference value lies strictly between them (everywhere in the kept tails, across
+gaps, and wherever ties fill a cell: discrete data), and elsewhere the true F_r lies in the
+cell's band [F_r(knot), F_r(next knot -)], of height at most 1 / GRID_CELLS.
 
 Bounds, which hold always (no probability: nothing here is sampled):
 - KS: |D - D_exact| <= the largest band height (ks_margin, at most 1 / GRID_CELLS).
@@ -83,13 +84,14 @@ def compare(reference: ReferenceCdf, values: np.ndarray) -> ExactComparison:
     # F_r on each interval: linear within the knot cell [k_s, k_s+1) it lies in, 0 below the
     # reference's minimum and 1 from its maximum on (cells -1 and last: slope 0, origin 0).
     start = np.concatenate([[0.0], reference.at_most[:-1] / n, [1.0]])
-    end = np.concatenate([[0.0], reference.below[1:] / n, [1.0]])
+    rise = np.concatenate([[0.0], reference.below[1:] / n, [1.0]]) - start
     span = np.concatenate([[1.0], np.diff(k), [1.0]])
-    slope = np.divide(end - start, span, out=np.zeros_like(span), where=span > 0)
     origin = np.concatenate([[0.0], k[:-1], [0.0]])
     s = np.searchsorted(k, left, side="right")  # the cell, counted from the one below the minimum
-    g0 = start[s] + slope[s] * (left - origin[s]) - f_c  # F_r - F_c at the interval's start...
-    g1 = g0 + slope[s] * width                          # ...and its end (both linear inside it)
+    # Where in its cell the interval starts and ends, as fractions (not a slope: a cell of
+    # subnormal width would overflow one): F_r - F_c at both ends, linear in between.
+    g0 = start[s] + rise[s] * ((left - origin[s]) / span[s]) - f_c
+    g1 = start[s] + rise[s] * ((x[1:] - origin[s]) / span[s]) - f_c
 
     a0, a1 = np.abs(g0), np.abs(g1)
     total = a0 + a1
