@@ -212,9 +212,10 @@ void bind_drift(py::module_& m) {
             {
               py::gil_scoped_release release;
               finite = values.finite();
-              std::sort(finite.begin(), finite.end());
             }
-            return to_numpy(finite);
+            py::object out = to_numpy(finite);
+            out.attr("sort")();  // numpy's vectorized sort: several times std::sort's speed
+            return out;
           },
           py::arg("i"),
           "Feature i's finite values, all of them, increasing; None where the window did not keep them "

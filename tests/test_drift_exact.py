@@ -186,3 +186,16 @@ def test_gaps_and_extreme_scales_stay_within_two_percent(shape):
         rng = np.random.default_rng(seed)
         result = check_against_scipy(make(rng, 100_000), make(rng, 10_000))
         assert not result["checkable"] or result["w_rel"] <= 0.02, (seed, result)
+
+
+@pytest.mark.parametrize("n", [10_001, 40_000])
+def test_the_ks_pvalue_for_large_windows_is_never_below_the_exact_one(n):
+    """Past KS_ASYMPTOTIC_N effective rows the p-value is Kolmogorov's limit: cheaper, and never
+    smaller than the exact distribution's (so it cannot raise a false alarm the exact one would not)."""
+    from loopserve.monitor.statistics import KS_ASYMPTOTIC_N, ks_test_pvalue
+
+    assert n > KS_ASYMPTOTIC_N
+    for d in np.linspace(0.3, 8, 25) / np.sqrt(n):
+        exact = stats.kstwo.sf(d, n)
+        assert ks_test_pvalue(d, 2 * n, 2 * n) >= exact * (1 - 1e-9)
+        assert ks_test_pvalue(d, 2 * n, 2 * n) <= max(exact * 1.5, exact + 0.02)  # and close to it
