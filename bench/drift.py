@@ -10,10 +10,11 @@ Usage: .venv/bin/python bench/drift.py [--quick] [--rows N] [--rounds R] [--no-e
    - Evidently's data drift report (DataDriftPreset) on the same reference and window, in its
      own virtual environment (bench/.venvs/evidently, created on first use; skipped with a note
      when it cannot be installed).
-   loopserve is timed as the monitor runs it: bin counts, moments, category counts, and the
-   KLL sketches fed a random sample of the rows (each with probability 1/k, k from the window
-   size: about 8k rows per window, the sample the KS margin is stated for), and also with every
-   row into the KLL sketches. Times are medians of the rounds, interleaved with numpy's.
+   loopserve is timed as the monitor runs it: bin counts, moments, category counts, extremes,
+   and every value kept (drift.exact_values, 262,144 rows by default: KS and Wasserstein-1 from
+   every value); and, for a window past exact_values, with the KLL sketches fed a random sample
+   of the rows instead (each with probability 1/k, k from the window size: about 8k rows per
+   window) or every row. Times are medians of the rounds, interleaved with numpy's.
 2. Serving throughput with monitoring on against off: two loopserve servers with the tiny MLP,
    one with a reference profile, driven by wrk (JSON, c=16) in alternating rounds; the ratio is
    the median of per-round ratios (target >= 0.95).
@@ -77,9 +78,9 @@ def bench_update(rows: int, rounds: int, evidently: bool) -> list[dict]:
     numeric, categorical = native_spec(profile.features)
     every = max(1, -(-rows // QUANTILE_SAMPLE_TARGET))
 
-    def loopserve_update(kll_every):
+    def loopserve_update(kll_every, exact_values):
         def run():
-            _core.TensorAccumulator(numeric, categorical, kll_every=kll_every).update(window)
+            _core.TensorAccumulator(numeric, categorical, kll_every=kll_every, exact_values=exact_values).update(window)
         return run
 
     edges = [np.asarray(f.edges) for f in profile.features[:NUMERIC]]
@@ -92,12 +93,14 @@ def bench_update(rows: int, rounds: int, evidently: bool) -> list[dict]:
             codes = window[:, NUMERIC + c].astype(np.int64)
             np.bincount(np.where(codes < lut.size, lut[np.minimum(codes, lut.size - 1)], lut.max() + 1))
 
-    labels = {every: f"loopserve native (KLL on a 1/{every} sample)", 1: "loopserve native (KLL every row)"}
-    took = medians_of({"numpy": numpy_update, **{k: loopserve_update(k) for k in labels}}, rounds)
+    variants = {"loopserve native (every value kept: the default)": loopserve_update(every, 1 << 18),
+                f"loopserve native (KLL on a 1/{every} sample: exact_values 0)": loopserve_update(every, 0),
+                "loopserve native (KLL every row: exact_values 0)": loopserve_update(1, 0)}
+    took = medians_of({"numpy": numpy_update, **variants}, rounds)
     numpy_s = took["numpy"]
     results = [{"what": "numpy searchsorted + bincount (bins only)", "rows_per_s": rows / numpy_s}]
-    for k, label in labels.items():
-        results.append({"what": label, "rows_per_s": rows / took[k], "vs_numpy": numpy_s / took[k]})
+    for label in variants:
+        results.append({"what": label, "rows_per_s": rows / took[label], "vs_numpy": numpy_s / took[label]})
     if evidently:
         results.append(run_evidently(reference, window, names))
         if results[-1].get("rows_per_s"):

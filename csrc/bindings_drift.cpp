@@ -26,7 +26,8 @@ using drift::TensorAccumulator;
 std::shared_ptr<const AccumulatorSpec> make_spec(const std::vector<std::pair<int64_t, std::vector<double>>>& numeric,
                                                  const std::vector<std::tuple<int64_t, uint32_t, std::vector<int32_t>>>& categorical,
                                                  uint32_t kll_every, uint16_t kll_k,
-                                                 uint32_t extremes_k = sketches::Extremes::kDefaultK) {
+                                                 uint32_t extremes_k = sketches::Extremes::kDefaultK,
+                                                 uint64_t exact_capacity = sketches::ExactValues::kDefaultCapacity) {
   auto spec = std::make_shared<AccumulatorSpec>();
   for (const auto& [column, edges] : numeric) spec->numeric.push_back({column, edges});
   for (const auto& [column, slots, lut] : categorical) spec->categorical.push_back({column, slots, lut});
@@ -34,6 +35,7 @@ std::shared_ptr<const AccumulatorSpec> make_spec(const std::vector<std::pair<int
   spec->kll_k = kll_k;
   if (extremes_k == 0) throw std::invalid_argument("extremes_k must be at least 1");
   spec->extremes_k = extremes_k;
+  spec->exact_capacity = exact_capacity;
   return spec;
 }
 
@@ -91,11 +93,12 @@ void bind_drift(py::module_& m) {
                                 "category counts; mergeable and serializable")
       .def(py::init([](const std::vector<std::pair<int64_t, std::vector<double>>>& numeric,
                        const std::vector<std::tuple<int64_t, uint32_t, std::vector<int32_t>>>& categorical,
-                       uint32_t kll_every, uint16_t kll_k, uint32_t extremes_k) {
-             return TensorAccumulator(make_spec(numeric, categorical, kll_every, kll_k, extremes_k));
+                       uint32_t kll_every, uint16_t kll_k, uint32_t extremes_k, uint64_t exact_values) {
+             return TensorAccumulator(make_spec(numeric, categorical, kll_every, kll_k, extremes_k, exact_values));
            }),
            py::arg("numeric"), py::arg("categorical"), py::arg("kll_every") = 1,
-           py::arg("kll_k") = AccumulatorSpec::kDefaultKllK, py::arg("extremes_k") = sketches::Extremes::kDefaultK)
+           py::arg("kll_k") = AccumulatorSpec::kDefaultKllK, py::arg("extremes_k") = sketches::Extremes::kDefaultK,
+           py::arg("exact_values") = sketches::ExactValues::kDefaultCapacity)
       .def(
           "update",
           [](TensorAccumulator& self, const py::array& values) {
@@ -110,7 +113,8 @@ void bind_drift(py::module_& m) {
           [](TensorAccumulator& self, uint64_t rows, const I64Array& bins, const F64Array& sums,
              const I64Array& missing, const I64Array& n, const F64Array& mean, const F64Array& m2, const F64Array& lo,
              const F64Array& hi, const F64Array& samples, const I64Array& cat_counts, const I64Array& cat_missing,
-             const std::optional<F64Array>& top, const std::optional<F64Array>& bottom) {
+             const std::optional<F64Array>& top, const std::optional<F64Array>& bottom,
+             const std::optional<py::array>& values) {
             const size_t F = self.spec().numeric.size(), C = self.spec().categorical.size();
             size_t width = 0;
             for (const auto& c : self.spec().numeric) width = std::max(width, c.edges.size() + 1);
@@ -152,16 +156,25 @@ void bind_drift(py::module_& m) {
               p.top = top->data(), p.bottom = bottom->data();
               p.extremes_stride = static_cast<size_t>(top->shape(1));
             }
+            if (values) {
+              const Table t = table_of(*values);
+              if (static_cast<uint64_t>(t.rows) != rows || static_cast<size_t>(t.cols) != F)
+                throw std::invalid_argument("absorb: values must be [rows, numeric features]");
+              if (t.dtype == DType::kFP32) p.values_f32 = static_cast<const float*>(t.data);
+              else if (t.dtype == DType::kFP64) p.values_f64 = static_cast<const double*>(t.data);
+              else throw std::invalid_argument("absorb: values must be FP32 or FP64");
+            }
             py::gil_scoped_release release;
             self.absorb(p);
           },
           py::arg("rows"), py::arg("bins"), py::arg("sums"), py::arg("missing"), py::arg("n"), py::arg("mean"),
           py::arg("m2"), py::arg("min"), py::arg("max"), py::arg("samples"), py::arg("cat_counts"), py::arg("cat_missing"),
-          py::arg("top") = py::none(), py::arg("bottom") = py::none(),
+          py::arg("top") = py::none(), py::arg("bottom") = py::none(), py::arg("values") = py::none(),
           "Adds rows summarized elsewhere (the GPU kernels): bins [F, >= E+1], sums (of each bin's values, as "
           "bins), missing/n/mean/m2/min/max [F], "
           "samples [S, F] (the quantile sketches' rows, in order), cat_counts [C, >= K+1], cat_missing [C], "
-          "top and bottom [F, >= k] (candidates holding each feature's k largest and k smallest values; NaN pads)")
+          "top and bottom [F, >= k] (candidates holding each feature's k largest and k smallest values; NaN pads), "
+          "values [rows, F] (FP32 or FP64: every row's features, kept exactly while they fit; else None)")
       .def(
           "sample_rows",
           [](TensorAccumulator& self, uint64_t rows) {
@@ -190,6 +203,24 @@ void bind_drift(py::module_& m) {
           "(bottom, top): feature i's k smallest and k largest finite values, increasing; None where unknown "
           "(read from a format before they were kept)")
       .def_property_readonly("extremes_k", [](const TensorAccumulator& a) { return a.spec().extremes_k; })
+      .def(
+          "exact_values",
+          [](const TensorAccumulator& a, size_t i) -> py::object {
+            const auto& values = a.exact_values(i);
+            if (!values.complete()) return py::none();
+            std::vector<double> finite;
+            {
+              py::gil_scoped_release release;
+              finite = values.finite();
+            }
+            py::object out = to_numpy(finite);
+            out.attr("sort")();  // numpy's vectorized sort: several times std::sort's speed
+            return out;
+          },
+          py::arg("i"),
+          "Feature i's finite values, all of them, increasing; None where the window did not keep them "
+          "(more rows than exact_values, dropped, or read from a format before they were kept)")
+      .def("drop_exact_values", &TensorAccumulator::drop_exact_values)
       .def("category_counts", [](const TensorAccumulator& a, size_t i) { return to_numpy(a.categories(i).counts()); })
       .def("category_missing", [](const TensorAccumulator& a, size_t i) { return a.categories(i).missing(); })
       .def("serialize", [](const TensorAccumulator& a) { return to_bytes(a.serialize()); })
@@ -206,7 +237,8 @@ void bind_drift(py::module_& m) {
                        const std::vector<std::tuple<int64_t, uint32_t, std::vector<int32_t>>>& categorical,
                        std::optional<std::vector<std::pair<int64_t, std::vector<double>>>> output_numeric,
                        uint32_t kll_every, int64_t window_rows, double window_seconds, size_t history,
-                       int64_t queue_rows, int input_index, int output_index, uint32_t extremes_k) {
+                       int64_t queue_rows, int input_index, int output_index, uint32_t extremes_k,
+                       uint64_t exact_values, size_t exact_windows) {
              drift::MonitorConfig config;
              config.window_rows = window_rows;
              config.window_seconds = window_seconds;
@@ -214,17 +246,20 @@ void bind_drift(py::module_& m) {
              config.queue_rows = queue_rows;
              config.input_index = input_index;
              config.output_index = output_numeric ? output_index : -1;
+             config.exact_windows = exact_windows;
              auto outputs = output_numeric ? make_spec(*output_numeric, {}, kll_every, AccumulatorSpec::kDefaultKllK,
-                                                       extremes_k)
+                                                       extremes_k, exact_values)
                                            : nullptr;
              return std::make_shared<DriftMonitor>(config, make_spec(numeric, categorical, kll_every,
-                                                                     AccumulatorSpec::kDefaultKllK, extremes_k),
+                                                                     AccumulatorSpec::kDefaultKllK, extremes_k,
+                                                                     exact_values),
                                                    outputs);
            }),
            py::arg("numeric"), py::arg("categorical"), py::arg("output_numeric") = std::nullopt,
            py::arg("kll_every") = 1, py::arg("window_rows") = 10000, py::arg("window_seconds") = 60.0,
            py::arg("history") = 20, py::arg("queue_rows") = 1 << 16, py::arg("input_index") = 0,
-           py::arg("output_index") = 0, py::arg("extremes_k") = sketches::Extremes::kDefaultK)
+           py::arg("output_index") = 0, py::arg("extremes_k") = sketches::Extremes::kDefaultK,
+           py::arg("exact_values") = sketches::ExactValues::kDefaultCapacity, py::arg("exact_windows") = 2)
       .def(
           "offer",
           [](DriftMonitor& self, const py::array& inputs, std::optional<py::array> outputs) {

@@ -23,7 +23,7 @@ REFERENCE_ROWS, WINDOW_ROWS, SAMPLE_EVERY = 40_000, 16_000, 4  # the window's sk
 def window_statistics(reference: np.ndarray, window: np.ndarray, every: int):
     """The monitor's statistics of one numeric feature: profile, native accumulator, sketches."""
     feature = build_profile(reference[:, None], ["x"]).features[0]
-    acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=every)
+    acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=every, exact_values=0)
     acc.update(np.ascontiguousarray(window[:, None]))
     return feature, acc, st.Sketched.of_profile(feature), st.Sketched.of_window(acc, 0)
 
@@ -107,12 +107,12 @@ def test_the_p_value_is_uniform_under_no_drift_so_the_false_alarm_rate_holds():
     feature = build_profile(reference[:, None], ["x"]).features[0]
     pvalues = []
     for _ in range(40):
-        acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=4)
+        acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=4, exact_values=0)
         acc.update(rng.standard_normal((8_000, 1)))
         pvalues.append(st.ks_pvalue(feature.kll(), acc.quantiles(0)))
     pvalues = np.array(pvalues)
     assert np.mean(pvalues < 0.1) <= 0.1 + 0.15, "at most about 10% below 0.1 (40 draws)"
-    shifted = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=4)
+    shifted = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=4, exact_values=0)
     shifted.update(rng.standard_normal((8_000, 1)) + 0.3)
     assert st.ks_pvalue(feature.kll(), shifted.quantiles(0)) < 1e-6
 
@@ -166,7 +166,7 @@ def test_the_accumulator_keeps_the_exact_extremes_across_batches_and_merges():
     feature = build_profile(x[:, None], ["x"]).features[0]
     finite = np.sort(x[np.isfinite(x)])
     assert feature.top == finite[-len(feature.top):].tolist() and feature.bottom == finite[:len(feature.bottom)].tolist()
-    parts = [_core.TensorAccumulator([(0, feature.edges)], [], kll_every=4) for _ in range(3)]
+    parts = [_core.TensorAccumulator([(0, feature.edges)], [], kll_every=4, exact_values=0) for _ in range(3)]
     for part, rows in zip(parts, np.array_split(x.astype(np.float32), 3)):
         for batch in np.array_split(rows, 7):
             part.update(np.ascontiguousarray(batch[:, None]))
@@ -190,7 +190,7 @@ def test_a_payload_holding_what_no_update_makes_is_refused():
     break the selection's ordering, a NaN maximum W1's outer bin, so each is refused."""
     x = np.random.default_rng(8).standard_normal(5_000)
     x[123] = 987_654.321  # the largest value: a kept top extreme, found by its bytes
-    acc = _core.TensorAccumulator([(0, [0.0, 1.0])], [], extremes_k=16)
+    acc = _core.TensorAccumulator([(0, [0.0, 1.0])], [], extremes_k=16, exact_values=0)
     acc.update(np.ascontiguousarray(x[:, None]))
     payload = acc.serialize()
     def corrupt(at):
@@ -266,7 +266,7 @@ def test_a_profile_file_from_before_the_extremes_loads_and_falls_back(tmp_path):
 
     feature = ReferenceProfile.load(tmp_path).features[0]
     assert feature.top == [] and not st.Sketched.of_profile(feature).has_extremes
-    acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=2)
+    acc = _core.TensorAccumulator([(0, feature.edges)], [], kll_every=2, exact_values=0)
     window = draw(rng, "lognormal", 4_000, 0.3)
     acc.update(np.ascontiguousarray(window[:, None]))
     w, low, high = st.wasserstein_bounds(st.Sketched.of_profile(feature), st.Sketched.of_window(acc, 0))
@@ -290,6 +290,7 @@ def _without_extremes(payload: bytes) -> bytes:
             at += 8 + struct.unpack_from("<Q", payload, at)[0]
         out += payload[start:at]
         at += 8 + struct.unpack_from("<Q", payload, at)[0]  # the extremes, dropped
+        at += 8 + struct.unpack_from("<Q", payload, at)[0]  # the exact values, dropped
     return bytes(out + payload[at:])
 
 

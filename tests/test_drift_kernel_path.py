@@ -37,7 +37,10 @@ def assert_same_accumulator(a, b):
         assert (ma.count, ma.missing, ma.min, ma.max) == (mb.count, mb.missing, mb.min, mb.max)
         assert ma.mean == pytest.approx(mb.mean, rel=1e-9, abs=1e-12)
         assert ma.variance == pytest.approx(mb.variance, rel=1e-9)
-        assert a.quantiles(f).serialize() == b.quantiles(f).serialize()  # the same sampled rows, in order
+        ea, eb = a.exact_values(f), b.exact_values(f)
+        assert (ea is None) == (eb is None) and (ea is None or ea.tolist() == eb.tolist())  # every value kept alike
+        if ea is not None or a.quantiles(f).count == 0:  # (past exact_values both sample alike, not the same rows)
+            assert a.quantiles(f).serialize() == b.quantiles(f).serialize()
         assert [e.tolist() for e in a.extremes(f)] == [e.tolist() for e in b.extremes(f)]  # the same k extremes
     for c in range(a.categorical_count):
         assert a.category_counts(c).tolist() == b.category_counts(c).tolist()
@@ -72,6 +75,34 @@ def test_the_same_traffic_gives_the_same_windows_on_both_paths():
         assert merged["inputs"].rows == 730
         device.close_window()
         assert device.stats()["windows_closed"] == 3
+    finally:
+        native.stop()
+        device.stop()
+
+
+@pytest.mark.parametrize("exact_values", [0, 200])
+def test_past_exact_values_both_paths_fall_back_to_a_sample_of_the_whole_window(exact_values):
+    """A window of 600 rows past exact_values: neither path keeps its values, the counts stay
+    bit for bit the same, and each quantile sketch holds a Bernoulli(1/3) sample of all 600 rows
+    (the same rows when nothing was kept first; drawn apart once kept values were let go)."""
+    rng = np.random.default_rng(4)
+    profile = build_profile(traffic(rng, 2000), ["a", "b", "c", "k"], categorical=["k"])
+    config = DriftConfig(window_rows=600, window_seconds=0, quantile_sample_every=3, exact_values=exact_values)
+    native, device = DriftMonitor(profile, config), DriftMonitor(profile, config, device="cpu")
+    try:
+        for rows in (130, 250, 220):
+            X = traffic(rng, rows)
+            for m in (native, device):
+                m.offer(X)
+        native.flush()
+        device.flush()
+        a, b = native.raw_windows()[0]["inputs"], device.raw_windows()[0]["inputs"]
+        assert_same_accumulator(a, b)
+        for acc in (a, b):
+            assert acc.exact_values(0) is None
+            assert 600 / 3 - 45 < acc.quantiles(0).count < 600 / 3 + 45  # finite rows of column 0: all 600
+        if exact_values == 0:
+            assert a.quantiles(0).serialize() == b.quantiles(0).serialize()
     finally:
         native.stop()
         device.stop()

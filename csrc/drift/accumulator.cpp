@@ -13,7 +13,7 @@ namespace loopserve::drift {
 namespace {
 
 constexpr int64_t kBlock = 256;  // rows per block: a block of one column's doubles stays in L1
-constexpr uint8_t kFormat = 2;  // 1: without extremes
+constexpr uint8_t kFormat = 3;  // 1: without extremes; 2: without exact values
 constexpr size_t kSampleFlush = 4096;  // sampled values a feature gathers before they go into its sketch
 
 void put_blob(sketches::Writer& w, const std::vector<uint8_t>& bytes) {
@@ -73,6 +73,7 @@ TensorAccumulator::TensorAccumulator(std::shared_ptr<const AccumulatorSpec> spec
     moments_.emplace_back();
     quantiles_.emplace_back(spec_->kll_k, seed += 0x632BE59BD9B4E019ull);  // independent coins per feature
     extremes_.emplace_back(spec_->extremes_k);
+    exact_.emplace_back(spec_->exact_capacity);
   }
   for (const auto& c : spec_->categorical) {
     if (c.column < 0) throw std::invalid_argument("drift accumulator: negative column index");
@@ -322,7 +323,7 @@ C outward(double bound, bool down) {
 template <typename T>
 void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) {
   using C = CompareType<T>;
-  alignas(32) C values[kBlock], d[kBlock];
+  alignas(32) C scratch[kBlock], d[kBlock];
   uint64_t* block_at_least = block_at_least_.data();
   double* block_sums = block_sums_.data();
   const size_t features = spec_->numeric.size();
@@ -340,6 +341,7 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
   pos_inf_.assign(features, 0);
   seen_.assign(features, 0);
   std::vector<uint64_t>&finite = finite_, &pos_inf = pos_inf_, &seen = seen_;
+  for (auto& values : exact_) values.template expect<C>(static_cast<size_t>(rows), kSumLanes);
 
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     const int64_t m = std::min(kBlock, rows - r0);
@@ -363,6 +365,12 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
     for (size_t f = 0; f < features; ++f) {
       for (size_t b = f * share; b < std::min(next_bytes, (f + 1) * share); b += 64) __builtin_prefetch(next + b);
       const T* p = block + spec_->numeric[f].column;
+      // Gathered where the window keeps its values (the padding is overwritten by the next
+      // block), else into scratch: the block is read from there either way, still in L1.
+      sketches::ExactValues& exact = exact_[f];
+      C* kept = exact.template next<C>(static_cast<size_t>(m), static_cast<size_t>(padded - m));
+      if (!kept && exact.complete()) spill_exact_values(f);  // full: from here on the KLL samples
+      C* values = kept ? kept : scratch;
       for (int64_t i = 0; i < m; ++i) values[i] = static_cast<C>(p[i * cols]);
       for (int64_t i = m; i < padded; ++i) values[i] = std::numeric_limits<C>::quiet_NaN();
 
@@ -410,9 +418,10 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
 
       // Gathered in a fixed buffer (room for kSampleFlush values and one more block) and fed to
       // the sketch in stretches: a few values a block would pay the sketch's per-call cost each time.
+      // Not while the window keeps every value: the sketch samples those only if they are dropped.
       double* sampled = sampled_[f].data();
       size_t n_sampled = sampled_count_[f];
-      for (size_t j = 0; j < n_picked; ++j) {
+      for (size_t j = 0; !kept && j < n_picked; ++j) {
         const double v = static_cast<double>(values[picked[j]]);
         sampled[n_sampled] = v;
         n_sampled += v - v == 0.0;  // finite values only
@@ -422,6 +431,7 @@ void TensorAccumulator::update_typed(const T* data, int64_t rows, int64_t cols) 
         n_sampled = 0;
       }
       sampled_count_[f] = n_sampled;
+      if (kept) exact.template added<C>(static_cast<size_t>(m));
     }
 
     for (size_t c = 0; c < spec_->categorical.size(); ++c) {
@@ -471,8 +481,18 @@ void TensorAccumulator::merge(const TensorAccumulator& other) {
   for (size_t i = 0; i < histograms_.size(); ++i) {
     histograms_[i].merge(other.histograms_[i]);
     moments_[i].merge(other.moments_[i]);
-    quantiles_[i].merge(other.quantiles_[i]);
     extremes_[i].merge(other.extremes_[i]);
+    // Each KLL holds a sample of its side's values that are not kept exactly: the union is kept
+    // while it fits, else both sides' kept values are sampled into this side's KLL.
+    const sketches::ExactValues& theirs = other.exact_[i];
+    exact_[i].limit_capacity(theirs.capacity());
+    if (theirs.complete() && exact_[i].fits(theirs.size())) {
+      exact_[i].append(theirs);
+    } else {
+      if (exact_[i].complete()) spill_exact_values(i);
+      if (theirs.complete()) sample_into_quantiles(i, theirs);
+    }
+    quantiles_[i].merge(other.quantiles_[i]);
   }
   extremes_known_ = extremes_known_ && other.extremes_known_;
   for (size_t i = 0; i < categories_.size(); ++i) categories_[i].merge(other.categories_[i]);
@@ -481,6 +501,16 @@ void TensorAccumulator::merge(const TensorAccumulator& other) {
 
 void TensorAccumulator::absorb(const Parts& p) {
   const size_t features = spec_->numeric.size();
+  bool with_values = (p.values_f32 || p.values_f64) && features > 0;
+  for (size_t f = 0; with_values && f < features; ++f) with_values = exact_[f].fits(p.rows);
+  if (with_values) {
+    for (size_t f = 0; f < features; ++f) {
+      if (p.values_f32) keep_column(f, p.values_f32, p.rows, features);
+      else keep_column(f, p.values_f64, p.rows, features);
+    }
+  } else {
+    drop_exact_values();  // kept values go into the sample, which the parts' samples continue
+  }
   std::vector<double> sampled(p.n_samples);
   for (size_t f = 0; f < features; ++f) {
     sketches::BinnedHistogram& h = histograms_[f];
@@ -491,7 +521,7 @@ void TensorAccumulator::absorb(const Parts& p) {
                                                           static_cast<uint64_t>(p.missing[f]), p.mean[f], p.m2[f],
                                                           p.min[f], p.max[f]));
     size_t kept = 0;
-    for (size_t i = 0; i < p.n_samples; ++i) {
+    for (size_t i = 0; !with_values && i < p.n_samples; ++i) {
       const double v = p.samples[i * features + f];
       sampled[kept] = v;
       kept += v - v == 0.0;  // finite values only, as update() feeds them
@@ -515,6 +545,37 @@ void TensorAccumulator::absorb(const Parts& p) {
   rows_ += p.rows;
 }
 
+template <typename C>
+void TensorAccumulator::keep_column(size_t f, const C* values, uint64_t rows, size_t stride) {
+  C* out = exact_[f].template next<C>(rows, 0);
+  if (!out) throw std::logic_error("drift accumulator: no room for the values absorb() checked");
+  for (uint64_t r = 0; r < rows; ++r) out[r] = values[r * stride + f];
+  exact_[f].template added<C>(rows);
+}
+
+void TensorAccumulator::drop_exact_values() {
+  for (size_t f = 0; f < exact_.size(); ++f)
+    if (exact_[f].complete()) spill_exact_values(f);
+}
+
+void TensorAccumulator::spill_exact_values(size_t f) {
+  sample_into_quantiles(f, exact_[f]);
+  exact_[f].drop();
+}
+
+// The same Bernoulli(1 / kll_every) sample update() takes of rows, drawn now over kept values:
+// the draws do not depend on the values, so the sketch's sample is uniform over the window
+// whether a value was sampled as it came or when the kept values were let go.
+void TensorAccumulator::sample_into_quantiles(size_t f, const sketches::ExactValues& values) {
+  std::vector<double> sample;
+  sample.reserve(values.size() / spec_->kll_every + 16);
+  for (uint64_t i = kll_gap(); i < values.size(); i += 1 + kll_gap()) {
+    const double v = values.at(i);
+    if (v - v == 0.0) sample.push_back(v);
+  }
+  quantiles_[f].update(sample.data(), sample.size());
+}
+
 std::vector<uint64_t> TensorAccumulator::sample_rows(uint64_t rows) {
   std::vector<uint64_t> picked;
   uint64_t i = kll_skip_;
@@ -536,6 +597,7 @@ std::vector<uint8_t> TensorAccumulator::serialize() const {
     put_blob(w, moments_[i].serialize());
     put_blob(w, quantiles_[i].serialize());
     put_blob(w, extremes_[i].serialize());
+    put_blob(w, exact_[i].serialize());
   }
   w.put(static_cast<uint32_t>(categories_.size()));
   for (size_t i = 0; i < categories_.size(); ++i) {
@@ -548,7 +610,7 @@ std::vector<uint8_t> TensorAccumulator::serialize() const {
 TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t size) {
   sketches::Reader r(data, size, "TensorAccumulator");
   const uint8_t format = r.get<uint8_t>();
-  if (format != kFormat && format != 1) throw std::invalid_argument("TensorAccumulator: unknown serialization format");
+  if (format < 1 || format > kFormat) throw std::invalid_argument("TensorAccumulator: unknown serialization format");
   auto blob = [&](auto decode) {
     const uint64_t n = r.get<uint64_t>();
     if (n > size) throw std::invalid_argument("TensorAccumulator: corrupt length");
@@ -565,6 +627,7 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
   std::vector<sketches::KllSketch> quantiles;
   std::vector<sketches::CategoryCounts> categories;
   std::vector<sketches::Extremes> extremes;
+  std::vector<sketches::ExactValues> exact;
   const uint32_t numeric = r.get<uint32_t>();
   if (numeric > size) throw std::invalid_argument("TensorAccumulator: corrupt feature count");
   auto column_of = [&] {
@@ -580,6 +643,8 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
     quantiles.push_back(blob(&sketches::KllSketch::deserialize));
     extremes.push_back(format == 1 ? sketches::Extremes() : blob(&sketches::Extremes::deserialize));
     spec->extremes_k = extremes.back().k();
+    exact.push_back(format < 3 ? sketches::ExactValues(0) : blob(&sketches::ExactValues::deserialize));
+    spec->exact_capacity = exact.back().capacity();
     spec->numeric.push_back({column, histograms.back().edges()});
   }
   const uint32_t categorical = r.get<uint32_t>();
@@ -590,6 +655,12 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
     spec->categorical.push_back({column, categories.back().other_slot(), categories.back().lut()});
   }
   r.expect_end();
+  // Every update and merge keeps or lets go of all features' values together, each holding one
+  // value a row: a payload where they disagree was not made by one.
+  for (const auto& values : exact)
+    if (values.complete() != exact.front().complete() || values.size() != exact.front().size() ||
+        values.capacity() != exact.front().capacity())
+      throw std::invalid_argument("TensorAccumulator: features disagree on the values they keep");
   TensorAccumulator acc(std::move(spec));
   acc.rows_ = rows;
   acc.histograms_ = std::move(histograms);
@@ -597,6 +668,7 @@ TensorAccumulator TensorAccumulator::deserialize(const uint8_t* data, size_t siz
   acc.quantiles_ = std::move(quantiles);
   acc.categories_ = std::move(categories);
   acc.extremes_ = std::move(extremes);
+  acc.exact_ = std::move(exact);
   acc.extremes_known_ = format != 1;
   return acc;
 }

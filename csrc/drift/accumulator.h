@@ -3,13 +3,16 @@
 // MomentsSketch, KllSketch and Extremes; categorical columns (integer codes) into CategoryCounts.
 //
 // Speed is the point: the monitor sees every row the server serves. Rows are taken in
-// blocks that stay in L1; per block each numeric column is binned by comparing against all
+// blocks that stay in L1 (gathered straight into the feature's ExactValues while the window
+// keeps its values exactly); per block each numeric column is binned by comparing against all
 // edges (branch-free, vectorizable), and its moments are reduced in two passes. The KLL
 // sketch, the one costly update, takes each row with probability 1 / `kll_every` (a Bernoulli
 // sample, drawn independently of the values and of their order, so periodic traffic cannot
-// bias it): KS and Wasserstein then come from that sample, and their error bounds count its
-// sampling error (see loopserve/monitor/statistics.py), while the binned statistics count every
-// row exactly.
+// bias it), but only once the window stops keeping every value (ExactValues, up to
+// `exact_capacity` rows): until then KS and Wasserstein come from the values themselves
+// (loopserve/monitor/exact_window.py), and the kept values are sampled into the sketch when they
+// are let go. From the sample, their error bounds count its sampling error (see
+// loopserve/monitor/statistics.py). The binned statistics count every row exactly.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +22,7 @@
 
 #include "dtype.h"
 #include "sketches/category_counts.h"
+#include "sketches/exact_values.h"
 #include "sketches/extremes.h"
 #include "sketches/histogram.h"
 #include "sketches/kll_sketch.h"
@@ -47,6 +51,9 @@ struct AccumulatorSpec {
   uint16_t kll_k = kDefaultKllK;
   // Each numeric feature's largest and smallest values kept exactly (Wasserstein's tails).
   uint32_t extremes_k = sketches::Extremes::kDefaultK;
+  // Each numeric feature's values kept exactly while a window holds at most this many rows
+  // (0: never): KS and Wasserstein-1 then come from every value, not from the KLL sample.
+  uint64_t exact_capacity = sketches::ExactValues::kDefaultCapacity;
 
   int64_t min_columns() const;  // a batch needs at least this many columns
 };
@@ -86,6 +93,11 @@ class TensorAccumulator {
     // among the rows (values not finite are passed over).
     const double *top = nullptr, *bottom = nullptr;
     size_t extremes_stride = 0;
+    // Every row's numeric features (values[r * numeric + f], in row order; one of the two, in the
+    // type update() would keep them in), or neither: with them the window keeps its values as
+    // update() would, while they fit, and the samples are not needed.
+    const float* values_f32 = nullptr;
+    const double* values_f64 = nullptr;
   };
   void absorb(const Parts& parts);
   // The rows among the next `rows` that the quantile sketches take (indices from 0), drawn as
@@ -96,9 +108,14 @@ class TensorAccumulator {
   const AccumulatorSpec& spec() const { return *spec_; }
   const sketches::BinnedHistogram& histogram(size_t i) const { return histograms_.at(i); }
   const sketches::MomentsSketch& moments(size_t i) const { return moments_.at(i); }
+  // A sample of the values not kept exactly: empty while exact_values(i) is complete.
   const sketches::KllSketch& quantiles(size_t i) const { return quantiles_.at(i); }
   const sketches::CategoryCounts& categories(size_t i) const { return categories_.at(i); }
   const sketches::Extremes& extremes(size_t i) const { return extremes_.at(i); }
+  const sketches::ExactValues& exact_values(size_t i) const { return exact_.at(i); }
+  // Lets the values kept exactly go (an older closed window), sampled into the KLL sketches first:
+  // the statistics fall back to the sample.
+  void drop_exact_values();
   // False for an accumulator read from the format before extremes were kept (or merged with one).
   bool extremes_known() const { return extremes_known_; }
 
@@ -109,6 +126,11 @@ class TensorAccumulator {
   template <typename T>
   void update_typed(const T* data, int64_t rows, int64_t cols);
   uint64_t kll_gap();  // rows to pass over before the next sampled one
+  // Feature f's kept values go into its KLL sample and are dropped.
+  void spill_exact_values(size_t f);
+  void sample_into_quantiles(size_t f, const sketches::ExactValues& values);
+  template <typename C>
+  void keep_column(size_t f, const C* values, uint64_t rows, size_t stride);  // absorb()'s values
 
   std::shared_ptr<const AccumulatorSpec> spec_;
   uint64_t rows_ = 0;
@@ -129,6 +151,7 @@ class TensorAccumulator {
   std::vector<sketches::KllSketch> quantiles_;
   std::vector<sketches::CategoryCounts> categories_;
   std::vector<sketches::Extremes> extremes_;
+  std::vector<sketches::ExactValues> exact_;
   bool extremes_known_ = true;
 };
 

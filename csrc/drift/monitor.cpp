@@ -190,10 +190,21 @@ void DriftMonitor::rotate_locked() {
   open_.end_unix = unix_now();
   open_.closed = true;
   closed_.push_back(std::move(open_));
-  while (closed_.size() > config_.history) closed_.pop_front();
-  ++windows_closed_;
+  trim_history_locked();
   open_ = fresh_window();
   open_since_ = Clock::now();
+}
+
+void DriftMonitor::trim_history_locked() {
+  ++windows_closed_;
+  while (closed_.size() > config_.history) closed_.pop_front();
+  // Older windows give up their exact values (their statistics fall back to the KLL sample):
+  // memory stays at (exact_windows + 1) windows' values, whatever the history.
+  if (closed_.size() > config_.exact_windows) {
+    Window& older = closed_[closed_.size() - 1 - config_.exact_windows];
+    older.inputs.drop_exact_values();
+    if (older.outputs) older.outputs->drop_exact_values();
+  }
 }
 
 std::vector<Window> DriftMonitor::windows(bool include_open, size_t last) const {
@@ -213,8 +224,7 @@ void DriftMonitor::push_closed(Window window) {
   window.closed = true;
   rows_seen_ += window.inputs.rows();
   closed_.push_back(std::move(window));
-  while (closed_.size() > config_.history) closed_.pop_front();
-  ++windows_closed_;
+  trim_history_locked();
 }
 
 MonitorStats DriftMonitor::stats() const {

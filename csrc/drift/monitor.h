@@ -30,6 +30,7 @@ struct MonitorConfig {
   int64_t queue_rows = 1 << 16;    // hand-off capacity
   int input_index = 0;             // which of the model's inputs is monitored
   int output_index = -1;           // which output (prediction drift); -1: none
+  size_t exact_windows = 2;        // the newest closed windows that keep their values exactly
 };
 
 struct Window {
@@ -89,6 +90,7 @@ class DriftMonitor final : public BatchObserver {
   void run();
   void accumulate(const Item& item);
   void rotate_locked();
+  void trim_history_locked();  // after a window joins closed_: history and exact values
   Window fresh_window() const;
 
   const MonitorConfig config_;

@@ -16,6 +16,11 @@ class Writer {
     const auto* p = reinterpret_cast<const uint8_t*>(&value);
     bytes_.insert(bytes_.end(), p, p + sizeof(T));  // the hosts we build for are little-endian
   }
+  template <typename T>
+  void put_array(const T* values, size_t n) {
+    const auto* p = reinterpret_cast<const uint8_t*>(values);
+    bytes_.insert(bytes_.end(), p, p + n * sizeof(T));
+  }
   std::vector<uint8_t> take() { return std::move(bytes_); }
 
  private:
@@ -33,6 +38,13 @@ class Reader {
     std::memcpy(&value, data_ + at_, sizeof(T));
     at_ += sizeof(T);
     return value;
+  }
+  template <typename T>
+  void get_array(T* out, size_t n) {
+    if ((size_ - at_) / sizeof(T) < n)
+      throw std::invalid_argument(std::string(what_) + ": serialized bytes are truncated");
+    if (n) std::memcpy(out, data_ + at_, n * sizeof(T));
+    at_ += n * sizeof(T);
   }
   void expect_end() const {
     if (at_ != size_) throw std::invalid_argument(std::string(what_) + ": trailing bytes after the sketch");

@@ -112,6 +112,12 @@ class DriftConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # Smallest and largest values kept exactly per feature (Wasserstein-1's tails): more is more
     # accurate and slower (README, "Drift monitoring").
     extremes: Annotated[int, Meta(ge=1, le=65536)] = 16
+    # A window keeps every value of its numeric features while it holds at most this many rows:
+    # KS and Wasserstein-1 then come from every value, not from a sample (0: always a sample).
+    # 4 bytes a value for FP32 inputs (8 otherwise), per feature, for the open window and the
+    # newest `exact_windows` closed ones (older ones keep the sample).
+    exact_values: Annotated[int, Meta(ge=0, le=1 << 26)] = 1 << 18
+    exact_windows: Annotated[int, Meta(ge=0, le=1000)] = 2
     policy: DriftPolicy = DriftPolicy()
 
 

@@ -5,12 +5,16 @@ monitored tensors updated into device-resident accumulators by the Triton kernel
 The backend hands over its device tensors after the model ran (`observe`); a worker thread
 launches the kernels on a side stream that waits on the batch's compute (an event), so serving
 never waits for the monitor. The windows are the native monitor's (same row and time rules:
-a batch that crosses `window_rows` is split exactly); closing one reads back only the
-accumulators (kilobytes) and the quantile sketches' sampled rows (drawn as the native accumulator
-draws them: `TensorAccumulator.sample_rows`), builds a `_core.TensorAccumulator` from them
+a batch that crosses `window_rows` is split exactly); closing one reads back the accumulators
+(kilobytes), the window's values while it keeps them all (`drift.exact_values`: 4 bytes a value
+for FP32, read once a window) and the quantile sketches' sampled rows (drawn as the native
+accumulator draws them: `TensorAccumulator.sample_rows`), builds a `_core.TensorAccumulator` from them
 (`absorb`) and hands it to the native monitor (`push_closed`), so reports, the sketch payload
 and merging are the same on both paths. Counts equal the native path's bit for bit, and so do
-the quantile sketches (same rows, same order); moments agree to rounding.
+the kept values and, while a window keeps them or with exact_values 0, the quantile sketches (same
+rows, same order); past exact_values both sketches hold a Bernoulli(1 / kll_every) sample of the
+whole window, drawn apart (the native path draws again over the values it lets go). Moments agree
+to rounding.
 
 Without a GPU the same path runs on CPU tensors under TRITON_INTERPRET=1 (tests force it).
 """
@@ -31,13 +35,14 @@ from loopserve.monitor.profile import CategoricalProfile, NumericProfile
 class _TensorState:
     """Device accumulators of one monitored tensor for the open window."""
 
-    def __init__(self, features, kll_every: int, device: torch.device, extremes_k: int):
+    def __init__(self, features, kll_every: int, device: torch.device, extremes_k: int, exact_values: int):
         numeric = [f for f in features if isinstance(f, NumericProfile)]
         categorical = [f for f in features if isinstance(f, CategoricalProfile)]
         self.spec = ([(f.column, list(f.edges)) for f in numeric],
                      [(f.column, len(f.categories), f.lookup_table().tolist()) for f in categorical])
         self.kll_every = kll_every
         self.extremes_k = extremes_k
+        self.exact_values = exact_values
         self.device = device
         F, C = len(numeric), len(categorical)
         e_max = max((len(f.edges) for f in numeric), default=0)
@@ -89,6 +94,9 @@ class _TensorState:
         # Each feature's k largest and k smallest values so far (the native Extremes), kept on the
         # device: [F, <= k] each, -inf / +inf where fewer values were seen (torch.topk, exact).
         self.top = self.bottom = None
+        # Every row's numeric features while the window keeps them (drift.exact_values), on the
+        # device until the window closes; None once it has outgrown them.
+        self.values: list[torch.Tensor] | None = [] if self.exact_values > 0 else None
         self.rows = 0
         # Draws the quantile sketches' row sample exactly as the native accumulator of a new window does.
         self.sampler = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every, extremes_k=self.extremes_k)
@@ -109,6 +117,7 @@ class _TensorState:
                       edges_f32=self.edges_f32 if x.dtype == torch.float32 else None)
             kernels.drift_update_(x, **kw)
             self._update_extremes(x)
+            self._keep_values(x)
             picked = self.sampler.sample_rows(rows)
             if picked.size:
                 idx = torch.from_numpy(picked).to(self.device, non_blocking=True)
@@ -116,6 +125,16 @@ class _TensorState:
         elif self.cat:
             kernels.drift_update_(x, **kw)
         self.rows += rows
+
+    def _keep_values(self, x: torch.Tensor) -> None:
+        if self.values is None:
+            return
+        if self.rows + x.shape[0] > self.exact_values:
+            self.values = None  # the samples, gathered all along, stand for the window now
+            return
+        kept = x[:, self.cols_long]
+        # In the type the native accumulator keeps them in: float for FP32, double otherwise.
+        self.values.append(kept if kept.dtype == torch.float32 else kept.to(torch.float64))
 
     def _update_extremes(self, x: torch.Tensor) -> None:
         v = x[:, self.cols_long].to(torch.float64).T  # [F, rows]
@@ -131,7 +150,8 @@ class _TensorState:
 
     def accumulator(self) -> "_core.TensorAccumulator":
         """The window so far as a native accumulator: reads back kilobytes (and the sampled rows)."""
-        acc = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every, extremes_k=self.extremes_k)
+        acc = _core.TensorAccumulator(*self.spec, kll_every=self.kll_every, extremes_k=self.extremes_k,
+                                      exact_values=self.exact_values)
         F = self.cols.shape[0]
         samples = torch.cat(self.samples) if self.samples else torch.zeros((0, F), dtype=torch.float64)
         n = self.moment_n.cpu().numpy()
@@ -145,8 +165,13 @@ class _TensorState:
                         for side, t in (("top", self.top), ("bottom", self.bottom))}
         acc.absorb(self.rows, self.counts.cpu().numpy(), self.sums.cpu().numpy(), self.missing.cpu().numpy(), n, mean,
                    m2, lo, hi,
-                   samples.cpu().numpy(), cat_counts, cat_missing, **extremes)
+                   samples.cpu().numpy(), cat_counts, cat_missing, **extremes, values=self._values_on_host())
         return acc
+
+    def _values_on_host(self) -> np.ndarray | None:
+        if not self.values or len({v.dtype for v in self.values}) != 1:
+            return None  # none kept, or FP32 and FP64 batches mixed: the sample stands for them
+        return np.ascontiguousarray(torch.cat(self.values).cpu().numpy())
 
 
 class DeviceDriftPath:
@@ -159,8 +184,9 @@ class DeviceDriftPath:
         self.input_index, self.output_index = input_index, output_index
         self.config = config
         self.device = torch.device(device)
-        self.inputs = _TensorState(profile.features, kll_every, self.device, config.extremes)
-        self.outputs = _TensorState(profile.outputs, kll_every, self.device, config.extremes) if watch_outputs else None
+        self.inputs = _TensorState(profile.features, kll_every, self.device, config.extremes, config.exact_values)
+        self.outputs = _TensorState(profile.outputs, kll_every, self.device, config.extremes,
+                                    config.exact_values) if watch_outputs else None
         self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._queue: collections.deque = collections.deque()
         self._queued_rows = 0

@@ -71,7 +71,7 @@ class DriftMonitor:
             numeric, categorical, outputs, kll_every=every, window_rows=config.window_rows,
             window_seconds=config.window_seconds, history=config.history, queue_rows=config.queue_rows,
             input_index=input_index, output_index=output_index if output_index is not None else -1,
-            extremes_k=config.extremes)
+            extremes_k=config.extremes, exact_values=config.exact_values, exact_windows=config.exact_windows)
         self._latest: tuple[int, WindowDrift | None] = (-1, None)
         # A closed window never changes: its statistics (milliseconds per window) are made once.
         self._closed_drifts: OrderedDict[tuple, WindowDrift] = OrderedDict()

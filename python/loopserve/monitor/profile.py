@@ -3,8 +3,10 @@
 A profile ships with a model version (`drift_profile.json` beside the model file) and is what
 live traffic is compared with. Per numeric feature: quantile bin edges (the bins PSI, JS and the
 binned chi-square use), the reference's counts and value sums in those bins (the sums for
-Wasserstein-1), its PROFILE_EXTREMES smallest and largest values (Wasserstein-1's tails),
-moments, missing count and a KLL quantile sketch (for KS and Wasserstein). Per categorical feature: the top-k categories (one
+Wasserstein-1), its PROFILE_EXTREMES smallest and largest values (Wasserstein-1's tails), a
+grid of GRID_CELLS + 1 order statistics with their exact counts (KS and Wasserstein-1 against a
+window that kept every value: loopserve/monitor/exact_window.py), moments, missing count and a
+KLL quantile sketch (KS and Wasserstein-1 against a window that kept a sample). Per categorical feature: the top-k categories (one
 slot each) and an "other" slot for the rest and for anything unseen later.
 
 Missing means not finite: NaN and +-inf (and, for categoricals, a negative code or None).
@@ -33,6 +35,7 @@ PROFILE_FILE = "drift_profile.json"
 DEFAULT_BINS = 10
 DEFAULT_TOP_K = 1000
 PROFILE_EXTREMES = 2048  # reference values kept exactly at each end, for Wasserstein-1's tails
+GRID_CELLS = 2048  # the reference's CDF between grid points is known to 1 / GRID_CELLS
 QUANTILE_K = 400  # the KLL k of drift sketches (the native accumulators use the same)
 MAX_CODE = 1 << 20  # integer category codes index a lookup table; larger codes are an error
 
@@ -56,6 +59,11 @@ class NumericProfile(msgspec.Struct, tag="numeric"):
     # The reference's PROFILE_EXTREMES smallest and largest values, increasing (empty in older profiles)
     bottom: list[float] = []
     top: list[float] = []
+    # Reference values the CDF is known at (reference_grid()), increasing, and how many reference
+    # values lie below each and at or below each (empty in older profiles)
+    grid: list[float] = []
+    grid_below: list[int] = []
+    grid_at_most: list[int] = []
 
     @property
     def count(self) -> int:
@@ -210,11 +218,48 @@ def _numeric(name: str, column: int, values, bins: int) -> NumericProfile:
     sketch.update(finite)
     ordered = np.sort(finite)
     kept = min(PROFILE_EXTREMES, ordered.size)
+    grid = reference_grid(ordered)
     return NumericProfile(name=name, column=column, edges=edges.tolist(), counts=counts.tolist(),
                           missing=int(v.size - finite.size), mean=float(finite.mean()),
                           std=float(finite.std()), min=float(finite.min()), max=float(finite.max()),
                           sketch=base64.b64encode(sketch.serialize()).decode(), sums=sums.tolist(),
-                          bottom=ordered[:kept].tolist(), top=ordered[ordered.size - kept:].tolist())
+                          bottom=ordered[:kept].tolist(), top=ordered[ordered.size - kept:].tolist(),
+                          grid=grid.tolist(), grid_below=np.searchsorted(ordered, grid, side="left").tolist(),
+                          grid_at_most=np.searchsorted(ordered, grid, side="right").tolist())
+
+
+def reference_grid(ordered: np.ndarray) -> np.ndarray:
+    """The reference values a window's KS and Wasserstein-1 are held against
+    (loopserve/monitor/exact_window.py): the order statistics at GRID_CELLS + 1 evenly spaced ranks,
+    and, in a cell between two of them where a gap free of values takes more than a quarter of
+    the cell (the empty stretch before a sentinel value, the valley between well-separated
+    modes), the values on both sides of that gap: the CDF is flat, and known, across it, where a
+    line through the cell would be off by up to a share of its width. Each cell between two of
+    them holds at most 1 / GRID_CELLS of the reference. Increasing, distinct."""
+    n = ordered.size
+    grid = np.unique(ordered[np.unique(np.round(np.linspace(0, n - 1, GRID_CELLS + 1)).astype(np.int64))])
+    below, at_most = np.searchsorted(ordered, grid, side="left"), np.searchsorted(ordered, grid, side="right")
+    first, last = at_most[:-1], below[1:] - 1  # each cell's values strictly inside: ordered[first..last]
+    quarter = np.diff(grid) / 4
+    full = first <= last  # cells with values inside (the others are exact already)
+    f, l, j = first[full], last[full], np.flatnonzero(full)
+    knots = [grid, ordered[f[ordered[f] - grid[j] > quarter[j]]], ordered[l[grid[j + 1] - ordered[l] > quarter[j]]]]
+    # The widest gap between two values inside each cell: gap i lies between ordered[i] and
+    # ordered[i + 1], inside cell c when first[c] <= i < last[c].
+    gaps = np.diff(ordered)
+    i = np.arange(gaps.size)
+    c = np.searchsorted(f, i, side="right") - 1
+    inside = (c >= 0) & (i < l[np.maximum(c, 0)]) if f.size else np.zeros(i.size, dtype=bool)
+    i, c = i[inside], c[inside]  # in order, so each cell's gaps are one run
+    if i.size:
+        starts = np.flatnonzero(np.diff(c, prepend=-1))
+        widest_gap = np.maximum.reduceat(gaps[i], starts)
+        is_widest = np.flatnonzero(gaps[i] == np.repeat(widest_gap, np.diff(starts, append=i.size)))
+        cells, head = np.unique(c[is_widest], return_index=True)  # the first widest gap of each cell
+        widest = i[is_widest[head]]
+        wide = widest[gaps[widest] > quarter[j[cells]]]
+        knots += [ordered[wide], ordered[wide + 1]]
+    return np.unique(np.concatenate(knots))
 
 
 def _categorical(name: str, column: int, values, top_k: int) -> CategoricalProfile:

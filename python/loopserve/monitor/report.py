@@ -24,15 +24,18 @@ class FeatureDrift(msgspec.Struct, omit_defaults=True):
     reasons: list[str] = []
     below_floor: list[str] = []  # significant tests whose effect is under the policy's floor
     ks: float | None = None
-    # The exact KS (all rows) lies within ks +- ks_margin (rank errors and the window sample's
-    # sampling error; with probability >= 97%); ks_low: the larger of ks - margin and the exact
-    # KS at the bin edges.
+    # The exact KS (all rows) lies within ks +- ks_margin: from every value of the window, the
+    # reference grid's band (always); from a sample, the rank errors and the sample's sampling
+    # error (with probability >= 97%). ks_low: the larger of ks - margin and the exact KS at the
+    # bin edges.
     ks_margin: float | None = None
     ks_low: float | None = None
     ks_pvalue: float | None = None
-    ks_sample: int | None = None  # rows the window's quantile sketch took (a random sample)
+    ks_sample: int | None = None  # the window's values KS and W1 were computed from
+    distribution_from: str | None = None  # "every value" of the window, or "a sample" of it
     wasserstein: float | None = None
-    wasserstein_bounds: list[float] | None = None  # [low, high]: the exact W1 lies within (>= 97%)
+    # [low, high]: the exact W1 lies within (always from every value; >= 97% from a sample)
+    wasserstein_bounds: list[float] | None = None
     mean: float | None = None
     reference_mean: float | None = None
     std: float | None = None

@@ -160,10 +160,19 @@ class Sketched:
 
     @classmethod
     def of_window(cls, accumulator, i: int) -> "Sketched":
-        """Numeric feature i of a window's accumulator (loopserve._core.TensorAccumulator)."""
+        """Numeric feature i of a window's accumulator (loopserve._core.TensorAccumulator). A window
+        that kept every value (its KLL sketch then holds none) is sketched from all of them here,
+        for a reference that has no grid to compare them with (a profile from before grids)."""
         moments = accumulator.moments(i)
         extremes = accumulator.extremes(i) or (None, None)
-        return cls(accumulator.quantiles(i), int(moments.count), moments.mean, moments.min, moments.max,
+        sketch, values = accumulator.quantiles(i), accumulator.exact_values(i)
+        if values is not None:
+            from loopserve._core import KllSketch
+            from loopserve.monitor.profile import QUANTILE_K
+
+            sketch = KllSketch(QUANTILE_K)
+            sketch.update(values)
+        return cls(sketch, int(moments.count), moments.mean, moments.min, moments.max,
                    np.asarray(accumulator.bin_edges(i)), np.asarray(accumulator.bin_counts(i), dtype=np.float64),
                    np.asarray(accumulator.bin_sums(i)), *extremes)
 
@@ -231,14 +240,28 @@ def ks_at_edges(reference_counts, current_counts) -> float:
     return float(np.max(np.abs(r[:-1] / r[-1] - c[:-1] / c[-1]), initial=0.0))
 
 
+KS_ASYMPTOTIC_N = 10_000
+
+
+def ks_test_pvalue(distance: float, reference_rows: int, current_rows: int) -> float:
+    """The two-sample KS test's p-value at `distance` between samples of these sizes, from the
+    distribution of D at the effective size n = n_r n_c / (n_r + n_c): exact (scipy's kstwo) up to
+    KS_ASYMPTOTIC_N, above it Kolmogorov's limit at sqrt(n) D (kstwobign), which is never below
+    the exact value there (checked for n up to 400,000) and about 1,000 times cheaper (scipy's
+    exact one took 58 ms at n = 100,000: a report of 20 features from 200,000-row windows)."""
+    n = max(int(round(reference_rows * current_rows / (reference_rows + current_rows))), 1)
+    if n > KS_ASYMPTOTIC_N:
+        return float(_scipy_stats.kstwobign.sf(distance * math.sqrt(n)))
+    return float(_scipy_stats.kstwo.sf(distance, n))
+
+
 def ks_pvalue(reference, current, distance: float | None = None) -> float:
     """Two-sample KS p-value of the reference against what the window's sketch saw, at D minus
     the rank errors (see the module docstring)."""
     d = ks_distance(reference, current) if distance is None else distance
     if not np.isfinite(d):
         return 1.0
-    n = reference.count * current.count / (reference.count + current.count)
-    return float(_scipy_stats.kstwo.sf(max(d - ks_margin(reference, current), 0.0), max(int(round(n)), 1)))
+    return ks_test_pvalue(max(d - ks_margin(reference, current), 0.0), reference.count, current.count)
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:

@@ -3,7 +3,8 @@
 The verdict is built to be trusted in both directions:
 
 - Every test's p-value comes from exact counts (bins, categories, missing values) or, for KS,
-  is taken at the distance minus the sketches' error bound, so sketch noise alone cannot alarm.
+  is taken at the distance minus its error bound (the reference grid's, when the window kept every
+  value; the sketches' and the sample's otherwise), so sketch noise alone cannot alarm.
 - The family of tests in a window (every feature x every test) is corrected with Bonferroni:
   each test runs at alpha / tests, so a window without drift alarms with probability <= alpha.
 - A significant test also needs an effect a user would care about (PSI, KS distance or a
@@ -28,10 +29,12 @@ import numpy as np
 
 from loopserve.config import DriftPolicy
 from loopserve.monitor import statistics as st
+from loopserve.monitor.exact_window import ReferenceCdf, compare
 from loopserve.monitor.profile import CategoricalProfile, NumericProfile, ReferenceProfile
 from loopserve.monitor.report import FeatureDrift, WindowDrift
 
 SIGNIFICANT_BELOW_FLOOR = "significant, below the floor"
+EVERY_VALUE, SAMPLE = "every value", "a sample"  # what a window's KS and Wasserstein-1 came from
 
 
 def tests_per_window(profile: ReferenceProfile, with_outputs: bool) -> int:
@@ -94,17 +97,28 @@ def _numeric(acc, i: int, p: NumericProfile, role: str, policy: DriftPolicy, alp
     psi = st.psi(ref_counts, counts) if counts.sum() else 0.0
     js = st.js_distance(ref_counts, counts) if counts.sum() else 0.0
     rate, ref_rate, missing_p = _missing(missing, rows, p.missing, p.count + p.missing)
-    sketch = acc.quantiles(i)
     moments = acc.moments(i)
-    ks = ks_p = margin = ks_low = w1 = w1_bounds = None
-    if sketch.count > 0:
+    ks = ks_p = margin = ks_low = w1 = w1_bounds = ks_sample = source = None
+    values, grid = acc.exact_values(i), ReferenceCdf.of_profile(p)
+    if values is not None and grid is not None:
+        if values.size:  # every value of the window against the reference's grid: bounds always hold
+            exact = compare(grid, values)
+            ks, margin, ks_sample, source = exact.ks, exact.ks_margin, int(values.size), EVERY_VALUE
+            ks_p = st.ks_test_pvalue(max(ks - margin, 0.0), grid.n, values.size)
+            w1, w1_bounds = exact.wasserstein, [exact.wasserstein_low, exact.wasserstein_high]
+    elif values is not None and values.size or acc.quantiles(i).count > 0:
+        # A sample of the window (it outgrew exact_values, or is older than exact_windows), or its
+        # values sketched whole for a profile without a grid (made before grids were kept).
         reference, window = st.Sketched.of_profile(p), st.Sketched.of_window(acc, i)
+        sketch = window.sketch
         ks = st.ks_distance(reference, window)
         margin = st.ks_margin(reference.sketch, sketch, window.rows)
-        ks_low = max(ks - margin, st.ks_at_edges(ref_counts, counts))
         ks_p = st.ks_pvalue(reference.sketch, sketch, ks)
+        ks_sample, source = int(sketch.count), EVERY_VALUE if values is not None else SAMPLE
         w1, w1_low, w1_high = st.wasserstein_bounds(reference, window)
         w1_bounds = [w1_low, w1_high]
+    if ks is not None:
+        ks_low = max(ks - margin, st.ks_at_edges(ref_counts, counts))
     reasons, below_floor = [], []
     if chi2_p < alpha:
         (reasons if psi >= policy.min_psi else below_floor).append(
@@ -119,7 +133,8 @@ def _numeric(acc, i: int, p: NumericProfile, role: str, policy: DriftPolicy, alp
         name=p.name, kind="numeric", role=role, rows=rows, missing_rate=rate, reference_missing_rate=ref_rate,
         missing_pvalue=missing_p, psi=psi, js_distance=js, chi2=chi2, chi2_pvalue=chi2_p, chi2_df=df,
         drifted=bool(reasons), reasons=reasons, below_floor=below_floor, ks=ks, ks_margin=margin,
-        ks_low=ks_low, ks_pvalue=ks_p, ks_sample=int(sketch.count), wasserstein=w1, wasserstein_bounds=w1_bounds,
+        ks_low=ks_low, ks_pvalue=ks_p, ks_sample=ks_sample, distribution_from=source, wasserstein=w1,
+        wasserstein_bounds=w1_bounds,
         mean=_finite(moments.mean), reference_mean=p.mean,
         std=_finite(math.sqrt(moments.variance)) if moments.count else None, reference_std=p.std)
 
