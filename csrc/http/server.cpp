@@ -345,8 +345,8 @@ HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, st
 void HttpServer::answer_now(Connection& conn, uint16_t status, std::string_view body, bool keep_alive) {
   std::string out;
   append_answer(out, status, keep_alive && !stopping_.load(std::memory_order_relaxed), body);
+  state_->count_served();  // before the write: a client that has its answer finds it counted
   conn.write_answer(out);
-  state_->count_served();
 }
 
 void HttpServer::hand_off(const std::shared_ptr<Connection>& conn) {

@@ -47,9 +47,10 @@ void ServerState::complete(Connection& conn, Completion& c) {
   std::string out;
   out.reserve(body.size() + 160);
   append_answer(out, status, p->keep_alive && !stopping.load(std::memory_order_relaxed), body);
-  conn.write_answer(out);
+  // Counted before the write: a client that has its answer finds it counted.
   served_.fetch_add(1, std::memory_order_relaxed);
   if (status == 200) observe(p->model, route.version, std::chrono::duration<double>(Clock::now() - p->start).count());
+  conn.write_answer(out);
   post_done(std::move(p->conn));
 }
 
