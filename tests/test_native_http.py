@@ -145,7 +145,8 @@ def test_a_bad_request_gets_the_python_paths_answer(server, case):
 def test_tritonclient_json_and_binary(server, tiny_reference):
     client = httpclient.InferenceServerClient(server.url)
     x = _x(4, seed=3)
-    for binary in (False, True):  # JSON: the native path; binary tensors: handed to a front end
+    before = server.engine.native_http.stats()["served"]
+    for binary in (False, True):  # JSON, and Triton's binary tensor extension: both native
         inp = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)
         out = httpclient.InferRequestedOutput("OUTPUT0", binary_data=binary)
@@ -153,6 +154,53 @@ def test_tritonclient_json_and_binary(server, tiny_reference):
         np.testing.assert_allclose(result.as_numpy("OUTPUT0"), tiny_reference(x), rtol=1e-5, atol=1e-6)
         assert result.get_response()["id"] == f"tc-{binary}"
     client.close()
+    assert server.engine.native_http.stats()["served"] - before >= 2
+
+
+def _binary_request(json_part: dict, binary: bytes, json_length: int | None = None) -> bytes:
+    head = json.dumps(json_part).encode()
+    length = len(head) if json_length is None else json_length
+    body = head + binary if json_length != 0 else binary
+    return (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nInference-Header-Content-Length: {length}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+BINARY_REQUESTS = {
+    "binary in, binary out": (_binary_request(
+        {"id": "b1", "inputs": [{"name": "INPUT0", "shape": [2, 32], "datatype": "FP32",
+                                 "parameters": {"binary_data_size": 256}}],
+         "parameters": {"binary_data_output": True}}, _x(2).tobytes()), 200),
+    "binary in, JSON out": (_binary_request(
+        {"id": "b2", "inputs": [{"name": "INPUT0", "shape": [1, 32], "datatype": "FP32",
+                                 "parameters": {"binary_data_size": 128}}],
+         "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": False}}]}, _x(1).tobytes()), 200),
+    "JSON in, binary out": (_binary_request(
+        {"id": "b3", **_infer_body(_x()), "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}]},
+        b""), 200),
+    "raw body": (_binary_request({}, _x(3).tobytes(), json_length=0), 200),
+    "size not the shape's": (_binary_request(
+        {"inputs": [{"name": "INPUT0", "shape": [1, 32], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 64}}]}, _x(1).tobytes()[:64]), 400),
+    "bytes left over": (_binary_request(
+        {"inputs": [{"name": "INPUT0", "shape": [1, 32], "datatype": "FP32",
+                     "parameters": {"binary_data_size": 128}}]}, _x(2).tobytes()), 400),
+    "raw body not whole rows": (_binary_request({}, _x(1).tobytes()[:100], json_length=0), 400),
+}
+
+
+@pytest.mark.parametrize("case", list(BINARY_REQUESTS))
+def test_binary_tensors_answer_as_the_python_path(server, case):
+    raw, status = BINARY_REQUESTS[case]
+    native = _exchange(server.port, raw)[0]
+    python = _exchange(server.port, raw.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1))[0]
+    assert native[0] == python[0] == status, (native, python)
+    for name in ("content-type", "inference-header-content-length"):
+        assert native[1].get(name) == python[1].get(name), name
+    if case == "raw body":  # answered in JSON, with an id made for feedback: each its own
+        a, b = json.loads(native[2]), json.loads(python[2])
+        assert a.pop("id") != b.pop("id") and a == b
+    else:
+        assert native[2] == python[2]  # byte for byte: binary data carries no float formatting
 
 
 def test_keep_alive_pipelining_and_a_handoff_mid_connection(server):

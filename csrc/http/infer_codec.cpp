@@ -161,7 +161,14 @@ bool put_elements(DType t, const std::vector<yyjson_val*>& items, std::byte* dst
   }
 }
 
-bool decode_input(yyjson_val* obj, DecodedInput& in) {
+// The binary part of a request, taken input by input in order.
+struct BinaryPart {
+  const char* data;
+  size_t size;
+  size_t at = 0;
+};
+
+bool decode_input(yyjson_val* obj, DecodedInput& in, BinaryPart& binary) {
   if (!yyjson_is_obj(obj)) return false;
   yyjson_val *name = nullptr, *shape = nullptr, *datatype = nullptr, *data = nullptr, *params = nullptr;
   size_t i, max;
@@ -173,12 +180,15 @@ bool decode_input(yyjson_val* obj, DecodedInput& in) {
     if (*slot != nullptr) return false;  // a repeated key: which one counts is the Python decoder's call
     *slot = val;
   }
-  if (!yyjson_is_str(name) || !yyjson_is_arr(shape) || !yyjson_is_str(datatype) || !yyjson_is_arr(data)) return false;
+  if (!yyjson_is_str(name) || !yyjson_is_arr(shape) || !yyjson_is_str(datatype)) return false;
+  yyjson_val* binary_size = nullptr;
   if (params != nullptr && !yyjson_is_null(params)) {
     if (!yyjson_is_obj(params)) return false;
-    yyjson_val* size = yyjson_obj_get(params, "binary_data_size");
-    if (size != nullptr && !yyjson_is_null(size)) return false;  // binary tensor data: the Python path's
+    binary_size = yyjson_obj_get(params, "binary_data_size");
+    if (binary_size != nullptr && yyjson_is_null(binary_size)) binary_size = nullptr;
   }
+  // Its elements: JSON `data`, or binary_data_size bytes of the binary part (never both).
+  if (binary_size != nullptr ? (data != nullptr && !yyjson_is_null(data)) : !yyjson_is_arr(data)) return false;
   auto dtype = dtype_from_name(str_of(datatype));
   if (!dtype || !numeric(*dtype)) return false;
   in.name = std::string(str_of(name));
@@ -192,6 +202,19 @@ bool decode_input(yyjson_val* obj, DecodedInput& in) {
     if (static_cast<uint64_t>(d) > kMaxElements / count) return false;
     count *= static_cast<uint64_t>(d);
     in.shape.push_back(d);
+  }
+  if (binary_size != nullptr) {
+    int64_t size;
+    if (!as_int64(binary_size, &size) || size < 0 || static_cast<uint64_t>(size) > binary.size - binary.at) return false;
+    in.nbytes = count * dtype_size(in.dtype);
+    if (static_cast<uint64_t>(size) != in.nbytes) return false;  // the Python decoder's message
+    in.data = std::make_shared<Buffer>(in.nbytes);
+    std::memcpy(in.data->data(), binary.data + binary.at, in.nbytes);
+    binary.at += in.nbytes;
+    if (in.dtype == DType::kBool)  // numpy's bool is one byte of 0 or 1; anything else is left to it
+      for (size_t i = 0; i < in.nbytes; ++i)
+        if (static_cast<uint8_t>(in.data->data()[i]) > 1) return false;
+    return true;
   }
   std::vector<size_t> dims;
   if (!nested_dims(data, dims) || dims.empty()) return false;
@@ -227,7 +250,10 @@ bool decode_parameters(yyjson_val* params, DecodedInfer& out) {
     if (!yyjson_is_str(routing)) return false;
     out.routing_key = std::string(str_of(routing));
   }
-  if (binary != nullptr && !yyjson_is_null(binary) && !yyjson_is_false(binary)) return false;
+  if (binary != nullptr && !yyjson_is_null(binary)) {
+    if (!yyjson_is_bool(binary)) return false;  // Python takes its truth: other values are its to read
+    out.binary_default = yyjson_get_bool(binary);
+  }
   if (group != nullptr && !yyjson_is_null(group)) {
     size_t len = 0;
     char* text = yyjson_val_write(group, 0, &len);
@@ -249,21 +275,26 @@ bool decode_outputs(yyjson_val* outputs, DecodedInfer& out) {
     yyjson_val* name = yyjson_obj_get(o, "name");
     if (!yyjson_is_str(name)) return false;
     yyjson_val* params = yyjson_obj_get(o, "parameters");
+    int8_t binary_output = -1;
     if (params != nullptr && !yyjson_is_null(params)) {
       if (!yyjson_is_obj(params)) return false;
       yyjson_val* binary = yyjson_obj_get(params, "binary_data");
-      if (binary != nullptr && !yyjson_is_false(binary)) return false;  // binary outputs: the Python path's
+      if (binary != nullptr) {
+        if (!yyjson_is_bool(binary)) return false;  // the Python path's message
+        binary_output = yyjson_get_bool(binary) ? 1 : 0;
+      }
     }
     out.outputs.emplace_back(str_of(name));
+    out.outputs_binary.push_back(binary_output);
   }
   return true;
 }
 
 }  // namespace
 
-bool decode_infer(const char* body, size_t size, DecodedInfer& out) {
+bool decode_infer(const char* json, size_t json_size, const char* binary, size_t binary_size, DecodedInfer& out) {
   std::unique_ptr<yyjson_doc, DocFree> doc(
-      yyjson_read_opts(const_cast<char*>(body), size, YYJSON_READ_BIGNUM_AS_RAW, thread_allocator(), nullptr));
+      yyjson_read_opts(const_cast<char*>(json), json_size, YYJSON_READ_BIGNUM_AS_RAW, thread_allocator(), nullptr));
   if (!doc) return false;
   yyjson_val* root = yyjson_doc_get_root(doc.get());
   if (!yyjson_is_obj(root)) return false;
@@ -284,14 +315,25 @@ bool decode_infer(const char* body, size_t size, DecodedInfer& out) {
   }
   if (!decode_parameters(params, out) || !decode_outputs(outputs, out)) return false;
   out.inputs.resize(yyjson_arr_size(inputs));
+  BinaryPart part{binary, binary_size};
   size_t n = 0;
   yyjson_arr_foreach(inputs, i, max, val) {
-    if (!decode_input(val, out.inputs[n])) return false;
+    if (!decode_input(val, out.inputs[n], part)) return false;
     for (size_t k = 0; k < n; ++k)
       if (out.inputs[k].name == out.inputs[n].name) return false;  // repeated: the Python decoder's message
     ++n;
   }
-  return true;
+  return part.at == part.size;  // bytes left over: the Python decoder's message
+}
+
+void raw_input(const char* body, size_t size, DecodedInfer& out) {
+  DecodedInput in;
+  in.dtype = DType::kUInt8;  // its datatype and shape are the model's (serving/dispatch.h)
+  in.shape = {static_cast<int64_t>(size)};
+  in.nbytes = size;
+  in.data = std::make_shared<Buffer>(size);
+  if (size > 0) std::memcpy(in.data->data(), body, size);
+  out.inputs.push_back(std::move(in));
 }
 
 bool encodable(DType dtype) { return numeric(dtype); }
@@ -337,8 +379,9 @@ bool write_doc(yyjson_mut_doc* doc, std::string& out) {
 
 }  // namespace
 
-bool encode_answer(std::string& out, std::string_view model, int64_t version, std::string_view id,
-                   const Completion& c, const std::vector<std::string_view>& names, const std::vector<size_t>& chosen) {
+bool encode_answer(std::string& out, int64_t* json_length, std::string_view model, int64_t version,
+                   std::string_view id, const Completion& c, const std::vector<std::string_view>& names,
+                   const std::vector<ChosenOutput>& chosen) {
   std::unique_ptr<yyjson_mut_doc, DocFree> doc(yyjson_mut_doc_new(thread_allocator()));
   yyjson_mut_doc* d = doc.get();
   yyjson_mut_val* root = yyjson_mut_obj(d);
@@ -346,7 +389,9 @@ bool encode_answer(std::string& out, std::string_view model, int64_t version, st
   yyjson_mut_obj_add_strn(d, root, "model_name", model.data(), model.size());
   yyjson_mut_val* outputs = yyjson_mut_obj_add_arr(d, root, "outputs");
   const std::string version_text = std::to_string(version);
-  for (size_t index : chosen) {
+  std::vector<std::pair<const std::byte*, size_t>> binary_parts;  // written after the JSON, in order
+  for (const ChosenOutput& choice : chosen) {
+    const size_t index = choice.index;
     const OutputTensor& o = c.result->outputs[index];
     if (!encodable(o.dtype)) return false;
     std::vector<int64_t> shape = o.shape;
@@ -363,11 +408,20 @@ bool encode_answer(std::string& out, std::string_view model, int64_t version, st
     const std::string_view dtype = dtype_name(o.dtype);
     yyjson_mut_obj_add_strn(d, entry, "datatype", dtype.data(), dtype.size());
     yyjson_mut_obj_add_val(d, entry, "shape", yyjson_mut_arr_with_sint64(d, shape.data(), shape.size()));
-    yyjson_mut_obj_add_val(d, entry, "data", data_array(d, o.dtype, data, nbytes / dtype_size(o.dtype)));
+    if (choice.binary) {  // Triton's binary form: its size here, its bytes after the JSON
+      yyjson_mut_val* params = yyjson_mut_obj_add_obj(d, entry, "parameters");
+      yyjson_mut_obj_add_uint(d, params, "binary_data_size", nbytes);
+      binary_parts.emplace_back(data, nbytes);
+    } else {
+      yyjson_mut_obj_add_val(d, entry, "data", data_array(d, o.dtype, data, nbytes / dtype_size(o.dtype)));
+    }
   }
   yyjson_mut_obj_add_strn(d, root, "model_version", version_text.data(), version_text.size());
   if (!id.empty()) yyjson_mut_obj_add_strn(d, root, "id", id.data(), id.size());
-  return write_doc(d, out);
+  if (!write_doc(d, out)) return false;
+  *json_length = binary_parts.empty() ? -1 : static_cast<int64_t>(out.size());
+  for (const auto& [p, n] : binary_parts) out.append(reinterpret_cast<const char*>(p), n);
+  return true;
 }
 
 std::string error_body(std::string_view message) {

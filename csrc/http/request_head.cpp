@@ -11,6 +11,18 @@ namespace {
 
 constexpr size_t kMaxHeaders = 64;
 
+// A header's value as a non-negative decimal of at most 18 digits (what fits int64).
+bool decimal(std::string_view value, uint64_t* out) {
+  if (value.empty() || value.size() > 18) return false;
+  uint64_t v = 0;
+  for (char ch : value) {
+    if (ch < '0' || ch > '9') return false;
+    v = v * 10 + static_cast<uint64_t>(ch - '0');
+  }
+  *out = v;
+  return true;
+}
+
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i)
@@ -67,23 +79,24 @@ HeadVerdict read_infer_head(const char* data, size_t size, InferHead& out) {
     const std::string_view name(headers[i].name, headers[i].name_len);
     const std::string_view value(headers[i].value, headers[i].value_len);
     if (iequals(name, "content-length")) {
-      if (has_length || value.empty() || value.size() > 18) return HeadVerdict::kNotOurs;
-      uint64_t v = 0;
-      for (char ch : value) {
-        if (ch < '0' || ch > '9') return HeadVerdict::kNotOurs;
-        v = v * 10 + static_cast<uint64_t>(ch - '0');
-      }
+      uint64_t v;
+      if (has_length || !decimal(value, &v)) return HeadVerdict::kNotOurs;
       out.content_length = static_cast<size_t>(v);
       has_length = true;
+    } else if (iequals(name, "inference-header-content-length")) {  // Triton's binary tensors
+      uint64_t v;
+      if (out.json_bytes >= 0 || !decimal(value, &v)) return HeadVerdict::kNotOurs;
+      out.json_bytes = static_cast<int64_t>(v);
     } else if (iequals(name, "connection")) {
       if (iequals(value, "close")) out.keep_alive = false;
       else if (!iequals(value, "keep-alive")) return HeadVerdict::kNotOurs;
-    } else if (iequals(name, "transfer-encoding") || iequals(name, "expect") || iequals(name, "upgrade") ||
-               iequals(name, "inference-header-content-length")) {
-      return HeadVerdict::kNotOurs;  // chunked bodies, 100-continue, upgrades, binary tensors
+    } else if (iequals(name, "transfer-encoding") || iequals(name, "expect") || iequals(name, "upgrade")) {
+      return HeadVerdict::kNotOurs;  // chunked bodies, 100-continue, upgrades
     }
   }
-  return has_length ? HeadVerdict::kInfer : HeadVerdict::kNotOurs;
+  if (!has_length || (out.json_bytes >= 0 && static_cast<size_t>(out.json_bytes) > out.content_length))
+    return HeadVerdict::kNotOurs;
+  return HeadVerdict::kInfer;
 }
 
 }  // namespace loopserve::http

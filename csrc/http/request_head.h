@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 
 namespace loopserve::http {
@@ -13,13 +14,14 @@ struct InferHead {
   size_t head_bytes = 0;           // the head's length; the body follows
   std::string_view model, version; // from the path; version empty when not named
   size_t content_length = 0;
+  int64_t json_bytes = -1;         // Inference-Header-Content-Length (binary tensors); -1: absent
   bool keep_alive = true;          // false: `Connection: close`
 };
 
 enum class HeadVerdict {
   kPartial,  // the head has not all arrived
   kInfer,    // POST /v2/models/{m}[/versions/{v}]/infer, HTTP/1.1, Content-Length, nothing unusual
-  kNotOurs,  // any other route or form (HTTP/1.0, chunked, Expect, upgrade, binary tensors,
+  kNotOurs,  // any other route or form (HTTP/1.0, chunked, Expect, upgrade,
              // a %-escaped path, a malformed head): the Python path's
 };
 

@@ -38,10 +38,16 @@ std::string_view date_header() {
 
 }  // namespace
 
-void append_answer(std::string& out, uint16_t status, bool keep_alive, std::string_view body) {
+void append_answer(std::string& out, uint16_t status, bool keep_alive, std::string_view body, int64_t json_length) {
   out.append(status_line(status));
   out.append(date_header());
-  out.append("content-type: application/json\r\n");
+  if (json_length < 0) {
+    out.append("content-type: application/json\r\n");
+  } else {
+    out.append("content-type: application/octet-stream\r\ninference-header-content-length: ");
+    out.append(std::to_string(json_length));
+    out.append("\r\n");
+  }
   if (status == 429 || status == 503) out.append("retry-after: 1\r\n");
   if (!keep_alive) out.append("connection: close\r\n");
   out.append("content-length: ");

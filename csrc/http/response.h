@@ -12,7 +12,10 @@
 
 namespace loopserve::http {
 
-// Appends the whole answer to `out`: a JSON body (`content-type: application/json`).
-void append_answer(std::string& out, uint16_t status, bool keep_alive, std::string_view body);
+// Appends the whole answer to `out`: a JSON body (`content-type: application/json`), or with
+// `json_length` >= 0 Triton's binary form (`application/octet-stream` and
+// `inference-header-content-length`: the body's first json_length bytes are its JSON).
+void append_answer(std::string& out, uint16_t status, bool keep_alive, std::string_view body,
+                   int64_t json_length = -1);
 
 }  // namespace loopserve::http

@@ -252,8 +252,7 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
       return;
     }
     conn->fresh = false;
-    const Served served = serve(conn, head.model, head.version, data + head.head_bytes, head.content_length,
-                                head.keep_alive);
+    const Served served = serve(conn, head, data + head.head_bytes);
     if (served == Served::kDeclined) {
       hand_off(conn);
       return;
@@ -267,8 +266,11 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
   }
 }
 
-HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, std::string_view model,
-                                     std::string_view version, const char* body, size_t size, bool keep_alive) {
+HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, const InferHead& head, const char* body) {
+  const std::string_view model = head.model, version = head.version;
+  const bool keep_alive = head.keep_alive;
+  const bool raw = head.json_bytes == 0;  // Triton's raw binary form: the body is the one input
+  if (raw && head.content_length == 0) return Served::kDeclined;
   // Overload (server/admission.py): refused from the head, its body never decoded.
   if (connections_.load(std::memory_order_relaxed) >= options_.overload_min_connections &&
       std::max(lag_s_, seconds_since(turn_start_, Clock::now())) * 1e3 > options_.overload_wait_ms) {
@@ -277,28 +279,32 @@ HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, st
     return Served::kAnswered;
   }
   auto request = std::make_shared<DecodedInfer>();
-  if (!decode_infer(body, size, *request)) return Served::kDeclined;
+  const size_t json_size = head.json_bytes < 0 ? head.content_length : static_cast<size_t>(head.json_bytes);
+  if (raw) raw_input(body, head.content_length, *request);
+  else if (!decode_infer(body, json_size, body + json_size, head.content_length - json_size, *request))
+    return Served::kDeclined;
   std::vector<ipc::TensorIn> tensors;
   tensors.reserve(request->inputs.size());
   for (const DecodedInput& in : request->inputs)
     tensors.push_back({in.name, in.dtype, in.shape, in.data->data(), in.nbytes});
   if (!table_) table_ = router_->snapshot();
   try {
-    Routed routed = route_request(*table_, model, version, request->routing_key, tensors, false);
+    Routed routed = route_request(*table_, model, version, request->routing_key, tensors, raw);
     const BatcherConfig& config = routed.answering->batcher->config();
-    std::vector<size_t> chosen;
+    std::vector<ChosenOutput> chosen;
     if (request->outputs_given) {
-      for (const std::string& name : request->outputs) {
+      for (size_t k = 0; k < request->outputs.size(); ++k) {
         size_t i = 0;
-        while (i < config.outputs.size() && config.outputs[i].name != name) ++i;
+        while (i < config.outputs.size() && config.outputs[i].name != request->outputs[k]) ++i;
         if (i == config.outputs.size()) return Served::kDeclined;  // the Python path's message
-        chosen.push_back(i);
+        const int8_t binary = request->outputs_binary[k];
+        chosen.push_back({i, binary < 0 ? request->binary_default : binary == 1});
       }
     } else {
-      for (size_t i = 0; i < config.outputs.size(); ++i) chosen.push_back(i);
+      for (size_t i = 0; i < config.outputs.size(); ++i) chosen.push_back({i, request->binary_default});
     }
-    for (size_t i : chosen)
-      if (!encodable(config.outputs[i].dtype)) return Served::kDeclined;
+    for (const ChosenOutput& o : chosen)
+      if (!encodable(config.outputs[o.index].dtype)) return Served::kDeclined;
     for (InputView& v : routed.views)  // the batcher holds the decoded memory as long as it needs it
       for (const DecodedInput& in : request->inputs)
         if (in.data->data() == v.data) v.storage = in.data;

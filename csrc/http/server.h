@@ -1,8 +1,8 @@
 // The engine's native HTTP/1.1 server for the infer route (http.native_infer).
 //
 // It owns the public port. One loop thread (epoll) accepts, reads, parses heads
-// (picohttpparser) and, for `POST /v2/models/{m}[/versions/{v}]/infer` with a JSON body the
-// native codec takes (http/infer_codec.h), routes and submits the request to the batchers
+// (picohttpparser) and, for `POST /v2/models/{m}[/versions/{v}]/infer` with a body the
+// native codec takes (http/infer_codec.h: JSON or binary tensors), routes and submits the request to the batchers
 // itself with the ingress's own rules (serving/dispatch.h); a quick model's batch runs on
 // this thread at the end of its turn, as the ingress runs it. The thread that completes a
 // batch encodes each answer and writes it (one write). No Python runs per request.
@@ -35,6 +35,7 @@
 
 #include "http/connection.h"
 #include "http/handoff.h"
+#include "http/request_head.h"
 #include "http/server_state.h"
 #include "serving/route_table.h"
 
@@ -74,8 +75,7 @@ class HttpServer {
   void accept_all();
   void read_from(Connection& conn);
   void advance(const std::shared_ptr<Connection>& conn);
-  Served serve(const std::shared_ptr<Connection>& conn, std::string_view model, std::string_view version,
-               const char* body, size_t size, bool keep_alive);
+  Served serve(const std::shared_ptr<Connection>& conn, const InferHead& head, const char* body);
   void answer_now(Connection& conn, uint16_t status, std::string_view body, bool keep_alive);
   void hand_off(const std::shared_ptr<Connection>& conn);
   void close(const std::shared_ptr<Connection>& conn);

@@ -29,6 +29,7 @@ void ServerState::complete(Connection& conn, Completion& c) {
   if (!p->answers) return;
   const VersionRoute& route = *p->route;
   std::string body;
+  int64_t json_length = -1;
   uint16_t status = 200;
   if (c.status == Status::kOk) {
     if (route.feedback) route.feedback->record(p->request->id, p->request->group, c, p->inputs);
@@ -36,7 +37,8 @@ void ServerState::complete(Connection& conn, Completion& c) {
     std::vector<std::string_view> names;
     names.reserve(specs.size());
     for (const auto& s : specs) names.emplace_back(s.name);
-    if (!encode_answer(body, p->model, route.version, p->request->id, c, names, p->chosen)) {
+    if (!encode_answer(body, &json_length, p->model, route.version, p->request->id, c, names, p->chosen)) {
+      json_length = -1;
       status = 500;
       body = error_body("the model's answer could not be encoded");
     }
@@ -46,7 +48,7 @@ void ServerState::complete(Connection& conn, Completion& c) {
   }
   std::string out;
   out.reserve(body.size() + 160);
-  append_answer(out, status, p->keep_alive && !stopping.load(std::memory_order_relaxed), body);
+  append_answer(out, status, p->keep_alive && !stopping.load(std::memory_order_relaxed), body, json_length);
   // Counted before the write: a client that has its answer finds it counted.
   served_.fetch_add(1, std::memory_order_relaxed);
   if (status == 200) observe(p->model, route.version, std::chrono::duration<double>(Clock::now() - p->start).count());

@@ -47,7 +47,7 @@ struct Pending {
   std::shared_ptr<DecodedInfer> request;  // owns the inputs' memory, the id, the group
   std::string model;
   std::vector<InputView> inputs;  // kept only for feedback
-  std::vector<size_t> chosen;     // the outputs to answer with, in order
+  std::vector<ChosenOutput> chosen;  // the outputs to answer with, in order
   std::chrono::steady_clock::time_point start;
   bool answers = true;  // false: a shadow's copy
   bool keep_alive = true;

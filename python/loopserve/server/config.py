@@ -52,7 +52,7 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # shared 2-core box, polling cost more than it saved (DESIGN.md, "The hop to the engine").
     spin_us: Annotated[int, Meta(ge=0, le=10_000)] = 0
     # With workers > 1: the engine's native core owns the public port and answers the common
-    # infer request itself (JSON body, numeric tensors: csrc/http/), with no Python per request;
+    # infer request itself (numeric tensors, JSON or binary: csrc/http/), with no Python per request;
     # every other request, and any connection that does not send a whole request quickly, is
     # handed with what was read to a front end, which serves it as always (DESIGN.md, "Native
     # infer path"). Off by default while it is new.
