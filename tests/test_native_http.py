@@ -244,6 +244,10 @@ def test_stats_and_metrics_count_what_the_native_path_served(server):
     success2, latency2 = counts()
     assert success2 - success >= 5
     assert latency2 - latency >= 5
+    text = server.request("GET", "/metrics")[2].decode()
+    served = [ln for ln in text.splitlines() if ln.startswith("loopserve_native_http_requests_total ")]
+    assert served and float(served[0].split()[-1]) >= 5
+    assert 'loopserve_native_http_connections_total{outcome="handed_off"}' in text
 
 
 def test_a_slow_client_goes_to_pythons_timers_and_others_are_served(model_repo, tmp_path):

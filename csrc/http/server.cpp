@@ -132,7 +132,8 @@ void HttpServer::run() {
         if (!conn->registered) continue;
         if (conn->peer_closed || stopping_.load(std::memory_order_relaxed)) conn->keep_alive = false;
         conn->since = turn_start_;
-        read_from(*conn);  // what came while the request ran and was not read
+        // What came meanwhile was read on its event, but for what a full buffer left in the socket.
+        if (conn->read_capped) read_from(*conn);
         advance(conn);
       }
     }

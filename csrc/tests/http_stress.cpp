@@ -1,7 +1,7 @@
 // The engine's native HTTP server under ThreadSanitizer and AddressSanitizer
 // (tests/test_native.py), with real loopback clients: four keep-alive clients send JSON infer
-// requests (some pipelined two at a time) to an echo model and check every answer; one
-// client sends other routes, which are handed over (SCM_RIGHTS) to a stand-in front end that
+// requests (some pipelined two at a time) and one binary tensors to an echo model, each answer
+// checked; one client sends other routes, which are handed over (SCM_RIGHTS) to a stand-in front end that
 // answers them; meanwhile the model's version is swapped again and again (publish, wait until
 // no snapshot names the old one, stop it), as a hot swap does. Exits non-zero on failure.
 #include <arpa/inet.h>
@@ -57,9 +57,9 @@ int read_answer(int fd, std::string& buffer, std::string& body) {
   while (true) {
     size_t head_end = buffer.find("\r\n\r\n");
     if (head_end != std::string::npos) {
-      size_t cl = buffer.find("content-length: ");
+      size_t cl = buffer.find("\r\ncontent-length: ");  // not inference-header-content-length
       if (cl == std::string::npos || cl > head_end) return -1;
-      size_t length = std::stoul(buffer.substr(cl + 16));
+      size_t length = std::stoul(buffer.substr(cl + 18));
       if (buffer.size() >= head_end + 4 + length) {
         int status = std::stoi(buffer.substr(9, 3));
         body = buffer.substr(head_end + 4, length);
@@ -92,6 +92,17 @@ std::string infer_request(int64_t a, int64_t b) {
                      "\"data\":[" + std::to_string(a) + "," + std::to_string(b) + "]}]}";
   return "POST /v2/models/echo/infer HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
          body;
+}
+
+// The same with Triton's binary tensor extension, in and out: 16 bytes of input after the JSON.
+std::string binary_request(int64_t a, int64_t b) {
+  const std::string json = "{\"inputs\":[{\"name\":\"x\",\"shape\":[1,2],\"datatype\":\"INT64\","
+                           "\"parameters\":{\"binary_data_size\":16}}],\"parameters\":{\"binary_data_output\":true}}";
+  std::string body = json;
+  body.append(reinterpret_cast<const char*>(&a), 8);
+  body.append(reinterpret_cast<const char*>(&b), 8);
+  return "POST /v2/models/echo/infer HTTP/1.1\r\nHost: t\r\nInference-Header-Content-Length: " +
+         std::to_string(json.size()) + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
 }
 
 bool send_all(int fd, const std::string& bytes) {
@@ -133,6 +144,24 @@ void run_client(int port, int c, int count, std::atomic<int>& failures) {
     }
   }
   ::close(fd);
+}
+
+// A client of binary tensors: `count` requests one after another; each answer's last 16
+// bytes must be its input's.
+void run_binary_client(int port, int count, std::atomic<int>& failures) {
+  int fd = connect_to(port);
+  std::string buffer, body;
+  for (int i = 0; fd >= 0 && i < count; ++i) {
+    const int64_t in[2] = {i, -7 * int64_t{i}};
+    if (!send_all(fd, binary_request(in[0], in[1])) || read_answer(fd, buffer, body) != 200 || body.size() < 16 ||
+        std::memcmp(body.data() + body.size() - 16, in, 16) != 0) {
+      std::fprintf(stderr, "FAIL: binary request %d: %s\n", i, body.c_str());
+      ++failures;
+      break;
+    }
+  }
+  if (fd < 0) ++failures;
+  else ::close(fd);
 }
 
 // A stand-in front end: takes each handed-off connection and answers it once.
@@ -180,6 +209,7 @@ int main() {
   constexpr int kClients = 4;
   constexpr int kRequests = 1500;
   constexpr int kHandoffs = 50;
+  constexpr int kBinaryRequests = 500;
   std::atomic<int> failures{0}, adopted{0};
   auto router = std::make_shared<Router>();
   auto batcher = echo_batcher();
@@ -220,6 +250,7 @@ int main() {
   });
   std::vector<std::thread> clients;
   for (int c = 0; c < kClients; ++c) clients.emplace_back([&, c] { run_client(port, c, kRequests, failures); });
+  clients.emplace_back([&] { run_binary_client(port, kBinaryRequests, failures); });
   clients.emplace_back([&] {  // other routes: handed over, answered by the stand-in front end
     for (int i = 0; i < kHandoffs; ++i) {
       int fd = connect_to(port);
@@ -240,7 +271,7 @@ int main() {
   front_end.join();
   ::close(pair[1]);
   batcher->stop();
-  if (s.served != uint64_t{kClients} * kRequests || adopted.load() != kHandoffs) {
+  if (s.served != uint64_t{kClients} * kRequests + kBinaryRequests || adopted.load() != kHandoffs) {
     std::fprintf(stderr, "FAIL: served %llu, handed off %d\n", static_cast<unsigned long long>(s.served), adopted.load());
     ++failures;
   }

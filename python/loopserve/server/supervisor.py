@@ -28,7 +28,7 @@ from loopserve import _core
 from loopserve.server.config import HttpConfig
 from loopserve.server.frontend import LATENCY_PATH
 from loopserve.server.latency import LatencyHistogram
-from loopserve.server.metrics import HopPollCollector
+from loopserve.server.metrics import HopPollCollector, NativeHttpCollector
 
 log = logging.getLogger("loopserve.supervisor")
 
@@ -285,6 +285,8 @@ class MultiProcessServer:
             log_level=log_level, latency=app.metrics.latency_histograms,
             overload_refused=app.metrics.overload_refused, native_http=self.native_http)
         app.metrics.registry.register(HopPollCollector(self.native.ingress, self.supervisor.hop_polls))
+        if self.native_http is not None:
+            app.metrics.registry.register(NativeHttpCollector(self.native_http))
         app.on_startup.append(self.supervisor.start)
         app.before_metrics.append(self.supervisor.collect_latency)
         app.on_shutdown.append(self._stop)
