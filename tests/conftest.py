@@ -125,6 +125,7 @@ class RunningServer:
         self.app = app
         self.workers = workers
         self.engine = None
+        self.native = None  # workers 1 with native_infer: server/native_infer.py's InProcessNativeInfer
         # The connection limits of `http` (a test's own, or the defaults) apply as `loopserve serve` applies them.
         http = msgspec.structs.replace(http or HttpConfig(), max_body_bytes=app.infer.max_body_bytes,
                                        graceful_shutdown_s=10)
@@ -144,12 +145,23 @@ class RunningServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
             where, sockets = {}, [sock]
+            if native_infer:  # the native server takes the port; uvicorn what it hands over
+                import tempfile
+
+                from loopserve.server.native_infer import InProcessNativeInfer
+
+                self.native = InProcessNativeInfer(app, sock, http)
+                self._workdir = tempfile.mkdtemp(prefix="loopserve-test-")
+                # as `loopserve serve` runs it: no `server` header (the native answers have none)
+                where, sockets = {"uds": f"{self._workdir}/handoff.sock", "server_header": False}, None
         self.url = f"127.0.0.1:{self.port}"
         self.base_url = f"http://{self.url}"
         # The engine's Unix socket (workers > 1) keeps uvicorn's defaults: only the front ends face clients.
         limits = uvicorn_settings(http) if workers == 1 else {"http": "httptools"}
         self.server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", lifespan="on", log_config=None,
                                                     access_log=False, **limits, **where))
+        if self.native is not None:
+            self.native.serve_with(self.server)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": sockets}, daemon=True)
         self.thread.start()
         import time
@@ -158,6 +170,13 @@ class RunningServer:
         while not self.server.started:
             assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
             time.sleep(0.01)
+
+    @property
+    def native_http(self):
+        """The engine's native HTTP server (http.native_infer), or None."""
+        if self.engine is not None:
+            return self.engine.native_http
+        return self.native.http if self.native is not None else None
 
     def request(self, method, path, body=b"", headers=None):
         """(status, headers, body) of one plain HTTP request."""
@@ -176,6 +195,10 @@ class RunningServer:
         self.thread.join(timeout=60)
         if self.engine is not None:
             self.engine.cleanup()
+        if self.native is not None:
+            import shutil
+
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
 
 class NativeWorkers(int):

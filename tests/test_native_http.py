@@ -1,5 +1,5 @@
 """The engine's native infer path (http.native_infer, csrc/http/) against real clients on a
-loopback port: the same answers as the Python path, keep-alive and pipelining, a connection
+loopback port, at workers 2 (handing over to front ends) and 1 (to the process's own uvicorn): the same answers as the Python path, keep-alive and pipelining, a connection
 handed to a front end mid-way, statistics and metrics that count what it served, and slow
 clients handed to Python's timers while others are served.
 
@@ -25,8 +25,8 @@ from loopserve.server.app import LoopserveApp
 from loopserve.server.config import HttpConfig
 
 
-@pytest.fixture(scope="module")
-def server(model_repo, tmp_path_factory):
+@pytest.fixture(scope="module", params=[2, 1], ids=["workers2", "workers1"])
+def server(model_repo, tmp_path_factory, request):
     import shutil
 
     from loopserve.serving.repository import ModelRepository
@@ -35,7 +35,7 @@ def server(model_repo, tmp_path_factory):
     shutil.copytree(model_repo / "mlp_onnx", root / "mlp")
     repository = ModelRepository(root)
     repository.load("mlp")
-    running = RunningServer(LoopserveApp(repository), workers=2, native_infer=True)
+    running = RunningServer(LoopserveApp(repository), workers=request.param, native_infer=True)
     yield running
     running.stop()
     repository.close()
@@ -95,7 +95,7 @@ def _infer_body(x: np.ndarray, nested=False, **extra) -> dict:
 
 
 def test_answers_match_the_python_path_and_are_served_natively(server, tiny_reference):
-    before = server.engine.native_http.stats()
+    before = server.native_http.stats()
     x = _x(3)
     for body in (_infer_body(x, id="flat-1"), _infer_body(x, nested=True, id="nested-1"),
                  _infer_body(x[:1], id="params", parameters={"priority": 1, "timeout": 10_000_000,
@@ -107,7 +107,7 @@ def test_answers_match_the_python_path_and_are_served_natively(server, tiny_refe
         assert got == want  # model, version, id, output name, datatype, shape and values alike
         rows = np.asarray(got["outputs"][0]["data"], np.float32).reshape(got["outputs"][0]["shape"])
         np.testing.assert_allclose(rows, tiny_reference(x[:len(rows)]), rtol=1e-5, atol=1e-6)
-    after = server.engine.native_http.stats()
+    after = server.native_http.stats()
     assert after["served"] - before["served"] >= 3
 
 
@@ -145,7 +145,7 @@ def test_a_bad_request_gets_the_python_paths_answer(server, case):
 def test_tritonclient_json_and_binary(server, tiny_reference):
     client = httpclient.InferenceServerClient(server.url)
     x = _x(4, seed=3)
-    before = server.engine.native_http.stats()["served"]
+    before = server.native_http.stats()["served"]
     for binary in (False, True):  # JSON, and Triton's binary tensor extension: both native
         inp = httpclient.InferInput("INPUT0", list(x.shape), "FP32")
         inp.set_data_from_numpy(x, binary_data=binary)
@@ -154,7 +154,7 @@ def test_tritonclient_json_and_binary(server, tiny_reference):
         np.testing.assert_allclose(result.as_numpy("OUTPUT0"), tiny_reference(x), rtol=1e-5, atol=1e-6)
         assert result.get_response()["id"] == f"tc-{binary}"
     client.close()
-    assert server.engine.native_http.stats()["served"] - before >= 2
+    assert server.native_http.stats()["served"] - before >= 2
 
 
 def _binary_request(json_part: dict, binary: bytes, json_length: int | None = None) -> bytes:
@@ -204,7 +204,7 @@ def test_binary_tensors_answer_as_the_python_path(server, case):
 
 
 def test_keep_alive_pipelining_and_a_handoff_mid_connection(server):
-    before = server.engine.native_http.stats()
+    before = server.native_http.stats()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         # three requests in one write: answered in order, one at a time
         answers = _Answers(sock)
@@ -219,9 +219,9 @@ def test_keep_alive_pipelining_and_a_handoff_mid_connection(server):
         sock.sendall(_request(_infer_body(_x(), id="after")))
         status, _, body = answers.next()
         assert status == 200 and json.loads(body)["id"] == "after"
-    assert server.engine.native_http.stats()["served"] - before["served"] >= 3
+    assert server.native_http.stats()["served"] - before["served"] >= 3
     # counted once the handoff thread's send returns, which may be after the front end answered
-    wait_until(lambda: server.engine.native_http.stats()["handed_off"] - before["handed_off"] >= 1,
+    wait_until(lambda: server.native_http.stats()["handed_off"] - before["handed_off"] >= 1,
                "the handoff counted")
 
 
@@ -236,11 +236,11 @@ def test_stats_and_metrics_count_what_the_native_path_served(server):
         return success, float(line[0].split()[-1]) if line else 0.0
 
     success, latency = counts()
-    native = server.engine.native_http.stats()["served"]
+    native = server.native_http.stats()["served"]
     for i in range(5):
         status, _, _ = _exchange(server.port, _request(_infer_body(_x(seed=i))))[0]
         assert status == 200
-    assert server.engine.native_http.stats()["served"] - native >= 5
+    assert server.native_http.stats()["served"] - native >= 5
     success2, latency2 = counts()
     assert success2 - success >= 5
     assert latency2 - latency >= 5
@@ -272,7 +272,7 @@ def test_a_slow_client_goes_to_pythons_timers_and_others_are_served(model_repo, 
             status, _, body = _read(sock)  # Python's limits answer them, as without the native path
             assert status == 408 and what in body, body
             sock.close()
-        wait_until(lambda: running.engine.native_http.stats()["handed_off"] >= 2, "the slow clients handed off")
+        wait_until(lambda: running.native_http.stats()["handed_off"] >= 2, "the slow clients handed off")
     finally:
         running.stop()
         repository.close()

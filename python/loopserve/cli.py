@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port to listen on (overrides the config)")
     serve.add_argument("--workers", type=int, help="HTTP front-end processes (overrides the config's workers)")
     serve.add_argument("--native-infer", action="store_true", default=None,
-                       help="the engine answers infer requests natively (sets http.native_infer; workers > 1)")
+                       help="the engine answers infer requests natively (sets http.native_infer)")
 
     for module_name in COMMAND_MODULES:
         try:

@@ -24,20 +24,13 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from loopserve import _core
 from loopserve.server.config import HttpConfig
 from loopserve.server.frontend import LATENCY_PATH
 from loopserve.server.latency import LatencyHistogram
 from loopserve.server.metrics import HopPollCollector, NativeHttpCollector
+from loopserve.server.native_infer import start_native_http
 
 log = logging.getLogger("loopserve.supervisor")
-
-# http.native_infer: bodies past this go to a front end (which decodes them off its loop, in
-# slices), as do heads past this; a connection that has not sent a whole request this long
-# after it opened or began one goes to a front end, whose head and body timers take over.
-NATIVE_BODY_BYTES = 1 << 20
-NATIVE_HEAD_BYTES = 16 << 10
-NATIVE_STALL_S = 0.2
 
 
 @dataclass
@@ -266,18 +259,7 @@ class MultiProcessServer:
         if http.native_infer:
             # The engine's native server owns the port (csrc/http/): it listens on the socket
             # the port was reserved with; the front ends take what it hands them.
-            from loopserve.server.admission import overload_message
-            from loopserve.server.latency import LATENCY_BUCKETS
-
-            self._reservation.listen(4096)
-            self.native_http = _core.HttpServer(
-                self.native.router, self._reservation.detach(), max_body_bytes=http.max_body_bytes,
-                native_body_bytes=NATIVE_BODY_BYTES, max_head_bytes=min(http.max_header_bytes, NATIVE_HEAD_BYTES),
-                max_connections=http.max_connections, keep_alive_s=http.keep_alive_s,
-                stall_s=min(NATIVE_STALL_S, http.header_timeout_s), overload_wait_ms=http.overload_wait_ms,
-                overload_min_connections=http.overload_min_connections,
-                overload_message=overload_message(http.overload_wait_ms),
-                latency_bounds=list(LATENCY_BUCKETS))
+            self.native_http = start_native_http(self.native.router, self._reservation, http)
         self.supervisor = FrontendSupervisor(
             workers=workers, ingress=self.native.ingress, host=host, port=self.port, engine_uds=self.engine_uds,
             workdir=self.workdir, max_body_bytes=http.max_body_bytes, channel_bytes=http.channel_size(),
