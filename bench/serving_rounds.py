@@ -10,7 +10,9 @@ baseline (p50 latency, the c=1 target). Also each server's CPU µs per request (
 processes, from /proc).
 
 loopserve-wN-spinU is loopserve at workers N with http.spin_us U (the hop between front end and
-engine polls up to U µs before sleeping; off by default), to measure the polling side by side.
+engine polls up to U µs before sleeping; off by default), to measure the polling side by side;
+loopserve-wN-native is loopserve at workers N with http.native_infer (the engine answers infer
+itself, csrc/http/).
 
     .venv/bin/python bench/serving_rounds.py [--servers triton,echo,loopserve-w1,loopserve-w2,loopserve-w2-spin100]
                                              [--concurrency 64] [--rounds 5] [--seconds 3]
@@ -58,6 +60,8 @@ def main() -> int:
                     config = work / f"{name}.yaml"
                     config.write_text(f"http:\n  spin_us: {int(variant[len('spin'):])}\n")
                     cmd += f" --config {config}"
+                elif variant == "native":  # loopserve-w2-native: http.native_infer (csrc/http/)
+                    cmd += " --native-infer"
                 elif variant:
                     raise SystemExit(f"unknown server {name!r}")
                 s = harness.loopserve_server(log_dir, work, cmd, int(workers))
@@ -89,7 +93,7 @@ def main() -> int:
         finally:
             for s in servers:
                 s.stop()
-    print(f"\n{'server':<14}{'c':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu µs/req':>11}{'÷ Triton':>10}"
+    print(f"\n{'server':<20}{'c':>5}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'cpu µs/req':>11}{'÷ Triton':>10}"
           f"{'÷ echo':>9}{'p50 ÷ baseline':>16}")
     for c in concurrency:
         for name in [n for s in names for n in ([s, s + "-asgi"] if args.asgi and s.startswith("loopserve") else [s])]:
@@ -104,7 +108,7 @@ def main() -> int:
                 return statistics.median(ratios) if ratios else None
 
             cpu = [r.extra.get("server_cpu_us_per_req") for r in ok if r.extra.get("server_cpu_us_per_req")]
-            print(f"{name:<14}{c:>5}{statistics.median(r.req_s for r in ok):>9.0f}"
+            print(f"{name:<20}{c:>5}{statistics.median(r.req_s for r in ok):>9.0f}"
                   f"{statistics.median(r.p50_ms for r in ok):>9.2f}{statistics.median(r.p99_ms for r in ok):>9.2f}"
                   f"{harness.fmt(statistics.median(cpu) if cpu else None, '11.0f')}"
                   f"{harness.fmt(per_round('triton'), '10.2f')}{harness.fmt(per_round('echo'), '9.2f')}"

@@ -26,6 +26,7 @@ namespace py = pybind11;
 namespace loopserve {
 void bind_drift(py::module_& m);  // bindings_drift.cpp
 void bind_ipc(py::module_& m);    // bindings_ipc.cpp
+void bind_http(py::module_& m);   // bindings_http.cpp
 }
 using namespace loopserve;
 
@@ -398,6 +399,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<BatchObserver, std::shared_ptr<BatchObserver>>(m, "BatchObserver");
   bind_drift(m);
   bind_ipc(m);
+  bind_http(m);
 
   m.def("measure_native", &measure_native, py::arg("config"), py::arg("threads"), py::arg("requests_per_thread"),
         py::arg("rows"));

@@ -112,7 +112,7 @@ class RunningServer:
     workers > 1: this process is the engine (its routes on a Unix socket, in the thread), and
     `workers` front-end processes share the port, as `loopserve serve --workers N` runs them."""
 
-    def __init__(self, app, workers: int = 1, http=None):
+    def __init__(self, app, workers: int = 1, http=None, native_infer: bool = False):
         import socket
         import threading
 
@@ -125,9 +125,12 @@ class RunningServer:
         self.app = app
         self.workers = workers
         self.engine = None
+        self.native = None  # workers 1 with native_infer: server/native_infer.py's InProcessNativeInfer
         # The connection limits of `http` (a test's own, or the defaults) apply as `loopserve serve` applies them.
         http = msgspec.structs.replace(http or HttpConfig(), max_body_bytes=app.infer.max_body_bytes,
                                        graceful_shutdown_s=10)
+        if native_infer:
+            http = msgspec.structs.replace(http, native_infer=True)
         if workers > 1:
             from loopserve.server.supervisor import MultiProcessServer
 
@@ -142,12 +145,23 @@ class RunningServer:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
             where, sockets = {}, [sock]
+            if native_infer:  # the native server takes the port; uvicorn what it hands over
+                import tempfile
+
+                from loopserve.server.native_infer import InProcessNativeInfer
+
+                self.native = InProcessNativeInfer(app, sock, http)
+                self._workdir = tempfile.mkdtemp(prefix="loopserve-test-")
+                # as `loopserve serve` runs it: no `server` header (the native answers have none)
+                where, sockets = {"uds": f"{self._workdir}/handoff.sock", "server_header": False}, None
         self.url = f"127.0.0.1:{self.port}"
         self.base_url = f"http://{self.url}"
         # The engine's Unix socket (workers > 1) keeps uvicorn's defaults: only the front ends face clients.
         limits = uvicorn_settings(http) if workers == 1 else {"http": "httptools"}
         self.server = uvicorn.Server(uvicorn.Config(app, loop="uvloop", lifespan="on", log_config=None,
                                                     access_log=False, **limits, **where))
+        if self.native is not None:
+            self.native.serve_with(self.server)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": sockets}, daemon=True)
         self.thread.start()
         import time
@@ -156,6 +170,13 @@ class RunningServer:
         while not self.server.started:
             assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
             time.sleep(0.01)
+
+    @property
+    def native_http(self):
+        """The engine's native HTTP server (http.native_infer), or None."""
+        if self.engine is not None:
+            return self.engine.native_http
+        return self.native.http if self.native is not None else None
 
     def request(self, method, path, body=b"", headers=None):
         """(status, headers, body) of one plain HTTP request."""
@@ -174,16 +195,35 @@ class RunningServer:
         self.thread.join(timeout=60)
         if self.engine is not None:
             self.engine.cleanup()
+        if self.native is not None:
+            import shutil
+
+            shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-@pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
+class NativeWorkers(int):
+    """The `serve` fixture's third variant: workers 2 with http.native_infer (the engine answers
+    infer itself, csrc/http/). An int, so tests that compare the workers count still can."""
+
+    native = True
+
+
+# The test modules whose server tests also run with the native infer path (a third variant):
+# those of the infer route, its errors and limits, and of what it feeds (stats, feedback).
+NATIVE_VARIANT_MODULES = {"test_server", "test_server_errors", "test_hardening", "test_server_feedback",
+                          "test_error_status", "test_native_http"}
+
+
+@pytest.fixture(params=[1, 2, NativeWorkers(2)], ids=["workers1", "workers2", "workers2native"])
 def serve(request):
     """serve(app) starts a server; all are stopped after the test. Every test that uses it runs
-    twice: one process, and an engine with two HTTP front-end processes."""
+    twice: one process, and an engine with two HTTP front-end processes; in the modules of
+    NATIVE_VARIANT_MODULES a third time, with the engine's native infer path."""
     servers = []
 
     def start(app, http=None):
-        servers.append(RunningServer(app, workers=request.param, http=http))
+        servers.append(RunningServer(app, workers=int(request.param), http=http,
+                                     native_infer=getattr(request.param, "native", False)))
         return servers[-1]
 
     yield start
@@ -239,3 +279,19 @@ def drift_model_root(tmp_path_factory):
         "feedback: {threshold: null, window_labels: 100}\n"))
     build_profile(reference, outputs=outputs, output_names=["y0", "y1"]).save(model_dir / "1")
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    """The native variant of `serve` runs only in NATIVE_VARIANT_MODULES (time: the others do
+    not exercise the infer route's HTTP handling), or in every module with
+    LOOPSERVE_NATIVE_VARIANT=all in the environment."""
+    if os.environ.get("LOOPSERVE_NATIVE_VARIANT") == "all":
+        return
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        native = callspec is not None and getattr(callspec.params.get("serve"), "native", False)
+        (drop if native and item.module.__name__.rpartition(".")[2] not in NATIVE_VARIANT_MODULES else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

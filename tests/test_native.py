@@ -33,7 +33,7 @@ def test_batcher_stress_under_sanitizer(sanitizer):
         done = subprocess.run(step, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout + done.stderr
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1", ASAN_OPTIONS="detect_leaks=1:halt_on_error=1")
-    for program in ("batcher_stress", "sketch_test", "drift_stress", "ingress_stress"):
+    for program in ("batcher_stress", "sketch_test", "drift_stress", "ingress_stress", "http_stress"):
         run = subprocess.run([str(build / program)], capture_output=True, text=True, env=env, timeout=600)
         assert run.returncode == 0, program + ": " + run.stdout + run.stderr
         assert "WARNING: ThreadSanitizer" not in run.stderr and "ERROR: AddressSanitizer" not in run.stderr

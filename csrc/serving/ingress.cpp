@@ -2,7 +2,6 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
-#include <sys/random.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include <thread>
 
 #include "bytes_tensor.h"
+#include "serving/dispatch.h"
 #include "serving/feedback_tap.h"
 
 namespace loopserve {
@@ -30,45 +30,6 @@ constexpr auto kFullRingPatience = std::chrono::seconds(30);
 // busy front ends, and the window closes; a window that grows starts at kSpinStartUs.
 constexpr int kSpinFewMessages = 4;
 constexpr int64_t kSpinStartUs = 8;
-
-struct Refusal {
-  uint16_t status;
-  std::string message;
-};
-
-uint16_t http_status(Status s) {
-  switch (s) {
-    case Status::kOk: return 200;
-    case Status::kTimedOut: return 504;
-    case Status::kModelError: return 500;
-    case Status::kUnavailable: return 503;
-  }
-  return 500;
-}
-
-// 128 random bits as 32 hex digits: an id nobody can guess from another one. The kernel's
-// random bytes are taken 4 KiB at a time per thread: one system call per 256 ids.
-std::string random_id() {
-  thread_local unsigned char pool[4096];
-  thread_local size_t used = sizeof pool;
-  if (used + 16 > sizeof pool) {
-    size_t got = 0;
-    while (got < sizeof pool) {
-      ssize_t n = ::getrandom(pool + got, sizeof pool - got, 0);
-      if (n > 0) got += static_cast<size_t>(n);
-      else if (errno != EINTR) throw std::system_error(errno, std::generic_category(), "getrandom");
-    }
-    used = 0;
-  }
-  static const char* hex = "0123456789abcdef";
-  std::string out(32, '0');
-  for (size_t i = 0; i < 16; ++i) {
-    out[2 * i] = hex[pool[used + i] >> 4];
-    out[2 * i + 1] = hex[pool[used + i] & 15];
-  }
-  used += 16;
-  return out;
-}
 
 }  // namespace
 
@@ -228,70 +189,6 @@ std::string_view take_text(const std::byte* payload, size_t& at, size_t len) {
   std::string_view s(reinterpret_cast<const char*>(payload + at), len);
   at += len;
   return s;
-}
-
-// The request's inputs in the model's declared order, viewing the message.
-std::vector<InputView> input_views(const BatcherConfig& config, std::vector<ipc::TensorIn>& tensors, bool raw) {
-  const auto& specs = config.inputs;
-  std::vector<InputView> views(specs.size());
-  if (raw) {  // Triton's raw binary form: the body is the one input, rows by its size
-    if (specs.size() != 1)
-      throw InvalidInput("a raw binary request (Inference-Header-Content-Length: 0) needs a model with one input; model '" +
-                         config.model_name + "' has " + std::to_string(specs.size()));
-    const TensorSpec& spec = specs[0];
-    const size_t item = dtype_size(spec.dtype);
-    int64_t row_elems = 1;
-    for (int64_t d : spec.dims) row_elems = d < 0 ? -1 : row_elems * d;
-    if (item == 0 || row_elems < 0)
-      throw InvalidInput("a raw binary request needs a fixed-size input; input '" + spec.name + "' is " +
-                         std::string(dtype_name(spec.dtype)) + " with variable dims");
-    const size_t row_bytes = static_cast<size_t>(row_elems) * item;
-    const size_t nbytes = tensors[0].nbytes;
-    std::vector<int64_t> shape = spec.dims;
-    if (config.max_batch_size > 0) {
-      if (row_bytes == 0 || nbytes % row_bytes)
-        throw InvalidInput("raw binary body of " + std::to_string(nbytes) + " bytes is not a whole number of rows of input '" +
-                           spec.name + "' (" + std::to_string(row_bytes) + " bytes each)");
-      shape.insert(shape.begin(), static_cast<int64_t>(nbytes / row_bytes));
-    } else if (nbytes != row_bytes) {
-      throw InvalidInput("raw binary body of " + std::to_string(nbytes) + " bytes does not match input '" + spec.name +
-                         "' (" + std::to_string(row_bytes) + " bytes)");
-    }
-    views[0] = InputView(spec.dtype, tensors[0].data, std::move(shape));
-    views[0].nbytes = nbytes;
-    return views;
-  }
-  std::vector<bool> seen(specs.size(), false);
-  for (ipc::TensorIn& t : tensors) {
-    size_t i = 0;
-    while (i < specs.size() && specs[i].name != t.name) ++i;
-    if (i == specs.size()) {
-      std::string known;
-      for (const auto& s : specs) known += (known.empty() ? "'" : ", '") + s.name + "'";
-      throw InvalidInput("model '" + config.model_name + "' has no input '" + std::string(t.name) + "' (its inputs: " +
-                         known + ")");
-    }
-    if (t.dtype != specs[i].dtype)
-      throw InvalidInput("input '" + specs[i].name + "' has datatype " + std::string(dtype_name(t.dtype)) +
-                         ", but model '" + config.model_name + "' expects " + std::string(dtype_name(specs[i].dtype)));
-    views[i] = InputView(t.dtype, t.data, std::move(t.shape));
-    views[i].nbytes = t.nbytes;
-    seen[i] = true;
-  }
-  for (size_t i = 0; i < specs.size(); ++i)
-    if (!seen[i]) throw InvalidInput("model '" + config.model_name + "' needs input '" + specs[i].name + "'");
-  return views;
-}
-
-bool parse_version(std::string_view text, int64_t* out) {
-  if (text.empty() || text.size() > 18) return false;
-  int64_t v = 0;
-  for (char ch : text) {
-    if (ch < '0' || ch > '9') return false;
-    v = v * 10 + (ch - '0');
-  }
-  *out = v;
-  return true;
 }
 
 }  // namespace
@@ -479,34 +376,10 @@ void Ingress::handle(const RouteTable& table, const std::shared_ptr<IngressLink>
     } catch (const std::invalid_argument& e) {
       throw Refusal{400, e.what()};
     }
-    auto found = table.models.find(model);
-    if (found == table.models.end() || found->second->loaded.empty())
-      throw Refusal{404, "unknown model '" + std::string(model) + "'"};
-    const ModelRoute& route = *found->second;
-    const VersionRoute* chosen;
-    if (!version.empty()) {
-      int64_t v = 0;
-      chosen = parse_version(version, &v) ? route.find(v) : nullptr;
-      if (chosen == nullptr)
-        throw Refusal{404, "model '" + route.name + "' has no version '" + std::string(version) + "' loaded (loaded: " +
-                               route.loaded_list() + ")"};
-    } else {
-      chosen = route.choose(key);
-      if (chosen == nullptr) throw Refusal{404, "model '" + route.name + "' has no version taking traffic"};
-    }
-    std::shared_ptr<const VersionRoute> answering;
-    for (const auto& v : route.loaded)
-      if (v.get() == chosen) answering = v;
-    Batcher& batcher = *answering->batcher;
-    std::vector<InputView> views;
-    try {
-      views = input_views(batcher.config(), tensors, w.flags & ipc::kRawInput);
-    } catch (const InvalidInput& e) {
-      throw Refusal{400, e.what()};
-    }
-    std::vector<std::shared_ptr<const VersionRoute>> shadows;
-    for (const auto& s : route.shadows)
-      if (s.get() != chosen) shadows.push_back(s);
+    Routed routed = route_request(table, model, version, key, tensors, w.flags & ipc::kRawInput);
+    const std::shared_ptr<const VersionRoute>& answering = routed.answering;
+    std::vector<InputView>& views = routed.views;
+    const auto& shadows = routed.shadows;
     ipc::RingConsumer::add_holders(slot, static_cast<uint32_t>(shadows.size()));
     auto pending = std::make_unique<IngressLink::Pending>(IngressLink::Pending{
         link, slot, w.token, answering, std::string(id), std::string(group), true, {}});
@@ -517,27 +390,13 @@ void Ingress::handle(const RouteTable& table, const std::shared_ptr<IngressLink>
     // Shadows first: their copies view the same message, held until every copy completes.
     for (const auto& s : shadows) {
       auto copy = std::make_unique<IngressLink::Pending>(IngressLink::Pending{link, slot, 0, s, {}, {}, false, {}});
-      try {
-        auto r = s->batcher->submit(views, reinterpret_cast<uint64_t>(copy.get()), link, 0, -1, Batcher::Inline::kDeferred);
+      if (submit_shadow(s->batcher, views, reinterpret_cast<uint64_t>(copy.get()), link, deferred))
         copy.release();
-        if (r == Batcher::Submitted::kDeferred) deferred.push_back(s->batcher);
-      } catch (const std::exception&) {  // a shadow's refusal is its own, never the client's
+      else
         link->done_with(slot);
-      }
     }
-    Batcher::Submitted r;
-    try {
-      r = batcher.submit(std::move(views), reinterpret_cast<uint64_t>(pending.get()), link, w.priority, w.timeout_us,
-                         Batcher::Inline::kDeferred);
-    } catch (const InvalidInput& e) {
-      throw Refusal{400, e.what()};
-    } catch (const QueueFull& e) {
-      throw Refusal{429, e.what()};
-    } catch (const Unavailable& e) {
-      throw Refusal{503, e.what()};
-    } catch (const std::invalid_argument& e) {
-      throw Refusal{400, e.what()};
-    }
+    Batcher::Submitted r = submit_answering(*answering->batcher, std::move(views), reinterpret_cast<uint64_t>(pending.get()),
+                                            link, w.priority, w.timeout_us);
     pending.release();  // the completion owns it now
     if (r == Batcher::Submitted::kDeferred) deferred.push_back(answering->batcher);
   } catch (const Refusal& r) {

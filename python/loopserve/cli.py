@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides the config)")
     serve.add_argument("--workers", type=int, help="HTTP front-end processes (overrides the config's workers)")
+    serve.add_argument("--native-infer", action="store_true", default=None,
+                       help="the engine answers infer requests natively (sets http.native_infer)")
 
     for module_name in COMMAND_MODULES:
         try:
@@ -70,7 +72,8 @@ def _serve(args) -> int:
         config = load_server_config(args.config) if args.config else ServerConfig()
         http = config.http
         http = msgspec.structs.replace(http, host=args.host or http.host,
-                                       port=args.port if args.port is not None else http.port)
+                                       port=args.port if args.port is not None else http.port,
+                                       native_infer=bool(args.native_infer) or http.native_infer)
         config = msgspec.structs.replace(config, http=http,
                                          model_repository=args.model_repository or config.model_repository,
                                          workers=args.workers or config.workers)

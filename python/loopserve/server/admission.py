@@ -29,6 +29,12 @@ from loopserve.errors import RETRY_AFTER, LoopserveError
 from loopserve.server.http_errors import error_body
 
 
+def overload_message(budget_ms: float) -> str:
+    """What a refused request is told (the engine's native HTTP path says the same)."""
+    return (f"the server is overloaded: requests wait more than {budget_ms:g} ms before it can read them "
+            f"(http.overload_wait_ms); retry later")
+
+
 class Overloaded(LoopserveError):
     """This process's event loop runs later than http.overload_wait_ms behind its requests."""
 
@@ -52,8 +58,7 @@ class LoopLag:
         self.lag_s = 0.0  # how late the last tick ran
         self._loop: asyncio.AbstractEventLoop | None = None
         self._due = 0.0
-        message = (f"the server is overloaded: requests wait more than {budget_ms:g} ms before it can read them "
-                   f"(http.overload_wait_ms); retry later")
+        message = overload_message(budget_ms)
         self.answer = (429, [(b"content-type", b"application/json"), *RETRY_AFTER], error_body(message))
         self._message = message
 

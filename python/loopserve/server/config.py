@@ -51,6 +51,12 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     # poll ends when another thread wants its core. 0 (the default): never. Measured on a
     # shared 2-core box, polling cost more than it saved (DESIGN.md, "The hop to the engine").
     spin_us: Annotated[int, Meta(ge=0, le=10_000)] = 0
+    # The engine's native core owns the public port and answers the common infer request itself
+    # (numeric tensors, JSON or binary: csrc/http/), with no Python per request; every other
+    # request, and any connection that does not send a whole request quickly, is handed with what
+    # was read to a front end (at workers 1: to the process's own uvicorn), which serves it as
+    # always (DESIGN.md, "Native infer path"). Off by default while it is new.
+    native_infer: bool = False
 
     def channel_size(self) -> int:
         return self.channel_bytes or 2 * self.max_body_bytes + (1 << 20)

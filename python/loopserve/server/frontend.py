@@ -31,6 +31,7 @@ from loopserve.logs import configure_logging
 from loopserve.server import heap
 from loopserve.server.admission import LoopLag, Overloaded
 from loopserve.server.body import body_limit, read_body
+from loopserve.server.handoff import HandoffReceiver
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
 from loopserve.server.protocol import encode_response
@@ -327,6 +328,14 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_protocol(server):
+    """What uvicorn makes for each connection it accepts (uvicorn.Server.startup's factory):
+    handed-off connections are adopted with it."""
+    config = server.config
+    return functools.partial(config.http_protocol_class, config=config, server_state=server.server_state,
+                             app_state=server.lifespan.state)
+
+
 def _unix_listen(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
@@ -349,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--graceful-shutdown-s", type=float, required=True)
     p.add_argument("--http", required=True, help="the server's http config, JSON (its connection limits)")
     p.add_argument("--gil-switch-interval-us", type=int, required=True)
+    p.add_argument("--handoff-fd", type=int, help="http.native_infer: the engine's native server owns the port and "
+                                                  "hands this process connections on this Unix socket")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     configure_logging(args.log_level)
@@ -368,10 +379,21 @@ def main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         watcher = asyncio.ensure_future(watch_engine())
+        receiver = None
+        control = _unix_listen(args.control_uds)
+        sockets = [control] if args.handoff_fd is not None else [_listen(args.host, args.port), control]
+        serving = asyncio.ensure_future(server.serve(sockets=sockets))
         try:
-            await server.serve(sockets=[_listen(args.host, args.port), _unix_listen(args.control_uds)])
+            if args.handoff_fd is not None:
+                while not server.started and not serving.done():
+                    await asyncio.sleep(0.005)
+                if server.started:
+                    receiver = HandoffReceiver(asyncio.get_running_loop(), args.handoff_fd, uvicorn_protocol(server))
+            await serving
         finally:
             watcher.cancel()
+            if receiver is not None:
+                receiver.close()
 
     import gc
 

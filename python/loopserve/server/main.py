@@ -66,7 +66,7 @@ def serve(config: ServerConfig) -> int:
     heap.large_buffers_from_mmap()  # server/heap.py: large bodies' memory goes back to the system
     log.info("serving", extra={"host": config.http.host, "port": config.http.port, "workers": config.worker_count(),
                                "models": [f"{m.name}:{m.version}" for m in app.repository.models()]})
-    engine = None
+    engine = native = None
     if config.worker_count() > 1:
         # This process becomes the engine: the front ends take the public port, and the
         # engine's own routes (all but infer, which travels natively) answer on a Unix socket.
@@ -74,6 +74,22 @@ def serve(config: ServerConfig) -> int:
                                     http=config.http, gil_switch_interval_us=config.gil_switch_interval_us,
                                     log_level=config.log_level)
         where = {"uds": engine.engine_uds, "http": "httptools"}  # only our front ends connect to it
+    elif config.http.native_infer:
+        # The engine's native server takes the public port and hands what it does not answer
+        # to this process's uvicorn, which listens on nothing public (server/native_infer.py).
+        import os
+        import socket
+        import tempfile
+
+        from loopserve.server.native_infer import InProcessNativeInfer
+
+        family = socket.AF_INET6 if ":" in config.http.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((config.http.host, config.http.port))
+        native = InProcessNativeInfer(app, sock, config.http)
+        workdir = tempfile.mkdtemp(prefix="loopserve-")
+        where = {"uds": os.path.join(workdir, "handoff.sock"), **uvicorn_settings(config.http)}
     else:
         # The public port: the connection limits of the config (server/limits.py).
         where = {"host": config.http.host, "port": config.http.port, **uvicorn_settings(config.http)}
@@ -86,9 +102,15 @@ def serve(config: ServerConfig) -> int:
     # uvicorn re-raises SIGTERM after its graceful shutdown, to the handler that was there
     # before it; a graceful stop is a success, so that handler lets the process exit 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    if native is not None:
+        native.serve_with(server)
     try:
         server.run()
     finally:
         if engine is not None:
             engine.cleanup()
+        if native is not None:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -225,6 +225,32 @@ class HopPollCollector(Collector):
         yield window
 
 
+class NativeHttpCollector(Collector):
+    """With http.native_infer: what the engine's native HTTP path did (csrc/http/): connections
+    it accepted and handed to a front end, infer requests it answered itself."""
+
+    def __init__(self, native_http):
+        self.native_http = native_http
+
+    def collect(self) -> Iterable:
+        stats = self.native_http.stats()
+        connections = CounterMetricFamily("loopserve_native_http_connections",
+                                          "Connections the native HTTP path accepted, and those it handed to a "
+                                          "front end (other routes, requests it does not take, slow clients)",
+                                          labels=["outcome"])
+        connections.add_metric(["accepted"], stats["accepted"])
+        connections.add_metric(["handed_off"], stats["handed_off"])
+        connections.add_metric(["handoff_failed"], stats["handoff_failed"])
+        yield connections
+        served = CounterMetricFamily("loopserve_native_http_requests", "Infer requests the native HTTP path answered")
+        served.add_metric([], stats["served"])
+        yield served
+        open_now = GaugeMetricFamily("loopserve_native_http_open_connections",
+                                     "Connections the native HTTP path holds now")
+        open_now.add_metric([], stats["connections"])
+        yield open_now
+
+
 class ServerMetrics:
     """The registry /metrics exposes: native statistics plus the server's own latency."""
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 
@@ -26,7 +27,8 @@ import msgspec
 from loopserve.server.config import HttpConfig
 from loopserve.server.frontend import LATENCY_PATH
 from loopserve.server.latency import LatencyHistogram
-from loopserve.server.metrics import HopPollCollector
+from loopserve.server.metrics import HopPollCollector, NativeHttpCollector
+from loopserve.server.native_infer import start_native_http
 
 log = logging.getLogger("loopserve.supervisor")
 
@@ -48,8 +50,9 @@ class FrontendSupervisor:
     def __init__(self, *, workers: int, ingress, host: str, port: int, engine_uds: str, workdir: str,
                  max_body_bytes: int, channel_bytes: int, graceful_shutdown_s: float, http: HttpConfig,
                  gil_switch_interval_us: int, log_level: str, latency: dict[tuple[str, str], LatencyHistogram],
-                 overload_refused: dict[str, int]):
+                 overload_refused: dict[str, int], native_http=None):
         self.workers = workers
+        self.native_http = native_http  # http.native_infer: the engine's HttpServer, which hands connections over
         self.ingress = ingress
         self.host, self.port = host, port
         self.engine_uds = engine_uds
@@ -103,14 +106,22 @@ class FrontendSupervisor:
         self._spawned += 1
         control = os.path.join(self.workdir, f"frontend-{self._spawned}.sock")
         fds = (channel.memfd, channel.request_efd, channel.response_efd, read_end)
+        handoff_args: tuple[str, ...] = ()
+        theirs = None
+        if self.native_http is not None:  # connections come from the engine's native server, not the port
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.native_http.set_handoff(index, ours.detach())
+            handoff_args = ("--handoff-fd", str(theirs.fileno()))
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "loopserve.server.frontend",
-            "--fds", ",".join(map(str, fds)), "--engine-uds", self.engine_uds, "--control-uds", control,
+            "--fds", ",".join(map(str, fds)), *handoff_args, "--engine-uds", self.engine_uds, "--control-uds", control,
             "--host", self.host, "--port", str(self.port), "--max-body-bytes", str(self.max_body_bytes),
             "--graceful-shutdown-s", str(self.graceful_shutdown_s), "--http", msgspec.json.encode(self.http).decode(),
             "--gil-switch-interval-us", str(self.gil_switch_interval_us), "--log-level", self.log_level,
-            pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
+            pass_fds=fds if theirs is None else (*fds, theirs.fileno()), stdin=asyncio.subprocess.DEVNULL)
         os.close(read_end)
+        if theirs is not None:
+            theirs.close()
         import httpx
 
         client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=control), base_url="http://frontend",
@@ -187,6 +198,12 @@ class FrontendSupervisor:
                 base = totals.get(key)
                 totals[key] = (list(counts), total) if base is None else (
                     [a + b for a, b in zip(base[0], counts)], base[1] + total)
+        native = self.native_http.stats() if self.native_http is not None else None
+        if native is not None:  # requests the engine answered itself
+            for key, (counts, total) in native["latency"].items():
+                base = totals.get(key)
+                totals[key] = (list(counts), total) if base is None else (
+                    [a + b for a, b in zip(base[0], counts)], base[1] + total)
         for key, (counts, total) in totals.items():
             histogram = self.latency.get(key)
             if histogram is None:
@@ -194,6 +211,8 @@ class FrontendSupervisor:
             histogram.counts = list(counts)
             histogram.sum = total
         refused = dict(self._retired_refused)
+        for model, n in (native["overload_refused"].items() if native is not None else ()):
+            refused[model] = refused.get(model, 0) + n
         for f in self.frontends.values():
             for model, n in f.overload_refused.items():
                 refused[model] = refused.get(model, 0) + n
@@ -236,18 +255,27 @@ class MultiProcessServer:
         self._reservation.bind((host, port))
         self.port = self._reservation.getsockname()[1]
         self.native = NativeRoutes(app.repository, spin_us=http.spin_us)
+        self.native_http = None
+        if http.native_infer:
+            # The engine's native server owns the port (csrc/http/): it listens on the socket
+            # the port was reserved with; the front ends take what it hands them.
+            self.native_http = start_native_http(self.native.router, self._reservation, http)
         self.supervisor = FrontendSupervisor(
             workers=workers, ingress=self.native.ingress, host=host, port=self.port, engine_uds=self.engine_uds,
             workdir=self.workdir, max_body_bytes=http.max_body_bytes, channel_bytes=http.channel_size(),
             graceful_shutdown_s=http.graceful_shutdown_s, http=http, gil_switch_interval_us=gil_switch_interval_us,
             log_level=log_level, latency=app.metrics.latency_histograms,
-            overload_refused=app.metrics.overload_refused)
+            overload_refused=app.metrics.overload_refused, native_http=self.native_http)
         app.metrics.registry.register(HopPollCollector(self.native.ingress, self.supervisor.hop_polls))
+        if self.native_http is not None:
+            app.metrics.registry.register(NativeHttpCollector(self.native_http))
         app.on_startup.append(self.supervisor.start)
         app.before_metrics.append(self.supervisor.collect_latency)
         app.on_shutdown.append(self._stop)
 
     async def _stop(self) -> None:
+        if self.native_http is not None:  # no new connections; answers in flight still go out
+            await asyncio.to_thread(self.native_http.stop)
         await self.supervisor.stop()
         await asyncio.to_thread(self.native.close)
 

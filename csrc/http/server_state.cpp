@@ -1,0 +1,112 @@
+#include "http/server_state.h"
+
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <system_error>
+
+#include "http/connection.h"
+#include "http/response.h"
+#include "serving/dispatch.h"
+#include "serving/feedback_tap.h"
+
+namespace loopserve::http {
+
+using Clock = std::chrono::steady_clock;
+
+ServerState::ServerState(std::vector<double> latency_bounds) : bounds_(std::move(latency_bounds)) {
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
+}
+
+ServerState::~ServerState() { ::close(wake_fd_); }
+
+void ServerState::complete(Connection& conn, Completion& c) {
+  std::unique_ptr<Pending> p(reinterpret_cast<Pending*>(c.token));
+  if (!p->answers) return;
+  const VersionRoute& route = *p->route;
+  std::string body;
+  int64_t json_length = -1;
+  uint16_t status = 200;
+  if (c.status == Status::kOk) {
+    if (route.feedback) route.feedback->record(p->request->id, p->request->group, c, p->inputs);
+    const auto& specs = route.batcher->config().outputs;
+    std::vector<std::string_view> names;
+    names.reserve(specs.size());
+    for (const auto& s : specs) names.emplace_back(s.name);
+    if (!encode_answer(body, &json_length, p->model, route.version, p->request->id, c, names, p->chosen)) {
+      json_length = -1;
+      status = 500;
+      body = error_body("the model's answer could not be encoded");
+    }
+  } else {
+    status = http_status(c.status);
+    body = error_body(c.error ? *c.error : "");
+  }
+  std::string out;
+  out.reserve(body.size() + 160);
+  append_answer(out, status, p->keep_alive && !stopping.load(std::memory_order_relaxed), body, json_length);
+  // Counted before the write: a client that has its answer finds it counted.
+  served_.fetch_add(1, std::memory_order_relaxed);
+  if (status == 200) observe(p->model, route.version, std::chrono::duration<double>(Clock::now() - p->start).count());
+  conn.write_answer(out);
+  post_done(std::move(p->conn));
+}
+
+void ServerState::post_done(std::shared_ptr<Connection> conn) {
+  if (stopping.load()) {  // the loop is gone: the answer (with `connection: close`) was the last
+    ::shutdown(conn->fd(), SHUT_RDWR);
+    return;
+  }
+  bool wake = false;
+  {
+    std::lock_guard<std::mutex> lock(done_mu_);
+    done_.push_back(std::move(conn));
+    // The loop drains after running its own batches: only another thread wakes it.
+    if (!signalled_ && std::this_thread::get_id() != loop_thread_) wake = signalled_ = true;
+  }
+  if (wake) {
+    uint64_t one = 1;
+    ssize_t n = ::write(wake_fd_, &one, sizeof one);
+    (void)n;
+  }
+}
+
+std::vector<std::shared_ptr<Connection>> ServerState::take_done() {
+  std::vector<std::shared_ptr<Connection>> out;
+  std::lock_guard<std::mutex> lock(done_mu_);
+  out.swap(done_);
+  if (signalled_) {
+    uint64_t value;
+    ssize_t n = ::read(wake_fd_, &value, sizeof value);
+    (void)n;
+    signalled_ = false;
+  }
+  return out;
+}
+
+void ServerState::count_overload(const std::string& model) {
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  ++overload_[model];
+}
+
+void ServerState::observe(const std::string& model, int64_t version, double seconds) {
+  const size_t bucket = static_cast<size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), seconds) - bounds_.begin());
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  LatencyCounts& h = latency_[{model, version}];
+  if (h.counts.empty()) h.counts.assign(bounds_.size() + 1, 0);
+  ++h.counts[bucket];
+  h.sum += seconds;
+}
+
+void ServerState::fill(ServerStats& s) const {
+  s.served = served_.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  s.overload_refused = overload_;
+  s.latency = latency_;
+}
+
+}  // namespace loopserve::http

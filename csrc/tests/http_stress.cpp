@@ -1,0 +1,281 @@
+// The engine's native HTTP server under ThreadSanitizer and AddressSanitizer
+// (tests/test_native.py), with real loopback clients: four keep-alive clients send JSON infer
+// requests (some pipelined two at a time) and one binary tensors to an echo model, each answer
+// checked; one client sends other routes, which are handed over (SCM_RIGHTS) to a stand-in front end that
+// answers them; meanwhile the model's version is swapped again and again (publish, wait until
+// no snapshot names the old one, stop it), as a hot swap does. Exits non-zero on failure.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "batcher.h"
+#include "executor.h"
+#include "http/server.h"
+#include "serving/route_table.h"
+
+using namespace loopserve;
+
+namespace {
+
+std::shared_ptr<Batcher> echo_batcher() {
+  BatcherConfig c;
+  c.model_name = "echo";
+  c.inputs = {TensorSpec{"x", DType::kInt64, {2}}};
+  c.outputs = {TensorSpec{"x", DType::kInt64, {2}}};
+  c.max_batch_size = 16;
+  c.max_queue_delay_us = 100;
+  c.instances = 2;
+  return std::make_shared<Batcher>(c, std::make_shared<EchoExecutor>());
+}
+
+std::shared_ptr<const ModelRoute> route_to(std::shared_ptr<Batcher> batcher, int64_t version) {
+  auto v = std::make_shared<VersionRoute>();
+  v->version = version;
+  v->batcher = std::move(batcher);
+  auto r = std::make_shared<ModelRoute>();
+  r->name = "echo";
+  r->loaded = {v};
+  r->answering = {{1.0, v}};
+  return r;
+}
+
+const char kHandedAnswer[] = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhanded";
+
+// Reads one answer (head and Content-Length body) from `fd`, with `buffer` keeping what was
+// read past it. Returns the status, and the body in `body`; -1 when the connection closed.
+int read_answer(int fd, std::string& buffer, std::string& body) {
+  while (true) {
+    size_t head_end = buffer.find("\r\n\r\n");
+    if (head_end != std::string::npos) {
+      size_t cl = buffer.find("\r\ncontent-length: ");  // not inference-header-content-length
+      if (cl == std::string::npos || cl > head_end) return -1;
+      size_t length = std::stoul(buffer.substr(cl + 18));
+      if (buffer.size() >= head_end + 4 + length) {
+        int status = std::stoi(buffer.substr(9, 3));
+        body = buffer.substr(head_end + 4, length);
+        buffer.erase(0, head_end + 4 + length);
+        return status;
+      }
+    }
+    char chunk[4096];
+    ssize_t n = ::recv(fd, chunk, sizeof chunk, 0);
+    if (n <= 0) return -1;
+    buffer.append(chunk, static_cast<size_t>(n));
+  }
+}
+
+int connect_to(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+std::string infer_request(int64_t a, int64_t b) {
+  std::string body = "{\"id\":\"r" + std::to_string(a) + "\",\"inputs\":[{\"name\":\"x\",\"shape\":[1,2],\"datatype\":\"INT64\","
+                     "\"data\":[" + std::to_string(a) + "," + std::to_string(b) + "]}]}";
+  return "POST /v2/models/echo/infer HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+         body;
+}
+
+// The same with Triton's binary tensor extension, in and out: 16 bytes of input after the JSON.
+std::string binary_request(int64_t a, int64_t b) {
+  const std::string json = "{\"inputs\":[{\"name\":\"x\",\"shape\":[1,2],\"datatype\":\"INT64\","
+                           "\"parameters\":{\"binary_data_size\":16}}],\"parameters\":{\"binary_data_output\":true}}";
+  std::string body = json;
+  body.append(reinterpret_cast<const char*>(&a), 8);
+  body.append(reinterpret_cast<const char*>(&b), 8);
+  return "POST /v2/models/echo/infer HTTP/1.1\r\nHost: t\r\nInference-Header-Content-Length: " +
+         std::to_string(json.size()) + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+bool send_all(int fd, const std::string& bytes) {
+  size_t at = 0;
+  while (at < bytes.size()) {
+    ssize_t n = ::send(fd, bytes.data() + at, bytes.size() - at, MSG_NOSIGNAL);
+    if (n <= 0) return false;
+    at += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+// One keep-alive client: `count` requests, two at a time every third round (pipelined).
+void run_client(int port, int c, int count, std::atomic<int>& failures) {
+  int fd = connect_to(port);
+  if (fd < 0) {
+    ++failures;
+    return;
+  }
+  std::string buffer, body;
+  for (int i = 0; i < count;) {
+    const int batch = (i % 3 == 0 && i + 1 < count) ? 2 : 1;
+    std::string out;
+    for (int k = 0; k < batch; ++k) out += infer_request(int64_t{c} * 1000000 + i + k, -(i + k));
+    if (!send_all(fd, out)) {
+      ++failures;
+      break;
+    }
+    for (int k = 0; k < batch; ++k, ++i) {
+      const int status = read_answer(fd, buffer, body);
+      const std::string want = "\"data\":[" + std::to_string(int64_t{c} * 1000000 + i) + "," + std::to_string(-i) + "]";
+      const std::string want_id = "\"id\":\"r" + std::to_string(int64_t{c} * 1000000 + i) + "\"";
+      if (status != 200 || body.find(want) == std::string::npos || body.find(want_id) == std::string::npos) {
+        std::fprintf(stderr, "FAIL: client %d request %d: status %d body %s\n", c, i, status, body.c_str());
+        ++failures;
+        ::close(fd);
+        return;
+      }
+    }
+  }
+  ::close(fd);
+}
+
+// A client of binary tensors: `count` requests one after another; each answer's last 16
+// bytes must be its input's.
+void run_binary_client(int port, int count, std::atomic<int>& failures) {
+  int fd = connect_to(port);
+  std::string buffer, body;
+  for (int i = 0; fd >= 0 && i < count; ++i) {
+    const int64_t in[2] = {i, -7 * int64_t{i}};
+    if (!send_all(fd, binary_request(in[0], in[1])) || read_answer(fd, buffer, body) != 200 || body.size() < 16 ||
+        std::memcmp(body.data() + body.size() - 16, in, 16) != 0) {
+      std::fprintf(stderr, "FAIL: binary request %d: %s\n", i, body.c_str());
+      ++failures;
+      break;
+    }
+  }
+  if (fd < 0) ++failures;
+  else ::close(fd);
+}
+
+// A stand-in front end: takes each handed-off connection and answers it once.
+void run_front_end(int sock, std::atomic<int>& adopted) {
+  std::string frames;
+  std::vector<int> fds;
+  while (true) {
+    char data[65536];
+    iovec iov{data, sizeof data};
+    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 16)];
+    msghdr msg{};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    ssize_t n = ::recvmsg(sock, &msg, 0);
+    if (n <= 0) break;
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+      const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+      for (size_t i = 0; i < count; ++i) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+        fds.push_back(fd);
+      }
+    }
+    frames.append(data, static_cast<size_t>(n));
+    while (frames.size() >= 8 && !fds.empty()) {
+      uint32_t len = 0;
+      for (int i = 0; i < 4; ++i) len |= static_cast<uint32_t>(static_cast<unsigned char>(frames[4 + i])) << (8 * i);
+      if (frames.compare(0, 4, "LSH1") != 0 || frames.size() < 8 + len) break;
+      frames.erase(0, 8 + len);
+      send_all(fds.front(), kHandedAnswer);
+      ::close(fds.front());
+      fds.erase(fds.begin());
+      ++adopted;
+    }
+  }
+  for (int fd : fds) ::close(fd);
+}
+
+}  // namespace
+
+int main() {
+  constexpr int kClients = 4;
+  constexpr int kRequests = 1500;
+  constexpr int kHandoffs = 50;
+  constexpr int kBinaryRequests = 500;
+  std::atomic<int> failures{0}, adopted{0};
+  auto router = std::make_shared<Router>();
+  auto batcher = echo_batcher();
+  router->set_model(route_to(batcher, 1));
+
+  int listener = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (::bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(listener, 128) != 0 ||
+      ::getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    std::perror("listen");
+    return 1;
+  }
+  const int port = ntohs(addr.sin_port);
+  int pair[2];
+  ::socketpair(AF_UNIX, SOCK_STREAM, 0, pair);
+
+  http::ServerOptions options;
+  options.latency_bounds = {0.001, 0.01, 0.1};
+  options.overload_message = "overloaded";
+  auto server = std::make_unique<http::HttpServer>(router, listener, options);
+  server->set_handoff(0, pair[0]);
+  std::thread front_end([&] { run_front_end(pair[1], adopted); });
+
+  std::atomic<bool> done{false};
+  std::thread swapper([&] {  // hot swaps while the clients send
+    int64_t version = 1;
+    while (!done.load()) {
+      auto next = echo_batcher();
+      router->set_model(route_to(next, ++version));
+      router->wait_quiescent();
+      batcher->stop();
+      batcher = next;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c) clients.emplace_back([&, c] { run_client(port, c, kRequests, failures); });
+  clients.emplace_back([&] { run_binary_client(port, kBinaryRequests, failures); });
+  clients.emplace_back([&] {  // other routes: handed over, answered by the stand-in front end
+    for (int i = 0; i < kHandoffs; ++i) {
+      int fd = connect_to(port);
+      std::string buffer, body;
+      if (fd < 0 || !send_all(fd, "GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n") ||
+          read_answer(fd, buffer, body) != 200 || body != "handed") {
+        std::fprintf(stderr, "FAIL: handoff %d\n", i);
+        ++failures;
+      }
+      if (fd >= 0) ::close(fd);
+    }
+  });
+  for (auto& t : clients) t.join();
+  done.store(true);
+  swapper.join();
+  const http::ServerStats s = server->stats();
+  server.reset();  // stops; closes the handoff socket, which ends the stand-in front end
+  front_end.join();
+  ::close(pair[1]);
+  batcher->stop();
+  if (s.served != uint64_t{kClients} * kRequests + kBinaryRequests || adopted.load() != kHandoffs) {
+    std::fprintf(stderr, "FAIL: served %llu, handed off %d\n", static_cast<unsigned long long>(s.served), adopted.load());
+    ++failures;
+  }
+  if (failures.load() != 0) return 1;
+  std::printf("ok\n");
+  return 0;
+}
