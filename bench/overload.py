@@ -2,8 +2,9 @@
 
 For each loopserve server (workers 1, 2 by default; the tiny MLP, wrk with JSON bodies; a name
 ending in "-off" is that server with its admission off, http.overload_wait_ms at 10^6, the peer
-that shows what the refusals change; "-N" sets http.overload_wait_ms to N; "loopserve-w2-native"
-is workers 2 with http.native_infer, the engine answering infer itself, csrc/http/):
+that shows what the refusals change; "-N" sets http.overload_wait_ms to N; at workers 2 the engine
+answers infer itself by default, csrc/http/, and "loopserve-w2-python" is workers 2 without it, the
+front ends' Python infer route; "-native" forces the native path on):
   1. the saturating concurrency: wrk at c = 2, 4, 8, ... 128; the smallest c whose req/s is
      within 10% of the sweep's best;
   2. then, in alternating rounds, wrk at that c and at 8 times it, counting answers by status.
@@ -115,9 +116,10 @@ def main() -> int:
         for name in args.servers.split(","):
             workers, _, variant = name[len("loopserve-w"):].partition("-")
             cmd = harness.DEFAULT_LOOPSERVE_CMD
-            if variant.startswith("native"):  # loopserve-w2-native[-off|-N]: http.native_infer
-                cmd += " --native-infer"
-                variant = variant[len("native"):].lstrip("-")
+            for path, flag in (("native", " --native-infer"), ("python", " --no-native-infer")):
+                if variant.startswith(path):  # loopserve-w2-native|python[-off|-N]: http.native_infer on|off
+                    cmd += flag
+                    variant = variant[len(path):].lstrip("-")
             if variant:
                 config = work / f"admission-{variant}.yaml"
                 config.write_text(f"http:\n  overload_wait_ms: {1000000 if variant == 'off' else float(variant)}\n")

@@ -12,7 +12,8 @@ processes, from /proc).
 loopserve-wN-spinU is loopserve at workers N with http.spin_us U (the hop between front end and
 engine polls up to U µs before sleeping; off by default), to measure the polling side by side;
 loopserve-wN-native is loopserve at workers N with http.native_infer (the engine answers infer
-itself, csrc/http/).
+itself, csrc/http/: the default at N > 1), loopserve-wN-python the same without it (the front
+ends' Python infer route).
 
     .venv/bin/python bench/serving_rounds.py [--servers triton,echo,loopserve-w1,loopserve-w2,loopserve-w2-spin100]
                                              [--concurrency 64] [--rounds 5] [--seconds 3]
@@ -62,6 +63,8 @@ def main() -> int:
                     cmd += f" --config {config}"
                 elif variant == "native":  # loopserve-w2-native: http.native_infer (csrc/http/)
                     cmd += " --native-infer"
+                elif variant == "python":  # loopserve-w2-python: the front ends' infer route (no native path)
+                    cmd += " --no-native-infer"
                 elif variant:
                     raise SystemExit(f"unknown server {name!r}")
                 s = harness.loopserve_server(log_dir, work, cmd, int(workers))

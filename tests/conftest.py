@@ -112,7 +112,7 @@ class RunningServer:
     workers > 1: this process is the engine (its routes on a Unix socket, in the thread), and
     `workers` front-end processes share the port, as `loopserve serve --workers N` runs them."""
 
-    def __init__(self, app, workers: int = 1, http=None, native_infer: bool = False):
+    def __init__(self, app, workers: int = 1, http=None, native_infer: bool | None = None):
         import socket
         import threading
 
@@ -129,8 +129,9 @@ class RunningServer:
         # The connection limits of `http` (a test's own, or the defaults) apply as `loopserve serve` applies them.
         http = msgspec.structs.replace(http or HttpConfig(), max_body_bytes=app.infer.max_body_bytes,
                                        graceful_shutdown_s=10)
-        if native_infer:
-            http = msgspec.structs.replace(http, native_infer=True)
+        if native_infer is not None:
+            http = msgspec.structs.replace(http, native_infer=native_infer)
+        native_infer = http.native_for(workers)
         if workers > 1:
             from loopserve.server.supervisor import MultiProcessServer
 
@@ -201,29 +202,31 @@ class RunningServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
 
 
-class NativeWorkers(int):
-    """The `serve` fixture's third variant: workers 2 with http.native_infer (the engine answers
-    infer itself, csrc/http/). An int, so tests that compare the workers count still can."""
+class PythonPathWorkers(int):
+    """The `serve` fixture's third variant: workers 2 with http.native_infer off, so the front
+    ends' own infer route serves every request (workers 2 takes the engine's native infer path by
+    default, csrc/http/). An int, so tests that compare the workers count still can."""
 
-    native = True
-
-
-# The test modules whose server tests also run with the native infer path (a third variant):
-# those of the infer route, its errors and limits, and of what it feeds (stats, feedback).
-NATIVE_VARIANT_MODULES = {"test_server", "test_server_errors", "test_hardening", "test_server_feedback",
-                          "test_error_status", "test_native_http"}
+    native = False
 
 
-@pytest.fixture(params=[1, 2, NativeWorkers(2)], ids=["workers1", "workers2", "workers2native"])
+# The test modules whose server tests also run with the front ends' Python infer path (a third
+# variant): those of the infer route, its errors and limits, and of what it feeds (stats, feedback).
+PYTHON_PATH_VARIANT_MODULES = {"test_server", "test_server_errors", "test_hardening", "test_server_feedback",
+                               "test_error_status", "test_native_http"}
+
+
+@pytest.fixture(params=[1, 2, PythonPathWorkers(2)], ids=["workers1", "workers2", "workers2python"])
 def serve(request):
     """serve(app) starts a server; all are stopped after the test. Every test that uses it runs
-    twice: one process, and an engine with two HTTP front-end processes; in the modules of
-    NATIVE_VARIANT_MODULES a third time, with the engine's native infer path."""
+    twice: one process, and an engine with two HTTP front-end processes (infer answered by the
+    engine's native path, the default); in the modules of PYTHON_PATH_VARIANT_MODULES a third
+    time, with the front ends' Python infer path."""
     servers = []
 
     def start(app, http=None):
         servers.append(RunningServer(app, workers=int(request.param), http=http,
-                                     native_infer=getattr(request.param, "native", False)))
+                                     native_infer=getattr(request.param, "native", None)))
         return servers[-1]
 
     yield start
@@ -282,16 +285,17 @@ def drift_model_root(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The native variant of `serve` runs only in NATIVE_VARIANT_MODULES (time: the others do
-    not exercise the infer route's HTTP handling), or in every module with
-    LOOPSERVE_NATIVE_VARIANT=all in the environment."""
-    if os.environ.get("LOOPSERVE_NATIVE_VARIANT") == "all":
+    """The Python-path variant of `serve` runs only in PYTHON_PATH_VARIANT_MODULES (time: the
+    others do not exercise the infer route's HTTP handling), or in every module with
+    LOOPSERVE_PYTHON_PATH_VARIANT=all in the environment."""
+    if os.environ.get("LOOPSERVE_PYTHON_PATH_VARIANT") == "all":
         return
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        native = callspec is not None and getattr(callspec.params.get("serve"), "native", False)
-        (drop if native and item.module.__name__.rpartition(".")[2] not in NATIVE_VARIANT_MODULES else keep).append(item)
+        python_path = callspec is not None and getattr(callspec.params.get("serve"), "native", None) is False
+        (drop if python_path and item.module.__name__.rpartition(".")[2] not in PYTHON_PATH_VARIANT_MODULES
+         else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="address to listen on (overrides the config)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides the config)")
     serve.add_argument("--workers", type=int, help="HTTP front-end processes (overrides the config's workers)")
-    serve.add_argument("--native-infer", action="store_true", default=None,
-                       help="the engine answers infer requests natively (sets http.native_infer)")
+    serve.add_argument("--native-infer", action=argparse.BooleanOptionalAction, default=None,
+                       help="the engine answers infer requests natively, or not (sets http.native_infer; "
+                            "unset: on with more than one worker)")
 
     for module_name in COMMAND_MODULES:
         try:
@@ -73,7 +74,8 @@ def _serve(args) -> int:
         http = config.http
         http = msgspec.structs.replace(http, host=args.host or http.host,
                                        port=args.port if args.port is not None else http.port,
-                                       native_infer=bool(args.native_infer) or http.native_infer)
+                                       native_infer=http.native_infer if args.native_infer is None
+                                       else args.native_infer)
         config = msgspec.structs.replace(config, http=http,
                                          model_repository=args.model_repository or config.model_repository,
                                          workers=args.workers or config.workers)

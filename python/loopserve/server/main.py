@@ -74,7 +74,7 @@ def serve(config: ServerConfig) -> int:
                                     http=config.http, gil_switch_interval_us=config.gil_switch_interval_us,
                                     log_level=config.log_level)
         where = {"uds": engine.engine_uds, "http": "httptools"}  # only our front ends connect to it
-    elif config.http.native_infer:
+    elif config.http.native_for(1):
         # The engine's native server takes the public port and hands what it does not answer
         # to this process's uvicorn, which listens on nothing public (server/native_infer.py).
         import os

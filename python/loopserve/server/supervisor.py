@@ -256,7 +256,7 @@ class MultiProcessServer:
         self.port = self._reservation.getsockname()[1]
         self.native = NativeRoutes(app.repository, spin_us=http.spin_us)
         self.native_http = None
-        if http.native_infer:
+        if http.native_for(workers):
             # The engine's native server owns the port (csrc/http/): it listens on the socket
             # the port was reserved with; the front ends take what it hands them.
             self.native_http = start_native_http(self.native.router, self._reservation, http)
