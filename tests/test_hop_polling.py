@@ -35,8 +35,9 @@ def serve(tmp_path: Path, port: int, spin_us: int | None = None):
     write_model(repo, "slow", SLOW_ADD_ONE, "max_batch_size: 8\n" + INT_IO)
     config = tmp_path / "server.yaml"
     config.write_text(f"model_repository: {repo}\n" + (f"http:\n  spin_us: {spin_us}\n" if spin_us is not None else ""))
+    # The hop polled is the front ends' to the engine: the Python infer path (the native one has no hop).
     proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--config", str(config),
-                             "--port", str(port), "--workers", "2"],
+                             "--port", str(port), "--workers", "2", "--no-native-infer"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_ready(port, proc)
     until(lambda: len(children(proc.pid)) == 2, what="the front ends")

@@ -29,13 +29,14 @@ MIN_CONNECTIONS = 8
 BUDGET_MS = 50
 
 
-def serve(tmp_path, workers: int):
+def serve(tmp_path, workers: int, native_infer: bool | None = None):
     repo = write_model(tmp_path / "models", "add", ADD_ONE, "max_batch_size: 64\n" + INT_IO)
     config = tmp_path / "server.yaml"
     port = free_port()
     # keep_alive_s: the clients' connections stay open across the stall, however slow the box.
     config.write_text(f"model_repository: {repo}\nworkers: {workers}\nhttp:\n  port: {port}\n  keep_alive_s: 600\n"
-                      f"  overload_wait_ms: {BUDGET_MS}\n  overload_min_connections: {MIN_CONNECTIONS}\n")
+                      f"  overload_wait_ms: {BUDGET_MS}\n  overload_min_connections: {MIN_CONNECTIONS}\n"
+                      + ("" if native_infer is None else f"  native_infer: {str(native_infer).lower()}\n"))
     proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_ready(port, proc, timeout=120)
@@ -106,14 +107,18 @@ def stalled_round(port: int, public: list[int], path: str) -> tuple[list[tuple],
     return answers, before
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_requests_that_waited_past_the_budget_are_refused_429_on_both_routes(tmp_path, workers):
-    proc, port = serve(tmp_path, workers)
+@pytest.mark.parametrize("workers,native_infer", [(1, None), (2, False), (2, True)],
+                         ids=["workers1", "workers2python", "workers2native"])
+def test_requests_that_waited_past_the_budget_are_refused_429_on_both_routes(tmp_path, workers, native_infer):
+    proc, port = serve(tmp_path, workers, native_infer)
     try:
-        public = sorted(children(proc.pid)) if workers > 1 else [proc.pid]
+        # Who holds the port: the one process, the front ends, or the engine's native loop.
+        public = sorted(children(proc.pid)) if workers > 1 and not native_infer else [proc.pid]
         refused = 0
-        # The fast path, then the ASGI route (a %-escaped model name: "%61dd" is "add").
-        for path in ("/v2/models/add/infer", "/v2/models/%61dd/infer"):
+        # The fast path, then the ASGI route (a %-escaped model name: "%61dd" is "add"); the
+        # native loop answers the first and hands the second to a front end, not stalled here.
+        paths = ("/v2/models/add/infer",) if native_infer else ("/v2/models/add/infer", "/v2/models/%61dd/infer")
+        for path in paths:
             answers, refused_before = stalled_round(port, public, path)
             ok = [a for a in answers if a[0] == 200]
             no = [a for a in answers if a[0] != 200]

@@ -97,9 +97,15 @@ void HttpServer::run() {
   epoll_event events[256];
   auto last_scan = Clock::now();
   bool work_left = false;  // deferred batches or answered connections the last turn did not get to
+  // Asleep at most half the overload budget (50 ms at most), so that a wait that returns later
+  // than that, past the budget, says requests may have waited that long in their sockets.
+  const int sleep_ms = static_cast<int>(std::clamp(options_.overload_wait_ms / 2, 1.0, 50.0));
   while (!stopping_.load(std::memory_order_relaxed)) {
-    const int n = ::epoll_wait(epoll_fd_, events, 256, work_left ? 0 : 50);
+    const auto asleep = Clock::now();
+    const int timeout_ms = work_left ? 0 : sleep_ms;
+    const int n = ::epoll_wait(epoll_fd_, events, 256, timeout_ms);
     turn_start_ = Clock::now();
+    overslept_s_ = std::max(seconds_since(asleep, turn_start_) - timeout_ms / 1e3, 0.0);
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
       if (key == kListenerKey) {
@@ -274,7 +280,7 @@ HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, co
   if (raw && head.content_length == 0) return Served::kDeclined;
   // Overload (server/admission.py): refused from the head, its body never decoded.
   if (connections_.load(std::memory_order_relaxed) >= options_.overload_min_connections &&
-      std::max(lag_s_, seconds_since(turn_start_, Clock::now())) * 1e3 > options_.overload_wait_ms) {
+      std::max({lag_s_, overslept_s_, seconds_since(turn_start_, Clock::now())}) * 1e3 > options_.overload_wait_ms) {
     state_->count_overload(std::string(model));
     answer_now(*conn, 429, error_body(options_.overload_message), keep_alive);
     return Served::kAnswered;

@@ -97,6 +97,9 @@ class HttpServer {
   std::vector<std::shared_ptr<Batcher>> deferred_;
   std::chrono::steady_clock::time_point turn_start_;
   double lag_s_ = 0;  // how long the last turn took: what a request arriving at its start waited
+  // How much later than its timeout this turn's wait returned (the process was stopped, or off
+  // its core): what a request arriving while it slept may have waited, as admission.py's timer.
+  double overslept_s_ = 0;
   std::thread thread_;
 };
 
