@@ -105,7 +105,11 @@ void HttpServer::run() {
     const int timeout_ms = work_left ? 0 : sleep_ms;
     const int n = ::epoll_wait(epoll_fd_, events, 256, timeout_ms);
     turn_start_ = Clock::now();
-    overslept_s_ = std::max(seconds_since(asleep, turn_start_) - timeout_ms / 1e3, 0.0);
+    // A wait that returned late with nothing read (EINTR after a SIGCONT, or its timeout) leaves
+    // what arrived meanwhile for the next turn: the lateness stays until a turn reads events.
+    late_pending_s_ = std::max(late_pending_s_, seconds_since(asleep, turn_start_) - timeout_ms / 1e3);
+    overslept_s_ = late_pending_s_;
+    if (n > 0) late_pending_s_ = 0;
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
       if (key == kListenerKey) {

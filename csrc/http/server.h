@@ -100,6 +100,7 @@ class HttpServer {
   // How much later than its timeout this turn's wait returned (the process was stopped, or off
   // its core): what a request arriving while it slept may have waited, as admission.py's timer.
   double overslept_s_ = 0;
+  double late_pending_s_ = 0;  // lateness of waits that read nothing yet
   std::thread thread_;
 };
 
