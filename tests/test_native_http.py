@@ -6,8 +6,9 @@ clients handed to Python's timers while others are served.
 The Python path of the same server is reached with HTTP/1.0, which the native path leaves to
 the front ends: so both paths answer the very same request, side by side.
 
-(Every test of test_server*.py, test_hardening.py and test_error_status.py also runs with the
-native path on: the `serve` fixture's workers2native variant, tests/conftest.py.)
+(Every server test runs with the native path on at workers 2, its default there: the `serve`
+fixture's workers2 variant, tests/conftest.py; the infer route's modules also run a workers2python
+variant with it off.)
 """
 
 from __future__ import annotations
