@@ -150,7 +150,11 @@ Batcher::Submitted Batcher::submit(std::vector<InputView> inputs, uint64_t token
   r.inputs = std::move(inputs);
   r.rows = rows;
   r.enqueued = Clock::now();
-  r.deadline = timeout_us > 0 ? r.enqueued + std::chrono::microseconds(timeout_us) : Clock::time_point::max();
+  // A timeout past what the clock can hold (a client may send up to 2^63 - 1 µs) is no deadline:
+  // the sum would overflow the clock's nanoseconds into the past.
+  const auto room = std::chrono::duration_cast<std::chrono::microseconds>(Clock::time_point::max() - r.enqueued);
+  r.deadline = timeout_us > 0 && timeout_us < room.count() ? r.enqueued + std::chrono::microseconds(timeout_us)
+                                                           : Clock::time_point::max();
   Submitted result = Submitted::kQueued;
   bool notify = false;
   std::vector<Request> expired;

@@ -221,3 +221,62 @@ def test_a_start_that_times_out_names_each_front_end_and_its_state(mlp_repositor
     assert message.startswith("front ends not ready after 0 s: "), message
     for index in (0, 1):
         assert f"{index}: pid " in message and "returncode None" in message, message
+
+
+def test_pipelined_requests_left_in_the_socket_and_a_huge_timeout_are_served(tmp_path):
+    """Two defects a review found in the native path (the default at workers 2): requests that
+    stayed in the socket while the read buffer was full were never read once the buffer emptied
+    on a request boundary (edge-triggered epoll fires no more); and parameters.timeout of
+    2**63 - 1 µs overflowed the batcher's deadline into the past (504 at once, both paths)."""
+    repo = write_model(tmp_path / "models", "slow", """
+        import time
+        def infer(inputs):
+            time.sleep(0.5)
+            return {"y": inputs["x"] + 1}
+    """, "max_batch_size: 8\n" + INT_IO)
+    port = free_port()
+    proc = serve(repo, port)
+    try:
+        size, cap = 1024, (1 << 20) + (16 << 10)  # the native read buffer's cap, in 1 KiB requests
+        head = b"POST /v2/models/nope/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n"
+        body = b'{"inputs":[{"name":"x","shape":[1,1],"datatype":"INT32","data":[1]}]}'
+        length = size - len(head % (size - len(head % size)))
+        one = (head % length) + body + b" " * (length - len(body))
+        assert len(one) == size
+        slow = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [1]}]})
+        sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+        got = bytearray()
+
+        def read():
+            try:
+                while data := sock.recv(1 << 20):
+                    got.extend(data)
+            except OSError:  # closed under it once every answer is in
+                pass
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        sock.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(slow) + slow)
+        time.sleep(0.1)  # in flight for 0.5 s: what follows is read up to the cap, the rest waits
+        sock.sendall(one * (cap // size))
+        time.sleep(0.1)
+        sock.sendall(one * 10)
+        expected = 1 + cap // size + 10
+        until(lambda: got.count(b"HTTP/1.1 ") >= expected, timeout_s=60, what=f"{expected} answers")
+        sock.close()
+
+        results = {}
+        busy = threading.Thread(target=lambda: results.setdefault("busy", infer(port, "slow", 1)))
+        busy.start()
+        time.sleep(0.1)  # the next one queues behind it, its deadline checked while it waits
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn.request("POST", "/v2/models/slow/infer", body=msgspec.json.encode(
+            {"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [5]}],
+             "parameters": {"timeout": 2**63 - 1}}))
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        assert msgspec.json.decode(r.read())["outputs"][0]["data"] == [6]
+        busy.join(timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)

@@ -234,6 +234,12 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
     const char* data = conn->in.data() + conn->consumed;
     const size_t size = conn->in.size() - conn->consumed;
     if (size == 0) {
+      // The buffer emptied on a request boundary while bytes stayed in the socket (it was full
+      // when last read): edge-triggered epoll says nothing more about them, so read them now.
+      if (conn->read_capped) {
+        read_from(*conn);
+        if (conn->in.size() > conn->consumed) continue;
+      }
       if (conn->peer_closed) close(conn);
       return;
     }
