@@ -22,32 +22,14 @@
 #include "executor.h"
 #include "http/server.h"
 #include "serving/route_table.h"
+#include "tests/echo_route.h"
 
 using namespace loopserve;
 
 namespace {
 
-std::shared_ptr<Batcher> echo_batcher() {
-  BatcherConfig c;
-  c.model_name = "echo";
-  c.inputs = {TensorSpec{"x", DType::kInt64, {2}}};
-  c.outputs = {TensorSpec{"x", DType::kInt64, {2}}};
-  c.max_batch_size = 16;
-  c.max_queue_delay_us = 100;
-  c.instances = 2;
-  return std::make_shared<Batcher>(c, std::make_shared<EchoExecutor>());
-}
-
-std::shared_ptr<const ModelRoute> route_to(std::shared_ptr<Batcher> batcher, int64_t version) {
-  auto v = std::make_shared<VersionRoute>();
-  v->version = version;
-  v->batcher = std::move(batcher);
-  auto r = std::make_shared<ModelRoute>();
-  r->name = "echo";
-  r->loaded = {v};
-  r->answering = {{1.0, v}};
-  return r;
-}
+using stress::echo_batcher;
+using stress::route_to;
 
 const char kHandedAnswer[] = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhanded";
 

@@ -19,32 +19,14 @@
 #include "ipc/channel.h"
 #include "serving/ingress.h"
 #include "serving/route_table.h"
+#include "tests/echo_route.h"
 
 using namespace loopserve;
 
 namespace {
 
-std::shared_ptr<Batcher> echo_batcher() {
-  BatcherConfig c;
-  c.model_name = "echo";
-  c.inputs = {TensorSpec{"x", DType::kInt64, {2}}};
-  c.outputs = {TensorSpec{"x", DType::kInt64, {2}}};
-  c.max_batch_size = 16;
-  c.max_queue_delay_us = 100;
-  c.instances = 2;
-  return std::make_shared<Batcher>(c, std::make_shared<EchoExecutor>());
-}
-
-std::shared_ptr<const ModelRoute> route_to(std::shared_ptr<Batcher> batcher, int64_t version) {
-  auto v = std::make_shared<VersionRoute>();
-  v->version = version;
-  v->batcher = std::move(batcher);
-  auto r = std::make_shared<ModelRoute>();
-  r->name = "echo";
-  r->loaded = {v};
-  r->answering = {{1.0, v}};
-  return r;
-}
+using stress::echo_batcher;
+using stress::route_to;
 
 }  // namespace
 
