@@ -125,10 +125,36 @@ class VersionTrack:
             with owner.lock:
                 self.rec.add(request_id, owner.store.clock() if at is None else at, y, inputs, group)
         except Exception as e:  # a shape the config did not declare: stop recording, say so once
-            self.failed = True
-            owner.not_recorded[str(self.version)] = f"recording failed: {e}"
-            log.error("feedback recording failed", extra={"model": owner.name, "version": self.version,
-                                                          "error": str(e)})
+            self._fail(e)
+
+    def record_block(self, ids: list[str], groups: list, times: list[float], y: np.ndarray, y_rows: np.ndarray,
+                     inputs: dict, input_rows: dict) -> None:
+        """Records many predictions at once (the engine's feedback tap: `record` for each in
+        turn, where request k's tensors are its y_rows[k] rows of `y` and input_rows[name][k] of
+        each input). Never raises."""
+        if self.failed:
+            return
+        groups = [g if g is None or type(g) in _SCALARS else str(g) for g in groups]
+        owner = self.owner
+        try:
+            if self.layout.batched and all(np.array_equal(rows, y_rows) for rows in input_rows.values()):
+                with owner.lock:
+                    self.rec.add_many(ids, times, y_rows, y, inputs, groups)
+                return
+            # Unbatched (each request's tensors are whole) or inputs not row for row with y: one by one.
+            y_parts = np.split(y, np.cumsum(y_rows)[:-1])
+            x_parts = {name: np.split(a, np.cumsum(input_rows[name])[:-1]) for name, a in inputs.items()}
+            with owner.lock:
+                for k, request_id in enumerate(ids):
+                    self.rec.add(request_id, times[k], y_parts[k], {n: p[k] for n, p in x_parts.items()}, groups[k])
+        except Exception as e:  # a shape the config did not declare: stop recording, say so once
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        self.failed = True
+        self.owner.not_recorded[str(self.version)] = f"recording failed: {e}"
+        log.error("feedback recording failed", extra={"model": self.owner.name, "version": self.version,
+                                                      "error": str(e)})
 
 
 class ModelFeedback:
