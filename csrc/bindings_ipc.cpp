@@ -197,6 +197,17 @@ py::array tap_column(const FeedbackTap::Column& c) {
   return copy_tensor(c.dtype, c.shape, reinterpret_cast<const std::byte*>(c.data.data()), c.data.size());
 }
 
+// [text[ends[i-1], ends[i])]: the strings a feedback block stores end to end.
+py::list split_text(const std::string& text, const std::vector<size_t>& ends) {
+  py::list out;
+  size_t begin = 0;
+  for (size_t end : ends) {
+    out.append(py::str(text.data() + begin, end - begin));
+    begin = end;
+  }
+  return out;
+}
+
 template <class T>
 py::array_t<T> numpy_of(const std::vector<T>& v) {
   py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
@@ -245,8 +256,8 @@ void bind_ipc(py::module_& m) {
                  x.append(tap_column(c));
                  x_rows.append(numpy_of(c.rows));
                }
-               out.append(py::make_tuple(py::cast(b.ids), py::cast(b.groups), numpy_of(b.times), tap_column(b.y),
-                                         numpy_of(b.y.rows), x, x_rows));
+               out.append(py::make_tuple(split_text(b.ids, b.id_ends), split_text(b.groups, b.group_ends),
+                                         numpy_of(b.times), tap_column(b.y), numpy_of(b.y.rows), x, x_rows));
              }
              return out;
            },
