@@ -72,6 +72,8 @@ class HttpServer {
   enum class Served { kSubmitted, kAnswered, kDeclined };
 
   void run();
+  // Runs the batches this turn deferred so far (quick models), on the loop thread.
+  void run_deferred();
   void accept_all();
   void read_from(Connection& conn);
   void advance(const std::shared_ptr<Connection>& conn);
