@@ -106,8 +106,8 @@ class VersionTrack:
         self.layout = layout
         self.output = layout.output
         self.rule = PredictionRule(layout.y_width, config.threshold, list(config.classes))
-        self.rec = PredictionRecord(config.record_size, config.horizon_s, layout.y_width, list(layout.x_layout),
-                                    layout.batched)
+        self.rec = PredictionRecord(record_rows(config, layout), config.horizon_s, layout.y_width,
+                                    list(layout.x_layout), layout.batched)
         self.failed = False
 
     def record(self, request_id: str, inputs: dict, outputs: dict, params: dict | None,
@@ -441,6 +441,13 @@ class FeedbackStore:
             with mf.lock:
                 out += [(name, version, status, n) for (version, status), n in sorted(mf.counts.items())]
         return out
+
+
+def record_rows(config, layout: Layout) -> int:
+    """Rows the version's record holds: `record_size`, or fewer when that many rows of its
+    predictions and kept inputs would take more than `record_max_bytes`."""
+    row_bytes = 4 * (layout.y_width + sum(width for _, _, width in layout.x_layout))
+    return max(1, min(config.record_size, config.record_max_bytes // row_bytes))
 
 
 def _layout(model, config) -> Layout | str:
