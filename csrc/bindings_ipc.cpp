@@ -240,8 +240,8 @@ void bind_ipc(py::module_& m) {
       .def_property_readonly("response_efd", [](const ChannelHandle& h) { return h.region->response_efd(); });
 
   py::class_<FeedbackTap, std::shared_ptr<FeedbackTap>>(m, "FeedbackTap")
-      .def(py::init<size_t, std::vector<size_t>, size_t>(), py::arg("output"), py::arg("inputs"),
-           py::arg("capacity") = 65536)
+      .def(py::init<size_t, std::vector<size_t>, size_t, size_t>(), py::arg("output"), py::arg("inputs"),
+           py::arg("capacity") = 65536, py::arg("max_bytes") = size_t{64} << 20)
       .def("drain_blocks",
            [](FeedbackTap& tap) {
              std::vector<FeedbackTap::Block> blocks;

@@ -10,8 +10,8 @@
 // loop allocating the next ones (the tail at 64 clients, DESIGN.md).
 //
 // Thread-safety: record() and drain_blocks() from any thread, under one mutex (a record holds
-// it for a few small copies). A bounded queue: when the Python side falls behind, predictions
-// are dropped and counted, never waited for.
+// it for a few small copies). A bounded queue, in requests and in bytes: when the Python side
+// falls behind, predictions are dropped and counted, never waited for.
 #pragma once
 
 #include <algorithm>
@@ -49,9 +49,10 @@ class FeedbackTap {
     size_t size() const { return times.size(); }
   };
 
-  // output: index of the recorded output; inputs: indices of the recorded inputs.
-  FeedbackTap(size_t output, std::vector<size_t> inputs, size_t capacity)
-      : output_(output), inputs_(std::move(inputs)), capacity_(capacity) {}
+  // output: index of the recorded output; inputs: indices of the recorded inputs; at most
+  // `capacity` requests and `max_bytes` of their tensors held until drained.
+  FeedbackTap(size_t output, std::vector<size_t> inputs, size_t capacity, size_t max_bytes)
+      : output_(output), inputs_(std::move(inputs)), capacity_(capacity), max_bytes_(max_bytes) {}
 
   void record(const std::string& id, const std::string& group, const Completion& c,
               const std::vector<InputView>& inputs) {
@@ -70,8 +71,10 @@ class FeedbackTap {
       y_bytes = static_cast<size_t>(c.rows) * row;
       y_rows = c.rows;
     }
+    size_t bytes = y_bytes;
+    for (size_t i : inputs_) bytes += input_bytes(inputs[i]);
     std::lock_guard<std::mutex> lock(mu_);
-    if (held_ >= capacity_) {
+    if (held_ >= capacity_ || held_bytes_ + bytes > max_bytes_) {
       ++dropped_;
       return;
     }
@@ -85,10 +88,10 @@ class FeedbackTap {
     append(b.y, y, y_bytes, y_rows);
     for (size_t k = 0; k < inputs_.size(); ++k) {
       const InputView& v = inputs[inputs_[k]];
-      const size_t n = v.nbytes ? v.nbytes : static_cast<size_t>(element_count(v.shape)) * dtype_size(v.dtype);
-      append(b.x[k], v.data, n, v.shape.empty() ? 1 : v.shape[0]);
+      append(b.x[k], v.data, input_bytes(v), v.shape.empty() ? 1 : v.shape[0]);
     }
     ++held_;
+    held_bytes_ += bytes;
   }
 
   // Every block recorded since the last drain, oldest first.
@@ -96,7 +99,7 @@ class FeedbackTap {
     std::vector<Block> out;
     std::lock_guard<std::mutex> lock(mu_);
     out.swap(blocks_);
-    held_ = 0;
+    held_ = held_bytes_ = 0;
     return out;
   }
 
@@ -106,6 +109,9 @@ class FeedbackTap {
   }
 
  private:
+  static size_t input_bytes(const InputView& v) {
+    return v.nbytes ? v.nbytes : static_cast<size_t>(element_count(v.shape)) * dtype_size(v.dtype);
+  }
   static bool same_tail(const Column& c, DType dtype, const std::vector<int64_t>& shape) {
     if (c.dtype != dtype) return false;
     if (shape.empty()) return c.shape.size() == 1;
@@ -140,9 +146,11 @@ class FeedbackTap {
   const size_t output_;
   const std::vector<size_t> inputs_;
   const size_t capacity_;
+  const size_t max_bytes_;
   mutable std::mutex mu_;
   std::vector<Block> blocks_;
-  size_t held_ = 0;  // requests in blocks_
+  size_t held_ = 0;        // requests in blocks_
+  size_t held_bytes_ = 0;  // and their tensors' bytes
   uint64_t dropped_ = 0;
 };
 

@@ -130,7 +130,7 @@ int main() {
   std::atomic<int> failures{0};
   auto router = std::make_shared<Router>();
   auto batcher = echo_batcher();
-  auto tap = std::make_shared<FeedbackTap>(0, std::vector<size_t>{0}, size_t{1} << 20);
+  auto tap = std::make_shared<FeedbackTap>(0, std::vector<size_t>{0}, size_t{1} << 20, size_t{1} << 30);
   router->set_model(route_to(batcher, 1, tap));
   Ingress ingress(router, 50);  // polling on: busy front ends must close its window
 

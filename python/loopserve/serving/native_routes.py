@@ -81,6 +81,7 @@ class NativeRoutes:
         outputs = [t.name for t in model.outputs]
         inputs = [t.name for t in model.inputs]
         x_names = [name for name, _offset, _width in track.layout.x_layout]
+        # Between two drains (20 ms) a tap holds at most 65,536 requests and 64 MiB of tensors.
         tap = _core.FeedbackTap(outputs.index(track.output), [inputs.index(n) for n in x_names])
         with self._taps_lock:
             self._taps[model] = (tap, track, x_names)
