@@ -13,7 +13,8 @@ loopserve-wN-spinU is loopserve at workers N with http.spin_us U (the hop betwee
 engine polls up to U µs before sleeping; off by default), to measure the polling side by side;
 loopserve-wN-native is loopserve at workers N with http.native_infer (the engine answers infer
 itself, csrc/http/: the default at N > 1), loopserve-wN-python the same without it (the front
-ends' Python infer route).
+ends' Python infer route), loopserve-wN-nofeedback with the model's feedback record off (what
+recording every prediction costs).
 
     .venv/bin/python bench/serving_rounds.py [--servers triton,echo,loopserve-w1,loopserve-w2,loopserve-w2-spin100]
                                              [--concurrency 64] [--rounds 5] [--seconds 3]
@@ -22,6 +23,7 @@ ends' Python infer route).
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
 import sys
 import tempfile
@@ -29,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serving as harness  # noqa: E402
+from loopserve import zoo  # noqa: E402
 
 ASGI_MODEL = "ml%70"  # the model's name with a %-escape: the same route, through ASGI
 
@@ -65,6 +68,11 @@ def main() -> int:
                     cmd += " --native-infer"
                 elif variant == "python":  # loopserve-w2-python: the front ends' infer route (no native path)
                     cmd += " --no-native-infer"
+                elif variant == "nofeedback":  # loopserve-w2-nofeedback: the model records no predictions
+                    repo = work / "loopserve-models-nofeedback"
+                    zoo.write_model_dir(repo, harness.MODEL, zoo.tiny_mlp(), fmt="onnx", max_batch_size=64,
+                                        max_queue_delay_us=500, extra_config="threads: 1\nfeedback: {enabled: false}\n")
+                    cmd = cmd.replace("{repo}", shlex.quote(str(repo)))
                 elif variant:
                     raise SystemExit(f"unknown server {name!r}")
                 s = harness.loopserve_server(log_dir, work, cmd, int(workers))
