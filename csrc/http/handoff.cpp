@@ -166,7 +166,6 @@ void Handoff::take_work() {
     Target& t = targets_[key];
     t.index = index;
     t.fd = fd;
-    t.progress = Clock::now();
   }
   for (Frame& f : frames) {
     queued_bytes_ += f.size();
@@ -190,13 +189,13 @@ void Handoff::on_event(uint64_t key, uint32_t events) {
 void Handoff::observe(Target& target, Clock::time_point now) {
   int unread = 0;
   if (::ioctl(target.fd, SIOCOUTQ, &unread) != 0) return;
-  if (unread == 0 || unread < target.unread) target.progress = now;
+  if (unread < target.unread) target.last_read = now;
   target.unread = unread;
 }
 
 Handoff::Target* Handoff::choose(Clock::time_point now) {
   // In turn, the first that has read everything sent to it; else the one that read most
-  // recently, unless it has not for kStalledAfter (then the connection waits here).
+  // recently, unless that was kStalledAfter ago or more (then the connection waits here).
   std::vector<Target*> order;
   for (auto& [key, t] : targets_)
     if (t.writable && !t.has_partial) order.push_back(&t);
@@ -207,7 +206,7 @@ Handoff::Target* Handoff::choose(Clock::time_point now) {
   for (Target* t : order) {
     observe(*t, now);
     if (t->unread == 0) return t;
-    if (now - t->progress < kStalledAfter && (best == nullptr || t->progress > best->progress)) best = t;
+    if (now - t->last_read < kStalledAfter && (best == nullptr || t->last_read > best->last_read)) best = t;
   }
   return best;
 }

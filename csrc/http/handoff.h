@@ -9,9 +9,10 @@
 //
 // A thread of its own sends, on non-blocking sockets, so that no front end can hold up the
 // others (or the server's loop): a connection goes to a front end that has read everything
-// sent to it (in turn), else to the one that read most recently, never to one that has left
-// bytes unread for `kStalledAfter` (stopped, or its loop busy) while another reads. When none
-// can take it now, it waits here, in one queue any front end takes from as soon as it can
+// sent to it (in turn), else to the one that read most recently, but never to one with bytes
+// unread that has read nothing for `kStalledAfter` (stopped, its loop busy, or just not seen
+// reading yet): a front end that stops holds at most what it was sent while it looked well.
+// When none can take it now, it waits here, in one queue any front end takes from as soon as it can
 // (bounded: past `kMaxQueued` connections or `kMaxQueuedBytes`, or after `kMaxQueueWait`, the
 // client is answered 503 and the connection closed, counted as failed). A front end whose
 // socket fails is dropped; the one set in its place (same index) takes its turn.
@@ -72,7 +73,7 @@ class Handoff {
     bool has_partial = false;
     Frame partial;  // a frame begun on this socket: only its rest may follow
     int unread = 0;  // bytes the front end has not read (SIOCOUTQ), as last seen
-    Clock::time_point progress;  // when it last read, or was sent to with nothing unread
+    Clock::time_point last_read;  // when it was last seen reading (fewer bytes unread)
   };
   enum class Sent { kWhole, kPart, kFull, kFailed };
 
