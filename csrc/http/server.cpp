@@ -419,10 +419,13 @@ void HttpServer::scan_timers() {
   const auto now = Clock::now();
   const auto send_cutoff = now - std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(options_.send_timeout_s));
-  std::vector<std::shared_ptr<Connection>> late, idle, stuck;
+  std::vector<std::shared_ptr<Connection>> late, idle, stuck, flushed;
   for (auto& [seq, conn] : conns_) {
-    if (conn->output_stalled_since(send_cutoff)) {  // the client takes nothing of its answer
-      stuck.push_back(conn);
+    if (conn->output_pending()) {
+      // TCP says writable (EPOLLOUT) only once half its queue is free: a client reading slowly
+      // through a small window frees less for a long time. What it took is made room for here.
+      if (conn->flush()) flushed.push_back(conn);
+      else if (conn->output_stalled_since(send_cutoff)) stuck.push_back(conn);  // it takes nothing
       continue;
     }
     if (conn->in_flight || conn->output_pending()) continue;
@@ -441,6 +444,7 @@ void HttpServer::scan_timers() {
   for (auto& conn : idle) close(conn);
   for (auto& conn : stuck) close(conn);
   send_timeouts_.fetch_add(stuck.size(), std::memory_order_relaxed);
+  for (auto& conn : flushed) advance(conn);  // its answer has gone: the next request, or the close
 }
 
 }  // namespace loopserve::http
