@@ -1,6 +1,9 @@
 """`loopserve serve --workers N` as processes: one engine, N front ends, and what happens when
 one of them stops: SIGTERM drains every front end; a front end killed is replaced while the
-others lose nothing; an engine killed leaves no front end answering anything but 503."""
+others lose nothing; one stopped (SIGSTOP) holds up no connection the native path hands over;
+an engine killed leaves no front end answering anything but 503. And the native path's slow
+readers: an answer still going out at SIGTERM goes out whole (within graceful_shutdown_s), and
+one the client takes nothing of for send_timeout_s closes its connection."""
 
 import http.client
 import os
@@ -11,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import msgspec
@@ -44,8 +48,9 @@ def until(condition, timeout_s: float = 60.0, what: str = "condition"):
         time.sleep(0.02)
 
 
-def serve(repo: Path, port: int, workers: int = 2, native_infer: bool | None = None):
+def serve(repo: Path, port: int, workers: int = 2, native_infer: bool | None = None, config: Path | None = None):
     flag = [] if native_infer is None else ["--native-infer" if native_infer else "--no-native-infer"]
+    flag += [] if config is None else ["--config", str(config)]
     proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--model-repository", str(repo),
                              "--port", str(port), "--workers", str(workers), *flag],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -280,3 +285,137 @@ def test_pipelined_requests_left_in_the_socket_and_a_huge_timeout_are_served(tmp
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
+
+
+def ready(port: int) -> int:
+    """GET /v2/health/ready: a route the native path hands to a front end."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request("GET", "/v2/health/ready")
+        return c.getresponse().status
+    finally:
+        c.close()
+
+
+def test_a_stopped_front_end_holds_up_no_handoff(tmp_path):
+    """One front end stopped (SIGSTOP), then the other: the one running answers every handed-off
+    connection but the one the stopped one may have been given before it was seen not to read
+    (it had read all it was sent), and that one is answered once it runs again."""
+    repo = write_model(tmp_path / "models", "add", ADD_ONE, "max_batch_size: 8\n" + INT_IO)
+    port = free_port()
+    proc = serve(repo, port)  # native infer: the default at workers 2
+    try:
+        for stopped in sorted(children(proc.pid)):  # the first, then the second once the first runs again
+            answers = []
+            callers = [threading.Thread(target=lambda: answers.append(ready(port))) for _ in range(24)]
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                for t in callers:
+                    t.start()
+                until(lambda: len(answers) >= 23, what="the handed-off requests answered by the running front end")
+                assert answers.count(200) == len(answers), answers
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            for t in callers:
+                t.join(timeout=60)
+            assert answers == [200] * 24
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+
+# 16 MiB answers: more than the kernel's socket buffers hold, so most waits in the server.
+WIDE = 4 << 20
+WIDE_MODEL = (f"""
+    import numpy as np
+    def infer(inputs):
+        return {{"y": np.repeat(inputs["x"], {WIDE}, axis=1)}}
+""", f"max_batch_size: 4\nfeedback: {{enabled: false}}\ninputs: [{{name: x, datatype: INT32, dims: [1]}}]\n"
+     f"outputs: [{{name: y, datatype: INT32, dims: [{WIDE}]}}]\n")
+
+
+def wide_repository(tmp_path: Path) -> Path:
+    write_model(tmp_path / "models", "add", ADD_ONE, "max_batch_size: 8\n" + INT_IO)
+    return write_model(tmp_path / "models", "wide", *WIDE_MODEL)
+
+
+def slow_reader(port: int, value: int) -> socket.socket:
+    """Asks for a 16 MiB answer (binary) on a connection with a small receive buffer, reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    sock.connect(("127.0.0.1", port))
+    body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [value]}],
+                                "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
+    sock.sendall(b"POST /v2/models/wide/infer HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+    sock.settimeout(60)
+    assert sock.recv(1, socket.MSG_PEEK)  # its answer has begun
+    return sock
+
+
+def read_all(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(head, body) of the one answer on `sock`, read until the server closes it."""
+    got = bytearray()
+    try:
+        while data := sock.recv(1 << 20):
+            got += data
+    except ConnectionResetError:
+        pass
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    return head, body
+
+
+def test_at_sigterm_an_answer_to_a_slow_reader_goes_out_whole_within_the_drain(tmp_path):
+    config = tmp_path / "server.yaml"
+    config.write_text("http: {graceful_shutdown_s: 3, send_timeout_s: 600}\n")
+    port = free_port()
+    proc = serve(wide_repository(tmp_path), port, config=config)
+    try:
+        slow, never = slow_reader(port, 5), slow_reader(port, 6)
+        proc.send_signal(signal.SIGTERM)
+
+        def refused():  # the native loop drains: it has closed its listener
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=5).close()
+                return False
+            except ConnectionRefusedError:
+                return True
+
+        until(refused, what="the native loop to stop accepting")
+        head, body = read_all(slow)  # read only now, while the server stops
+        assert head.startswith(b"HTTP/1.1 200 "), head  # answered before the stop: no `connection: close`
+        length = int(dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:])[b"content-length"])
+        assert len(body) == length and body.endswith((5).to_bytes(4, "little") * 1024), (len(body), length)
+        # The drain ends at graceful_shutdown_s (3 s), not at send_timeout_s (600): the
+        # client that never reads has its answer cut there, and the server exits.
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        head, body = read_all(never)
+        assert len(body) < WIDE * 4, len(body)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_a_client_that_never_reads_is_closed_after_send_timeout_s(tmp_path):
+    config = tmp_path / "server.yaml"
+    config.write_text("http: {send_timeout_s: 1}\n")
+    port = free_port()
+    proc = serve(wide_repository(tmp_path), port, config=config)
+    try:
+        never = slow_reader(port, 7)
+
+        def timeouts():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
+                text = r.read().decode()
+            return float(text.split('loopserve_native_http_connections_total{outcome="send_timeout"} ')[1].split()[0])
+
+        until(lambda: timeouts() >= 1, what="the connection closed and counted")
+        head, body = read_all(never)  # what the kernel held, then the close
+        assert head.startswith(b"HTTP/1.1 200 ") and len(body) < WIDE * 4
+        assert infer(port, "add", 1)[0] == 200  # everyone else is served
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
