@@ -19,7 +19,8 @@ void bind_http(py::module_& m) {
       .def(py::init([](std::shared_ptr<Router> router, int listen_fd, size_t max_body_bytes, size_t native_body_bytes,
                        size_t max_head_bytes, size_t max_connections, double keep_alive_s, double stall_s,
                        double overload_wait_ms, size_t overload_min_connections, std::string overload_message,
-                       std::vector<double> latency_bounds, double send_timeout_s, double drain_s) {
+                       std::vector<double> latency_bounds, double send_timeout_s, double drain_s,
+                       double handoff_wait_s) {
              ServerOptions o;
              o.max_body_bytes = max_body_bytes;
              o.native_body_bytes = native_body_bytes;
@@ -33,12 +34,14 @@ void bind_http(py::module_& m) {
              o.latency_bounds = std::move(latency_bounds);
              o.send_timeout_s = send_timeout_s;
              o.drain_s = drain_s;
+             o.handoff_wait_s = handoff_wait_s;
              return std::make_unique<HttpServer>(std::move(router), listen_fd, std::move(o));
            }),
            py::arg("router"), py::arg("listen_fd"), py::arg("max_body_bytes"), py::arg("native_body_bytes"),
            py::arg("max_head_bytes"), py::arg("max_connections"), py::arg("keep_alive_s"), py::arg("stall_s"),
            py::arg("overload_wait_ms"), py::arg("overload_min_connections"), py::arg("overload_message"),
            py::arg("latency_bounds"), py::arg("send_timeout_s") = 30.0, py::arg("drain_s") = 30.0,
+           py::arg("handoff_wait_s") = 10.0,
            "Serves infer on listen_fd (a bound, listening TCP socket, taken) from a thread of its own.")
       .def("set_handoff", &HttpServer::set_handoff, py::arg("index"), py::arg("fd"),
            "front end `index` takes handed-off connections on this Unix socket (taken)")

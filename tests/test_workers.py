@@ -325,6 +325,50 @@ def test_a_stopped_front_end_holds_up_no_handoff(tmp_path):
     assert proc.returncode == 0, err
 
 
+def test_connections_no_front_end_takes_are_answered_503_past_the_bound_and_the_wait(tmp_path):
+    """Both front ends stopped: each holds the one connection it was given while it looked well;
+    the engine keeps max_connections (4) more waiting and answers the newest past that 503 at
+    once, then those that waited header_timeout_s; all counted as handoff_failed."""
+    config = tmp_path / "server.yaml"
+    config.write_text("http: {header_timeout_s: 3, max_connections: 4}\n")
+    port = free_port()
+    proc = serve(write_model(tmp_path / "models", "add", ADD_ONE, "max_batch_size: 8\n" + INT_IO), port, config=config)
+    front_ends = sorted(children(proc.pid))
+    answers, lock = [], threading.Lock()
+
+    def call():
+        status = ready(port)
+        with lock:
+            answers.append(status)
+
+    callers = [threading.Thread(target=call) for _ in range(8)]
+    try:
+        try:
+            for pid in front_ends:
+                os.kill(pid, signal.SIGSTOP)
+            for t in callers:
+                t.start()
+            until(lambda: len(answers) >= 2, what="the connections past the bound answered")
+            with lock:
+                at_once, waiting = list(answers), 8 - len(answers)
+            assert at_once == [503] * len(at_once) and waiting >= 4, (at_once, waiting)  # 4 still wait
+            until(lambda: len(answers) >= 6, what="the waiting connections answered")
+            assert answers.count(503) >= 6, answers
+        finally:
+            for pid in front_ends:
+                os.kill(pid, signal.SIGCONT)
+        for t in callers:
+            t.join(timeout=60)
+        refused = answers.count(503)
+        assert sorted(answers) == [200] * (8 - refused) + [503] * refused, answers
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=60) as r:
+            assert f'connections_total{{outcome="handoff_failed"}} {refused}.0' in r.read().decode()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+
 # 16 MiB answers: more than the kernel's socket buffers hold, so most waits in the server.
 WIDE = 4 << 20
 WIDE_MODEL = (f"""

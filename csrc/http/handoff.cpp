@@ -28,7 +28,9 @@ constexpr int kRecheckMs = 10;
 
 }  // namespace
 
-Handoff::Handoff() {
+Handoff::Handoff(size_t max_queued, double max_wait_s)
+    : max_queued_(max_queued),
+      max_wait_(std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(max_wait_s))) {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (epoll_fd_ < 0 || wake_fd_ < 0) throw std::system_error(errno, std::generic_category(), "handoff epoll");
@@ -312,12 +314,12 @@ void Handoff::drop(uint64_t key) {
 
 void Handoff::expire(Clock::time_point now) {
   // Past the wait or the bounds: the newest are refused first, the oldest once they waited too long.
-  while (!queue_.empty() && now - queue_.front().queued > kMaxQueueWait) {
+  while (!queue_.empty() && now - queue_.front().queued > max_wait_) {
     refuse(queue_.front(), "no front end took the connection in time; retry the request");
     queued_bytes_ -= queue_.front().size();
     queue_.pop_front();
   }
-  while (!queue_.empty() && (queue_.size() > kMaxQueued || queued_bytes_ > kMaxQueuedBytes)) {
+  while (!queue_.empty() && (queue_.size() > max_queued_ || queued_bytes_ > kMaxQueuedBytes)) {
     refuse(queue_.back(), "the server's front ends are not taking connections now; retry later");
     queued_bytes_ -= queue_.back().size();
     queue_.pop_back();

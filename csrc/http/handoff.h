@@ -13,7 +13,7 @@
 // unread that has read nothing for `kStalledAfter` (stopped, its loop busy, or just not seen
 // reading yet): a front end that stops holds at most what it was sent while it looked well.
 // When none can take it now, it waits here, in one queue any front end takes from as soon as it can
-// (bounded: past `kMaxQueued` connections or `kMaxQueuedBytes`, or after `kMaxQueueWait`, the
+// (bounded: past `max_queued` connections or `kMaxQueuedBytes`, or after `max_wait_s`, the
 // client is answered 503 and the connection closed, counted as failed). A front end whose
 // socket fails is dropped; the one set in its place (same index) takes its turn.
 //
@@ -38,12 +38,10 @@ class Handoff {
  public:
   using Clock = std::chrono::steady_clock;
 
-  static constexpr size_t kMaxQueued = 1024;
   static constexpr size_t kMaxQueuedBytes = size_t{64} << 20;
-  static constexpr auto kMaxQueueWait = std::chrono::seconds(10);
   static constexpr auto kStalledAfter = std::chrono::milliseconds(50);
 
-  Handoff();
+  Handoff(size_t max_queued, double max_wait_s);
   ~Handoff();
   Handoff(const Handoff&) = delete;
   Handoff& operator=(const Handoff&) = delete;
@@ -102,6 +100,8 @@ class Handoff {
   std::map<uint64_t, Target> targets_;  // by epoll key (a serial: a reused descriptor is a new key)
   uint64_t next_key_ = 1;  // 0 is the wake-up
   int next_index_ = 0;  // whose turn it is
+  const size_t max_queued_;
+  const Clock::duration max_wait_;
   std::deque<Frame> queue_;
   size_t queued_bytes_ = 0;
 

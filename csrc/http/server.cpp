@@ -44,6 +44,7 @@ HttpServer::HttpServer(std::shared_ptr<Router> router, int listen_fd, ServerOpti
     : router_(std::move(router)),
       options_(std::move(options)),
       state_(std::make_shared<ServerState>(options_.latency_bounds)),
+      handoff_(options_.max_connections, options_.handoff_wait_s),
       listen_fd_(listen_fd) {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) throw std::system_error(errno, std::generic_category(), "epoll_create1");

@@ -48,11 +48,13 @@ struct ServerOptions {
   size_t max_body_bytes = 64 << 20;     // http.max_body_bytes: larger ones go to Python (413)
   size_t native_body_bytes = 1 << 20;   // larger bodies go to Python (it decodes them off its loop)
   size_t max_head_bytes = 16 << 10;     // a larger head goes to Python (its limit answers it)
-  size_t max_connections = 2048;        // past it, new connections go to Python (its limit answers)
+  size_t max_connections = 2048;        // past it, new connections go to Python (its limit answers);
+                                        // and at most this many wait for a front end to take them
   double keep_alive_s = 5.0;            // an idle connection closes (a fresh one goes to Python)
   double stall_s = 0.2;                 // a request not whole within this goes to Python
   double send_timeout_s = 30.0;         // an answer the client takes nothing of this long: closed
   double drain_s = 30.0;                // on stop, how long answers may take to go out
+  double handoff_wait_s = 10.0;         // a connection no front end took this long: answered 503
   double overload_wait_ms = 50.0;
   size_t overload_min_connections = 64;
   std::string overload_message;         // server/admission.py's, word for word
