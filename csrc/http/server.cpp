@@ -181,11 +181,19 @@ void HttpServer::begin_drain() {
   ::close(listen_fd_);  // new connections are refused from now on
   listen_fd_ = -1;
   // Nothing more is read: a connection with nothing due closes now, one with an answer due
-  // once it has gone (the answer says `connection: close`).
+  // once it has gone (the answer says `connection: close`). A request still arriving has not
+  // started: refused at once, as the Python path refuses it (server/limits.py).
   std::vector<std::shared_ptr<Connection>> idle;
   for (auto& [seq, conn] : conns_) {
     conn->keep_alive = false;
-    if (!conn->in_flight && !conn->output_pending()) idle.push_back(conn);
+    if (conn->in_flight || conn->output_pending()) continue;
+    if (conn->consumed < conn->in.size()) {
+      std::string out;
+      append_answer(out, 503, false, error_body("the server is shutting down; retry the request"));
+      conn->write_answer(out);
+      if (conn->output_pending()) continue;
+    }
+    idle.push_back(conn);
   }
   for (auto& conn : idle) close(conn);
 }
@@ -429,7 +437,7 @@ void HttpServer::scan_timers() {
       else if (conn->output_stalled_since(send_cutoff)) stuck.push_back(conn);  // it takes nothing
       continue;
     }
-    if (conn->in_flight || conn->output_pending()) continue;
+    if (conn->in_flight) continue;
     const double waited = seconds_since(conn->since, now);
     if (conn->consumed < conn->in.size() || conn->fresh) {
       // No whole request yet: slow, silent or hostile. Python's head and body timers take it.

@@ -291,6 +291,7 @@ int main() {
   options.overload_message = "overloaded";
   options.send_timeout_s = 1.0;
   options.drain_s = 60.0;
+  options.stall_s = 30.0;  // a request half sent stays here (the drain refuses it) rather than go to a front end
   std::shared_ptr<Batcher> wide;
   router->set_model(wide_route(wide));
   int stalled_pair[2];
@@ -369,10 +370,15 @@ int main() {
   }
   ::close(never);
 
-  // Stopping while a large answer waits for a slow reader: the whole answer still arrives.
+  // Stopping while a large answer waits for a slow reader: the whole answer still arrives;
+  // a request still arriving is refused (503).
   int late = slow_reader(port);
   std::string buffer, body;
   if (late < 0 || !send_all(late, wide_request(42)) || !readable_within(late, 30000)) ++failures;
+  const std::string whole = infer_request(1, 2);
+  int partial = connect_to(port);
+  if (partial < 0 || !send_all(partial, whole.substr(0, whole.size() - 5))) ++failures;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // read by the loop meanwhile
   std::thread stopper([&] { server->stop(); });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the loop drains meanwhile
   const int status = late < 0 ? -1 : read_answer(late, buffer, body);
@@ -381,8 +387,15 @@ int main() {
     std::fprintf(stderr, "FAIL: the answer read during the drain: status %d, %zu bytes\n", status, body.size());
     ++failures;
   }
+  std::string partial_buffer, partial_body;
+  if (partial < 0 || read_answer(partial, partial_buffer, partial_body) != 503 ||
+      partial_body.find("shutting down") == std::string::npos) {
+    std::fprintf(stderr, "FAIL: a request still arriving at the stop was not refused: %s\n", partial_body.c_str());
+    ++failures;
+  }
   stopper.join();
   if (late >= 0) ::close(late);
+  if (partial >= 0) ::close(partial);
 
   const http::ServerStats s = server->stats();
   server.reset();  // closes the handoff sockets, which ends the stand-in front ends
