@@ -193,8 +193,26 @@ struct ChannelHandle {
   std::shared_ptr<ChannelRegion> region;
 };
 
-py::array tap_tensor(const FeedbackTap::Tensor& t) {
-  return copy_tensor(t.dtype, t.shape, reinterpret_cast<const std::byte*>(t.data.data()), t.data.size());
+py::array tap_column(const FeedbackTap::Column& c) {
+  return copy_tensor(c.dtype, c.shape, reinterpret_cast<const std::byte*>(c.data.data()), c.data.size());
+}
+
+// [text[ends[i-1], ends[i])]: the strings a feedback block stores end to end.
+py::list split_text(const std::string& text, const std::vector<size_t>& ends) {
+  py::list out;
+  size_t begin = 0;
+  for (size_t end : ends) {
+    out.append(py::str(text.data() + begin, end - begin));
+    begin = end;
+  }
+  return out;
+}
+
+template <class T>
+py::array_t<T> numpy_of(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), out.mutable_data());
+  return out;
 }
 
 }  // namespace
@@ -222,24 +240,29 @@ void bind_ipc(py::module_& m) {
       .def_property_readonly("response_efd", [](const ChannelHandle& h) { return h.region->response_efd(); });
 
   py::class_<FeedbackTap, std::shared_ptr<FeedbackTap>>(m, "FeedbackTap")
-      .def(py::init<size_t, std::vector<size_t>, size_t>(), py::arg("output"), py::arg("inputs"),
-           py::arg("capacity") = 65536)
-      .def("drain",
+      .def(py::init<size_t, std::vector<size_t>, size_t, size_t>(), py::arg("output"), py::arg("inputs"),
+           py::arg("capacity") = 65536, py::arg("max_bytes") = size_t{64} << 20)
+      .def("drain_blocks",
            [](FeedbackTap& tap) {
-             std::vector<FeedbackTap::Entry> entries;
+             std::vector<FeedbackTap::Block> blocks;
              {
                py::gil_scoped_release release;
-               entries = tap.drain();
+               blocks = tap.drain_blocks();
              }
              py::list out;
-             for (const auto& e : entries) {
-               py::list x;
-               for (const auto& t : e.x) x.append(tap_tensor(t));
-               out.append(py::make_tuple(e.id, e.group, e.time, tap_tensor(e.y), x));
+             for (const auto& b : blocks) {
+               py::list x, x_rows;
+               for (const auto& c : b.x) {
+                 x.append(tap_column(c));
+                 x_rows.append(numpy_of(c.rows));
+               }
+               out.append(py::make_tuple(split_text(b.ids, b.id_ends), split_text(b.groups, b.group_ends),
+                                         numpy_of(b.times), tap_column(b.y), numpy_of(b.y.rows), x, x_rows));
              }
              return out;
            },
-           "[(id, group JSON, time, y rows, [input rows])] recorded since the last drain")
+           "The predictions recorded since the last drain, as blocks of consecutive requests whose tensors stack: "
+           "[(ids, group JSONs, times, y, y rows per request, [inputs], [input rows per request])]")
       .def_property_readonly("dropped", &FeedbackTap::dropped);
 
   py::class_<Router, std::shared_ptr<Router>>(m, "Router")

@@ -194,3 +194,32 @@ def test_unknown_model_feedback_off_and_no_request_yet(serve, repo):
     x = httpclient.InferInput("x", [1, 4], "FP32")
     x.set_data_from_numpy(np.zeros((1, 4), np.float32))
     assert "id" not in client.infer("quiet", [x]).get_response()
+
+
+def test_a_model_with_wide_outputs_loads_with_a_record_that_fits_its_budget(serve, tmp_path):
+    """An image-sized output (3 x 512 x 512 floats a row) with feedback on by default: 100,000 rows
+    would take 300 GiB, so the record keeps what `record_max_bytes` holds, and labels still join."""
+    width = 3 * 512 * 512
+    repository = ModelRepository(tmp_path / "models")
+    config = vector_config(name="mask", width=2, out_width=width, max_batch_size=4)
+    repository.add(Model.from_callable(lambda inputs: {"y": np.repeat(inputs["x"][:, :1], width, axis=1)}, config))
+    small = msgspec.structs.replace(vector_config(name="small", width=2, out_width=1000, max_batch_size=4),
+                                    feedback=FeedbackConfig(record_max_bytes=40_000))
+    repository.add(Model.from_callable(lambda inputs: {"y": np.repeat(inputs["x"][:, :1], 1000, axis=1)}, small))
+    try:
+        server = serve(LoopserveApp(repository))
+        client = httpclient.InferenceServerClient(server.url)
+        ids = [infer(client, "small", np.array([[i, 0]], np.float32))[0] for i in range(12)]
+        rid, y = infer(client, "mask", np.array([[0.75, 0]], np.float32))
+        assert y.shape == (1, width) and (y == 0.75).all()
+        status, _, raw = server.request("GET", "/v2/models/mask/feedback")
+        (record,) = msgspec.json.decode(raw)["records"]
+        assert status == 200 and record["capacity_rows"] == (256 << 20) // (4 * (width + 2)) == 85
+        assert post(server, "mask", {"id": rid, "label": 1})[1]["joined"] == 1
+        # 40,000 bytes hold 9 rows of 1,002 floats: the 12 requests evicted the first 3
+        _, _, raw = server.request("GET", "/v2/models/small/feedback")
+        assert msgspec.json.decode(raw)["records"][0]["capacity_rows"] == 9
+        _, body = post(server, "small", {"labels": [{"id": i, "label": 1} for i in ids]})
+        assert body["joined"] == 9 and body["expired"] == 3
+    finally:
+        repository.close()

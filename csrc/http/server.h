@@ -81,6 +81,8 @@ class HttpServer {
 
   void run();
   void begin_drain();
+  // Runs the batches this turn deferred so far (quick models), on the loop thread.
+  void run_deferred();
   void accept_all();
   void read_from(Connection& conn);
   void advance(const std::shared_ptr<Connection>& conn);

@@ -22,10 +22,12 @@ inline std::shared_ptr<Batcher> echo_batcher() {
   return std::make_shared<Batcher>(c, std::make_shared<EchoExecutor>());
 }
 
-inline std::shared_ptr<const ModelRoute> route_to(std::shared_ptr<Batcher> batcher, int64_t version) {
+inline std::shared_ptr<const ModelRoute> route_to(std::shared_ptr<Batcher> batcher, int64_t version,
+                                                  std::shared_ptr<FeedbackTap> feedback = nullptr) {
   auto v = std::make_shared<VersionRoute>();
   v->version = version;
   v->batcher = std::move(batcher);
+  v->feedback = std::move(feedback);
   auto r = std::make_shared<ModelRoute>();
   r->name = "echo";
   r->loaded = {v};

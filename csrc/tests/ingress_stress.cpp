@@ -3,7 +3,9 @@
 // wrap and rings fill), send requests that the engine's ingress routes to an echo model and
 // answers; meanwhile the model's version is swapped again and again (publish, wait until no
 // snapshot names the old one, stop it), as a hot swap does. Every request must be answered
-// exactly once, with status 200 and its own rows. Exits non-zero on failure.
+// exactly once, with status 200 and its own rows; and recorded once by the versions' feedback
+// tap, which a drain thread empties meanwhile (the echo's output rows equal its input rows).
+// Exits non-zero on failure.
 #include <sys/eventfd.h>
 #include <poll.h>
 
@@ -17,6 +19,7 @@
 #include "batcher.h"
 #include "executor.h"
 #include "ipc/channel.h"
+#include "serving/feedback_tap.h"
 #include "serving/ingress.h"
 #include "serving/route_table.h"
 #include "tests/echo_route.h"
@@ -27,6 +30,29 @@ namespace {
 
 using stress::echo_batcher;
 using stress::route_to;
+
+// Drains the tap until `done`, then once more; checks every block's columns agree and counts
+// the requests recorded.
+uint64_t drain_until(FeedbackTap& tap, const std::atomic<bool>& done, std::atomic<int>& failures) {
+  uint64_t recorded = 0;
+  for (bool last = false; !last;) {
+    last = done.load();
+    for (const FeedbackTap::Block& b : tap.drain_blocks()) {
+      int64_t rows = 0;
+      for (int64_t r : b.y.rows) rows += r;
+      const bool ok = b.size() == b.id_ends.size() && b.size() == b.y.rows.size() && b.x.size() == 1 &&
+                      b.y.shape.size() == 2 && b.y.shape[0] == rows && b.y.data.size() == size_t(rows) * 16 &&
+                      b.x[0].data == b.y.data && b.x[0].rows == b.y.rows;
+      if (!ok) {
+        std::fprintf(stderr, "FAIL: a feedback block whose columns disagree\n");
+        ++failures;
+      }
+      recorded += b.size();
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return recorded;
+}
 
 }  // namespace
 
@@ -104,15 +130,19 @@ int main() {
   std::atomic<int> failures{0};
   auto router = std::make_shared<Router>();
   auto batcher = echo_batcher();
-  router->set_model(route_to(batcher, 1));
+  auto tap = std::make_shared<FeedbackTap>(0, std::vector<size_t>{0}, size_t{1} << 20, size_t{1} << 30);
+  router->set_model(route_to(batcher, 1, tap));
   Ingress ingress(router, 50);  // polling on: busy front ends must close its window
 
   std::atomic<bool> done{false};
+  std::atomic<bool> drained{false};
+  uint64_t recorded = 0;
+  std::thread drainer([&] { recorded = drain_until(*tap, drained, failures); });
   std::thread swapper([&] {  // hot swaps while the front ends send
     int64_t version = 1;
     while (!done.load()) {
       auto next = echo_batcher();
-      router->set_model(route_to(next, ++version));
+      router->set_model(route_to(next, ++version, tap));
       router->wait_quiescent();
       batcher->stop();  // nothing can reach it any more: every request it took completes
       batcher = next;
@@ -129,6 +159,13 @@ int main() {
   swapper.join();
   ingress.stop();
   batcher->stop();
+  drained.store(true);
+  drainer.join();
+  if (recorded != uint64_t{kFrontends} * kRequests || tap->dropped() != 0) {
+    std::fprintf(stderr, "FAIL: the feedback tap recorded %llu requests, dropped %llu\n",
+                 static_cast<unsigned long long>(recorded), static_cast<unsigned long long>(tap->dropped()));
+    ++failures;
+  }
   const IngressStats s = ingress.stats();
   if (s.requests != uint64_t{kFrontends} * kRequests || s.refused != 0) {
     std::fprintf(stderr, "FAIL: ingress took %llu requests, refused %llu\n", static_cast<unsigned long long>(s.requests),

@@ -128,6 +128,9 @@ class FeedbackConfig(Struct, forbid_unknown_fields=True, frozen=True):
     enabled: bool = True
     # Rows of recent predictions kept per version (one-row requests: predictions); the oldest go first.
     record_size: Positive = 100_000
+    # ...and at most this many bytes of them (float32 prediction and kept input rows): a version
+    # with wide outputs or inputs (an image model's) keeps fewer rows, where 100,000 would not fit.
+    record_max_bytes: Positive = 256 << 20
     # A prediction older than this can no longer be labelled: its label is answered "expired".
     horizon_s: Annotated[float, Meta(gt=0)] = 3600.0
     # Binary: predicted positive when the score (one column, or column 1 of two) >= threshold.

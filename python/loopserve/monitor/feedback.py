@@ -106,8 +106,8 @@ class VersionTrack:
         self.layout = layout
         self.output = layout.output
         self.rule = PredictionRule(layout.y_width, config.threshold, list(config.classes))
-        self.rec = PredictionRecord(config.record_size, config.horizon_s, layout.y_width, list(layout.x_layout),
-                                    layout.batched)
+        self.rec = PredictionRecord(record_rows(config, layout), config.horizon_s, layout.y_width,
+                                    list(layout.x_layout), layout.batched)
         self.failed = False
 
     def record(self, request_id: str, inputs: dict, outputs: dict, params: dict | None,
@@ -125,10 +125,36 @@ class VersionTrack:
             with owner.lock:
                 self.rec.add(request_id, owner.store.clock() if at is None else at, y, inputs, group)
         except Exception as e:  # a shape the config did not declare: stop recording, say so once
-            self.failed = True
-            owner.not_recorded[str(self.version)] = f"recording failed: {e}"
-            log.error("feedback recording failed", extra={"model": owner.name, "version": self.version,
-                                                          "error": str(e)})
+            self._fail(e)
+
+    def record_block(self, ids: list[str], groups: list, times: list[float], y: np.ndarray, y_rows: np.ndarray,
+                     inputs: dict, input_rows: dict) -> None:
+        """Records many predictions at once (the engine's feedback tap: `record` for each in
+        turn, where request k's tensors are its y_rows[k] rows of `y` and input_rows[name][k] of
+        each input). Never raises."""
+        if self.failed:
+            return
+        groups = [g if g is None or type(g) in _SCALARS else str(g) for g in groups]
+        owner = self.owner
+        try:
+            if self.layout.batched and all(np.array_equal(rows, y_rows) for rows in input_rows.values()):
+                with owner.lock:
+                    self.rec.add_many(ids, times, y_rows, y, inputs, groups)
+                return
+            # Unbatched (each request's tensors are whole) or inputs not row for row with y: one by one.
+            y_parts = np.split(y, np.cumsum(y_rows)[:-1])
+            x_parts = {name: np.split(a, np.cumsum(input_rows[name])[:-1]) for name, a in inputs.items()}
+            with owner.lock:
+                for k, request_id in enumerate(ids):
+                    self.rec.add(request_id, times[k], y_parts[k], {n: p[k] for n, p in x_parts.items()}, groups[k])
+        except Exception as e:  # a shape the config did not declare: stop recording, say so once
+            self._fail(e)
+
+    def _fail(self, e: Exception) -> None:
+        self.failed = True
+        self.owner.not_recorded[str(self.version)] = f"recording failed: {e}"
+        log.error("feedback recording failed", extra={"model": self.owner.name, "version": self.version,
+                                                      "error": str(e)})
 
 
 class ModelFeedback:
@@ -415,6 +441,13 @@ class FeedbackStore:
             with mf.lock:
                 out += [(name, version, status, n) for (version, status), n in sorted(mf.counts.items())]
         return out
+
+
+def record_rows(config, layout: Layout) -> int:
+    """Rows the version's record holds: `record_size`, or fewer when that many rows of its
+    predictions and kept inputs would take more than `record_max_bytes`."""
+    row_bytes = 4 * (layout.y_width + sum(width for _, _, width in layout.x_layout))
+    return max(1, min(config.record_size, config.record_max_bytes // row_bytes))
 
 
 def _layout(model, config) -> Layout | str:

@@ -118,6 +118,57 @@ class PredictionRecord:
         self.head = start + n
         self.last_time = now
 
+    def add_many(self, ids: list[str], times: list[float], counts: np.ndarray, y: np.ndarray, inputs: dict,
+                 groups: list) -> None:
+        """Records len(ids) requests at once, as add() would one after another: request k's rows
+        are the next counts[k] rows of `y` and of each `inputs` array (batched records only).
+        A few numpy calls and C-level list and dict stores per run of requests that neither
+        wraps the ring nor crosses an id generation: the engine's feedback drain hands over
+        thousands of requests a turn, and Python per request held the GIL its batches need."""
+        if not self.batched:
+            raise ValueError("add_many records batched predictions; add() the others one by one")
+        counts = np.asarray(counts, np.int64)
+        if counts.size and (counts.min() <= 0 or counts.max() > self.capacity):  # add() skips these
+            ends = np.cumsum(counts)
+            for k, (n, end) in enumerate(zip(counts.tolist(), ends.tolist())):
+                row = slice(end - n, end)
+                self.add(ids[k], times[k], y[row], {name: a[row] for name, a in inputs.items()}, groups[k])
+            return
+        self.flush()
+        capacity = self.capacity
+        ends = np.cumsum(counts)
+        y = y.reshape(len(y), self.y_width)
+        xs = [(inputs[name].reshape(len(inputs[name]), width), offset, width) for name, offset, width in self.x_layout]
+        k, row, total = 0, 0, len(ids)
+        while k < total:
+            start = self.head
+            slot = start % capacity
+            room = capacity - slot
+            fit = int(np.searchsorted(ends[k:], row + room, side="right"))  # requests whose rows fit before the end
+            if fit == 0:  # the next request's rows would wrap: skip to slot 0, as add() does
+                self.head = start + room
+                continue
+            seq = self.seq
+            i = seq % capacity
+            fit = min(fit, capacity - i)  # up to the end of this id generation
+            e = k + fit
+            rows = int(ends[e - 1]) - row
+            self.Y[slot:slot + rows] = y[row:row + rows]
+            for x, offset, width in xs:
+                self.X[slot:slot + rows, offset:offset + width] = x[row:row + rows]
+            t = seq % (3 * capacity)
+            self.times[t:t + fit] = times[k:e]
+            self.starts[i:i + fit] = (ends[k:e] - counts[k:e] - row + start).tolist()
+            self.nrows[i:i + fit] = counts[k:e].tolist()
+            self.groups[i:i + fit] = groups[k:e]
+            self.index.update(zip(ids[k:e], range(seq, seq + fit)))
+            if i + fit == capacity:  # `capacity` requests into this generation
+                self.tombstones, self.previous, self.index = self.previous, self.index, {}
+            self.seq = seq + fit
+            self.head = start + rows
+            self.last_time = times[e - 1]
+            k, row = e, row + rows
+
     def flush(self) -> None:
         """Copies the pending rows into the rings."""
         ys = self._pending_y
