@@ -197,7 +197,8 @@ void Handoff::observe(Target& target, Clock::time_point now) {
 
 Handoff::Target* Handoff::choose(Clock::time_point now) {
   // In turn, the first that has read everything sent to it; else the one that read most
-  // recently, unless that was kStalledAfter ago or more (then the connection waits here).
+  // recently, unless that was kStalledAfter ago or more or it has kMaxUnreadBytes unread (then
+  // the connection waits here).
   std::vector<Target*> order;
   for (auto& [key, t] : targets_)
     if (t.writable && !t.has_partial) order.push_back(&t);
@@ -208,7 +209,9 @@ Handoff::Target* Handoff::choose(Clock::time_point now) {
   for (Target* t : order) {
     observe(*t, now);
     if (t->unread == 0) return t;
-    if (now - t->last_read < kStalledAfter && (best == nullptr || t->last_read > best->last_read)) best = t;
+    if (t->unread < kMaxUnreadBytes && now - t->last_read < kStalledAfter &&
+        (best == nullptr || t->last_read > best->last_read))
+      best = t;
   }
   return best;
 }

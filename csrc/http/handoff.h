@@ -11,7 +11,8 @@
 // others (or the server's loop): a connection goes to a front end that has read everything
 // sent to it (in turn), else to the one that read most recently, but never to one with bytes
 // unread that has read nothing for `kStalledAfter` (stopped, its loop busy, or just not seen
-// reading yet): a front end that stops holds at most what it was sent while it looked well.
+// reading yet), nor to one with `kMaxUnreadBytes` unread (about four small frames): a front end
+// that stops holds at most the few connections it was sent while it looked well.
 // When none can take it now, it waits here, in one queue any front end takes from as soon as it can
 // (bounded: past `max_queued` connections or `kMaxQueuedBytes`, or after `max_wait_s`, the
 // client is answered 503 and the connection closed, counted as failed). A front end whose
@@ -40,6 +41,7 @@ class Handoff {
 
   static constexpr size_t kMaxQueuedBytes = size_t{64} << 20;
   static constexpr auto kStalledAfter = std::chrono::milliseconds(50);
+  static constexpr int kMaxUnreadBytes = 3 << 10;  // as SIOCOUTQ counts them (a small frame: ~768)
 
   Handoff(size_t max_queued, double max_wait_s);
   ~Handoff();
