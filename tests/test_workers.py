@@ -1,6 +1,7 @@
 """`loopserve serve --workers N` as processes: one engine, N front ends, and what happens when
 one of them stops: SIGTERM drains every front end; a front end killed is replaced while the
-others lose nothing; an engine killed leaves no front end answering anything but 503."""
+others lose nothing; an engine killed leaves no front end answering anything but 503.
+(test_native_slow_peers.py: front ends that stop reading, clients that read slowly or never.)"""
 
 import http.client
 import os
@@ -44,8 +45,9 @@ def until(condition, timeout_s: float = 60.0, what: str = "condition"):
         time.sleep(0.02)
 
 
-def serve(repo: Path, port: int, workers: int = 2, native_infer: bool | None = None):
+def serve(repo: Path, port: int, workers: int = 2, native_infer: bool | None = None, config: Path | None = None):
     flag = [] if native_infer is None else ["--native-infer" if native_infer else "--no-native-infer"]
+    flag += [] if config is None else ["--config", str(config)]
     proc = subprocess.Popen([sys.executable, "-m", "loopserve.cli", "serve", "--model-repository", str(repo),
                              "--port", str(port), "--workers", str(workers), *flag],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -40,6 +40,7 @@ bool Connection::write_answer(std::string_view bytes) {
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       out_.assign(bytes.substr(at));  // the client does not read now: the loop writes the rest
       out_at_ = 0;
+      out_progress_ = Clock::now();
       return true;
     } else {
       closed_ = true;
@@ -51,12 +52,19 @@ bool Connection::write_answer(std::string_view bytes) {
 
 bool Connection::flush() {
   std::lock_guard<std::mutex> lock(out_mu_);
+  const size_t before = out_at_;
   while (out_at_ < out_.size() && !closed_) {
     ssize_t n = ::send(fd_, out_.data() + out_at_, out_.size() - out_at_, MSG_NOSIGNAL);
-    if (n > 0) out_at_ += static_cast<size_t>(n);
-    else if (n < 0 && errno == EINTR) continue;
-    else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return false;
-    else closed_ = true;
+    if (n > 0) {
+      out_at_ += static_cast<size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      if (out_at_ > before) out_progress_ = Clock::now();
+      return false;
+    } else {
+      closed_ = true;
+    }
   }
   out_.clear();
   out_at_ = 0;
@@ -66,6 +74,11 @@ bool Connection::flush() {
 bool Connection::output_pending() {
   std::lock_guard<std::mutex> lock(out_mu_);
   return out_at_ < out_.size() && !closed_;
+}
+
+bool Connection::output_stalled_since(Clock::time_point since) {
+  std::lock_guard<std::mutex> lock(out_mu_);
+  return out_at_ < out_.size() && !closed_ && out_progress_ < since;
 }
 
 void Connection::close_output() {

@@ -40,6 +40,8 @@ class Connection final : public CompletionSink, public std::enable_shared_from_t
   // The loop thread, when the socket is writable: true once nothing is left to write.
   bool flush();
   bool output_pending();
+  // Output is pending and none of it has gone since `since` (the client does not read).
+  bool output_stalled_since(Clock::time_point since);
   // Stops writing: what is left is dropped (the loop closes the connection).
   void close_output();
 
@@ -61,9 +63,10 @@ class Connection final : public CompletionSink, public std::enable_shared_from_t
  private:
   int fd_;
   std::shared_ptr<ServerState> state_;
-  std::mutex out_mu_;  // guards out_, out_at_, closed_
+  std::mutex out_mu_;  // guards out_, out_at_, out_progress_, closed_
   std::string out_;
   size_t out_at_ = 0;
+  Clock::time_point out_progress_;  // when output was last left pending, or some of it went
   bool closed_ = false;
 };
 

@@ -45,6 +45,7 @@ HttpServer::HttpServer(std::shared_ptr<Router> router, int listen_fd, ServerOpti
     : router_(std::move(router)),
       options_(std::move(options)),
       state_(std::make_shared<ServerState>(options_.latency_bounds)),
+      handoff_(options_.max_connections, options_.handoff_wait_s),
       listen_fd_(listen_fd) {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) throw std::system_error(errno, std::generic_category(), "epoll_create1");
@@ -69,6 +70,9 @@ HttpServer::~HttpServer() {
 void HttpServer::set_handoff(int index, int fd) { handoff_.set_target(index, fd); }
 
 void HttpServer::stop() {
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(options_.drain_s));
+  std::call_once(stop_once_, [&] { drain_deadline_ = deadline; });
   if (!stopping_.exchange(true)) {
     state_->stopping.store(true);
     uint64_t one = 1;
@@ -80,7 +84,7 @@ void HttpServer::stop() {
     ::close(listen_fd_);
     listen_fd_ = -1;
   }
-  handoff_.stop();
+  handoff_.stop(drain_deadline_);
 }
 
 ServerStats HttpServer::stats() const {
@@ -90,6 +94,7 @@ ServerStats HttpServer::stats() const {
   s.connections = connections_.load(std::memory_order_relaxed);
   s.handed_off = handoff_.sent();
   s.handoff_failed = handoff_.failed();
+  s.send_timeouts = send_timeouts_.load(std::memory_order_relaxed);
   return s;
 }
 
@@ -101,7 +106,9 @@ void HttpServer::run() {
   // Asleep at most half the overload budget (50 ms at most), so that a wait that returns later
   // than that, past the budget, says requests may have waited that long in their sockets.
   const int sleep_ms = static_cast<int>(std::clamp(options_.overload_wait_ms / 2, 1.0, 50.0));
-  while (!stopping_.load(std::memory_order_relaxed)) {
+  while (true) {
+    if (!draining_ && stopping_.load(std::memory_order_acquire)) begin_drain();
+    if (draining_ && (conns_.empty() || Clock::now() >= drain_deadline_)) break;
     const auto asleep = Clock::now();
     const int timeout_ms = work_left ? 0 : sleep_ms;
     const int n = ::epoll_wait(epoll_fd_, events, 256, timeout_ms);
@@ -123,7 +130,7 @@ void HttpServer::run() {
       std::shared_ptr<Connection> conn = it->second;
       const uint32_t what = events[i].events;
       if ((what & EPOLLOUT) && conn->output_pending()) conn->flush();
-      if (what & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) read_from(*conn);
+      if (!draining_ && (what & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))) read_from(*conn);
       advance(conn);
       // Many clients: what was read so far runs now, where it would wait for the rest of the
       // turn's reads (the answers go out as their batches finish, a turn sooner).
@@ -146,7 +153,7 @@ void HttpServer::run() {
         if (conn->peer_closed || stopping_.load(std::memory_order_relaxed)) conn->keep_alive = false;
         conn->since = turn_start_;
         // What came meanwhile was read on its event, but for what a full buffer left in the socket.
-        if (conn->read_capped) read_from(*conn);
+        if (conn->read_capped && !draining_) read_from(*conn);
         advance(conn);
       }
     }
@@ -158,15 +165,41 @@ void HttpServer::run() {
       last_scan = now;
     }
   }
-  // Stopping: a connection with no request in flight closes now; one in flight when its
-  // answer has gone (its request holds it).
+  run_deferred();  // what the last turn submitted to run here completes (its batcher waits for it)
+  // Drained, or out of time: what is still open closes now (a request still in flight is
+  // answered by nobody: its connection is shut, and the thread that completes it writes nothing).
   for (auto& [seq, conn] : conns_) {
     ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, conn->fd(), nullptr);
     conn->registered = false;
-    if (!conn->in_flight) ::shutdown(conn->fd(), SHUT_RDWR);
+    conn->close_output();
+    ::shutdown(conn->fd(), SHUT_RDWR);
   }
   conns_.clear();
   connections_.store(0);
+  state_->loop_gone();
+}
+
+void HttpServer::begin_drain() {
+  draining_ = true;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, listen_fd_, nullptr);
+  ::close(listen_fd_);  // new connections are refused from now on
+  listen_fd_ = -1;
+  // Nothing more is read: a connection with nothing due closes now, one with an answer due
+  // once it has gone (the answer says `connection: close`). A request still arriving has not
+  // started: refused at once, as the Python path refuses it (server/limits.py).
+  std::vector<std::shared_ptr<Connection>> idle;
+  for (auto& [seq, conn] : conns_) {
+    conn->keep_alive = false;
+    if (conn->in_flight || conn->output_pending()) continue;
+    if (conn->consumed < conn->in.size()) {
+      std::string out;
+      append_answer(out, 503, false, error_body("the server is shutting down; retry the request"));
+      conn->write_answer(out);
+      if (conn->output_pending()) continue;
+    }
+    idle.push_back(conn);
+  }
+  for (auto& conn : idle) close(conn);
 }
 
 void HttpServer::run_deferred() {
@@ -175,6 +208,7 @@ void HttpServer::run_deferred() {
 }
 
 void HttpServer::accept_all() {
+  if (listen_fd_ < 0) return;  // draining
   for (int i = 0; i < kMaxAcceptsPerTurn; ++i) {
     const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;  // EAGAIN, or an error the next turn sees again
@@ -401,9 +435,18 @@ void HttpServer::close(const std::shared_ptr<Connection>& conn) {
 
 void HttpServer::scan_timers() {
   const auto now = Clock::now();
-  std::vector<std::shared_ptr<Connection>> late, idle;
+  const auto send_cutoff = now - std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(options_.send_timeout_s));
+  std::vector<std::shared_ptr<Connection>> late, idle, stuck, flushed;
   for (auto& [seq, conn] : conns_) {
-    if (conn->in_flight || conn->output_pending()) continue;
+    if (conn->output_pending()) {
+      // TCP says writable (EPOLLOUT) only once half its queue is free: a client reading slowly
+      // through a small window frees less for a long time. What it took is made room for here.
+      if (conn->flush()) flushed.push_back(conn);
+      else if (conn->output_stalled_since(send_cutoff)) stuck.push_back(conn);  // it takes nothing
+      continue;
+    }
+    if (conn->in_flight) continue;
     const double waited = seconds_since(conn->since, now);
     if (conn->consumed < conn->in.size() || conn->fresh) {
       // No whole request yet: slow, silent or hostile. Python's head and body timers take it.
@@ -412,8 +455,14 @@ void HttpServer::scan_timers() {
       idle.push_back(conn);
     }
   }
-  for (auto& conn : late) hand_off(conn);
+  for (auto& conn : late) {
+    if (draining_) close(conn);
+    else hand_off(conn);
+  }
   for (auto& conn : idle) close(conn);
+  for (auto& conn : stuck) close(conn);
+  send_timeouts_.fetch_add(stuck.size(), std::memory_order_relaxed);
+  for (auto& conn : flushed) advance(conn);  // its answer has gone: the next request, or the close
 }
 
 }  // namespace loopserve::http

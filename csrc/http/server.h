@@ -13,7 +13,10 @@
 // message as it always has; from then on that connection is the front end's.
 //
 // Per connection, one request at a time: pipelined requests are answered in order, and the
-// next is not read while an answer waits for the client to read (backpressure). Overload: as
+// next is not read while an answer waits for the client to read (backpressure); an answer the
+// client takes nothing of for `send_timeout_s` closes the connection. On stop the loop drains:
+// it accepts and reads no more, and keeps writing what is due (the answers of requests in
+// flight too) until all is out or `drain_s` has passed. Overload: as
 // server/admission.py, an infer request is refused at once with 429 and Retry-After while the
 // loop runs more than `overload_wait_ms` behind with at least `overload_min_connections`
 // open; the batchers' own refusals (a full queue) answer 429 as through the ingress.
@@ -45,9 +48,13 @@ struct ServerOptions {
   size_t max_body_bytes = 64 << 20;     // http.max_body_bytes: larger ones go to Python (413)
   size_t native_body_bytes = 1 << 20;   // larger bodies go to Python (it decodes them off its loop)
   size_t max_head_bytes = 16 << 10;     // a larger head goes to Python (its limit answers it)
-  size_t max_connections = 2048;        // past it, new connections go to Python (its limit answers)
+  size_t max_connections = 2048;        // past it, new connections go to Python (its limit answers);
+                                        // and at most this many wait for a front end to take them
   double keep_alive_s = 5.0;            // an idle connection closes (a fresh one goes to Python)
   double stall_s = 0.2;                 // a request not whole within this goes to Python
+  double send_timeout_s = 30.0;         // an answer the client takes nothing of this long: closed
+  double drain_s = 30.0;                // on stop, how long answers may take to go out
+  double handoff_wait_s = 10.0;         // a connection no front end took this long: answered 503
   double overload_wait_ms = 50.0;
   size_t overload_min_connections = 64;
   std::string overload_message;         // server/admission.py's, word for word
@@ -64,7 +71,8 @@ class HttpServer {
 
   // The Unix socket over which front end `index` takes connections handed to it (taken).
   void set_handoff(int index, int fd);
-  // Stops accepting and reading; answers in flight still go out (with `connection: close`).
+  // Stops accepting and reading new requests; requests in flight are answered (with
+  // `connection: close`) and every answer is written out, for `drain_s` at most; then returns.
   void stop();
   ServerStats stats() const;
 
@@ -72,6 +80,7 @@ class HttpServer {
   enum class Served { kSubmitted, kAnswered, kDeclined };
 
   void run();
+  void begin_drain();
   // Runs the batches this turn deferred so far (quick models), on the loop thread.
   void run_deferred();
   void accept_all();
@@ -91,8 +100,11 @@ class HttpServer {
   int listen_fd_ = -1;
   int epoll_fd_ = -1;
   std::atomic<bool> stopping_{false};
-  std::atomic<uint64_t> accepted_{0}, connections_{0};
+  std::atomic<uint64_t> accepted_{0}, connections_{0}, send_timeouts_{0};
+  std::once_flag stop_once_;
+  std::chrono::steady_clock::time_point drain_deadline_;  // set once by stop(), before stopping_
   // The loop thread's own:
+  bool draining_ = false;  // stopped: no new requests; the answers due still go out
   std::unordered_map<int64_t, std::shared_ptr<Connection>> conns_;
   int64_t next_seq_ = 2;  // 0 and 1 are the listener and the wake-up
   std::shared_ptr<const RouteTable> table_;  // this turn's snapshot (let go before sleeping)

@@ -57,13 +57,13 @@ void ServerState::complete(Connection& conn, Completion& c) {
 }
 
 void ServerState::post_done(std::shared_ptr<Connection> conn) {
-  if (stopping.load()) {  // the loop is gone: the answer (with `connection: close`) was the last
-    ::shutdown(conn->fd(), SHUT_RDWR);
-    return;
-  }
   bool wake = false;
   {
     std::lock_guard<std::mutex> lock(done_mu_);
+    if (loop_gone_) {  // nobody flushes or reads it any more: what went out was the last
+      ::shutdown(conn->fd(), SHUT_RDWR);
+      return;
+    }
     done_.push_back(std::move(conn));
     // The loop drains after running its own batches: only another thread wakes it.
     if (!signalled_ && std::this_thread::get_id() != loop_thread_) wake = signalled_ = true;
@@ -86,6 +86,16 @@ std::vector<std::shared_ptr<Connection>> ServerState::take_done() {
     signalled_ = false;
   }
   return out;
+}
+
+void ServerState::loop_gone() {
+  std::vector<std::shared_ptr<Connection>> left;
+  {
+    std::lock_guard<std::mutex> lock(done_mu_);
+    loop_gone_ = true;
+    left.swap(done_);
+  }
+  for (auto& conn : left) ::shutdown(conn->fd(), SHUT_RDWR);
 }
 
 void ServerState::count_overload(const std::string& model) {

@@ -34,7 +34,8 @@ struct ServerStats {
   uint64_t accepted = 0;      // connections
   uint64_t served = 0;        // infer requests answered natively (any status)
   uint64_t handed_off = 0;    // connections handed to a front end
-  uint64_t handoff_failed = 0;
+  uint64_t handoff_failed = 0;  // answered 503 instead: no front end took them in time
+  uint64_t send_timeouts = 0;   // closed: the client took nothing of its answer for send_timeout_s
   uint64_t connections = 0;   // open now (the loop's)
   std::map<std::string, uint64_t> overload_refused;  // by model
   std::map<std::pair<std::string, int64_t>, LatencyCounts> latency;  // 200s, by model and version
@@ -53,8 +54,9 @@ struct Pending {
   bool keep_alive = true;
 };
 
-// Thread-safety: complete() and post_done() from any thread; take_done() on the loop thread;
-// the counts under stats_mu_ (or atomic). The loop thread's id is set before any request.
+// Thread-safety: complete() and post_done() from any thread; take_done() and loop_gone() on
+// the loop thread; the counts under stats_mu_ (or atomic). The loop thread's id is set before
+// any request.
 class ServerState {
  public:
   explicit ServerState(std::vector<double> latency_bounds);
@@ -65,6 +67,8 @@ class ServerState {
   // The connection's request is answered: the loop takes it up again.
   void post_done(std::shared_ptr<Connection> conn);
   std::vector<std::shared_ptr<Connection>> take_done();
+  // The loop has stopped: a connection answered from now on is shut once its answer is written.
+  void loop_gone();
   int wake_fd() const { return wake_fd_; }
   void set_loop_thread(std::thread::id id) { loop_thread_ = id; }
 
@@ -80,9 +84,10 @@ class ServerState {
   const std::vector<double> bounds_;
   int wake_fd_ = -1;
   std::thread::id loop_thread_;
-  std::mutex done_mu_;  // guards done_, signalled_
+  std::mutex done_mu_;  // guards done_, signalled_, loop_gone_
   std::vector<std::shared_ptr<Connection>> done_;
   bool signalled_ = false;
+  bool loop_gone_ = false;
   mutable std::mutex stats_mu_;  // guards overload_, latency_
   std::map<std::string, uint64_t> overload_;
   std::map<std::pair<std::string, int64_t>, LatencyCounts> latency_;

@@ -1,14 +1,20 @@
 // The engine's native HTTP server under ThreadSanitizer and AddressSanitizer
 // (tests/test_native.py), with real loopback clients: four keep-alive clients send JSON infer
 // requests (some pipelined two at a time) and one binary tensors to an echo model, each answer
-// checked; one client sends other routes, which are handed over (SCM_RIGHTS) to a stand-in front end that
-// answers them; meanwhile the model's version is swapped again and again (publish, wait until
-// no snapshot names the old one, stop it), as a hot swap does. Exits non-zero on failure.
+// checked; one client sends other routes, which are handed over (SCM_RIGHTS) to two stand-in front ends,
+// one of them stalled (it reads nothing until the end): the other answers all but what the
+// stalled one took before it was seen to stall; meanwhile the model's version is swapped again and
+// again (publish, wait until no snapshot names the old one, stop it), as a hot swap does. Then a
+// client that never reads a large answer is closed after send_timeout_s, and one that reads a
+// large answer only after the server was told to stop still gets all of it (the drain).
+// Exits non-zero on failure.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -30,6 +36,75 @@ namespace {
 
 using stress::echo_batcher;
 using stress::route_to;
+
+constexpr int64_t kWide = 1 << 20;  // INT64 values in a row of the wide model's answer: 8 MiB
+
+// The wide model: each row's one value, repeated kWide times.
+class WideExecutor final : public Executor {
+ public:
+  void run(const Batch& batch, BatchResult& out) override {
+    out.outputs.resize(1);
+    OutputTensor& o = out.outputs[0];
+    o.dtype = DType::kInt64;
+    o.shape = {batch.rows, kWide};
+    o.data.reserve(static_cast<size_t>(batch.rows * kWide) * 8);
+    auto* to = reinterpret_cast<int64_t*>(o.data.data());
+    for (int64_t r = 0; r < batch.rows; ++r) {
+      int64_t value;
+      std::memcpy(&value, batch.inputs[0].data + r * 8, 8);
+      std::fill(to + r * kWide, to + (r + 1) * kWide, value);
+    }
+  }
+};
+
+std::shared_ptr<const ModelRoute> wide_route(std::shared_ptr<Batcher>& batcher) {
+  BatcherConfig c;
+  c.model_name = "wide";
+  c.inputs = {TensorSpec{"x", DType::kInt64, {1}}};
+  c.outputs = {TensorSpec{"y", DType::kInt64, {kWide}}};
+  c.max_batch_size = 4;
+  batcher = std::make_shared<Batcher>(c, std::make_shared<WideExecutor>());
+  auto v = std::make_shared<VersionRoute>();
+  v->version = 1;
+  v->batcher = batcher;
+  auto r = std::make_shared<ModelRoute>();
+  r->name = "wide";
+  r->loaded = {v};
+  r->answering = {{1.0, v}};
+  return r;
+}
+
+// One row of the wide model, binary in and out: an answer of 8 MiB, all `value`.
+std::string wide_request(int64_t value) {
+  const std::string json = "{\"inputs\":[{\"name\":\"x\",\"shape\":[1,1],\"datatype\":\"INT64\","
+                           "\"parameters\":{\"binary_data_size\":8}}],\"parameters\":{\"binary_data_output\":true}}";
+  std::string body = json;
+  body.append(reinterpret_cast<const char*>(&value), 8);
+  return "POST /v2/models/wide/infer HTTP/1.1\r\nHost: t\r\nInference-Header-Content-Length: " +
+         std::to_string(json.size()) + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+// A client that reads slowly: a small receive buffer, so that most of an answer waits in the server.
+int slow_reader(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  int small = 4096;
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether an answer arrives on `fd` within `ms`.
+bool readable_within(int fd, int ms) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, ms) == 1;
+}
 
 const char kHandedAnswer[] = "HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nhanded";
 
@@ -214,9 +289,24 @@ int main() {
   http::ServerOptions options;
   options.latency_bounds = {0.001, 0.01, 0.1};
   options.overload_message = "overloaded";
+  options.send_timeout_s = 1.0;
+  options.drain_s = 60.0;
+  options.stall_s = 30.0;  // a request half sent stays here (the drain refuses it) rather than go to a front end
+  std::shared_ptr<Batcher> wide;
+  router->set_model(wide_route(wide));
+  int stalled_pair[2];
+  ::socketpair(AF_UNIX, SOCK_STREAM, 0, stalled_pair);
   auto server = std::make_unique<http::HttpServer>(router, listener, options);
   server->set_handoff(0, pair[0]);
+  server->set_handoff(1, stalled_pair[0]);
   std::thread front_end([&] { run_front_end(pair[1], adopted); });
+  std::atomic<bool> resume{false};
+  std::atomic<int> adopted_late{0};
+  std::thread stalled_front_end([&] {  // reads nothing until told to
+    while (!resume.load()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    run_front_end(stalled_pair[1], adopted_late);
+  });
+  std::vector<int> held;  // handed to the stalled front end: answered once it resumes
 
   std::atomic<bool> done{false};
   std::thread swapper([&] {  // hot swaps while the clients send
@@ -233,12 +323,17 @@ int main() {
   std::vector<std::thread> clients;
   for (int c = 0; c < kClients; ++c) clients.emplace_back([&, c] { run_client(port, c, kRequests, failures); });
   clients.emplace_back([&] { run_binary_client(port, kBinaryRequests, failures); });
-  clients.emplace_back([&] {  // other routes: handed over, answered by the stand-in front end
+  clients.emplace_back([&] {  // other routes: handed over, answered by the front end that reads
     for (int i = 0; i < kHandoffs; ++i) {
       int fd = connect_to(port);
       std::string buffer, body;
-      if (fd < 0 || !send_all(fd, "GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n") ||
-          read_answer(fd, buffer, body) != 200 || body != "handed") {
+      if (fd < 0 || !send_all(fd, "GET /v2/health/ready HTTP/1.1\r\nHost: t\r\n\r\n")) {
+        std::fprintf(stderr, "FAIL: handoff %d\n", i);
+        ++failures;
+      } else if (!readable_within(fd, 3000)) {
+        held.push_back(fd);  // the stalled front end has it
+        continue;
+      } else if (read_answer(fd, buffer, body) != 200 || body != "handed") {
         std::fprintf(stderr, "FAIL: handoff %d\n", i);
         ++failures;
       }
@@ -248,13 +343,72 @@ int main() {
   for (auto& t : clients) t.join();
   done.store(true);
   swapper.join();
+  // A stalled front end takes at most what it was given before it was seen not to read (it
+  // had read all it was sent): one; the rest went to the other.
+  if (held.size() > 1) {
+    std::fprintf(stderr, "FAIL: %zu handoffs went to the stalled front end\n", held.size());
+    ++failures;
+  }
+  resume.store(true);
+  for (int fd : held) {
+    std::string buffer, body;
+    if (read_answer(fd, buffer, body) != 200 || body != "handed") {
+      std::fprintf(stderr, "FAIL: a handoff held by the stalled front end\n");
+      ++failures;
+    }
+    ::close(fd);
+  }
+
+  // A client that never reads its (large) answer: closed after send_timeout_s, and counted.
+  int never = slow_reader(port);
+  if (never < 0 || !send_all(never, wide_request(7))) ++failures;
+  for (int i = 0; i < 3000 && server->stats().send_timeouts == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  if (server->stats().send_timeouts != 1) {
+    std::fprintf(stderr, "FAIL: a client that never reads was not closed\n");
+    ++failures;
+  }
+  ::close(never);
+
+  // Stopping while a large answer waits for a slow reader: the whole answer still arrives;
+  // a request still arriving is refused (503).
+  int late = slow_reader(port);
+  std::string buffer, body;
+  if (late < 0 || !send_all(late, wide_request(42)) || !readable_within(late, 30000)) ++failures;
+  const std::string whole = infer_request(1, 2);
+  int partial = connect_to(port);
+  if (partial < 0 || !send_all(partial, whole.substr(0, whole.size() - 5))) ++failures;
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // read by the loop meanwhile
+  std::thread stopper([&] { server->stop(); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the loop drains meanwhile
+  const int status = late < 0 ? -1 : read_answer(late, buffer, body);
+  const int64_t last = body.size() >= 8 ? *reinterpret_cast<const int64_t*>(body.data() + body.size() - 8) : 0;
+  if (status != 200 || body.size() < size_t{kWide} * 8 || last != 42) {
+    std::fprintf(stderr, "FAIL: the answer read during the drain: status %d, %zu bytes\n", status, body.size());
+    ++failures;
+  }
+  std::string partial_buffer, partial_body;
+  if (partial < 0 || read_answer(partial, partial_buffer, partial_body) != 503 ||
+      partial_body.find("shutting down") == std::string::npos) {
+    std::fprintf(stderr, "FAIL: a request still arriving at the stop was not refused: %s\n", partial_body.c_str());
+    ++failures;
+  }
+  stopper.join();
+  if (late >= 0) ::close(late);
+  if (partial >= 0) ::close(partial);
+
   const http::ServerStats s = server->stats();
-  server.reset();  // stops; closes the handoff socket, which ends the stand-in front end
+  server.reset();  // closes the handoff sockets, which ends the stand-in front ends
   front_end.join();
+  stalled_front_end.join();
   ::close(pair[1]);
+  ::close(stalled_pair[1]);
   batcher->stop();
-  if (s.served != uint64_t{kClients} * kRequests + kBinaryRequests || adopted.load() != kHandoffs) {
-    std::fprintf(stderr, "FAIL: served %llu, handed off %d\n", static_cast<unsigned long long>(s.served), adopted.load());
+  wide->stop();
+  if (s.served != uint64_t{kClients} * kRequests + kBinaryRequests + 2 ||
+      adopted.load() + adopted_late.load() != kHandoffs) {
+    std::fprintf(stderr, "FAIL: served %llu, handed off %d + %d\n", static_cast<unsigned long long>(s.served),
+                 adopted.load(), adopted_late.load());
     ++failures;
   }
   if (failures.load() != 0) return 1;

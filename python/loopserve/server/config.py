@@ -31,6 +31,9 @@ class HttpConfig(Struct, forbid_unknown_fields=True, frozen=True):
     header_timeout_s: Annotated[float, Meta(gt=0)] = 10.0
     body_timeout_s: Annotated[float, Meta(gt=0)] = 60.0
     keep_alive_s: Annotated[float, Meta(gt=0)] = 5.0
+    # With the native infer path: a connection whose answer the client takes nothing of for this
+    # long (it does not read) is closed, and the memory its answer held goes back.
+    send_timeout_s: Annotated[float, Meta(gt=0)] = 30.0
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 << 10
     max_connections: Annotated[int, Meta(ge=1)] = 2048
     # Overload (server/admission.py): while a process's event loop runs more than

@@ -241,6 +241,7 @@ class NativeHttpCollector(Collector):
         connections.add_metric(["accepted"], stats["accepted"])
         connections.add_metric(["handed_off"], stats["handed_off"])
         connections.add_metric(["handoff_failed"], stats["handoff_failed"])
+        connections.add_metric(["send_timeout"], stats["send_timeouts"])
         yield connections
         served = CounterMetricFamily("loopserve_native_http_requests", "Infer requests the native HTTP path answered")
         served.add_metric([], stats["served"])

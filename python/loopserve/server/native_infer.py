@@ -34,7 +34,10 @@ def start_native_http(router, sock: socket.socket, http) -> "_core.HttpServer":
         max_head_bytes=min(http.max_header_bytes, NATIVE_HEAD_BYTES), max_connections=http.max_connections,
         keep_alive_s=http.keep_alive_s, stall_s=min(NATIVE_STALL_S, http.header_timeout_s),
         overload_wait_ms=http.overload_wait_ms, overload_min_connections=http.overload_min_connections,
-        overload_message=overload_message(http.overload_wait_ms), latency_bounds=list(LATENCY_BUCKETS))
+        overload_message=overload_message(http.overload_wait_ms), latency_bounds=list(LATENCY_BUCKETS),
+        send_timeout_s=http.send_timeout_s, drain_s=http.graceful_shutdown_s,
+        # a connection no front end takes within the time its head would have had there: 503
+        handoff_wait_s=http.header_timeout_s)
 
 
 class InProcessNativeInfer:
