@@ -138,14 +138,15 @@ def wide_repository(tmp_path: Path) -> Path:
     return write_model(tmp_path / "models", "wide", *WIDE_MODEL)
 
 
-def slow_reader(port: int, value: int) -> socket.socket:
-    """Asks for a 16 MiB answer (binary) on a connection with a small receive buffer, reads nothing."""
+def slow_reader(port: int, value: int, http: bytes = b"HTTP/1.1") -> socket.socket:
+    """Asks for a 16 MiB answer (binary) on a connection with a small receive buffer, reads nothing.
+    HTTP/1.0 goes to a front end's Python path; 1.1 stays on the native one."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
     sock.connect(("127.0.0.1", port))
     body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [value]}],
                                 "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
-    sock.sendall(b"POST /v2/models/wide/infer HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % len(body) + body)
+    sock.sendall(b"POST /v2/models/wide/infer %s\r\nhost: t\r\ncontent-length: %d\r\n\r\n" % (http, len(body)) + body)
     sock.settimeout(60)
     assert sock.recv(1, socket.MSG_PEEK)  # its answer has begun
     return sock
@@ -170,7 +171,9 @@ def test_at_sigterm_an_answer_to_a_slow_reader_goes_out_whole_within_the_drain(t
     proc = serve(wide_repository(tmp_path), port, config=config)
     try:
         slow, never = slow_reader(port, 5), slow_reader(port, 6)
+        never_python = slow_reader(port, 8, b"HTTP/1.0")  # a front end's drain waits for it too
         proc.send_signal(signal.SIGTERM)
+        stop_began = time.monotonic()
 
         def refused():  # the native loop drains: it has closed its listener
             try:
@@ -188,8 +191,12 @@ def test_at_sigterm_an_answer_to_a_slow_reader_goes_out_whole_within_the_drain(t
         # client that never reads has its answer cut there, and the server exits.
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
+        # The native loop and the front ends drain side by side: one stop, not two in a row.
+        assert time.monotonic() - stop_began < 3 * 1.7, time.monotonic() - stop_began
         head, body = read_all(never)
         assert len(body) < WIDE * 4, len(body)
+        head, body = read_all(never_python)
+        assert head.startswith(b"HTTP/1.1 200 ") and len(body) < WIDE * 4, (head, len(body))
     finally:
         if proc.poll() is None:
             proc.kill()

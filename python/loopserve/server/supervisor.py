@@ -274,9 +274,13 @@ class MultiProcessServer:
         app.on_shutdown.append(self._stop)
 
     async def _stop(self) -> None:
-        if self.native_http is not None:  # no new connections; answers in flight still go out
-            await asyncio.to_thread(self.native_http.stop)
-        await self.supervisor.stop()
+        # The native loop (no new connections; answers in flight still go out) and the front ends
+        # drain side by side, each for graceful_shutdown_s at most: one after the other, a stop
+        # took up to twice that, past what a process manager's grace period allows for.
+        drains = [self.supervisor.stop()]
+        if self.native_http is not None:
+            drains.append(asyncio.to_thread(self.native_http.stop))
+        await asyncio.gather(*drains)
         await asyncio.to_thread(self.native.close)
 
     def cleanup(self) -> None:
