@@ -263,7 +263,7 @@ void bind_ipc(py::module_& m) {
            },
            "The predictions recorded since the last drain, as blocks of consecutive requests whose tensors stack: "
            "[(ids, group JSONs, times, y, y rows per request, [inputs], [input rows per request])]")
-      .def_property_readonly("dropped", &FeedbackTap::dropped);
+      .def("take_dropped", &FeedbackTap::take_dropped, "Predictions dropped (the tap was full) since the last call");
 
   py::class_<Router, std::shared_ptr<Router>>(m, "Router")
       .def(py::init<>())

@@ -278,6 +278,21 @@ def test_labelled_examples_hold_the_request_rows(clock):
     assert set(columns) >= {"f0", "f3", "label", "group", "id", "version", "p0", "labelled_at"}
 
 
+def test_labelled_examples_held_in_memory_keep_within_record_max_bytes(clock):
+    """Wide rows (a thousand floats of inputs and outputs each): the record keeps what fits its
+    bytes, and so do the labelled examples, the newest first."""
+    store = FeedbackStore(clock)
+    with score_model(width=1000, out_width=1000, record_size=1000, record_max_bytes=100_000) as model:
+        assert store.track(model).rec.capacity == 100_000 // (4 * 2000) == 12
+        for i in range(20):  # labelled in turn: each joins while its prediction is still held
+            predict(store, model, f"r{i}", np.full((1, 1000), i, np.float32))
+            assert store.feedback("m", [(f"r{i}", [1])]).joined == 1
+    buffer = store.model("m").labelled
+    assert buffer.bytes <= 100_000 < 20 * (2 * 4000 + 8)  # x, prediction and label of each
+    examples = store.labelled_examples("m")
+    assert examples.ids.tolist() == [f"r{i}" for i in range(8, 20)]
+
+
 def test_spill_files_are_readable_and_rotate(tmp_path, clock):
     store = FeedbackStore(clock)
     rng = np.random.default_rng(3)

@@ -80,8 +80,9 @@ def test_a_large_json_body_decodes_while_small_requests_are_answered(serve, mlp_
     status, raw, answered_during, _ = post_while_others_ask(server, "/v2/models/mlp/infer", big, clients=6)
     # It decoded (then the model refused 100,000 rows: its max_batch_size is 64, a 400 that names it).
     assert status == 400 and b"batch" in raw, (status, raw[:300])
-    # Every connection, whichever process it reached, was answered again and again meanwhile.
-    assert len(answered_during) == 6 and min(answered_during) >= 10, answered_during
+    # Every connection, whichever process it reached, was answered again and again meanwhile
+    # (9-12 times each on a loaded box; a decode on the loop would allow one at most).
+    assert len(answered_during) == 6 and min(answered_during) >= 5, answered_during
     assert server.request("POST", "/v2/models/mlp/infer", infer_body())[0] == 200
 
 

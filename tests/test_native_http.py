@@ -100,7 +100,7 @@ def test_answers_match_the_python_path_and_are_served_natively(server, tiny_refe
     x = _x(3)
     for body in (_infer_body(x, id="flat-1"), _infer_body(x, nested=True, id="nested-1"),
                  _infer_body(x[:1], id="params", parameters={"priority": 1, "timeout": 10_000_000,
-                                                            "routing_key": "k", "group": {"a": 1}})):
+                                                            "routing_key": "k", "group": "a"})):
         native, python = _both_paths(server, body)
         assert native[0] == python[0] == 200, (native, python)
         assert native[1]["content-type"] == python[1]["content-type"] == "application/json"
@@ -123,6 +123,8 @@ BAD_REQUESTS = {
     "shape not the model's": dict(body={"inputs": [{"name": "INPUT0", "shape": [1, 16], "datatype": "FP32",
                                                     "data": [0.0] * 16}]}),
     "malformed JSON": dict(body=b'{"inputs": [{"name": "INPUT0",'),
+    "a group past float64": dict(body=b'{"inputs": [{"name": "INPUT0", "shape": [1, 32], "datatype": "FP32", '
+                                 b'"data": [' + b", ".join([b"0"] * 32) + b']}], "parameters": {"group": 1e400}}'),
     "data count not the shape's": dict(body={"inputs": [{"name": "INPUT0", "shape": [1, 32], "datatype": "FP32",
                                                         "data": [0.0] * 31}]}),
     "strings for FP32": dict(body={"inputs": [{"name": "INPUT0", "shape": [1, 2], "datatype": "FP32",

@@ -255,6 +255,10 @@ bool decode_parameters(yyjson_val* params, DecodedInfer& out) {
     out.binary_default = yyjson_get_bool(binary);
   }
   if (group != nullptr && !yyjson_is_null(group)) {
+    // A scalar (a number past float64 reads as raw, which the Python decoder refuses); any other
+    // group is the Python path's to read and refuse as it does.
+    if (!yyjson_is_str(group) && !yyjson_is_bool(group) && !yyjson_is_int(group) && !yyjson_is_real(group))
+      return false;
     size_t len = 0;
     char* text = yyjson_val_write(group, 0, &len);
     if (text == nullptr) return false;

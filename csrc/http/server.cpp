@@ -118,6 +118,7 @@ void HttpServer::run() {
     late_pending_s_ = std::max(late_pending_s_, seconds_since(asleep, turn_start_) - timeout_ms / 1e3);
     overslept_s_ = late_pending_s_;
     if (n > 0) late_pending_s_ = 0;
+    int connection_events = 0;
     for (int i = 0; i < n; ++i) {
       const uint64_t key = events[i].data.u64;
       if (key == kListenerKey) {
@@ -134,7 +135,7 @@ void HttpServer::run() {
       advance(conn);
       // Many clients: what was read so far runs now, where it would wait for the rest of the
       // turn's reads (the answers go out as their batches finish, a turn sooner).
-      if ((i + 1) % kEventsPerEarlyRun == 0) run_deferred();
+      if (++connection_events % kEventsPerEarlyRun == 0) run_deferred();
     }
     // The turn's requests for quick models run here, one batch per model; their answers (and
     // those other threads completed meanwhile) let each connection's next request go.

@@ -9,9 +9,10 @@
 // allocation per request from the drain thread contended for the allocator's lock with the
 // loop allocating the next ones (the tail at 64 clients, DESIGN.md).
 //
-// Thread-safety: record() and drain_blocks() from any thread, under one mutex (a record holds
-// it for a few small copies). A bounded queue, in requests and in bytes: when the Python side
-// falls behind, predictions are dropped and counted, never waited for.
+// Thread-safety: every member from any thread, under one mutex (a record holds it for the copy
+// of its rows, and now and then a buffer's growth). A bounded queue, in requests and in bytes
+// (an empty tap takes any one request): when the Python side falls behind, predictions are
+// dropped and counted, never waited for.
 #pragma once
 
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "completion.h"
@@ -74,7 +76,7 @@ class FeedbackTap {
     size_t bytes = y_bytes;
     for (size_t i : inputs_) bytes += input_bytes(inputs[i]);
     std::lock_guard<std::mutex> lock(mu_);
-    if (held_ >= capacity_ || held_bytes_ + bytes > max_bytes_) {
+    if (held_ >= capacity_ || (held_ > 0 && held_bytes_ + bytes > max_bytes_)) {
       ++dropped_;
       return;
     }
@@ -103,9 +105,10 @@ class FeedbackTap {
     return out;
   }
 
-  uint64_t dropped() const {
+  // Predictions dropped since the last call.
+  uint64_t take_dropped() {
     std::lock_guard<std::mutex> lock(mu_);
-    return dropped_;
+    return std::exchange(dropped_, 0);
   }
 
  private:

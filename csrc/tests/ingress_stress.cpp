@@ -161,9 +161,10 @@ int main() {
   batcher->stop();
   drained.store(true);
   drainer.join();
-  if (recorded != uint64_t{kFrontends} * kRequests || tap->dropped() != 0) {
+  const uint64_t dropped = tap->take_dropped();
+  if (recorded != uint64_t{kFrontends} * kRequests || dropped != 0) {
     std::fprintf(stderr, "FAIL: the feedback tap recorded %llu requests, dropped %llu\n",
-                 static_cast<unsigned long long>(recorded), static_cast<unsigned long long>(tap->dropped()));
+                 static_cast<unsigned long long>(recorded), static_cast<unsigned long long>(dropped));
     ++failures;
   }
   const IngressStats s = ingress.stats();

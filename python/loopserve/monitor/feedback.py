@@ -75,6 +75,7 @@ class RecordState(msgspec.Struct):
     horizon_s: float
     input_width: int
     output: str
+    dropped: int  # predictions the engine's tap could not hold until drained (workers > 1)
 
 
 class FeedbackReport(msgspec.Struct):
@@ -109,6 +110,13 @@ class VersionTrack:
         self.rec = PredictionRecord(record_rows(config, layout), config.horizon_s, layout.y_width,
                                     list(layout.x_layout), layout.batched)
         self.failed = False
+        self.dropped = 0  # predictions the engine's tap could not hold until drained
+
+    def count_dropped(self, n: int) -> None:
+        if n and not self.dropped:
+            log.warning("feedback predictions dropped: the engine's tap was full between drains",
+                        extra={"model": self.owner.name, "version": self.version, "dropped": n})
+        self.dropped += n
 
     def record(self, request_id: str, inputs: dict, outputs: dict, params: dict | None,
                at: float | None = None) -> None:
@@ -117,9 +125,7 @@ class VersionTrack:
         y = outputs.get(self.output)
         if y is None or self.failed:
             return
-        group = params.get("group") if params else None
-        if group is not None and type(group) not in _SCALARS:
-            group = str(group)  # one group per request
+        group = _one_group(params.get("group") if params else None)
         owner = self.owner
         try:
             with owner.lock:
@@ -134,7 +140,7 @@ class VersionTrack:
         each input). Never raises."""
         if self.failed:
             return
-        groups = [g if g is None or type(g) in _SCALARS else str(g) for g in groups]
+        groups = [_one_group(g) for g in groups]
         owner = self.owner
         try:
             if self.layout.batched and all(np.array_equal(rows, y_rows) for rows in input_rows.values()):
@@ -168,7 +174,7 @@ class ModelFeedback:
         self.tracks: dict[int, VersionTrack] = {}
         self.live: dict[int, LiveMetrics] = {}
         self.counts: dict[tuple[str, str], int] = {}
-        self.labelled = LabelledBuffer(config.record_size)
+        self.labelled = LabelledBuffer(config.record_size, config.record_max_bytes)
         self.spill = SpillWriter(config.spill_dir, name, config.spill_max_bytes) if config.spill_dir else None
         self.not_recorded: dict[str, str] = {}
 
@@ -177,7 +183,7 @@ class ModelFeedback:
             return
         with self.lock:
             self.config = config
-            self.labelled.capacity = config.record_size
+            self.labelled.capacity, self.labelled.max_bytes = config.record_size, config.record_max_bytes
             spill = self.spill
             if config.spill_dir is None or spill is None or spill.max_bytes != config.spill_max_bytes or \
                     str(spill.directory.parent) != str(config.spill_dir):
@@ -221,8 +227,9 @@ class ModelFeedback:
                 offset = 0
                 for (request_id, predicted_at, group), truth in zip(metas, truths):
                     end = offset + len(truth)
-                    item = Joined(now, predicted_at, request_id, track.version, group, X[offset:end], truth,
-                                  Y[offset:end])
+                    # copies: an item evicted from the buffer frees its rows, not a view of the join's
+                    item = Joined(now, predicted_at, request_id, track.version, group, X[offset:end].copy(), truth,
+                                  Y[offset:end].copy())
                     joined.append(item)
                     self.labelled.add(item)
                     offset = end
@@ -429,10 +436,18 @@ class FeedbackStore:
             for (version, status), n in sorted(mf.counts.items()):
                 labels.setdefault(version, {})[status] = n
             records = [RecordState(v, t.rec.live_entries(), t.rec.capacity, t.rec.seq, len(t.rec.tombstones), t.rec.horizon_s,
-                                   t.rec.x_width, t.output) for v, t in sorted(mf.tracks.items())]
+                                   t.rec.x_width, t.output, t.dropped) for v, t in sorted(mf.tracks.items())]
             versions = [live.snapshot(last) for _, live in sorted(mf.live.items())]
             return FeedbackReport(name, labels, versions, records, mf.labelled.rows, mf.config.spill_dir,
                                   dict(mf.not_recorded))
+
+    def dropped_counts(self) -> list[tuple[str, str, int]]:
+        """(model, version, predictions dropped before the record) per version; for Prometheus."""
+        out = []
+        for name, mf in list(self.models.items()):
+            with mf.lock:
+                out += [(name, str(v), t.dropped) for v, t in sorted(mf.tracks.items())]
+        return out
 
     def label_counts(self) -> list[tuple[str, str, str, int]]:
         """(model, version, status, ids) for every count; for Prometheus."""
@@ -443,9 +458,14 @@ class FeedbackStore:
         return out
 
 
+def _one_group(group):
+    """A request's group as the record keeps it: a scalar, or the text of anything else."""
+    return group if group is None or type(group) in _SCALARS else str(group)
+
+
 def record_rows(config, layout: Layout) -> int:
     """Rows the version's record holds: `record_size`, or fewer when that many rows of its
-    predictions and kept inputs would take more than `record_max_bytes`."""
+    predictions and kept inputs would take more than `record_max_bytes` (one at least)."""
     row_bytes = 4 * (layout.y_width + sum(width for _, _, width in layout.x_layout))
     return max(1, min(config.record_size, config.record_max_bytes // row_bytes))
 

@@ -95,19 +95,25 @@ def examples_from(items: list[Joined], what: str) -> LabelledExamples:
 
 
 class LabelledBuffer:
-    """The most recent joined examples of one model, at most `capacity` rows. Not
-    thread-safe by itself: its owner holds a lock."""
+    """The most recent joined examples of one model, at most `capacity` rows and `max_bytes` of
+    their arrays (the newest is kept whatever its size). Not thread-safe by itself: its owner
+    holds a lock."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, max_bytes: int):
         self.capacity = capacity
+        self.max_bytes = max_bytes
         self.items: deque[Joined] = deque()
         self.rows = 0
+        self.bytes = 0
 
     def add(self, item: Joined) -> None:
         self.items.append(item)
         self.rows += len(item.y)
-        while self.rows > self.capacity and len(self.items) > 1:
-            self.rows -= len(self.items.popleft().y)
+        self.bytes += _nbytes(item)
+        while (self.rows > self.capacity or self.bytes > self.max_bytes) and len(self.items) > 1:
+            gone = self.items.popleft()
+            self.rows -= len(gone.y)
+            self.bytes -= _nbytes(gone)
 
     def select(self, since: float | None = None, version: int | None = None) -> list[Joined]:
         """Items labelled after `since` (all when None), of `version` (all when None)."""
@@ -119,6 +125,10 @@ class LabelledBuffer:
                 out.append(item)
         out.reverse()
         return out
+
+
+def _nbytes(item: Joined) -> int:
+    return item.x.nbytes + item.y.nbytes + item.prediction.nbytes
 
 
 class _Line(msgspec.Struct):

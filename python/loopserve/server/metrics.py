@@ -166,9 +166,15 @@ class FeedbackCollector(Collector):
                             family.add_metric([name, v, window], value)
         for name, version, status, n in self.store.label_counts():
             counts.add_metric([name, version, status], n)
+        dropped = CounterMetricFamily("loopserve_feedback_dropped",
+                                      "Predictions not recorded for feedback: the engine's tap was full between drains",
+                                      labels=["model", "version"])
+        for name, version, n in self.store.dropped_counts():
+            dropped.add_metric([name, version], n)
         yield from families.values()
         yield rows
         yield counts
+        yield dropped
 
 
 class LatencyCollector(Collector):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 
 import msgspec
@@ -33,6 +34,9 @@ from loopserve.serving.router import VersionRouter
 log = logging.getLogger("loopserve.engine")
 
 FEEDBACK_DRAIN_S = 0.02
+# How long a retired version's tap is still drained: the requests its batcher had queued complete
+# as it closes, after the unload hooks.
+RETIRING_DRAIN_S = 10.0
 
 
 class NativeRoutes:
@@ -41,6 +45,7 @@ class NativeRoutes:
         self.router = _core.Router()
         self.ingress = _core.Ingress(self.router, spin_us)
         self._taps: "weakref.WeakKeyDictionary[Model, tuple]" = weakref.WeakKeyDictionary()
+        self._retiring: list[tuple[tuple, float]] = []  # (entry, drained until), under _taps_lock
         self._taps_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -62,13 +67,13 @@ class NativeRoutes:
         self.router.set_model(router.name, loaded, answering, [m.version for m in router.shadow_models()])
 
     def _before_unload(self, model: Model) -> None:
-        """No request can reach the version's batcher once this returns (blocking, microseconds)."""
+        """No request can reach the version's batcher once this returns (blocking, microseconds).
+        Its tap is drained a while longer: what the batcher had queued completes as it closes."""
         self.router.wait_quiescent()
-        with self._flush_lock:
-            with self._taps_lock:
-                entry = self._taps.pop(model, None)
+        with self._taps_lock:
+            entry = self._taps.pop(model, None)
             if entry is not None:
-                self._record(*entry)
+                self._retiring.append((entry, time.monotonic() + RETIRING_DRAIN_S))
 
     def _tap(self, model: Model):
         with self._taps_lock:
@@ -89,22 +94,28 @@ class NativeRoutes:
 
     def _drain_feedback(self) -> None:
         while not self._stop.wait(FEEDBACK_DRAIN_S):
-            self.flush_feedback()
+            try:
+                self.flush_feedback()
+            except Exception:  # the thread must outlive any one batch: the taps fill up otherwise
+                log.exception("feedback drain failed")
 
     def flush_feedback(self) -> None:
         """Hands every prediction the taps hold to the feedback record. Any thread; one flush
         at a time, so that a flush that finds a tap empty knows its entries are recorded."""
         with self._flush_lock:
             with self._taps_lock:
-                entries = list(self._taps.values())
+                now = time.monotonic()
+                entries = list(self._taps.values()) + [entry for entry, _ in self._retiring]
+                self._retiring = [(entry, until) for entry, until in self._retiring if until > now]
             for entry in entries:
                 self._record(*entry)
 
     @staticmethod
     def _record(tap, track, x_names) -> None:
         for ids, groups, times, y, y_rows, xs, x_rows in tap.drain_blocks():
-            track.record_block(ids, [msgspec.json.decode(g) if g else None for g in groups], times.tolist(), y, y_rows,
+            track.record_block(ids, [_group(g) for g in groups], times.tolist(), y, y_rows,
                                dict(zip(x_names, xs)), dict(zip(x_names, x_rows)))
+        track.count_dropped(tap.take_dropped())
 
     def close(self) -> None:
         """Stops the ingress (after the front ends are gone) and hands over what the taps hold."""
@@ -112,3 +123,15 @@ class NativeRoutes:
         self._stop.set()
         self._feedback_thread.join()
         self.flush_feedback()
+
+
+def _group(text: str):
+    """A request's `group` parameter from its JSON text (None when it had none); the text itself
+    when it does not decode here (numbers past float64, deep nesting), so one odd group costs
+    that request its group, not the drain."""
+    if not text:
+        return None
+    try:
+        return msgspec.json.decode(text)
+    except (msgspec.DecodeError, RecursionError):
+        return text
