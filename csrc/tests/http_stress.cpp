@@ -85,20 +85,10 @@ std::string wide_request(int64_t value) {
 }
 
 // A client that reads slowly: a small receive buffer, so that most of an answer waits in the server.
-int slow_reader(int port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  int small = 4096;
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
+int connect_to(int port, int receive_buffer = 0);
+
+// A client with a small receive buffer: a large answer to it waits in the server.
+int slow_reader(int port) { return connect_to(port, 4096); }
 
 // Whether an answer arrives on `fd` within `ms`.
 bool readable_within(int fd, int ms) {
@@ -131,8 +121,9 @@ int read_answer(int fd, std::string& buffer, std::string& body) {
   }
 }
 
-int connect_to(int port) {
+int connect_to(int port, int receive_buffer) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (receive_buffer > 0) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(port));
