@@ -275,6 +275,11 @@ std::shared_ptr<Executor> Batcher::release_executor() {
   return std::move(executor_);
 }
 
+bool Batcher::full_batch_waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return config_.max_batch_size > 0 ? queued_rows_ >= config_.max_batch_size : queued_ > 0;
+}
+
 BatcherStats Batcher::stats() const {
   int64_t queued;
   {

@@ -139,6 +139,9 @@ class Batcher {
   void set_observer(std::shared_ptr<BatchObserver> observer);
 
   BatcherStats stats() const;
+  // Whether a whole batch (max_batch_size rows) waits now: the model is what requests wait
+  // for, and its next batch could start at once.
+  bool full_batch_waiting() const;
   const BatcherConfig& config() const noexcept { return config_; }
 
  private:

@@ -59,6 +59,7 @@ void bind_http(py::module_& m) {
         d["handed_off"] = s.handed_off;
         d["handoff_failed"] = s.handoff_failed;
         d["send_timeouts"] = s.send_timeouts;
+        d["answers_by_loop"] = s.answers_by_loop;
         d["connections"] = s.connections;
         d["overload_refused"] = s.overload_refused;
         py::dict latency;

@@ -143,6 +143,7 @@ void HttpServer::run() {
     work_left = true;
     for (int round = 0; round < kRounds; ++round) {
       run_deferred();
+      state_->answer_handed();
       auto done = state_->take_done();
       if (done.empty()) {
         work_left = false;

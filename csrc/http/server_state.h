@@ -36,6 +36,7 @@ struct ServerStats {
   uint64_t handed_off = 0;    // connections handed to a front end
   uint64_t handoff_failed = 0;  // answered 503 instead: no front end took them in time
   uint64_t send_timeouts = 0;   // closed: the client took nothing of its answer for send_timeout_s
+  uint64_t answers_by_loop = 0;  // written by the loop for a model's worker that had a whole batch waiting
   uint64_t connections = 0;   // open now (the loop's)
   std::map<std::string, uint64_t> overload_refused;  // by model
   std::map<std::pair<std::string, int64_t>, LatencyCounts> latency;  // 200s, by model and version
@@ -54,16 +55,20 @@ struct Pending {
   bool keep_alive = true;
 };
 
-// Thread-safety: complete() and post_done() from any thread; take_done() and loop_gone() on
-// the loop thread; the counts under stats_mu_ (or atomic). The loop thread's id is set before
-// any request.
+// Thread-safety: complete() and post_done() from any thread; take_done(), answer_handed() and
+// loop_gone() on the loop thread; the counts under stats_mu_ (or atomic). The loop thread's id
+// is set before any request.
 class ServerState {
  public:
   explicit ServerState(std::vector<double> latency_bounds);
   ~ServerState();
 
-  // A request's completion (on the thread that completed its batch): answers it.
+  // A request's completion, on the thread that completed its batch: answers it there, or,
+  // when that is a model's worker and a whole batch already waits for the model, hands it to
+  // the loop (answer_handed), so that the model goes on to that batch at once.
   void complete(Connection& conn, Completion& c);
+  // The loop thread: answers the completions handed to it.
+  void answer_handed();
   // The connection's request is answered: the loop takes it up again.
   void post_done(std::shared_ptr<Connection> conn);
   std::vector<std::shared_ptr<Connection>> take_done();
@@ -80,18 +85,22 @@ class ServerState {
 
  private:
   void observe(const std::string& model, int64_t version, double seconds);
+  void answer(Connection& conn, Completion& c);
+  bool hand_to_loop(Connection& conn, Completion& c);
+  void wake_loop();
 
   const std::vector<double> bounds_;
   int wake_fd_ = -1;
   std::thread::id loop_thread_;
-  std::mutex done_mu_;  // guards done_, signalled_, loop_gone_
+  std::mutex done_mu_;  // guards done_, handed_, signalled_, loop_gone_
   std::vector<std::shared_ptr<Connection>> done_;
+  std::vector<std::pair<std::shared_ptr<Connection>, Completion>> handed_;
   bool signalled_ = false;
   bool loop_gone_ = false;
   mutable std::mutex stats_mu_;  // guards overload_, latency_
   std::map<std::string, uint64_t> overload_;
   std::map<std::pair<std::string, int64_t>, LatencyCounts> latency_;
-  std::atomic<uint64_t> served_{0};
+  std::atomic<uint64_t> served_{0}, answers_by_loop_{0};
 };
 
 }  // namespace loopserve::http

@@ -1,7 +1,8 @@
 // The engine's native HTTP server under ThreadSanitizer and AddressSanitizer
 // (tests/test_native.py), with real loopback clients: four keep-alive clients send JSON infer
 // requests (some pipelined two at a time) and one binary tensors to an echo model, each answer
-// checked; one client sends other routes, which are handed over (SCM_RIGHTS) to two stand-in front ends,
+// checked, and four more to a slow model whose answers the loop writes while a whole batch
+// waits; one client sends other routes, which are handed over (SCM_RIGHTS) to two stand-in front ends,
 // one of them stalled (it reads nothing until the end): the other answers all but what the
 // stalled one took before it was seen to stall; meanwhile the model's version is swapped again and
 // again (publish, wait until no snapshot names the old one, stop it), as a hot swap does. Then a
@@ -75,6 +76,37 @@ std::shared_ptr<const ModelRoute> wide_route(std::shared_ptr<Batcher>& batcher) 
   return r;
 }
 
+// The slow model: echo, 1 ms a batch of at most 2 rows, on its one worker thread (never on the
+// loop: far over the inline budget). With several clients a whole batch waits while one runs,
+// so the loop writes the answers and the worker goes on (ServerState::hand_to_loop).
+class SlowEchoExecutor final : public Executor {
+ public:
+  void run(const Batch& batch, BatchResult& out) override {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    echo_.run(batch, out);
+  }
+
+ private:
+  EchoExecutor echo_;
+};
+
+std::shared_ptr<const ModelRoute> slow_route(std::shared_ptr<Batcher>& batcher) {
+  BatcherConfig c;
+  c.model_name = "slow";
+  c.inputs = {TensorSpec{"x", DType::kInt64, {2}}};
+  c.outputs = {TensorSpec{"x", DType::kInt64, {2}}};
+  c.max_batch_size = 2;
+  batcher = std::make_shared<Batcher>(c, std::make_shared<SlowEchoExecutor>());
+  auto v = std::make_shared<VersionRoute>();
+  v->version = 1;
+  v->batcher = batcher;
+  auto r = std::make_shared<ModelRoute>();
+  r->name = "slow";
+  r->loaded = {v};
+  r->answering = {{1.0, v}};
+  return r;
+}
+
 // One row of the wide model, binary in and out: an answer of 8 MiB, all `value`.
 std::string wide_request(int64_t value) {
   const std::string json = "{\"inputs\":[{\"name\":\"x\",\"shape\":[1,1],\"datatype\":\"INT64\","
@@ -138,11 +170,11 @@ int connect_to(int port, int receive_buffer) {
   return fd;
 }
 
-std::string infer_request(int64_t a, int64_t b) {
+std::string infer_request(int64_t a, int64_t b, const std::string& model = "echo") {
   std::string body = "{\"id\":\"r" + std::to_string(a) + "\",\"inputs\":[{\"name\":\"x\",\"shape\":[1,2],\"datatype\":\"INT64\","
                      "\"data\":[" + std::to_string(a) + "," + std::to_string(b) + "]}]}";
-  return "POST /v2/models/echo/infer HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
-         body;
+  return "POST /v2/models/" + model + "/infer HTTP/1.1\r\nHost: t\r\nContent-Length: " + std::to_string(body.size()) +
+         "\r\n\r\n" + body;
 }
 
 // The same with Triton's binary tensor extension, in and out: 16 bytes of input after the JSON.
@@ -167,7 +199,7 @@ bool send_all(int fd, const std::string& bytes) {
 }
 
 // One keep-alive client: `count` requests, two at a time every third round (pipelined).
-void run_client(int port, int c, int count, std::atomic<int>& failures) {
+void run_client(int port, int c, int count, std::atomic<int>& failures, const std::string& model = "echo") {
   int fd = connect_to(port);
   if (fd < 0) {
     ++failures;
@@ -177,7 +209,7 @@ void run_client(int port, int c, int count, std::atomic<int>& failures) {
   for (int i = 0; i < count;) {
     const int batch = (i % 3 == 0 && i + 1 < count) ? 2 : 1;
     std::string out;
-    for (int k = 0; k < batch; ++k) out += infer_request(int64_t{c} * 1000000 + i + k, -(i + k));
+    for (int k = 0; k < batch; ++k) out += infer_request(int64_t{c} * 1000000 + i + k, -(i + k), model);
     if (!send_all(fd, out)) {
       ++failures;
       break;
@@ -259,6 +291,8 @@ void run_front_end(int sock, std::atomic<int>& adopted) {
 int main() {
   constexpr int kClients = 4;
   constexpr int kRequests = 1500;
+  constexpr int kSlowClients = 4;
+  constexpr int kSlowRequests = 150;
   constexpr int kHandoffs = 50;
   constexpr int kBinaryRequests = 500;
   std::atomic<int> failures{0}, adopted{0};
@@ -286,8 +320,9 @@ int main() {
   options.send_timeout_s = 1.0;
   options.drain_s = 30.0;  // ends as soon as the last answer has gone
   options.stall_s = 30.0;  // a request half sent stays here (the drain refuses it) rather than go to a front end
-  std::shared_ptr<Batcher> wide;
+  std::shared_ptr<Batcher> wide, slow;
   router->set_model(wide_route(wide));
+  router->set_model(slow_route(slow));
   int stalled_pair[2];
   ::socketpair(AF_UNIX, SOCK_STREAM, 0, stalled_pair);
   auto server = std::make_unique<http::HttpServer>(router, listener, options);
@@ -316,6 +351,8 @@ int main() {
   });
   std::vector<std::thread> clients;
   for (int c = 0; c < kClients; ++c) clients.emplace_back([&, c] { run_client(port, c, kRequests, failures); });
+  for (int c = 0; c < kSlowClients; ++c)
+    clients.emplace_back([&, c] { run_client(port, c, kSlowRequests, failures, "slow"); });
   clients.emplace_back([&] { run_binary_client(port, kBinaryRequests, failures); });
   clients.emplace_back([&] {  // other routes: handed over, answered by the front end that reads
     for (int i = 0; i < kHandoffs; ++i) {
@@ -399,7 +436,12 @@ int main() {
   ::close(stalled_pair[1]);
   batcher->stop();
   wide->stop();
-  if (s.served != uint64_t{kClients} * kRequests + kBinaryRequests + 2 ||
+  slow->stop();
+  if (s.answers_by_loop == 0) {
+    std::fprintf(stderr, "FAIL: the slow model's worker wrote every answer itself, with whole batches waiting\n");
+    ++failures;
+  }
+  if (s.served != uint64_t{kClients} * kRequests + uint64_t{kSlowClients} * kSlowRequests + kBinaryRequests + 2 ||
       adopted.load() + adopted_late.load() != kHandoffs) {
     std::fprintf(stderr, "FAIL: served %llu, handed off %d + %d\n", static_cast<unsigned long long>(s.served),
                  adopted.load(), adopted_late.load());
