@@ -225,3 +225,54 @@ def test_a_client_that_never_reads_is_closed_after_send_timeout_s(tmp_path):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
+
+
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of `pid`, from /proc."""
+    out, hz = {}, os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[task.name] = (int(fields[11]) + int(fields[12])) / hz
+    return out
+
+
+def test_at_sigterm_the_engine_waits_for_a_request_in_flight_without_spinning(tmp_path):
+    """The drain waits for a request still in the model: it is answered, and meanwhile no engine
+    thread runs (the loop's wake-up used to stay readable through the drain: a core spun)."""
+    marker = tmp_path / "inside"
+    repo = write_model(tmp_path / "models", "slow", f"""
+        import time
+        def infer(inputs):
+            open({str(marker)!r}, "w").write("in")
+            time.sleep(2.0)
+            return {{"y": inputs["x"] + 1}}
+    """, "max_batch_size: 8\n" + INT_IO)
+    config = tmp_path / "server.yaml"
+    config.write_text("http: {graceful_shutdown_s: 30}\n")
+    port = free_port()
+    proc = serve(repo, port, config=config)
+    try:
+        answer = []
+        caller = threading.Thread(target=lambda: answer.append(infer(port, "slow", 1)))
+        caller.start()
+        until(marker.exists, what="the request inside the model")
+        before, began = thread_cpu_s(proc.pid), time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        after = before
+        while caller.is_alive():
+            after = thread_cpu_s(proc.pid) or after
+            time.sleep(0.05)
+        waited = time.monotonic() - began
+        assert answer and answer[0][0] == 200, answer
+        busiest = max(after.get(t, cpu) - cpu for t, cpu in before.items())
+        # A spinning thread takes what a core gives it: about `waited`, here over a second.
+        assert waited > 0.5 and busiest < 0.5 * waited, (busiest, waited)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

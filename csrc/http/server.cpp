@@ -46,7 +46,8 @@ HttpServer::HttpServer(std::shared_ptr<Router> router, int listen_fd, ServerOpti
       options_(std::move(options)),
       state_(std::make_shared<ServerState>(options_.latency_bounds)),
       handoff_(options_.max_connections, options_.handoff_wait_s),
-      listen_fd_(listen_fd) {
+      listen_fd_(listen_fd),
+      read_scratch_(kReadChunk) {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) throw std::system_error(errno, std::generic_category(), "epoll_create1");
   // accept4 until EAGAIN: a blocking listener would hold the loop on its last accept
@@ -75,9 +76,7 @@ void HttpServer::stop() {
   std::call_once(stop_once_, [&] { drain_deadline_ = deadline; });
   if (!stopping_.exchange(true)) {
     state_->stopping.store(true);
-    uint64_t one = 1;
-    ssize_t n = ::write(state_->wake_fd(), &one, sizeof one);
-    (void)n;
+    state_->wake();
   }
   if (thread_.joinable()) thread_.join();
   if (listen_fd_ >= 0) {
@@ -159,13 +158,14 @@ void HttpServer::run() {
         advance(conn);
       }
     }
-    table_.reset();  // no snapshot held while asleep: Router::wait_quiescent may return
     const auto now = Clock::now();
     lag_s_ = seconds_since(turn_start_, now);
     if (now - last_scan >= kScanEvery) {
-      scan_timers();
+      // An answer flushed here lets its connection's next request start: it runs next turn.
+      if (scan_timers()) work_left = true;
       last_scan = now;
     }
+    table_.reset();  // no snapshot held while asleep: Router::wait_quiescent may return
   }
   run_deferred();  // what the last turn submitted to run here completes (its batcher waits for it)
   // Drained, or out of time: what is still open closes now (a request still in flight is
@@ -240,25 +240,28 @@ void HttpServer::add(const std::shared_ptr<Connection>& conn) {
 
 void HttpServer::read_from(Connection& conn) {
   if (conn.peer_closed) return;
-  const size_t cap = options_.native_body_bytes + options_.max_head_bytes;
+  // Read ahead of a request in flight only a head's worth (pipelined requests wait in the
+  // socket, as uvicorn pauses reading): 2048 connections may not pin a megabyte each.
+  const size_t cap = conn.in_flight ? options_.max_head_bytes : options_.native_body_bytes + options_.max_head_bytes;
   conn.read_capped = false;
   while (true) {
-    if (conn.in.size() - conn.consumed >= cap) {  // the rest waits in the socket (no new event comes for it)
+    const size_t buffered = conn.in.size() - conn.consumed;
+    if (buffered >= cap) {  // the rest waits in the socket (no new event comes for it)
       conn.read_capped = true;
       return;
     }
-    const bool was_empty = conn.consumed == conn.in.size();
-    if (was_empty) {
-      conn.in.clear();
-      conn.consumed = 0;
-    }
-    const size_t before = conn.in.size();
-    conn.in.resize(before + kReadChunk);
-    const ssize_t n = ::recv(conn.fd(), conn.in.data() + before, kReadChunk, 0);
-    conn.in.resize(before + (n > 0 ? static_cast<size_t>(n) : 0));
+    // Into the loop's scratch, then appended: a connection's buffer holds what it was sent,
+    // not a whole chunk's capacity each.
+    const size_t want = std::min(read_scratch_.size(), cap - buffered);
+    const ssize_t n = ::recv(conn.fd(), read_scratch_.data(), want, 0);
     if (n > 0) {
-      if (was_empty) conn.since = turn_start_;  // a new request starts arriving now
-      if (static_cast<size_t>(n) < kReadChunk) return;  // drained (edge-triggered: more data, a new event)
+      if (buffered == 0) {
+        conn.in.clear();
+        conn.consumed = 0;
+        conn.since = turn_start_;  // a new request starts arriving now
+      }
+      conn.in.append(read_scratch_.data(), static_cast<size_t>(n));
+      if (static_cast<size_t>(n) < want) return;  // drained (edge-triggered: more data, a new event)
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -435,7 +438,7 @@ void HttpServer::close(const std::shared_ptr<Connection>& conn) {
   connections_.store(conns_.size(), std::memory_order_relaxed);
 }
 
-void HttpServer::scan_timers() {
+bool HttpServer::scan_timers() {
   const auto now = Clock::now();
   const auto send_cutoff = now - std::chrono::duration_cast<Clock::duration>(
                                      std::chrono::duration<double>(options_.send_timeout_s));
@@ -465,6 +468,7 @@ void HttpServer::scan_timers() {
   for (auto& conn : stuck) close(conn);
   send_timeouts_.fetch_add(stuck.size(), std::memory_order_relaxed);
   for (auto& conn : flushed) advance(conn);  // its answer has gone: the next request, or the close
+  return !flushed.empty();
 }
 
 }  // namespace loopserve::http

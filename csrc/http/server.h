@@ -90,7 +90,7 @@ class HttpServer {
   void answer_now(Connection& conn, uint16_t status, std::string_view body, bool keep_alive);
   void hand_off(const std::shared_ptr<Connection>& conn);
   void close(const std::shared_ptr<Connection>& conn);
-  void scan_timers();
+  bool scan_timers();  // true when a flushed answer let its connection go on
   void add(const std::shared_ptr<Connection>& conn);
 
   std::shared_ptr<Router> router_;
@@ -109,6 +109,7 @@ class HttpServer {
   int64_t next_seq_ = 2;  // 0 and 1 are the listener and the wake-up
   std::shared_ptr<const RouteTable> table_;  // this turn's snapshot (let go before sleeping)
   std::vector<std::shared_ptr<Batcher>> deferred_;
+  std::vector<char> read_scratch_;  // every read lands here first
   std::chrono::steady_clock::time_point turn_start_;
   double lag_s_ = 0;  // how long the last turn took: what a request arriving at its start waited
   // How much later than its timeout this turn's wait returned (the process was stopped, or off

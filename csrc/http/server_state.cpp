@@ -45,10 +45,8 @@ bool ServerState::hand_to_loop(Connection& conn, Completion& c) {
     if (loop_gone_) return false;
     handed_.emplace_back(conn.shared_from_this(), std::move(c));
     answers_by_loop_.fetch_add(1, std::memory_order_relaxed);
-    if (signalled_) return true;
-    signalled_ = true;
+    signal_locked();
   }
-  wake_loop();
   return true;
 }
 
@@ -94,24 +92,30 @@ void ServerState::answer(Connection& conn, Completion& c) {
 }
 
 void ServerState::post_done(std::shared_ptr<Connection> conn) {
-  bool wake = false;
-  {
-    std::lock_guard<std::mutex> lock(done_mu_);
-    if (loop_gone_) {  // nobody flushes or reads it any more: what went out was the last
-      ::shutdown(conn->fd(), SHUT_RDWR);
-      return;
-    }
-    done_.push_back(std::move(conn));
-    // The loop drains after running its own batches: only another thread wakes it.
-    if (!signalled_ && std::this_thread::get_id() != loop_thread_) wake = signalled_ = true;
+  std::lock_guard<std::mutex> lock(done_mu_);
+  if (loop_gone_) {  // nobody flushes or reads it any more: what went out was the last
+    ::shutdown(conn->fd(), SHUT_RDWR);
+    return;
   }
-  if (wake) wake_loop();
+  done_.push_back(std::move(conn));
+  // The loop drains after running its own batches: only another thread wakes it.
+  if (std::this_thread::get_id() != loop_thread_) signal_locked();
 }
 
-void ServerState::wake_loop() {
+void ServerState::wake() {
+  std::lock_guard<std::mutex> lock(done_mu_);
+  signal_locked();
+}
+
+// Written under done_mu_, so that signalled_ always says whether the eventfd is readable: a
+// write after the lock could land after take_done found nothing to read and cleared
+// signalled_, leaving the (level-triggered) eventfd readable with nobody to read it, and the
+// loop spinning.
+void ServerState::signal_locked() {
+  if (signalled_) return;
   uint64_t one = 1;
-  ssize_t n = ::write(wake_fd_, &one, sizeof one);
-  (void)n;
+  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
+  signalled_ = true;
 }
 
 std::vector<std::shared_ptr<Connection>> ServerState::take_done() {

@@ -75,6 +75,8 @@ class ServerState {
   // The loop has stopped: a connection answered from now on is shut once its answer is written.
   void loop_gone();
   int wake_fd() const { return wake_fd_; }
+  // Any thread: the loop takes a turn soon (stop).
+  void wake();
   void set_loop_thread(std::thread::id id) { loop_thread_ = id; }
 
   void count_overload(const std::string& model);
@@ -87,7 +89,7 @@ class ServerState {
   void observe(const std::string& model, int64_t version, double seconds);
   void answer(Connection& conn, Completion& c);
   bool hand_to_loop(Connection& conn, Completion& c);
-  void wake_loop();
+  void signal_locked();
 
   const std::vector<double> bounds_;
   int wake_fd_ = -1;
