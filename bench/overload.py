@@ -4,7 +4,9 @@ For each loopserve server (workers 1, 2 by default; the tiny MLP, wrk with JSON 
 ending in "-off" is that server with its admission off, http.overload_wait_ms at 10^6, the peer
 that shows what the refusals change; "-N" sets http.overload_wait_ms to N; at workers 2 the engine
 answers infer itself by default, csrc/http/, and "loopserve-w2-python" is workers 2 without it, the
-front ends' Python infer route; "-native" forces the native path on):
+front ends' Python infer route; "-native" forces the native path on; "triton" is Triton 2.51 from
+../shared/anchors/triton, which queues past saturation and refuses nothing, the peer that shows
+what a closed loop of 8x the clients does to a C++ server's tail on the same box):
   1. the saturating concurrency: wrk at c = 2, 4, 8, ... 128; the smallest c whose req/s is
      within 10% of the sweep's best;
   2. then, in alternating rounds, wrk at that c and at 8 times it, counting answers by status.
@@ -100,6 +102,21 @@ def saturating_concurrency(server, seconds: float, script: Path) -> tuple[int, d
     return chosen, sweep
 
 
+def loopserve_server(name: str, work: Path) -> harness.Server:
+    """loopserve-wN[-native|-python][-off|-MS]: N workers, the infer path, the admission budget."""
+    workers, _, variant = name[len("loopserve-w"):].partition("-")
+    cmd = harness.DEFAULT_LOOPSERVE_CMD
+    for path, flag in (("native", " --native-infer"), ("python", " --no-native-infer")):
+        if variant.startswith(path):  # loopserve-w2-native|python[-off|-N]: http.native_infer on|off
+            cmd += flag
+            variant = variant[len(path):].lstrip("-")
+    if variant:
+        config = work / f"admission-{variant}.yaml"
+        config.write_text(f"http:\n  overload_wait_ms: {1000000 if variant == 'off' else float(variant)}\n")
+        cmd += f" --config {config}"
+    return harness.loopserve_server(work / "logs", work, cmd, int(workers))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default="loopserve-w1,loopserve-w2")
@@ -114,17 +131,8 @@ def main() -> int:
         (work / "logs").mkdir()
         script = overload_script(work)
         for name in args.servers.split(","):
-            workers, _, variant = name[len("loopserve-w"):].partition("-")
-            cmd = harness.DEFAULT_LOOPSERVE_CMD
-            for path, flag in (("native", " --native-infer"), ("python", " --no-native-infer")):
-                if variant.startswith(path):  # loopserve-w2-native|python[-off|-N]: http.native_infer on|off
-                    cmd += flag
-                    variant = variant[len(path):].lstrip("-")
-            if variant:
-                config = work / f"admission-{variant}.yaml"
-                config.write_text(f"http:\n  overload_wait_ms: {1000000 if variant == 'off' else float(variant)}\n")
-                cmd += f" --config {config}"
-            server = harness.loopserve_server(work / "logs", work, cmd, int(workers))
+            server = (harness.triton_server(work / "logs", work) if name == "triton"
+                      else loopserve_server(name, work))
             server.start()
             try:
                 why = server.ready(120)
