@@ -22,6 +22,7 @@ import pytest
 import tritonclient.http as httpclient
 
 from conftest import RunningServer, wait_until
+from helpers_http import Answers, exchange, native_and_python
 from loopserve.server.app import LoopserveApp
 from loopserve.server.config import HttpConfig
 
@@ -49,41 +50,9 @@ def _request(body: dict | bytes, model: str = "mlp", version: str | None = None)
             f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
 
 
-class _Answers:
-    """Reads answers one after another from one connection (one buffered reader for all, so
-    that pipelined answers read ahead are not lost); each has a Content-Length."""
-
-    def __init__(self, sock: socket.socket):
-        self.file = sock.makefile("rb")
-
-    def next(self) -> tuple[int, dict, bytes]:
-        status_line = self.file.readline()
-        if not status_line:
-            raise ConnectionError("the server closed the connection without an answer")
-        headers = {}
-        while (line := self.file.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        return int(status_line.split()[1]), headers, self.file.read(int(headers["content-length"]))
-
-
-def _read(sock: socket.socket) -> tuple[int, dict, bytes]:
-    return _Answers(sock).next()
-
-
-def _exchange(port: int, raw: bytes, answers: int = 1) -> list[tuple[int, dict, bytes]]:
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(raw)
-        reader = _Answers(sock)
-        return [reader.next() for _ in range(answers)]
-
-
 def _both_paths(server, body, **kw):
     """(native answer, Python answer) of one request: HTTP/1.1, then the same as HTTP/1.0."""
-    raw = _request(body, **kw)
-    native = _exchange(server.port, raw)[0]
-    python = _exchange(server.port, raw.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1))[0]
-    return native, python
+    return native_and_python(server.port, _request(body, **kw))
 
 
 def _x(rows=1, width=32, seed=0) -> np.ndarray:
@@ -194,8 +163,7 @@ BINARY_REQUESTS = {
 @pytest.mark.parametrize("case", list(BINARY_REQUESTS))
 def test_binary_tensors_answer_as_the_python_path(server, case):
     raw, status = BINARY_REQUESTS[case]
-    native = _exchange(server.port, raw)[0]
-    python = _exchange(server.port, raw.replace(b" HTTP/1.1\r\n", b" HTTP/1.0\r\n", 1))[0]
+    native, python = native_and_python(server.port, raw)
     assert native[0] == python[0] == status, (native, python)
     for name in ("content-type", "inference-header-content-length"):
         assert native[1].get(name) == python[1].get(name), name
@@ -210,7 +178,7 @@ def test_keep_alive_pipelining_and_a_handoff_mid_connection(server):
     before = server.native_http.stats()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         # three requests in one write: answered in order, one at a time
-        answers = _Answers(sock)
+        answers = Answers(sock)
         sock.sendall(b"".join(_request(_infer_body(_x(seed=i), id=f"p{i}")) for i in range(3)))
         ids = [json.loads(answers.next()[2])["id"] for _ in range(3)]
         assert ids == ["p0", "p1", "p2"]
@@ -241,7 +209,7 @@ def test_stats_and_metrics_count_what_the_native_path_served(server):
     success, latency = counts()
     native = server.native_http.stats()["served"]
     for i in range(5):
-        status, _, _ = _exchange(server.port, _request(_infer_body(_x(seed=i))))[0]
+        status, _, _ = exchange(server.port, _request(_infer_body(_x(seed=i))))[0]
         assert status == 200
     assert server.native_http.stats()["served"] - native >= 5
     success2, latency2 = counts()
@@ -270,9 +238,9 @@ def test_a_slow_client_goes_to_pythons_timers_and_others_are_served(model_repo, 
         slow_body = socket.create_connection(("127.0.0.1", running.port), timeout=30)
         slow_body.sendall(raw[:-10])  # all but the body's last bytes
         for _ in range(3):  # meanwhile everyone else is served
-            assert _exchange(running.port, raw)[0][0] == 200
+            assert exchange(running.port, raw)[0][0] == 200
         for sock, what in ((slow_head, b"head"), (slow_body, b"body")):
-            status, _, body = _read(sock)  # Python's limits answer them, as without the native path
+            status, _, body = Answers(sock).next()  # Python's limits answer them, as without the native path
             assert status == 408 and what in body, body
             sock.close()
         wait_until(lambda: running.native_http.stats()["handed_off"] >= 2, "the slow clients handed off")
