@@ -1,6 +1,7 @@
 #include "http/infer_codec.h"
 
 #include <cfloat>
+#include <charconv>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -344,6 +345,70 @@ bool encodable(DType dtype) { return numeric(dtype); }
 
 namespace {
 
+// A finite double as msgspec writes it (the Python path's encoder): the shortest digits that
+// read back as the same double (Python's repr's digits), in fixed notation for 1e-5 <= |d| <
+// 1e16 ("0.00001", "100.0") and else as "1.5e-6", "1e16" (no '+', no padded exponent).
+// yyjson's own writer switches at 1e-7 and 1e21 instead ("0.0000015", "10000000000000000.0").
+size_t format_like_msgspec(double d, char* out) {
+  char sci[32];  // std::to_chars' shortest round-trip form: "-1.5e-06", "1e+16", "0e+00"
+  const char* end = std::to_chars(sci, sci + sizeof sci, d, std::chars_format::scientific).ptr;
+  const char* p = sci;
+  char* w = out;
+  if (*p == '-') *w++ = *p++;
+  char digits[20];
+  size_t n = 0;
+  for (; p < end && *p != 'e'; ++p)
+    if (*p != '.') digits[n++] = *p;
+  int exponent = 0;
+  std::from_chars(p + 1 + (p[1] == '+'), end, exponent);
+  while (n > 1 && digits[n - 1] == '0') --n;  // "1.50e+00" never comes, but "0e+00" keeps its 0
+  if (exponent >= -5 && exponent < 16) {
+    if (exponent >= 0) {
+      const size_t whole = static_cast<size_t>(exponent) + 1;
+      for (size_t i = 0; i < whole; ++i) *w++ = i < n ? digits[i] : '0';
+      *w++ = '.';
+      if (n > whole) {
+        std::memcpy(w, digits + whole, n - whole);
+        w += n - whole;
+      } else {
+        *w++ = '0';
+      }
+    } else {
+      *w++ = '0';
+      *w++ = '.';
+      for (int i = -1; i > exponent; --i) *w++ = '0';
+      std::memcpy(w, digits, n);
+      w += n;
+    }
+  } else {
+    *w++ = digits[0];
+    if (n > 1) {
+      *w++ = '.';
+      std::memcpy(w, digits + 1, n - 1);
+      w += n - 1;
+    }
+    *w++ = 'e';
+    w = std::to_chars(w, w + 8, exponent).ptr;
+  }
+  return static_cast<size_t>(w - out);
+}
+
+// Floats written by format_like_msgspec, as raw JSON text (non-finite ones as null).
+template <class T>
+yyjson_mut_val* float_array(yyjson_mut_doc* doc, const T* values, size_t n) {
+  yyjson_mut_val* arr = yyjson_mut_arr(doc);
+  char text[40];
+  for (size_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(values[i]);  // a float32's double: what tolist() gives Python
+    if (!std::isfinite(d)) {
+      yyjson_mut_arr_add_null(doc, arr);
+      continue;
+    }
+    yyjson_mut_arr_append(arr, yyjson_mut_rawncpy(doc, text, format_like_msgspec(d, text)));
+  }
+  return arr;
+}
+
 yyjson_mut_val* data_array(yyjson_mut_doc* doc, DType t, const std::byte* p, size_t n) {
   switch (t) {
     case DType::kBool: {
@@ -359,13 +424,8 @@ yyjson_mut_val* data_array(yyjson_mut_doc* doc, DType t, const std::byte* p, siz
     case DType::kInt16: return yyjson_mut_arr_with_sint16(doc, reinterpret_cast<const int16_t*>(p), n);
     case DType::kInt32: return yyjson_mut_arr_with_sint32(doc, reinterpret_cast<const int32_t*>(p), n);
     case DType::kInt64: return yyjson_mut_arr_with_sint64(doc, reinterpret_cast<const int64_t*>(p), n);
-    case DType::kFP32: {  // as Python writes a float32 array's tolist(): each value's double
-      yyjson_mut_val* arr = yyjson_mut_arr(doc);
-      const float* f = reinterpret_cast<const float*>(p);
-      for (size_t i = 0; i < n; ++i) yyjson_mut_arr_add_real(doc, arr, static_cast<double>(f[i]));
-      return arr;
-    }
-    case DType::kFP64: return yyjson_mut_arr_with_real(doc, reinterpret_cast<const double*>(p), n);
+    case DType::kFP32: return float_array(doc, reinterpret_cast<const float*>(p), n);
+    case DType::kFP64: return float_array(doc, reinterpret_cast<const double*>(p), n);
     default: return nullptr;
   }
 }
@@ -373,8 +433,10 @@ yyjson_mut_val* data_array(yyjson_mut_doc* doc, DType t, const std::byte* p, siz
 bool write_doc(yyjson_mut_doc* doc, std::string& out) {
   size_t len = 0;
   yyjson_alc* alc = thread_allocator();
-  char* text = yyjson_mut_write_opts(doc, YYJSON_WRITE_INF_AND_NAN_AS_NULL | YYJSON_WRITE_ALLOW_INVALID_UNICODE, alc,
-                                     &len, nullptr);
+  // Escapes as msgspec writes them: "\u001f", not "\u001F".
+  const yyjson_write_flag flags =
+      YYJSON_WRITE_INF_AND_NAN_AS_NULL | YYJSON_WRITE_ALLOW_INVALID_UNICODE | YYJSON_WRITE_LOWERCASE_HEX;
+  char* text = yyjson_mut_write_opts(doc, flags, alc, &len, nullptr);
   if (text == nullptr) return false;
   out.assign(text, len);
   alc->free(alc->ctx, text);
