@@ -18,6 +18,11 @@ constexpr size_t kMaxDims = 32;
 constexpr uint64_t kMaxElements = uint64_t{1} << 59;
 constexpr size_t kMaxIdChars = 256;
 
+// JSON written as msgspec writes it (the Python path's encoder): escapes in lower case
+// ("\u001f", where yyjson writes "\u001F"), non-finite floats as null.
+constexpr yyjson_write_flag kWriteFlags =
+    YYJSON_WRITE_INF_AND_NAN_AS_NULL | YYJSON_WRITE_ALLOW_INVALID_UNICODE | YYJSON_WRITE_LOWERCASE_HEX;
+
 // Each thread reuses its own yyjson memory (no allocation per request once warm).
 yyjson_alc* thread_allocator() {
   struct Owned {
@@ -37,6 +42,20 @@ std::string_view str_of(yyjson_val* v) { return {yyjson_get_str(v), yyjson_get_l
 
 bool key_is(yyjson_val* key, const char* name) { return yyjson_equals_str(key, name); }
 
+// obj[name] into *out (nullptr when absent); false when the key is repeated: which one counts
+// is the Python decoder's call (the last, where yyjson_obj_get gives the first).
+bool only_value(yyjson_val* obj, const char* name, yyjson_val** out) {
+  *out = nullptr;
+  size_t i, max;
+  yyjson_val *key, *val;
+  yyjson_obj_foreach(obj, i, max, key, val) {
+    if (!key_is(key, name)) continue;
+    if (*out != nullptr) return false;
+    *out = val;
+  }
+  return true;
+}
+
 // A signed integer that fits int64 (yyjson gives non-negative ones as uint).
 bool as_int64(yyjson_val* v, int64_t* out) {
   if (yyjson_is_sint(v)) {
@@ -54,6 +73,54 @@ size_t utf8_chars(std::string_view s) {
   size_t n = 0;
   for (unsigned char c : s) n += (c & 0xC0) != 0x80;
   return n;
+}
+
+// A finite double as msgspec writes it (the Python path's encoder): the shortest digits that
+// read back as the same double (Python's repr's digits), in fixed notation for 1e-5 <= |d| <
+// 1e16 ("0.00001", "100.0") and else as "1.5e-6", "1e16" (no '+', no padded exponent).
+// yyjson's own writer switches at 1e-7 and 1e21 instead ("0.0000015", "10000000000000000.0").
+size_t format_like_msgspec(double d, char* out) {
+  char sci[32];  // std::to_chars' shortest round-trip form: "-1.5e-06", "1e+16", "0e+00"
+  const char* end = std::to_chars(sci, sci + sizeof sci, d, std::chars_format::scientific).ptr;
+  const char* p = sci;
+  char* w = out;
+  if (*p == '-') *w++ = *p++;
+  char digits[20];
+  size_t n = 0;
+  for (; p < end && *p != 'e'; ++p)
+    if (*p != '.') digits[n++] = *p;
+  int exponent = 0;
+  std::from_chars(p + 1 + (p[1] == '+'), end, exponent);
+  while (n > 1 && digits[n - 1] == '0') --n;  // "1.50e+00" never comes, but "0e+00" keeps its 0
+  if (exponent >= -5 && exponent < 16) {
+    if (exponent >= 0) {
+      const size_t whole = static_cast<size_t>(exponent) + 1;
+      for (size_t i = 0; i < whole; ++i) *w++ = i < n ? digits[i] : '0';
+      *w++ = '.';
+      if (n > whole) {
+        std::memcpy(w, digits + whole, n - whole);
+        w += n - whole;
+      } else {
+        *w++ = '0';
+      }
+    } else {
+      *w++ = '0';
+      *w++ = '.';
+      for (int i = -1; i > exponent; --i) *w++ = '0';
+      std::memcpy(w, digits, n);
+      w += n;
+    }
+  } else {
+    *w++ = digits[0];
+    if (n > 1) {
+      *w++ = '.';
+      std::memcpy(w, digits + 1, n - 1);
+      w += n - 1;
+    }
+    *w++ = 'e';
+    w = std::to_chars(w, w + 8, exponent).ptr;
+  }
+  return static_cast<size_t>(w - out);
 }
 
 bool numeric(DType t) { return t != DType::kBytes && t != DType::kFP16; }
@@ -184,8 +251,7 @@ bool decode_input(yyjson_val* obj, DecodedInput& in, BinaryPart& binary) {
   if (!yyjson_is_str(name) || !yyjson_is_arr(shape) || !yyjson_is_str(datatype)) return false;
   yyjson_val* binary_size = nullptr;
   if (params != nullptr && !yyjson_is_null(params)) {
-    if (!yyjson_is_obj(params)) return false;
-    binary_size = yyjson_obj_get(params, "binary_data_size");
+    if (!yyjson_is_obj(params) || !only_value(params, "binary_data_size", &binary_size)) return false;
     if (binary_size != nullptr && yyjson_is_null(binary_size)) binary_size = nullptr;
   }
   // Its elements: JSON `data`, or binary_data_size bytes of the binary part (never both).
@@ -260,8 +326,15 @@ bool decode_parameters(yyjson_val* params, DecodedInfer& out) {
     // group is the Python path's to read and refuse as it does.
     if (!yyjson_is_str(group) && !yyjson_is_bool(group) && !yyjson_is_int(group) && !yyjson_is_real(group))
       return false;
+    // As the Python path hands it to the engine (msgspec.json.encode): the feedback record
+    // keeps this text, so one group reads the same whichever path a request took.
+    if (yyjson_is_real(group)) {
+      char number[40];
+      out.group.assign(number, format_like_msgspec(yyjson_get_real(group), number));
+      return true;
+    }
     size_t len = 0;
-    char* text = yyjson_val_write(group, 0, &len);
+    char* text = yyjson_val_write(group, kWriteFlags, &len);
     if (text == nullptr) return false;
     out.group.assign(text, len);
     std::free(text);
@@ -276,14 +349,12 @@ bool decode_outputs(yyjson_val* outputs, DecodedInfer& out) {
   size_t i, max;
   yyjson_val* o;
   yyjson_arr_foreach(outputs, i, max, o) {
-    if (!yyjson_is_obj(o)) return false;
-    yyjson_val* name = yyjson_obj_get(o, "name");
+    yyjson_val *name, *params, *binary;
+    if (!yyjson_is_obj(o) || !only_value(o, "name", &name) || !only_value(o, "parameters", &params)) return false;
     if (!yyjson_is_str(name)) return false;
-    yyjson_val* params = yyjson_obj_get(o, "parameters");
     int8_t binary_output = -1;
     if (params != nullptr && !yyjson_is_null(params)) {
-      if (!yyjson_is_obj(params)) return false;
-      yyjson_val* binary = yyjson_obj_get(params, "binary_data");
+      if (!yyjson_is_obj(params) || !only_value(params, "binary_data", &binary)) return false;
       if (binary != nullptr) {
         if (!yyjson_is_bool(binary)) return false;  // the Python path's message
         binary_output = yyjson_get_bool(binary) ? 1 : 0;
@@ -345,54 +416,6 @@ bool encodable(DType dtype) { return numeric(dtype); }
 
 namespace {
 
-// A finite double as msgspec writes it (the Python path's encoder): the shortest digits that
-// read back as the same double (Python's repr's digits), in fixed notation for 1e-5 <= |d| <
-// 1e16 ("0.00001", "100.0") and else as "1.5e-6", "1e16" (no '+', no padded exponent).
-// yyjson's own writer switches at 1e-7 and 1e21 instead ("0.0000015", "10000000000000000.0").
-size_t format_like_msgspec(double d, char* out) {
-  char sci[32];  // std::to_chars' shortest round-trip form: "-1.5e-06", "1e+16", "0e+00"
-  const char* end = std::to_chars(sci, sci + sizeof sci, d, std::chars_format::scientific).ptr;
-  const char* p = sci;
-  char* w = out;
-  if (*p == '-') *w++ = *p++;
-  char digits[20];
-  size_t n = 0;
-  for (; p < end && *p != 'e'; ++p)
-    if (*p != '.') digits[n++] = *p;
-  int exponent = 0;
-  std::from_chars(p + 1 + (p[1] == '+'), end, exponent);
-  while (n > 1 && digits[n - 1] == '0') --n;  // "1.50e+00" never comes, but "0e+00" keeps its 0
-  if (exponent >= -5 && exponent < 16) {
-    if (exponent >= 0) {
-      const size_t whole = static_cast<size_t>(exponent) + 1;
-      for (size_t i = 0; i < whole; ++i) *w++ = i < n ? digits[i] : '0';
-      *w++ = '.';
-      if (n > whole) {
-        std::memcpy(w, digits + whole, n - whole);
-        w += n - whole;
-      } else {
-        *w++ = '0';
-      }
-    } else {
-      *w++ = '0';
-      *w++ = '.';
-      for (int i = -1; i > exponent; --i) *w++ = '0';
-      std::memcpy(w, digits, n);
-      w += n;
-    }
-  } else {
-    *w++ = digits[0];
-    if (n > 1) {
-      *w++ = '.';
-      std::memcpy(w, digits + 1, n - 1);
-      w += n - 1;
-    }
-    *w++ = 'e';
-    w = std::to_chars(w, w + 8, exponent).ptr;
-  }
-  return static_cast<size_t>(w - out);
-}
-
 // Floats written by format_like_msgspec, as raw JSON text (non-finite ones as null).
 template <class T>
 yyjson_mut_val* float_array(yyjson_mut_doc* doc, const T* values, size_t n) {
@@ -433,10 +456,7 @@ yyjson_mut_val* data_array(yyjson_mut_doc* doc, DType t, const std::byte* p, siz
 bool write_doc(yyjson_mut_doc* doc, std::string& out) {
   size_t len = 0;
   yyjson_alc* alc = thread_allocator();
-  // Escapes as msgspec writes them: "\u001f", not "\u001F".
-  const yyjson_write_flag flags =
-      YYJSON_WRITE_INF_AND_NAN_AS_NULL | YYJSON_WRITE_ALLOW_INVALID_UNICODE | YYJSON_WRITE_LOWERCASE_HEX;
-  char* text = yyjson_mut_write_opts(doc, flags, alc, &len, nullptr);
+  char* text = yyjson_mut_write_opts(doc, kWriteFlags, alc, &len, nullptr);
   if (text == nullptr) return false;
   out.assign(text, len);
   alc->free(alc->ctx, text);
