@@ -45,7 +45,8 @@ MODELS = {
     "echo": (8, ECHO_INPUTS, [(n + "_out", t, d) for n, t, d in ECHO_INPUTS],
              "def infer(inputs):\n    return {name + '_out': array for name, array in inputs.items()}\n"),
     "triple": (4, [("x", "FP64", [3])], [("y", "FP64", [3]), ("z", "FP32", [3])],
-               "def infer(inputs):\n    x = inputs['x']\n    return {'y': x * 3, 'z': (x / 7).astype('float32')}\n"),
+               "import numpy as np\ndef infer(inputs):\n    x = inputs['x']\n    with np.errstate(all='ignore'):\n"
+               "        return {'y': x * 3, 'z': (x / 7).astype('float32')}\n"),
     "fixed": (0, [("x", "UINT8", [4])], [("y", "INT32", [4])],
               "def infer(inputs):\n    return {'y': inputs['x'].astype('int32') - 7}\n"),
 }
@@ -91,8 +92,14 @@ class Obj(list):
 
 
 class Style:
-    def __init__(self, space: str, ascii_only: bool):
-        self.space, self.ascii_only = space, ascii_only
+    def __init__(self, space: str, ascii_only: bool, escaped_keys: bool = False):
+        self.space, self.ascii_only, self.escaped_keys = space, ascii_only, escaped_keys
+
+
+def _key(key, style: Style) -> str:
+    if style.escaped_keys and isinstance(key, str) and not isinstance(key, Raw):
+        return '"' + "".join(f"\\u{ord(c):04x}" if c.isalpha() and ord(c) < 0x80 else c for c in key) + '"'
+    return dump(key, style)
 
 
 def dump(value, style: Style) -> str:
@@ -102,7 +109,7 @@ def dump(value, style: Style) -> str:
     if isinstance(value, dict):
         value = Obj(value.items())
     if isinstance(value, Obj):
-        return "{" + s + ("," + s).join(f"{dump(k, style)}{s}:{s}{dump(v, style)}" for k, v in value) + s + "}"
+        return "{" + s + ("," + s).join(f"{_key(k, style)}{s}:{s}{dump(v, style)}" for k, v in value) + s + "}"
     if isinstance(value, list):
         return "[" + s + ("," + s).join(dump(v, style) for v in value) + s + "]"
     if isinstance(value, str):
@@ -113,7 +120,8 @@ def dump(value, style: Style) -> str:
 
 
 def nest(flat: list, shape: list[int]) -> list:
-    if len(shape) <= 1:
+    """`flat` nested to `shape` (flat where it does not fill the shape)."""
+    if len(shape) <= 1 or math.prod(shape) != len(flat):
         return flat
     step = len(flat) // shape[0] if shape[0] else 0
     return [nest(flat[i * step:(i + 1) * step], shape[1:]) for i in range(shape[0])]
@@ -121,10 +129,18 @@ def nest(flat: list, shape: list[int]) -> list:
 
 # --- strategies --------------------------------------------------------------------------
 
+# Decimal literals of any length and exponent: how each reader rounds them (or finds them past float64).
+# (Within FP32's range for FP32; underflowing for FP64. Past either range: ODD_ELEMENTS.)
+DECIMALS32 = st.from_regex(r"-?(0|[1-9][0-9]{0,8})(\.[0-9]{1,24})?([eE](-[0-9]{1,2}|\+?[0-9]))?", fullmatch=True).map(Raw)
+DECIMALS64 = st.from_regex(r"-?(0|[1-9][0-9]{0,24})(\.[0-9]{1,24})?([eE](-[0-9]{1,3}|\+?[0-9]{1,2}))?",
+                           fullmatch=True).map(Raw)
+
+
 def good_elements(datatype: str):
     return {
-        "FP32": st.floats(width=32, allow_nan=False, allow_infinity=False) | st.integers(-2**24, 2**24),
-        "FP64": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-2**63, 2**63 - 1),
+        "FP32": st.floats(width=32, allow_nan=False, allow_infinity=False) | st.integers(-2**24, 2**24)
+        | st.integers(-2**63, 2**63 - 1) | st.floats(-3e38, 3e38) | DECIMALS32,
+        "FP64": st.floats(allow_nan=False, allow_infinity=False) | st.integers(-2**63, 2**63 - 1) | DECIMALS64,
         "INT64": st.integers(-2**63, 2**63 - 1) | st.integers(-5, 5),
         "INT32": st.integers(-2**31, 2**31 - 1) | st.integers(-5, 5),
         "UINT8": st.integers(0, 255),
@@ -142,7 +158,7 @@ ODD_ELEMENTS = st.sampled_from([
 ]) | st.floats()
 
 # JSON's four whitespace characters, mostly; now and then one that is not JSON whitespace.
-WHITESPACE = st.sampled_from(["", "", "", "", " ", "\n", "\t", "\r\n  ", " \t\n\r "] * 3 + ["\x0c", "\xa0", "\u2028"])
+WHITESPACE = st.sampled_from(["", "", "", "", " ", "\n", "\t", "\r\n  ", " \t\n\r "] * 8 + ["\x0c", "\xa0", "\u2028", "\ufeff"])
 
 IDS = st.one_of(
     st.none(), st.text(max_size=12), st.text(alphabet=st.characters(max_codepoint=0x7f), max_size=8),
@@ -151,6 +167,8 @@ IDS = st.one_of(
                      Raw('"\\ud83d\\ude00"'), Raw('"\\u00e9\\u0000"'), Raw('"a\\/b"'), Raw('"\\U0041"'), 5, 1.5,
                      True, [], Obj()]))
 
+DEEP = Raw("[" * 1100 + "]" * 1100)  # past msgspec's nesting limit (its RecursionError)
+
 # Each request parameter's values the server takes, then ones it refuses or reads oddly.
 PARAMETER_VALUES = {
     "priority": ([0, 1, 7, 2**31 - 1], [-1, 2**31, True, "1", 1.0, None, 2**63]),
@@ -158,7 +176,7 @@ PARAMETER_VALUES = {
     "routing_key": (["k", "", "é", None], [1, True]),
     "group": (["a", "", 1, -1, 1.5, 1e300, Raw("1E2"), True, None], [Raw("1e400"), [1], Obj([("a", 1)]), 2**64]),
     "binary_data_output": ([True, False, None], [1, 0, "true", "", [], 2.0]),
-    "other": ([1, "x", None, Obj([("y", [1, 2])])], []),
+    "other": ([1, "x", None, Obj([("y", [1, 2])]), 2**70], [Raw("1e400"), [Raw("-1e400")], DEEP]),
 }
 
 
@@ -274,23 +292,28 @@ def infer_requests(draw):
         body.append(("parameters", draw(parameters())))
     if draw(st.integers(0, 3)) == 0:
         body.append(("outputs", draw(outputs_list(model))))
-    if draw(st.integers(0, 9)) == 0:  # a repeated or unknown top-level key
+    if draw(st.integers(0, 14)) == 0:  # a repeated or unknown top-level key
         body.append(draw(st.sampled_from([("inputs", entries[:1]), ("id", "again"), ("parameters", Obj()),
-                                          ("outputs", None), ("extra", [1, {"a": None}])])))
+                                          ("outputs", None), ("extra", [1, {"a": None}]),
+                                          ("extra", DEEP), ("extra", Raw("1e400"))])))
     order = draw(st.permutations(range(len(body))))
-    style = Style(draw(WHITESPACE), draw(st.booleans()))
+    style = Style(draw(WHITESPACE), draw(st.booleans()), escaped_keys=draw(st.integers(0, 9)) == 0)
     text = draw(WHITESPACE) + dump(Obj(body[i] for i in order), style) + draw(WHITESPACE)
     json_part = text.encode("utf-8", "surrogatepass")
     header_length = len(json_part) if binary or draw(st.integers(0, 7)) == 0 else None
     if header_length is not None and draw(st.integers(0, 9)) == 0:
         header_length += draw(st.sampled_from([-1, 1, -len(json_part)]))
+    if header_length is not None and draw(st.integers(0, 9)) == 0:  # the header written otherwise
+        header_length = draw(st.sampled_from([f"0{header_length}", f"+{header_length}", f" {header_length} ",
+                                              f"{header_length}\r\nInference-Header-Content-Length: {header_length}",
+                                              f"{header_length:_}", "x"]))
     version = draw(st.sampled_from([None] * 6 + ["1", "2", "01"]))
     model_path = model if draw(st.integers(0, 19)) else "nope"
     path = f"/v2/models/{model_path}" + (f"/versions/{version}" if version else "") + "/infer"
     return path, json_part + binary, header_length
 
 
-def http_request(path: str, body: bytes, header_length: int | None) -> bytes:
+def http_request(path: str, body: bytes, header_length: int | str | None) -> bytes:
     extra = f"Inference-Header-Content-Length: {header_length}\r\n" if header_length is not None else ""
     return (f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
@@ -309,14 +332,15 @@ def _json_part(answer) -> bytes:
 
 
 def assert_same_answer(server, path, body, header_length):
-    native, python = native_and_python(server.port, http_request(path, body, header_length))
-    assert native[0] == python[0], (native, python)
+    raw = http_request(path, body, header_length)
+    native, python = native_and_python(server.port, raw)
+    assert native[0] == python[0], (raw, native, python)
     for name in ("content-type", "inference-header-content-length"):
-        assert native[1].get(name) == python[1].get(name), (name, native, python)
+        assert native[1].get(name) == python[1].get(name), (raw, name, native, python)
     a, b = native[2], python[2]
     if a != b and MADE_ID.search(_json_part(native)) and MADE_ID.search(_json_part(python)):
         a, b = MADE_ID.sub(b'"id":"made"', a, count=1), MADE_ID.sub(b'"id":"made"', b, count=1)
-    assert a == b, (native, python)
+    assert a == b, (raw, native, python)
     SERVED.append(native[0])
     event(f"status {native[0]}")
 
@@ -326,8 +350,30 @@ SERVED: list[int] = []  # the statuses of every comparison, for the last test's 
 
 # --- the tests ---------------------------------------------------------------------------
 
+TRIPLE = "/v2/models/triple/infer"
+X = b'{"name":"x","shape":[1,3],"datatype":"FP64","data":[0.0,0.25,0.5]}'
+X_BINARY = np.array([0.0, 0.25, 0.5]).tobytes()
+
+
 @settings(max_examples=300, **SETTINGS)
 @given(request=infer_requests())
+# Found: the native encoder wrote 1e16 as 10000000000000000.0 and 1.4285714e-6 as
+# 0.0000014285714 (msgspec switches to exponents below 1e-5 and from 1e16, yyjson at 1e-7 and 1e21).
+@example(request=(TRIPLE, b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP64",'
+                          b'"data":[3333333333333333.0,1e-5,1e20]}]}', None))
+# Found: an id with a control character echoed as "\u000B" (msgspec writes "\u000b").
+@example(request=(TRIPLE, b'{"inputs":[' + X + b'],"id":"\u000b"}', None))
+# Found: a repeated key the native decoder read with yyjson_obj_get (the first; Python takes the last).
+@example(request=(TRIPLE, b'{"inputs":[' + X + b'],"outputs":[{"name":"y","parameters":'
+                          b'{"binary_data":true,"binary_data":false}}]}', None))
+@example(request=(TRIPLE, b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP64","parameters":'
+                          b'{"binary_data_size":24,"binary_data_size":0}}]}' + X_BINARY, 115))
+# Found: a number past float64 where msgspec decodes any JSON (parameters): it refuses it, yyjson
+# read it as raw text and the native path answered 200.
+@example(request=(TRIPLE, b'{"inputs":[' + X + b'],"parameters":{"1e400priority":1e4001}}', None))
+# By reading (the same rule as the one above): msgspec refuses JSON nested past ~1000 levels even
+# in a field it skips; yyjson reads any depth.
+@example(request=(TRIPLE, b'{"inputs":[' + X + b'],"extra":' + b"[" * 1100 + b"]" * 1100 + b"}", None))
 def test_structured_requests_answer_alike(server, request):
     assert_same_answer(server, *request)
 
@@ -369,7 +415,8 @@ def test_byte_mutations_of_valid_bodies_answer_alike(server, rows, edits, binary
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(model=st.sampled_from(["triple", "fixed", "echo"]), size=st.integers(0, 80),
+@given(model=st.sampled_from(["triple", "fixed", "echo"]),
+       size=st.sampled_from([4, 24, 48, 72, 96]) | st.integers(0, 100),  # whole rows, or not
        fill=st.sampled_from([b"\x00", b"\x3f", b"\xff", b"\x01\x02\x03"]))
 def test_raw_bodies_answer_alike(server, model, size, fill):
     body = (fill * size)[:size]
@@ -381,5 +428,5 @@ def test_the_native_path_answered_many_of_them(server):
     (those it declines are answered by a front end on both sides)."""
     served = server.native_http.stats()["served"]
     assert len(SERVED) >= 400
-    assert served >= len(SERVED) // 5, (served, len(SERVED))
-    assert SERVED.count(200) >= len(SERVED) // 5
+    assert served >= len(SERVED) // 10, (served, len(SERVED))
+    assert SERVED.count(200) >= 40, SERVED

@@ -123,6 +123,52 @@ size_t format_like_msgspec(double d, char* out) {
   return static_cast<size_t>(w - out);
 }
 
+// msgspec (the Python decoder) refuses JSON nested past about 1000 levels anywhere in the body,
+// even in fields it skips (its RecursionError: the exact depth depends on the Python stack);
+// yyjson reads any depth. A body nested deeper than this is declined.
+constexpr size_t kMaxDepth = 256;
+
+bool nested_deeper_than(const char* json, size_t size, size_t limit) {
+  // Fewer brackets than the limit cannot nest that deep: most bodies stop at this count.
+  size_t opens = 0;
+  for (size_t i = 0; i < size; ++i) opens += json[i] == '[' || json[i] == '{';
+  if (opens <= limit) return false;
+  size_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < size; ++i) {
+    const char c = json[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > limit) return true;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return false;
+}
+
+// Whether msgspec decodes `v` where a request holds any JSON (`parameters`): it refuses a
+// float past float64 there ("Number out of range"), which yyjson reads as raw text (a larger
+// integer it takes). Recursive: the body's depth is bounded by kMaxDepth.
+bool decodes_as_any(yyjson_val* v) {
+  if (yyjson_is_raw(v)) {
+    const std::string_view text(yyjson_get_raw(v), yyjson_get_len(v));
+    return text.find_first_of(".eE") == std::string_view::npos;
+  }
+  size_t i, max;
+  yyjson_val *key, *val;
+  if (yyjson_is_arr(v)) {
+    yyjson_arr_foreach(v, i, max, val) if (!decodes_as_any(val)) return false;
+  } else if (yyjson_is_obj(v)) {
+    yyjson_obj_foreach(v, i, max, key, val) if (!decodes_as_any(val)) return false;
+  }
+  return true;
+}
+
 bool numeric(DType t) { return t != DType::kBytes && t != DType::kFP16; }
 
 // The nested lists' dimensions, following first elements; then every list at depth k must
@@ -251,7 +297,8 @@ bool decode_input(yyjson_val* obj, DecodedInput& in, BinaryPart& binary) {
   if (!yyjson_is_str(name) || !yyjson_is_arr(shape) || !yyjson_is_str(datatype)) return false;
   yyjson_val* binary_size = nullptr;
   if (params != nullptr && !yyjson_is_null(params)) {
-    if (!yyjson_is_obj(params) || !only_value(params, "binary_data_size", &binary_size)) return false;
+    if (!yyjson_is_obj(params) || !decodes_as_any(params) || !only_value(params, "binary_data_size", &binary_size))
+      return false;
     if (binary_size != nullptr && yyjson_is_null(binary_size)) binary_size = nullptr;
   }
   // Its elements: JSON `data`, or binary_data_size bytes of the binary part (never both).
@@ -295,7 +342,7 @@ bool decode_input(yyjson_val* obj, DecodedInput& in, BinaryPart& binary) {
 
 bool decode_parameters(yyjson_val* params, DecodedInfer& out) {
   if (params == nullptr || yyjson_is_null(params)) return true;
-  if (!yyjson_is_obj(params)) return false;
+  if (!yyjson_is_obj(params) || !decodes_as_any(params)) return false;
   size_t i, max;
   yyjson_val *key, *val;
   yyjson_val *priority = nullptr, *timeout = nullptr, *routing = nullptr, *group = nullptr, *binary = nullptr;
@@ -354,7 +401,8 @@ bool decode_outputs(yyjson_val* outputs, DecodedInfer& out) {
     if (!yyjson_is_str(name)) return false;
     int8_t binary_output = -1;
     if (params != nullptr && !yyjson_is_null(params)) {
-      if (!yyjson_is_obj(params) || !only_value(params, "binary_data", &binary)) return false;
+      if (!yyjson_is_obj(params) || !decodes_as_any(params) || !only_value(params, "binary_data", &binary))
+        return false;
       if (binary != nullptr) {
         if (!yyjson_is_bool(binary)) return false;  // the Python path's message
         binary_output = yyjson_get_bool(binary) ? 1 : 0;
@@ -369,6 +417,7 @@ bool decode_outputs(yyjson_val* outputs, DecodedInfer& out) {
 }  // namespace
 
 bool decode_infer(const char* json, size_t json_size, const char* binary, size_t binary_size, DecodedInfer& out) {
+  if (nested_deeper_than(json, json_size, kMaxDepth)) return false;
   std::unique_ptr<yyjson_doc, DocFree> doc(
       yyjson_read_opts(const_cast<char*>(json), json_size, YYJSON_READ_BIGNUM_AS_RAW, thread_allocator(), nullptr));
   if (!doc) return false;
