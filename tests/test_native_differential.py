@@ -362,7 +362,7 @@ X_BINARY = np.array([0.0, 0.25, 0.5]).tobytes()
 @example(request=(TRIPLE, b'{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP64",'
                           b'"data":[3333333333333333.0,1e-5,1e20]}]}', None))
 # Found: an id with a control character echoed as "\u000B" (msgspec writes "\u000b").
-@example(request=(TRIPLE, b'{"inputs":[' + X + b'],"id":"\u000b"}', None))
+@example(request=(TRIPLE, b'{"inputs":[' + X + b'],"id":"\\u000b"}', None))
 # Found: a repeated key the native decoder read with yyjson_obj_get (the first; Python takes the last).
 @example(request=(TRIPLE, b'{"inputs":[' + X + b'],"outputs":[{"name":"y","parameters":'
                           b'{"binary_data":true,"binary_data":false}}]}', None))

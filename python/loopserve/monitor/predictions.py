@@ -153,9 +153,10 @@ class PredictionRecord:
             fit = min(fit, capacity - i)  # up to the end of this id generation
             e = k + fit
             rows = int(ends[e - 1]) - row
-            self.Y[slot:slot + rows] = y[row:row + rows]
-            for x, offset, width in xs:
-                self.X[slot:slot + rows, offset:offset + width] = x[row:row + rows]
+            with np.errstate(over="ignore"):  # a float64 past float32's range is kept as ±inf, quietly
+                self.Y[slot:slot + rows] = y[row:row + rows]
+                for x, offset, width in xs:
+                    self.X[slot:slot + rows, offset:offset + width] = x[row:row + rows]
             t = seq % (3 * capacity)
             self.times[t:t + fit] = times[k:e]
             self.starts[i:i + fit] = (ends[k:e] - counts[k:e] - row + start).tolist()
