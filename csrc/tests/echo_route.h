@@ -1,5 +1,5 @@
-// The stress tests' model: an echo batcher (INT64 [2] in and out) and a route that answers
-// with it, for the ingress and the native HTTP server alike.
+// The stress tests' model: an echo batcher (INT64 [2] in and out), and a route that answers
+// with a batcher under its model's name, for the ingress and the native HTTP server alike.
 #pragma once
 
 #include <memory>
@@ -29,7 +29,7 @@ inline std::shared_ptr<const ModelRoute> route_to(std::shared_ptr<Batcher> batch
   v->batcher = std::move(batcher);
   v->feedback = std::move(feedback);
   auto r = std::make_shared<ModelRoute>();
-  r->name = "echo";
+  r->name = v->batcher->config().model_name;
   r->loaded = {v};
   r->answering = {{1.0, v}};
   return r;

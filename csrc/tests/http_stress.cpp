@@ -59,21 +59,13 @@ class WideExecutor final : public Executor {
   }
 };
 
-std::shared_ptr<const ModelRoute> wide_route(std::shared_ptr<Batcher>& batcher) {
+std::shared_ptr<Batcher> wide_batcher() {
   BatcherConfig c;
   c.model_name = "wide";
   c.inputs = {TensorSpec{"x", DType::kInt64, {1}}};
   c.outputs = {TensorSpec{"y", DType::kInt64, {kWide}}};
   c.max_batch_size = 4;
-  batcher = std::make_shared<Batcher>(c, std::make_shared<WideExecutor>());
-  auto v = std::make_shared<VersionRoute>();
-  v->version = 1;
-  v->batcher = batcher;
-  auto r = std::make_shared<ModelRoute>();
-  r->name = "wide";
-  r->loaded = {v};
-  r->answering = {{1.0, v}};
-  return r;
+  return std::make_shared<Batcher>(c, std::make_shared<WideExecutor>());
 }
 
 // The slow model: echo, 1 ms a batch of at most 2 rows, on its one worker thread (never on the
@@ -90,21 +82,13 @@ class SlowEchoExecutor final : public Executor {
   EchoExecutor echo_;
 };
 
-std::shared_ptr<const ModelRoute> slow_route(std::shared_ptr<Batcher>& batcher) {
+std::shared_ptr<Batcher> slow_batcher() {
   BatcherConfig c;
   c.model_name = "slow";
   c.inputs = {TensorSpec{"x", DType::kInt64, {2}}};
   c.outputs = {TensorSpec{"x", DType::kInt64, {2}}};
   c.max_batch_size = 2;
-  batcher = std::make_shared<Batcher>(c, std::make_shared<SlowEchoExecutor>());
-  auto v = std::make_shared<VersionRoute>();
-  v->version = 1;
-  v->batcher = batcher;
-  auto r = std::make_shared<ModelRoute>();
-  r->name = "slow";
-  r->loaded = {v};
-  r->answering = {{1.0, v}};
-  return r;
+  return std::make_shared<Batcher>(c, std::make_shared<SlowEchoExecutor>());
 }
 
 // One row of the wide model, binary in and out: an answer of 8 MiB, all `value`.
@@ -320,9 +304,9 @@ int main() {
   options.send_timeout_s = 1.0;
   options.drain_s = 30.0;  // ends as soon as the last answer has gone
   options.stall_s = 30.0;  // a request half sent stays here (the drain refuses it) rather than go to a front end
-  std::shared_ptr<Batcher> wide, slow;
-  router->set_model(wide_route(wide));
-  router->set_model(slow_route(slow));
+  auto wide = wide_batcher(), slow = slow_batcher();
+  router->set_model(route_to(wide, 1));
+  router->set_model(route_to(slow, 1));
   int stalled_pair[2];
   ::socketpair(AF_UNIX, SOCK_STREAM, 0, stalled_pair);
   auto server = std::make_unique<http::HttpServer>(router, listener, options);
