@@ -10,6 +10,7 @@ Steps, most important figures first (a step that would not fit the time left is 
   batcher  instances 2 ÷ 1, served ÷ direct, monitoring on ÷ off        (bench/gpu_batcher.py)
   compile  sm_90 registers and spills per kernel variant, this triton   (loopserve.kernels.aot)
   serving  workers 1, 2, 4, 8: req/s, p50, p99, ÷ workers=1             (bench/workers_scaling.py)
+  heavy    CPU heavy MLP over HTTP ÷ called directly, c=64 and 128       (bench/serving.py)
   sweep    drift kernel tile × warps × maxnreg                          (bench/drift_gpu.py)
 
 A step past its cap is stopped with every process it started (servers and their front ends
@@ -70,6 +71,11 @@ def plan(mode: str, py: str, work: Path, carry: str) -> list[Step]:
         Step("serving", 180, [py, "bench/workers_scaling.py", "--json", str(work / "serving.json")]
              + (["--cpu", "--workers", "1,2", "--concurrency", "16", "--seconds", "1"] if cpu
                 else ["--seconds", "3", "--wrk-threads", "4"]), "serving.json"),
+        # Issue 11's last figure: the CPU heavy MLP (1 thread) at 64 closed-loop clients, which the
+        # 2-core box caps (wrk and the loop share the model's cores); a 16-core host does not.
+        Step("heavy", 75, [py, "bench/serving.py", "--servers", "none", "--no-ab", "--quick", "--heavy-rounds",
+                           "1" if cpu else "2", "--duration", "1" if cpu else "3", "--json", str(work / "heavy.json")],
+             "heavy.json"),
         Step("sweep", 90, drift + ["--sweep-only", "--json", str(work / "sweep.json")], "sweep.json"),
     ]
 

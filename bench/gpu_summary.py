@@ -12,8 +12,9 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-TARGETS = {  # issue 13 (drift, instances, monitoring, spills) and issue 11 (workers)
+TARGETS = {  # issue 13 (drift, instances, monitoring, spills) and issue 11 (workers, the CPU heavy MLP)
     "kernel_of_copy": 0.50, "instances_2_1_wide": 1.3, "monitoring_on_off": 0.97, "workers_8_1_heavy_binary": 5.0,
+    "heavy_served_of_direct_binary": 0.85,
 }
 
 
@@ -122,6 +123,20 @@ def summarize(work: Path, steps: list[dict], mode: str, budget_s: float, started
                 target = TARGETS["workers_8_1_heavy_binary"] if top == 8 else None
                 fig("workers (11)", f"workers {top} ÷ {first}, heavy MLP, binary, c={r['c']}", r["scale"],
                     f"≥ {target}" if target else None, r["scale"] >= target if target and gpu else None)
+
+    heavy = (result("heavy", "heavy.json", _json) or {}).get("heavy")
+    if heavy:
+        raw["heavy"] = heavy
+        target = TARGETS["heavy_served_of_direct_binary"]
+        for r in heavy.get("summary", []):
+            binary = r["body"] == "binary"
+            case = f"c={r['concurrency']}, {r['body']}"
+            fig("heavy CPU MLP (11)", f"served ÷ direct rows/s, {case}", r["ratio"], f"≥ {target}" if binary else None,
+                r["ratio"] >= target if binary and gpu else None)
+            fig("heavy CPU MLP (11)", f"  mean batch; model ms per full batch, served / direct, {case}",
+                f"{r['mean_batch']:.1f}; {_f(r['served_batch_ms'], '{:.2f}')} / {r['direct_batch_ms']:.2f}")
+        if heavy.get("skipped"):
+            fig("heavy CPU MLP (11)", "skipped", heavy["skipped"].splitlines()[0])
 
     sweep = result("sweep", "sweep.json", _json)
     if sweep:

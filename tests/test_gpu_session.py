@@ -55,7 +55,7 @@ print(json.dumps(records))
 
 def write_results(work: Path) -> None:
     """Results in the formats the steps write (bench/drift_gpu.py, gpu_batcher.py, workers_scaling.py,
-    the aot report, pytest's JUnit XML)."""
+    serving.py, the aot report, pytest's JUnit XML)."""
     path = {"us": 10.0, "of_copy_bw": 0.62}
     (work / "drift.json").write_text(json.dumps({"machine": {"gpu": "H200"}, "copy_gbps": 4186.0, "cases": [
         {"rows": 200_000, "equal": True, "mismatch": [], "paths": {
@@ -69,6 +69,9 @@ def write_results(work: Path) -> None:
     rows = [dict(model="heavy", workers=w, body="binary", c=64, req_s=r, p50_ms=1.0, p99_ms=3.0, errors=0)
             for w, r in ((1, 7_400.0), (8, 30_000.0))]
     (work / "serving.json").write_text(json.dumps({"machine": {}, "rows": rows}))
+    heavy = [dict(concurrency=c, body=b, ratio=x, mean_batch=63.4, served_batch_ms=2.8, direct_batch_ms=2.7)
+             for c, b, x in ((64, "binary", 0.88), (64, "json", 0.80), (128, "binary", 0.84))]
+    (work / "heavy.json").write_text(json.dumps({"heavy": {"summary": heavy}}))
     (work / "compile.log").write_text(
         "sm_90 fused-f32 (triton 3.6.0): compiled; 0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads; "
         "Used 168 registers, used 1 barriers\n"
@@ -83,7 +86,7 @@ def write_results(work: Path) -> None:
 def test_the_table_states_each_figure_against_its_target(tmp_path):
     write_results(tmp_path)
     steps = [{"name": n, "status": "ok", "seconds": 41.0, "cap_s": 120}
-             for n in ("tests", "drift", "batcher", "compile", "serving")]
+             for n in ("tests", "drift", "batcher", "compile", "serving", "heavy")]
     summary = gpu_summary.summarize(tmp_path, steps, "gpu", 480, "now")
     met = {f["figure"]: f["met"] for f in summary["figures"]}
     assert met["kernel, graph: GB/s ÷ copy GB/s, 200,000 rows"] is True  # 0.62 >= 0.50
@@ -94,10 +97,14 @@ def test_the_table_states_each_figure_against_its_target(tmp_path):
     assert met["monitor rows seen / skipped (queue full)"] is False  # the monitor fell behind
     assert met["sm_90 variants with spills, triton 3.6.0"] is False
     assert met["workers 8 ÷ 1, heavy MLP, binary, c=64"] is False  # 4.05 < 5
+    assert met["served ÷ direct rows/s, c=64, binary"] is True  # 0.88 >= 0.85
+    assert met["served ÷ direct rows/s, c=64, json"] is None  # the target is the binary form's
+    assert met["served ÷ direct rows/s, c=128, binary"] is False
     assert met["tests/gpu"] is False and "  test_b: failure" in met
     gpu_summary.write(tmp_path, summary)
     md = (tmp_path / "summary.md").read_text()
     assert "| drift (13) | kernel speed ÷ torch native, 200,000 rows | 3.3× |" in md
+    assert "| heavy CPU MLP (11) |   mean batch; model ms per full batch, served / direct, c=64, binary | 63.4; 2.80 / 2.70 |" in md
     assert "fused-f64 (16 B)" in md and "| heavy | binary | 64 | 8 | 30,000 |" in md
     assert json.loads((tmp_path / "summary.json").read_text())["raw"]["batcher"]["monitoring_on_off"] == 0.981
     # a rerun of one step states that step's figures alone, not results an earlier run left behind
