@@ -113,7 +113,13 @@ void Batcher::validate(std::vector<InputView>& inputs, int64_t* rows) const {
         throw InvalidInput("input '" + spec.name + "' has BYTES data that does not hold the " +
                            std::to_string(element_count(in.shape)) + " elements of shape " + shape_str(in.shape));
     } else {
-      in.nbytes = nbytes_of(in.dtype, in.shape);
+      size_t needed = 0;
+      if (!checked_nbytes(in.dtype, in.shape, &needed))
+        throw InvalidInput("input '" + spec.name + "' has shape " + shape_str(in.shape) + ", too large to hold");
+      if (in.nbytes != needed)
+        throw InvalidInput("input '" + spec.name + "' has " + std::to_string(in.nbytes) + " bytes of data, but its shape " +
+                           shape_str(in.shape) + " of " + std::string(dtype_name(in.dtype)) + " needs " +
+                           std::to_string(needed));
       if (in.data == nullptr && in.nbytes > 0) throw InvalidInput("input '" + spec.name + "' has no data");
     }
     if (!batching) continue;
