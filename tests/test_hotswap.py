@@ -354,3 +354,43 @@ def test_repository_changes_are_picked_up_without_a_restart(serve, repo):
     eventually(lambda: any("half-copied" in e["reason"] for e in
                            msgspec.json.decode(server.request("POST", "/v2/repository/index")[2])))
     assert version() == "1"
+
+
+def test_a_traffic_change_that_outlives_its_model_leaves_the_reloaded_model_routed(serve, repo):
+    """A traffic change whose body arrives after its model was unloaded and loaded again applies
+    to the model loaded now; a late change to the old router (what the body-late request used to
+    reach) leaves the native routing table alone."""
+    import socket
+
+    from loopserve.server.config import HttpConfig
+
+    repository = ModelRepository(repo)
+    repository.load("m")
+    server = serve(LoopserveApp(repository), http=HttpConfig(native_infer=True))
+    old_router = repository.routers["m"]
+    body = b'{"weights": {}}'
+    late = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    try:
+        late.sendall(b"POST /v2/models/m/traffic HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body))
+        assert server.request("POST", "/v2/repository/models/m/unload")[0] == 200
+        assert server.request("POST", "/v2/repository/models/m/load")[0] == 200
+        late.sendall(body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = late.recv(65536)
+            assert chunk, f"connection closed after {answer!r}"
+            answer += chunk
+    finally:
+        late.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert msgspec.json.decode(answer.split(b"\r\n\r\n", 1)[1])["versions"] == [1]
+    status, _, reply = server.request("POST", "/v2/models/m/infer", infer_body())
+    assert status == 200 and msgspec.json.decode(reply)["model_version"] == "1", reply
+
+    # The root of it: a change to a router the name no longer serves (here from the test's thread,
+    # nothing else changes routes meanwhile) does not unroute the live model.
+    assert repository.routers["m"] is not old_router and not old_router.versions
+    old_router.set_traffic({})
+    status, _, reply = server.request("POST", "/v2/models/m/infer", infer_body())
+    assert status == 200 and msgspec.json.decode(reply)["model_version"] == "1", reply

@@ -51,3 +51,19 @@ def test_hooks_see_each_version_loaded_warm_and_retired_once(tmp_path):
 
     repository.close()
     assert events[3:] == [("unload", 2, True)]
+
+
+def test_unload_unroutes_a_model_before_its_versions_retire(tmp_path):
+    """The routing table (the engine's native one follows on_route_change) stops naming a
+    version before its unload hooks run and it closes: no request reaches a closing batcher."""
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(CONFIG)
+    write_version(model_dir, 1)
+    events = []
+    repository = ModelRepository(tmp_path, on_version_unload=[lambda model: events.append(("retire", model.version))])
+    repository.on_route_change.append(lambda router: events.append(("routes", sorted(router.versions))))
+    repository.load("m")
+    events.clear()
+    repository.unload("m")
+    assert events == [("routes", []), ("retire", 1)]

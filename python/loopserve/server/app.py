@@ -239,12 +239,13 @@ class LoopserveApp:
         """Body: any of {"weights": {"1": 90, "2": 10}, "shadow": [3], "promote": 2,
         "rollback": true}, applied in that order."""
         self._authorize(request)
-        router = self.repository.router(request.path_params["model"])
         try:
             change = msgspec.json.decode(await read_body(request.receive, SMALL_BODY_BYTES), type=TrafficChange)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as e:
             raise ProtocolError(f"traffic change: {e}; expected a JSON object with any of weights "
                                 '({"version": share}), shadow ([versions]), promote (version), rollback (true)') from None
+        # Looked up after the body has arrived: the model may have been unloaded and loaded again meanwhile.
+        router = self.repository.router(request.path_params["model"])
         if change.weights is not None or change.shadow is not None:
             router.set_traffic(change.weights, change.shadow)
         if change.promote is not None:

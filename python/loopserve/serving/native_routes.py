@@ -59,6 +59,11 @@ class NativeRoutes:
         self._feedback_thread.start()
 
     def publish(self, router: VersionRouter) -> None:
+        current = self.repository.routers.get(router.name)
+        if current is not None and current is not router:
+            # A router the name no longer serves (unloaded, then loaded again as a new router):
+            # a late change to it must not touch the live model's routes.
+            return
         if not router.versions:
             self.router.remove_model(router.name)
             return

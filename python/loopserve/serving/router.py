@@ -116,11 +116,13 @@ class VersionRouter:
         self.set_traffic({self.stable: 1.0}, self.shadow_versions())
 
     def unload(self) -> None:
-        for model in self.versions.values():
-            self._retire(model)
+        # Routes first, as install does: no request may be routed to a version once it retires.
+        retiring = list(self.versions.values())
         self.versions = {}
         self._cumulative, self._weights, self._shadows = [], {}, ()
         self._changed()
+        for model in retiring:
+            self._retire(model)
 
     def shadow_versions(self) -> list[int]:
         return [m.version for m in self._shadows]
