@@ -17,7 +17,7 @@ from loopserve.serving.canary import CanaryRule, VersionMetrics
 from loopserve.serving.repository import ModelRepository
 from loopserve.serving.router import VersionRouter
 
-from conftest import vector_config
+from conftest import vector_config, wait_until
 from tcp_proxy import DroppingProxy
 
 # No admission limit (max_queue_wait_us: 0): 32 client threads sharing the GIL with the model on
@@ -394,3 +394,56 @@ def test_a_traffic_change_that_outlives_its_model_leaves_the_reloaded_model_rout
     old_router.set_traffic({})
     status, _, reply = server.request("POST", "/v2/models/m/infer", infer_body())
     assert status == 200 and msgspec.json.decode(reply)["model_version"] == "1", reply
+
+
+def test_a_retiring_version_answers_its_queue_before_its_unload_hooks_run(serve, tmp_path):
+    """Requests queued on a version that a hot swap retires are answered by it and recorded for
+    feedback, and its unload hooks run only after the last of them (requests the engine routed
+    natively, which no Python router counts in flight, included)."""
+    gate = tmp_path / "open"
+    model_dir = tmp_path / "models" / "m"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.yaml").write_text(CONFIG.replace("max_batch_size: 16", "max_batch_size: 1"))
+    write_version(model_dir, 1, textwrap.dedent(f"""
+        import os, time
+        def infer(inputs):
+            while not os.path.exists({str(gate)!r}):  # held until the test opens the gate
+                time.sleep(0.01)
+            return {{"y": inputs["x"] * 0 + 1}}
+    """))
+    retired = []
+    repository = ModelRepository(tmp_path / "models",
+                                 on_version_unload=[lambda model: retired.append((model.version, model.stats().success))])
+    repository.load("m")
+    version_1 = repository.router("m").versions[1]
+    server = serve(LoopserveApp(repository))
+    ids = [f"queued-{i}" for i in range(6)]
+    answers = {}
+
+    def send(request_id):
+        body = msgspec.json.encode({"id": request_id, "inputs": [{"name": "x", "shape": [1, 1],
+                                                                  "datatype": "FP32", "data": [1.0]}]})
+        status, _, reply = server.request("POST", "/v2/models/m/infer", body)
+        answers[request_id] = (status, msgspec.json.decode(reply))
+
+    import threading
+
+    clients = [threading.Thread(target=send, args=(i,)) for i in ids]
+    for client in clients:
+        client.start()
+    try:
+        # one request runs (held at the gate), the others wait in version 1's queue
+        wait_until(lambda: version_1.stats().queued >= len(ids) - 1, "version 1 holds every request")
+        write_version(model_dir, 2)
+        assert server.request("POST", "/v2/repository/models/m/load")[0] == 200
+    finally:
+        gate.touch()
+        for client in clients:
+            client.join(timeout=120)
+    assert {i: (status, answer.get("model_version")) for i, (status, answer) in answers.items()} == \
+        {i: (200, "1") for i in ids}
+    wait_until(lambda: retired, "version 1 retired")
+    assert retired == [(1, len(ids))], "the unload hooks ran before version 1 had answered its queue"
+    status, _, reply = server.request("POST", "/v2/models/m/feedback",
+                                      msgspec.json.encode({"labels": [{"id": i, "label": [1.0]} for i in ids]}))
+    assert status == 200 and msgspec.json.decode(reply)["joined"] == len(ids), reply

@@ -1,6 +1,7 @@
 """Per-version services attach through the repository's load and unload hooks."""
 
 import textwrap
+import time
 
 import numpy as np
 
@@ -67,3 +68,49 @@ def test_unload_unroutes_a_model_before_its_versions_retire(tmp_path):
     events.clear()
     repository.unload("m")
     assert events == [("routes", []), ("retire", 1)]
+
+
+def test_retiring_versions_do_not_hold_up_loads(tmp_path):
+    """Retirement (which waits for what a version had queued, here an unload hook that blocks
+    until the test lets it go) runs on threads of its own: more retiring versions than the event
+    loop's default thread pool has threads leave the loads of other models free."""
+    import asyncio
+    import os
+    import threading
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(CONFIG)
+    write_version(model_dir, 1)
+    other = tmp_path / "b"
+    other.mkdir()
+    (other / "config.yaml").write_text(CONFIG)
+    write_version(other, 1)
+    release = threading.Event()
+    retired = []
+
+    def held(model):
+        release.wait(120)
+        retired.append(model.version)
+
+    repository = ModelRepository(tmp_path, on_version_unload=[held])
+    swaps = (os.cpu_count() or 1) + 5  # asyncio's default pool: min(32, cpus + 4) threads
+
+    async def swaps_then_load():
+        try:
+            await asyncio.wait_for(repository.load_async("m"), timeout=60)
+            for version in range(2, swaps + 2):
+                write_version(model_dir, version)
+                # the previous version retires, held
+                await asyncio.wait_for(repository.load_async("m"), timeout=60)
+            await asyncio.wait_for(repository.load_async("b"), timeout=60)
+        finally:
+            release.set()
+
+    asyncio.run(swaps_then_load())
+    deadline = time.monotonic() + 120
+    while len(retired) < swaps:
+        assert time.monotonic() < deadline, f"only {retired} retired"
+        time.sleep(0.01)
+    assert sorted(retired) == list(range(1, swaps + 1))
+    repository.close()

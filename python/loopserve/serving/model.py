@@ -274,10 +274,14 @@ class Model:
         sizes = {int(k): BatchSizeStats(**v) for k, v in s.pop("by_batch_size").items()}
         return ModelStats(name=self.name, version=self.version, batch_sizes=sizes, **s)
 
-    def close(self) -> None:
-        """Refuses new requests, runs everything queued, stops the worker threads, and lets
-        go of the model, returning its memory to the system."""
+    def stop(self) -> None:
+        """Refuses new requests, runs everything queued and stops the worker threads (blocking;
+        the model stays loaded until `close`)."""
         self._batcher.stop()
+
+    def close(self) -> None:
+        """`stop`, then lets go of the model, returning its memory to the system."""
+        self.stop()
         if self.drift is not None:  # still attached (Model.load); a repository detaches it on unload
             from loopserve.serving.services import detach_drift
 

@@ -7,21 +7,22 @@ VersionRouters, which stay the place where every decision is made (loads, hot sw
 weights, promotion, rollback): after each change, the model's new state is published whole.
 
 Two duties follow from routing natively:
-- a version must not stop while the ingress may still submit to it: an unload hook waits until
-  no thread holds a routing table that still names it (`Router.wait_quiescent`);
+- a version must not stop while the ingress may still submit to it: before it stops, the
+  retirement waits until no thread holds a routing table that still names it
+  (`Router.wait_quiescent`);
 - feedback: the ingress records each answered prediction (with a 128-bit random id when the
   request sent none) into a native tap per version; a thread here hands them to the feedback
-  record (loopserve.monitor.feedback) in batches.
+  record (loopserve.monitor.feedback) in batches. A retiring version's tap is drained once more
+  after its batcher has run what it had queued and stopped, before the unload hooks untrack it.
 
-Thread-safety: `publish` runs on the event loop's thread (where routers change); the unload
-hook on the thread that retires a version; the feedback thread on its own.
+Thread-safety: `publish` runs on the event loop's thread (where routers change); the retirement
+hooks on the thread that retires a version; the feedback thread on its own.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 
 import msgspec
@@ -34,9 +35,6 @@ from loopserve.serving.router import VersionRouter
 log = logging.getLogger("loopserve.engine")
 
 FEEDBACK_DRAIN_S = 0.02
-# How long a retired version's tap is still drained: the requests its batcher had queued complete
-# as it closes, after the unload hooks.
-RETIRING_DRAIN_S = 10.0
 
 
 class NativeRoutes:
@@ -45,7 +43,6 @@ class NativeRoutes:
         self.router = _core.Router()
         self.ingress = _core.Ingress(self.router, spin_us)
         self._taps: "weakref.WeakKeyDictionary[Model, tuple]" = weakref.WeakKeyDictionary()
-        self._retiring: list[tuple[tuple, float]] = []  # (entry, drained until), under _taps_lock
         self._taps_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -53,7 +50,8 @@ class NativeRoutes:
                                                  daemon=True)
         repository.on_route_change.append(self.publish)
         repository.services.feedback.catch_up.append(self.flush_feedback)
-        repository.on_version_unload.insert(0, self._before_unload)
+        repository.before_version_stop.append(self._before_stop)
+        repository.on_version_unload.insert(0, self._after_stop)
         for router in repository.routers.values():
             self.publish(router)
         self._feedback_thread.start()
@@ -71,14 +69,17 @@ class NativeRoutes:
         answering = [(bound, model.version) for bound, model in router.answering()]
         self.router.set_model(router.name, loaded, answering, [m.version for m in router.shadow_models()])
 
-    def _before_unload(self, model: Model) -> None:
-        """No request can reach the version's batcher once this returns (blocking, microseconds).
-        Its tap is drained a while longer: what the batcher had queued completes as it closes."""
+    def _before_stop(self, model: Model) -> None:
+        """No request can reach the version's batcher once this returns (blocking, microseconds)."""
         self.router.wait_quiescent()
-        with self._taps_lock:
-            entry = self._taps.pop(model, None)
+
+    def _after_stop(self, model: Model) -> None:
+        """Hands what the stopped version answered to the feedback record, and drops its tap."""
+        with self._flush_lock:  # a flush that runs meanwhile finds its predictions recorded or still here
+            with self._taps_lock:
+                entry = self._taps.pop(model, None)
             if entry is not None:
-                self._retiring.append((entry, time.monotonic() + RETIRING_DRAIN_S))
+                self._record(*entry)
 
     def _tap(self, model: Model):
         with self._taps_lock:
@@ -109,9 +110,7 @@ class NativeRoutes:
         at a time, so that a flush that finds a tap empty knows its entries are recorded."""
         with self._flush_lock:
             with self._taps_lock:
-                now = time.monotonic()
-                entries = list(self._taps.values()) + [entry for entry, _ in self._retiring]
-                self._retiring = [(entry, until) for entry, until in self._retiring if until > now]
+                entries = list(self._taps.values())
             for entry in entries:
                 self._record(*entry)
 

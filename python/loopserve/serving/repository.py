@@ -51,7 +51,8 @@ class ModelRepository:
 
     Per-version services attach through hooks: each load hook is called with every new version
     (and its directory) once it is built and warmed up, before it serves; each unload hook with
-    every version as it retires, once its last request in flight has finished, before it closes.
+    every version as it retires, once its last request has finished (its batcher has run what it
+    had queued and stopped), before it closes.
     `services` (drift monitors and the feedback record) come first; `on_version_load` and
     `on_version_unload` add more."""
 
@@ -63,6 +64,9 @@ class ModelRepository:
         self.services = services or VersionServices()
         self.on_version_load: list[LoadHook] = [*self.services.load_hooks, *on_version_load]
         self.on_version_unload: list[UnloadHook] = [*on_version_unload, *self.services.unload_hooks]
+        # Called with each retiring version before it stops: the engine's native routes wait there
+        # until no thread can still submit a request to it.
+        self.before_version_stop: list[UnloadHook] = []
         self.routers: dict[str, VersionRouter] = {}
         # Called with a model's router after each change of what serves it (shared by all routers).
         self.on_route_change: list = []
@@ -186,7 +190,11 @@ class ModelRepository:
                 hook(model, directory)
 
     def _retire(self, model: Model) -> None:
-        """Runs the unload hooks, then closes the version (blocking)."""
+        """Runs what the version had queued (requests routed natively are not counted in flight
+        by its router), then the unload hooks, then closes it (blocking)."""
+        for hook in self.before_version_stop:
+            hook(model)
+        model.stop()
         for hook in self.on_version_unload:
             hook(model)
         model.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import zlib
 from collections import Counter
 from typing import Callable, Iterable
@@ -36,7 +37,7 @@ class TrafficState(msgspec.Struct, frozen=True):
 
 class VersionRouter:
     """Thread-safety: call everything from the event loop's thread (`retire`, which blocks
-    until queued requests are done, is sent to a thread)."""
+    until queued requests are done, runs on a thread of its own)."""
 
     def __init__(self, name: str, retire: Callable[[Model], None] = Model.close,
                  on_change: list[Callable[["VersionRouter"], None]] | None = None):
@@ -180,6 +181,11 @@ class VersionRouter:
         self._retired.discard(model)
         log.info("version unloaded", extra={"model": self.name, "version": model.version})
         try:
-            asyncio.get_running_loop().run_in_executor(None, self._retire_version, model)
+            asyncio.get_running_loop()
         except RuntimeError:  # no loop running (tests, shutdown): close here
             self._retire_version(model)
+            return
+        # A thread of its own, not the loop's default pool: a version with much queued work (or
+        # one that hangs) must not hold up loads, which prepare there. Not a daemon: the process
+        # lets retiring versions finish what they had queued before it exits.
+        threading.Thread(target=self._retire_version, args=(model,), name=f"loopserve-retire-{self.name}").start()
