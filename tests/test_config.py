@@ -21,6 +21,10 @@ def write(tmp_path, text, name="config.yaml"):
         ("inputs: [{name: x, datatype: FLOAT, dims: [4]}]\n", r"Invalid enum value 'FLOAT' - at `\$.inputs\[0\].datatype`"),
         ("dynamic_batching: {max_queue_delay: 100}\n", r"unknown field `max_queue_delay` - at `\$.dynamic_batching`"),
         ("max_batch_size: [\n", r"config.yaml: .*"),
+        ("inputs: [{name: x, datatype: FP32, dims: [1]}, {name: x, datatype: FP32, dims: [2]}]\n",
+         r"config.yaml: expected each of the inputs to have its own name; 'x' appear\(s\) more than once - at `\$.inputs`"),
+        ("outputs: [{name: y, datatype: FP32, dims: [1]}, {name: y, datatype: FP32, dims: [1]}]\n",
+         r"'y' appear\(s\) more than once - at `\$.outputs`"),
     ],
 )
 def test_bad_config_names_file_key_and_expectation(tmp_path, text, message):

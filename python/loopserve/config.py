@@ -192,6 +192,12 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
         if isinstance(self.threads, str) and self.threads != "auto":
             raise ValueError(f"expected 'auto', a thread count, or 0 (the runtime's own default); "
                              f"got {self.threads!r} - at `$.threads`")
+        for kind, tensors in (("inputs", self.inputs), ("outputs", self.outputs)):
+            names = [t.name for t in tensors]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:  # a request can send each name once: a repeated input could never be filled
+                raise ValueError(f"expected each of the {kind} to have its own name; "
+                                 f"{', '.join(map(repr, repeated))} appear(s) more than once - at `$.{kind}`")
 
 
 def decode_config(data: bytes, fmt: str, source: str, type_: type = ModelConfig):
