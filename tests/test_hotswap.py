@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from loopserve import Model, zoo
+from loopserve.errors import InvalidInput
 from loopserve.loadgen import ClientLoops
 from loopserve.server.app import LoopserveApp
 from loopserve.serving.canary import CanaryRule, VersionMetrics
@@ -195,6 +196,16 @@ def test_weights_90_10_split_and_keys_stick():
             again = router.acquire(key=f"user-{user}")
             router.release(again)
             assert again is first
+    router.unload()
+
+
+def test_weights_near_the_float_maximum_split_and_non_finite_ones_are_refused():
+    router, models = two_versions({1: 1e308, 2: 1e308})
+    assert router.state().weights == {1: 0.5, 2: 0.5}
+    assert [bound for bound, _ in router.answering()] == [0.5, 1.0]
+    with pytest.raises(InvalidInput, match=r"must be finite numbers; version\(s\) \[2\] have \[inf\]"):
+        router.set_traffic({1: 1, 2: float("inf")})
+    assert router.state().weights == {1: 0.5, 2: 0.5}, "a refused change changes nothing"
     router.unload()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import threading
 import zlib
@@ -135,6 +136,10 @@ class VersionRouter:
         for v in list(weights) + list(shadow):
             if v not in versions:
                 raise InvalidInput(f"model '{self.name}' has no version {v} loaded (loaded: {sorted(versions)})")
+        odd = sorted(v for v, w in weights.items() if not math.isfinite(w))
+        if odd:
+            raise InvalidInput(f"traffic weights of model '{self.name}' must be finite numbers; "
+                               f"version(s) {odd} have {[weights[v] for v in odd]}")
         if weights and sum(weights.values()) <= 0:
             raise InvalidInput(f"traffic weights of model '{self.name}' must add up to more than 0")
         both = sorted(v for v in shadow if weights.get(v, 0) > 0)
@@ -145,6 +150,9 @@ class VersionRouter:
         weights = {v: w for v, w in weights.items() if w > 0 and v in self.versions}
         if not weights and self.versions:
             weights = {max(self.versions): 1.0}  # by default the newest version answers
+        if weights:  # as shares of the largest first: a sum of weights near the float maximum overflows
+            largest = max(weights.values())
+            weights = {v: w / largest for v, w in weights.items()}
         total = sum(weights.values())
         bound, cumulative = 0.0, []
         for version in sorted(weights):
