@@ -253,6 +253,22 @@ def test_labels_join_the_version_that_answered(clock):
         assert store.labelled_examples("m", version=2).ids.tolist() == ["b"]
 
 
+def test_retired_versions_records_go_past_their_horizon_without_any_label(clock):
+    store = FeedbackStore(clock)
+    x = np.array([[0.9, 0, 0, 0]], np.float32)
+    with score_model(version=1, horizon_s=60) as v1, score_model(version=2, horizon_s=60) as v2, \
+            score_model(version=3, horizon_s=60) as v3:
+        for version, model in enumerate((v1, v2, v3), 1):
+            predict(store, model, f"r{version}", x)
+        store.untrack(v1)  # retired within its horizon: its record stays, its labels still join
+        assert sorted(store.model("m").tracks) == [1, 2, 3]
+        clock.t += 61
+        store.untrack(v2)  # both retired versions are now past their horizon: their records go
+        assert sorted(store.model("m").tracks) == [3]  # the serving version keeps its record
+        predict(store, v3, "r4", x)
+        assert store.feedback("m", [("r4", 1)]).joined == 1
+
+
 def test_labelled_examples_hold_the_request_rows(clock):
     store = FeedbackStore(clock)
     rng = np.random.default_rng(2)

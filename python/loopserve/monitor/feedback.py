@@ -331,11 +331,16 @@ class FeedbackStore:
 
     def untrack(self, model) -> None:
         """Forgets this Model object (a retired version): its record stays until its horizon,
-        so labels for its earlier predictions still join."""
+        so labels for its earlier predictions still join. Records of retired versions already
+        past their horizon go now: without labels, nothing else would prune them."""
         with self._lock:
             cached = self._fast.get(id(model))
             if cached is not None and cached[0]() is model:
                 del self._fast[id(model)]
+            mf = self.models.get(model.name)
+        if mf is not None:
+            with mf.lock:
+                mf._prune(self.clock())
 
     new_id = staticmethod(lambda: _random_ids.next())
 
