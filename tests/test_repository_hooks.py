@@ -114,3 +114,26 @@ def test_retiring_versions_do_not_hold_up_loads(tmp_path):
         time.sleep(0.01)
     assert sorted(retired) == list(range(1, swaps + 1))
     repository.close()
+
+
+def test_a_version_whose_files_changed_is_built_again_on_reload(tmp_path):
+    """A reload with the same config keeps a version only while its directory is unchanged: a
+    model file replaced in place, or a file added (a drift profile), builds it again."""
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(CONFIG)
+    write_version(model_dir, 1)
+    loaded = []
+    repository = ModelRepository(tmp_path, on_version_load=[lambda model, directory: loaded.append(model)])
+    x = np.ones((1, 1), np.float32)
+    repository.load("m")
+    repository.load("m")
+    assert len(loaded) == 1, "nothing changed: the serving version is kept"
+    (model_dir / "1" / "model.py").write_text("def infer(inputs):\n    return {'y': inputs['x'] * 0 + 100}\n")
+    repository.load("m")
+    assert len(loaded) == 2 and repository.get("m") is loaded[1]
+    assert repository.get("m").infer_sync({"x": x})["y"].tolist() == [[100.0]]
+    (model_dir / "1" / "notes.txt").write_text("a file the version's hooks may read\n")
+    repository.load("m")
+    assert len(loaded) == 3 and repository.get("m") is loaded[2]
+    repository.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import itertools
+import os
 import re
 import weakref
 from pathlib import Path
@@ -311,3 +312,17 @@ def _return_freed_memory() -> None:
 
 def available_versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"[1-9]\d*", p.name))
+
+
+def fingerprint(model_dir: Path) -> tuple:
+    """What changes when anything a load reads changes: names, sizes, mtimes, two levels deep."""
+    entries = []
+    for top in sorted(os.scandir(model_dir), key=lambda e: e.name):
+        paths = [top]
+        if top.is_dir():
+            paths = sorted(os.scandir(top.path), key=lambda e: e.name)
+            entries.append((top.name,))
+        for e in paths:
+            st = e.stat()
+            entries.append((os.path.relpath(e.path, model_dir), st.st_size, st.st_mtime_ns))
+    return tuple(entries)

@@ -21,7 +21,7 @@ from loopserve.backends import find_model_file, open_backend
 from loopserve.backends.base import NUMPY_DTYPES
 from loopserve.config import ModelConfig, load_config
 from loopserve.errors import ConfigError, LoopserveError, ModelNotFound
-from loopserve.serving.model import CONFIG_NAMES, Model, available_versions
+from loopserve.serving.model import CONFIG_NAMES, Model, available_versions, fingerprint
 from loopserve.serving.registry_source import RegistryModels
 from loopserve.serving.router import VersionRouter
 from loopserve.serving.services import LoadHook, UnloadHook, VersionServices
@@ -43,6 +43,7 @@ class Prepared(msgspec.Struct):
     config: ModelConfig
     versions: dict[int, Model]
     weights: dict[int, float] | None = None  # None: the config's traffic weights
+    fingerprints: dict[int, tuple] = {}  # version -> its directory's fingerprint when built
 
 
 class ModelRepository:
@@ -71,6 +72,7 @@ class ModelRepository:
         # Called with a model's router after each change of what serves it (shared by all routers).
         self.on_route_change: list = []
         self._configs: dict[str, ModelConfig] = {}
+        self._fingerprints: dict[str, dict[int, tuple]] = {}  # name -> version -> its directory's when built
         self._failures: dict[str, str] = {}  # name -> why its last load failed
         # One change at a time per model (see load_async): created on the loop's thread.
         self._changing: dict[str, asyncio.Lock] = {}
@@ -116,7 +118,7 @@ class ModelRepository:
 
     def prepare(self, name: str) -> Prepared:
         """Builds the versions `name`'s version policy wants, reusing those already serving
-        with the same config, and warms the new ones up. Any thread."""
+        with the same config and unchanged files, and warms the new ones up. Any thread."""
         if self.registry is not None and name in self.registry.sources:
             return self._prepare_from_registry(name)
         if self.root is None:
@@ -134,9 +136,14 @@ class ModelRepository:
                 raise ModelNotFound(f"{model_dir}: no version directory matches its version_policy")
             serving = self.routers[name].versions if name in self.routers else {}
             same_config = self._configs.get(name) == config
-            versions, new = {}, []
+            built_from = self._fingerprints.get(name, {})
+            versions, new, prints = {}, [], {}
             for v in wanted:
-                if same_config and v in serving:
+                try:  # before the build: a file changed while it ran is seen by the next load
+                    prints[v] = fingerprint(model_dir / str(v))
+                except OSError:
+                    prints[v] = None  # gone or unreadable: built below, which says why
+                if same_config and v in serving and prints[v] is not None and built_from.get(v) == prints[v]:
                     versions[v] = serving[v]
                     continue
                 model = Model(config, open_backend(config, find_model_file(model_dir / str(v))), v)
@@ -145,7 +152,7 @@ class ModelRepository:
                 versions[v] = model
                 new.append((model, model_dir / str(v)))
             self._loaded(new)  # after warm-up: its zeros are not traffic
-        return Prepared(name, config, versions)
+        return Prepared(name, config, versions, fingerprints=prints)
 
     def _prepare_from_registry(self, name: str) -> Prepared:
         """The versions the registry's aliases name now (see registry_source.py)."""
@@ -206,6 +213,7 @@ class ModelRepository:
         weights = prepared.weights if prepared.weights is not None else dict(config.traffic.weights)
         router.install(prepared.versions, weights, config.traffic.shadow)
         self._configs[name] = config
+        self._fingerprints[name] = prepared.fingerprints
         self._failures.pop(name, None)
         log.info("model loaded", extra={"model": name, "versions": sorted(prepared.versions)})
         return router
@@ -236,6 +244,7 @@ class ModelRepository:
         """Stops serving `name`; requests in flight still finish."""
         router = self.routers.pop(name, None)
         self._configs.pop(name, None)
+        self._fingerprints.pop(name, None)
         if router is None or not router.versions:
             raise ModelNotFound(f"unknown model '{name}'")
         router.unload()

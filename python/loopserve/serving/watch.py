@@ -7,26 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from pathlib import Path
 
+from loopserve.serving.model import fingerprint
 from loopserve.serving.repository import ModelRepository
 
 log = logging.getLogger("loopserve.watch")
-
-
-def fingerprint(model_dir: Path) -> tuple:
-    """What changes when anything a load reads changes: names, sizes, mtimes, two levels deep."""
-    entries = []
-    for top in sorted(os.scandir(model_dir), key=lambda e: e.name):
-        paths = [top]
-        if top.is_dir():
-            paths = sorted(os.scandir(top.path), key=lambda e: e.name)
-            entries.append((top.name,))
-        for e in paths:
-            st = e.stat()
-            entries.append((os.path.relpath(e.path, model_dir), st.st_size, st.st_mtime_ns))
-    return tuple(entries)
 
 
 class RepositoryWatcher:
