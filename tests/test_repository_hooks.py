@@ -137,3 +137,30 @@ def test_a_version_whose_files_changed_is_built_again_on_reload(tmp_path):
     repository.load("m")
     assert len(loaded) == 3 and repository.get("m") is loaded[2]
     repository.close()
+
+
+def test_a_load_refused_for_its_traffic_builds_nothing_and_says_why(tmp_path):
+    """Traffic that the versions a load would serve cannot take (here weights naming a version the
+    policy does not load) fails the load before anything is built, with its reason in the index;
+    the serving version serves on."""
+    import pytest
+
+    from loopserve.errors import InvalidInput
+
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.yaml").write_text(CONFIG)
+    write_version(model_dir, 1)
+    events = []
+    repository = ModelRepository(tmp_path, on_version_load=[lambda model, directory: events.append("load")],
+                                 on_version_unload=[lambda model: events.append("unload")])
+    repository.load("m")
+    write_version(model_dir, 2)
+    (model_dir / "config.yaml").write_text(CONFIG + "traffic: {weights: {2: 50, 9: 50}}\n")
+    with pytest.raises(InvalidInput, match="no version 9 loaded"):
+        repository.load("m")
+    assert events == ["load"], "nothing was built for the refused load"
+    states = {(s.version, s.state): s.reason for s in repository.index()}
+    assert states[("1", "READY")] == "" and "no version 9 loaded" in states[("", "UNAVAILABLE")]
+    assert repository.get("m").infer_sync({"x": np.ones((1, 1), np.float32)})["y"].tolist() == [[1.0]]
+    repository.close()

@@ -12,8 +12,8 @@ Two duties follow from routing natively:
   (`Router.wait_quiescent`);
 - feedback: the ingress records each answered prediction (with a 128-bit random id when the
   request sent none) into a native tap per version; a thread here hands them to the feedback
-  record (loopserve.monitor.feedback) in batches. A retiring version's tap is drained once more
-  after its batcher has run what it had queued and stopped, before the unload hooks untrack it.
+  record (loopserve.monitor.feedback) in batches. A retiring version's tap is drained from the
+  moment its batcher has run what it had queued and stopped, for RETIRING_DRAIN_S more.
 
 Thread-safety: `publish` runs on the event loop's thread (where routers change); the retirement
 hooks on the thread that retires a version; the feedback thread on its own.
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 
 import msgspec
@@ -35,6 +36,9 @@ from loopserve.serving.router import VersionRouter
 log = logging.getLogger("loopserve.engine")
 
 FEEDBACK_DRAIN_S = 0.02
+# How long a stopped version's tap is still drained: the native HTTP server records an answer on
+# its own loop's thread (csrc/http hands completions there), moments after the batcher ran it.
+RETIRING_DRAIN_S = 10.0
 
 
 class NativeRoutes:
@@ -43,6 +47,7 @@ class NativeRoutes:
         self.router = _core.Router()
         self.ingress = _core.Ingress(self.router, spin_us)
         self._taps: "weakref.WeakKeyDictionary[Model, tuple]" = weakref.WeakKeyDictionary()
+        self._retiring: list[tuple[tuple, float]] = []  # (entry, drained until), under _taps_lock
         self._taps_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
@@ -74,12 +79,13 @@ class NativeRoutes:
         self.router.wait_quiescent()
 
     def _after_stop(self, model: Model) -> None:
-        """Hands what the stopped version answered to the feedback record, and drops its tap."""
-        with self._flush_lock:  # a flush that runs meanwhile finds its predictions recorded or still here
-            with self._taps_lock:
-                entry = self._taps.pop(model, None)
+        """Hands what the stopped version answered to the feedback record now (before the unload
+        hooks untrack it), then drains its tap a while longer for answers still being written."""
+        with self._taps_lock:
+            entry = self._taps.pop(model, None)
             if entry is not None:
-                self._record(*entry)
+                self._retiring.append((entry, time.monotonic() + RETIRING_DRAIN_S))
+        self.flush_feedback()
 
     def _tap(self, model: Model):
         with self._taps_lock:
@@ -110,7 +116,9 @@ class NativeRoutes:
         at a time, so that a flush that finds a tap empty knows its entries are recorded."""
         with self._flush_lock:
             with self._taps_lock:
-                entries = list(self._taps.values())
+                now = time.monotonic()
+                entries = list(self._taps.values()) + [entry for entry, _ in self._retiring]
+                self._retiring = [(entry, until) for entry, until in self._retiring if until > now]
             for entry in entries:
                 self._record(*entry)
 

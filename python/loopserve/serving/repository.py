@@ -23,7 +23,7 @@ from loopserve.config import ModelConfig, load_config
 from loopserve.errors import ConfigError, LoopserveError, ModelNotFound
 from loopserve.serving.model import CONFIG_NAMES, Model, available_versions, fingerprint
 from loopserve.serving.registry_source import RegistryModels
-from loopserve.serving.router import VersionRouter
+from loopserve.serving.router import VersionRouter, check_traffic
 from loopserve.serving.services import LoadHook, UnloadHook, VersionServices
 
 log = logging.getLogger("loopserve.repository")
@@ -134,6 +134,7 @@ class ModelRepository:
             wanted = config.version_policy.choose(available_versions(model_dir))
             if not wanted:
                 raise ModelNotFound(f"{model_dir}: no version directory matches its version_policy")
+            check_traffic(name, wanted, dict(config.traffic.weights), config.traffic.shadow)  # before any build
             serving = self.routers[name].versions if name in self.routers else {}
             same_config = self._configs.get(name) == config
             built_from = self._fingerprints.get(name, {})
@@ -159,6 +160,7 @@ class ModelRepository:
         serving = self.routers[name].versions if name in self.routers else {}
         with self._building(name) as built:
             wanted = self.registry.wanted(name)
+            weights = {v: w for v, w in wanted.items() if w is not None}
             versions, config, new = {}, None, []
             for v in wanted:
                 if v in serving:
@@ -170,8 +172,8 @@ class ModelRepository:
                     versions[v] = model
                     new.append((model, directory))
                 config = config or versions[v].config
+            check_traffic(name, versions, weights, config.traffic.shadow if config else ())
             self._loaded(new)
-        weights = {v: w for v, w in wanted.items() if w is not None}
         return Prepared(name, config, versions, weights)
 
     @contextlib.contextmanager

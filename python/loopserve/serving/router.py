@@ -36,6 +36,25 @@ class TrafficState(msgspec.Struct, frozen=True):
     stable: int  # the version rollback returns to
 
 
+def check_traffic(name: str, versions: Iterable[int], weights: dict[int, float], shadow: Iterable[int]) -> None:
+    """Refuses (InvalidInput) traffic that names a version not among `versions`, weights that are
+    not finite or add up to 0, and a version that would both answer and shadow."""
+    versions = sorted(versions)
+    shadow = list(shadow)
+    for v in list(weights) + shadow:
+        if v not in versions:
+            raise InvalidInput(f"model '{name}' has no version {v} loaded (loaded: {versions})")
+    odd = sorted(v for v, w in weights.items() if not math.isfinite(w))
+    if odd:
+        raise InvalidInput(f"traffic weights of model '{name}' must be finite numbers; "
+                           f"version(s) {odd} have {[weights[v] for v in odd]}")
+    if weights and sum(weights.values()) <= 0:
+        raise InvalidInput(f"traffic weights of model '{name}' must add up to more than 0")
+    both = sorted(v for v in shadow if weights.get(v, 0) > 0)
+    if both:
+        raise InvalidInput(f"version(s) {both} of model '{name}' cannot both answer and shadow")
+
+
 class VersionRouter:
     """Thread-safety: call everything from the event loop's thread (`retire`, which blocks
     until queued requests are done, runs on a thread of its own)."""
@@ -96,7 +115,7 @@ class VersionRouter:
         """Makes `versions` the loaded set, atomically for every request. Versions that are no
         longer in it are retired: closed once their last request in flight has finished."""
         old = self.versions
-        self._check(versions, weights or {}, shadow)
+        check_traffic(self.name, versions, weights or {}, shadow)
         self.versions = dict(versions)
         self._set_traffic(weights or {}, shadow)
         for version, model in old.items():
@@ -104,7 +123,7 @@ class VersionRouter:
                 self._retire(model)
 
     def set_traffic(self, weights: dict[int, float] | None = None, shadow: Iterable[int] | None = None) -> None:
-        self._check(self.versions, weights or {}, shadow or ())
+        check_traffic(self.name, self.versions, weights or {}, shadow or ())
         self._set_traffic(self._weights if weights is None else weights,
                           [m.version for m in self._shadows] if shadow is None else shadow)
 
@@ -131,20 +150,6 @@ class VersionRouter:
 
     def state(self) -> TrafficState:
         return TrafficState(sorted(self.versions), dict(self._weights), self.shadow_versions(), self.stable)
-
-    def _check(self, versions: dict[int, Model], weights: dict[int, float], shadow: Iterable[int]) -> None:
-        for v in list(weights) + list(shadow):
-            if v not in versions:
-                raise InvalidInput(f"model '{self.name}' has no version {v} loaded (loaded: {sorted(versions)})")
-        odd = sorted(v for v, w in weights.items() if not math.isfinite(w))
-        if odd:
-            raise InvalidInput(f"traffic weights of model '{self.name}' must be finite numbers; "
-                               f"version(s) {odd} have {[weights[v] for v in odd]}")
-        if weights and sum(weights.values()) <= 0:
-            raise InvalidInput(f"traffic weights of model '{self.name}' must add up to more than 0")
-        both = sorted(v for v in shadow if weights.get(v, 0) > 0)
-        if both:
-            raise InvalidInput(f"version(s) {both} of model '{self.name}' cannot both answer and shadow")
 
     def _set_traffic(self, weights: dict[int, float], shadow: Iterable[int]) -> None:
         weights = {v: w for v, w in weights.items() if w > 0 and v in self.versions}
