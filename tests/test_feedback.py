@@ -269,6 +269,19 @@ def test_retired_versions_records_go_past_their_horizon_without_any_label(clock)
         assert store.feedback("m", [("r4", 1)]).joined == 1
 
 
+def test_a_retired_versions_record_goes_once_past_its_horizon_with_nothing_else_happening():
+    from conftest import wait_until
+
+    store = FeedbackStore()  # the real clock: a timer prunes
+    x = np.array([[0.9, 0, 0, 0]], np.float32)
+    with score_model(version=1, horizon_s=0.2) as v1, score_model(version=2, horizon_s=0.2) as v2:
+        predict(store, v1, "r1", x)
+        predict(store, v2, "r2", x)
+        store.untrack(v1)  # retired within its horizon: kept until it has passed, with no label to prune it
+        wait_until(lambda: 1 not in store.model("m").tracks, "version 1's record pruned")
+        assert sorted(store.model("m").tracks) == [2]
+
+
 def test_labelled_examples_hold_the_request_rows(clock):
     store = FeedbackStore(clock)
     rng = np.random.default_rng(2)

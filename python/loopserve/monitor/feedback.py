@@ -177,6 +177,7 @@ class ModelFeedback:
         self.labelled = LabelledBuffer(config.record_size, config.record_max_bytes)
         self.spill = SpillWriter(config.spill_dir, name, config.spill_max_bytes) if config.spill_dir else None
         self.not_recorded: dict[str, str] = {}
+        self._pruner: threading.Timer | None = None  # prunes once the oldest retired record is past its horizon
 
     def configure(self, config) -> None:
         if config == self.config:
@@ -281,6 +282,25 @@ class ModelFeedback:
             if version not in serving and track.rec.last_time < now - track.config.horizon_s:
                 del self.tracks[version]
 
+    def prune_when_due(self) -> None:
+        """Prunes now, and again when the next retired version's record passes its horizon: with
+        no label coming, nothing else would. With `lock` held; on a version's retirement."""
+        now = self.store.clock()
+        self._prune(now)
+        serving = {t.version for t in self.store.serving_tracks(self.name)}
+        due = [t.rec.last_time + t.config.horizon_s for v, t in self.tracks.items() if v not in serving]
+        if self._pruner is not None:
+            self._pruner.cancel()
+            self._pruner = None
+        if due:
+            self._pruner = threading.Timer(max(0.0, min(due) - now) + 0.05, self._prune_timer)
+            self._pruner.daemon = True
+            self._pruner.start()
+
+    def _prune_timer(self) -> None:
+        with self.lock:
+            self.prune_when_due()
+
 
 class _RandomIds:
     """Request ids of 128 random bits from the OS's CSPRNG, fetched 256 at a time: one
@@ -332,7 +352,7 @@ class FeedbackStore:
     def untrack(self, model) -> None:
         """Forgets this Model object (a retired version): its record stays until its horizon,
         so labels for its earlier predictions still join. Records of retired versions already
-        past their horizon go now: without labels, nothing else would prune them."""
+        past their horizon go now, the others once they are (a timer)."""
         with self._lock:
             cached = self._fast.get(id(model))
             if cached is not None and cached[0]() is model:
@@ -340,7 +360,7 @@ class FeedbackStore:
             mf = self.models.get(model.name)
         if mf is not None:
             with mf.lock:
-                mf._prune(self.clock())
+                mf.prune_when_due()
 
     new_id = staticmethod(lambda: _random_ids.next())
 
