@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
+#include <system_error>
 #include <utility>
 
 namespace loopserve {
@@ -80,7 +82,16 @@ Batcher::Batcher(BatcherConfig config, std::shared_ptr<Executor> executor)
   levels_.resize(static_cast<size_t>(config_.priority_levels));
   stats_.by_batch_size.resize(static_cast<size_t>(std::max<int64_t>(config_.max_batch_size, 1)) + 1);
   workers_.reserve(static_cast<size_t>(config_.instances));
-  for (int i = 0; i < config_.instances; ++i) workers_.emplace_back([this, i] { worker(i); });
+  try {
+    for (int i = 0; i < config_.instances; ++i) workers_.emplace_back([this, i] { worker(i); });
+  } catch (const std::system_error& e) {
+    // Out of threads (or memory for their stacks): the ones started are joined here, since
+    // a joinable std::thread destroyed during unwinding would terminate the process.
+    stop();
+    throw std::runtime_error("could not start the worker threads of " + std::to_string(config_.instances) +
+                             " instances of model '" + config_.model_name + "' (" + std::to_string(workers_.size()) +
+                             " started): " + e.what());
+  }
 }
 
 Batcher::~Batcher() { stop(); }
