@@ -93,7 +93,7 @@ def collect(ctx: RunContext) -> dict:
         columns = {name: examples.features[index, i] for i, name in enumerate(ctx.signature.feature_names)}
         columns[ctx.signature.label] = examples.labels[index].astype(np.int64)
         if ctx.signature.group is not None:
-            columns[ctx.signature.group] = examples.groups[index].astype(np.int64)
+            columns[ctx.signature.group] = examples.groups[index]  # codes, or names as sent
         ids[part] = snapshot(columns, store=ctx.store, name=f"{config.model}-{part}-{ctx.run_id}").id
     ctx.train_snapshot, ctx.holdout_snapshot = ids["train"], ids["holdout"]
     return have | {"train_rows": int(cut), "holdout_rows": int(rows - cut),
@@ -126,8 +126,10 @@ def _utc(t: float) -> str:
 
 
 def validate(ctx: RunContext) -> dict:
-    """The new rows against rules inferred from the data production was trained on."""
-    from loopserve.data import DataSchema, infer_schema
+    """The new rows against rules inferred from the data production was trained on: the training
+    rows and the held-out rows both (the gates judge the candidate on the held-out ones, the
+    newest: a feed that broke lately breaks them first)."""
+    from loopserve.data import ColumnRule, DataSchema, infer_schema
     from loopserve.data import validate as validate_data
     from loopserve.registry import lineage
 
@@ -139,14 +141,20 @@ def validate(ctx: RunContext) -> dict:
     inferred = infer_schema(reference, store=ctx.store, range_margin=v.range_margin, null_slack=v.null_slack,
                             max_mean_shift=v.max_mean_shift, max_std_ratio=v.max_std_ratio)
     sig = ctx.signature
-    wanted = set(sig.feature_names) | {sig.label} | ({sig.group} if sig.group else set())
+    wanted = set(sig.feature_names) | {sig.label}
     # The same columns, compared as numbers: the feedback rows are float32 whatever the source types were.
     rules = [msgspec.structs.replace(r, type="numeric", categories=None) for r in inferred.columns if r.name in wanted]
-    report = validate_data(ctx.train_snapshot, DataSchema(columns=rules, reference=inferred.reference), store=ctx.store)
-    failures = [f"{c.column}: {c.message}" for c in report.failures]
+    if sig.group:  # present, and nothing more: groups are names or codes (-1: none), never a model input
+        rules.append(ColumnRule(name=sig.group))
+    schema = DataSchema(columns=rules, reference=inferred.reference)
+    checked, failures = {}, []
+    for part, snapshot_id in (("train", ctx.train_snapshot), ("holdout", ctx.holdout_snapshot)):
+        report = validate_data(snapshot_id, schema, store=ctx.store)
+        checked[part] = len(report.checks)
+        failures += [f"{part} {c.column}: {c.message}" for c in report.failures]
     if failures:
         raise StepFailed("the new data failed validation: " + "; ".join(failures[:5]), {"failures": failures})
-    return {"reference_snapshot": reference, "rules_checked": len(report.checks)}
+    return {"reference_snapshot": reference, "rules_checked": checked["train"], "holdout_rules_checked": checked["holdout"]}
 
 
 def train(ctx: RunContext) -> dict:
