@@ -51,16 +51,14 @@ def load_data(spec: DataSpec, key: str = "data", store=None) -> TabularData:
         group_names = list(stream.group_names)
         snapshot_id = None
     else:
-        from loopserve.data import SnapshotError, to_numpy
+        from loopserve.data import SnapshotError, read_manifest, to_numpy
 
-        try:
-            columns = to_numpy(spec.snapshot, store=store)
+        try:  # a name is resolved once: renamed meanwhile, the id recorded is still the data loaded
+            snapshot_id = read_manifest(spec.snapshot, store=store).id
+            columns = to_numpy(snapshot_id, store=store)
         except SnapshotError as e:
             raise ConfigError(f"{key}.snapshot: {e}") from None
         default_categorical = None
-        from loopserve.data import read_manifest
-
-        snapshot_id = read_manifest(spec.snapshot, store=store).id
     return from_columns(columns, spec, key, default_categorical, group_names, snapshot_id)
 
 
