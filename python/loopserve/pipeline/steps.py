@@ -154,7 +154,8 @@ def validate(ctx: RunContext) -> dict:
         failures += [f"{part} {c.column}: {c.message}" for c in report.failures]
     if failures:
         raise StepFailed("the new data failed validation: " + "; ".join(failures[:5]), {"failures": failures})
-    return {"reference_snapshot": reference, "rules_checked": checked["train"], "holdout_rules_checked": checked["holdout"]}
+    return {"reference_snapshot": reference, "rules_checked": checked["train"],
+            "holdout_rules_checked": checked["holdout"]}
 
 
 def train(ctx: RunContext) -> dict:

@@ -11,8 +11,9 @@ across the group attribute (demographic parity and equal opportunity differences
 decision threshold), under a ceiling and, per gate, no worse than production's on the same rows
 (plus a margin); p99 latency of single-row requests. A gate that cannot be evaluated (no groups
 in the holdout, fewer than two groups with rows, one class only) fails, saying why: a gate never
-passes by default. Rows without a group (code -1: the request named none) belong to no group. Every result
-carries production's value on the same rows, so a rejection says what it was compared with.
+passes by default. Rows without a group (code -1: the request named none) are in no group.
+Every result carries production's value on the same rows, so a rejection says what it was
+compared with.
 
 Production is held to the same floors and ceilings (not latency: it is measured serving). When
 it fails some (`production_failing` in the report), `when_production_fails` decides: "alert"

@@ -60,9 +60,6 @@ class GroupStats(msgspec.Struct, frozen=True):
     true_positive_rate: float | None  # predicted positive among label 1; None without positives
 
 
-NO_GROUP = -1  # the group code of a row whose request named no group
-
-
 def group_stats(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float = 0.5,
                 names: list[str] | None = None) -> list[GroupStats]:
     """One entry per group code >= 0; rows without a group (negative codes) belong to none: they
