@@ -198,7 +198,7 @@ def _fairness_value(key: str, gates: GateConfig, groups: np.ndarray | None,
     if found is None:
         return None, (f"equal opportunity difference cannot be measured: fewer than two groups have "
                       f"{gates.min_group_positives}+ positive rows "
-                      f"({', '.join(f'{s.name!r}: {s.positives}' for s in stats)})")
+                      f"({', '.join(f'{s.name!r}: {s.positives}' for s in stats) or 'no group has rows'})")
     value, hi, lo = found
     skipped = [s.name for s in stats if s.positives < gates.min_group_positives]
     return value, (f"true positive rate {_fmt(hi.true_positive_rate)} for group {hi.name!r} vs "
