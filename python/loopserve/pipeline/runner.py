@@ -164,8 +164,12 @@ class Pipeline:
         try:
             with Heartbeat(self.config, ctx.run_id):
                 self._steps(ctx, chain)
-        except BaseException as e:  # never leave the run `running` while this process lives on
-            self.records.finish_run(ctx.run_id, "failed", f"{type(e).__name__}: {e}")
+        except BaseException as e:  # interrupted (Ctrl-C): no canary left serving, no run left `running`
+            try:
+                self._clear_canary(ctx)
+                self.records.finish_run(ctx.run_id, "failed", f"interrupted: {type(e).__name__}: {e}")
+            except Exception as cleanup:  # the lease runs out instead, and the next start takes the run over
+                log.warning("pipeline run left unfinished", extra={"run": ctx.run_id, "reason": str(cleanup)})
             raise
         return self._finished(ctx.run_id)
 
@@ -187,6 +191,17 @@ class Pipeline:
                 f"version {ctx.candidate} is {self.config.production_alias}", ctx))
         else:  # production moved meanwhile, or the lease was lost: the canary must not stay
             self._roll_back(ctx, len(chain) + 1, "failed")
+
+    def _clear_canary(self, ctx: steps.RunContext) -> None:
+        from loopserve.registry import AliasConflict, clear_alias
+
+        if ctx.candidate is None:
+            return
+        try:
+            clear_alias(self.config.model, self.config.canary.alias, reason=f"pipeline run {ctx.run_id}: interrupted",
+                        actor="pipeline", store=self.store, expect=ctx.candidate)
+        except AliasConflict:
+            pass  # no longer this run's canary (or never set): not ours to clear
 
     def _roll_back(self, ctx: steps.RunContext, position: int, status: str) -> None:
         outcome = ctx.outcome
