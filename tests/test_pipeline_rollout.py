@@ -4,10 +4,12 @@ moves that never undo a move made meanwhile, accuracy compared on predictions ma
 canary started, and triggers that survive restarts. A real server on a loopback port (one
 process: these are the pipeline's paths, not the server's) and real store files."""
 
+import concurrent.futures
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import msgspec
@@ -189,6 +191,19 @@ def test_the_run_lease_on_each_store(store_location):
         records.finish_run(records.start_run("fraud", "e"), "stopped", "x")
 
 
+class ReadingSignalled(ServerView):
+    """The server view, saying when compare has read the feedback once (its starting point)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read_feedback = threading.Event()
+
+    def feedback(self) -> dict:
+        report = super().feedback()
+        self.read_feedback.set()
+        return report
+
+
 def test_compare_judges_accuracy_on_predictions_made_since_the_canary_started(tmp_path):
     """Production's earlier predictions were right and get their labels late, during the canary;
     on the predictions made during the canary both versions are always wrong: a tie, not a loss."""
@@ -214,15 +229,18 @@ def test_compare_judges_accuracy_on_predictions_made_since_the_canary_started(tm
             window_s=300, min_requests=20, min_labels=20, poll_s=0.05, max_p99_ratio=1000, accuracy_margin=0.02))
         with Store(store_root) as store:
             run_id = PipelineRecords(store).start_run("fraud", "test")
-            ctx = steps.RunContext(run_id, config, store, ServerView(server.base_url, "fraud"),
+            ctx = steps.RunContext(run_id, config, store, ReadingSignalled(server.base_url, "fraud"),
                                    production_version=v1, candidate=v2)
             steps.canary(ctx)
-            label(old)  # late labels: production was right back then
-            wait_until(lambda: time.time() >= np.floor(ctx.canary_since) + 1, "the next prediction-time window")
-            new = [infer(f"new{i}") for i in range(120)]
-            label([(i, 1 - y) for i, y in new])  # both versions wrong on every prediction since
-            with ClientLoops(server.base_url, "/v2/models/fraud/infer", body(), clients=2):  # unlabelled
-                facts = steps.compare(ctx)
+            with ClientLoops(server.base_url, "/v2/models/fraud/infer", body(), clients=2):  # unlabelled traffic
+                with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                    comparing = pool.submit(steps.compare, ctx)
+                    assert ctx.view.read_feedback.wait(60), "compare never read the feedback"
+                    label(old)  # late labels, during the comparison: production was right back then
+                    wait_until(lambda: time.time() >= np.floor(ctx.canary_since) + 1, "the next prediction-time window")
+                    new = [infer(f"new{i}") for i in range(120)]
+                    label([(i, 1 - y) for i, y in new])  # both versions wrong on every prediction since
+                    facts = comparing.result(timeout=300)
         assert facts["production"]["accuracy"] == 0.0 and facts["canary"]["accuracy"] == 0.0, facts
         assert facts["production"]["labels"] + facts["canary"]["labels"] == 120
     finally:
