@@ -329,7 +329,8 @@ def accuracy_predicted_since(report: dict, since: float) -> dict[str, tuple[floa
     for v in report.get("versions", []):
         windows = [w for w in v.get("by_prediction_time", []) if w["start"] >= since]
         labels = sum(w["labels"] for w in windows)
-        correct = sum(w["correct"] for w in windows)
+        # a merged (fleet) window may carry the accuracy without the count behind it
+        correct = sum(w["correct"] if "correct" in w else round((w["accuracy"] or 0.0) * w["labels"]) for w in windows)
         out[str(v["version"])] = (correct / labels if labels else None, labels)
     return out
 
