@@ -129,7 +129,7 @@ def test_one_live_run_per_model_and_a_dead_runs_canary_is_taken_back(served, tmp
                 wait_until(comparing, "the roll-out's compare step", timeout=120)
                 dead = records.runs("fraud")[0].id
                 # While it lives: a roll-out, and a trigger that fires, are refused.
-                other = Pipeline(config_for(server, store_root))
+                other = Pipeline(config_for(server, store_root, triggers=TriggerConfig()))  # drift_windows: 2
                 scheduled = Pipeline(config_for(server, store_root, triggers=TriggerConfig(
                     drift_windows=None, schedule_s=0.001, cooldown_s=0)))
                 try:
@@ -146,9 +146,9 @@ def test_one_live_run_per_model_and_a_dead_runs_canary_is_taken_back(served, tmp
                     wait_until(lambda: records.store.db.execute(
                         "SELECT expires_at FROM pipeline_leases WHERE model = 'fraud'").fetchone()[0] < time.time(),
                         "the dead run's lease to run out", timeout=60)
-                    # The next check (here: the default triggers, drift on a model without a drift
-                    # monitor: no drift evidence) takes the run over.
-                    assert not other.check().fire
+                    # The next check takes the run over (its drift rule reads a model without a
+                    # drift monitor: 404, no drift evidence, no rule holds).
+                    assert other.check().reasons == ["no rule holds"]
                 finally:
                     other.close()
                     scheduled.close()
