@@ -63,7 +63,7 @@ def move_alias(db: Database, name: str, alias: str, version: int, action: str,
                actor: str | None, reason: str | None, expect=_ANY) -> AliasEvent | None:
     """Point `alias` at `version` and record it; call inside a write transaction in the model's
     `registry_scope`. None if it already did; AliasConflict if `expect` is given and the alias
-    names another version (None: is set)."""
+    names another version (None: is unset)."""
     previous = current_target(db, name, alias)
     _check_expected(name, alias, previous, expect)
     if previous == version:
