@@ -27,6 +27,7 @@ import msgspec
 import numpy as np
 
 from loopserve import _core
+from loopserve.errors import InvalidInput
 from loopserve.logs import configure_logging
 from loopserve.server import heap
 from loopserve.server.admission import LoopLag, Overloaded
@@ -34,7 +35,7 @@ from loopserve.server.body import body_limit, read_body
 from loopserve.server.handoff import HandoffReceiver
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
-from loopserve.server.protocol import encode_response
+from loopserve.server.protocol import NUMPY_DTYPES, encode_response
 from loopserve.server.wire import (INFER_PATH, answer_headers, decode_and_submit, headers_of, scheduling_of,
                                    send_response, serve_asgi)
 
@@ -50,6 +51,8 @@ _HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"c
 SPIN_MAX_CONNECTIONS = 4
 SPIN_MAX_PENDING = 2
 SPIN_RETRY_FLUSHES = 256
+# What the channel to the engine carries (csrc/dtype.h): every datatype but BF16.
+CHANNEL_DATATYPES = tuple(name for name in NUMPY_DTYPES if name != "BF16")
 
 
 class EngineGone(Exception):
@@ -134,6 +137,15 @@ class EngineChannel:
         for future in pending.values():
             if not future.done():
                 future.set_result((503, 0, "the server's engine process stopped", None))
+
+
+def _check_channel_datatypes(request) -> None:
+    """A datatype the channel cannot carry is refused by name (the channel would say only that a
+    numpy dtype has no protocol datatype)."""
+    for inp in request.inputs:
+        if inp.datatype not in CHANNEL_DATATYPES:
+            raise InvalidInput(f"input '{inp.name}' has datatype {inp.datatype}, which a server with workers > 1 "
+                               f"does not carry to its models; send one of {', '.join(CHANNEL_DATATYPES)}")
 
 
 def _answered(loop, result) -> asyncio.Future:
@@ -235,9 +247,14 @@ class FrontendApp:
         priority, timeout_us, key = scheduling_of(params)
         group = params.get("group") if params else None
         request_id = (request.id if request is not None else None) or ""
-        pending = self.channel.submit(name, version or "", key or "", request_id,
-                                      "" if group is None else msgspec.json.encode(group).decode(),
-                                      priority, timeout_us, raw, inputs)
+        if request is not None:
+            _check_channel_datatypes(request)
+        try:
+            pending = self.channel.submit(name, version or "", key or "", request_id,
+                                          "" if group is None else msgspec.json.encode(group).decode(),
+                                          priority, timeout_us, raw, inputs)
+        except (ValueError, TypeError) as exc:  # the channel's limits (inputs, dims, lengths): the client's
+            raise InvalidInput(f"the request cannot be carried to the model: {exc}") from None
         self.admission.in_flight += 1
         return pending, functools.partial(self._finish, name, request, start)
 
