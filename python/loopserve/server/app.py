@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import loopserve
-from loopserve.errors import LoopserveError, ModelNotFound
+from loopserve.errors import LoopserveError, ModelNotFound, hide_in_model_failures
 from loopserve.server import openapi, triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
@@ -91,6 +91,7 @@ class LoopserveApp:
         admission = LoopLag(overload_wait_ms, overload_min_connections, self.metrics.overload_refused)
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes, admission)
         self.infer.hide_paths = self.hide_paths = path_hider(_server_directories(repository))
+        hide_in_model_failures(self.hide_paths)  # every path answers a model's failure with its text
         self.fast_infer = self.infer  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
                      ("/stats", self.model_stats)]

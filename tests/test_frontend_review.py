@@ -1,0 +1,98 @@
+"""What the review of the HTTP front end found (2026-12-05), each fixed alike at workers 1 and
+workers 2 (the engine's native infer path, and the front ends' Python one): client mistakes are
+a 4xx that says what was wrong, errors name no server directory, and the server serves on.
+One server per mode for the whole module: each test is a few requests."""
+
+import json
+import socket
+
+import msgspec
+import pytest
+
+from conftest import PythonPathWorkers, RunningServer
+from loopserve.server.app import LoopserveApp
+
+DOUBLE = """def infer(inputs):
+    return {"y": inputs["x"] * 2}
+"""
+FAILING = """def infer(inputs):
+    raise RuntimeError(f"cannot read {__file__}")
+"""
+
+
+def _model_dir(root, name: str, source: str) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "config.yaml").write_text(
+        f"name: {name}\nmax_batch_size: 8\ninputs:\n  - {{name: x, datatype: FP32, dims: [4]}}\n"
+        "outputs:\n  - {name: y, datatype: FP32, dims: [4]}\n")
+    (root / name / "1" / "model.py").write_text(source)
+
+
+@pytest.fixture(scope="module", params=[1, 2, PythonPathWorkers(2)], ids=["workers1", "workers2", "workers2python"])
+def server(tmp_path_factory, request):
+    from loopserve.serving.repository import ModelRepository
+
+    root = tmp_path_factory.mktemp("review") / "models"
+    _model_dir(root, "double", DOUBLE)
+    _model_dir(root, "failing", FAILING)
+    repository = ModelRepository(root)
+    repository.load("double")
+    repository.load("failing")
+    running = RunningServer(LoopserveApp(repository, max_body_bytes=1 << 20), workers=int(request.param),
+                            native_infer=getattr(request.param, "native", None))
+    running.root = root
+    yield running
+    running.stop()
+    repository.close()
+
+
+def _infer(server, model="double", datatype="FP32", inputs=None, **extra):
+    inputs = inputs or [{"name": "x", "shape": [1, 4], "datatype": datatype, "data": [1, 2, 3, 4]}]
+    return server.request("POST", f"/v2/models/{model}/infer", json.dumps({"inputs": inputs, **extra}).encode(),
+                          {"Content-Type": "application/json"})
+
+
+def _error(answer, status: int) -> str:
+    code, headers, body = answer
+    assert code == status, body
+    assert headers["content-type"] == "application/json"
+    return msgspec.json.decode(body)["error"]
+
+
+def _assert_serves(server):
+    code, _, body = _infer(server)
+    assert code == 200, body
+    assert msgspec.json.decode(body)["outputs"][0]["data"] == [2, 4, 6, 8]
+
+
+def test_a_datatype_or_input_count_the_server_cannot_carry_is_a_400(server):
+    """Finding 2: at workers 2 the channel to the engine refused these with a TypeError or
+    ValueError, answered 500 as the server's own failure."""
+    assert "BF16" in _error(_infer(server, datatype="BF16"), 400)
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "BF16",
+                                     "parameters": {"binary_data_size": 8}}]}).encode()
+    answer = server.request("POST", "/v2/models/double/infer", header + bytes(8),
+                            {"Inference-Header-Content-Length": str(len(header))})
+    assert "BF16" in _error(answer, 400)
+    many = [{"name": f"x{i}", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]} for i in range(300)]
+    _error(_infer(server, inputs=many), 400)
+    _assert_serves(server)
+
+
+def test_a_group_longer_than_256_bytes_is_refused(server):
+    """Finding 3: parameters.group is kept with each prediction, so it is bounded like the id."""
+    message = _error(_infer(server, parameters={"group": "g" * 255}), 400)  # 257 bytes as JSON
+    assert "parameter 'group'" in message and "256" in message, message
+    message = _error(_infer(server, parameters={"group": {"k": ["v" * 300]}}), 400)
+    assert "parameter 'group'" in message, message
+    code, _, body = _infer(server, parameters={"group": "g" * 254})  # 256 bytes as JSON
+    assert code == 200, body
+    _assert_serves(server)
+
+
+def test_a_model_failure_names_no_server_directory_and_no_traceback(server):
+    """Finding 5: at workers 2 a model's failure reached the client with the repository's path
+    and the traceback (the server's files)."""
+    message = _error(_infer(server, model="failing"), 500)
+    assert message == "RuntimeError: cannot read <model_repository>/failing/1/model.py", message
+    _assert_serves(server)
