@@ -28,8 +28,10 @@ def _model_dir(root, name: str, source: str) -> None:
     (root / name / "1" / "model.py").write_text(source)
 
 
-@pytest.fixture(scope="module", params=[1, 2, PythonPathWorkers(2)], ids=["workers1", "workers2", "workers2python"])
-def server(tmp_path_factory, request):
+MODES = dict(params=[1, 2, PythonPathWorkers(2)], ids=["workers1", "workers2", "workers2python"])
+
+
+def _start(tmp_path_factory, mode, http=None, **app_settings) -> RunningServer:
     from loopserve.serving.repository import ModelRepository
 
     root = tmp_path_factory.mktemp("review") / "models"
@@ -38,12 +40,34 @@ def server(tmp_path_factory, request):
     repository = ModelRepository(root)
     repository.load("double")
     repository.load("failing")
-    running = RunningServer(LoopserveApp(repository, max_body_bytes=1 << 20), workers=int(request.param),
-                            native_infer=getattr(request.param, "native", None))
-    running.root = root
-    yield running
+    running = RunningServer(LoopserveApp(repository, max_body_bytes=1 << 20, **app_settings), workers=int(mode), http=http,
+                            native_infer=getattr(mode, "native", None))
+    running.repository = repository
+    return running
+
+
+def _stop(running: RunningServer) -> None:
     running.stop()
-    repository.close()
+    running.repository.close()
+
+
+@pytest.fixture(scope="module", **MODES)
+def server(tmp_path_factory, request):
+    running = _start(tmp_path_factory, request.param)
+    yield running
+    _stop(running)
+
+
+@pytest.fixture(scope="module", **MODES)
+def overloaded(tmp_path_factory, request):
+    """A server that counts itself overloaded at every request: one open connection is enough,
+    and its loop is always later than a microsecond."""
+    from loopserve.server.config import HttpConfig
+
+    overload = dict(overload_min_connections=1, overload_wait_ms=0.001)
+    running = _start(tmp_path_factory, request.param, HttpConfig(**overload), **overload)
+    yield running
+    _stop(running)
 
 
 def _infer(server, model="double", datatype="FP32", inputs=None, **extra):
@@ -96,3 +120,16 @@ def test_a_model_failure_names_no_server_directory_and_no_traceback(server):
     message = _error(_infer(server, model="failing"), 500)
     assert message == "RuntimeError: cannot read <model_repository>/failing/1/model.py", message
     _assert_serves(server)
+
+
+def test_under_overload_a_model_not_served_is_a_404_and_not_counted(overloaded):
+    """Finding 6: at workers 2 a request for any made-up model name was refused 429 and counted
+    under that name, a new metrics series per name a client sends."""
+    made_up = [f"nosuch{i:03d}" for i in range(20)]
+    for name in made_up:
+        assert "unknown model" in _error(_infer(overloaded, model=name), 404)
+    assert 429 in {_infer(overloaded)[0] for _ in range(20)}  # the server does count itself overloaded
+    code, _, metrics = overloaded.request("GET", "/metrics")
+    assert code == 200
+    refused = [line for line in metrics.decode().splitlines() if line.startswith("loopserve_overload_refused")]
+    assert refused and not any("nosuch" in line for line in refused), refused

@@ -170,6 +170,9 @@ class FrontendApp:
         self.client = None
         self.engine_gone = asyncio.Event()
         self.fast_infer = self  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
+        # The models the engine has answered for: only their requests are refused under overload
+        # (and counted by name), so that names a client makes up are neither (they get the engine's 404).
+        self.served_models: set[str] = set()
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -232,7 +235,8 @@ class FrontendApp:
         if content_length is not None and content_length > self.max_body_bytes:
             raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
                                f"{self.max_body_bytes} bytes (http.max_body_bytes)")
-        self.admission.check(name)
+        if name in self.served_models:  # others go to the engine: a 404 for a model it does not serve
+            self.admission.check(name)
         return header_length
 
     def submit(self, header_length: int | None, name: str, version: str | None, body: bytes, start: float):
@@ -266,6 +270,7 @@ class FrontendApp:
         status, answered_by, text, outputs = pending.result()
         if status != 200:
             return status, [*_JSON, *_RETRY.get(status, ())], error_body(text)
+        self.served_models.add(name)
         params = request.parameters if request is not None else None
         binary_default = bool(params.get("binary_data_output", False)) if params else False
         try:
