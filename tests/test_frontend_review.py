@@ -34,15 +34,16 @@ MODES = dict(params=[1, 2, PythonPathWorkers(2)], ids=["workers1", "workers2", "
 def _start(tmp_path_factory, mode, http=None, **app_settings) -> RunningServer:
     from loopserve.serving.repository import ModelRepository
 
-    root = tmp_path_factory.mktemp("review") / "models"
+    work = tmp_path_factory.mktemp("review")
+    root = work / "models"
     _model_dir(root, "double", DOUBLE)
     _model_dir(root, "failing", FAILING)
     repository = ModelRepository(root)
     repository.load("double")
     repository.load("failing")
-    running = RunningServer(LoopserveApp(repository, max_body_bytes=1 << 20, **app_settings), workers=int(mode), http=http,
+    running = RunningServer(LoopserveApp(repository, max_body_bytes=1 << 20, store=str(work / "store"), **app_settings), workers=int(mode), http=http,
                             native_infer=getattr(mode, "native", None))
-    running.repository = repository
+    running.repository, running.work = repository, work
     return running
 
 
@@ -133,3 +134,20 @@ def test_under_overload_a_model_not_served_is_a_404_and_not_counted(overloaded):
     assert code == 200
     refused = [line for line in metrics.decode().splitlines() if line.startswith("loopserve_overload_refused")]
     assert refused and not any("nosuch" in line for line in refused), refused
+
+
+def test_promote_refuses_a_large_body_before_reading_it_all(server):
+    """Finding 4: at workers 1 the UI's promote route read any body whole before refusing it."""
+    code, _, body = server.request("POST", "/ui/api/models/double/promote", b" " * (200 << 10),
+                                   {"Content-Type": "application/json"})
+    assert code == 413, body
+    assert "65536 bytes" in msgspec.json.decode(body)["error"]
+    code, _, body = server.request("POST", "/ui/api/models/double/promote", b'{"version": 1}')
+    assert code == 200, body
+
+
+def test_an_unknown_run_names_the_store_by_its_setting(server):
+    """Finding 13: the UI's run route answered its 404 with the store's absolute path (and read
+    ./.loopserve, not the configured store)."""
+    message = _error(server.request("GET", "/ui/api/runs/nosuchrun"), 404)
+    assert "<store>" in message and str(server.work) not in message, message
