@@ -10,6 +10,7 @@ import msgspec
 import pytest
 
 from conftest import PythonPathWorkers, RunningServer
+from helpers_http import Answers
 from loopserve.server.app import LoopserveApp
 
 DOUBLE = """def infer(inputs):
@@ -151,3 +152,19 @@ def test_an_unknown_run_names_the_store_by_its_setting(server):
     ./.loopserve, not the configured store)."""
     message = _error(server.request("GET", "/ui/api/runs/nosuchrun"), 404)
     assert "<store>" in message and str(server.work) not in message, message
+
+
+def test_a_client_that_half_closes_after_its_requests_gets_every_answer(server):
+    """Finding 8: a client may shut down its sending side once its requests are sent (RFC 9112
+    §9.6); the Python paths closed the connection at that end of file and dropped the answers."""
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    infer = f"POST /v2/models/double/infer HTTP/1.1\r\nHost: t\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    metadata = "GET /v2/models/double HTTP/1.1\r\nHost: t\r\n\r\n"
+    for requests in ([infer], [metadata], [infer, metadata, infer]):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall("".join(requests).encode())
+            sock.shutdown(socket.SHUT_WR)
+            answers = Answers(sock)
+            statuses = [answers.next()[0] for _ in requests]
+            assert statuses == [200] * len(requests)
+            assert sock.recv(1) == b""  # then the server closes
