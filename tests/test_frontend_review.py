@@ -168,3 +168,34 @@ def test_a_client_that_half_closes_after_its_requests_gets_every_answer(server):
             statuses = [answers.next()[0] for _ in requests]
             assert statuses == [200] * len(requests)
             assert sock.recv(1) == b""  # then the server closes
+
+
+def _raw(server, request: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+    """(status line, headers as sent, body) of one request on a connection the server closes."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status, [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines)], body
+
+
+def test_forwarded_routes_answer_as_in_one_process(server):
+    """Findings 7 and 12: what the front ends' forward to the engine changed (workers 2)."""
+    # A trailing slash redirects to the client's own host, not the engine's socket.
+    code, headers, _ = server.request("GET", "/v2/models/double/", headers={"Host": "client.example:8123"})
+    assert (code, headers["location"]) == (307, "http://client.example:8123/v2/models/double")
+    # One date header; HEAD says the length GET's body has.
+    close = b"Host: t\r\nConnection: close\r\n\r\n"
+    status, headers, body = _raw(server, b"GET /v2/health/live HTTP/1.1\r\n" + close)
+    assert status.startswith("HTTP/1.1 200") and [k for k, _ in headers].count("date") == 1, headers
+    status, head_headers, _ = _raw(server, b"HEAD /v2/health/live HTTP/1.1\r\n" + close)
+    assert dict(head_headers)["content-length"] == str(len(body)) != "0", head_headers
+    # The path as sent: dot segments are no route (not resolved into another model's).
+    status, _, body = _raw(server, b"GET /v2/models/failing/../double/ready HTTP/1.1\r\n" + close)
+    assert status.startswith("HTTP/1.1 404"), (status, body)
+    # A route that reads no body answers whatever body came with it.
+    code, _, body = server.request("GET", "/v2/models/double", b"x" * (100 << 10))
+    assert code == 200, body
