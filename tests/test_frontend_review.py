@@ -199,3 +199,12 @@ def test_forwarded_routes_answer_as_in_one_process(server):
     # A route that reads no body answers whatever body came with it.
     code, _, body = server.request("GET", "/v2/models/double", b"x" * (100 << 10))
     assert code == 200, body
+
+
+def test_a_feedback_body_over_max_body_bytes_is_a_413(server):
+    """Finding 11: at workers 1 feedback took 64 MiB whatever http.max_body_bytes said (1 MiB here)."""
+    labels = b'{"labels": [' + b",".join([b'{"id": "r", "label": 1}'] * 100_000) + b"]}"  # 2.4 MB
+    message = _error(server.request("POST", "/v2/models/double/feedback", labels), 413)
+    assert f"{1 << 20} bytes" in message, message
+    code, _, body = server.request("POST", "/v2/models/double/feedback", b'{"labels": [{"id": "r", "label": 1}]}')
+    assert code == 200, body

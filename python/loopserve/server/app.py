@@ -107,7 +107,7 @@ class LoopserveApp:
             Route("/v2/models/stats", self.model_stats),
             *traffic,
             *DriftRoutes(repository, self._authorize).routes(),
-            *FeedbackRoutes(repository, self._authorize).routes(),
+            *FeedbackRoutes(repository, self._authorize, max_body_bytes).routes(),
             *[Route("/v2/models/{model}" + path, endpoint) for path, endpoint in per_model],
             *[Route("/v2/models/{model}/versions/{version}" + path, endpoint) for path, endpoint in per_model],
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
