@@ -208,3 +208,14 @@ def test_a_feedback_body_over_max_body_bytes_is_a_413(server):
     assert f"{1 << 20} bytes" in message, message
     code, _, body = server.request("POST", "/v2/models/double/feedback", b'{"labels": [{"id": "r", "label": 1}]}')
     assert code == 200, body
+
+
+def test_a_version_with_leading_zeros_is_the_same_version_in_every_path(server):
+    """Finding 14: /versions/000...01 (more than 18 digits) was version 1 at workers 1, 404 at workers 2."""
+    path = "/v2/models/double/versions/" + "0" * 22 + "1/infer"
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+    code, _, answer = server.request("POST", path, body.encode())
+    assert code == 200, answer
+    assert msgspec.json.decode(answer)["model_version"] == "1"
+    message = _error(server.request("POST", "/v2/models/double/versions/" + "9" * 19 + "/infer", body.encode()), 404)
+    assert "has no version" in message, message
