@@ -219,3 +219,17 @@ def test_a_version_with_leading_zeros_is_the_same_version_in_every_path(server):
     assert msgspec.json.decode(answer)["model_version"] == "1"
     message = _error(server.request("POST", "/v2/models/double/versions/" + "9" * 19 + "/infer", body.encode()), 404)
     assert "has no version" in message, message
+
+
+def test_a_load_with_a_config_or_files_is_refused_not_ignored(server):
+    """Finding 10: Triton's load with parameters.config (or files) was answered 200, the override
+    ignored; a body over 64 KiB was 413 at workers 2 only."""
+    load = "/v2/repository/models/failing/load"
+    config = {"parameters": {"config": json.dumps({"max_batch_size": 2})}}
+    assert "parameters config is not supported" in _error(server.request("POST", load, json.dumps(config).encode()), 400)
+    files = {"parameters": {"file:1/model.py": "A" * (100 << 10)}}
+    _error(server.request("POST", load, json.dumps(files).encode()), 413)
+    assert "JSON object" in _error(server.request("POST", load, b"[1]"), 400)
+    for body in (b"", b'{"parameters": {}}'):
+        code, _, answer = server.request("POST", load, body)
+        assert code == 200, answer

@@ -68,6 +68,22 @@ def _server_directories(repository: ModelRepository, store) -> dict[str, str]:
     return out
 
 
+def _refuse_load_overrides(body: bytes) -> None:
+    """Triton's load may carry parameters.config (a config to use instead of the model's) and
+    `file:` parameters (model files): not supported here, so refused rather than ignored."""
+    if not body.strip():
+        return
+    try:
+        params = msgspec.json.decode(body).get("parameters") or {}
+        overrides = sorted(k for k in params if k == "config" or k.startswith("file:"))
+    except (msgspec.DecodeError, AttributeError, TypeError, RecursionError):
+        raise ProtocolError('a load request\'s body must be empty or a JSON object like {"parameters": {}}') from None
+    if overrides:
+        raise ProtocolError(f"a load with parameters {', '.join(overrides[:3])} is not supported: the model loads "
+                            f"from its directory in the model repository (change its config.yaml or files there, "
+                            f"then load)")
+
+
 class LoopserveApp:
     """The ASGI application. Thread-safe as far as uvicorn needs: one event loop drives it."""
 
@@ -220,6 +236,7 @@ class LoopserveApp:
 
     async def repository_load(self, request: Request) -> Response:
         self._authorize(request)
+        _refuse_load_overrides(await read_body(request.receive, SMALL_BODY_BYTES))
         # Built and warmed up off the loop; swapped in on it, at once for every request.
         await self.repository.load_async(request.path_params["model"])
         return json_response({})
