@@ -233,3 +233,17 @@ def test_a_load_with_a_config_or_files_is_refused_not_ignored(server):
     for body in (b"", b'{"parameters": {}}'):
         code, _, answer = server.request("POST", load, body)
         assert code == 200, answer
+
+
+def test_a_compressed_infer_body_is_a_415_that_names_the_encoding(server):
+    """Finding 9: a gzip body (tritonclient's request_compression_algorithm) was parsed as it
+    came, and refused as malformed JSON or a bad binary header length."""
+    import gzip
+
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}).encode()
+    for encoding in ("gzip", "deflate"):
+        answer = server.request("POST", "/v2/models/double/infer", gzip.compress(body),
+                                {"Content-Encoding": encoding})
+        assert f"content encoding '{encoding}' is not supported" in _error(answer, 415)
+    code, _, answer = server.request("POST", "/v2/models/double/infer", body, {"Content-Encoding": "identity"})
+    assert code == 200, answer

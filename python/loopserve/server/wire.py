@@ -24,6 +24,7 @@ import time
 import msgspec
 
 from loopserve.server.body import read_body
+from loopserve.server.http_errors import UnsupportedEncoding
 from loopserve.server import protocol
 from loopserve.server import heap
 from loopserve.server.protocol import MAX_GROUP_BYTES, ProtocolError, decode_request, decode_request_in_slices
@@ -42,11 +43,16 @@ def answer_headers(json_length: int | None) -> list[tuple[bytes, bytes]]:
 
 def headers_of(headers) -> tuple[int | None, int | None]:
     """(Content-Length, Inference-Header-Content-Length) of a head's (name, value) pairs (names
-    lower case, as uvicorn gives them), either None when absent."""
+    lower case, as uvicorn gives them), either None when absent. A compressed body is refused
+    (415): it would otherwise be read as malformed JSON or tensors."""
     content_length = header_length = None
     for key, value in headers:
         if key == b"content-length":
             content_length = int(value)
+        elif key == b"content-encoding" and value.strip().lower() not in (b"identity", b""):
+            encoding = value[:40].decode("latin-1")
+            raise UnsupportedEncoding(f"content encoding {encoding!r} is not supported: send the infer request's "
+                                      f"body uncompressed (Content-Encoding: identity, or none)")
         elif key == b"inference-header-content-length":
             try:
                 header_length = int(value)
