@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
+#include <system_error>
 #include <utility>
 
 namespace loopserve {
@@ -80,7 +82,16 @@ Batcher::Batcher(BatcherConfig config, std::shared_ptr<Executor> executor)
   levels_.resize(static_cast<size_t>(config_.priority_levels));
   stats_.by_batch_size.resize(static_cast<size_t>(std::max<int64_t>(config_.max_batch_size, 1)) + 1);
   workers_.reserve(static_cast<size_t>(config_.instances));
-  for (int i = 0; i < config_.instances; ++i) workers_.emplace_back([this, i] { worker(i); });
+  try {
+    for (int i = 0; i < config_.instances; ++i) workers_.emplace_back([this, i] { worker(i); });
+  } catch (const std::system_error& e) {
+    // Out of threads (or memory for their stacks): the ones started are joined here, since
+    // a joinable std::thread destroyed during unwinding would terminate the process.
+    stop();
+    throw std::runtime_error("could not start the worker threads of " + std::to_string(config_.instances) +
+                             " instances of model '" + config_.model_name + "' (" + std::to_string(workers_.size()) +
+                             " started): " + e.what());
+  }
 }
 
 Batcher::~Batcher() { stop(); }
@@ -113,7 +124,13 @@ void Batcher::validate(std::vector<InputView>& inputs, int64_t* rows) const {
         throw InvalidInput("input '" + spec.name + "' has BYTES data that does not hold the " +
                            std::to_string(element_count(in.shape)) + " elements of shape " + shape_str(in.shape));
     } else {
-      in.nbytes = nbytes_of(in.dtype, in.shape);
+      size_t needed = 0;
+      if (!checked_nbytes(in.dtype, in.shape, &needed))
+        throw InvalidInput("input '" + spec.name + "' has shape " + shape_str(in.shape) + ", too large to hold");
+      if (in.nbytes != needed)
+        throw InvalidInput("input '" + spec.name + "' has " + std::to_string(in.nbytes) + " bytes of data, but its shape " +
+                           shape_str(in.shape) + " of " + std::string(dtype_name(in.dtype)) + " needs " +
+                           std::to_string(needed));
       if (in.data == nullptr && in.nbytes > 0) throw InvalidInput("input '" + spec.name + "' has no data");
     }
     if (!batching) continue;

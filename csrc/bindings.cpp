@@ -73,6 +73,7 @@ std::vector<InputView> input_views(const BatcherConfig& config, const py::dict& 
     if (!(arr.flags() & py::array::c_style))
       throw InvalidInput("input '" + name + "' must be C-contiguous");
     view.data = static_cast<const std::byte*>(arr.data());
+    view.nbytes = static_cast<size_t>(arr.nbytes());
     seen[i] = true;
   }
   for (size_t i = 0; i < specs.size(); ++i)

@@ -35,6 +35,12 @@ py::array copy_tensor(DType dtype, const std::vector<int64_t>& shape, const std:
   return out;
 }
 
+void check_wire_length(const char* what, size_t n) {
+  if (n > ipc::kMaxWireString)
+    throw std::invalid_argument(std::string(what) + " is " + std::to_string(n) + " bytes long; at most " +
+                                std::to_string(ipc::kMaxWireString) + " are accepted");
+}
+
 // The front end's end of a channel: submits requests, drains responses. Thread-safety:
 // one thread (the front end's event loop).
 class FrontendChannel {
@@ -51,7 +57,14 @@ class FrontendChannel {
   int submit(uint64_t token, const std::string& model, const std::string& version, const std::string& key,
              const std::string& id, const std::string& group, int priority, int64_t timeout_us, bool raw,
              const py::list& inputs, bool defer_wake) {
-    if (inputs.size() > ipc::kMaxTensors) throw std::invalid_argument("too many input tensors");
+    if (inputs.size() > ipc::kMaxTensors)
+      throw std::invalid_argument("the request has " + std::to_string(inputs.size()) + " inputs; at most " +
+                                  std::to_string(ipc::kMaxTensors) + " are accepted");
+    // The message's length fields are 16 bits: a longer string would wrap and shift the layout.
+    const std::pair<const char*, const std::string*> fields[] = {
+        {"the model name", &model}, {"the version", &version}, {"parameters.routing_key", &key},
+        {"the request id", &id}, {"parameters.group", &group}};
+    for (const auto& [what, s] : fields) check_wire_length(what, s->size());
     std::vector<std::string> names;
     std::vector<py::array> arrays;
     std::vector<Buffer> serialized;  // BYTES inputs in wire form
@@ -65,6 +78,7 @@ class FrontendChannel {
     for (auto item : inputs) {
       auto pair = item.cast<py::tuple>();
       names.push_back(pair[0].cast<std::string>());
+      check_wire_length("an input's name", names.back().size());
       arrays.push_back(pair[1].cast<py::array>());
       const py::array& a = arrays.back();
       if (a.ndim() > ipc::kMaxDims) throw std::invalid_argument("input '" + names.back() + "' has too many dimensions");

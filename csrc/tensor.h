@@ -22,16 +22,32 @@ struct TensorSpec {
 // One input of one request, borrowed: the submitter keeps the memory alive until the
 // request's completion has been delivered (or hands it over in `storage`). `shape` is the
 // full shape, batch dimension first.
+// The bytes a tensor of `shape` takes (not BYTES); false when a dimension is negative or the
+// count overflows (a shape sent by a client can be anything).
+inline bool checked_nbytes(DType dtype, const std::vector<int64_t>& shape, size_t* out) {
+  uint64_t n = dtype_size(dtype);
+  for (int64_t d : shape)
+    if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
+  *out = static_cast<size_t>(n);
+  return true;
+}
+
 struct InputView {
   DType dtype = DType::kFP32;
   const std::byte* data = nullptr;
   std::vector<int64_t> shape;
-  size_t nbytes = 0;  // required for BYTES; computed from the shape for the others
+  // The bytes at `data`, for every dtype: the batcher refuses a numeric input whose shape
+  // needs more or fewer (the engine's rings are a trust boundary: a forged message could
+  // otherwise have the batch copy memory past the request).
+  size_t nbytes = 0;
   std::shared_ptr<const Buffer> storage;  // owns `data` when the submitter could not lend it
 
   InputView() = default;
+  // For a caller whose numeric buffer holds exactly what `shape` needs (tests, benchmarks).
   InputView(DType dtype_, const void* data_, std::vector<int64_t> shape_)
-      : dtype(dtype_), data(static_cast<const std::byte*>(data_)), shape(std::move(shape_)) {}
+      : dtype(dtype_), data(static_cast<const std::byte*>(data_)), shape(std::move(shape_)) {
+    if (dtype != DType::kBytes && !checked_nbytes(dtype, shape, &nbytes)) nbytes = 0;
+  }
 };
 
 // One input of a formed batch, as handed to an executor: contiguous, batch dimension first.

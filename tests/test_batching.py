@@ -1,8 +1,12 @@
 """The dynamic batcher's rules, observed through the batch-size histogram."""
 
 import asyncio
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +311,30 @@ def test_a_deferred_request_its_submitter_never_runs_is_run_by_a_worker():
             done = queue.drain()
         assert [(token, status) for token, status, _ in done] == [(7, _core.STATUS_OK)]
         np.testing.assert_array_equal(done[0][2][0], x * 2)
+
+
+def test_a_model_whose_worker_threads_cannot_start_fails_to_load_and_the_process_lives():
+    """Out of threads part-way through a model's instances (here: address space for their
+    stacks), the load fails with a clear error; the process does not abort (a joinable
+    std::thread destroyed while the constructor unwinds would terminate it)."""
+    script = textwrap.dedent("""
+        import resource
+        import numpy as np
+        from conftest import vector_config
+        from loopserve import Model
+        with Model.from_callable(lambda inputs: {"y": inputs["x"]}, vector_config()) as m:  # everything imported, warm
+            m.infer_sync({"x": np.ones((1, 4), np.float32)})
+        with open("/proc/self/status") as f:
+            vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+        resource.setrlimit(resource.RLIMIT_AS, (vm + (96 << 20), resource.RLIM_INFINITY))
+        try:
+            Model.from_callable(lambda inputs: {"y": inputs["x"]}, vector_config(instances=64))  # 64 stacks of 8 MiB
+        except Exception as e:
+            print("refused:", e)
+        else:
+            print("loaded")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parent, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "could not start the worker threads of 64 instances" in done.stdout, done.stdout + done.stderr[-2000:]

@@ -18,6 +18,7 @@ def write(tmp_path, text, name="config.yaml"):
         ("max_batch_size: four\n", r"config.yaml: Expected `int`, got `str` - at `\$.max_batch_size`"),
         ("max_batch_size: -1\n", r"Expected `int` >= 0 - at `\$.max_batch_size`"),
         ("device: gpu\n", r"Expected `str` matching regex .* - at `\$.device`"),
+        ("instances: 150\n", r"Expected `int` <= 64 - at `\$.instances`"),
         ("inputs: [{name: x, datatype: FLOAT, dims: [4]}]\n", r"Invalid enum value 'FLOAT' - at `\$.inputs\[0\].datatype`"),
         ("dynamic_batching: {max_queue_delay: 100}\n", r"unknown field `max_queue_delay` - at `\$.dynamic_batching`"),
         ("max_batch_size: [\n", r"config.yaml: .*"),

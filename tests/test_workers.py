@@ -3,6 +3,7 @@ one of them stops: SIGTERM drains every front end; a front end killed is replace
 others lose nothing; an engine killed leaves no front end answering anything but 503.
 (test_native_slow_peers.py: front ends that stop reading, clients that read slowly or never.)"""
 
+import concurrent.futures
 import http.client
 import os
 import signal
@@ -282,3 +283,39 @@ def test_pipelined_requests_left_in_the_socket_and_a_huge_timeout_are_served(tmp
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
+
+
+def test_a_batch_whose_answers_overfill_a_front_ends_ring_is_answered_whole(tmp_path):
+    """On the rings (the Python infer path at workers 2), a batch of 16 answers of 1 MiB
+    through a 4 MiB response ring: publishing the first answer took the sleeping front end's
+    wake-up, and the engine then waited for room the front end never made (found by a review:
+    16 requests unanswered for 40 s). The engine now wakes it before waiting."""
+    width = 1 << 18
+    repo = write_model(tmp_path / "models", "big", f"""
+        import time
+        import numpy as np
+        def infer(inputs):
+            time.sleep(0.3)  # the 16 requests gather into one batch
+            return {{"y": np.zeros((len(inputs["x"]), {width}), np.float32)}}
+    """, "max_batch_size: 16\ndynamic_batching: {max_queue_delay_us: 20000}\n"
+         f"inputs: [{{name: x, datatype: INT32, dims: [1]}}]\noutputs: [{{name: y, datatype: FP32, dims: [{width}]}}]\n")
+    config = tmp_path / "server.yaml"
+    config.write_text("repository_poll_s: 0\nhttp: {channel_bytes: 4194304}\n")
+    port = free_port()
+    proc = serve(repo, port, native_infer=False, config=config)
+    body = msgspec.json.encode({"inputs": [{"name": "x", "shape": [1, 1], "datatype": "INT32", "data": [1]}],
+                                "outputs": [{"name": "y", "parameters": {"binary_data": True}}]})
+    try:
+        def one(_):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            c.request("POST", "/v2/models/big/infer", body=body)
+            r = c.getresponse()
+            return r.status, len(r.read())
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(one, range(16)))
+        assert [status for status, _ in answers] == [200] * 16
+        assert all(size > 4 * width for _, size in answers)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)

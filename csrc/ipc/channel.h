@@ -99,6 +99,7 @@ struct WireTensor {
 
 constexpr uint8_t kMaxDims = 64;
 constexpr size_t kMaxTensors = 255;
+constexpr size_t kMaxWireString = 65535;  // the 16-bit length fields
 
 // A tensor as the message writer describes it before laying it out.
 struct TensorOut {

@@ -153,7 +153,11 @@ class IngressLink final : public CompletionSink, public std::enable_shared_from_
                             nullptr, nullptr);
     }
     const auto give_up = std::chrono::steady_clock::now() + kFullRingPatience;
-    while (payload == nullptr) {  // the front end is behind: wait for it to take responses
+    // The front end is behind: wake it before waiting for room. It may be asleep with this
+    // batch's earlier answers unseen: publishing the first took its sleeping flag, and the
+    // batch's one wake-up comes only after the last answer, which waits here for room.
+    if (payload == nullptr) ChannelRegion::wake(region_->response_efd());
+    while (payload == nullptr) {  // wait for it to take responses
       if (closed_.load() || std::chrono::steady_clock::now() > give_up) {
         dropped_.fetch_add(1);
         return false;

@@ -5,6 +5,7 @@
 // snapshot names the old one, stop it), as a hot swap does. Every request must be answered
 // exactly once, with status 200 and its own rows; and recorded once by the versions' feedback
 // tap, which a drain thread empties meanwhile (the echo's output rows equal its input rows).
+// Then a forged message (a tensor whose bytes do not match its shape) must be refused 400.
 // Exits non-zero on failure.
 #include <sys/eventfd.h>
 #include <poll.h>
@@ -124,6 +125,47 @@ void run_frontend(Ingress& ingress, int f, int count, int ahead, std::atomic<int
   ingress.close_channel(region);
 }
 
+// A message whose tensor description says 0 bytes at the end of the message for a [4, 2]
+// INT64 shape (a forged table: the rings are a trust boundary) is refused 400, not batched
+// with 64 bytes read from whatever lies past the request.
+void forged_tensor_is_refused(Ingress& ingress, std::atomic<int>& failures) {
+  auto region = ingress.open_channel(64 * 1024);
+  ipc::RingProducer requests(region->request_control(), region->request_slots());
+  ipc::RingConsumer responses(region->response_control(), region->response_slots());
+  const std::string model = "echo";
+  const int64_t shape[2] = {4, 2};
+  std::vector<ipc::TensorOut> tensors = {{"x", DType::kInt64, shape, 2, 0}};
+  auto layout = ipc::plan_message(sizeof(ipc::WireRequest), model.size(), tensors);
+  std::byte* p = requests.reserve(layout.size);
+  ipc::WireRequest w{};
+  w.token = 7;
+  w.timeout_us = -1;
+  w.model_len = static_cast<uint16_t>(model.size());
+  w.n_tensors = 1;
+  std::memcpy(p, &w, sizeof w);
+  std::memcpy(p + layout.text_at, model.data(), model.size());
+  ipc::write_tensor_headers(p, layout, tensors);
+  if (requests.publish()) ipc::ChannelRegion::wake(region->request_efd());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  ipc::SlotHeader* s = nullptr;
+  while ((s = responses.next()) == nullptr && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  if (s == nullptr) {
+    std::fprintf(stderr, "FAIL: no answer to the forged message\n");
+    ++failures;
+  } else {
+    ipc::WireResponse r;
+    std::memcpy(&r, s->payload(), sizeof r);
+    const std::string text(reinterpret_cast<const char*>(s->payload()) + sizeof r, r.text_len);
+    if (r.token != 7 || r.status != 400 || text.find("0 bytes of data") == std::string::npos) {
+      std::fprintf(stderr, "FAIL: the forged message was answered %u: %s\n", r.status, text.c_str());
+      ++failures;
+    }
+    responses.release_all_read();
+  }
+  ingress.close_channel(region);
+}
+
 int main() {
   constexpr int kFrontends = 4;
   constexpr int kRequests = 4000;
@@ -188,6 +230,12 @@ int main() {
                  static_cast<unsigned long long>(ls.requests), static_cast<unsigned long long>(ls.refused));
     ++failures;
   }
+  auto forged_batcher = echo_batcher();
+  router->set_model(route_to(forged_batcher, 2000));
+  Ingress forged(router, 0);
+  forged_tensor_is_refused(forged, failures);
+  forged.stop();
+  forged_batcher->stop();
   if (failures.load()) return 1;
   std::printf("lone client: %llu polls caught a request, %llu sleeps\nok\n", static_cast<unsigned long long>(ls.spins),
               static_cast<unsigned long long>(ls.sleeps));

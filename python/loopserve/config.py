@@ -23,6 +23,7 @@ Dim = Annotated[int, Meta(ge=-1)]
 Device = Annotated[str, Meta(pattern=r"^(cpu|cuda(:\d+)?)$")]
 NonNegative = Annotated[int, Meta(ge=0)]
 Positive = Annotated[int, Meta(ge=1)]
+MAX_INSTANCES = 64
 
 
 class TensorConfig(Struct, forbid_unknown_fields=True, frozen=True):
@@ -166,8 +167,9 @@ class ModelConfig(Struct, forbid_unknown_fields=True, frozen=True):
     inputs: list[TensorConfig] = []
     outputs: list[TensorConfig] = []
     dynamic_batching: DynamicBatching = DynamicBatching()
-    # Batches run at once, each on its own native worker thread.
-    instances: Positive = 1
+    # Batches run at once, each on its own native worker thread (and its own copy of the model
+    # where the backend needs one): more than 64 is a typo, not a deployment.
+    instances: Annotated[int, Meta(ge=1, le=MAX_INSTANCES)] = 1
     device: Device = "cpu"
     # Intra-op threads per instance: "auto" divides the cores the front end leaves among the
     # executors (see loopserve.thread_budget); a count; 0: the runtime's own default.
