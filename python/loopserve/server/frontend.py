@@ -31,7 +31,7 @@ from loopserve.errors import InvalidInput
 from loopserve.logs import configure_logging
 from loopserve.server import heap
 from loopserve.server.admission import LoopLag, Overloaded
-from loopserve.server.body import body_limit, read_body
+from loopserve.server.forward import EngineForward
 from loopserve.server.handoff import HandoffReceiver
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
@@ -44,11 +44,6 @@ log = logging.getLogger("loopserve.frontend")
 _JSON = [(b"content-type", b"application/json")]
 _RETRY = {429: [(b"retry-after", b"1")], 503: [(b"retry-after", b"1")]}
 LATENCY_PATH = "/_frontend/latency"  # the engine's read of this process's histograms (Unix socket only)
-_HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length"}
-# Not passed back from the engine: this process's uvicorn writes its own date.
-_ANSWER_HOP_HEADERS = _HOP_HEADERS | {b"date"}
-# Routes with these methods read no body (as in one process, a body sent is read and dropped).
-_BODILESS_METHODS = ("GET", "HEAD")
 # Polling for the answer (http.spin_us) only with a few clients: a longer poll would hold up
 # the other connections' turn; after a poll that missed, the window halves, and a closed one
 # is tried again after SPIN_RETRY_FLUSHES turns.
@@ -171,8 +166,8 @@ class FrontendApp:
         self.max_body_bytes = max_body_bytes
         self.channel: EngineChannel | None = None
         self.latency: dict[tuple[str, str], LatencyHistogram] = {}
-        self.client = None
         self.engine_gone = asyncio.Event()
+        self.forward = EngineForward(engine_uds, max_body_bytes, self.engine_gone)  # every other route
         self.fast_infer = self  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
         # The models the engine has answered for: only their requests are refused under overload
         # (and counted by name), so that names a client makes up are neither (they get the engine's 404).
@@ -197,19 +192,16 @@ class FrontendApp:
             await self.lifespan(receive, send)
 
     async def lifespan(self, receive, send) -> None:
-        import httpx
-
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 loop = asyncio.get_running_loop()
                 self.channel = EngineChannel(loop, *self.fds, spin_us=self.spin_us, few_clients=self._few_clients)
                 loop.add_reader(self.lifeline, self._on_lifeline)
-                self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.engine_uds),
-                                                base_url="http://engine", timeout=None)
+                self.forward.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.client.aclose()
+                await self.forward.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -298,69 +290,6 @@ class FrontendApp:
         if status == 500:
             log.error("infer failed", exc_info=exc, extra={"model": name})
         return status, [*_JSON, *extra], error_body(str(exc))
-
-    # -- everything else: forwarded to the engine -------------------------------------------
-
-    async def forward(self, scope, receive, send) -> None:
-        import httpx
-
-        method = scope["method"]
-        try:
-            if method in _BODILESS_METHODS:
-                await _drop_body(receive)
-                body = b""
-            else:
-                body = await read_body(receive, body_limit(scope["path"], self.max_body_bytes))
-        except BodyTooLarge as exc:
-            await send_response(send, 413, _JSON, error_body(str(exc)))
-            return
-        # The path as the client sent it (still percent-encoded): decoded, %0D or %01 is no URL.
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1") + (("?" + scope["query_string"].decode("latin-1"))
-                                             if scope["query_string"] else "")
-        # The client's Host goes along: the engine's redirects (a trailing slash) name the client's host.
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_HEADERS]
-        try:
-            response = await self._request(method, path, headers, bytes(body))  # httpx takes bytes
-        except httpx.InvalidURL as exc:  # raw bytes a URL cannot carry: the client's mistake
-            await send_response(send, 400, _JSON, error_body(f"the request's path or query is not a valid URL: {exc}"))
-            return
-        except Exception as exc:  # the engine is gone
-            await send_response(send, 503, _JSON + _RETRY[503],
-                                error_body(f"the server's engine process did not answer: {exc}"))
-            return
-        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
-                       if k.encode("latin-1") not in _ANSWER_HOP_HEADERS]
-        if method == "HEAD":  # no body, and the length the engine's GET would have
-            length = response.headers.get("content-length", "0").encode("latin-1")
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": out_headers + [(b"content-length", length)]})
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await send_response(send, response.status_code, out_headers, response.content)
-
-    async def _request(self, method: str, path: str, headers, body: bytes):
-        import httpx
-
-        # The engine binds its socket just after the front ends start: a request in that
-        # moment waits for it rather than failing.
-        for attempt in range(40):
-            try:
-                # The request target as the client sent it: httpx would resolve dot segments.
-                return await self.client.request(method, path, headers=headers, content=body,
-                                                 extensions={"target": path.encode("latin-1")})
-            except httpx.ConnectError:
-                if attempt == 39 or self.engine_gone.is_set():
-                    raise
-                await asyncio.sleep(0.05)
-
-
-async def _drop_body(receive) -> None:
-    """Reads a body nobody reads, a chunk at a time (none kept)."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect" or not message.get("more_body", False):
-            return
 
 
 def _listen(host: str, port: int) -> socket.socket:
