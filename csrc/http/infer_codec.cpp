@@ -17,6 +17,9 @@ namespace {
 constexpr size_t kMaxDims = 32;
 constexpr uint64_t kMaxElements = uint64_t{1} << 59;
 constexpr size_t kMaxIdChars = 256;
+// parameters.group is kept with each prediction too: at most this many bytes of JSON text
+// (protocol.MAX_GROUP_BYTES); a longer one is declined, for the Python path's 400.
+constexpr size_t kMaxGroupBytes = 256;
 
 // JSON written as msgspec writes it (the Python path's encoder): escapes in lower case
 // ("\u001f", where yyjson writes "\u001F"), non-finite floats as null.
@@ -309,6 +312,7 @@ bool decode_parameters(yyjson_val* params, DecodedInfer& out) {
     if (text == nullptr) return false;
     out.group.assign(text, len);
     std::free(text);
+    if (out.group.size() > kMaxGroupBytes) return false;
   }
   return true;
 }
