@@ -116,6 +116,16 @@ def test_a_group_longer_than_256_bytes_is_refused(server):
     _assert_serves(server)
 
 
+def test_a_routing_key_longer_than_1024_bytes_is_refused_in_every_path(server):
+    """A 70 KB key was a 200 in one process and a 400 past the rings' 16-bit lengths."""
+    message = _error(_infer(server, parameters={"routing_key": "k" * 1025}), 400)
+    assert "parameter 'routing_key'" in message and "1024" in message, message
+    _error(_infer(server, parameters={"routing_key": "k" * 70_000}), 400)
+    code, _, body = _infer(server, parameters={"routing_key": "é" * 512})  # 1024 bytes in UTF-8
+    assert code == 200, body
+    _assert_serves(server)
+
+
 def test_a_model_failure_names_no_server_directory_and_no_traceback(server):
     """Finding 5: at workers 2 a model's failure reached the client with the repository's path
     and the traceback (the server's files)."""

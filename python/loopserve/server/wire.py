@@ -27,7 +27,7 @@ from loopserve.server.body import read_body
 from loopserve.server.http_errors import UnsupportedEncoding
 from loopserve.server import protocol
 from loopserve.server import heap
-from loopserve.server.protocol import MAX_GROUP_BYTES, ProtocolError, decode_request, decode_request_in_slices
+from loopserve.server.protocol import MAX_GROUP_BYTES, MAX_ROUTING_KEY_BYTES, ProtocolError, decode_request, decode_request_in_slices
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -74,6 +74,9 @@ def scheduling_of(params) -> tuple[int, int, str | None]:
     key = params.get("routing_key")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"parameter 'routing_key' must be a string, got {key!r}")
+    if key is not None and len(key_bytes := key.encode("utf-8", "surrogatepass")) > MAX_ROUTING_KEY_BYTES:
+        raise ProtocolError(f"parameter 'routing_key' must be at most {MAX_ROUTING_KEY_BYTES} bytes in UTF-8, "
+                            f"got {len(key_bytes)}")
     group = params.get("group")
     if group is not None and len(group_bytes := msgspec.json.encode(group)) > MAX_GROUP_BYTES:
         raise ProtocolError(f"parameter 'group' must be at most {MAX_GROUP_BYTES} bytes as JSON, got "
