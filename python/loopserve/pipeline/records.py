@@ -67,7 +67,6 @@ def check_lease(db: Database, model: str, run_id: str) -> None:
                         f"heartbeat stopped for longer than the lease and another pipeline took the run over")
 
 
-
 class StepRecord(msgspec.Struct):
     step: str
     status: str  # running | passed | failed | skipped
