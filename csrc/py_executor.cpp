@@ -99,6 +99,23 @@ Buffer array_to_bytes(const py::array& array) {
   return out;
 }
 
+namespace {
+
+// A model's own exception as its clients read it: type and message, the server's directories
+// hidden (loopserve.errors.model_failure_text, which logs the traceback); never the traceback,
+// which names the server's files.
+std::string failure_text(const py::error_already_set& e) {
+  try {
+    return py::module_::import("loopserve.errors")
+        .attr("model_failure_text")(e.type(), e.value(), e.trace())
+        .cast<std::string>();
+  } catch (const py::error_already_set&) {
+    return "the model failed (the server's log has its error)";
+  }
+}
+
+}  // namespace
+
 PyExecutor::PyExecutor(py::object fn, const std::vector<TensorSpec>& inputs, const std::vector<TensorSpec>& outputs,
                        std::vector<std::vector<std::pair<uintptr_t, size_t>>> staging, bool pass_instance)
     : fn_(std::move(fn)), outputs_(outputs), staging_(std::move(staging)), pass_instance_(pass_instance) {
@@ -176,7 +193,7 @@ void PyExecutor::run(const Batch& batch, BatchResult& out) {
       if (arr.nbytes() > 0) std::memcpy(o.data.data(), arr.data(), static_cast<size_t>(arr.nbytes()));
     }
   } catch (py::error_already_set& e) {
-    throw ModelError(e.what());
+    throw ModelError(failure_text(e));
   }
 }
 

@@ -17,7 +17,8 @@ from loopserve.fleet.replicas import ReplicaSpecError
 from loopserve.pipeline.config import PipelineConfig
 from loopserve.pipeline.runner import Pipeline
 from loopserve.pipeline.server_view import ServerUnavailable, ServerView
-from loopserve.pipeline.trigger import TriggerConfig, decide
+from loopserve.pipeline.retrain_data import complete_accuracy_windows
+from loopserve.pipeline.trigger import Evidence, TriggerConfig, decide
 from loopserve.server.app import LoopserveApp
 from loopserve.serving.repository import ModelRepository
 
@@ -108,6 +109,18 @@ def test_live_accuracy_and_traffic_are_summed_over_replicas(fleet, capsys):
     assert version["replicas"] == 3 and version["cumulative"]["labels"] == 300
     assert version["cumulative"]["accuracy"] == pytest.approx(210 / 300)
     assert [w["labels"] for w in version["windows"]] == [300]  # each replica's one closed 100-label window
+    # Windows of prediction time merge by their bounds, so the accuracy trigger reads the fleet as one server.
+    own = [ServerView(f"http://{s.url}", "mlp").feedback()["versions"][0]["by_prediction_time"] for s in servers]
+    by_time = version["by_prediction_time"]
+    assert [(w["start"], w["end"]) for w in by_time] == sorted({(w["start"], w["end"]) for o in own for w in o})
+    for w in by_time:
+        same = [o for replica in own for o in replica if o["start"] == w["start"]]
+        assert (w["labels"], w["correct"]) == (sum(o["labels"] for o in same), sum(o["correct"] for o in same))
+    assert sum(w["labels"] for w in by_time) == 300 and sum(w["correct"] for w in by_time) == 210
+    # The newest window holds the newest predictions, the last 60 all wrong: under 0.8 whatever the bounds.
+    windows, _ = complete_accuracy_windows(view.feedback(), "1", now=time.time() + 3600, label_wait_s=0.0)
+    triggers = TriggerConfig(drift_windows=None, accuracy_floor=0.9, accuracy_windows=1, min_labels=1)
+    assert decide(triggers, Evidence(now=time.time(), accuracy_windows=windows)).fire
     traffic = view.traffic()
     assert traffic["metrics"]["1"]["requests"] == 300 and traffic["settled"] and traffic["weights"] == {"1": 1.0}
     assert sum(traffic["metrics"]["1"]["latency_counts"]) == 300  # every answer in one of the latency buckets

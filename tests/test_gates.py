@@ -193,6 +193,34 @@ def test_fairness_without_groups_fails_rather_than_passing(models, holdout):
     assert not report.passed and "no group attribute" in report.failures()[0].reason
 
 
+def test_fairness_over_fewer_than_two_real_groups_fails_rather_than_passing(models, holdout):
+    """One group alone, or every row without a group (-1, a request that named none): the gaps
+    cannot be measured, so both fairness gates fail; -1 rows never count as a group."""
+    gates = GateConfig(decision_threshold=THRESHOLD, max_demographic_parity_difference=0.5,
+                       max_equal_opportunity_difference=0.5, min_group_positives=1)
+
+    class Groups:
+        features, labels = holdout.features, holdout.labels
+
+        def __init__(self, groups):
+            self.groups = groups
+
+    for groups in (np.zeros(len(holdout.labels), np.int64), np.full(len(holdout.labels), -1, np.int64),
+                   np.where(np.arange(len(holdout.labels)) % 2, 0, -1)):
+        report = evaluate_gates(models["good"], Groups(groups), gates)
+        failed = {g.name: g for g in report.failures()}
+        assert set(failed) == {"demographic_parity_difference", "equal_opportunity_difference"}, report.summary()
+        assert failed["demographic_parity_difference"].value is None
+        assert "cannot be measured: fewer than two groups have rows" in failed["demographic_parity_difference"].reason
+        assert all(g.group >= 0 for g in report.groups)
+    # Two real groups beside rows without one: measured over the two, the -1 rows left out.
+    mixed = np.where(np.arange(len(holdout.labels)) % 3 == 0, -1, np.asarray(holdout.groups) % 2)
+    report = evaluate_gates(models["good"], Groups(mixed), gates)
+    assert [g.group for g in report.groups] == [0, 1]
+    assert sum(g.rows for g in report.groups) == int((mixed >= 0).sum())
+    assert next(g for g in report.gates if g.name == "demographic_parity_difference").value is not None
+
+
 def test_too_tight_latency_budget_fails(models, holdout):
     report = evaluate_gates(models["good"], holdout, GateConfig(max_p99_latency_ms=1e-6, latency_calls=50,
                                                                 latency_warmup=5))
@@ -243,4 +271,7 @@ def test_group_rates():
     assert demographic_parity_difference(stats)[0] == 0.25
     assert equal_opportunity_difference(stats)[0] == 0.5
     assert equal_opportunity_difference(stats, min_positives=2) is None
+    assert demographic_parity_difference(stats[:1]) is None
+    # Rows without a group (-1) are in no group.
+    assert [s.group for s in group_stats(labels, scores, np.where(groups == 1, -1, 0), 0.5)] == [0]
     assert accuracy(labels, scores) == 0.75

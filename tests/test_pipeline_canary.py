@@ -15,7 +15,7 @@ from loopserve.pipeline import steps
 from loopserve.pipeline.config import CanaryConfig, PipelineConfig
 from loopserve.pipeline.server_view import ServerView
 from loopserve.pipeline.runner import Pipeline
-from loopserve.registry import current_version, register_model
+from loopserve.registry import UnknownAlias, current_version, register_model
 from loopserve.server.config import ServerConfig
 from loopserve.server.main import build_app
 from loopserve.serving.registry_source import ModelSource
@@ -123,7 +123,8 @@ def test_a_failing_canary_is_compared_and_rolled_back(setup, tmp_path):
     assert tally.statuses.get(500, 0) >= 50 and tally.accounted == tally.sent  # the canary's failures, seen
     with Store(store_root) as store:
         assert current_version("fraud", "production", store=store) == v1
-        assert current_version("fraud", "canary", store=store) == v1
+        with pytest.raises(UnknownAlias):  # cleared: production serves alone
+            current_version("fraud", "canary", store=store)
     assert msgspec.json.decode(server.request("GET", "/v2/models/fraud/traffic")[2])["weights"] == {str(v1): 1.0}
     status, _, raw = server.request("POST", "/v2/models/fraud/infer", body())
     assert status == 200 and msgspec.json.decode(raw)["model_version"] == str(v1)

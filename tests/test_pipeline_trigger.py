@@ -3,8 +3,8 @@
 from loopserve.pipeline.trigger import AccuracyWindow, DriftWindow, Evidence, TriggerConfig, decide
 
 
-def evidence(**kw):
-    return Evidence(now=1000.0, **kw)
+def evidence(now=1000.0, **kw):
+    return Evidence(now=now, **kw)
 
 
 def drift(*verdicts):
@@ -35,7 +35,7 @@ def test_accuracy_under_the_floor_over_complete_windows_with_enough_labels():
     assert not decide(config, evidence(accuracy_windows=accuracy((0.95, 500), (0.8, 100)))).fire
     d = decide(config, evidence(accuracy_windows=accuracy((0.95, 500), (0.85, 300), (0.8, 100), (0.7, 200))))
     assert d.fire and d.reasons == ["live accuracy 0.800, 0.700 < floor 0.9 in the last 2 complete windows of "
-                                    "prediction time (300 labels)"]
+                                    "prediction time with 100+ labels (300 labels)"]
     assert d.since == 502.0  # the run under the floor began in [501, 502)
     # A window with too few labels is no evidence either way: it neither breaks nor joins the run.
     d = decide(config, evidence(accuracy_windows=accuracy((0.95, 500), (0.8, 300), (0.99, 10), (0.7, 200))))
@@ -75,9 +75,39 @@ def test_new_labels_and_schedule():
 
 def test_cooldown_holds_a_rule_back_and_says_so():
     config = TriggerConfig(drift_windows=1, cooldown_s=300)
-    d = decide(config, evidence(drift_windows=drift("drift"), last_run_at=900.0))
+    d = decide(config, evidence(drift_windows=drift("drift"), last_run_at=90.0, now=190.0))
     assert not d.fire and d.reasons[0].startswith("cooldown: 100 s since the last run < 300 s")
-    assert decide(config, evidence(drift_windows=drift("drift"), last_run_at=600.0)).fire
+    assert decide(config, evidence(drift_windows=drift("drift"), last_run_at=90.0, now=390.0)).fire
+
+
+def test_windows_the_last_run_already_saw_do_not_fire_it_again():
+    """Drift (or accuracy under the floor) whose newest window ended before the last run
+    started was that run's evidence: after the cooldown it does not fire again on the same
+    windows; one more window after the run does."""
+    config = TriggerConfig(drift_windows=2, accuracy_floor=0.9, accuracy_windows=2, min_labels=1, cooldown_s=300)
+    seen = dict(drift_windows=drift("drift", "drift"), accuracy_windows=accuracy((0.5, 10), (0.5, 10)))
+    d = decide(config, Evidence(now=2000.0, last_run_at=503.0, **seen))
+    assert not d.fire and d.reasons == [
+        "drift in the last 2 windows, but the newest of those windows ended 383 s before the last run started: "
+        "no new evidence",
+        "live accuracy under 0.9, but the newest of those windows ended 1 s before the last run started: no new "
+        "evidence"]
+    assert decide(config, Evidence(now=2000.0, last_run_at=90.0, **seen)).fire  # before any of them: fires
+    d = decide(config, Evidence(now=2000.0, last_run_at=115.0, drift_windows=drift("drift", "drift", "drift")))
+    assert d.fire and d.since == 110.0  # a window closed after the run: fires, the change point as before
+
+
+def test_a_clock_stepped_back_is_no_cooldown():
+    """The wall clock steps back an hour after a run (NTP, a restored VM): the interval since the
+    run is negative, which says nothing about how long ago it was. Fresh drift fires."""
+    config = TriggerConfig(drift_windows=2, cooldown_s=300, schedule_s=600)
+    fresh = [DriftWindow(1400.0, 1460.0, "drift"), DriftWindow(1460.0, 1520.0, "drift")]
+    d = decide(config, Evidence(now=1530.0, drift_windows=fresh, last_run_at=5125.0))
+    assert d.fire and d.reasons == ["drift in the last 2 windows (features: ?)",
+                                    "the clock is 3595 s behind the last run's start: a clock change, not a cooldown"]
+    d = decide(config, Evidence(now=1530.0, last_run_at=5125.0))  # nothing holds: nothing fires, not even the schedule
+    assert not d.fire and d.reasons == ["the clock is 3595 s behind the last run's start: a clock change, not a "
+                                        "cooldown"]
 
 
 def test_decisions_are_recorded_with_their_evidence_and_kept_bounded(tmp_path, monkeypatch):

@@ -62,6 +62,35 @@ def test_the_dashboard_covers_what_an_operator_watches():
         assert metric in exprs
 
 
+def test_the_pipeline_exports_what_goes_down_as_gauges_and_runs_started_as_a_counter(tmp_path):
+    """A run leaves "running" when it ends, and old decisions are pruned: as counters, each drop
+    would read as a counter reset. Runs started only grow."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from loopserve.pipeline.metrics import PipelineCollector
+
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(str(tmp_path)))
+
+    def scrape():
+        families = text_string_to_metric_families(generate_latest(registry).decode())
+        return {f.name: (f.type, {tuple(sorted(s.labels.items())): s.value for s in f.samples}) for f in families}
+
+    with Store(tmp_path) as store:
+        records = PipelineRecords(store)
+        run = records.start_run("fraud", "test")
+        during = scrape()
+        records.finish_run(run, "promoted", "version 2")
+    after = scrape()
+    running = (("model", "fraud"), ("status", "running"))
+    assert during["loopserve_pipeline_runs"] == ("gauge", {running: 1.0})
+    assert after["loopserve_pipeline_runs"] == ("gauge", {running: 0.0, (("model", "fraud"), ("status", "promoted")): 1.0})
+    assert after["loopserve_pipeline_decisions"][0] == "gauge"
+    for scraped in (during, after):  # the parser names a counter without its _total
+        assert scraped["loopserve_pipeline_runs_started"] == ("counter", {(("model", "fraud"),): 1.0})
+
+
 @pytest.mark.skipif(prometheus_binary("promtool") is None, reason="promtool is not installed (Debian `prometheus`)")
 def test_promtool_accepts_the_alert_rules():
     result = subprocess.run([prometheus_binary("promtool"), "check", "rules", str(RULES)], capture_output=True,

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from loopserve.registry import (RegistryError, UnknownAlias, UnknownModel, UnknownVersion, alias_at, alias_history,
+from loopserve.registry import (AliasConflict, RegistryError, UnknownAlias, UnknownModel, UnknownVersion, alias_at, alias_history,
                                 current_version, get_version, lineage, list_models, list_versions, materialize,
-                                parse_ref, register_model, rollback, set_alias, set_version_metric,
-                                set_version_tag)
+                                clear_alias, parse_ref, register_model, rollback, set_alias,
+                                set_version_metric, set_version_tag)
 from loopserve.store import IntegrityError, Store
 from loopserve.store.names import InvalidName
 from loopserve.tracking import InvalidTimestamp, start_run
@@ -214,6 +214,32 @@ def test_set_alias_history_and_rollback(store, tmp_path):
         ("rollback", 3, 1)]
     assert (history[0].actor, history[0].reason) == ("alice", "first launch")
     assert [e.set_at for e in history] == sorted(e.set_at for e in history)
+
+
+def test_an_alias_cleared_and_moved_compare_and_set(store, tmp_path):
+    """A clear is a move kept in the history (a `delete` row, `version` the one it left): unset
+    since then for alias_at and for rollback; `expect` refuses a move when the alias moved meanwhile."""
+    for k in range(3):
+        register_model("fraud", model_dir(tmp_path / f"v{k}", bytes([k])), store=store)
+    set_alias("fraud", "canary", 1, store=store)
+    set_alias("fraud", "canary", 2, store=store)
+    with pytest.raises(AliasConflict, match="alias 'canary' of model 'fraud' is version 2 now, not version 1"):
+        clear_alias("fraud", "canary", store=store, expect=1)
+    with pytest.raises(AliasConflict, match="is version 2 now, not version 1"):
+        set_alias("fraud", "canary", 3, store=store, expect=1)
+    cleared = clear_alias("fraud", "canary", reason="run ended", actor="pipeline", store=store, expect=2)
+    assert (cleared.action, cleared.version, cleared.previous_version) == ("delete", 2, 2)
+    assert clear_alias("fraud", "canary", store=store) is None  # unset already: no event
+    with pytest.raises(UnknownAlias):
+        current_version("fraud", "canary", store=store)
+    assert alias_at("fraud", "canary", time.time() + 60, store=store) is None
+    assert alias_at("fraud", "canary", cleared.set_at, store=store) is None
+    with pytest.raises(RegistryError, match="is unset \\(cleared\\)"):
+        rollback("fraud", "canary", store=store)
+    set_alias("fraud", "canary", 3, store=store, expect=None)  # only if unset
+    assert rollback("fraud", "canary", store=store).version == 2  # the clear pushed nothing
+    assert [e.action for e in alias_history("fraud", "canary", store=store)] == ["set", "set", "delete", "set",
+                                                                                 "rollback"]
 
 
 def test_alias_at_answers_which_version_held_an_alias_at_any_moment(store, tmp_path):

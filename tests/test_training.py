@@ -204,3 +204,27 @@ def test_registered_version_reproduces(trained):
     assert reproduction.reproduced_run.data_snapshot == result.data_snapshot
     served = sorted(p.name for p in (root / "models" / "fraud").iterdir() if p.name.isdigit())
     assert served == ["1"]  # the served repository is left alone
+
+
+def test_a_snapshot_named_in_the_config_is_resolved_once(tmp_path, monkeypatch):
+    """The name moves to other data while the rows are read (another process snapshots under
+    it): the id recorded with the rows is the id of the rows read, not of what the name means
+    a moment later. The move is made for real in the store, right after the rows are read."""
+    import loopserve.data
+    from loopserve.data import snapshot
+    from loopserve.training.config import DataSpec
+    from loopserve.training.data import load_data
+
+    store = str(tmp_path / "store")
+    rows = FraudStream(seed=5).batch(0, 300).to_columns()
+    first = snapshot(rows, store=store, name="train").id
+    read_rows = loopserve.data.to_numpy
+
+    def read_then_rename(ref, store=None):
+        columns = read_rows(ref, store=store)
+        snapshot({k: v[:100] for k, v in rows.items()}, store=store, name="train")
+        return columns
+
+    monkeypatch.setattr(loopserve.data, "to_numpy", read_then_rename)
+    data = load_data(DataSpec(snapshot="train", label="is_fraud", group="age_band"), store=store)
+    assert data.snapshot_id == first and len(data) == 300

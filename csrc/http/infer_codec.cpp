@@ -17,6 +17,11 @@ namespace {
 constexpr size_t kMaxDims = 32;
 constexpr uint64_t kMaxElements = uint64_t{1} << 59;
 constexpr size_t kMaxIdChars = 256;
+// parameters.group is kept with each prediction too: at most this many bytes of JSON text
+// (protocol.MAX_GROUP_BYTES); a longer one is declined, for the Python path's 400.
+constexpr size_t kMaxGroupBytes = 256;
+// And of a routing key, in UTF-8 bytes (protocol.MAX_ROUTING_KEY_BYTES).
+constexpr size_t kMaxRoutingKeyBytes = 1024;
 
 // JSON written as msgspec writes it (the Python path's encoder): escapes in lower case
 // ("\u001f", where yyjson writes "\u001F"), non-finite floats as null.
@@ -287,6 +292,7 @@ bool decode_parameters(yyjson_val* params, DecodedInfer& out) {
   if (routing != nullptr && !yyjson_is_null(routing)) {
     if (!yyjson_is_str(routing)) return false;
     out.routing_key = std::string(str_of(routing));
+    if (out.routing_key.size() > kMaxRoutingKeyBytes) return false;
   }
   if (binary != nullptr && !yyjson_is_null(binary)) {
     if (!yyjson_is_bool(binary)) return false;  // Python takes its truth: other values are its to read
@@ -309,6 +315,7 @@ bool decode_parameters(yyjson_val* params, DecodedInfer& out) {
     if (text == nullptr) return false;
     out.group.assign(text, len);
     std::free(text);
+    if (out.group.size() > kMaxGroupBytes) return false;
   }
   return true;
 }

@@ -92,6 +92,8 @@ HeadVerdict read_infer_head(const char* data, size_t size, InferHead& out) {
       else if (!iequals(value, "keep-alive")) return HeadVerdict::kNotOurs;
     } else if (iequals(name, "transfer-encoding") || iequals(name, "expect") || iequals(name, "upgrade")) {
       return HeadVerdict::kNotOurs;  // chunked bodies, 100-continue, upgrades
+    } else if (iequals(name, "content-encoding") && !value.empty() && !iequals(value, "identity")) {
+      return HeadVerdict::kNotOurs;  // a compressed body: the Python path's 415
     }
   }
   if (!has_length || (out.json_bytes >= 0 && static_cast<size_t>(out.json_bytes) > out.content_length))

@@ -335,8 +335,12 @@ HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, co
   const bool keep_alive = head.keep_alive;
   const bool raw = head.json_bytes == 0;  // Triton's raw binary form: the body is the one input
   if (raw && head.content_length == 0) return Served::kDeclined;
-  // Overload (server/admission.py): refused from the head, its body never decoded.
-  if (connections_.load(std::memory_order_relaxed) >= options_.overload_min_connections &&
+  // Overload (server/admission.py): refused from the head, its body never decoded; a model
+  // not served is answered 404 instead (as in one process), and no name a client makes up is counted.
+  if (!table_) table_ = router_->snapshot();
+  const auto served_model = table_->models.find(model);
+  if (served_model != table_->models.end() && !served_model->second->loaded.empty() &&
+      connections_.load(std::memory_order_relaxed) >= options_.overload_min_connections &&
       std::max({lag_s_, overslept_s_, seconds_since(turn_start_, Clock::now())}) * 1e3 > options_.overload_wait_ms) {
     state_->count_overload(std::string(model));
     answer_now(*conn, 429, error_body(options_.overload_message), keep_alive);
@@ -351,7 +355,6 @@ HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, co
   tensors.reserve(request->inputs.size());
   for (const DecodedInput& in : request->inputs)
     tensors.push_back({in.name, in.dtype, in.shape, in.data->data(), in.nbytes});
-  if (!table_) table_ = router_->snapshot();
   try {
     Routed routed = route_request(*table_, model, version, request->routing_key, tensors, raw);
     const BatcherConfig& config = routed.answering->batcher->config();

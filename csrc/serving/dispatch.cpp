@@ -95,11 +95,16 @@ std::vector<InputView> input_views(const BatcherConfig& config, std::vector<ipc:
   return views;
 }
 
+// Read as the Python router reads it (int() of ASCII digits, leading zeros and all); more than
+// 18 significant digits is no version that can be loaded.
 bool parse_version(std::string_view text, int64_t* out) {
-  if (text.empty() || text.size() > 18) return false;
+  if (text.empty()) return false;
   int64_t v = 0;
+  size_t significant = 0;
   for (char ch : text) {
     if (ch < '0' || ch > '9') return false;
+    if (v == 0 && ch == '0') continue;
+    if (++significant > 18) return false;
     v = v * 10 + (ch - '0');
   }
   *out = v;

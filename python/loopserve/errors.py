@@ -8,6 +8,8 @@ The first four are raised by the native core when it refuses a request at submit
 nothing was queued then.
 """
 
+import logging
+
 from loopserve._core import InvalidInput, LoopserveError, QueueFull, Unavailable
 
 RETRY_AFTER = ((b"retry-after", b"1"),)
@@ -44,6 +46,24 @@ class ModelNotFound(LoopserveError, LookupError):
     """No such model or version."""
 
     status = 404
+
+
+_model_log = logging.getLogger("loopserve.model")
+_hide_in_model_failures = str
+
+
+def hide_in_model_failures(hide) -> None:
+    """`hide(text)`: a model failure's text as a client may read it (the app's
+    http_errors.path_hider: the server's directories by their setting's name)."""
+    global _hide_in_model_failures
+    _hide_in_model_failures = hide
+
+
+def model_failure_text(kind, value, trace) -> str:
+    """The text of a ModelError for an exception a model raised (called by the native executor):
+    its type and message, no traceback, no server directory; the log keeps the traceback."""
+    _model_log.error("a model failed on a batch", exc_info=(kind, value, trace))
+    return _hide_in_model_failures(f"{kind.__name__}: {value}")
 
 
 __all__ = [

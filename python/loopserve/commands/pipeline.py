@@ -62,8 +62,14 @@ def _with_pipeline(args, work) -> int:
 
 
 def _run(args) -> int:
+    from loopserve.errors import LoopserveError
+
     def run(pipeline) -> int:
-        record = pipeline.run(args.reason)
+        try:
+            record = pipeline.run(args.reason)
+        except LoopserveError as e:  # another live run holds the model's lease
+            print(f"loopserve pipeline run: {e}", file=sys.stderr)
+            return 2
         _print_runs([record])
         return 0 if record.status == "promoted" else 1
 

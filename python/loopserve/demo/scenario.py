@@ -89,6 +89,7 @@ def write_configs(workdir: Path, loop: Loop, sizes: DemoSizes, port: int) -> tup
               "log_level": "info"}
     pipeline = {"model": MODEL, "server": f"http://127.0.0.1:{port}", "store": "store", "train": "train_fraud.yaml",
                 "retrain_data": {"feedback_dir": "feedback", **loop.retrain}, "triggers": loop.triggers,
+                "validation": {"range_margin": 5.0},  # the new market's larger amounts (see setup.py)
                 "canary": loop.canary, "poll_s": loop.poll_s}
     paths = workdir / "server.json", workdir / "pipeline.json"
     for path, config in zip(paths, (server, pipeline)):

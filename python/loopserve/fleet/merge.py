@@ -10,7 +10,9 @@ single replica's, so a window that is "insufficient data" on every replica can b
 the fleet.
 
 Live accuracy adds the replicas' label counts (labels, correct, tp, fp, fn, tn) per version and
-recomputes the ratios; closed label windows are aligned by rank like drift windows.
+recomputes the ratios; closed label windows are aligned by rank like drift windows, and windows of
+prediction time (the accuracy trigger's evidence) by their bounds, which every replica computes
+alike (floor(predicted_at / window_s)).
 """
 
 from __future__ import annotations
@@ -66,6 +68,17 @@ def merge_metrics(metrics: list[dict], kind: str) -> dict:
     return out
 
 
+def merge_prediction_windows(parts: list[dict], kind: str) -> list[dict]:
+    """The versions' windows of prediction time (`by_prediction_time`) of several replicas as one
+    list, oldest first: windows with the same bounds merged (counts added), each keeping them."""
+    by_bounds: dict[tuple[float, float], list[dict]] = {}
+    for part in parts:
+        for w in part.get("by_prediction_time", []):
+            by_bounds.setdefault((w["start"], w["end"]), []).append(w)
+    return [dict(merge_metrics(group, kind), start=start, end=end)
+            for (start, end), group in sorted(by_bounds.items())]
+
+
 def merge_feedback(model: str, reports: list[dict]) -> dict:
     """The replicas' feedback reports (`GET .../feedback`) as one: label counts per version and
     status added; each version's cumulative, current and closed-window metrics merged."""
@@ -85,6 +98,7 @@ def merge_feedback(model: str, reports: list[dict]) -> dict:
             "cumulative": merge_metrics([p["cumulative"] for p in parts], kind),
             "current": merge_metrics([p["current"] for p in parts], kind),
             "windows": [merge_metrics(group, kind) for group in align_by_rank([p["windows"] for p in parts])],
+            "window_s": parts[0].get("window_s", 0.0), "by_prediction_time": merge_prediction_windows(parts, kind),
             "replicas": len(parts)})
     return {"model": model, "labels": labels, "versions": versions,
             "labelled_rows": sum(r.get("labelled_rows", 0) for r in reports)}

@@ -8,12 +8,17 @@ import socket
 from urllib.parse import urlsplit
 
 from loopserve.errors import LoopserveError
+from loopserve.pipeline.server_view import ServerUnavailable
 
 DNS_SCHEME = "dns://"
 
 
 class ReplicaSpecError(LoopserveError, ValueError):
     pass
+
+
+class UnresolvedReplicas(ReplicaSpecError, ServerUnavailable):
+    """A fleet's DNS name does not resolve now: like a server down, a reader retries later."""
 
 
 def resolve_replicas(spec: str | list[str]) -> list[str]:
@@ -47,7 +52,7 @@ def _resolve_dns(item: str) -> list[str]:
     try:
         infos = socket.getaddrinfo(parts.hostname, parts.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise ReplicaSpecError(f"replicas {item!r}: cannot resolve {parts.hostname!r}: {e.strerror}") from None
+        raise UnresolvedReplicas(f"replicas {item!r}: cannot resolve {parts.hostname!r}: {e.strerror}") from None
     urls = []
     for family, _, _, _, address in infos:
         host = f"[{address[0]}]" if family == socket.AF_INET6 else address[0]

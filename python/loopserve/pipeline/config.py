@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from loopserve.config import load_config
+from loopserve.pipeline.records import DEFAULT_LEASE_S
 from loopserve.pipeline.trigger import TriggerConfig
 from loopserve.serving.canary import CanaryRule
 
@@ -87,6 +88,9 @@ class PipelineConfig(Struct, forbid_unknown_fields=True, frozen=True):
     triggers: TriggerConfig = TriggerConfig()
     canary: CanaryConfig = CanaryConfig()
     poll_s: Annotated[float, Meta(gt=0)] = 2.0  # how often `watch` reads the server
+    # A run holds its model's lease (one live run per model), renewed every lease_s / 4 while it
+    # runs; a lease not renewed for lease_s is a dead process's, taken over by the next pipeline.
+    lease_s: Annotated[float, Meta(ge=1)] = DEFAULT_LEASE_S
     # Training shares the machine with serving: the pipeline process runs at this nice level and
     # with this many torch threads (0: half the cores, at least 1), so serving keeps its CPU.
     nice: Annotated[int, Meta(ge=0, le=19)] = 10

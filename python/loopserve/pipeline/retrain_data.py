@@ -14,7 +14,7 @@ from loopserve.pipeline.trigger import AccuracyWindow
 class Examples:
     features: np.ndarray  # [rows, width] float32
     labels: np.ndarray  # [rows] int64
-    groups: np.ndarray  # [rows] int64 (-1 where the request named no group)
+    groups: np.ndarray  # [rows] see group_column: int64 codes (-1: no group), or the groups' names as text
     predicted_at: np.ndarray  # [rows] float64: when the prediction was made
     labelled_at: np.ndarray  # [rows] float64: when its label came
 
@@ -28,9 +28,20 @@ def read_labelled_examples(feedback_dir: str | list[str], model: str, max_rows: 
 
     spilled = read_spill(feedback_dir, model, predicted_after=predicted_after)
     order = np.argsort(spilled.predicted_at, kind="stable")[-max_rows:] if len(spilled) else np.empty(0, np.int64)
-    groups = np.array([-1 if g is None else int(g) for g in spilled.groups[order]], dtype=np.int64)
+    groups = group_column(spilled.groups[order])
     return Examples(np.asarray(spilled.X[order], np.float32), np.asarray(spilled.y[order], np.int64), groups,
                     np.asarray(spilled.predicted_at[order], np.float64), np.asarray(spilled.times[order], np.float64))
+
+
+def group_column(groups: np.ndarray) -> np.ndarray:
+    """The requests' `group` parameters as a data column: int64 codes when every request that
+    named a group named an integer (-1: it named none), else text, each group as the request
+    wrote it ("": none), which training and the gates turn into codes and names the same way
+    (`loopserve.training.data.group_codes`)."""
+    named = [g for g in groups if g is not None]
+    if all(isinstance(g, int) for g in named):  # bool is an int too: True and 1 are one group
+        return np.array([-1 if g is None else int(g) for g in groups], dtype=np.int64)
+    return np.array(["" if g is None else str(g) for g in groups], dtype=str)
 
 
 def version_accuracy(report: dict) -> dict[str, tuple[float | None, int]]:

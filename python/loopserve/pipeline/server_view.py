@@ -12,7 +12,11 @@ from loopserve.errors import LoopserveError
 
 
 class ServerUnavailable(LoopserveError):
-    pass
+    """The server did not answer, or answered with an HTTP error (`status`, else None)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 def management_headers() -> dict[str, str]:
@@ -36,7 +40,7 @@ class ServerView:
                 return json.load(r)
         except urllib.error.HTTPError as e:
             body = e.read().decode(errors="replace")
-            raise ServerUnavailable(f"GET {url}: HTTP {e.code}: {body[:300]}") from None
+            raise ServerUnavailable(f"GET {url}: HTTP {e.code}: {body[:300]}", e.code) from None
         except (urllib.error.URLError, OSError) as e:
             raise ServerUnavailable(f"GET {url}: {getattr(e, 'reason', e)}") from None
 

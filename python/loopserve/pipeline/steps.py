@@ -7,6 +7,7 @@ last step, so a failed step leaves it as it was.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class RunContext:
     holdout_snapshot: str | None = None
     candidate: int | None = None
     since: float | None = None  # only rows predicted after this (the change point)
+    canary_since: float | None = None  # when the server started serving the canary (unix seconds)
     outcome: str = ""
     facts: dict = field(default_factory=dict)
     alerts: list[str] = field(default_factory=list)  # for the run's outcome (production failing its gates)
@@ -93,7 +95,7 @@ def collect(ctx: RunContext) -> dict:
         columns = {name: examples.features[index, i] for i, name in enumerate(ctx.signature.feature_names)}
         columns[ctx.signature.label] = examples.labels[index].astype(np.int64)
         if ctx.signature.group is not None:
-            columns[ctx.signature.group] = examples.groups[index].astype(np.int64)
+            columns[ctx.signature.group] = examples.groups[index]  # codes, or names as sent
         ids[part] = snapshot(columns, store=ctx.store, name=f"{config.model}-{part}-{ctx.run_id}").id
     ctx.train_snapshot, ctx.holdout_snapshot = ids["train"], ids["holdout"]
     return have | {"train_rows": int(cut), "holdout_rows": int(rows - cut),
@@ -126,8 +128,10 @@ def _utc(t: float) -> str:
 
 
 def validate(ctx: RunContext) -> dict:
-    """The new rows against rules inferred from the data production was trained on."""
-    from loopserve.data import DataSchema, infer_schema
+    """The new rows against rules inferred from the data production was trained on: the training
+    rows and the held-out rows both (the gates judge the candidate on the held-out ones, the
+    newest: a feed that broke lately breaks them first)."""
+    from loopserve.data import ColumnRule, DataSchema, infer_schema
     from loopserve.data import validate as validate_data
     from loopserve.registry import lineage
 
@@ -139,14 +143,21 @@ def validate(ctx: RunContext) -> dict:
     inferred = infer_schema(reference, store=ctx.store, range_margin=v.range_margin, null_slack=v.null_slack,
                             max_mean_shift=v.max_mean_shift, max_std_ratio=v.max_std_ratio)
     sig = ctx.signature
-    wanted = set(sig.feature_names) | {sig.label} | ({sig.group} if sig.group else set())
+    wanted = set(sig.feature_names) | {sig.label}
     # The same columns, compared as numbers: the feedback rows are float32 whatever the source types were.
     rules = [msgspec.structs.replace(r, type="numeric", categories=None) for r in inferred.columns if r.name in wanted]
-    report = validate_data(ctx.train_snapshot, DataSchema(columns=rules, reference=inferred.reference), store=ctx.store)
-    failures = [f"{c.column}: {c.message}" for c in report.failures]
+    if sig.group:  # present, and nothing more: groups are names or codes (-1: none), never a model input
+        rules.append(ColumnRule(name=sig.group))
+    schema = DataSchema(columns=rules, reference=inferred.reference)
+    checked, failures = {}, []
+    for part, snapshot_id in (("train", ctx.train_snapshot), ("holdout", ctx.holdout_snapshot)):
+        report = validate_data(snapshot_id, schema, store=ctx.store)
+        checked[part] = len(report.checks)
+        failures += [f"{part} {c.column}: {c.message}" for c in report.failures]
     if failures:
         raise StepFailed("the new data failed validation: " + "; ".join(failures[:5]), {"failures": failures})
-    return {"reference_snapshot": reference, "rules_checked": len(report.checks)}
+    return {"reference_snapshot": reference, "rules_checked": checked["train"],
+            "holdout_rules_checked": checked["holdout"]}
 
 
 def train(ctx: RunContext) -> dict:
@@ -206,7 +217,8 @@ def canary(ctx: RunContext) -> dict:
         # A fleet's view is settled once every replica serves the same versions: the canary is
         # compared on all of them, not on the first replica that loaded it.
         if str(ctx.candidate) in {str(v) for v in state.get("weights", {})} and state.get("settled", True):
-            return {"weights": state["weights"]}
+            ctx.canary_since = time.time()
+            return {"weights": state["weights"], "serving_since": ctx.canary_since}
         time.sleep(c.poll_s)
     raise StepFailed(f"the server did not start serving version {ctx.candidate} as a canary within "
                      f"{c.load_timeout_s:.0f} s (does its config name canary_alias: {c.alias}?)")
@@ -214,29 +226,30 @@ def canary(ctx: RunContext) -> dict:
 
 def compare(ctx: RunContext) -> dict:
     """Canary against production on live error rate, latency and feedback accuracy."""
-    from loopserve.pipeline.retrain_data import version_accuracy
     from loopserve.serving.canary import VersionMetrics
 
     c = ctx.config.canary
     prod, cand = str(ctx.production_version), str(ctx.candidate)
     start = ctx.view.traffic()["metrics"]
-    # Accuracy over the comparison window only: production's cumulative figure would carry its
-    # history from before the drift, the canary's would not.
-    accuracy_start = version_accuracy(ctx.view.feedback())
+    # Accuracy on the predictions both made since the canary started serving, by prediction time:
+    # counted by label arrival, production's figure would take in late labels for its predictions
+    # from before (another world, perhaps before the drift), the canary's could not.
+    since = ctx.canary_since if ctx.canary_since is not None else time.time()
     started = time.monotonic()
     while True:
         time.sleep(c.poll_s)
         metrics = ctx.view.traffic()["metrics"]
-        accuracy = version_accuracy(ctx.view.feedback())
+        accuracy = accuracy_predicted_since(ctx.view.feedback(), since)
         seen = _delta(metrics, start, cand)["requests"]
-        labels = _window_accuracy(accuracy, accuracy_start, cand)[1]
+        labels = accuracy.get(cand, (None, 0))[1]
         if (seen >= c.min_requests and labels >= c.min_labels) or time.monotonic() - started >= c.window_s:
             break
     p, q = _delta(metrics, start, prod), _delta(metrics, start, cand)
-    acc_p, labels_p = _window_accuracy(accuracy, accuracy_start, prod)
-    acc_q, labels_q = _window_accuracy(accuracy, accuracy_start, cand)
+    acc_p, labels_p = accuracy.get(prod, (None, 0))
+    acc_q, labels_q = accuracy.get(cand, (None, 0))
     facts = {"production": {**p, "accuracy": acc_p, "labels": labels_p},
-             "canary": {**q, "accuracy": acc_q, "labels": labels_q}, "seconds": time.monotonic() - started}
+             "canary": {**q, "accuracy": acc_q, "labels": labels_q}, "seconds": time.monotonic() - started,
+             "accuracy_predicted_since": since}
     problems = []
     verdict = c.rule.decide(VersionMetrics(ctx.production_version, p["requests"], p["errors"], p["p99_s"]),
                             VersionMetrics(ctx.candidate, q["requests"], q["errors"], q["p99_s"]))
@@ -247,7 +260,9 @@ def compare(ctx: RunContext) -> dict:
         problems.append(verdict.reason)
     if c.min_labels > 0:
         if labels_q < c.min_labels or acc_p is None or acc_q is None:
-            problems.append(f"the canary got {labels_q} labels; needs {c.min_labels} to compare accuracy")
+            problems.append(f"the canary got {labels_q} labels (production {labels_p}) for predictions in the "
+                            f"server's prediction-time windows (feedback.window_s) that began after it started "
+                            f"serving; needs {c.min_labels} to compare accuracy")
         elif acc_q < acc_p - c.accuracy_margin:
             problems.append(f"canary accuracy {acc_q:.4f} < production {acc_p:.4f} - {c.accuracy_margin}")
     ctx.facts = facts
@@ -257,22 +272,53 @@ def compare(ctx: RunContext) -> dict:
 
 
 def promote(ctx: RunContext) -> dict:
-    from loopserve.registry import set_alias
+    """Production onto the candidate and the canary alias cleared, in one transaction: only while
+    this run holds the model's lease and production is still the version the canary was
+    compared against (a move made meanwhile, by a person or another pipeline, is never undone)."""
+    from loopserve.registry.aliases import AliasConflict, move_alias, remove_alias
 
-    set_alias(ctx.config.model, ctx.config.production_alias, ctx.candidate,
-              reason=f"pipeline run {ctx.run_id}: canary won", actor="pipeline", store=ctx.store)
+    config, reason = ctx.config, f"pipeline run {ctx.run_id}: canary won"
+    with _run_transaction(ctx) as db:
+        try:
+            move_alias(db, config.model, config.production_alias, ctx.candidate, "set", "pipeline", reason,
+                       expect=ctx.production_version)
+        except AliasConflict as e:
+            raise StepFailed(f"not promoted: {e}; the canary was compared against version {ctx.production_version}",
+                             {"compared_against": ctx.production_version}) from None
+        remove_alias(db, config.model, config.canary.alias, "pipeline", reason)
     _wait_for_single_version(ctx, ctx.candidate)
     return {"production": ctx.candidate, "previous": ctx.production_version}
 
 
 def roll_back(ctx: RunContext) -> dict:
-    """The canary alias back onto production: the server drops the candidate."""
-    from loopserve.registry import set_alias
+    """The canary alias cleared (if it still names this run's candidate): the server serves
+    production, as it is now, alone."""
+    from loopserve.registry.aliases import current_target, remove_alias
+    from loopserve.registry.refs import resolve_version
 
-    set_alias(ctx.config.model, ctx.config.canary.alias, ctx.production_version,
-              reason=f"pipeline run {ctx.run_id}: canary lost", actor="pipeline", store=ctx.store)
-    _wait_for_single_version(ctx, ctx.production_version)
-    return {"production": ctx.production_version, "rejected": ctx.candidate}
+    config = ctx.config
+    with _run_transaction(ctx) as db:
+        canary = current_target(db, config.model, config.canary.alias)
+        if canary == ctx.candidate:
+            remove_alias(db, config.model, config.canary.alias, "pipeline",
+                         f"pipeline run {ctx.run_id}: canary lost", expect=canary)
+        production = resolve_version(db, config.model, config.production_alias)
+    _wait_for_single_version(ctx, production)
+    left = {} if canary in (None, ctx.candidate) else {"canary_left_alone": canary}
+    return {"production": production, "rejected": ctx.candidate} | left
+
+
+@contextlib.contextmanager
+def _run_transaction(ctx: RunContext):
+    """A write transaction in the model's registry scope that goes on only while this run holds
+    the model's lease (LeaseLost otherwise: another pipeline took the run over)."""
+    from loopserve.pipeline.records import check_lease
+    from loopserve.registry.schema import opened, registry_scope
+    from loopserve.store import transaction
+
+    with opened(ctx.store) as s, transaction(s.db, registry_scope(ctx.config.model)) as db:
+        check_lease(db, ctx.config.model, ctx.run_id)
+        yield db
 
 
 def _wait_for_single_version(ctx: RunContext, version: int) -> None:
@@ -285,14 +331,17 @@ def _wait_for_single_version(ctx: RunContext, version: int) -> None:
                      f"{ctx.config.canary.load_timeout_s:.0f} s")
 
 
-def _window_accuracy(now: dict, then: dict, version: str) -> tuple[float | None, int]:
-    """(accuracy, labels) of the labels a version got between two cumulative readings."""
-    acc1, n1 = now.get(version, (None, 0))
-    acc0, n0 = then.get(version, (None, 0))
-    labels = n1 - n0
-    if labels <= 0 or acc1 is None:
-        return None, 0
-    return (acc1 * n1 - (acc0 or 0.0) * n0) / labels, labels
+def accuracy_predicted_since(report: dict, since: float) -> dict[str, tuple[float | None, int]]:
+    """version -> (accuracy, labels) over the prediction-time windows of the feedback report that
+    began at or after `since`: the labels for predictions made since then, whenever they came."""
+    out = {}
+    for v in report.get("versions", []):
+        windows = [w for w in v.get("by_prediction_time", []) if w["start"] >= since]
+        labels = sum(w["labels"] for w in windows)
+        # a merged (fleet) window may carry the accuracy without the count behind it
+        correct = sum(w["correct"] if "correct" in w else round((w["accuracy"] or 0.0) * w["labels"]) for w in windows)
+        out[str(v["version"])] = (correct / labels if labels else None, labels)
+    return out
 
 
 def _delta(metrics: dict, start: dict, version: str) -> dict:

@@ -80,31 +80,52 @@ def _trailing_run(windows: list, holds) -> list:
 
 def decide(config: TriggerConfig, evidence: Evidence) -> Decision:
     fired: list[str] = []
+    stale: list[str] = []  # rules that hold on windows the last run already saw
     change_points: list[float] = []
+    since = None if evidence.last_run_at is None else evidence.now - evidence.last_run_at
+    # The clock went back (an NTP step, a restored VM): the last run's time cannot be compared
+    # with now or with the windows' times, so it holds nothing back (no cooldown, no stale
+    # windows) and starts no schedule; the next run's time is on the new clock.
+    clock_back = since is not None and since < 0
+    last_run_at = None if clock_back else evidence.last_run_at
+
+    def seen_by_last_run(run: list, signal: str) -> bool:
+        """The run of windows ended before the last run started: that run had this evidence."""
+        if last_run_at is None or run[-1].end > last_run_at:
+            return False
+        stale.append(f"{signal}, but the newest of those windows ended {last_run_at - run[-1].end:.0f} s before "
+                     f"the last run started: no new evidence")
+        return True
+
     k = config.drift_windows
     drifted = _trailing_run(evidence.drift_windows, lambda w: w.verdict == "drift")
-    if k and len(drifted) >= k:
+    if k and len(drifted) >= k and not seen_by_last_run(drifted, f"drift in the last {k} windows"):
         features = ", ".join(evidence.drifted_features) or "?"
         fired.append(f"drift in the last {k} windows (features: {features})")
         change_points.append(drifted[0].end)
     if config.accuracy_floor is not None:
+        # A window with under min_labels labels is no evidence either way: it neither breaks the
+        # run of windows under the floor nor counts in it.
         counted = [w for w in evidence.accuracy_windows if w.labels >= config.min_labels]
         under = _trailing_run(counted, lambda w: w.accuracy < config.accuracy_floor)
-        if len(under) >= config.accuracy_windows:
+        if len(under) >= config.accuracy_windows and not seen_by_last_run(
+                under, f"live accuracy under {config.accuracy_floor}"):
             last = under[-config.accuracy_windows:]
             fired.append(f"live accuracy {', '.join(f'{w.accuracy:.3f}' for w in last)} < floor "
                          f"{config.accuracy_floor} in the last {config.accuracy_windows} complete windows of "
-                         f"prediction time ({sum(w.labels for w in last)} labels)")
+                         f"prediction time with {config.min_labels}+ labels ({sum(w.labels for w in last)} labels)")
             change_points.append(under[0].end)
     new = evidence.labels_total - evidence.labels_at_last_run
     if config.new_labels is not None and new >= config.new_labels:
         fired.append(f"{new} new labels >= {config.new_labels}")
-    since = None if evidence.last_run_at is None else evidence.now - evidence.last_run_at
     if config.schedule_s is not None and (since is None or since >= config.schedule_s):
         fired.append("scheduled: " + ("never ran" if since is None else f"{since:.0f} s since the last run"))
+    if clock_back:
+        note = [f"the clock is {-since:.0f} s behind the last run's start: a clock change, not a cooldown"]
+        fired, stale = (fired + note, stale) if fired else (fired, stale + note)
     if not fired:
-        return Decision(False, ["no rule holds"], evidence)
-    if since is not None and since < config.cooldown_s:
+        return Decision(False, stale or ["no rule holds"], evidence)
+    if since is not None and 0 <= since < config.cooldown_s:
         return Decision(False, [f"cooldown: {since:.0f} s since the last run < {config.cooldown_s:.0f} s; would "
                                 f"fire for: " + "; ".join(fired)], evidence)
     # Both signals fired: the later change point, so every row is past both.

@@ -10,7 +10,7 @@ content-addressed blob store. Version numbers are allocated inside one BEGIN IMM
 transaction, so concurrent writers (threads or processes) never collide.
 """
 
-from loopserve.registry.aliases import alias_at, alias_history, rollback, set_alias
+from loopserve.registry.aliases import AliasConflict, alias_at, alias_history, clear_alias, rollback, set_alias
 from loopserve.registry.errors import (RegistryError, ReproductionRefused, UnknownAlias, UnknownModel,
                                        UnknownVersion)
 from loopserve.registry.materialize import materialize
@@ -21,8 +21,8 @@ from loopserve.registry.refs import parse_ref
 from loopserve.registry.register import register_model
 from loopserve.registry.reproduce import Reproduction, reproduce
 
-__all__ = ["AliasEvent", "ArtifactFile", "Lineage", "ModelSummary", "ModelVersion", "RegistryError",
+__all__ = ["AliasConflict", "AliasEvent", "ArtifactFile", "Lineage", "ModelSummary", "ModelVersion", "RegistryError",
            "Reproduction", "ReproductionRefused", "UnknownAlias", "UnknownModel", "UnknownVersion", "alias_at",
-           "alias_history", "current_version", "get_version", "lineage", "list_models", "list_versions",
+           "alias_history", "clear_alias", "current_version", "get_version", "lineage", "list_models", "list_versions",
            "materialize", "parse_ref", "register_model", "reproduce", "rollback", "set_alias",
            "set_version_metric", "set_version_tag"]

@@ -38,13 +38,14 @@ class ModelSummary(msgspec.Struct, frozen=True):
 
 
 class AliasEvent(msgspec.Struct, frozen=True):
-    """One move of an alias: it pointed at `previous_version` (None: unset) and now at `version`."""
+    """One move of an alias: it pointed at `previous_version` (None: unset) and now at `version`
+    (a `delete`: the alias was cleared; `version` is the one it left)."""
 
     name: str
     alias: str
     version: int
     previous_version: int | None
-    action: str        # set | rollback
+    action: str        # set | rollback | delete
     set_at: str
     actor: str | None = None
     reason: str | None = None

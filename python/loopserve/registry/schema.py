@@ -65,7 +65,7 @@ CREATE TABLE IF NOT EXISTS registry_alias_history (
     alias TEXT NOT NULL,
     version INTEGER NOT NULL,
     previous_version INTEGER,
-    action TEXT NOT NULL,              -- set | rollback
+    action TEXT NOT NULL,              -- set | rollback | delete (version: the one it left)
     set_at TEXT NOT NULL,              -- never earlier than the row before it (see aliases.py)
     actor TEXT,
     reason TEXT

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import loopserve
-from loopserve.errors import LoopserveError, ModelNotFound
+from loopserve.errors import LoopserveError, ModelNotFound, hide_in_model_failures
 from loopserve.server import openapi, triton_json
 from loopserve.server.drift_routes import DriftRoutes
 from loopserve.server.feedback_routes import FeedbackRoutes
@@ -33,6 +33,7 @@ from loopserve.server.protocol import ProtocolError
 from loopserve.server.ui_routes import UiRoutes
 from loopserve.server.wire import INFER_PATH
 from loopserve.serving.model import Model
+from loopserve.store import store_root
 from loopserve.serving.repository import ModelRepository
 from loopserve.serving.watch import RepositoryWatcher
 
@@ -58,14 +59,29 @@ def error_response(exc: BaseException, hide_paths=str) -> Response:
                     headers={k.decode(): v.decode() for k, v in extra})
 
 
-def _server_directories(repository: ModelRepository) -> dict[str, str]:
+def _server_directories(repository: ModelRepository, store) -> dict[str, str]:
     """The directories whose absolute paths error messages may name, by the setting clients know them by."""
     out = {}
-    for path, name in ((repository.root, "<model_repository>"),
-                       (repository.registry.store_root if repository.registry is not None else None, "<store>")):
+    for path, name in ((repository.root, "<model_repository>"), (str(store_root(store)), "<store>")):
         if path:
             out[str(path)] = out[os.path.realpath(path)] = name
     return out
+
+
+def _refuse_load_overrides(body: bytes) -> None:
+    """Triton's load may carry parameters.config (a config to use instead of the model's) and
+    `file:` parameters (model files): not supported here, so refused rather than ignored."""
+    if not body.strip():
+        return
+    try:
+        params = msgspec.json.decode(body).get("parameters") or {}
+        overrides = sorted(k for k in params if k == "config" or k.startswith("file:"))
+    except (msgspec.DecodeError, AttributeError, TypeError, RecursionError):
+        raise ProtocolError('a load request\'s body must be empty or a JSON object like {"parameters": {}}') from None
+    if overrides:
+        raise ProtocolError(f"a load with parameters {', '.join(overrides[:3])} is not supported: the model loads "
+                            f"from its directory in the model repository (change its config.yaml or files there, "
+                            f"then load)")
 
 
 class LoopserveApp:
@@ -73,8 +89,10 @@ class LoopserveApp:
 
     def __init__(self, repository: ModelRepository, *, max_body_bytes: int = 64 << 20,
                  management_token: str | None = None, poll_s: float = 0.0, load_new_models: bool = True,
-                 overload_wait_ms: float = 50.0, overload_min_connections: int = 64):
+                 overload_wait_ms: float = 50.0, overload_min_connections: int = 64, store: str | None = None):
         self.repository = repository
+        # The store the UI reads (the config's `store`; else the registry's; else loopserve.store's default).
+        self.store = store or (repository.registry.store_root if repository.registry is not None else None)
         self.management_token = management_token
         self._authorize = ManagementToken(management_token).check
         self.watcher = (RepositoryWatcher(repository, poll_s, load_new_models)
@@ -90,7 +108,8 @@ class LoopserveApp:
         # Overload (server/admission.py; http.overload_wait_ms and overload_min_connections).
         admission = LoopLag(overload_wait_ms, overload_min_connections, self.metrics.overload_refused)
         self.infer = InferEndpoint(repository, self.metrics, max_body_bytes, admission)
-        self.infer.hide_paths = self.hide_paths = path_hider(_server_directories(repository))
+        self.infer.hide_paths = self.hide_paths = path_hider(_server_directories(repository, self.store))
+        hide_in_model_failures(self.hide_paths)  # every path answers a model's failure with its text
         self.fast_infer = self.infer  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
         per_model = [("", self.model_metadata), ("/ready", self.model_ready), ("/config", self.model_config),
                      ("/stats", self.model_stats)]
@@ -104,14 +123,15 @@ class LoopserveApp:
             Route("/v2/models/stats", self.model_stats),
             *traffic,
             *DriftRoutes(repository, self._authorize).routes(),
-            *FeedbackRoutes(repository, self._authorize).routes(),
+            *FeedbackRoutes(repository, self._authorize, max_body_bytes).routes(),
             *[Route("/v2/models/{model}" + path, endpoint) for path, endpoint in per_model],
             *[Route("/v2/models/{model}/versions/{version}" + path, endpoint) for path, endpoint in per_model],
             Route("/v2/repository/index", self.repository_index, methods=["POST"]),
             Route("/v2/repository/models/{model}/load", self.repository_load, methods=["POST"]),
             Route("/v2/repository/models/{model}/unload", self.repository_unload, methods=["POST"]),
             Route("/metrics", self.prometheus),
-            *UiRoutes(repository, self.metrics, self._authorize, self.before_metrics).routes(),
+            *UiRoutes(repository, self.metrics, self._authorize, self.before_metrics, self.store,
+                       self.hide_paths).routes(),
         ]
         # Every refusal is a LoopserveError carrying its status: one handler answers them all.
         # Only an unexpected exception reaches the `Exception` handler (which Starlette also
@@ -216,6 +236,7 @@ class LoopserveApp:
 
     async def repository_load(self, request: Request) -> Response:
         self._authorize(request)
+        _refuse_load_overrides(await read_body(request.receive, SMALL_BODY_BYTES))
         # Built and warmed up off the loop; swapped in on it, at once for every request.
         await self.repository.load_async(request.path_params["model"])
         return json_response({})

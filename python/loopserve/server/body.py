@@ -8,8 +8,9 @@ from loopserve.server.http_errors import BodyTooLarge, ClientDisconnected
 # Routes whose bodies are a few bytes of JSON (repository index, traffic changes): a larger
 # body is refused as soon as it passes this, whatever http.max_body_bytes allows infer.
 SMALL_BODY_BYTES = 64 << 10
-# The routes that take large bodies (infer, feedback) are bounded by http.max_body_bytes.
-LARGE_BODY_ROUTES = ("/infer", "/feedback")
+# The routes that take large bodies are bounded by http.max_body_bytes: infer, and feedback,
+# which is bounded by this too (a million labels).
+MAX_FEEDBACK_BYTES = 64 << 20
 # From this size on a body's chunks are copied into one buffer as they arrive: joined at the end,
 # 64 MiB were one copy of 30-50 ms on the event loop (every other connection waiting).
 GATHER_BYTES = 1 << 20
@@ -37,8 +38,10 @@ def whole(parts: list[bytes] | bytearray) -> bytes | memoryview:
 
 
 def body_limit(path: str, max_body_bytes: int) -> int:
-    """The largest body a route takes."""
-    return max_body_bytes if path.endswith(LARGE_BODY_ROUTES) else SMALL_BODY_BYTES
+    """The largest body a route takes (in one process as in a front end)."""
+    if path.endswith("/feedback"):
+        return min(max_body_bytes, MAX_FEEDBACK_BYTES)
+    return max_body_bytes if path.endswith("/infer") else SMALL_BODY_BYTES
 
 
 def over_limit(limit: int) -> BodyTooLarge:

@@ -23,10 +23,8 @@ from starlette.routing import Route
 from loopserve.errors import ModelNotFound
 from loopserve.monitor.feedback import ModelFeedback
 from loopserve.server import heap, json_slices, protocol
-from loopserve.server.body import read_body
+from loopserve.server.body import MAX_FEEDBACK_BYTES, body_limit, read_body
 from loopserve.server.protocol import MAX_REQUEST_ID_LENGTH, TOO_DEEP, ProtocolError
-
-MAX_FEEDBACK_BYTES = 64 << 20
 
 
 Scalar = Union[bool, int, float, str]
@@ -116,8 +114,9 @@ def _items_of(parsed: FeedbackBody) -> list[tuple[str, object]]:
 
 
 class FeedbackRoutes:
-    def __init__(self, repository, authorize=lambda request: None):
+    def __init__(self, repository, authorize=lambda request: None, max_body_bytes: int = MAX_FEEDBACK_BYTES):
         self.repository = repository
+        self.max_body_bytes = max_body_bytes  # http.max_body_bytes (feedback takes at most MAX_FEEDBACK_BYTES)
         # The management token (server/auth.py): anyone who could post labels could skew live
         # accuracy and the data the pipeline retrains on.
         self.authorize = authorize
@@ -140,8 +139,8 @@ class FeedbackRoutes:
         self.authorize(request)
         name = request.path_params["model"]
         mf = self._model(name)
-        # Bounded as infer bodies are (64 MiB; refused with 413 past it).
-        body = await read_body(request.receive, MAX_FEEDBACK_BYTES)
+        # Bounded by http.max_body_bytes, and MAX_FEEDBACK_BYTES (refused with 413 past it).
+        body = await read_body(request.receive, body_limit(request.url.path, self.max_body_bytes))
         if len(body) < protocol.OFF_LOOP_BYTES:
             result, joined = mf.join(decode_feedback(body))  # in memory, on the loop: microseconds per label
             answer = [msgspec.json.encode(result)]

@@ -27,14 +27,15 @@ import msgspec
 import numpy as np
 
 from loopserve import _core
+from loopserve.errors import InvalidInput
 from loopserve.logs import configure_logging
 from loopserve.server import heap
 from loopserve.server.admission import LoopLag, Overloaded
-from loopserve.server.body import body_limit, read_body
+from loopserve.server.forward import EngineForward
 from loopserve.server.handoff import HandoffReceiver
 from loopserve.server.http_errors import BodyTooLarge, error_body, status_of
 from loopserve.server.latency import LatencyHistogram
-from loopserve.server.protocol import encode_response
+from loopserve.server.protocol import NUMPY_DTYPES, encode_response
 from loopserve.server.wire import (INFER_PATH, answer_headers, decode_and_submit, headers_of, scheduling_of,
                                    send_response, serve_asgi)
 
@@ -43,13 +44,14 @@ log = logging.getLogger("loopserve.frontend")
 _JSON = [(b"content-type", b"application/json")]
 _RETRY = {429: [(b"retry-after", b"1")], 503: [(b"retry-after", b"1")]}
 LATENCY_PATH = "/_frontend/latency"  # the engine's read of this process's histograms (Unix socket only)
-_HOP_HEADERS = {b"connection", b"keep-alive", b"transfer-encoding", b"host", b"content-length"}
 # Polling for the answer (http.spin_us) only with a few clients: a longer poll would hold up
 # the other connections' turn; after a poll that missed, the window halves, and a closed one
 # is tried again after SPIN_RETRY_FLUSHES turns.
 SPIN_MAX_CONNECTIONS = 4
 SPIN_MAX_PENDING = 2
 SPIN_RETRY_FLUSHES = 256
+# What the channel to the engine carries (csrc/dtype.h): every datatype but BF16.
+CHANNEL_DATATYPES = tuple(name for name in NUMPY_DTYPES if name != "BF16")
 
 
 class EngineGone(Exception):
@@ -136,6 +138,15 @@ class EngineChannel:
                 future.set_result((503, 0, "the server's engine process stopped", None))
 
 
+def _check_channel_datatypes(request) -> None:
+    """A datatype the channel cannot carry is refused by name (the channel would say only that a
+    numpy dtype has no protocol datatype)."""
+    for inp in request.inputs:
+        if inp.datatype not in CHANNEL_DATATYPES:
+            raise InvalidInput(f"input '{inp.name}' has datatype {inp.datatype}, which a server with workers > 1 "
+                               f"does not carry to its models; send one of {', '.join(CHANNEL_DATATYPES)}")
+
+
 def _answered(loop, result) -> asyncio.Future:
     future = loop.create_future()
     future.set_result(result)
@@ -155,9 +166,12 @@ class FrontendApp:
         self.max_body_bytes = max_body_bytes
         self.channel: EngineChannel | None = None
         self.latency: dict[tuple[str, str], LatencyHistogram] = {}
-        self.client = None
         self.engine_gone = asyncio.Event()
+        self.forward = EngineForward(engine_uds, max_body_bytes, self.engine_gone)  # every other route
         self.fast_infer = self  # the HTTP protocol runs infer without ASGI (server/fastpath.py)
+        # The models the engine has answered for: only their requests are refused under overload
+        # (and counted by name), so that names a client makes up are neither (they get the engine's 404).
+        self.served_models: set[str] = set()
 
     async def __call__(self, scope, receive, send) -> None:
         kind = scope["type"]
@@ -178,19 +192,16 @@ class FrontendApp:
             await self.lifespan(receive, send)
 
     async def lifespan(self, receive, send) -> None:
-        import httpx
-
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 loop = asyncio.get_running_loop()
                 self.channel = EngineChannel(loop, *self.fds, spin_us=self.spin_us, few_clients=self._few_clients)
                 loop.add_reader(self.lifeline, self._on_lifeline)
-                self.client = httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=self.engine_uds),
-                                                base_url="http://engine", timeout=None)
+                self.forward.start()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.client.aclose()
+                await self.forward.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -220,7 +231,8 @@ class FrontendApp:
         if content_length is not None and content_length > self.max_body_bytes:
             raise BodyTooLarge(f"request body of {content_length} bytes is over the limit of "
                                f"{self.max_body_bytes} bytes (http.max_body_bytes)")
-        self.admission.check(name)
+        if name in self.served_models:  # others go to the engine: a 404 for a model it does not serve
+            self.admission.check(name)
         return header_length
 
     def submit(self, header_length: int | None, name: str, version: str | None, body: bytes, start: float):
@@ -235,9 +247,14 @@ class FrontendApp:
         priority, timeout_us, key = scheduling_of(params)
         group = params.get("group") if params else None
         request_id = (request.id if request is not None else None) or ""
-        pending = self.channel.submit(name, version or "", key or "", request_id,
-                                      "" if group is None else msgspec.json.encode(group).decode(),
-                                      priority, timeout_us, raw, inputs)
+        if request is not None:
+            _check_channel_datatypes(request)
+        try:
+            pending = self.channel.submit(name, version or "", key or "", request_id,
+                                          "" if group is None else msgspec.json.encode(group).decode(),
+                                          priority, timeout_us, raw, inputs)
+        except (ValueError, TypeError) as exc:  # the channel's limits (inputs, dims, lengths): the client's
+            raise InvalidInput(f"the request cannot be carried to the model: {exc}") from None
         self.admission.in_flight += 1
         return pending, functools.partial(self._finish, name, request, start)
 
@@ -249,6 +266,7 @@ class FrontendApp:
         status, answered_by, text, outputs = pending.result()
         if status != 200:
             return status, [*_JSON, *_RETRY.get(status, ())], error_body(text)
+        self.served_models.add(name)
         params = request.parameters if request is not None else None
         binary_default = bool(params.get("binary_data_output", False)) if params else False
         try:
@@ -272,48 +290,6 @@ class FrontendApp:
         if status == 500:
             log.error("infer failed", exc_info=exc, extra={"model": name})
         return status, [*_JSON, *extra], error_body(str(exc))
-
-    # -- everything else: forwarded to the engine -------------------------------------------
-
-    async def forward(self, scope, receive, send) -> None:
-        import httpx
-
-        try:
-            body = await read_body(receive, body_limit(scope["path"], self.max_body_bytes))
-        except BodyTooLarge as exc:
-            await send_response(send, 413, _JSON, error_body(str(exc)))
-            return
-        # The path as the client sent it (still percent-encoded): decoded, %0D or %01 is no URL.
-        raw_path = scope.get("raw_path") or scope["path"].encode()
-        path = raw_path.decode("latin-1") + (("?" + scope["query_string"].decode("latin-1"))
-                                             if scope["query_string"] else "")
-        headers = [(k, v) for k, v in scope["headers"] if k not in _HOP_HEADERS]
-        try:
-            response = await self._request(scope["method"], path, headers, bytes(body))  # httpx takes bytes
-        except httpx.InvalidURL as exc:  # raw bytes a URL cannot carry: the client's mistake
-            await send_response(send, 400, _JSON, error_body(f"the request's path or query is not a valid URL: {exc}"))
-            return
-        except Exception as exc:  # the engine is gone
-            await send_response(send, 503, _JSON + _RETRY[503],
-                                error_body(f"the server's engine process did not answer: {exc}"))
-            return
-        out_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
-                       if k.encode("latin-1") not in _HOP_HEADERS]
-        await send_response(send, response.status_code, out_headers, response.content)
-
-
-    async def _request(self, method: str, path: str, headers, body: bytes):
-        import httpx
-
-        # The engine binds its socket just after the front ends start: a request in that
-        # moment waits for it rather than failing.
-        for attempt in range(40):
-            try:
-                return await self.client.request(method, path, headers=headers, content=body)
-            except httpx.ConnectError:
-                if attempt == 39 or self.engine_gone.is_set():
-                    raise
-                await asyncio.sleep(0.05)
 
 
 def _listen(host: str, port: int) -> socket.socket:

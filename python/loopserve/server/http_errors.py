@@ -23,6 +23,12 @@ class ClientDisconnected(LoopserveError):
     status = 400
 
 
+class UnsupportedEncoding(LoopserveError):
+    """A request body with a Content-Encoding (gzip, deflate) the server does not decode."""
+
+    status = 415
+
+
 class Unauthorized(LoopserveError):
     """A management route without the right bearer token."""
 

@@ -41,6 +41,7 @@ class LimitedHttpToolsProtocol(InferFastPath):
         self._head_bytes = 0
         self._in_head = True  # reading a request's head (or waiting for its first byte)
         self._idle = False  # the timer running is _idle_timed_out's
+        self._peer_done = False  # the client half-closed after sending requests still being answered
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -54,6 +55,22 @@ class LimitedHttpToolsProtocol(InferFastPath):
     def connection_lost(self, exc) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def eof_received(self) -> bool | None:
+        """The client half-closed (RFC 9112 §9.6 lets it, after a whole request): its requests
+        already read are still answered, then the connection closes (on_response_complete).
+        Anything else (idle, or a request cut short) closes now, as before."""
+        cycle = self.cycle
+        if self._head_bytes == 0 and cycle is not None and not cycle.more_body and not cycle.response_complete:
+            self._peer_done = True
+            return True  # the transport stays open for the answers
+        return None
+
+    def on_response_complete(self) -> None:
+        if self._peer_done and not self.pipeline and not self.transport.is_closing():
+            self.transport.close()  # the last answer to a half-closed client is written
+            return
+        super().on_response_complete()
 
     def data_received(self, data: bytes) -> None:
         if self._in_head:

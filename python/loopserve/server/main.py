@@ -48,7 +48,7 @@ def build_app(config: ServerConfig) -> LoopserveApp:
     return LoopserveApp(repository, max_body_bytes=config.http.max_body_bytes,
                         management_token=config.management_token, poll_s=config.repository_poll_s,
                         load_new_models=not config.models, overload_wait_ms=config.http.overload_wait_ms,
-                        overload_min_connections=config.http.overload_min_connections)
+                        overload_min_connections=config.http.overload_min_connections, store=config.store)
 
 
 def serve(config: ServerConfig) -> int:

@@ -60,6 +60,11 @@ class RequestOutput(msgspec.Struct):
 # A request id is kept with its prediction until a label comes (feedback): bounded, so that ids
 # cannot be a way to fill the server's memory.
 MAX_REQUEST_ID_LENGTH = 256
+# So is parameters.group: at most this many bytes as JSON text (csrc/http/infer_codec.cpp's too).
+MAX_GROUP_BYTES = 256
+# A routing key is hashed, not kept; bounded so that it reads the same in every path (the rings
+# to the engine carry 65,535 bytes at most), in UTF-8 bytes (infer_codec.cpp's too).
+MAX_ROUTING_KEY_BYTES = 1024
 # numpy's own limit is 64 dimensions; no model input has more than a few.
 MAX_DIMS = 32
 # A shape whose nonzero dimensions multiply past this is no array any machine can address: numpy

@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from loopserve.server.body import SMALL_BODY_BYTES, read_body
 from loopserve.server.drift_routes import NoDriftMonitor
 from loopserve.server.protocol import ProtocolError
 from loopserve.tracking.errors import RunNotFound
@@ -33,16 +34,14 @@ def _json(content, status: int = 200) -> Response:
 
 
 class UiRoutes:
-    def __init__(self, repository, metrics, authorize: Callable[[Request], None], before_metrics: list = ()):
+    def __init__(self, repository, metrics, authorize: Callable[[Request], None], before_metrics: list = (),
+                 store: str | None = None, hide_paths: Callable[[str], str] = str):
         self.repository = repository
         self.metrics = metrics
         self.authorize = authorize
         self.before_metrics = before_metrics  # awaited before latency is read (front ends hold theirs)
-
-    @property
-    def store_root(self) -> str | None:
-        """The store the server reads its registry from; else $LOOPSERVE_STORE or ./.loopserve."""
-        return self.repository.registry.store_root if self.repository.registry is not None else None
+        self.store_root = store  # the server's store (None: $LOOPSERVE_STORE or ./.loopserve)
+        self.hide_paths = hide_paths  # the app's: error messages name no server directory
 
     def routes(self) -> list:
         api = "/ui/api"
@@ -93,7 +92,7 @@ class UiRoutes:
         try:
             return _json(await run_in_threadpool(store_views.run_view, self.store_root, request.path_params["run"]))
         except RunNotFound as e:
-            return _json({"error": str(e)}, 404)
+            return _json({"error": self.hide_paths(str(e))}, 404)
 
     async def pipeline(self, request: Request) -> Response:
         """Query: limit=N (default 50)."""
@@ -107,7 +106,7 @@ class UiRoutes:
         name = request.path_params["model"]
         router = self.repository.router(name)
         try:
-            version = msgspec.json.decode(await request.body(), type=VersionChoice).version
+            version = msgspec.json.decode(await read_body(request.receive, SMALL_BODY_BYTES), type=VersionChoice).version
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             raise ProtocolError(f"promote: {e}; expected a JSON object like {{\"version\": 2}}") from None
         if live_views.follows_registry(self.repository, name):

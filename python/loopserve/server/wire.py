@@ -21,10 +21,13 @@ import asyncio
 import re
 import time
 
+import msgspec
+
 from loopserve.server.body import read_body
+from loopserve.server.http_errors import UnsupportedEncoding
 from loopserve.server import protocol
 from loopserve.server import heap
-from loopserve.server.protocol import ProtocolError, decode_request, decode_request_in_slices
+from loopserve.server.protocol import MAX_GROUP_BYTES, MAX_ROUTING_KEY_BYTES, ProtocolError, decode_request, decode_request_in_slices
 
 INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$")
 JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -40,11 +43,16 @@ def answer_headers(json_length: int | None) -> list[tuple[bytes, bytes]]:
 
 def headers_of(headers) -> tuple[int | None, int | None]:
     """(Content-Length, Inference-Header-Content-Length) of a head's (name, value) pairs (names
-    lower case, as uvicorn gives them), either None when absent."""
+    lower case, as uvicorn gives them), either None when absent. A compressed body is refused
+    (415): it would otherwise be read as malformed JSON or tensors."""
     content_length = header_length = None
     for key, value in headers:
         if key == b"content-length":
             content_length = int(value)
+        elif key == b"content-encoding" and value.strip().lower() not in (b"identity", b""):
+            encoding = value[:40].decode("latin-1")
+            raise UnsupportedEncoding(f"content encoding {encoding!r} is not supported: send the infer request's "
+                                      f"body uncompressed (Content-Encoding: identity, or none)")
         elif key == b"inference-header-content-length":
             try:
                 header_length = int(value)
@@ -57,7 +65,8 @@ def headers_of(headers) -> tuple[int | None, int | None]:
 
 def scheduling_of(params) -> tuple[int, int, str | None]:
     """Triton's request parameters `priority` and `timeout` (microseconds), and ours,
-    `routing_key`: requests with the same key go to the same version under a traffic split."""
+    `routing_key`: requests with the same key go to the same version under a traffic split.
+    Ours, `group`, is checked here too (read where the prediction is recorded)."""
     if not params:
         return 0, -1, None
     priority = params.get("priority", 0)
@@ -65,6 +74,13 @@ def scheduling_of(params) -> tuple[int, int, str | None]:
     key = params.get("routing_key")
     if key is not None and not isinstance(key, str):
         raise ProtocolError(f"parameter 'routing_key' must be a string, got {key!r}")
+    if key is not None and len(key_bytes := key.encode("utf-8", "surrogatepass")) > MAX_ROUTING_KEY_BYTES:
+        raise ProtocolError(f"parameter 'routing_key' must be at most {MAX_ROUTING_KEY_BYTES} bytes in UTF-8, "
+                            f"got {len(key_bytes)}")
+    group = params.get("group")
+    if group is not None and len(group_bytes := msgspec.json.encode(group)) > MAX_GROUP_BYTES:
+        raise ProtocolError(f"parameter 'group' must be at most {MAX_GROUP_BYTES} bytes as JSON, got "
+                            f"{len(group_bytes)} (a group is kept with each prediction until its label comes)")
     # The batcher takes a C int and int64: larger values are the client's mistake, answered 400.
     if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority < 2**31:
         raise ProtocolError(f"parameter 'priority' must be an integer from 0 to {2**31 - 1}, got {priority!r}")

@@ -21,7 +21,7 @@ EXCLUDED = ("row",)  # bookkeeping columns that are never features
 class TabularData:
     features: np.ndarray  # float32 [n, F]
     labels: np.ndarray  # int64 [n]
-    groups: np.ndarray | None  # int64 [n], or None without a group column
+    groups: np.ndarray | None  # int64 [n] codes (-1: no group), or None without a group column
     feature_names: list[str]
     categorical: dict[str, int]
     group_names: list[str] | None = None
@@ -51,16 +51,14 @@ def load_data(spec: DataSpec, key: str = "data", store=None) -> TabularData:
         group_names = list(stream.group_names)
         snapshot_id = None
     else:
-        from loopserve.data import SnapshotError, to_numpy
+        from loopserve.data import SnapshotError, read_manifest, to_numpy
 
-        try:
-            columns = to_numpy(spec.snapshot, store=store)
+        try:  # a name is resolved once: renamed meanwhile, the id recorded is still the data loaded
+            snapshot_id = read_manifest(spec.snapshot, store=store).id
+            columns = to_numpy(snapshot_id, store=store)
         except SnapshotError as e:
             raise ConfigError(f"{key}.snapshot: {e}") from None
         default_categorical = None
-        from loopserve.data import read_manifest
-
-        snapshot_id = read_manifest(spec.snapshot, store=store).id
     return from_columns(columns, spec, key, default_categorical, group_names, snapshot_id)
 
 
@@ -102,9 +100,25 @@ def from_columns(columns: dict[str, np.ndarray], spec: DataSpec, key: str = "dat
     if not np.isin(labels, (0, 1)).all():
         raise ConfigError(f"{key}.label: column {spec.label!r} must hold 0/1 labels; found "
                           f"{np.unique(labels)[:5].tolist()}")
-    groups = None if spec.group is None else np.asarray(columns[spec.group]).astype(np.int64)
+    groups = None
+    if spec.group is not None:
+        groups, names_in_column = group_codes(columns[spec.group])
+        group_names = names_in_column or group_names
     return TabularData(features, labels.astype(np.int64), groups, names, categorical, group_names, snapshot_id,
                        columns)
+
+
+def group_codes(column: np.ndarray) -> tuple[np.ndarray, list[str] | None]:
+    """(int64 codes, names or None): a numeric group column is its own codes; a text one (the
+    groups as clients sent them) is coded in sorted order of its names, so the same rows always
+    get the same codes and names, and "" or a null (no group) gets -1, the code of no group."""
+    column = np.asarray(column)
+    if column.dtype.kind in "biuf":
+        return column.astype(np.int64), None
+    text = np.array(["" if g is None else str(g) for g in column], dtype=str)
+    names = sorted(set(text.tolist()) - {""})
+    codes = np.searchsorted(np.array(names, dtype=str), text) if names else np.zeros(len(text), np.int64)
+    return np.where(text == "", -1, codes).astype(np.int64), names
 
 
 def split(data: TabularData, fraction: float, seed: int) -> tuple[TabularData, TabularData]:

@@ -10,8 +10,10 @@ Gates: AUC and accuracy over thresholds and not below production's (less a margi
 across the group attribute (demographic parity and equal opportunity differences at the
 decision threshold), under a ceiling and, per gate, no worse than production's on the same rows
 (plus a margin); p99 latency of single-row requests. A gate that cannot be evaluated (no groups
-in the holdout, one class only) fails, saying why: a gate never passes by default. Every result
-carries production's value on the same rows, so a rejection says what it was compared with.
+in the holdout, fewer than two groups with rows, one class only) fails, saying why: a gate never
+passes by default. Rows without a group (code -1: the request named none) are in no group.
+Every result carries production's value on the same rows, so a rejection says what it was
+compared with.
 
 Production is held to the same floors and ceilings (not latency: it is measured serving). When
 it fails some (`production_failing` in the report), `when_production_fails` decides: "alert"
@@ -184,14 +186,19 @@ def _fairness_value(key: str, gates: GateConfig, groups: np.ndarray | None,
         return None, f"{key.replace('_', ' ')} cannot be measured: the holdout has no group attribute"
     at = f"at threshold {_fmt(gates.decision_threshold)}"
     if key == "demographic_parity_difference":
-        value, hi, lo = m.demographic_parity_difference(stats)
+        found = m.demographic_parity_difference(stats)
+        if found is None:
+            return None, (f"demographic parity difference cannot be measured: fewer than two groups have rows "
+                          f"({', '.join(f'{s.name!r}: {s.rows}' for s in stats) or 'none'}; rows without a "
+                          f"group are left out)")
+        value, hi, lo = found
         return value, (f"positive rate {_fmt(hi.positive_rate)} for group {hi.name!r} vs {_fmt(lo.positive_rate)} "
                        f"for {lo.name!r} {at}")
     found = m.equal_opportunity_difference(stats, gates.min_group_positives)
     if found is None:
         return None, (f"equal opportunity difference cannot be measured: fewer than two groups have "
                       f"{gates.min_group_positives}+ positive rows "
-                      f"({', '.join(f'{s.name!r}: {s.positives}' for s in stats)})")
+                      f"({', '.join(f'{s.name!r}: {s.positives}' for s in stats) or 'no group has rows'})")
     value, hi, lo = found
     skipped = [s.name for s in stats if s.positives < gates.min_group_positives]
     return value, (f"true positive rate {_fmt(hi.true_positive_rate)} for group {hi.name!r} vs "

@@ -62,11 +62,13 @@ class GroupStats(msgspec.Struct, frozen=True):
 
 def group_stats(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, threshold: float = 0.5,
                 names: list[str] | None = None) -> list[GroupStats]:
+    """One entry per group code >= 0; rows without a group (negative codes) belong to none: they
+    are not a group to compare the others with."""
     labels = np.asarray(labels).ravel().astype(bool)
     predicted = np.asarray(scores).ravel() >= threshold
     groups = np.asarray(groups).ravel()
     out = []
-    for g in np.unique(groups):
+    for g in np.unique(groups[groups >= 0]):
         mask = groups == g
         positives = int(labels[mask].sum())
         tpr = float(predicted[mask & labels].mean()) if positives else None
@@ -76,8 +78,11 @@ def group_stats(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, thre
     return out
 
 
-def demographic_parity_difference(stats: list[GroupStats]) -> tuple[float, GroupStats, GroupStats]:
-    """Largest gap in positive-prediction rate between two groups, with the highest and lowest group."""
+def demographic_parity_difference(stats: list[GroupStats]) -> tuple[float, GroupStats, GroupStats] | None:
+    """Largest gap in positive-prediction rate between two groups, with the highest and lowest
+    group; None with fewer than two groups (one group's gap with itself is no measurement)."""
+    if len(stats) < 2:
+        return None
     hi = max(stats, key=lambda s: s.positive_rate)
     lo = min(stats, key=lambda s: s.positive_rate)
     return hi.positive_rate - lo.positive_rate, hi, lo

@@ -116,7 +116,9 @@ def _validation_metrics(config: TrainConfig, model: TabularMLP, val: TabularData
            "val_loss": m.log_loss(val.labels, scores), "val_positive_rate": float(np.mean(scores >= threshold))}
     if val.groups is not None:
         stats = m.group_stats(val.labels, scores, val.groups, threshold)
-        out["val_demographic_parity_difference"] = m.demographic_parity_difference(stats)[0]
+        dp = m.demographic_parity_difference(stats)
+        if dp is not None:
+            out["val_demographic_parity_difference"] = dp[0]
         eo = m.equal_opportunity_difference(stats, 1)
         if eo is not None:
             out["val_equal_opportunity_difference"] = eo[0]
