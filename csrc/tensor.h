@@ -19,9 +19,6 @@ struct TensorSpec {
   std::vector<int64_t> dims;
 };
 
-// One input of one request, borrowed: the submitter keeps the memory alive until the
-// request's completion has been delivered (or hands it over in `storage`). `shape` is the
-// full shape, batch dimension first.
 // The bytes a tensor of `shape` takes (not BYTES); false when a dimension is negative or the
 // count overflows (a shape sent by a client can be anything).
 inline bool checked_nbytes(DType dtype, const std::vector<int64_t>& shape, size_t* out) {
@@ -32,6 +29,9 @@ inline bool checked_nbytes(DType dtype, const std::vector<int64_t>& shape, size_
   return true;
 }
 
+// One input of one request, borrowed: the submitter keeps the memory alive until the
+// request's completion has been delivered (or hands it over in `storage`). `shape` is the
+// full shape, batch dimension first.
 struct InputView {
   DType dtype = DType::kFP32;
   const std::byte* data = nullptr;
