@@ -220,8 +220,9 @@ def test_promote_and_roll_back_are_confirmed_then_the_server_follows(demo_server
     click_and_answer(browser, "[data-action=rollback]", "ok")
     wait_for(lambda: weights(server) == {"1": 1.0}, what="the server to roll back to v1")
     history = get(server, "/ui/api/registry")[1]["models"][0]["alias_history"]
-    assert [(e["alias"], e["action"], e["version"]) for e in history[-2:]] == [
-        ("production", "rollback", 1), ("canary", "set", 1)]
+    # The promote cleared the canary (one version serving): the roll back moves production alone.
+    assert [(e["alias"], e["action"], e["version"]) for e in history[-3:]] == [
+        ("production", "set", 2), ("canary", "delete", 2), ("production", "rollback", 1)]
 
 
 def test_the_ui_through_two_front_end_processes(tmp_path):

@@ -1,8 +1,9 @@
 """The UI's promote and roll back, for both kinds of model.
 
 A model served from the registry (`registry://NAME@ALIAS`) follows its aliases: the server's
-watcher reloads whatever they name, so promoting there moves the alias (and the canary alias
-with it, so one version serves), exactly as the pipeline's promote step does, and is kept in
+watcher reloads whatever they name, so promoting there moves the alias and clears the canary
+alias (one version serves, and a later `loopserve registry rollback` of the main alias serves
+the version it goes back to alone), exactly as the pipeline's promote step does, and is kept in
 the alias history. A model from the repository directory is routed here: the router promotes
 or rolls back at once.
 """
@@ -27,19 +28,20 @@ def registry_target(repository, name: str) -> tuple[str, str, str | None]:
 
 
 def promote_in_registry(store_root, registered: str, alias: str, canary: str | None, version: int) -> list[dict]:
-    from loopserve.registry import set_alias
+    from loopserve.registry import clear_alias, set_alias
     from loopserve.store import Store
 
     with Store(store_root) as store:
-        events = [set_alias(registered, a, version, reason="promoted from the UI", actor=ACTOR, store=store)
-                  for a in (alias, canary) if a]
+        events = [set_alias(registered, alias, version, reason="promoted from the UI", actor=ACTOR, store=store)]
+        if canary:
+            events.append(clear_alias(registered, canary, reason="promoted from the UI", actor=ACTOR, store=store))
     return [msgspec.structs.asdict(e) for e in events if e is not None]
 
 
 def roll_back_in_registry(store_root, registered: str, alias: str, canary: str | None) -> list[dict]:
-    """A canary that differs from the main alias is ended (put back on it); otherwise the main
-    alias goes back one move, and the canary follows it."""
-    from loopserve.registry import current_version, rollback, set_alias
+    """A canary that differs from the main alias is ended (cleared); otherwise the main alias goes
+    back one move (and a canary on it is cleared)."""
+    from loopserve.registry import clear_alias, current_version, rollback
     from loopserve.registry.errors import RegistryError, UnknownAlias
     from loopserve.store import Store
 
@@ -55,8 +57,6 @@ def roll_back_in_registry(store_root, registered: str, alias: str, canary: str |
                 events.append(rollback(registered, alias, reason="rolled back from the UI", actor=ACTOR, store=store))
             except RegistryError as e:
                 raise InvalidInput(str(e)) from None
-            main = events[-1].version
         if canary_version is not None:
-            events.append(set_alias(registered, canary, main, reason="rolled back from the UI", actor=ACTOR,
-                                    store=store))
+            events.append(clear_alias(registered, canary, reason="rolled back from the UI", actor=ACTOR, store=store))
     return [msgspec.structs.asdict(e) for e in events if e is not None]
