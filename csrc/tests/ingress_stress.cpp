@@ -57,6 +57,28 @@ uint64_t drain_until(FeedbackTap& tap, const std::atomic<bool>& done, std::atomi
 
 }  // namespace
 
+// Writes one request for the echo model with input `x` (its data: x.nbytes from `data`) into
+// the ring and wakes the engine if it sleeps; false when the ring is full.
+bool send_request(ipc::RingProducer& requests, const ipc::ChannelRegion& region, uint64_t token,
+                  const ipc::TensorOut& x, const void* data) {
+  const std::string model = "echo";
+  const std::vector<ipc::TensorOut> tensors = {x};
+  auto layout = ipc::plan_message(sizeof(ipc::WireRequest), model.size(), tensors);
+  std::byte* p = requests.reserve(layout.size);
+  if (p == nullptr) return false;
+  ipc::WireRequest w{};
+  w.token = token;
+  w.timeout_us = -1;
+  w.model_len = static_cast<uint16_t>(model.size());
+  w.n_tensors = 1;
+  std::memcpy(p, &w, sizeof w);
+  std::memcpy(p + layout.text_at, model.data(), model.size());
+  ipc::write_tensor_headers(p, layout, tensors);
+  if (x.nbytes > 0) std::memcpy(p + layout.data_at[0], data, x.nbytes);
+  if (requests.publish()) ipc::ChannelRegion::wake(region.request_efd());
+  return true;
+}
+
 // One front end: `count` requests of 1-4 rows, up to `ahead` in flight, each answer checked.
 void run_frontend(Ingress& ingress, int f, int count, int ahead, std::atomic<int>& failures) {
   auto region = ingress.open_channel(64 * 1024);
@@ -64,7 +86,6 @@ void run_frontend(Ingress& ingress, int f, int count, int ahead, std::atomic<int
   ipc::RingConsumer responses(region->response_control(), region->response_slots());
   std::vector<int> answered(count, 0);
   int sent = 0, received = 0;
-  const std::string model = "echo";
   while (received < count) {
     // Send while there is room (up to `ahead` in flight), then take whatever answers are there.
     while (sent < count && sent - received < ahead) {
@@ -72,20 +93,8 @@ void run_frontend(Ingress& ingress, int f, int count, int ahead, std::atomic<int
       std::vector<int64_t> data(static_cast<size_t>(rows) * 2);
       for (size_t i = 0; i < data.size(); ++i) data[i] = int64_t{sent} * 100 + static_cast<int64_t>(i);
       const int64_t shape[2] = {rows, 2};
-      std::vector<ipc::TensorOut> tensors = {{"x", DType::kInt64, shape, 2, data.size() * 8}};
-      auto layout = ipc::plan_message(sizeof(ipc::WireRequest), model.size(), tensors);
-      std::byte* p = requests.reserve(layout.size);
-      if (p == nullptr) break;  // full: answers first
-      ipc::WireRequest w{};
-      w.token = static_cast<uint64_t>(sent);
-      w.timeout_us = -1;
-      w.model_len = static_cast<uint16_t>(model.size());
-      w.n_tensors = 1;
-      std::memcpy(p, &w, sizeof w);
-      std::memcpy(p + layout.text_at, model.data(), model.size());
-      ipc::write_tensor_headers(p, layout, tensors);
-      std::memcpy(p + layout.data_at[0], data.data(), data.size() * 8);
-      if (requests.publish()) ipc::ChannelRegion::wake(region->request_efd());
+      const ipc::TensorOut x{"x", DType::kInt64, shape, 2, data.size() * 8};
+      if (!send_request(requests, *region, static_cast<uint64_t>(sent), x, data.data())) break;  // full: answers first
       ++sent;
     }
     bool any = false;
@@ -132,20 +141,8 @@ void forged_tensor_is_refused(Ingress& ingress, std::atomic<int>& failures) {
   auto region = ingress.open_channel(64 * 1024);
   ipc::RingProducer requests(region->request_control(), region->request_slots());
   ipc::RingConsumer responses(region->response_control(), region->response_slots());
-  const std::string model = "echo";
   const int64_t shape[2] = {4, 2};
-  std::vector<ipc::TensorOut> tensors = {{"x", DType::kInt64, shape, 2, 0}};
-  auto layout = ipc::plan_message(sizeof(ipc::WireRequest), model.size(), tensors);
-  std::byte* p = requests.reserve(layout.size);
-  ipc::WireRequest w{};
-  w.token = 7;
-  w.timeout_us = -1;
-  w.model_len = static_cast<uint16_t>(model.size());
-  w.n_tensors = 1;
-  std::memcpy(p, &w, sizeof w);
-  std::memcpy(p + layout.text_at, model.data(), model.size());
-  ipc::write_tensor_headers(p, layout, tensors);
-  if (requests.publish()) ipc::ChannelRegion::wake(region->request_efd());
+  send_request(requests, *region, 7, {"x", DType::kInt64, shape, 2, 0}, nullptr);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   ipc::SlotHeader* s = nullptr;
   while ((s = responses.next()) == nullptr && std::chrono::steady_clock::now() < deadline)
