@@ -330,6 +330,16 @@ void HttpServer::advance(const std::shared_ptr<Connection>& conn) {
   }
 }
 
+namespace {
+
+// Whether `table` serves a loaded version of `model`.
+bool serves(const RouteTable& table, std::string_view model) {
+  const auto it = table.models.find(model);
+  return it != table.models.end() && !it->second->loaded.empty();
+}
+
+}  // namespace
+
 HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, const InferHead& head, const char* body) {
   const std::string_view model = head.model, version = head.version;
   const bool keep_alive = head.keep_alive;
@@ -337,11 +347,12 @@ HttpServer::Served HttpServer::serve(const std::shared_ptr<Connection>& conn, co
   if (raw && head.content_length == 0) return Served::kDeclined;
   // Overload (server/admission.py): refused from the head, its body never decoded; a model
   // not served is answered 404 instead (as in one process), and no name a client makes up is counted.
+  // The model is looked up only once the loop counts itself overloaded (route_request looks it
+  // up again for every request).
   if (!table_) table_ = router_->snapshot();
-  const auto served_model = table_->models.find(model);
-  if (served_model != table_->models.end() && !served_model->second->loaded.empty() &&
-      connections_.load(std::memory_order_relaxed) >= options_.overload_min_connections &&
-      std::max({lag_s_, overslept_s_, seconds_since(turn_start_, Clock::now())}) * 1e3 > options_.overload_wait_ms) {
+  if (connections_.load(std::memory_order_relaxed) >= options_.overload_min_connections &&
+      std::max({lag_s_, overslept_s_, seconds_since(turn_start_, Clock::now())}) * 1e3 > options_.overload_wait_ms &&
+      serves(*table_, model)) {
     state_->count_overload(std::string(model));
     answer_now(*conn, 429, error_body(options_.overload_message), keep_alive);
     return Served::kAnswered;
